@@ -1,0 +1,242 @@
+// rnnfast._cpu: the Python binding of the CPU kernels. The only CPU file that includes pybind11.
+// It checks every array (type, dtype, shape, C-contiguity, writability of outputs, no output
+// overlapping another argument), raises TypeError/ValueError naming the argument, then releases
+// the GIL and calls the framework-free kernels. It allocates nothing: rnnfast.functional does.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "rnnfast/cpu_features.h"
+#include "rnnfast/recurrence.h"
+
+namespace py = pybind11;
+
+namespace rnnfast {
+namespace {
+
+Cell parse_cell(const std::string& name) {
+  if (name == "rnn_tanh") return Cell::RnnTanh;
+  if (name == "rnn_relu") return Cell::RnnRelu;
+  if (name == "lstm") return Cell::Lstm;
+  if (name == "gru") return Cell::Gru;
+  throw py::value_error("cell must be one of 'rnn_tanh', 'rnn_relu', 'lstm', 'gru', not '" +
+                        name + "'");
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+// Checks the arrays of one kernel call and remembers the memory each one spans, so that an
+// output overlapping any other argument is refused (it would corrupt the caller's data).
+template <typename T>
+class ArgChecker {
+ public:
+  // Required input: a C-contiguous ndarray of dtype T with exactly this shape.
+  const T* input(const py::handle& obj, const char* name, const std::vector<int64_t>& shape) {
+    return checked(obj, name, shape, false);
+  }
+  // Optional input: None gives nullptr.
+  const T* optional_input(const py::handle& obj, const char* name,
+                          const std::vector<int64_t>& shape) {
+    return obj.is_none() ? nullptr : checked(obj, name, shape, false);
+  }
+  T* output(const py::handle& obj, const char* name, const std::vector<int64_t>& shape) {
+    return checked(obj, name, shape, true);
+  }
+  T* optional_output(const py::handle& obj, const char* name, const std::vector<int64_t>& shape) {
+    return obj.is_none() ? nullptr : checked(obj, name, shape, true);
+  }
+  void require_none(const py::handle& obj, const char* name, const char* why) {
+    if (!obj.is_none()) throw py::value_error(std::string(name) + " must be None " + why);
+  }
+
+  // Call after all arguments are checked.
+  void check_no_overlap() const {
+    for (const Span& out : spans_) {
+      if (!out.is_output) continue;
+      for (const Span& other : spans_) {
+        if (&other == &out || other.end <= out.begin || out.end <= other.begin) continue;
+        throw py::value_error(std::string(out.name) + " overlaps the memory of " + other.name +
+                              "; pass separate arrays");
+      }
+    }
+  }
+
+ private:
+  struct Span {
+    const char* name;
+    uintptr_t begin, end;
+    bool is_output;
+  };
+
+  T* checked(const py::handle& obj, const char* name, const std::vector<int64_t>& shape,
+             bool is_output) {
+    if (!py::isinstance<py::array>(obj))
+      throw py::type_error(std::string(name) + " must be a numpy.ndarray, not " +
+                           std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
+    auto arr = py::reinterpret_borrow<py::array>(obj);
+    if (!arr.dtype().is(py::dtype::of<T>()))
+      throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(arr.dtype())) +
+                           ", expected " + std::string(py::str(py::dtype::of<T>())));
+    std::vector<int64_t> actual(arr.shape(), arr.shape() + arr.ndim());
+    if (actual != shape)
+      throw py::value_error(std::string(name) + " has shape " + shape_str(actual) +
+                            ", expected " + shape_str(shape));
+    if (!(arr.flags() & py::array::c_style))
+      throw py::value_error(std::string(name) + " must be C-contiguous");
+    if (is_output && !arr.writeable())
+      throw py::value_error(std::string(name) + " is read-only; outputs must be writable");
+    const auto begin = reinterpret_cast<uintptr_t>(arr.data());
+    spans_.push_back({name, begin, begin + static_cast<uintptr_t>(arr.nbytes()), is_output});
+    return static_cast<T*>(const_cast<void*>(arr.data()));
+  }
+
+  std::vector<Span> spans_;
+};
+
+// zx's dtype picks the kernel's type; every other array must have the same.
+template <class F>
+void dispatch_dtype(const py::handle& lead, const char* name, F&& f) {
+  if (!py::isinstance<py::array>(lead))
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray");
+  auto dtype = py::reinterpret_borrow<py::array>(lead).dtype();
+  if (dtype.is(py::dtype::of<float>())) return f(float{});
+  if (dtype.is(py::dtype::of<double>())) return f(double{});
+  throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(dtype)) +
+                       ", expected float32 or float64");
+}
+
+// Sizes (T, B, H) of a call, read from zx [T, B, G*H] (or dzx) and w_hh [G*H, H].
+struct Sizes {
+  int64_t steps, batch, hidden;
+};
+
+Sizes read_sizes(Cell cell, const py::array& z, const char* z_name, const py::array& w_hh) {
+  if (w_hh.ndim() != 2 || w_hh.shape(1) < 1)
+    throw py::value_error("w_hh must have shape (G*H, H) with H >= 1");
+  if (z.ndim() != 3 || z.shape(0) < 1)
+    throw py::value_error(std::string(z_name) + " must have shape (T, B, G*H) with T >= 1");
+  return {z.shape(0), z.shape(1), w_hh.shape(1)};
+}
+
+void recurrent_forward_py(const std::string& cell_name, py::object zx, py::object w_hh,
+                          py::object b_hh, py::object h0, py::object c0, py::object y,
+                          py::object h_n, py::object c_n, py::object saved) {
+  const Cell cell = parse_cell(cell_name);
+  dispatch_dtype(zx, "zx", [&](auto type_tag) {
+    using T = decltype(type_tag);
+    ArgChecker<T> check;
+    if (!py::isinstance<py::array>(w_hh)) throw py::type_error("w_hh must be a numpy.ndarray");
+    const Sizes n = read_sizes(cell, zx.cast<py::array>(), "zx", w_hh.cast<py::array>());
+    const int64_t G = gate_count(cell), S = saved_per_unit(cell);
+    const int64_t T_ = n.steps, B = n.batch, H = n.hidden;
+    ForwardArgs<T> args{};
+    args.cell = cell;
+    args.steps = T_;
+    args.batch = B;
+    args.hidden = H;
+    args.zx = check.input(zx, "zx", {T_, B, G * H});
+    args.w_hh = check.input(w_hh, "w_hh", {G * H, H});
+    args.b_hh = check.optional_input(b_hh, "b_hh", {G * H});
+    args.h0 = check.input(h0, "h0", {B, H});
+    args.y = check.output(y, "y", {T_, B, H});
+    args.h_n = check.output(h_n, "h_n", {B, H});
+    if (cell == Cell::Lstm) {
+      args.c0 = check.input(c0, "c0", {B, H});
+      args.c_n = check.output(c_n, "c_n", {B, H});
+    } else {
+      check.require_none(c0, "c0", "for this cell (only the LSTM has a cell state)");
+      check.require_none(c_n, "c_n", "for this cell (only the LSTM has a cell state)");
+    }
+    if (S > 0)
+      args.saved = check.optional_output(saved, "saved", {T_, B, S * H});
+    else
+      check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
+    check.check_no_overlap();
+    py::gil_scoped_release release;
+    recurrent_forward(args);
+  });
+}
+
+void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::object h0,
+                           py::object c0, py::object y, py::object saved, py::object dy,
+                           py::object dh_n, py::object dc_n, py::object dzx, py::object dzh,
+                           py::object dh0, py::object dc0) {
+  const Cell cell = parse_cell(cell_name);
+  dispatch_dtype(dzx, "dzx", [&](auto type_tag) {
+    using T = decltype(type_tag);
+    ArgChecker<T> check;
+    if (!py::isinstance<py::array>(w_hh)) throw py::type_error("w_hh must be a numpy.ndarray");
+    const Sizes n = read_sizes(cell, dzx.cast<py::array>(), "dzx", w_hh.cast<py::array>());
+    const int64_t G = gate_count(cell), S = saved_per_unit(cell);
+    const int64_t T_ = n.steps, B = n.batch, H = n.hidden;
+    BackwardArgs<T> args{};
+    args.cell = cell;
+    args.steps = T_;
+    args.batch = B;
+    args.hidden = H;
+    args.w_hh = check.input(w_hh, "w_hh", {G * H, H});
+    args.h0 = check.input(h0, "h0", {B, H});
+    args.y = check.input(y, "y", {T_, B, H});
+    if (S > 0)
+      args.saved = check.input(saved, "saved", {T_, B, S * H});
+    else
+      check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
+    args.dy = check.input(dy, "dy", {T_, B, H});
+    args.dh_n = check.optional_input(dh_n, "dh_n", {B, H});
+    args.dzx = check.output(dzx, "dzx", {T_, B, G * H});
+    if (cell == Cell::Gru) {
+      args.dzh = check.output(dzh, "dzh", {T_, B, G * H});
+    } else {
+      check.require_none(dzh, "dzh", "for this cell (its dzh equals dzx)");
+      args.dzh = args.dzx;
+    }
+    args.dh0 = check.output(dh0, "dh0", {B, H});
+    if (cell == Cell::Lstm) {
+      args.c0 = check.input(c0, "c0", {B, H});
+      args.dc_n = check.optional_input(dc_n, "dc_n", {B, H});
+      args.dc0 = check.output(dc0, "dc0", {B, H});
+    } else {
+      const char* why = "for this cell (only the LSTM has a cell state)";
+      check.require_none(c0, "c0", why);
+      check.require_none(dc_n, "dc_n", why);
+      check.require_none(dc0, "dc0", why);
+    }
+    check.check_no_overlap();
+    py::gil_scoped_release release;
+    recurrent_backward(args);
+  });
+}
+
+}  // namespace
+}  // namespace rnnfast
+
+PYBIND11_MODULE(_cpu, m) {
+  using namespace rnnfast;
+  m.doc() = "rnnfast CPU kernels (low level; use rnnfast.functional or the layers)";
+  m.def("recurrent_forward", &recurrent_forward_py, py::arg("cell"), py::arg("zx"),
+        py::arg("w_hh"), py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"),
+        py::arg("h_n"), py::arg("c_n"), py::arg("saved"),
+        "Recurrence of one layer and direction. zx [T,B,G*H] = x W_ih^T + b_ih; writes y "
+        "[T,B,H], h_n [B,H], c_n [B,H] (LSTM) and, when given, the training workspace saved "
+        "[T,B,S*H].");
+  m.def("recurrent_backward", &recurrent_backward_py, py::arg("cell"), py::arg("w_hh"),
+        py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("saved"), py::arg("dy"),
+        py::arg("dh_n"), py::arg("dc_n"), py::arg("dzx"), py::arg("dzh"), py::arg("dh0"),
+        py::arg("dc0"),
+        "Backward through time of recurrent_forward. Writes dzx [T,B,G*H], dzh [T,B,G*H] (GRU "
+        "only: for the other cells it equals dzx and must be None), dh0 and dc0 [B,H].");
+  m.def("cpu_features", &cpu_features,
+        "Instruction-set extensions of this CPU that rnnfast can use.");
+  m.def("gate_count", [](const std::string& cell) { return gate_count(parse_cell(cell)); },
+        py::arg("cell"));
+  m.def("saved_per_unit", [](const std::string& cell) { return saved_per_unit(parse_cell(cell)); },
+        py::arg("cell"), "Values per hidden unit and step in the training workspace.");
+}

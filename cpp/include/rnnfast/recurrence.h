@@ -1,0 +1,65 @@
+// rnnfast: the recurrent part of one layer in one direction, forward and backward through time.
+//
+// The layer around it (Python, rnnfast.functional) does the large GEMMs that need no
+// recurrence: the input projection zx = x W_ih^T + b_ih for all T steps before the forward,
+// and dW_ih = dzx^T x, dx = dzx W_ih, dW_hh = dzh^T h_prev, db = column sums, after the backward
+// (DESIGN.md section 4). What stays here is the loop over time, with the recurrent matmul and
+// the cell's gate math fused in one pass per step.
+//
+// Shapes (row-major, C-contiguous; G = gate_count(cell); S = saved_per_unit(cell)):
+//   zx     [T, B, G*H]     w_hh [G*H, H]    b_hh [G*H]
+//   h0, c0 [B, H]          y    [T, B, H]   h_n, c_n [B, H]
+//   saved  [T, B, S*H]     training workspace: what backward needs besides y
+// Sizes and offsets are 64-bit.
+#pragma once
+
+#include <cstdint>
+
+#include "rnnfast/common.h"
+
+namespace rnnfast {
+
+// Values per hidden unit and step that the training forward saves (see cells/*.h).
+int saved_per_unit(Cell cell);
+
+template <typename T>
+struct ForwardArgs {
+  Cell cell;
+  int64_t steps, batch, hidden;  // T, B, H
+  const T* zx;    // [T, B, G*H] input projection, b_ih included
+  const T* w_hh;  // [G*H, H]
+  const T* b_hh;  // [G*H], or nullptr for no bias
+  const T* h0;    // [B, H]
+  const T* c0;    // [B, H], LSTM only
+  T* y;           // [T, B, H] out: h_t of every step
+  T* h_n;         // [B, H] out
+  T* c_n;         // [B, H] out, LSTM only
+  T* saved;       // [T, B, S*H] out, training; nullptr for inference (nothing saved)
+};
+
+template <typename T>
+struct BackwardArgs {
+  Cell cell;
+  int64_t steps, batch, hidden;
+  const T* w_hh;   // [G*H, H]
+  const T* h0;     // [B, H]
+  const T* c0;     // [B, H], LSTM only
+  const T* y;      // [T, B, H] from the training forward
+  const T* saved;  // [T, B, S*H] from the training forward (unused when S = 0)
+  const T* dy;     // [T, B, H] gradient of the loss with respect to y
+  const T* dh_n;   // [B, H], or nullptr for zero
+  const T* dc_n;   // [B, H], or nullptr for zero (LSTM only)
+  T* dzx;          // [T, B, G*H] out: gradient of zx
+  T* dzh;          // [T, B, G*H] out: gradient of h_{t-1} W_hh^T + b_hh. It differs from dzx
+                   // only for the GRU; for the other cells it may be the same pointer as dzx.
+  T* dh0;          // [B, H] out
+  T* dc0;          // [B, H] out, LSTM only
+};
+
+template <typename T>
+void recurrent_forward(const ForwardArgs<T>& args);
+
+template <typename T>
+void recurrent_backward(const BackwardArgs<T>& args);
+
+}  // namespace rnnfast

@@ -1,0 +1,264 @@
+// CPU recurrence: for each step, the recurrent matmul on packed weights with the cell's gate
+// math fused into the epilogue of each output tile (DESIGN.md section 4).
+//
+// Forward, step t:   acc[b, g, j] = b_hh[g*H + j] + sum_k h_{t-1}[b, k] W_hh[g*H + j, k]
+//                    then, on the tile while it is in registers, the cell's forward per unit.
+// Backward, step t:  acc[b, j] = sum_k dzh_t[b, k] W_hh[k, j]    (= dh_{t-1} through W_hh)
+//                    then, on the tile, the cell's backward of step t-1 per unit: the epilogue
+//                    of one step's matmul is the gate math of the next, and dzh never waits.
+//
+// The weights are packed once per call into panels of `units` consecutive hidden units, all
+// G gates of a unit side by side, so that one tile holds every gate of its units.
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <type_traits>
+
+#include "rnnfast/cells/cells.h"
+#include "rnnfast/recurrence.h"
+
+namespace rnnfast {
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Scratch memory aligned to a cache line, allocated once per call, never in the time loop.
+template <typename T>
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(int64_t count) {
+    const size_t bytes = static_cast<size_t>(ceil_div(std::max<int64_t>(count, 1) *
+                                                          static_cast<int64_t>(sizeof(T)), 64) * 64);
+    data_ = static_cast<T*>(std::aligned_alloc(64, bytes));
+    if (data_ == nullptr) throw std::bad_alloc();
+  }
+  ~AlignedBuffer() { std::free(data_); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  T* data() { return data_; }
+
+ private:
+  T* data_ = nullptr;
+};
+
+// Tile geometry. A tile is kTileRows batch rows by `width` columns; width = 64 floats or
+// 32 doubles (four 64-byte vectors) keeps a 4-row tile's accumulators in 16 vector registers.
+constexpr int kTileRows = 4;
+template <typename T>
+constexpr int kTileWidth = 256 / static_cast<int>(sizeof(T));
+// Hidden units per forward tile: the G gates of `units` units fill the tile (GRU: 3 of 4 vectors).
+template <typename T, class C>
+constexpr int kForwardUnits = C::kGates == 3 ? kTileWidth<T> / 4 : kTileWidth<T> / C::kGates;
+
+// Packs a matrix given by elem(g, j, k) (gate g, hidden unit j < hidden, depth k < depth) into
+// panels: out[block][k][g][u] = elem(g, block*units + u, k), zero past the last unit.
+template <typename T, class Elem>
+void pack_panels(int64_t gates, int64_t hidden, int64_t depth, int64_t units, Elem elem, T* out) {
+  const int64_t blocks = ceil_div(hidden, units);
+  for (int64_t block = 0; block < blocks; ++block) {
+    for (int64_t k = 0; k < depth; ++k) {
+      for (int64_t g = 0; g < gates; ++g) {
+        T* dst = out + ((block * depth + k) * gates + g) * units;
+        for (int64_t u = 0; u < units; ++u) {
+          const int64_t j = block * units + u;
+          dst[u] = j < hidden ? elem(g, j, k) : T(0);
+        }
+      }
+    }
+  }
+}
+
+// acc[r][w] = init[w] + sum_k a[r*depth + k] * panel[k*W + w], for MR rows of a.
+template <typename T, int MR, int W>
+inline void tile_gemm(const T* __restrict a, int64_t depth, const T* __restrict panel,
+                      const T* __restrict init, T (&acc)[MR][W]) {
+  for (int r = 0; r < MR; ++r)
+    for (int w = 0; w < W; ++w) acc[r][w] = init != nullptr ? init[w] : T(0);
+  for (int64_t k = 0; k < depth; ++k) {
+    const T* __restrict p = panel + k * W;
+    for (int r = 0; r < MR; ++r) {
+      const T a_rk = a[r * depth + k];
+      for (int w = 0; w < W; ++w) acc[r][w] += a_rk * p[w];
+    }
+  }
+}
+
+template <typename T, int MR, int W, class Epilogue>
+inline void run_tile(const T* a, int64_t row0, int64_t depth, const T* panel, const T* init,
+                     Epilogue& epilogue) {
+  alignas(64) T acc[MR][W];
+  tile_gemm<T, MR, W>(a + row0 * depth, depth, panel, init, acc);
+  epilogue(row0, acc);
+}
+
+// Multiplies all `rows` rows of a [rows, depth] by one panel [depth, W], tile by tile, and hands
+// each tile to epilogue(row0, acc) where acc is T[MR][W] for rows row0 .. row0 + MR - 1.
+template <typename T, int W, class Epilogue>
+void gemm_panel(const T* a, int64_t rows, int64_t depth, const T* panel, const T* init,
+                Epilogue&& epilogue) {
+  int64_t row0 = 0;
+  for (; row0 + kTileRows <= rows; row0 += kTileRows)
+    run_tile<T, kTileRows, W>(a, row0, depth, panel, init, epilogue);
+  switch (rows - row0) {
+    case 3: run_tile<T, 3, W>(a, row0, depth, panel, init, epilogue); break;
+    case 2: run_tile<T, 2, W>(a, row0, depth, panel, init, epilogue); break;
+    case 1: run_tile<T, 1, W>(a, row0, depth, panel, init, epilogue); break;
+    default: break;
+  }
+}
+
+template <typename T, class C, bool kTraining>
+void forward_impl(const ForwardArgs<T>& a) {
+  constexpr int G = C::kGates, S = C::kSaved;
+  constexpr int kUnits = kForwardUnits<T, C>, kWidth = G * kUnits;
+  const int64_t B = a.batch, H = a.hidden, GH = G * H;
+  const int64_t blocks = ceil_div(H, kUnits);
+
+  AlignedBuffer<T> panels(blocks * H * kWidth), bias(blocks * kWidth);
+  pack_panels(G, H, H, kUnits, [&](int64_t g, int64_t j, int64_t k) {
+    return a.w_hh[(g * H + j) * H + k];
+  }, panels.data());
+  pack_panels(G, H, 1, kUnits, [&](int64_t g, int64_t j, int64_t) {
+    return a.b_hh != nullptr ? a.b_hh[g * H + j] : T(0);
+  }, bias.data());
+
+  for (int64_t t = 0; t < a.steps; ++t) {
+    const T* h_prev = t == 0 ? a.h0 : a.y + (t - 1) * B * H;
+    const T* c_prev = t == 0 ? a.c0 : a.c_n;  // the LSTM's c_n is its running state
+    const T* zx_t = a.zx + t * B * GH;
+    T* h_t = a.y + t * B * H;
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t j0 = block * kUnits;
+      const int64_t units = std::min<int64_t>(kUnits, H - j0);
+      gemm_panel<T, kWidth>(h_prev, B, H, panels.data() + block * H * kWidth,
+                            bias.data() + block * kWidth, [&](int64_t row0, auto& acc) {
+        constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+        for (int r = 0; r < MR; ++r) {
+          const int64_t b = row0 + r;
+          for (int64_t u = 0; u < units; ++u) {
+            const int64_t j = j0 + u, bj = b * H + j;
+            T zx[G], zh[G], saved[S > 0 ? S : 1];
+            for (int g = 0; g < G; ++g) {
+              zx[g] = zx_t[b * GH + g * H + j];
+              zh[g] = acc[r][g * kUnits + u];
+            }
+            T c = C::kHasCellState ? c_prev[bj] : T(0);
+            T h;
+            C::forward(zx, zh, h_prev[bj], c, h, saved);
+            h_t[bj] = h;
+            if constexpr (C::kHasCellState) a.c_n[bj] = c;
+            if constexpr (kTraining && S > 0) {
+              T* saved_bt = a.saved + (t * B + b) * S * H;
+              for (int s = 0; s < S; ++s) saved_bt[s * H + j] = saved[s];
+            }
+          }
+        }
+      });
+    }
+  }
+  std::memcpy(a.h_n, a.y + (a.steps - 1) * B * H, sizeof(T) * B * H);
+}
+
+template <typename T, class C>
+void backward_impl(const BackwardArgs<T>& a) {
+  constexpr int G = C::kGates, S = C::kSaved;
+  constexpr int kUnits = kTileWidth<T>;
+  const int64_t B = a.batch, H = a.hidden, GH = G * H, T_ = a.steps;
+  const int64_t blocks = ceil_div(H, kUnits);
+
+  // dh_{t-1}[b, j] = sum_k dzh_t[b, k] W_hh[k, j]: panels of W_hh's columns, depth G*H.
+  AlignedBuffer<T> panels(blocks * GH * kUnits);
+  pack_panels(1, H, GH, kUnits, [&](int64_t, int64_t j, int64_t k) {
+    return a.w_hh[k * H + j];
+  }, panels.data());
+
+  // dh0 and dc0 hold the running gradients: dh the part of dh_{t-1} that bypasses W_hh
+  // (dh_direct) between steps, dc the gradient reaching c_{t-1}.
+  T* dh = a.dh0;
+  T* dc = a.dc0;
+  for (int64_t i = 0; i < B * H; ++i) {
+    dh[i] = a.dh_n != nullptr ? a.dh_n[i] : T(0);
+    if constexpr (C::kHasCellState) dc[i] = a.dc_n != nullptr ? a.dc_n[i] : T(0);
+  }
+
+  // The cell's backward at step t for unit (b, j), given the full gradient reaching h_t.
+  auto unit_backward = [&](int64_t t, int64_t b, int64_t j, T dh_t) {
+    const int64_t bj = b * H + j;
+    T saved[S > 0 ? S : 1], dzx[G], dzh[G], dh_direct;
+    T c_prev = T(0), dc_t = T(0);
+    if constexpr (S > 0) {
+      const T* saved_bt = a.saved + (t * B + b) * S * H;
+      for (int s = 0; s < S; ++s) saved[s] = saved_bt[s * H + j];
+    }
+    if constexpr (C::kHasCellState) {
+      // c_{t-1}: c0, or the c that step t-1 saved (the LSTM saves c last).
+      c_prev = t == 0 ? a.c0[bj] : a.saved[((t - 1) * B + b) * S * H + (S - 1) * H + j];
+      dc_t = dc[bj];
+    }
+    const T h_prev = t == 0 ? a.h0[bj] : a.y[(t - 1) * B * H + bj];
+    C::backward(saved, a.y[t * B * H + bj], h_prev, c_prev, dh_t, dc_t, dzx, dzh, dh_direct);
+    T* dzx_bt = a.dzx + (t * B + b) * GH;
+    T* dzh_bt = a.dzh + (t * B + b) * GH;
+    for (int g = 0; g < G; ++g) dzx_bt[g * H + j] = dzx[g];
+    if (a.dzh != a.dzx)
+      for (int g = 0; g < G; ++g) dzh_bt[g * H + j] = dzh[g];
+    dh[bj] = dh_direct;
+    if constexpr (C::kHasCellState) dc[bj] = dc_t;
+  };
+
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t j = 0; j < H; ++j)
+      unit_backward(T_ - 1, b, j, dh[b * H + j] + a.dy[((T_ - 1) * B + b) * H + j]);
+
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const T* dzh_t = a.dzh + t * B * GH;
+    for (int64_t block = 0; block < blocks; ++block) {
+      const int64_t j0 = block * kUnits;
+      const int64_t units = std::min<int64_t>(kUnits, H - j0);
+      gemm_panel<T, kUnits>(dzh_t, B, GH, panels.data() + block * GH * kUnits, nullptr,
+                            [&](int64_t row0, auto& acc) {
+        constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+        for (int r = 0; r < MR; ++r) {
+          const int64_t b = row0 + r;
+          for (int64_t u = 0; u < units; ++u) {
+            const int64_t j = j0 + u, bj = b * H + j;
+            const T dh_prev = dh[bj] + acc[r][u];  // gradient reaching h_{t-1} from step t
+            if (t == 0)
+              dh[bj] = dh_prev;  // dh0
+            else
+              unit_backward(t - 1, b, j, dh_prev + a.dy[(t - 1) * B * H + bj]);
+          }
+        }
+      });
+    }
+  }
+}
+
+}  // namespace
+
+int saved_per_unit(Cell cell) {
+  return cells::visit_cell(cell, [](auto c) { return decltype(c)::kSaved; });
+}
+
+template <typename T>
+void recurrent_forward(const ForwardArgs<T>& args) {
+  cells::visit_cell(args.cell, [&](auto c) {
+    if (args.saved != nullptr)
+      forward_impl<T, decltype(c), true>(args);
+    else
+      forward_impl<T, decltype(c), false>(args);
+  });
+}
+
+template <typename T>
+void recurrent_backward(const BackwardArgs<T>& args) {
+  cells::visit_cell(args.cell, [&](auto c) { backward_impl<T, decltype(c)>(args); });
+}
+
+template void recurrent_forward<float>(const ForwardArgs<float>&);
+template void recurrent_forward<double>(const ForwardArgs<double>&);
+template void recurrent_backward<float>(const BackwardArgs<float>&);
+template void recurrent_backward<double>(const BackwardArgs<double>&);
+
+}  // namespace rnnfast

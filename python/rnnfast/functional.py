@@ -1,0 +1,146 @@
+"""Functional API: one recurrent layer in one direction, forward and backward through time.
+
+The layers (``rnnfast.RNN``, ``LSTM``, ``GRU``) are built on these two functions, and so are
+the other front ends. They take the same arguments as ``rnnfast.reference.forward`` and
+``backward`` and return the same results, computed by the compiled kernels:
+
+- the input projection ``zx = x W_ih^T + b_ih`` for all steps is one large GEMM (NumPy's BLAS),
+- the loop over time runs in C++ (``rnnfast._cpu``): per step the recurrent matmul on packed
+  weights with the cell's gate math fused into it,
+- after the backward loop the weight and input gradients are again large GEMMs.
+
+Shapes are time-major: ``x`` [T, B, I], ``h0``/``c0`` [B, H], ``w_ih`` [G*H, I], ``w_hh``
+[G*H, H], biases [G*H], with PyTorch's gate order (see ``rnnfast.reference``).
+
+Arrays may have any strides (non-contiguous ones are copied) and may be read-only; they are
+never written. A training forward keeps references to ``x`` and the weights for the backward:
+do not modify them in place between the two calls.
+"""
+
+import numpy as np
+
+from . import _cpu
+from .reference import CELLS, GATES
+
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+class Context:
+    """What a training forward keeps for its backward (the arrays below, and nothing else).
+
+    Memory beyond the inputs and y: the training workspace ``saved``, T*B*S*H values with
+    S = 5 (LSTM: i, f, g, o, c), 4 (GRU: r, z, n, W_hn h + b_hn), 0 (RNN).
+    """
+
+    __slots__ = ("cell", "x", "w_ih", "w_hh", "h0", "c0", "y", "saved")
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+
+def _as_array(value, name, dtype, shape):
+    """``value`` as a C-contiguous ndarray of ``dtype`` and ``shape``, or a clear exception."""
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, not {type(value).__name__}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name} has dtype {value.dtype}, expected {dtype} (the dtype of x)")
+    if value.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {value.shape}, expected {tuple(shape)}")
+    return np.ascontiguousarray(value)
+
+
+def _optional(value, name, dtype, shape):
+    return None if value is None else _as_array(value, name, dtype, shape)
+
+
+def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=False):
+    """Runs one layer over a sequence.
+
+    Returns ``(y, h_n, c_n, ctx)``: y [T, B, H], h_n [B, H], c_n [B, H] (LSTM; else None), and
+    ctx, the Context that ``backward`` needs (None unless ``training``).
+    """
+    if cell not in GATES:
+        raise ValueError(f"cell must be one of {CELLS}, not {cell!r}")
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x must be a numpy.ndarray, not {type(x).__name__}")
+    if x.dtype not in DTYPES:
+        raise TypeError(f"x has dtype {x.dtype}, expected float32 or float64")
+    if x.ndim != 3 or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (T, B, input_size) with T >= 1, not {x.shape}")
+    if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[1] < 1:
+        raise ValueError("w_hh must be a numpy.ndarray of shape (G*hidden_size, hidden_size)")
+    steps, batch, inputs = x.shape
+    hidden = w_hh.shape[1]
+    gh = GATES[cell] * hidden
+    dtype = x.dtype
+    x = np.ascontiguousarray(x)
+    w_ih = _as_array(w_ih, "w_ih", dtype, (gh, inputs))
+    w_hh = _as_array(w_hh, "w_hh", dtype, (gh, hidden))
+    b_ih = _optional(b_ih, "b_ih", dtype, (gh,))
+    b_hh = _optional(b_hh, "b_hh", dtype, (gh,))
+    h0 = _as_array(h0, "h0", dtype, (batch, hidden))
+    if cell == "lstm":
+        c0 = _as_array(c0, "c0", dtype, (batch, hidden))
+    elif c0 is not None:
+        raise ValueError(f"c0 must be None for cell {cell!r}: only the LSTM has a cell state")
+
+    # The input projection of all steps: one GEMM, outside the time loop.
+    zx = (x.reshape(steps * batch, inputs) @ w_ih.T).reshape(steps, batch, gh)
+    if b_ih is not None:
+        zx += b_ih
+    y = np.empty((steps, batch, hidden), dtype)
+    h_n = np.empty((batch, hidden), dtype)
+    c_n = np.empty((batch, hidden), dtype) if cell == "lstm" else None
+    per_unit = _cpu.saved_per_unit(cell)
+    saved = np.empty((steps, batch, per_unit * hidden), dtype) if training and per_unit else None
+    _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved)
+    ctx = None
+    if training:
+        ctx = Context(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, y=y, saved=saved)
+    return y, h_n, c_n, ctx
+
+
+def backward(ctx, dy, dh_n=None, dc_n=None):
+    """Backpropagation through time for a training ``forward``.
+
+    dy [T, B, H]: gradient of the loss with respect to y; dh_n, dc_n [B, H]: with respect to
+    h_n and c_n (None for zero). Returns a dict of gradients keyed x, h0, c0 (None unless
+    LSTM), w_ih, w_hh, b_ih, b_hh (bias gradients are returned even for a forward without
+    biases).
+    """
+    if not isinstance(ctx, Context):
+        raise TypeError("ctx must be the Context returned by forward(..., training=True)")
+    cell, x, w_ih, w_hh, y = ctx.cell, ctx.x, ctx.w_ih, ctx.w_hh, ctx.y
+    steps, batch, hidden = y.shape
+    inputs, gh = x.shape[2], w_hh.shape[0]
+    dtype = y.dtype
+    dy = _as_array(dy, "dy", dtype, y.shape)
+    dh_n = _optional(dh_n, "dh_n", dtype, (batch, hidden))
+    if cell == "lstm":
+        dc_n = _optional(dc_n, "dc_n", dtype, (batch, hidden))
+    elif dc_n is not None:
+        raise ValueError(f"dc_n must be None for cell {cell!r}: only the LSTM has a cell state")
+
+    dzx = np.empty((steps, batch, gh), dtype)
+    dzh = np.empty_like(dzx) if cell == "gru" else None  # equal to dzx for the other cells
+    dh0 = np.empty((batch, hidden), dtype)
+    dc0 = np.empty((batch, hidden), dtype) if cell == "lstm" else None
+    _cpu.recurrent_backward(cell, w_hh, ctx.h0, ctx.c0, y, ctx.saved, dy, dh_n, dc_n,
+                            dzx, dzh, dh0, dc0)
+
+    # The large GEMMs, after the loop. h_{t-1} is h0 for t = 0 and y[t-1] after.
+    dzx = dzx.reshape(steps * batch, gh)
+    dzh = dzx if dzh is None else dzh.reshape(steps * batch, gh)
+    dw_hh = dzh[:batch].T @ ctx.h0
+    if steps > 1:
+        dw_hh += dzh[batch:].T @ y[:-1].reshape((steps - 1) * batch, hidden)
+    return {
+        "x": (dzx @ w_ih).reshape(steps, batch, inputs),
+        "h0": dh0,
+        "c0": dc0,
+        "w_ih": dzx.T @ x.reshape(steps * batch, inputs),
+        "w_hh": dw_hh,
+        "b_ih": dzx.sum(axis=0),
+        "b_hh": dzh.sum(axis=0),
+    }

@@ -1,0 +1,302 @@
+"""rnnfast.functional (the C++ kernels) against the NumPy reference, and its invariants.
+
+Accuracy: see the tolerance rule in _util.py (float64: 1e-10 relative to the oracle's largest
+magnitude; float32: at most twice the float32 reference's own error plus a 16-ulp floor).
+"""
+
+import numpy as np
+import pytest
+
+from rnnfast import functional as F
+
+from _util import (
+    CELLS, DTYPES, GRAD_NAMES, STEP_TOL, assert_matches_oracle, assert_unchanged, copies,
+    make_problem, rel_err, shape_id,
+)
+
+# (T, B, I, H): I and H from {1, 7, 33, 130} (1: degenerate, 7: below one SIMD vector,
+# 33: one past a multiple of 8/16/32, 130: two past 128 and several tiles), B of 1 and 3,
+# T of 1 and 5, and one longer sequence. A selection, not the cross product, to keep it fast.
+SHAPES = [
+    (1, 1, 1, 1),
+    (5, 3, 1, 7),
+    (5, 1, 7, 1),
+    (1, 3, 7, 33),
+    (5, 3, 33, 7),
+    (5, 1, 33, 130),
+    (5, 3, 130, 33),
+    (1, 1, 130, 130),
+    (5, 3, 7, 130),
+    (20, 3, 33, 33),
+]
+SHAPE_IDS = [shape_id(*s) for s in SHAPES]
+DTYPE_IDS = ["f32", "f64"]
+
+
+def run_functional(cell, inputs, douts, training=True):
+    """Forward (and backward if training) through rnnfast.functional; same keys as
+    _util.reference_results."""
+    y, h_n, c_n, ctx = F.forward(
+        cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
+        inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"], training=training,
+    )
+    out = {"y": y, "h_n": h_n, "c_n": c_n}
+    if training:
+        grads = F.backward(ctx, douts["dy"], douts["dh_n"], douts["dc_n"])
+        assert set(grads) == set(GRAD_NAMES), sorted(grads)
+        out.update({"d" + k: grads[k] for k in GRAD_NAMES})
+    else:
+        assert ctx is None
+    return out
+
+
+def _seed(*parts):
+    # a stable seed per test case (hash() of str is salted per process, so not that)
+    return sum((i + 1) * sum(map(ord, str(p))) for i, p in enumerate(parts))
+
+
+# ------------------------------------------------------------------ accuracy
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_matches_reference(cell, dtype, shape, bias):
+    inputs, douts = make_problem(cell, *shape, dtype, bias=bias, seed=_seed(cell, shape, bias))
+    got = run_functional(cell, inputs, douts)
+    if cell != "lstm":
+        assert got["c_n"] is None and got["dc0"] is None
+    # b_ih/b_hh gradients are returned even without biases: the gradient of a zero bias
+    assert got["db_ih"] is not None and got["db_hh"] is not None
+    assert_matches_oracle(cell, inputs, douts, got, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_backward_without_state_gradients(cell, dtype):
+    """dh_n and dc_n default to None, meaning zero."""
+    inputs, douts = make_problem(cell, 5, 3, 7, 33, dtype, seed=_seed("nograd", cell))
+    douts = {"dy": douts["dy"], "dh_n": None, "dc_n": None}
+    got = run_functional(cell, inputs, douts)
+    assert_matches_oracle(cell, inputs, douts, got, dtype)
+
+
+# ------------------------------------------------------------------ invariants
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 7, 33), (6, 1, 33, 130)], ids=shape_id)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_sequence_equals_single_steps(cell, dtype, shape):
+    inputs, _ = make_problem(cell, *shape, dtype, seed=_seed("steps", cell, shape))
+    full = run_functional(cell, inputs, None, training=False)
+    h, c = inputs["h0"], inputs["c0"]
+    ys = []
+    for t in range(shape[0]):
+        y_t, h, c, _ = F.forward(
+            cell, inputs["x"][t:t + 1], h, inputs["w_ih"], inputs["w_hh"],
+            inputs["b_ih"], inputs["b_hh"], c0=c,
+        )
+        assert y_t.shape == (1,) + h.shape
+        ys.append(y_t[0])
+    tol = STEP_TOL[dtype]
+    assert rel_err(np.stack(ys), full["y"]) <= tol
+    assert rel_err(h, full["h_n"]) <= tol
+    if cell == "lstm":
+        assert rel_err(c, full["c_n"]) <= tol
+    else:
+        assert c is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_training_forward_equals_inference_forward(cell, dtype):
+    inputs, douts = make_problem(cell, 7, 3, 33, 130, dtype, seed=_seed("train", cell))
+    train = run_functional(cell, inputs, douts, training=True)
+    infer = run_functional(cell, inputs, douts, training=False)
+    for name in ("y", "h_n", "c_n"):
+        if cell != "lstm" and name == "c_n":
+            assert infer[name] is None
+            continue
+        assert np.array_equal(train[name], infer[name]), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_repeated_call_is_bitwise_identical(cell, dtype):
+    inputs, douts = make_problem(cell, 6, 3, 33, 130, dtype, seed=_seed("again", cell))
+    first = run_functional(cell, inputs, douts)
+    second = run_functional(cell, inputs, douts)
+    for name, value in first.items():
+        if value is None:
+            assert second[name] is None, name
+        else:
+            assert np.array_equal(value, second[name]), name
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_caller_arrays_not_modified(cell, dtype, training):
+    inputs, douts = make_problem(cell, 5, 3, 7, 33, dtype, seed=_seed("const", cell))
+    before_in, before_d = copies(inputs), copies(douts)
+    first = run_functional(cell, inputs, douts, training=training)
+    kept = copies(first)
+    # a second call must not overwrite the arrays the first one returned (no shared buffers)
+    inputs2, douts2 = make_problem(cell, 5, 3, 7, 33, dtype, seed=_seed("const2", cell))
+    run_functional(cell, inputs2, douts2, training=training)
+    assert_unchanged(before_in, inputs)
+    assert_unchanged(before_d, douts)
+    assert_unchanged(kept, first)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_outputs_have_input_dtype_and_shapes(cell, dtype):
+    T, B, I, H = 4, 3, 7, 33
+    inputs, douts = make_problem(cell, T, B, I, H, dtype, seed=_seed("shapes", cell))
+    got = run_functional(cell, inputs, douts)
+    assert got["y"].shape == (T, B, H) and got["y"].dtype == dtype
+    assert got["h_n"].shape == (B, H) and got["h_n"].dtype == dtype
+    if cell == "lstm":
+        assert got["c_n"].shape == (B, H) and got["c_n"].dtype == dtype
+    for k in GRAD_NAMES:
+        if got["d" + k] is not None:
+            shape = inputs[k].shape if inputs[k] is not None else (inputs["w_hh"].shape[0],)
+            assert got["d" + k].shape == shape, k
+            assert got["d" + k].dtype == dtype, k
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_noncontiguous_arguments(cell):
+    """Strided and transposed views give the same result as their contiguous copies."""
+    dtype = np.float32
+    inputs, douts = make_problem(cell, 5, 3, 7, 33, dtype, seed=_seed("strided", cell))
+    expected = run_functional(cell, inputs, douts)
+
+    def strided(a):
+        # a view with every other element of a twice-as-wide buffer along the last axis
+        buf = np.zeros(a.shape[:-1] + (2 * a.shape[-1],), a.dtype)
+        buf[..., ::2] = a
+        v = buf[..., ::2]
+        assert not v.flags.c_contiguous
+        return v
+
+    def transposed(a):
+        # a Fortran-ordered copy: same values and shape, not C-contiguous
+        v = np.asfortranarray(a)
+        assert not v.flags.c_contiguous
+        return v
+
+    def reversed_view(a):
+        # a view with a negative stride
+        v = a[::-1].copy()[::-1]
+        assert v.strides[0] < 0
+        return v
+
+    views = {
+        "x": transposed(inputs["x"]),
+        "h0": strided(inputs["h0"]),
+        "c0": None if inputs["c0"] is None else transposed(inputs["c0"]),
+        "w_ih": transposed(inputs["w_ih"]),
+        "w_hh": strided(inputs["w_hh"]),
+        "b_ih": strided(inputs["b_ih"]),
+        "b_hh": reversed_view(inputs["b_hh"]),
+    }
+    dviews = {
+        "dy": strided(douts["dy"]),
+        "dh_n": transposed(douts["dh_n"]),
+        "dc_n": None if douts["dc_n"] is None else strided(douts["dc_n"]),
+    }
+    got = run_functional(cell, views, dviews)
+    for name, value in expected.items():
+        if value is None:
+            assert got[name] is None, name
+        else:
+            assert np.array_equal(got[name], value), name
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_read_only_arguments(cell):
+    inputs, douts = make_problem(cell, 4, 3, 7, 33, np.float32, seed=_seed("ro", cell))
+    expected = run_functional(cell, inputs, douts)
+    for d in (inputs, douts):
+        for v in d.values():
+            if v is not None:
+                v.setflags(write=False)
+    got = run_functional(cell, inputs, douts)
+    for name, value in expected.items():
+        if value is not None:
+            assert np.array_equal(got[name], value), name
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_ctx_is_none(cell):
+    inputs, _ = make_problem(cell, 3, 2, 7, 7, np.float32, seed=_seed("ctx", cell))
+    *_, ctx = F.forward(
+        cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
+        inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"],
+    )
+    assert ctx is None
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("wrong", ["h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_mixed_dtypes_raise_type_error(cell, dtype, wrong):
+    if wrong == "c0" and cell != "lstm":
+        pytest.skip("c0 is only used by lstm")
+    inputs, _ = make_problem(cell, 3, 2, 7, 7, dtype, seed=_seed("mixed", cell))
+    other = np.float64 if dtype == np.float32 else np.float32
+    inputs[wrong] = inputs[wrong].astype(other)
+    with pytest.raises(TypeError):
+        F.forward(
+            cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
+            inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"],
+        )
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int32], ids=["f16", "i32"])
+def test_unsupported_dtype_raises(dtype):
+    inputs, _ = make_problem("gru", 3, 2, 7, 7, np.float64, seed=2)
+    inputs = {k: v.astype(dtype) for k, v in inputs.items() if v is not None}
+    with pytest.raises((TypeError, ValueError)):
+        F.forward(
+            "gru", inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
+            inputs["b_ih"], inputs["b_hh"],
+        )
+
+
+def test_unknown_cell_raises():
+    inputs, _ = make_problem("gru", 3, 2, 7, 7, np.float32, seed=1)
+    with pytest.raises(ValueError, match="cell"):
+        F.forward("lstmish", inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"])
+
+
+# ------------------------------------------------------------------ threads (if exposed)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_results_do_not_depend_on_thread_count(cell):
+    import rnnfast
+
+    if not (hasattr(rnnfast, "set_num_threads") and hasattr(rnnfast, "get_num_threads")):
+        pytest.skip("rnnfast.set_num_threads/get_num_threads not provided")
+    inputs, douts = make_problem(cell, 5, 3, 33, 130, np.float32, seed=_seed("threads", cell))
+    saved = rnnfast.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2, 3):
+            rnnfast.set_num_threads(n)
+            results.append(run_functional(cell, inputs, douts))
+    finally:
+        rnnfast.set_num_threads(saved)
+    for other in results[1:]:
+        for name, value in results[0].items():
+            if value is not None:
+                assert np.array_equal(other[name], value), name
+
