@@ -127,15 +127,18 @@ def make_problem(cell, T, B, I, H, dtype, bias=True, seed=0, relu_margin=2e-5):
 def reference_results(cell, inputs, douts, dtype):
     """Run the reference forward and backward in ``dtype`` on ``inputs`` (cast to ``dtype``).
 
-    Returns a dict with keys y, h_n, c_n and dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh.
+    Returns a dict with keys y, h_n, c_n and (unless ``douts`` is None: forward only) dx, dh0,
+    dc0, dw_ih, dw_hh, db_ih, db_hh.
     """
-    c = {k: (None if v is None else np.asarray(v, dtype)) for k, v in {**inputs, **douts}.items()}
+    both = {**inputs, **(douts or {})}
+    c = {k: (None if v is None else np.asarray(v, dtype)) for k, v in both.items()}
     y, h_n, c_n, cache = ref.forward(
         cell, c["x"], c["h0"], c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"], c0=c["c0"]
     )
-    grads = ref.backward(cache, c["dy"], c["dh_n"], c["dc_n"])
     out = {"y": y, "h_n": h_n, "c_n": c_n}
-    out.update({"d" + k: grads[k] for k in GRAD_NAMES})
+    if douts is not None:
+        grads = ref.backward(cache, c["dy"], c["dh_n"], c["dc_n"])
+        out.update({"d" + k: grads[k] for k in GRAD_NAMES})
     return out
 
 
@@ -143,6 +146,7 @@ def assert_matches_oracle(cell, inputs, douts, got, dtype):
     """Check every array in ``got`` (keys as in reference_results) with the tolerance rule.
 
     ``got`` values of None must match None in the reference (c_n, dc0 for non-LSTM cells).
+    ``douts`` None: forward only (``got`` then holds only y, h_n, c_n).
     """
     dtype = np.dtype(dtype)
     oracle = reference_results(cell, inputs, douts, np.float64)

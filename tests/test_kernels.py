@@ -85,7 +85,7 @@ def test_backward_without_state_gradients(cell, dtype):
 # ------------------------------------------------------------------ invariants
 
 
-@pytest.mark.parametrize("shape", [(5, 3, 7, 33), (6, 1, 33, 130)], ids=shape_id)
+@pytest.mark.parametrize("shape", [(5, 3, 7, 33), (6, 1, 33, 130)], ids=lambda s: shape_id(*s))
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_sequence_equals_single_steps(cell, dtype, shape):
@@ -244,12 +244,13 @@ def test_inference_ctx_is_none(cell):
 # ------------------------------------------------------------------ bad input
 
 
-@pytest.mark.parametrize("wrong", ["h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_mixed_dtypes_raise_type_error(cell, dtype, wrong):
-    if wrong == "c0" and cell != "lstm":
-        pytest.skip("c0 is only used by lstm")
+MIXED = [(cell, wrong) for cell in ("gru", "lstm")
+         for wrong in ("h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh") if cell == "lstm" or wrong != "c0"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["x_f32", "x_f64"])
+@pytest.mark.parametrize("cell,wrong", MIXED, ids=[f"{c}-{w}" for c, w in MIXED])
+def test_mixed_dtypes_raise_type_error(cell, wrong, dtype):
     inputs, _ = make_problem(cell, 3, 2, 7, 7, dtype, seed=_seed("mixed", cell))
     other = np.float64 if dtype == np.float32 else np.float32
     inputs[wrong] = inputs[wrong].astype(other)

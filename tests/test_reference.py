@@ -136,7 +136,7 @@ def _equations_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     T_, B_, I_ = x.shape
     H_ = h0.shape[1]
 
-    def pre(src, w, b, t_row, vec, n):
+    def pre(w, b, t_row, vec, n):
         # (W vec + b)[row], row = t_row * H + j, as a plain loop
         return [
             sum(w[t_row * H_ + j, k] * vec[k] for k in range(n)) + b[t_row * H_ + j]
@@ -149,8 +149,8 @@ def _equations_forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     for t in range(T_):
         for b in range(B_):
             xt, hp = list(x[t, b]), h[b]
-            wx = [pre(None, w_ih, b_ih, g, xt, I_) for g in range(GATES[cell])]
-            wh = [pre(None, w_hh, b_hh, g, hp, H_) for g in range(GATES[cell])]
+            wx = [pre(w_ih, b_ih, g, xt, I_) for g in range(GATES[cell])]
+            wh = [pre(w_hh, b_hh, g, hp, H_) for g in range(GATES[cell])]
             if cell in ("rnn_tanh", "rnn_relu"):
                 z = [wx[0][j] + wh[0][j] for j in range(H_)]
                 hn = [math.tanh(v) if cell == "rnn_tanh" else max(v, 0.0) for v in z]

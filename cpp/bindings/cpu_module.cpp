@@ -38,6 +38,9 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 template <typename T>
 class ArgChecker {
  public:
+  // lead: the argument whose dtype chose T, named in dtype errors.
+  explicit ArgChecker(const char* lead) : lead_(lead) {}
+
   // Required input: a C-contiguous ndarray of dtype T with exactly this shape.
   const T* input(const py::handle& obj, const char* name, const std::vector<int64_t>& shape) {
     return checked(obj, name, shape, false);
@@ -84,7 +87,8 @@ class ArgChecker {
     auto arr = py::reinterpret_borrow<py::array>(obj);
     if (!arr.dtype().is(py::dtype::of<T>()))
       throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(arr.dtype())) +
-                           ", expected " + std::string(py::str(py::dtype::of<T>())));
+                           ", expected " + std::string(py::str(py::dtype::of<T>())) +
+                           " (the dtype of " + lead_ + ")");
     std::vector<int64_t> actual(arr.shape(), arr.shape() + arr.ndim());
     if (actual != shape)
       throw py::value_error(std::string(name) + " has shape " + shape_str(actual) +
@@ -98,6 +102,7 @@ class ArgChecker {
     return static_cast<T*>(const_cast<void*>(arr.data()));
   }
 
+  const char* lead_;
   std::vector<Span> spans_;
 };
 
@@ -119,8 +124,11 @@ struct Sizes {
 };
 
 Sizes read_sizes(Cell cell, const py::array& z, const char* z_name, const py::array& w_hh) {
-  if (w_hh.ndim() != 2 || w_hh.shape(1) < 1)
-    throw py::value_error("w_hh must have shape (G*H, H) with H >= 1");
+  const int64_t gates = gate_count(cell);
+  if (w_hh.ndim() != 2 || w_hh.shape(1) < 1 || w_hh.shape(0) != gates * w_hh.shape(1))
+    throw py::value_error("w_hh has shape " +
+                          shape_str(std::vector<int64_t>(w_hh.shape(), w_hh.shape() + w_hh.ndim())) +
+                          ", expected (" + std::to_string(gates) + "*H, H) with H >= 1");
   if (z.ndim() != 3 || z.shape(0) < 1)
     throw py::value_error(std::string(z_name) + " must have shape (T, B, G*H) with T >= 1");
   return {z.shape(0), z.shape(1), w_hh.shape(1)};
@@ -132,7 +140,7 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
   const Cell cell = parse_cell(cell_name);
   dispatch_dtype(zx, "zx", [&](auto type_tag) {
     using T = decltype(type_tag);
-    ArgChecker<T> check;
+    ArgChecker<T> check("zx");
     if (!py::isinstance<py::array>(w_hh)) throw py::type_error("w_hh must be a numpy.ndarray");
     const Sizes n = read_sizes(cell, zx.cast<py::array>(), "zx", w_hh.cast<py::array>());
     const int64_t G = gate_count(cell), S = saved_per_unit(cell);
@@ -172,7 +180,7 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
   const Cell cell = parse_cell(cell_name);
   dispatch_dtype(dzx, "dzx", [&](auto type_tag) {
     using T = decltype(type_tag);
-    ArgChecker<T> check;
+    ArgChecker<T> check("dzx");
     if (!py::isinstance<py::array>(w_hh)) throw py::type_error("w_hh must be a numpy.ndarray");
     const Sizes n = read_sizes(cell, dzx.cast<py::array>(), "dzx", w_hh.cast<py::array>());
     const int64_t G = gate_count(cell), S = saved_per_unit(cell);

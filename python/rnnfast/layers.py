@@ -143,12 +143,15 @@ class _RNNBase:
         if steps < 1:
             raise ValueError(f"input has shape {input.shape}: the sequence length must be >= 1")
 
-        names = ("h0", "c0") if self._cell == "lstm" else ("hx",)
-        if self._cell == "lstm" and hx is not None and (
-                not isinstance(hx, (tuple, list)) or len(hx) != 2):
-            raise TypeError("hx must be None or a tuple (h0, c0) for the LSTM")
-        states = self._states_in(hx if self._cell == "lstm" else (hx,), names, batch, unbatched,
-                                 zeros_for_none=True)
+        if self._cell == "lstm":
+            if hx is None:
+                hx = (None, None)
+            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+                raise TypeError("hx must be None or a tuple (h0, c0) for the LSTM")
+            names = ("hx[0] (h0)", "hx[1] (c0)")
+        else:
+            hx, names = (hx,), ("hx",)
+        states = self._states_in(hx, names, batch, unbatched, zeros_for_none=True)
         p = self._params
         y, h_n, c_n, ctx = functional.forward(
             self._cell, x, states[0], p["weight_ih_l0"], p["weight_hh_l0"], p.get("bias_ih_l0"),
@@ -180,7 +183,7 @@ class _RNNBase:
                 grad_hx = (None, None)
             if not isinstance(grad_hx, (tuple, list)) or len(grad_hx) != 2:
                 raise TypeError("grad_hx must be None or a tuple (grad_h_n, grad_c_n) for the LSTM")
-            names = ("grad_hx[0]", "grad_hx[1]")
+            names = ("grad_hx[0] (h_n)", "grad_hx[1] (c_n)")
         else:
             grad_hx, names = (grad_hx,), ("grad_hx",)
         finals = self._states_in(grad_hx, names, batch, unbatched, zeros_for_none=False)
