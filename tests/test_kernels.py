@@ -9,6 +9,9 @@ import pytest
 
 from rnnfast import functional as F
 
+# Every numerical test here runs once per compiled instruction set (the `isa` fixture).
+pytestmark = pytest.mark.usefixtures("isa")
+
 from _util import (
     CELLS, DTYPES, GRAD_NAMES, STEP_TOL, assert_matches_oracle, assert_unchanged, copies,
     make_problem, rel_err, shape_id,
@@ -28,6 +31,7 @@ SHAPES = [
     (1, 1, 130, 130),
     (5, 3, 7, 130),
     (20, 3, 33, 33),
+    (4, 9, 13, 70),  # B = 9: two full 4-row tiles and a 1-row tail
 ]
 SHAPE_IDS = [shape_id(*s) for s in SHAPES]
 DTYPE_IDS = ["f32", "f64"]

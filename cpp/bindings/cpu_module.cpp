@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "rnnfast/activations_cpu.h"
 #include "rnnfast/cpu_features.h"
 #include "rnnfast/recurrence.h"
 
@@ -223,6 +224,24 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
   });
 }
 
+void activation_py(const std::string& name, py::object x, py::object out) {
+  Activation f;
+  if (name == "exp") f = Activation::Exp;
+  else if (name == "tanh") f = Activation::Tanh;
+  else if (name == "sigmoid") f = Activation::Sigmoid;
+  else throw py::value_error("activation must be 'exp', 'tanh' or 'sigmoid', not '" + name + "'");
+  dispatch_dtype(x, "x", [&](auto type_tag) {
+    using T = decltype(type_tag);
+    ArgChecker<T> check("x");
+    const int64_t n = x.cast<py::array>().size();
+    const T* in = check.input(x, "x", {n});
+    T* result = check.output(out, "out", {n});
+    check.check_no_overlap();
+    py::gil_scoped_release release;
+    apply_activation(f, in, result, n);
+  });
+}
+
 }  // namespace
 }  // namespace rnnfast
 
@@ -241,6 +260,23 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("dc0"),
         "Backward through time of recurrent_forward. Writes dzx [T,B,G*H], dzh [T,B,G*H] (GRU "
         "only: for the other cells it equals dzx and must be None), dh0 and dc0 [B,H].");
+  m.def("compiled_isas", &compiled_isas, "Instruction sets the CPU kernels were compiled for.");
+  m.def("available_isas", &available_isas, "Compiled instruction sets this CPU supports.");
+  m.def("active_isa", &active_isa, "The instruction set the CPU kernels use now.");
+  m.def("set_isa", [](const std::string& name) {
+    try {
+      set_isa(name);
+    } catch (const std::invalid_argument& e) {
+      throw py::value_error(e.what());
+    }
+  }, py::arg("name"), "Use this instruction set (one of available_isas()).");
+  m.def("activation", &activation_py, py::arg("name"), py::arg("x"), py::arg("out"),
+        "out = the cells' exp, tanh or sigmoid of the 1-D array x, as the kernels compute it.");
+  m.def("num_threads", &num_threads);
+  m.def("set_num_threads", [](int threads) {
+    if (threads < 1) throw py::value_error("threads must be a positive integer");
+    set_num_threads(threads);
+  }, py::arg("threads"));
   m.def("cpu_features", &cpu_features,
         "Instruction-set extensions of this CPU that rnnfast can use.");
   m.def("gate_count", [](const std::string& cell) { return gate_count(parse_cell(cell)); },

@@ -5,6 +5,8 @@ functional API (``rnnfast.functional``) and the NumPy reference that every kerne
 against (``rnnfast.reference``).
 """
 
+import os as _os
+import warnings as _warnings
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import _cpu, functional, reference
@@ -16,16 +18,45 @@ except PackageNotFoundError:  # imported from a source tree that was not install
     __version__ = "0+unknown"
 
 __all__ = ["RNN", "LSTM", "GRU", "functional", "reference", "cpu_info", "cuda_info",
-           "__version__"]
+           "set_num_threads", "get_num_threads", "__version__"]
+
+# RNNFAST_ISA forces an instruction set (e.g. a lower one, to compare numerics or speed).
+if _os.environ.get("RNNFAST_ISA"):
+    try:
+        _cpu.set_isa(_os.environ["RNNFAST_ISA"])
+    except ValueError as _error:
+        _warnings.warn(f"RNNFAST_ISA ignored: {_error}; using {_cpu.active_isa()}",
+                       RuntimeWarning, stacklevel=2)
 
 
 def cpu_info():
-    """The CPU kernels' instruction set in use, the ones available on this machine, and the
-    CPU's relevant features, as a dict: {"isa": str, "available": [str], "cpu_features": [str]}.
+    """The CPU kernels' instruction sets, as a dict:
 
-    This version compiles one portable x86-64 target ("baseline").
+    - "isa": the one in use ("baseline", "avx2" or "avx512"): the best of "available", or the
+      one the environment variable RNNFAST_ISA names (read at import);
+    - "available": compiled into this build and supported by this CPU, lowest first;
+    - "compiled": compiled into this build;
+    - "cpu_features": the CPU's instruction-set extensions that matter here;
+    - "num_threads": the threads the CPU kernels use.
     """
-    return {"isa": "baseline", "available": ["baseline"], "cpu_features": _cpu.cpu_features()}
+    return {"isa": _cpu.active_isa(), "available": _cpu.available_isas(),
+            "compiled": _cpu.compiled_isas(), "cpu_features": _cpu.cpu_features(),
+            "num_threads": _cpu.num_threads()}
+
+
+def set_num_threads(threads):
+    """Sets the number of threads of the CPU kernels (>= 1). The default is the number of cores
+    this process may run on, or the environment variable RNNFAST_NUM_THREADS. Results are
+    bitwise identical for any thread count. (NumPy's BLAS, used for the large GEMMs, has its
+    own setting, e.g. OPENBLAS_NUM_THREADS.)"""
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, not {threads!r}")
+    _cpu.set_num_threads(threads)
+
+
+def get_num_threads():
+    """The number of threads of the CPU kernels."""
+    return _cpu.num_threads()
 
 
 def cuda_info():

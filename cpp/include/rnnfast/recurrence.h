@@ -15,12 +15,18 @@
 
 #include <cstdint>
 
+#include <string>
+#include <vector>
+
+#include "rnnfast/cells/cells.h"
 #include "rnnfast/common.h"
 
 namespace rnnfast {
 
 // Values per hidden unit and step that the training forward saves (see cells/*.h).
-int saved_per_unit(Cell cell);
+inline int saved_per_unit(Cell cell) {
+  return cells::visit_cell(cell, [](auto c) { return decltype(c)::kSaved; });
+}
 
 template <typename T>
 struct ForwardArgs {
@@ -56,10 +62,24 @@ struct BackwardArgs {
   T* dc0;          // [B, H] out, LSTM only
 };
 
+// Run on the instruction set in use (see below) and the global thread pool's threads.
+// Results are bitwise identical for any number of threads.
 template <typename T>
 void recurrent_forward(const ForwardArgs<T>& args);
 
 template <typename T>
 void recurrent_backward(const BackwardArgs<T>& args);
+
+// The CPU kernels are compiled for several instruction sets, named from the lowest:
+// "baseline" (any x86-64, or the target's default elsewhere), "avx2" (AVX2 + FMA), "avx512"
+// (AVX-512 F, BW, DQ, VL). The best one this CPU supports is used unless set_isa says otherwise.
+std::vector<std::string> compiled_isas();
+std::vector<std::string> available_isas();  // compiled and supported by this CPU
+std::string active_isa();
+void set_isa(const std::string& name);  // throws std::invalid_argument if not available
+
+// Threads of the CPU kernels (a persistent pool; the caller's thread counts as one).
+int num_threads();
+void set_num_threads(int threads);  // throws std::invalid_argument unless threads >= 1
 
 }  // namespace rnnfast

@@ -17,11 +17,35 @@
 
 #include "rnnfast/cells/cells.h"
 #include "rnnfast/recurrence.h"
+#include "thread_pool.h"
+
+// This file is compiled once per instruction set (see CMakeLists.txt), each time into its own
+// namespace; dispatch.cpp picks one at run time.
+#ifndef RNNFAST_ISA_NS
+#error "compile with -DRNNFAST_ISA_NS=<namespace of this instruction set>"
+#endif
 
 namespace rnnfast {
+namespace RNNFAST_ISA_NS {
 namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Threads for a run of `blocks` column blocks with `macs` multiply-adds per step: each thread
+// takes whole blocks, and a thread's share of a step should outweigh the barrier (~1 us).
+int choose_threads(int64_t blocks, int64_t macs) {
+  constexpr int64_t kMinMacsPerThread = 16384;
+  const int64_t useful = std::max<int64_t>(1, macs / kMinMacsPerThread);
+  return static_cast<int>(
+      std::min<int64_t>({ThreadPool::global().num_threads(), blocks, useful}));
+}
+
+// The range [first, last) of blocks that thread `index` of `threads` owns, for every step.
+struct BlockRange {
+  int64_t first, last;
+  BlockRange(int64_t blocks, int index, int threads)
+      : first(blocks * index / threads), last(blocks * (index + 1) / threads) {}
+};
 
 // Scratch memory aligned to a cache line, allocated once per call, never in the time loop.
 template <typename T>
@@ -123,40 +147,46 @@ void forward_impl(const ForwardArgs<T>& a) {
     return a.b_hh != nullptr ? a.b_hh[g * H + j] : T(0);
   }, bias.data());
 
-  for (int64_t t = 0; t < a.steps; ++t) {
-    const T* h_prev = t == 0 ? a.h0 : a.y + (t - 1) * B * H;
-    const T* c_prev = t == 0 ? a.c0 : a.c_n;  // the LSTM's c_n is its running state
-    const T* zx_t = a.zx + t * B * GH;
-    T* h_t = a.y + t * B * H;
-    for (int64_t block = 0; block < blocks; ++block) {
-      const int64_t j0 = block * kUnits;
-      const int64_t units = std::min<int64_t>(kUnits, H - j0);
-      gemm_panel<T, kWidth>(h_prev, B, H, panels.data() + block * H * kWidth,
-                            bias.data() + block * kWidth, [&](int64_t row0, auto& acc) {
-        constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
-        for (int r = 0; r < MR; ++r) {
-          const int64_t b = row0 + r;
-          for (int64_t u = 0; u < units; ++u) {
-            const int64_t j = j0 + u, bj = b * H + j;
-            T zx[G], zh[G], saved[S > 0 ? S : 1];
-            for (int g = 0; g < G; ++g) {
-              zx[g] = zx_t[b * GH + g * H + j];
-              zh[g] = acc[r][g * kUnits + u];
-            }
-            T c = C::kHasCellState ? c_prev[bj] : T(0);
-            T h;
-            C::forward(zx, zh, h_prev[bj], c, h, saved);
-            h_t[bj] = h;
-            if constexpr (C::kHasCellState) a.c_n[bj] = c;
-            if constexpr (kTraining && S > 0) {
-              T* saved_bt = a.saved + (t * B + b) * S * H;
-              for (int s = 0; s < S; ++s) saved_bt[s * H + j] = saved[s];
+  const int threads = choose_threads(blocks, B * GH * H);
+  SpinBarrier barrier(threads);
+  ThreadPool::global().run(threads, [&](int index) {
+    const BlockRange mine(blocks, index, threads);
+    for (int64_t t = 0; t < a.steps; ++t) {
+      const T* h_prev = t == 0 ? a.h0 : a.y + (t - 1) * B * H;
+      const T* c_prev = t == 0 ? a.c0 : a.c_n;  // the LSTM's c_n is its running state
+      const T* zx_t = a.zx + t * B * GH;
+      T* h_t = a.y + t * B * H;
+      for (int64_t block = mine.first; block < mine.last; ++block) {
+        const int64_t j0 = block * kUnits;
+        const int64_t units = std::min<int64_t>(kUnits, H - j0);
+        gemm_panel<T, kWidth>(h_prev, B, H, panels.data() + block * H * kWidth,
+                              bias.data() + block * kWidth, [&](int64_t row0, auto& acc) {
+          constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+          for (int r = 0; r < MR; ++r) {
+            const int64_t b = row0 + r;
+            for (int64_t u = 0; u < units; ++u) {
+              const int64_t j = j0 + u, bj = b * H + j;
+              T zx[G], zh[G], saved[S > 0 ? S : 1];
+              for (int g = 0; g < G; ++g) {
+                zx[g] = zx_t[b * GH + g * H + j];
+                zh[g] = acc[r][g * kUnits + u];
+              }
+              T c = C::kHasCellState ? c_prev[bj] : T(0);
+              T h;
+              C::forward(zx, zh, h_prev[bj], c, h, saved);
+              h_t[bj] = h;
+              if constexpr (C::kHasCellState) a.c_n[bj] = c;
+              if constexpr (kTraining && S > 0) {
+                T* saved_bt = a.saved + (t * B + b) * S * H;
+                for (int s = 0; s < S; ++s) saved_bt[s * H + j] = saved[s];
+              }
             }
           }
-        }
-      });
+        });
+      }
+      barrier.wait();  // h_t complete before any thread reads it
     }
-  }
+  });
   std::memcpy(a.h_n, a.y + (a.steps - 1) * B * H, sizeof(T) * B * H);
 }
 
@@ -177,10 +207,6 @@ void backward_impl(const BackwardArgs<T>& a) {
   // (dh_direct) between steps, dc the gradient reaching c_{t-1}.
   T* dh = a.dh0;
   T* dc = a.dc0;
-  for (int64_t i = 0; i < B * H; ++i) {
-    dh[i] = a.dh_n != nullptr ? a.dh_n[i] : T(0);
-    if constexpr (C::kHasCellState) dc[i] = a.dc_n != nullptr ? a.dc_n[i] : T(0);
-  }
 
   // The cell's backward at step t for unit (b, j), given the full gradient reaching h_t.
   auto unit_backward = [&](int64_t t, int64_t b, int64_t j, T dh_t) {
@@ -207,39 +233,49 @@ void backward_impl(const BackwardArgs<T>& a) {
     if constexpr (C::kHasCellState) dc[bj] = dc_t;
   };
 
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t j = 0; j < H; ++j)
-      unit_backward(T_ - 1, b, j, dh[b * H + j] + a.dy[((T_ - 1) * B + b) * H + j]);
-
-  for (int64_t t = T_ - 1; t >= 0; --t) {
-    const T* dzh_t = a.dzh + t * B * GH;
-    for (int64_t block = 0; block < blocks; ++block) {
-      const int64_t j0 = block * kUnits;
-      const int64_t units = std::min<int64_t>(kUnits, H - j0);
-      gemm_panel<T, kUnits>(dzh_t, B, GH, panels.data() + block * GH * kUnits, nullptr,
-                            [&](int64_t row0, auto& acc) {
-        constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
-        for (int r = 0; r < MR; ++r) {
-          const int64_t b = row0 + r;
-          for (int64_t u = 0; u < units; ++u) {
-            const int64_t j = j0 + u, bj = b * H + j;
-            const T dh_prev = dh[bj] + acc[r][u];  // gradient reaching h_{t-1} from step t
-            if (t == 0)
-              dh[bj] = dh_prev;  // dh0
-            else
-              unit_backward(t - 1, b, j, dh_prev + a.dy[(t - 1) * B * H + bj]);
-          }
-        }
-      });
+  // Each thread owns the hidden units of its blocks: their dh, dc, and columns of dzx, dzh.
+  const int threads = choose_threads(blocks, B * GH * H);
+  SpinBarrier barrier(threads);
+  ThreadPool::global().run(threads, [&](int index) {
+    const BlockRange mine(blocks, index, threads);
+    const int64_t j_first = mine.first * kUnits, j_last = std::min(mine.last * kUnits, H);
+    for (int64_t b = 0; b < B; ++b) {
+      for (int64_t j = j_first; j < j_last; ++j) {
+        const int64_t bj = b * H + j;
+        dh[bj] = a.dh_n != nullptr ? a.dh_n[bj] : T(0);
+        if constexpr (C::kHasCellState) dc[bj] = a.dc_n != nullptr ? a.dc_n[bj] : T(0);
+        unit_backward(T_ - 1, b, j, dh[bj] + a.dy[(T_ - 1) * B * H + bj]);
+      }
     }
-  }
+    barrier.wait();  // dzh_{T-1} complete
+
+    for (int64_t t = T_ - 1; t >= 0; --t) {
+      const T* dzh_t = a.dzh + t * B * GH;
+      for (int64_t block = mine.first; block < mine.last; ++block) {
+        const int64_t j0 = block * kUnits;
+        const int64_t units = std::min<int64_t>(kUnits, H - j0);
+        gemm_panel<T, kUnits>(dzh_t, B, GH, panels.data() + block * GH * kUnits, nullptr,
+                              [&](int64_t row0, auto& acc) {
+          constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+          for (int r = 0; r < MR; ++r) {
+            const int64_t b = row0 + r;
+            for (int64_t u = 0; u < units; ++u) {
+              const int64_t j = j0 + u, bj = b * H + j;
+              const T dh_prev = dh[bj] + acc[r][u];  // gradient reaching h_{t-1} from step t
+              if (t == 0)
+                dh[bj] = dh_prev;  // dh0
+              else
+                unit_backward(t - 1, b, j, dh_prev + a.dy[(t - 1) * B * H + bj]);
+            }
+          }
+        });
+      }
+      if (t > 0) barrier.wait();  // dzh_{t-1} complete
+    }
+  });
 }
 
 }  // namespace
-
-int saved_per_unit(Cell cell) {
-  return cells::visit_cell(cell, [](auto c) { return decltype(c)::kSaved; });
-}
 
 template <typename T>
 void recurrent_forward(const ForwardArgs<T>& args) {
@@ -261,4 +297,5 @@ template void recurrent_forward<double>(const ForwardArgs<double>&);
 template void recurrent_backward<float>(const BackwardArgs<float>&);
 template void recurrent_backward<double>(const BackwardArgs<double>&);
 
+}  // namespace RNNFAST_ISA_NS
 }  // namespace rnnfast

@@ -1,0 +1,142 @@
+// Run-time choice among the instruction sets recurrence.cpp was compiled for, and the thread
+// count of the CPU kernels.
+#include <atomic>
+#include <stdexcept>
+
+#include "rnnfast/activations_cpu.h"
+#include "rnnfast/cpu_features.h"
+#include "rnnfast/recurrence.h"
+#include "thread_pool.h"
+
+namespace rnnfast {
+
+// The per-instruction-set copies of the kernels (recurrence.cpp, one namespace each).
+#define RNNFAST_DECLARE_ISA(ns)                                          \
+  namespace ns {                                                         \
+  template <typename T> void recurrent_forward(const ForwardArgs<T>&);   \
+  template <typename T> void recurrent_backward(const BackwardArgs<T>&); \
+  template <typename T> void apply_activation(Activation, const T*, T*, int64_t); \
+  }
+RNNFAST_DECLARE_ISA(isa_baseline)
+#if RNNFAST_X86_TARGETS
+RNNFAST_DECLARE_ISA(isa_avx2)
+RNNFAST_DECLARE_ISA(isa_avx512)
+#endif
+#undef RNNFAST_DECLARE_ISA
+
+namespace {
+
+// Returns isa_<active instruction set>::call.
+#if RNNFAST_X86_TARGETS
+#define RNNFAST_ON_ACTIVE_ISA(call)                          \
+  switch (active().load()) {                                 \
+    case Isa::Avx512: return isa_avx512::call;               \
+    case Isa::Avx2: return isa_avx2::call;                   \
+    case Isa::Baseline: break;                               \
+  }                                                          \
+  return isa_baseline::call
+#else
+#define RNNFAST_ON_ACTIVE_ISA(call) return isa_baseline::call
+#endif
+
+enum class Isa : int { Baseline = 0, Avx2 = 1, Avx512 = 2 };
+
+bool has(const std::vector<std::string>& features, const char* name) {
+  for (const std::string& f : features)
+    if (f == name) return true;
+  return false;
+}
+
+bool supported(Isa isa) {
+  if (isa == Isa::Baseline) return true;
+#if RNNFAST_X86_TARGETS
+  static const std::vector<std::string> f = cpu_features();
+  if (isa == Isa::Avx2) return has(f, "avx2") && has(f, "fma");
+  return has(f, "avx512f") && has(f, "avx512bw") && has(f, "avx512dq") && has(f, "avx512vl");
+#else
+  return false;
+#endif
+}
+
+const char* isa_name(Isa isa) {
+  return isa == Isa::Avx512 ? "avx512" : isa == Isa::Avx2 ? "avx2" : "baseline";
+}
+
+constexpr Isa kCompiled[] = {Isa::Baseline,
+#if RNNFAST_X86_TARGETS
+                             Isa::Avx2, Isa::Avx512
+#endif
+};
+
+Isa best_available() {
+  Isa best = Isa::Baseline;
+  for (Isa isa : kCompiled)
+    if (supported(isa)) best = isa;
+  return best;
+}
+
+std::atomic<Isa>& active() {
+  static std::atomic<Isa> isa{best_available()};
+  return isa;
+}
+
+}  // namespace
+
+std::vector<std::string> compiled_isas() {
+  std::vector<std::string> names;
+  for (Isa isa : kCompiled) names.push_back(isa_name(isa));
+  return names;
+}
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> names;
+  for (Isa isa : kCompiled)
+    if (supported(isa)) names.push_back(isa_name(isa));
+  return names;
+}
+
+std::string active_isa() { return isa_name(active().load()); }
+
+void set_isa(const std::string& name) {
+  for (Isa isa : kCompiled) {
+    if (name != isa_name(isa)) continue;
+    if (!supported(isa))
+      throw std::invalid_argument("instruction set '" + name + "' is not supported by this CPU");
+    active().store(isa);
+    return;
+  }
+  std::string known;
+  for (const std::string& n : compiled_isas()) known += (known.empty() ? "" : ", ") + n;
+  throw std::invalid_argument("unknown instruction set '" + name + "'; compiled: " + known);
+}
+
+template <typename T>
+void recurrent_forward(const ForwardArgs<T>& args) {
+  RNNFAST_ON_ACTIVE_ISA(recurrent_forward(args));
+}
+
+template <typename T>
+void recurrent_backward(const BackwardArgs<T>& args) {
+  RNNFAST_ON_ACTIVE_ISA(recurrent_backward(args));
+}
+
+template <typename T>
+void apply_activation(Activation f, const T* in, T* out, int64_t n) {
+  RNNFAST_ON_ACTIVE_ISA(apply_activation(f, in, out, n));
+}
+
+template void recurrent_forward<float>(const ForwardArgs<float>&);
+template void recurrent_forward<double>(const ForwardArgs<double>&);
+template void recurrent_backward<float>(const BackwardArgs<float>&);
+template void recurrent_backward<double>(const BackwardArgs<double>&);
+template void apply_activation<float>(Activation, const float*, float*, int64_t);
+template void apply_activation<double>(Activation, const double*, double*, int64_t);
+
+int num_threads() { return ThreadPool::global().num_threads(); }
+
+void set_num_threads(int threads) {
+  if (threads < 1) throw std::invalid_argument("threads must be >= 1");
+  ThreadPool::global().set_num_threads(threads);
+}
+
+}  // namespace rnnfast

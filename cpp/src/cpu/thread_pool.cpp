@@ -1,0 +1,164 @@
+#include "thread_pool.h"
+
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <climits>
+
+#include <cstdlib>
+#include <new>
+#include <string>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define RNNFAST_PAUSE() _mm_pause()
+#else
+#define RNNFAST_PAUSE() std::this_thread::yield()
+#endif
+
+namespace rnnfast {
+
+namespace {
+
+static_assert(sizeof(std::atomic<unsigned>) == sizeof(unsigned), "futex needs a plain word");
+
+void futex_wait(std::atomic<unsigned>* word, unsigned expected) {
+  syscall(SYS_futex, reinterpret_cast<unsigned*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr,
+          nullptr, 0);
+}
+
+void futex_wake_all(std::atomic<unsigned>* word) {
+  syscall(SYS_futex, reinterpret_cast<unsigned*>(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr,
+          nullptr, 0);
+}
+
+}  // namespace
+
+void SpinBarrier::wait() {
+  const unsigned generation = generation_.load(std::memory_order_acquire);
+  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
+    arrived_.store(0, std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) futex_wake_all(&generation_);
+    return;
+  }
+  // Spin briefly (a balanced step ends within microseconds), then sleep in the kernel: when
+  // the cores are oversubscribed (another library's threads spinning, say) a spinning waiter
+  // would take the core from the very thread it waits for.
+  for (int spins = 0; spins < kSpins; ++spins) {
+    if (generation_.load(std::memory_order_acquire) != generation) return;
+    RNNFAST_PAUSE();
+  }
+  sleepers_.fetch_add(1, std::memory_order_seq_cst);
+  while (generation_.load(std::memory_order_seq_cst) == generation)
+    futex_wait(&generation_, generation);
+  sleepers_.fetch_sub(1, std::memory_order_relaxed);
+}
+
+int ThreadPool::default_num_threads() {
+  if (const char* env = std::getenv("RNNFAST_NUM_THREADS")) {
+    char* end = nullptr;
+    const long value = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && value >= 1 && value <= 4096) return static_cast<int>(value);
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+ThreadPool& ThreadPool::global() {
+  // Never destroyed: worker threads must not outlive the pool at interpreter exit.
+  static ThreadPool* pool = [] {
+    auto* p = new ThreadPool();
+    pthread_atfork(nullptr, nullptr, &ThreadPool::after_fork_in_child);
+    return p;
+  }();
+  return *pool;
+}
+
+ThreadPool::ThreadPool()
+    : num_threads_(default_num_threads()), workers_(new std::vector<std::thread>()) {}
+
+void ThreadPool::after_fork_in_child() {
+  // Only the forking thread exists in the child: forget the parent's workers (their handles
+  // are leaked, not joined) and start afresh; workers are started again on first use.
+  ThreadPool& pool = global();
+  new (&pool.run_mutex_) std::mutex();
+  new (&pool.mutex_) std::mutex();
+  new (&pool.wake_) std::condition_variable();
+  new (&pool.done_) std::condition_variable();
+  pool.workers_ = new std::vector<std::thread>();
+  pool.job_ = nullptr;
+  pool.pending_ = 0;
+  pool.stopping_ = false;
+}
+
+void ThreadPool::set_num_threads(int threads) {
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
+  if (threads < static_cast<int>(workers_->size()) + 1) stop_workers();
+  num_threads_.store(threads);
+}
+
+void ThreadPool::stop_workers() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  for (std::thread& worker : *workers_) worker.join();
+  workers_->clear();
+  std::lock_guard<std::mutex> lock(mutex_);
+  stopping_ = false;
+}
+
+void ThreadPool::start_workers(int count) {
+  while (static_cast<int>(workers_->size()) < count) {
+    const int index = static_cast<int>(workers_->size()) + 1;
+    // The generation before the next run is posted: the worker waits for a newer one.
+    const unsigned seen = job_generation_;
+    workers_->emplace_back([this, index, seen] { worker_loop(index, seen); });
+  }
+}
+
+void ThreadPool::worker_loop(int index, unsigned seen) {
+  for (;;) {
+    const std::function<void(int)>* job;
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return stopping_ || job_generation_ != seen; });
+      if (stopping_) return;
+      seen = job_generation_;
+      if (index >= job_threads_) continue;  // this run needs fewer threads
+      job = job_;
+    }
+    (*job)(index);
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (--pending_ == 0) done_.notify_one();
+  }
+}
+
+void ThreadPool::run(int threads, const std::function<void(int)>& job) {
+  if (threads <= 1) {
+    job(0);
+    return;
+  }
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
+  start_workers(threads - 1);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    job_ = &job;
+    job_threads_ = threads;
+    pending_ = threads - 1;
+    ++job_generation_;
+  }
+  wake_.notify_all();
+  job(0);
+  std::unique_lock<std::mutex> lock(mutex_);
+  done_.wait(lock, [&] { return pending_ == 0; });
+  job_ = nullptr;
+}
+
+}  // namespace rnnfast
