@@ -132,6 +132,40 @@ void gemm_panel(const T* a, int64_t rows, int64_t depth, const T* panel, const T
   }
 }
 
+// The cell's forward on one row of a tile: units j0 .. j0 + units - 1 of batch row b, whose
+// recurrent pre-activations acc[g * kUnits + u] the tile has just computed. The row's pointers
+// (zx_row [G*H], h_prev_row, c_prev_row, h_row, c_row [H], saved_row [S*H]) start at b.
+// Inputs are staged into local arrays first, so that the loop that does the math touches no
+// pointer the compiler must assume aliased and vectorizes over u.
+template <typename T, class C, int kUnits>
+inline void forward_epilogue(const T* acc, const T* zx_row, const T* h_prev_row,
+                             const T* c_prev_row, T* h_row, T* c_row, T* saved_row, int64_t H,
+                             int64_t j0, int64_t units) {
+  constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
+  alignas(64) T zx_l[G][kUnits], h_prev_l[kUnits], c_l[kUnits], h_l[kUnits], saved_l[S][kUnits];
+  for (int u = 0; u < kUnits; ++u) {
+    const bool valid = u < units;
+    for (int g = 0; g < G; ++g) zx_l[g][u] = valid ? zx_row[g * H + j0 + u] : T(0);
+    h_prev_l[u] = valid ? h_prev_row[j0 + u] : T(0);
+    c_l[u] = valid && C::kHasCellState ? c_prev_row[j0 + u] : T(0);
+  }
+  for (int u = 0; u < kUnits; ++u) {
+    T zx[G], zh[G], saved[S];
+    for (int g = 0; g < G; ++g) {
+      zx[g] = zx_l[g][u];
+      zh[g] = acc[g * kUnits + u];
+    }
+    C::forward(zx, zh, h_prev_l[u], c_l[u], h_l[u], saved);
+    for (int s = 0; s < S; ++s) saved_l[s][u] = saved[s];
+  }
+  for (int64_t u = 0; u < units; ++u) {
+    h_row[j0 + u] = h_l[u];
+    if constexpr (C::kHasCellState) c_row[j0 + u] = c_l[u];
+    if (saved_row != nullptr)
+      for (int s = 0; s < C::kSaved; ++s) saved_row[s * H + j0 + u] = saved_l[s][u];
+  }
+}
+
 template <typename T, class C, bool kTraining>
 void forward_impl(const ForwardArgs<T>& a) {
   constexpr int G = C::kGates, S = C::kSaved;
@@ -164,23 +198,11 @@ void forward_impl(const ForwardArgs<T>& a) {
           constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
           for (int r = 0; r < MR; ++r) {
             const int64_t b = row0 + r;
-            for (int64_t u = 0; u < units; ++u) {
-              const int64_t j = j0 + u, bj = b * H + j;
-              T zx[G], zh[G], saved[S > 0 ? S : 1];
-              for (int g = 0; g < G; ++g) {
-                zx[g] = zx_t[b * GH + g * H + j];
-                zh[g] = acc[r][g * kUnits + u];
-              }
-              T c = C::kHasCellState ? c_prev[bj] : T(0);
-              T h;
-              C::forward(zx, zh, h_prev[bj], c, h, saved);
-              h_t[bj] = h;
-              if constexpr (C::kHasCellState) a.c_n[bj] = c;
-              if constexpr (kTraining && S > 0) {
-                T* saved_bt = a.saved + (t * B + b) * S * H;
-                for (int s = 0; s < S; ++s) saved_bt[s * H + j] = saved[s];
-              }
-            }
+            T* saved_bt = kTraining && S > 0 ? a.saved + (t * B + b) * S * H : nullptr;
+            forward_epilogue<T, C, kUnits>(acc[r], zx_t + b * GH, h_prev + b * H,
+                                           C::kHasCellState ? c_prev + b * H : nullptr,
+                                           h_t + b * H, a.c_n ? a.c_n + b * H : nullptr,
+                                           saved_bt, H, j0, units);
           }
         });
       }
