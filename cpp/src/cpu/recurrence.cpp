@@ -212,6 +212,59 @@ void forward_impl(const ForwardArgs<T>& a) {
   std::memcpy(a.h_n, a.y + (a.steps - 1) * B * H, sizeof(T) * B * H);
 }
 
+// The cell's backward at step t for batch row b, units j0 .. j0 + units - 1, given dh_t, the
+// full gradient reaching h_t for those units. Writes dzx, dzh (GRU) at step t, and the running
+// gradients a.dh0 (dh_direct, for step t-1) and a.dc0 (gradient reaching c_{t-1}). Staged
+// through local arrays like forward_epilogue, so that the math vectorizes.
+template <typename T, class C, int kUnits>
+inline void backward_epilogue(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j0,
+                              int64_t units, const T* dh_t) {
+  constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
+  const int64_t B = a.batch, H = a.hidden, GH = G * H;
+  const int64_t row = b * H + j0;  // offset of unit j0 of row b in [B, H] arrays
+  const T* h_prev = t == 0 ? a.h0 : a.y + (t - 1) * B * H;
+  alignas(64) T saved_l[S][kUnits], h_l[kUnits], h_prev_l[kUnits], c_prev_l[kUnits],
+      dc_l[kUnits], dzx_l[G][kUnits], dzh_l[G][kUnits], dh_direct_l[kUnits];
+  for (int u = 0; u < kUnits; ++u) {
+    const bool valid = u < units;
+    if constexpr (C::kSaved > 0) {
+      const T* saved_bt = a.saved + (t * B + b) * C::kSaved * H;
+      for (int s = 0; s < S; ++s) saved_l[s][u] = valid ? saved_bt[s * H + j0 + u] : T(0);
+    }
+    h_l[u] = valid ? a.y[t * B * H + row + u] : T(0);
+    h_prev_l[u] = valid ? h_prev[row + u] : T(0);
+    c_prev_l[u] = T(0);
+    dc_l[u] = T(0);
+    if constexpr (C::kHasCellState) {
+      // c_{t-1}: c0, or the c that step t-1 saved (the LSTM saves c last).
+      if (valid) {
+        c_prev_l[u] = t == 0 ? a.c0[row + u]
+                             : a.saved[((t - 1) * B + b) * S * H + (S - 1) * H + j0 + u];
+        dc_l[u] = a.dc0[row + u];
+      }
+    }
+  }
+  for (int u = 0; u < kUnits; ++u) {
+    T saved[S], dzx[G], dzh[G];
+    for (int s = 0; s < S; ++s) saved[s] = saved_l[s][u];
+    C::backward(saved, h_l[u], h_prev_l[u], c_prev_l[u], dh_t[u], dc_l[u], dzx, dzh,
+                dh_direct_l[u]);
+    for (int g = 0; g < G; ++g) {
+      dzx_l[g][u] = dzx[g];
+      dzh_l[g][u] = dzh[g];
+    }
+  }
+  T* dzx_bt = a.dzx + (t * B + b) * GH;
+  T* dzh_bt = a.dzh + (t * B + b) * GH;
+  for (int64_t u = 0; u < units; ++u) {
+    for (int g = 0; g < G; ++g) dzx_bt[g * H + j0 + u] = dzx_l[g][u];
+    if (a.dzh != a.dzx)
+      for (int g = 0; g < G; ++g) dzh_bt[g * H + j0 + u] = dzh_l[g][u];
+    a.dh0[row + u] = dh_direct_l[u];
+    if constexpr (C::kHasCellState) a.dc0[row + u] = dc_l[u];
+  }
+}
+
 template <typename T, class C>
 void backward_impl(const BackwardArgs<T>& a) {
   constexpr int G = C::kGates, S = C::kSaved;
@@ -230,43 +283,23 @@ void backward_impl(const BackwardArgs<T>& a) {
   T* dh = a.dh0;
   T* dc = a.dc0;
 
-  // The cell's backward at step t for unit (b, j), given the full gradient reaching h_t.
-  auto unit_backward = [&](int64_t t, int64_t b, int64_t j, T dh_t) {
-    const int64_t bj = b * H + j;
-    T saved[S > 0 ? S : 1], dzx[G], dzh[G], dh_direct;
-    T c_prev = T(0), dc_t = T(0);
-    if constexpr (S > 0) {
-      const T* saved_bt = a.saved + (t * B + b) * S * H;
-      for (int s = 0; s < S; ++s) saved[s] = saved_bt[s * H + j];
-    }
-    if constexpr (C::kHasCellState) {
-      // c_{t-1}: c0, or the c that step t-1 saved (the LSTM saves c last).
-      c_prev = t == 0 ? a.c0[bj] : a.saved[((t - 1) * B + b) * S * H + (S - 1) * H + j];
-      dc_t = dc[bj];
-    }
-    const T h_prev = t == 0 ? a.h0[bj] : a.y[(t - 1) * B * H + bj];
-    C::backward(saved, a.y[t * B * H + bj], h_prev, c_prev, dh_t, dc_t, dzx, dzh, dh_direct);
-    T* dzx_bt = a.dzx + (t * B + b) * GH;
-    T* dzh_bt = a.dzh + (t * B + b) * GH;
-    for (int g = 0; g < G; ++g) dzx_bt[g * H + j] = dzx[g];
-    if (a.dzh != a.dzx)
-      for (int g = 0; g < G; ++g) dzh_bt[g * H + j] = dzh[g];
-    dh[bj] = dh_direct;
-    if constexpr (C::kHasCellState) dc[bj] = dc_t;
-  };
-
   // Each thread owns the hidden units of its blocks: their dh, dc, and columns of dzx, dzh.
   const int threads = choose_threads(blocks, B * GH * H);
   SpinBarrier barrier(threads);
   ThreadPool::global().run(threads, [&](int index) {
     const BlockRange mine(blocks, index, threads);
-    const int64_t j_first = mine.first * kUnits, j_last = std::min(mine.last * kUnits, H);
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t j = j_first; j < j_last; ++j) {
-        const int64_t bj = b * H + j;
-        dh[bj] = a.dh_n != nullptr ? a.dh_n[bj] : T(0);
-        if constexpr (C::kHasCellState) dc[bj] = a.dc_n != nullptr ? a.dc_n[bj] : T(0);
-        unit_backward(T_ - 1, b, j, dh[bj] + a.dy[(T_ - 1) * B * H + bj]);
+    alignas(64) T dh_t[kUnits];  // full gradient reaching h_t for the units at hand
+    // Step T-1: the gradient reaching h_{T-1} is dh_n + dy[T-1].
+    for (int64_t block = mine.first; block < mine.last; ++block) {
+      const int64_t j0 = block * kUnits;
+      const int64_t units = std::min<int64_t>(kUnits, H - j0);
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t u = 0; u < units; ++u) {
+          const int64_t bj = b * H + j0 + u;
+          if constexpr (C::kHasCellState) dc[bj] = a.dc_n != nullptr ? a.dc_n[bj] : T(0);
+          dh_t[u] = (a.dh_n != nullptr ? a.dh_n[bj] : T(0)) + a.dy[(T_ - 1) * B * H + bj];
+        }
+        backward_epilogue<T, C, kUnits>(a, T_ - 1, b, j0, units, dh_t);
       }
     }
     barrier.wait();  // dzh_{T-1} complete
@@ -281,14 +314,14 @@ void backward_impl(const BackwardArgs<T>& a) {
           constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
           for (int r = 0; r < MR; ++r) {
             const int64_t b = row0 + r;
-            for (int64_t u = 0; u < units; ++u) {
-              const int64_t j = j0 + u, bj = b * H + j;
-              const T dh_prev = dh[bj] + acc[r][u];  // gradient reaching h_{t-1} from step t
-              if (t == 0)
-                dh[bj] = dh_prev;  // dh0
-              else
-                unit_backward(t - 1, b, j, dh_prev + a.dy[(t - 1) * B * H + bj]);
+            // Gradient reaching h_{t-1} from step t: the direct part plus the matmul's.
+            for (int64_t u = 0; u < units; ++u) dh_t[u] = dh[b * H + j0 + u] + acc[r][u];
+            if (t == 0) {
+              for (int64_t u = 0; u < units; ++u) dh[b * H + j0 + u] = dh_t[u];  // dh0
+              continue;
             }
+            for (int64_t u = 0; u < units; ++u) dh_t[u] += a.dy[((t - 1) * B + b) * H + j0 + u];
+            backward_epilogue<T, C, kUnits>(a, t - 1, b, j0, units, dh_t);
           }
         });
       }
