@@ -135,6 +135,19 @@ Sizes read_sizes(Cell cell, const py::array& z, const char* z_name, const py::ar
   return {z.shape(0), z.shape(1), w_hh.shape(1)};
 }
 
+// ForwardArgs or BackwardArgs with the cell and the sizes (T, B, H) filled in from z and w_hh.
+template <class Args>
+Args args_with_sizes(Cell cell, const py::object& z, const char* z_name, const py::object& w_hh) {
+  if (!py::isinstance<py::array>(w_hh)) throw py::type_error("w_hh must be a numpy.ndarray");
+  const Sizes n = read_sizes(cell, z.cast<py::array>(), z_name, w_hh.cast<py::array>());
+  Args args{};
+  args.cell = cell;
+  args.steps = n.steps;
+  args.batch = n.batch;
+  args.hidden = n.hidden;
+  return args;
+}
+
 void recurrent_forward_py(const std::string& cell_name, py::object zx, py::object w_hh,
                           py::object b_hh, py::object h0, py::object c0, py::object y,
                           py::object h_n, py::object c_n, py::object saved) {
@@ -142,15 +155,9 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
   dispatch_dtype(zx, "zx", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("zx");
-    if (!py::isinstance<py::array>(w_hh)) throw py::type_error("w_hh must be a numpy.ndarray");
-    const Sizes n = read_sizes(cell, zx.cast<py::array>(), "zx", w_hh.cast<py::array>());
+    auto args = args_with_sizes<ForwardArgs<T>>(cell, zx, "zx", w_hh);
     const int64_t G = gate_count(cell), S = saved_per_unit(cell);
-    const int64_t T_ = n.steps, B = n.batch, H = n.hidden;
-    ForwardArgs<T> args{};
-    args.cell = cell;
-    args.steps = T_;
-    args.batch = B;
-    args.hidden = H;
+    const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
     args.zx = check.input(zx, "zx", {T_, B, G * H});
     args.w_hh = check.input(w_hh, "w_hh", {G * H, H});
     args.b_hh = check.optional_input(b_hh, "b_hh", {G * H});
@@ -182,15 +189,9 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
   dispatch_dtype(dzx, "dzx", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("dzx");
-    if (!py::isinstance<py::array>(w_hh)) throw py::type_error("w_hh must be a numpy.ndarray");
-    const Sizes n = read_sizes(cell, dzx.cast<py::array>(), "dzx", w_hh.cast<py::array>());
+    auto args = args_with_sizes<BackwardArgs<T>>(cell, dzx, "dzx", w_hh);
     const int64_t G = gate_count(cell), S = saved_per_unit(cell);
-    const int64_t T_ = n.steps, B = n.batch, H = n.hidden;
-    BackwardArgs<T> args{};
-    args.cell = cell;
-    args.steps = T_;
-    args.batch = B;
-    args.hidden = H;
+    const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
     args.w_hh = check.input(w_hh, "w_hh", {G * H, H});
     args.h0 = check.input(h0, "h0", {B, H});
     args.y = check.input(y, "y", {T_, B, H});
