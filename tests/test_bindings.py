@@ -159,3 +159,37 @@ def test_backward_missing_saved_for_lstm():
     args["saved"] = None
     with pytest.raises(TypeError, match="saved"):
         _cpu.recurrent_backward(**args)
+
+
+def test_unpickled_arrays_accepted():
+    # An unpickled array's dtype is equal to, but not the same object as, np.float32's.
+    import pickle
+
+    args = {k: (pickle.loads(pickle.dumps(v)) if isinstance(v, np.ndarray) else v)
+            for k, v in forward_args().items()}
+    _cpu.recurrent_forward(**args)
+
+
+def test_byte_swapped_refused():
+    args = forward_args()
+    args["h0"] = args["h0"].astype(">f4")
+    with pytest.raises(TypeError, match="h0"):
+        _cpu.recurrent_forward(**args)
+
+
+def test_unaligned_refused():
+    args = forward_args()
+    raw = np.zeros(B * H * 4 + 1, np.uint8)[1:].view(np.float32).reshape(B, H)
+    assert not raw.flags.aligned
+    args["h0"] = raw
+    with pytest.raises(ValueError, match="h0 must be aligned"):
+        _cpu.recurrent_forward(**args)
+
+
+def test_zero_batch_runs():
+    args = forward_args()
+    for name in ("zx", "h0", "c0", "y", "h_n", "c_n", "saved"):
+        shape = list(args[name].shape)
+        shape[-2] = 0
+        args[name] = np.zeros(shape, np.float32)
+    _cpu.recurrent_forward(**args)

@@ -710,3 +710,18 @@ def test_cpu_info():
 
 def test_version_is_a_string():
     assert isinstance(rnnfast.__version__, str) and rnnfast.__version__
+
+
+def test_unpickled_and_unaligned_input_accepted():
+    import pickle
+
+    layer = rnnfast.LSTM(4, 6, seed=0)
+    x = np.random.default_rng(0).standard_normal((3, 2, 4)).astype(np.float32)
+    expected, _ = layer(x)
+    got, _ = layer(pickle.loads(pickle.dumps(x)))
+    assert np.array_equal(got, expected)
+    raw = np.zeros(x.nbytes + 1, np.uint8)[1:].view(np.float32).reshape(x.shape)
+    raw[...] = x
+    assert not raw.flags.aligned
+    got, _ = layer(raw)
+    assert np.array_equal(got, expected)

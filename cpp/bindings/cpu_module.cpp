@@ -86,7 +86,8 @@ class ArgChecker {
       throw py::type_error(std::string(name) + " must be a numpy.ndarray, not " +
                            std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
     auto arr = py::reinterpret_borrow<py::array>(obj);
-    if (!arr.dtype().is(py::dtype::of<T>()))
+    // Equality, not identity: an unpickled array has an equal but distinct dtype object.
+    if (!arr.dtype().equal(py::dtype::of<T>()))
       throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(arr.dtype())) +
                            ", expected " + std::string(py::str(py::dtype::of<T>())) +
                            " (the dtype of " + lead_ + ")");
@@ -96,6 +97,8 @@ class ArgChecker {
                             ", expected " + shape_str(shape));
     if (!(arr.flags() & py::array::c_style))
       throw py::value_error(std::string(name) + " must be C-contiguous");
+    if (!(arr.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+      throw py::value_error(std::string(name) + " must be aligned to its element size");
     if (is_output && !arr.writeable())
       throw py::value_error(std::string(name) + " is read-only; outputs must be writable");
     const auto begin = reinterpret_cast<uintptr_t>(arr.data());
@@ -113,8 +116,8 @@ void dispatch_dtype(const py::handle& lead, const char* name, F&& f) {
   if (!py::isinstance<py::array>(lead))
     throw py::type_error(std::string(name) + " must be a numpy.ndarray");
   auto dtype = py::reinterpret_borrow<py::array>(lead).dtype();
-  if (dtype.is(py::dtype::of<float>())) return f(float{});
-  if (dtype.is(py::dtype::of<double>())) return f(double{});
+  if (dtype.equal(py::dtype::of<float>())) return f(float{});
+  if (dtype.equal(py::dtype::of<double>())) return f(double{});
   throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(dtype)) +
                        ", expected float32 or float64");
 }
@@ -275,7 +278,8 @@ PYBIND11_MODULE(_cpu, m) {
         "out = the cells' exp, tanh or sigmoid of the 1-D array x, as the kernels compute it.");
   m.def("num_threads", &num_threads);
   m.def("set_num_threads", [](int threads) {
-    if (threads < 1) throw py::value_error("threads must be a positive integer");
+    if (threads < 1 || threads > 4096) throw py::value_error("threads must be in [1, 4096]");
+    py::gil_scoped_release release;  // waits for a running kernel to finish
     set_num_threads(threads);
   }, py::arg("threads"));
   m.def("cpu_features", &cpu_features,

@@ -47,7 +47,7 @@ def _as_array(value, name, dtype, shape):
         raise TypeError(f"{name} has dtype {value.dtype}, expected {dtype} (the dtype of x)")
     if value.shape != tuple(shape):
         raise ValueError(f"{name} has shape {value.shape}, expected {tuple(shape)}")
-    return np.ascontiguousarray(value)
+    return np.require(value, requirements=("C", "A"))  # copies only if not C-contiguous/aligned
 
 
 def _optional(value, name, dtype, shape):
@@ -74,7 +74,7 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
     hidden = w_hh.shape[1]
     gh = GATES[cell] * hidden
     dtype = x.dtype
-    x = np.ascontiguousarray(x)
+    x = np.require(x, requirements=("C", "A"))
     w_ih = _as_array(w_ih, "w_ih", dtype, (gh, inputs))
     w_hh = _as_array(w_hh, "w_hh", dtype, (gh, hidden))
     b_ih = _optional(b_ih, "b_ih", dtype, (gh,))

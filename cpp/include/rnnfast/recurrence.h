@@ -10,7 +10,8 @@
 //   zx     [T, B, G*H]     w_hh [G*H, H]    b_hh [G*H]
 //   h0, c0 [B, H]          y    [T, B, H]   h_n, c_n [B, H]
 //   saved  [T, B, S*H]     training workspace: what backward needs besides y
-// Sizes and offsets are 64-bit.
+// Sizes and offsets are 64-bit. Preconditions: T >= 1, H >= 1, B >= 0 (B = 0 does nothing);
+// arrays aligned to their element size; no output overlapping another argument.
 #pragma once
 
 #include <cstdint>

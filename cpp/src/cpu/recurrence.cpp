@@ -230,6 +230,8 @@ inline void backward_epilogue(const BackwardArgs<T>& a, int64_t t, int64_t b, in
     if constexpr (C::kSaved > 0) {
       const T* saved_bt = a.saved + (t * B + b) * C::kSaved * H;
       for (int s = 0; s < S; ++s) saved_l[s][u] = valid ? saved_bt[s * H + j0 + u] : T(0);
+    } else {
+      saved_l[0][u] = T(0);
     }
     h_l[u] = valid ? a.y[t * B * H + row + u] : T(0);
     h_prev_l[u] = valid ? h_prev[row + u] : T(0);
@@ -288,7 +290,7 @@ void backward_impl(const BackwardArgs<T>& a) {
   SpinBarrier barrier(threads);
   ThreadPool::global().run(threads, [&](int index) {
     const BlockRange mine(blocks, index, threads);
-    alignas(64) T dh_t[kUnits];  // full gradient reaching h_t for the units at hand
+    alignas(64) T dh_t[kUnits] = {};  // full gradient reaching h_t for the units at hand
     // Step T-1: the gradient reaching h_{T-1} is dh_n + dy[T-1].
     for (int64_t block = mine.first; block < mine.last; ++block) {
       const int64_t j0 = block * kUnits;
@@ -334,6 +336,7 @@ void backward_impl(const BackwardArgs<T>& a) {
 
 template <typename T>
 void recurrent_forward(const ForwardArgs<T>& args) {
+  if (args.batch == 0) return;
   cells::visit_cell(args.cell, [&](auto c) {
     if (args.saved != nullptr)
       forward_impl<T, decltype(c), true>(args);
@@ -344,6 +347,7 @@ void recurrent_forward(const ForwardArgs<T>& args) {
 
 template <typename T>
 void recurrent_backward(const BackwardArgs<T>& args) {
+  if (args.batch == 0) return;
   cells::visit_cell(args.cell, [&](auto c) { backward_impl<T, decltype(c)>(args); });
 }
 
