@@ -143,15 +143,7 @@ class _RNNBase:
         if steps < 1:
             raise ValueError(f"input has shape {input.shape}: the sequence length must be >= 1")
 
-        if self._cell == "lstm":
-            if hx is None:
-                hx = (None, None)
-            if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-                raise TypeError("hx must be None or a tuple (h0, c0) for the LSTM")
-            names = ("hx[0] (h0)", "hx[1] (c0)")
-        else:
-            hx, names = (hx,), ("hx",)
-        states = self._states_in(hx, names, batch, unbatched, zeros_for_none=True)
+        states = self._states_in(hx, "hx", ("h0", "c0"), batch, unbatched, zeros_for_none=True)
         p = self._params
         y, h_n, c_n, ctx = functional.forward(
             self._cell, x, states[0], p["weight_ih_l0"], p["weight_hh_l0"], p.get("bias_ih_l0"),
@@ -174,19 +166,13 @@ class _RNNBase:
             raise RuntimeError("backward needs a forward in training mode first "
                                "(layer.train(), then call the layer)")
         steps, batch, unbatched = self._batch
-        time_major = (steps, 1 if unbatched else batch, self.hidden_size)
-        out_shape = self._from_time_major(np.empty(time_major, np.int8), unbatched).shape
+        out_shape = ((steps, self.hidden_size) if unbatched else
+                     (batch, steps, self.hidden_size) if self.batch_first else
+                     (steps, batch, self.hidden_size))
         dy = self._to_time_major(self._check_array(grad_output, "grad_output", out_shape),
                                  unbatched)
-        if self._cell == "lstm":
-            if grad_hx is None:
-                grad_hx = (None, None)
-            if not isinstance(grad_hx, (tuple, list)) or len(grad_hx) != 2:
-                raise TypeError("grad_hx must be None or a tuple (grad_h_n, grad_c_n) for the LSTM")
-            names = ("grad_hx[0] (h_n)", "grad_hx[1] (c_n)")
-        else:
-            grad_hx, names = (grad_hx,), ("grad_hx",)
-        finals = self._states_in(grad_hx, names, batch, unbatched, zeros_for_none=False)
+        finals = self._states_in(grad_hx, "grad_hx", ("h_n", "c_n"), batch, unbatched,
+                                 zeros_for_none=False)
         g = functional.backward(self._ctx, dy, *finals)
 
         self.grads = {"weight_ih_l0": g["w_ih"], "weight_hh_l0": g["w_hh"]}
@@ -209,9 +195,18 @@ class _RNNBase:
             return a[:, 0]
         return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a
 
-    def _states_in(self, states, names, batch, unbatched, zeros_for_none):
-        """User states ([L*D, B, H], or [L*D, H] unbatched; None for zeros or for no gradient)
-        as a list of [B, H] arrays for the single layer (None kept when not zeros_for_none)."""
+    def _states_in(self, states, name, lstm_parts, batch, unbatched, zeros_for_none):
+        """User states in hx's structure (an array, or for the LSTM a tuple of two, each
+        [L*D, B, H], or [L*D, H] unbatched; None for zeros or for no gradient) as a list of
+        [B, H] arrays for the single layer (None kept when not zeros_for_none)."""
+        if self._cell == "lstm":
+            if states is None:
+                states = (None, None)
+            if not isinstance(states, (tuple, list)) or len(states) != 2:
+                raise TypeError(f"{name} must be None or a tuple {lstm_parts} for the LSTM")
+            names = tuple(f"{name}[{i}] ({part})" for i, part in enumerate(lstm_parts))
+        else:
+            states, names = (states,), (name,)
         shape = self._state_shape(None if unbatched else batch)
         out = []
         for state, name in zip(states, names):
