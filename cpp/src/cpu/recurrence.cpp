@@ -17,14 +17,11 @@
 #include "rnnfast/aligned_buffer.h"
 #include "rnnfast/cells/cells.h"
 #include "rnnfast/recurrence.h"
+#include "tile_cell.h"
 
 namespace rnnfast {
 namespace RNNFAST_ISA_NS {
 namespace {
-
-// Hidden units per forward tile: the G gates of `units` units fill the tile (GRU: 3 of 4 vectors).
-template <typename T, class C>
-constexpr int kForwardUnits = C::kGates == 3 ? kTileWidth<T> / 4 : kTileWidth<T> / C::kGates;
 
 // The cell's forward on one row of a tile: units j0 .. j0 + units - 1 of batch row b, whose
 // recurrent pre-activations acc[g * kUnits + u] the tile has just computed. The row's pointers
