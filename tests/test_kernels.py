@@ -37,12 +37,12 @@ SHAPE_IDS = [shape_id(*s) for s in SHAPES]
 DTYPE_IDS = ["f32", "f64"]
 
 
-def run_functional(cell, inputs, douts, training=True):
+def run_functional(cell, inputs, douts, training=True, options=None):
     """Forward (and backward if training) through rnnfast.functional; same keys as
-    _util.reference_results."""
+    _util.reference_results. options: lengths, resets."""
     y, h_n, c_n, ctx = F.forward(
         cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
-        inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"], training=training,
+        inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"], training=training, **(options or {})
     )
     out = {"y": y, "h_n": h_n, "c_n": c_n}
     if training:
@@ -282,6 +282,72 @@ def test_unknown_cell_raises():
         F.forward("lstmish", inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"])
 
 
+# ------------------------------------------------------------------ lengths and resets
+
+
+def lengths_resets(case, T, B, seed):
+    """Options for a case: "lengths" (any order, with 0, 1 and T), "resets" (about a third of
+    the steps), or "both"."""
+    rng = np.random.default_rng(seed)
+    options = {}
+    if case in ("lengths", "both"):
+        options["lengths"] = rng.permutation(np.resize([T, 0, 1, T // 2 + 1], B))
+    if case in ("resets", "both"):
+        options["resets"] = rng.random((T, B)) < 0.35
+    return options
+
+
+LR_SHAPES = [(7, 5, 13, 37), (6, 9, 7, 130), (1, 3, 7, 33), (9, 2, 1, 1)]
+
+
+@pytest.mark.parametrize("case", ["lengths", "resets", "both"])
+@pytest.mark.parametrize("shape", LR_SHAPES, ids=[shape_id(*s) for s in LR_SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_lengths_and_resets_match_reference(cell, dtype, shape, case):
+    T, B = shape[:2]
+    inputs, douts = make_problem(cell, *shape, dtype, seed=_seed(cell, shape, case))
+    options = lengths_resets(case, T, B, _seed(case, shape))
+    got = run_functional(cell, inputs, douts, options=options)
+    assert_matches_oracle(cell, inputs, douts, got, dtype, options)
+    if "lengths" in options:  # padding is exactly zero, in the outputs and in dx
+        pad = np.arange(T)[:, None] >= options["lengths"]
+        assert not got["y"][pad].any() and not got["dx"][pad].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_full_lengths_and_no_resets_change_nothing(cell, dtype):
+    T, B = 6, 3
+    inputs, douts = make_problem(cell, T, B, 7, 33, dtype, seed=_seed("noop", cell))
+    plain = run_functional(cell, inputs, douts)
+    options = {"lengths": np.full(B, T), "resets": np.zeros((T, B), bool)}
+    options["resets"][0] = True  # step 0 starts from h0 anyway
+    same = run_functional(cell, inputs, douts, options=options)
+    for name, value in plain.items():
+        if value is not None:
+            assert np.array_equal(same[name], value), name
+
+
+BAD_OPTIONS = {
+    "negative": ("lengths", lambda T, B: {"lengths": np.full(B, -1)}),
+    "too_long": ("lengths", lambda T, B: {"lengths": np.full(B, T + 1)}),
+    "wrong_shape": ("lengths", lambda T, B: {"lengths": np.full(B + 1, T)}),
+    "float": ("lengths", lambda T, B: {"lengths": np.full(B, float(T))}),
+    "resets_shape": ("resets", lambda T, B: {"resets": np.zeros((B, T), bool)}),
+    "resets_int": ("resets", lambda T, B: {"resets": np.zeros((T, B), np.int32)}),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+def test_bad_lengths_and_resets_raise(case):
+    T, B = 4, 3
+    inputs, _ = make_problem("lstm", T, B, 5, 6, np.float32, seed=2)
+    word, make = BAD_OPTIONS[case]
+    with pytest.raises(ValueError, match=word):
+        run_functional("lstm", inputs, None, training=False, options=make(T, B))
+
+
 # ------------------------------------------------------------------ threads (if exposed)
 
 
@@ -298,10 +364,12 @@ def test_results_do_not_depend_on_thread_count(cell):
         for n in (1, 2, 3):
             rnnfast.set_num_threads(n)
             results.append(run_functional(cell, inputs, douts))
+            results.append(run_functional(cell, inputs, douts,
+                                          options=lengths_resets("both", 5, 3, 1)))
     finally:
         rnnfast.set_num_threads(saved)
-    for other in results[1:]:
-        for name, value in results[0].items():
+    for i, other in enumerate(results[2:]):
+        for name, value in results[i % 2].items():
             if value is not None:
                 assert np.array_equal(other[name], value), name
 

@@ -110,6 +110,46 @@ class ArgChecker {
   std::vector<Span> spans_;
 };
 
+// lengths [B] (int64, values in [0, steps]) and resets [T, B] (bool or uint8), each optional:
+// None gives nullptr. They are inputs, so they may share memory with other inputs only.
+const int64_t* lengths_arg(const py::handle& obj, int64_t steps, int64_t batch) {
+  if (obj.is_none()) return nullptr;
+  if (!py::isinstance<py::array>(obj)) throw py::type_error("lengths must be a numpy.ndarray");
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  if (!arr.dtype().equal(py::dtype::of<int64_t>()))
+    throw py::value_error("lengths has dtype " + std::string(py::str(arr.dtype())) +
+                          ", expected int64");
+  if (arr.ndim() != 1 || arr.shape(0) != batch)
+    throw py::value_error("lengths has shape " +
+                          shape_str(std::vector<int64_t>(arr.shape(), arr.shape() + arr.ndim())) +
+                          ", expected " + shape_str({batch}));
+  if (!(arr.flags() & py::array::c_style) ||
+      !(arr.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error("lengths must be C-contiguous and aligned");
+  const auto* data = static_cast<const int64_t*>(arr.data());
+  for (int64_t b = 0; b < batch; ++b)
+    if (data[b] < 0 || data[b] > steps)
+      throw py::value_error("lengths[" + std::to_string(b) + "] = " + std::to_string(data[b]) +
+                            " is outside [0, " + std::to_string(steps) + "]");
+  return data;
+}
+
+const uint8_t* resets_arg(const py::handle& obj, int64_t steps, int64_t batch) {
+  if (obj.is_none()) return nullptr;
+  if (!py::isinstance<py::array>(obj)) throw py::type_error("resets must be a numpy.ndarray");
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  if (!arr.dtype().equal(py::dtype::of<bool>()) && !arr.dtype().equal(py::dtype::of<uint8_t>()))
+    throw py::value_error("resets has dtype " + std::string(py::str(arr.dtype())) +
+                          ", expected bool or uint8");
+  std::vector<int64_t> actual(arr.shape(), arr.shape() + arr.ndim());
+  if (actual != std::vector<int64_t>{steps, batch})
+    throw py::value_error("resets has shape " + shape_str(actual) + ", expected " +
+                          shape_str({steps, batch}));
+  if (!(arr.flags() & py::array::c_style))
+    throw py::value_error("resets must be C-contiguous");
+  return static_cast<const uint8_t*>(arr.data());
+}
+
 // zx's dtype picks the kernel's type; every other array must have the same.
 template <class F>
 void dispatch_dtype(const py::handle& lead, const char* name, F&& f) {
@@ -153,7 +193,8 @@ Args args_with_sizes(Cell cell, const py::object& z, const char* z_name, const p
 
 void recurrent_forward_py(const std::string& cell_name, py::object zx, py::object w_hh,
                           py::object b_hh, py::object h0, py::object c0, py::object y,
-                          py::object h_n, py::object c_n, py::object saved) {
+                          py::object h_n, py::object c_n, py::object saved, py::object lengths,
+                          py::object resets) {
   const Cell cell = parse_cell(cell_name);
   dispatch_dtype(zx, "zx", [&](auto type_tag) {
     using T = decltype(type_tag);
@@ -178,6 +219,8 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
       args.saved = check.optional_output(saved, "saved", {T_, B, S * H});
     else
       check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
+    args.lengths = lengths_arg(lengths, T_, B);
+    args.resets = resets_arg(resets, T_, B);
     check.check_no_overlap();
     py::gil_scoped_release release;
     recurrent_forward(args);
@@ -187,7 +230,8 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
 void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::object h0,
                            py::object c0, py::object y, py::object saved, py::object dy,
                            py::object dh_n, py::object dc_n, py::object dzx, py::object dzh,
-                           py::object dh0, py::object dc0) {
+                           py::object dh0, py::object dc0, py::object lengths,
+                           py::object resets) {
   const Cell cell = parse_cell(cell_name);
   dispatch_dtype(dzx, "dzx", [&](auto type_tag) {
     using T = decltype(type_tag);
@@ -222,6 +266,8 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
       check.require_none(dc_n, "dc_n", why);
       check.require_none(dc0, "dc0", why);
     }
+    args.lengths = lengths_arg(lengths, T_, B);
+    args.resets = resets_arg(resets, T_, B);
     check.check_no_overlap();
     py::gil_scoped_release release;
     recurrent_backward(args);
@@ -254,16 +300,19 @@ PYBIND11_MODULE(_cpu, m) {
   m.doc() = "rnnfast CPU kernels (low level; use rnnfast.functional or the layers)";
   m.def("recurrent_forward", &recurrent_forward_py, py::arg("cell"), py::arg("zx"),
         py::arg("w_hh"), py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"),
-        py::arg("h_n"), py::arg("c_n"), py::arg("saved"),
+        py::arg("h_n"), py::arg("c_n"), py::arg("saved"), py::arg("lengths") = py::none(),
+        py::arg("resets") = py::none(),
         "Recurrence of one layer and direction. zx [T,B,G*H] = x W_ih^T + b_ih; writes y "
         "[T,B,H], h_n [B,H], c_n [B,H] (LSTM) and, when given, the training workspace saved "
-        "[T,B,S*H].");
+        "[T,B,S*H]. Optional: lengths [B] int64 in [0, T] (steps past a sequence's length are "
+        "padding: y 0, state kept), resets [T,B] bool (state put back to h0, c0 before step t).");
   m.def("recurrent_backward", &recurrent_backward_py, py::arg("cell"), py::arg("w_hh"),
         py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("saved"), py::arg("dy"),
         py::arg("dh_n"), py::arg("dc_n"), py::arg("dzx"), py::arg("dzh"), py::arg("dh0"),
-        py::arg("dc0"),
+        py::arg("dc0"), py::arg("lengths") = py::none(), py::arg("resets") = py::none(),
         "Backward through time of recurrent_forward. Writes dzx [T,B,G*H], dzh [T,B,G*H] (GRU "
-        "only: for the other cells it equals dzx and must be None), dh0 and dc0 [B,H].");
+        "only: for the other cells it equals dzx and must be None), dh0 and dc0 [B,H]. "
+        "lengths and resets: those of the forward.");
   m.def("compiled_isas", &compiled_isas, "Instruction sets the CPU kernels were compiled for.");
   m.def("available_isas", &available_isas, "Compiled instruction sets this CPU supports.");
   m.def("active_isa", &active_isa, "The instruction set the CPU kernels use now.");

@@ -10,7 +10,10 @@ the other front ends. They take the same arguments as ``rnnfast.reference.forwar
 - after the backward loop the weight and input gradients are again large GEMMs.
 
 Shapes are time-major: ``x`` [T, B, I], ``h0``/``c0`` [B, H], ``w_ih`` [G*H, I], ``w_hh``
-[G*H, H], biases [G*H], with PyTorch's gate order (see ``rnnfast.reference``).
+[G*H, H], biases [G*H], with PyTorch's gate order (see ``rnnfast.reference``). Optional:
+``lengths`` [B] (integers in [0, T]: steps past a sequence's length are padding, its output is 0
+there and h_n/c_n are its state after its own last step) and ``resets`` [T, B] (bools: the
+state is put back to h0/c0 before step t where set), both handled inside the kernels.
 
 Arrays may have any strides (non-contiguous ones are copied) and may be read-only; they are
 never written. A training forward keeps references to ``x`` and the weights for the backward:
@@ -32,7 +35,7 @@ class Context:
     S = 5 (LSTM: i, f, g, o, c), 4 (GRU: r, z, n, W_hn h + b_hn), 0 (RNN).
     """
 
-    __slots__ = ("cell", "x", "w_ih", "w_hh", "h0", "c0", "y", "saved")
+    __slots__ = ("cell", "x", "w_ih", "w_hh", "h0", "c0", "y", "saved", "lengths", "resets")
 
     def __init__(self, **fields):
         for name, value in fields.items():
@@ -54,7 +57,35 @@ def _optional(value, name, dtype, shape):
     return None if value is None else _as_array(value, name, dtype, shape)
 
 
-def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=False):
+def _lengths(lengths, steps, batch):
+    """``lengths`` as a C-contiguous int64 array [B] with values in [0, T], or a ValueError."""
+    if lengths is None:
+        return None
+    arr = np.asarray(lengths)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"lengths must be integers, not of dtype {arr.dtype}")
+    if arr.shape != (batch,):
+        raise ValueError(f"lengths has shape {arr.shape}, expected ({batch},): one per sequence")
+    if batch and (arr.min() < 0 or arr.max() > steps):
+        raise ValueError(f"lengths must be in [0, {steps}] (the number of steps), not "
+                         f"{arr.min()} to {arr.max()}")
+    return np.ascontiguousarray(arr, np.int64)
+
+
+def _resets(resets, steps, batch):
+    """``resets`` as a C-contiguous bool array [T, B], or a ValueError."""
+    if resets is None:
+        return None
+    arr = np.asarray(resets)
+    if arr.dtype != bool:
+        raise ValueError(f"resets must be a bool array, not of dtype {arr.dtype}")
+    if arr.shape != (steps, batch):
+        raise ValueError(f"resets has shape {arr.shape}, expected ({steps}, {batch}): (T, B)")
+    return np.ascontiguousarray(arr)
+
+
+def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=False,
+            lengths=None, resets=None):
     """Runs one layer over a sequence.
 
     Returns ``(y, h_n, c_n, ctx)``: y [T, B, H], h_n [B, H], c_n [B, H] (LSTM; else None), and
@@ -84,6 +115,8 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
         c0 = _as_array(c0, "c0", dtype, (batch, hidden))
     elif c0 is not None:
         raise ValueError(f"c0 must be None for cell {cell!r}: only the LSTM has a cell state")
+    lengths = _lengths(lengths, steps, batch)
+    resets = _resets(resets, steps, batch)
 
     # The input projection of all steps: one GEMM, outside the time loop.
     zx = (x.reshape(steps * batch, inputs) @ w_ih.T).reshape(steps, batch, gh)
@@ -94,10 +127,11 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
     c_n = np.empty((batch, hidden), dtype) if cell == "lstm" else None
     per_unit = _cpu.saved_per_unit(cell)
     saved = np.empty((steps, batch, per_unit * hidden), dtype) if training and per_unit else None
-    _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved)
+    _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths, resets)
     ctx = None
     if training:
-        ctx = Context(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, y=y, saved=saved)
+        ctx = Context(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, y=y, saved=saved,
+                      lengths=lengths, resets=resets)
     return y, h_n, c_n, ctx
 
 
@@ -127,14 +161,17 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
     dh0 = np.empty((batch, hidden), dtype)
     dc0 = np.empty((batch, hidden), dtype) if cell == "lstm" else None
     _cpu.recurrent_backward(cell, w_hh, ctx.h0, ctx.c0, y, ctx.saved, dy, dh_n, dc_n,
-                            dzx, dzh, dh0, dc0)
+                            dzx, dzh, dh0, dc0, ctx.lengths, ctx.resets)
 
-    # The large GEMMs, after the loop. h_{t-1} is h0 for t = 0 and y[t-1] after.
+    # The large GEMMs, after the loop. The state step t starts from is h0 for t = 0 and where
+    # resets[t] is set, y[t-1] elsewhere (dzx and dzh are 0 on padding, whatever y holds there).
     dzx = dzx.reshape(steps * batch, gh)
     dzh = dzx if dzh is None else dzh.reshape(steps * batch, gh)
     dw_hh = dzh[:batch].T @ ctx.h0
     if steps > 1:
-        dw_hh += dzh[batch:].T @ y[:-1].reshape((steps - 1) * batch, hidden)
+        h_prev = y[:-1] if ctx.resets is None else np.where(ctx.resets[1:, :, None], ctx.h0,
+                                                              y[:-1])
+        dw_hh += dzh[batch:].T @ h_prev.reshape((steps - 1) * batch, hidden)
     return {
         "x": (dzx @ w_ih).reshape(steps, batch, inputs),
         "h0": dh0,

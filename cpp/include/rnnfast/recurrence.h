@@ -10,8 +10,16 @@
 //   zx     [T, B, G*H]     w_hh [G*H, H]    b_hh [G*H]
 //   h0, c0 [B, H]          y    [T, B, H]   h_n, c_n [B, H]
 //   saved  [T, B, S*H]     training workspace: what backward needs besides y
+//   lengths [B]            optional: sequence b has lengths[b] steps (0 <= lengths[b] <= T);
+//                          steps t >= lengths[b] are padding: y is 0 there, h_n/c_n are the
+//                          state after the sequence's own last step (h0/c0 for length 0), and
+//                          backward ignores dy there and writes zero dzx/dzh
+//   resets  [T, B]         optional: where nonzero, the state of row b is put back to (h0, c0)
+//                          before step t (a no-op at t = 0); backward sends the gradient that
+//                          reaches that state to dh0/dc0
 // Sizes and offsets are 64-bit. Preconditions: T >= 1, H >= 1, B >= 0 (B = 0 does nothing);
-// arrays aligned to their element size; no output overlapping another argument.
+// arrays aligned to their element size; no output overlapping another argument; lengths in
+// [0, T].
 #pragma once
 
 #include <cstdint>
@@ -42,6 +50,8 @@ struct ForwardArgs {
   T* h_n;         // [B, H] out
   T* c_n;         // [B, H] out, LSTM only
   T* saved;       // [T, B, S*H] out, training; nullptr for inference (nothing saved)
+  const int64_t* lengths;  // [B], or nullptr: every sequence has T steps
+  const uint8_t* resets;   // [T, B], or nullptr: no resets
 };
 
 template <typename T>
@@ -61,6 +71,8 @@ struct BackwardArgs {
                    // only for the GRU; for the other cells it may be the same pointer as dzx.
   T* dh0;          // [B, H] out
   T* dc0;          // [B, H] out, LSTM only
+  const int64_t* lengths;  // [B], or nullptr; as in the forward
+  const uint8_t* resets;   // [T, B], or nullptr; as in the forward
 };
 
 // Run on the instruction set in use (see below) and the global thread pool's threads.

@@ -166,6 +166,18 @@ inline void forward_epilogue(const T* acc, const T* zx_row, const T* h_prev_row,
   }
 }
 
+// Steps of sequence b: lengths[b], or all of them.
+template <class Args>
+int64_t length_of(const Args& a, int64_t b) {
+  return a.lengths != nullptr ? a.lengths[b] : a.steps;
+}
+
+// Whether step t of row b starts from the initial state (h0, c0).
+template <class Args>
+bool starts_fresh(const Args& a, int64_t t, int64_t b) {
+  return t == 0 || (a.resets != nullptr && a.resets[t * a.batch + b] != 0);
+}
+
 template <typename T, class C, bool kTraining>
 void forward_impl(const ForwardArgs<T>& a) {
   constexpr int G = C::kGates, S = C::kSaved;
@@ -181,13 +193,24 @@ void forward_impl(const ForwardArgs<T>& a) {
     return a.b_hh != nullptr ? a.b_hh[g * H + j] : T(0);
   }, bias.data());
 
+  // The LSTM's running cell state [B, H]; c_n gets each row's c at the row's last step.
+  AlignedBuffer<T> c_run(C::kHasCellState ? B * H : 0);
+  // With resets, zh0 [blocks][B][kWidth] = h0 W_hh^T + b_hh in the tiles' layout: the
+  // recurrent part of a step that starts from h0. Step 0's matmul computes exactly that, so it
+  // is kept from there for the rows reset later, and the matmul's A operand stays h_{t-1}.
+  AlignedBuffer<T> zh0(a.resets != nullptr ? blocks * B * kWidth : 0);
+  for (int64_t b = 0; b < B; ++b) {  // sequences of length 0 end where they start
+    if (length_of(a, b) != 0) continue;
+    std::memcpy(a.h_n + b * H, a.h0 + b * H, sizeof(T) * H);
+    if constexpr (C::kHasCellState) std::memcpy(a.c_n + b * H, a.c0 + b * H, sizeof(T) * H);
+  }
+
   const int threads = choose_threads(blocks, B * GH * H);
   SpinBarrier barrier(threads);
   ThreadPool::global().run(threads, [&](int index) {
     const BlockRange mine(blocks, index, threads);
     for (int64_t t = 0; t < a.steps; ++t) {
       const T* h_prev = t == 0 ? a.h0 : a.y + (t - 1) * B * H;
-      const T* c_prev = t == 0 ? a.c0 : a.c_n;  // the LSTM's c_n is its running state
       const T* zx_t = a.zx + t * B * GH;
       T* h_t = a.y + t * B * H;
       for (int64_t block = mine.first; block < mine.last; ++block) {
@@ -197,32 +220,51 @@ void forward_impl(const ForwardArgs<T>& a) {
                               bias.data() + block * kWidth, [&](int64_t row0, auto& acc) {
           constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
           for (int r = 0; r < MR; ++r) {
-            const int64_t b = row0 + r;
+            const int64_t b = row0 + r, bh = b * H, length = length_of(a, b);
+            if (t >= length) {  // padding: output 0, state kept
+              std::fill(h_t + bh + j0, h_t + bh + j0 + units, T(0));
+              continue;
+            }
+            const bool fresh = starts_fresh(a, t, b);
+            const T* zh = acc[r];
+            if (a.resets != nullptr) {
+              T* zh0_b = zh0.data() + (block * B + b) * kWidth;
+              if (t == 0)
+                std::copy(acc[r], acc[r] + kWidth, zh0_b);
+              else if (fresh)
+                zh = zh0_b;
+            }
+            T* c_b = C::kHasCellState ? c_run.data() + bh : nullptr;
+            const T* c_prev_b = C::kHasCellState ? (fresh ? a.c0 + bh : c_b) : nullptr;
             T* saved_bt = kTraining && S > 0 ? a.saved + (t * B + b) * S * H : nullptr;
-            forward_epilogue<T, C, kUnits>(acc[r], zx_t + b * GH, h_prev + b * H,
-                                           C::kHasCellState ? c_prev + b * H : nullptr,
-                                           h_t + b * H, a.c_n ? a.c_n + b * H : nullptr,
-                                           saved_bt, H, j0, units);
+            forward_epilogue<T, C, kUnits>(zh, zx_t + b * GH, fresh ? a.h0 + bh : h_prev + bh,
+                                           c_prev_b, h_t + bh, c_b, saved_bt, H, j0, units);
+            if (t == length - 1) {  // the sequence's last step: its final state
+              std::copy(h_t + bh + j0, h_t + bh + j0 + units, a.h_n + bh + j0);
+              if constexpr (C::kHasCellState)
+                std::copy(c_b + j0, c_b + j0 + units, a.c_n + bh + j0);
+            }
           }
         });
       }
       barrier.wait();  // h_t complete before any thread reads it
     }
   });
-  std::memcpy(a.h_n, a.y + (a.steps - 1) * B * H, sizeof(T) * B * H);
 }
 
-// The cell's backward at step t for batch row b, units j0 .. j0 + units - 1, given dh_t, the
-// full gradient reaching h_t for those units. Writes dzx, dzh (GRU) at step t, and the running
-// gradients a.dh0 (dh_direct, for step t-1) and a.dc0 (gradient reaching c_{t-1}). Staged
-// through local arrays like forward_epilogue, so that the math vectorizes.
+// The cell's backward at step t for batch row b, units j0 .. j0 + units - 1, given dh_t and
+// dc_t [units], the full gradients reaching h_t and c_t (LSTM), and the state step t started
+// from (h_prev_row, c_prev_row: rows [H] of h and c). Writes dzx, dzh (GRU) at step t, and
+// the running gradients for step t-1 (rows [B, H]): dh_run, the part of dh_{t-1} that bypasses
+// W_hh (dh_direct), and dc_run, the gradient reaching c_{t-1}. Staged through local arrays
+// like forward_epilogue, so that the math vectorizes.
 template <typename T, class C, int kUnits>
 inline void backward_epilogue(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j0,
-                              int64_t units, const T* dh_t) {
+                              int64_t units, const T* h_prev_row, const T* c_prev_row,
+                              const T* dh_t, const T* dc_t, T* dh_run, T* dc_run) {
   constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
   const int64_t B = a.batch, H = a.hidden, GH = G * H;
   const int64_t row = b * H + j0;  // offset of unit j0 of row b in [B, H] arrays
-  const T* h_prev = t == 0 ? a.h0 : a.y + (t - 1) * B * H;
   alignas(64) T saved_l[S][kUnits], h_l[kUnits], h_prev_l[kUnits], c_prev_l[kUnits],
       dc_l[kUnits], dzx_l[G][kUnits], dzh_l[G][kUnits], dh_direct_l[kUnits];
   for (int u = 0; u < kUnits; ++u) {
@@ -234,17 +276,9 @@ inline void backward_epilogue(const BackwardArgs<T>& a, int64_t t, int64_t b, in
       saved_l[0][u] = T(0);
     }
     h_l[u] = valid ? a.y[t * B * H + row + u] : T(0);
-    h_prev_l[u] = valid ? h_prev[row + u] : T(0);
-    c_prev_l[u] = T(0);
-    dc_l[u] = T(0);
-    if constexpr (C::kHasCellState) {
-      // c_{t-1}: c0, or the c that step t-1 saved (the LSTM saves c last).
-      if (valid) {
-        c_prev_l[u] = t == 0 ? a.c0[row + u]
-                             : a.saved[((t - 1) * B + b) * S * H + (S - 1) * H + j0 + u];
-        dc_l[u] = a.dc0[row + u];
-      }
-    }
+    h_prev_l[u] = valid ? h_prev_row[j0 + u] : T(0);
+    c_prev_l[u] = valid && C::kHasCellState ? c_prev_row[j0 + u] : T(0);
+    dc_l[u] = valid && C::kHasCellState ? dc_t[u] : T(0);
   }
   for (int u = 0; u < kUnits; ++u) {
     T saved[S], dzx[G], dzh[G];
@@ -262,8 +296,8 @@ inline void backward_epilogue(const BackwardArgs<T>& a, int64_t t, int64_t b, in
     for (int g = 0; g < G; ++g) dzx_bt[g * H + j0 + u] = dzx_l[g][u];
     if (a.dzh != a.dzx)
       for (int g = 0; g < G; ++g) dzh_bt[g * H + j0 + u] = dzh_l[g][u];
-    a.dh0[row + u] = dh_direct_l[u];
-    if constexpr (C::kHasCellState) a.dc0[row + u] = dc_l[u];
+    dh_run[row + u] = dh_direct_l[u];
+    if constexpr (C::kHasCellState) dc_run[row + u] = dc_l[u];
   }
 }
 
@@ -280,28 +314,83 @@ void backward_impl(const BackwardArgs<T>& a) {
     return a.w_hh[k * H + j];
   }, panels.data());
 
-  // dh0 and dc0 hold the running gradients: dh the part of dh_{t-1} that bypasses W_hh
-  // (dh_direct) between steps, dc the gradient reaching c_{t-1}.
-  T* dh = a.dh0;
-  T* dc = a.dc0;
+  // The running gradients between steps [B, H] (see backward_epilogue). dh0 and dc0
+  // accumulate what reaches the initial state: at step 0 and at every reset.
+  AlignedBuffer<T> dh_run(B * H), dc_run(C::kHasCellState ? B * H : 0);
+
+  // Row b's part of step t for units j0 .. j0 + units - 1, where from_w [units] is the
+  // gradient reaching the state step t started from through W_hh (zero for t = T): completes
+  // the gradients reaching that state, sends them to dh0/dc0 if it was the initial state, adds
+  // dy and dh_n/dc_n where they belong, and runs the cell's backward of step t-1.
+  auto row_step = [&](int64_t t, int64_t b, int64_t j0, int64_t units, const T* from_w) {
+    const int64_t row = b * H + j0, s = t - 1, length = length_of(a, b);
+    alignas(64) T dh[kUnits], dc[kUnits];
+    for (int64_t u = 0; u < units; ++u) {
+      dh[u] = dh_run.data()[row + u] + from_w[u];
+      dc[u] = C::kHasCellState ? dc_run.data()[row + u] : T(0);
+    }
+    if (t < T_ && starts_fresh(a, t, b)) {
+      for (int64_t u = 0; u < units; ++u) {
+        a.dh0[row + u] += dh[u];
+        if constexpr (C::kHasCellState) a.dc0[row + u] += dc[u];
+        dh[u] = dc[u] = T(0);
+      }
+    }
+    if (s == length - 1) {  // h_n, c_n are the state after step s (h0, c0 for length 0)
+      for (int64_t u = 0; u < units; ++u) {
+        if (a.dh_n != nullptr) dh[u] += a.dh_n[row + u];
+        if constexpr (C::kHasCellState)
+          if (a.dc_n != nullptr) dc[u] += a.dc_n[row + u];
+      }
+    }
+    if (s < 0) {  // t = 0: only the final-state gradient of a sequence of length 0 is left
+      for (int64_t u = 0; u < units; ++u) {
+        a.dh0[row + u] += dh[u];
+        if constexpr (C::kHasCellState) a.dc0[row + u] += dc[u];
+      }
+      return;
+    }
+    if (s >= length) {  // padding: no gradient, and nothing flows on
+      for (int g = 0; g < G; ++g) {
+        T* dzx_g = a.dzx + (s * B + b) * GH + g * H + j0;
+        T* dzh_g = a.dzh + (s * B + b) * GH + g * H + j0;
+        std::fill(dzx_g, dzx_g + units, T(0));
+        std::fill(dzh_g, dzh_g + units, T(0));
+      }
+      std::fill(dh_run.data() + row, dh_run.data() + row + units, T(0));
+      if constexpr (C::kHasCellState)
+        std::fill(dc_run.data() + row, dc_run.data() + row + units, T(0));
+      return;
+    }
+    for (int64_t u = 0; u < units; ++u) dh[u] += a.dy[s * B * H + row + u];
+    const bool fresh = starts_fresh(a, s, b);
+    const T* h_prev_row = fresh ? a.h0 + b * H : a.y + ((s - 1) * B + b) * H;
+    const T* c_prev_row = nullptr;
+    if constexpr (C::kHasCellState)  // c0, or the c that step s-1 saved (the LSTM saves c last)
+      c_prev_row = fresh ? a.c0 + b * H : a.saved + ((s - 1) * B + b) * S * H + (S - 1) * H;
+    backward_epilogue<T, C, kUnits>(a, s, b, j0, units, h_prev_row, c_prev_row, dh, dc,
+                                    dh_run.data(), dc_run.data());
+  };
 
   // Each thread owns the hidden units of its blocks: their dh, dc, and columns of dzx, dzh.
   const int threads = choose_threads(blocks, B * GH * H);
   SpinBarrier barrier(threads);
   ThreadPool::global().run(threads, [&](int index) {
     const BlockRange mine(blocks, index, threads);
-    alignas(64) T dh_t[kUnits] = {};  // full gradient reaching h_t for the units at hand
-    // Step T-1: the gradient reaching h_{T-1} is dh_n + dy[T-1].
+    alignas(64) const T zeros[kUnits] = {};
+    // "Step T": nothing comes from beyond the last step; it runs the backward of step T-1.
     for (int64_t block = mine.first; block < mine.last; ++block) {
       const int64_t j0 = block * kUnits;
       const int64_t units = std::min<int64_t>(kUnits, H - j0);
       for (int64_t b = 0; b < B; ++b) {
-        for (int64_t u = 0; u < units; ++u) {
-          const int64_t bj = b * H + j0 + u;
-          if constexpr (C::kHasCellState) dc[bj] = a.dc_n != nullptr ? a.dc_n[bj] : T(0);
-          dh_t[u] = (a.dh_n != nullptr ? a.dh_n[bj] : T(0)) + a.dy[(T_ - 1) * B * H + bj];
+        const int64_t row = b * H + j0;
+        std::fill(dh_run.data() + row, dh_run.data() + row + units, T(0));
+        std::fill(a.dh0 + row, a.dh0 + row + units, T(0));
+        if constexpr (C::kHasCellState) {
+          std::fill(dc_run.data() + row, dc_run.data() + row + units, T(0));
+          std::fill(a.dc0 + row, a.dc0 + row + units, T(0));
         }
-        backward_epilogue<T, C, kUnits>(a, T_ - 1, b, j0, units, dh_t);
+        row_step(T_, b, j0, units, zeros);
       }
     }
     barrier.wait();  // dzh_{T-1} complete
@@ -314,17 +403,7 @@ void backward_impl(const BackwardArgs<T>& a) {
         gemm_panel<T, kUnits>(dzh_t, B, GH, panels.data() + block * GH * kUnits, nullptr,
                               [&](int64_t row0, auto& acc) {
           constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
-          for (int r = 0; r < MR; ++r) {
-            const int64_t b = row0 + r;
-            // Gradient reaching h_{t-1} from step t: the direct part plus the matmul's.
-            for (int64_t u = 0; u < units; ++u) dh_t[u] = dh[b * H + j0 + u] + acc[r][u];
-            if (t == 0) {
-              for (int64_t u = 0; u < units; ++u) dh[b * H + j0 + u] = dh_t[u];  // dh0
-              continue;
-            }
-            for (int64_t u = 0; u < units; ++u) dh_t[u] += a.dy[((t - 1) * B + b) * H + j0 + u];
-            backward_epilogue<T, C, kUnits>(a, t - 1, b, j0, units, dh_t);
-          }
+          for (int r = 0; r < MR; ++r) row_step(t, row0 + r, j0, units, acc[r]);
         });
       }
       if (t > 0) barrier.wait();  // dzh_{t-1} complete
