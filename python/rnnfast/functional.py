@@ -57,7 +57,7 @@ def _optional(value, name, dtype, shape):
     return None if value is None else _as_array(value, name, dtype, shape)
 
 
-def _lengths(lengths, steps, batch):
+def check_lengths(lengths, steps, batch):
     """``lengths`` as a C-contiguous int64 array [B] with values in [0, T], or a ValueError."""
     if lengths is None:
         return None
@@ -72,7 +72,7 @@ def _lengths(lengths, steps, batch):
     return np.ascontiguousarray(arr, np.int64)
 
 
-def _resets(resets, steps, batch):
+def check_resets(resets, steps, batch):
     """``resets`` as a C-contiguous bool array [T, B], or a ValueError."""
     if resets is None:
         return None
@@ -115,8 +115,8 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
         c0 = _as_array(c0, "c0", dtype, (batch, hidden))
     elif c0 is not None:
         raise ValueError(f"c0 must be None for cell {cell!r}: only the LSTM has a cell state")
-    lengths = _lengths(lengths, steps, batch)
-    resets = _resets(resets, steps, batch)
+    lengths = check_lengths(lengths, steps, batch)
+    resets = check_resets(resets, steps, batch)
 
     # The input projection of all steps: one GEMM, outside the time loop.
     zx = (x.reshape(steps * batch, inputs) @ w_ih.T).reshape(steps, batch, gh)
