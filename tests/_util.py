@@ -126,7 +126,7 @@ def make_problem(cell, T, B, I, H, dtype, bias=True, seed=0, relu_margin=2e-5):
 
 def reference_results(cell, inputs, douts, dtype, options=None):
     """Run the reference forward and backward in ``dtype`` on ``inputs`` (cast to ``dtype``);
-    ``options``: more keyword arguments of the forward (lengths, resets).
+    ``options``: more keyword arguments of the forward (lengths, resets, w_hr).
 
     Returns a dict with keys y, h_n, c_n and (unless ``douts`` is None: forward only) dx, dh0,
     dc0, dw_ih, dw_hh, db_ih, db_hh.
@@ -141,6 +141,8 @@ def reference_results(cell, inputs, douts, dtype, options=None):
     if douts is not None:
         grads = ref.backward(cache, c["dy"], c["dh_n"], c["dc_n"])
         out.update({"d" + k: grads[k] for k in GRAD_NAMES})
+        if "w_hr" in grads:  # with the LSTM projection
+            out["dw_hr"] = grads["w_hr"]
     return out
 
 

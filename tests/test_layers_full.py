@@ -17,6 +17,9 @@ from rnnfast import reference as ref
 
 from _util import FLOAT32_FLOOR, FLOAT64_TOL, rel_err
 
+# PyTorch warns that its fast CPU path (oneDNN) lacks the projection.
+pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")
+
 KINDS = {"rnn_tanh": ("RNN", {"nonlinearity": "tanh"}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
          "gru": ("GRU", {}), "lstm": ("LSTM", {})}
 CELLS = list(KINDS)
@@ -149,18 +152,24 @@ def compare_with_torch(layer, T, B, seed, given_states=True, lengths=None):
     check(got, oracle, layer.dtype, ref32, what=repr(layer))
 
 
-@pytest.mark.parametrize("variant", ["plain", "lengths"])
+# (cell, variant): plain, with lengths, and for the LSTM the same with a projection
+VARIANTS = [pytest.param(cell, v, id=f"{cell}-{v}") for cell in CELLS
+            for v in ("plain", "lengths") + (("proj", "proj_lengths") if cell == "lstm" else ())]
+
+
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("cell", CELLS)
-def test_matches_torch_odd_sizes(cell, dtype, num_layers, bidirectional, variant):
-    """Hidden 37, input 13, batch 3, T 7; batch_first and default initial states alternate."""
+@pytest.mark.parametrize("cell,variant", VARIANTS)
+def test_matches_torch_odd_sizes(cell, variant, dtype, num_layers, bidirectional):
+    """Hidden 37, input 13, batch 3, T 7 (projection 11); batch_first and default initial
+    states alternate."""
     T, B = 7, 3
     flip = (num_layers + bidirectional) % 2 == 1
+    proj = {"proj_size": 11} if variant.startswith("proj") else {}
     layer = new_layer(cell, 13, 37, dtype, seed=num_layers, num_layers=num_layers,
-                      bidirectional=bidirectional, batch_first=flip)
-    lengths = np.array([4, 7, 1]) if variant == "lengths" else None
+                      bidirectional=bidirectional, batch_first=flip, **proj)
+    lengths = np.array([4, 7, 1]) if variant.endswith("lengths") else None
     compare_with_torch(layer, T, B, seed=11 * num_layers + bidirectional,
                        given_states=not flip or variant == "lengths", lengths=lengths)
 
@@ -169,19 +178,21 @@ def _grid(count, seed):
     rng = np.random.default_rng(seed)
     for i in range(count):
         T, B = int(rng.integers(1, 9)), int(rng.integers(1, 6))
+        H = int(rng.choice([1, 5, 16, 33, 70]))
+        proj = int(rng.integers(0, H)) if CELLS[i % 4] == "lstm" else 0
         yield pytest.param(
             CELLS[i % 4], [np.float32, np.float64][rng.integers(2)], T, B,
-            int(rng.integers(1, 20)), int(rng.choice([1, 5, 16, 33, 70])), int(rng.integers(1, 4)),
+            int(rng.integers(1, 20)), H, proj, int(rng.integers(1, 4)),
             bool(rng.integers(2)), bool(rng.integers(2)), bool(rng.integers(2)),
             None if rng.integers(2) else rng.integers(1, T + 1, B), id=f"grid{i}")
 
 
-@pytest.mark.parametrize("cell,dtype,T,B,I,H,L,bidirectional,batch_first,bias,lengths",
-                         list(_grid(16, 2026)))
-def test_matches_torch_random_grid(cell, dtype, T, B, I, H, L, bidirectional, batch_first, bias,
-                                   lengths):
+@pytest.mark.parametrize("cell,dtype,T,B,I,H,proj,L,bidirectional,batch_first,bias,lengths",
+                         list(_grid(20, 2026)))
+def test_matches_torch_random_grid(cell, dtype, T, B, I, H, proj, L, bidirectional, batch_first,
+                                   bias, lengths):
     layer = new_layer(cell, I, H, dtype, seed=T * B, num_layers=L, bidirectional=bidirectional,
-                      batch_first=batch_first, bias=bias)
+                      batch_first=batch_first, bias=bias, **({"proj_size": proj} if proj else {}))
     compare_with_torch(layer, T, B, seed=H + I, lengths=lengths)
 
 
@@ -199,14 +210,17 @@ def test_unbatched_matches_torch(cell):
     check(got, run_torch(layer, torch.float64, *args), np.float64, what="unbatched")
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_torch_state_dict_loads_unchanged(cell):
+@pytest.mark.parametrize("cell,proj", [(cell, 0) for cell in CELLS] + [("lstm", 4)])
+def test_torch_state_dict_loads_unchanged(cell, proj):
     torch = pytest.importorskip("torch")
     kind, kwargs = KINDS[cell]
+    if proj:
+        kwargs = {**kwargs, "proj_size": proj}
     torch.manual_seed(0)
     module = getattr(torch.nn, kind)(4, 6, num_layers=3, bidirectional=True, dtype=torch.float64,
                                      **kwargs)
-    layer = new_layer(cell, 4, 6, np.float64, num_layers=3, bidirectional=True)
+    layer = getattr(rnnfast, kind)(4, 6, num_layers=3, bidirectional=True, dtype="float64",
+                                   **kwargs)
     sd = {k: v.detach().numpy() for k, v in module.state_dict().items()}
     assert list(layer.state_dict()) == list(sd)  # names, in PyTorch's order
     layer.load_state_dict(sd)
@@ -287,10 +301,11 @@ def reference_run(layer, x, hx, dy, dhx, dtype, lengths=None, resets=None):
 
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("cell", CELLS)
-def test_resets_match_step_by_step_reference(cell, dtype, with_lengths):
+@pytest.mark.parametrize("cell,proj", [(cell, 0) for cell in CELLS] + [("lstm", 5)])
+def test_resets_match_step_by_step_reference(cell, proj, dtype, with_lengths):
     T, B = 7, 4
-    layer = new_layer(cell, 6, 37, dtype, seed=9, num_layers=2, bidirectional=True)
+    layer = new_layer(cell, 6, 37, dtype, seed=9, num_layers=2, bidirectional=True,
+                      **({"proj_size": proj} if proj else {}))
     x, hx, dy, dhx = problem(layer, T, B, seed=10)
     rng = np.random.default_rng(12)
     resets = rng.random((T, B)) < 0.3
@@ -333,8 +348,9 @@ def test_reset_everywhere_equals_two_sequences(cell, given_states):
 # ------------------------------------------------------------------ dropout
 
 
-def dropout_layer(cell, dtype=np.float64, p=0.4):
-    return new_layer(cell, 3, 5, dtype, seed=7, num_layers=3, bidirectional=True, dropout=p)
+def dropout_layer(cell, dtype=np.float64, p=0.4, **options):
+    return new_layer(cell, 3, 5, dtype, seed=7, num_layers=3, bidirectional=True, dropout=p,
+                     **options)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -365,10 +381,10 @@ def test_dropout_is_seeded(cell):
     assert np.array_equal(out, full(2 * x, hx)[0])
 
 
-@pytest.mark.parametrize("cell", CELLS)
-def test_dropout_gradients_by_finite_differences(cell):
+@pytest.mark.parametrize("cell,proj", [(cell, 0) for cell in CELLS] + [("lstm", 2)])
+def test_dropout_gradients_by_finite_differences(cell, proj):
     """With the mask fixed (the same seed), the backward is the derivative of the forward."""
-    layer = dropout_layer(cell)
+    layer = dropout_layer(cell, **({"proj_size": proj} if proj else {}))
     x, hx, dy, dhx = problem(layer, 3, 2, seed=9)
     lstm = cell == "lstm"
     got = run_ours(layer, x, hx, dy, dhx, seed=5)

@@ -56,10 +56,6 @@ class _RNNBase:
         if self.dtype not in functional.DTYPES:
             raise TypeError(f"dtype must be float32 or float64, not {self.dtype}")
         self.seed = seed
-        if self.proj_size > 0:
-            raise NotImplementedError(
-                "proj_size > 0 is not implemented yet in rnnfast LSTM: its recurrence would "
-                "need the projection inside the fused kernel")
         if self.dropout > 0 and self.num_layers == 1:
             # As PyTorch: dropout acts between layers, so a single layer has none.
             warnings.warn("dropout > 0 has no effect with num_layers=1: dropout is applied "
@@ -218,7 +214,7 @@ class _RNNBase:
                     self._cell, layer_in if d == 0 else _gather(layer_in, order), h0[i],
                     p["w_ih"], p["w_hh"], p.get("b_ih"), p.get("b_hh"),
                     None if c0 is None else c0[i], training=self.training, lengths=lengths,
-                    resets=resets_by_direction[d])
+                    resets=resets_by_direction[d], w_hr=p.get("w_hr"))
                 outputs.append(y if d == 0 else _gather(y, order))
                 h_n.append(h)
                 c_n.append(c)
