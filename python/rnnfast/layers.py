@@ -157,10 +157,11 @@ class _RNNBase:
         """``output, h_n = layer(input, h0)`` (RNN, GRU) or
         ``output, (h_n, c_n) = layer(input, (h0, c0))`` (LSTM), with PyTorch's shapes:
         input (T, B, input_size), or (B, T, input_size) with batch_first, or (T, input_size)
-        unbatched; output (.., num_directions * hidden_size); states (num_layers *
-        num_directions, B, hidden_size), or without B when unbatched; hx None means zeros.
-        Input of any strides is accepted (copied when not contiguous); NaN in the input
-        propagates to the outputs.
+        unbatched; output (.., num_directions * R) with R = proj_size or hidden_size, both
+        directions concatenated (forward first); states (num_layers * num_directions, B, R),
+        the LSTM's c (.., B, hidden_size), indexed by layer * num_directions + direction, or
+        without B when unbatched; hx None means zeros. Input of any strides is accepted
+        (copied when not contiguous); NaN in the input propagates to the outputs.
 
         lengths: integers [B] (a single integer when unbatched), in any order: sequence b has
         lengths[b] steps and the rest is padding. Its outputs there are 0, its final states
@@ -324,8 +325,10 @@ class _RNNBase:
         args = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
             args += f", num_layers={self.num_layers}"
-        if self.batch_first:
-            args += ", batch_first=True"
+        for name, default in (("batch_first", False), ("bidirectional", False),
+                              ("proj_size", 0), ("dropout", 0.0), ("bias", True)):
+            if getattr(self, name) != default:
+                args += f", {name}={getattr(self, name)}"
         return f"{type(self).__name__}({args}, dtype={self.dtype.name})"
 
 

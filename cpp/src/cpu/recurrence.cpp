@@ -9,6 +9,12 @@
 //
 // The weights are packed once per call into panels of `units` consecutive hidden units, all
 // G gates of a unit side by side, so that one tile holds every gate of its units.
+//
+// Variable lengths and resets act per row in the epilogues (no extra pass, no branch in the
+// matmul): a padding row writes zeros and keeps its state; a reset row takes h0 W_hh^T + b_hh,
+// kept from step 0, instead of its row of the tile, and in the backward sends the gradient that
+// reaches its starting state to dh0/dc0. The LSTM projection adds a second matmul per step
+// (h = m W_hr^T; backward dm = dh W_hr), on its own packed panels, after a barrier.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
