@@ -125,8 +125,9 @@ def make_problem(cell, T, B, I, H, dtype, bias=True, seed=0, relu_margin=2e-5):
     raise AssertionError("could not draw relu data away from the kink; lower relu_margin")
 
 
-def reference_results(cell, inputs, douts, dtype):
-    """Run the reference forward and backward in ``dtype`` on ``inputs`` (cast to ``dtype``).
+def reference_results(cell, inputs, douts, dtype, options=None):
+    """Run the reference forward and backward in ``dtype`` on ``inputs`` (cast to ``dtype``);
+    ``options``: more keyword arguments of the forward (lengths, resets, w_hr).
 
     Returns a dict with keys y, h_n, c_n and (unless ``douts`` is None: forward only) dx, dh0,
     dc0, dw_ih, dw_hh, db_ih, db_hh.
@@ -134,24 +135,28 @@ def reference_results(cell, inputs, douts, dtype):
     both = {**inputs, **(douts or {})}
     c = {k: (None if v is None else np.asarray(v, dtype)) for k, v in both.items()}
     y, h_n, c_n, cache = ref.forward(
-        cell, c["x"], c["h0"], c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"], c0=c["c0"]
+        cell, c["x"], c["h0"], c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"], c0=c["c0"],
+        **(options or {})
     )
     out = {"y": y, "h_n": h_n, "c_n": c_n}
     if douts is not None:
         grads = ref.backward(cache, c["dy"], c["dh_n"], c["dc_n"])
         out.update({"d" + k: grads[k] for k in GRAD_NAMES})
+        if "w_hr" in grads:  # with the LSTM projection
+            out["dw_hr"] = grads["w_hr"]
     return out
 
 
-def assert_matches_oracle(cell, inputs, douts, got, dtype):
+def assert_matches_oracle(cell, inputs, douts, got, dtype, options=None):
     """Check every array in ``got`` (keys as in reference_results) with the tolerance rule.
 
     ``got`` values of None must match None in the reference (c_n, dc0 for non-LSTM cells).
     ``douts`` None: forward only (``got`` then holds only y, h_n, c_n).
     """
     dtype = np.dtype(dtype)
-    oracle = reference_results(cell, inputs, douts, np.float64)
-    ref32 = reference_results(cell, inputs, douts, np.float32) if dtype == np.float32 else None
+    oracle = reference_results(cell, inputs, douts, np.float64, options)
+    ref32 = (reference_results(cell, inputs, douts, np.float32, options)
+             if dtype == np.float32 else None)
     failures = []
     for name, value in got.items():
         if oracle[name] is None:

@@ -193,3 +193,45 @@ def test_zero_batch_runs():
         shape[-2] = 0
         args[name] = np.zeros(shape, np.float32)
     _cpu.recurrent_forward(**args)
+
+
+# lengths [B] int64 in [0, T], resets [T, B] bool/uint8, w_hr [P, H] (LSTM only) with w_hh
+# [4H, P], and dh_proj [T, B, P] exactly when w_hr is given.
+BAD_OPTIONS = {
+    "lengths_range": ("lengths", lambda: {"lengths": np.array([T + 1, 0], np.int64)}),
+    "lengths_negative": ("lengths", lambda: {"lengths": np.array([-1, 0], np.int64)}),
+    "lengths_dtype": ("lengths", lambda: {"lengths": np.array([1, 0], np.int32)}),
+    "lengths_shape": ("lengths", lambda: {"lengths": np.array([1, 0, 1], np.int64)}),
+    "resets_shape": ("resets", lambda: {"resets": np.zeros((B, T), bool)}),
+    "resets_dtype": ("resets", lambda: {"resets": np.zeros((T, B), np.int64)}),
+    "w_hr_shape": ("w_hh", lambda: {"w_hr": np.zeros((3, H), np.float32)}),
+    "w_hr_gru": ("w_hr", lambda: {"cell": "gru", "w_hr": np.zeros((3, H), np.float32)}),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+def test_bad_options_name_the_argument(case):
+    word, make = BAD_OPTIONS[case]
+    options = make()
+    args = {**forward_args(options.get("cell", "lstm")), **options}
+    with pytest.raises(ValueError, match=word):
+        _cpu.recurrent_forward(**args)
+
+
+def test_projection_needs_dh_proj_in_backward():
+    P = 2
+    rng = np.random.default_rng(1)
+    f = forward_args()
+    f.update(w_hh=rng.standard_normal((4 * H, P)).astype(np.float32),
+             w_hr=rng.standard_normal((P, H)).astype(np.float32),
+             h0=np.zeros((B, P), np.float32), y=np.empty((T, B, P), np.float32),
+             h_n=np.empty((B, P), np.float32))
+    _cpu.recurrent_forward(**f)
+    args = {**backward_args(), "w_hh": f["w_hh"], "w_hr": f["w_hr"], "h0": f["h0"], "y": f["y"],
+            "saved": f["saved"], "dy": np.ones((T, B, P), np.float32),
+            "dh0": np.empty((B, P), np.float32)}
+    with pytest.raises(TypeError, match="dh_proj"):  # a required output, missing
+        _cpu.recurrent_backward(**args)
+    _cpu.recurrent_backward(**args, dh_proj=np.empty((T, B, P), np.float32))
+    with pytest.raises(ValueError, match="dh_proj"):
+        _cpu.recurrent_backward(**backward_args(), dh_proj=np.empty((T, B, H), np.float32))

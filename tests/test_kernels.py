@@ -37,18 +37,19 @@ SHAPE_IDS = [shape_id(*s) for s in SHAPES]
 DTYPE_IDS = ["f32", "f64"]
 
 
-def run_functional(cell, inputs, douts, training=True):
+def run_functional(cell, inputs, douts, training=True, options=None):
     """Forward (and backward if training) through rnnfast.functional; same keys as
-    _util.reference_results."""
+    _util.reference_results. options: lengths, resets, w_hr."""
     y, h_n, c_n, ctx = F.forward(
         cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
-        inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"], training=training,
+        inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"], training=training, **(options or {})
     )
     out = {"y": y, "h_n": h_n, "c_n": c_n}
     if training:
         grads = F.backward(ctx, douts["dy"], douts["dh_n"], douts["dc_n"])
-        assert set(grads) == set(GRAD_NAMES), sorted(grads)
-        out.update({"d" + k: grads[k] for k in GRAD_NAMES})
+        projected = (options or {}).get("w_hr") is not None
+        assert set(grads) == set(GRAD_NAMES) | ({"w_hr"} if projected else set()), sorted(grads)
+        out.update({"d" + k: grads[k] for k in grads})
     else:
         assert ctx is None
     return out
@@ -282,6 +283,119 @@ def test_unknown_cell_raises():
         F.forward("lstmish", inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"])
 
 
+# ------------------------------------------------------------------ lengths and resets
+
+
+def lengths_resets(case, T, B, seed):
+    """Options for a case: "lengths" (any order, with 0, 1 and T), "resets" (about a third of
+    the steps), or "both"."""
+    rng = np.random.default_rng(seed)
+    options = {}
+    if case in ("lengths", "both"):
+        options["lengths"] = rng.permutation(np.resize([T, 0, 1, T // 2 + 1], B))
+    if case in ("resets", "both"):
+        options["resets"] = rng.random((T, B)) < 0.35
+    return options
+
+
+LR_SHAPES = [(7, 5, 13, 37), (6, 9, 7, 130), (1, 3, 7, 33), (9, 2, 1, 1)]
+
+
+@pytest.mark.parametrize("case", ["lengths", "resets", "both"])
+@pytest.mark.parametrize("shape", LR_SHAPES, ids=[shape_id(*s) for s in LR_SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_lengths_and_resets_match_reference(cell, dtype, shape, case):
+    T, B = shape[:2]
+    inputs, douts = make_problem(cell, *shape, dtype, seed=_seed(cell, shape, case))
+    options = lengths_resets(case, T, B, _seed(case, shape))
+    got = run_functional(cell, inputs, douts, options=options)
+    assert_matches_oracle(cell, inputs, douts, got, dtype, options)
+    if "lengths" in options:  # padding is exactly zero, in the outputs and in dx
+        pad = np.arange(T)[:, None] >= options["lengths"]
+        assert not got["y"][pad].any() and not got["dx"][pad].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_full_lengths_and_no_resets_change_nothing(cell, dtype):
+    T, B = 6, 3
+    inputs, douts = make_problem(cell, T, B, 7, 33, dtype, seed=_seed("noop", cell))
+    plain = run_functional(cell, inputs, douts)
+    options = {"lengths": np.full(B, T), "resets": np.zeros((T, B), bool)}
+    options["resets"][0] = True  # step 0 starts from h0 anyway
+    same = run_functional(cell, inputs, douts, options=options)
+    for name, value in plain.items():
+        if value is not None:
+            assert np.array_equal(same[name], value), name
+
+
+BAD_OPTIONS = {
+    "negative": ("lengths", lambda T, B: {"lengths": np.full(B, -1)}),
+    "too_long": ("lengths", lambda T, B: {"lengths": np.full(B, T + 1)}),
+    "wrong_shape": ("lengths", lambda T, B: {"lengths": np.full(B + 1, T)}),
+    "float": ("lengths", lambda T, B: {"lengths": np.full(B, float(T))}),
+    "resets_shape": ("resets", lambda T, B: {"resets": np.zeros((B, T), bool)}),
+    "resets_int": ("resets", lambda T, B: {"resets": np.zeros((T, B), np.int32)}),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+def test_bad_lengths_and_resets_raise(case):
+    T, B = 4, 3
+    inputs, _ = make_problem("lstm", T, B, 5, 6, np.float32, seed=2)
+    word, make = BAD_OPTIONS[case]
+    with pytest.raises(ValueError, match=word):
+        run_functional("lstm", inputs, None, training=False, options=make(T, B))
+
+
+# ------------------------------------------------------------------ LSTM projection
+
+
+def projection_problem(T, B, I, H, P, dtype, seed):
+    """An LSTM problem with a projection W_hr [P, H]: h0, y, h_n of size P, w_hh [4H, P]."""
+    inputs, douts = make_problem("lstm", T, B, I, H, dtype, seed=seed)
+    rng = np.random.default_rng(seed + 1)
+    k = 1.0 / np.sqrt(H)
+    new = {"w_hr": rng.uniform(-k, k, (P, H)), "w_hh": rng.uniform(-k, k, (4 * H, P)),
+           "h0": 0.5 * rng.standard_normal((B, P)), "dy": rng.standard_normal((T, B, P)),
+           "dh_n": rng.standard_normal((B, P))}
+    new = {name: v.astype(dtype) for name, v in new.items()}
+    inputs.update({name: new[name] for name in ("w_hh", "h0")})
+    douts.update({name: new[name] for name in ("dy", "dh_n")})
+    return inputs, douts, new["w_hr"]
+
+
+# (T, B, I, H, P): P below, equal to and above H (PyTorch wants P < H; the kernels do not),
+# P = 1, and H of several tiles
+PROJ_SHAPES = [(7, 5, 13, 37, 11), (6, 9, 7, 130, 70), (3, 2, 3, 4, 1), (5, 3, 7, 33, 65),
+               (4, 3, 5, 16, 16)]
+
+
+@pytest.mark.parametrize("case", ["plain", "both"])
+@pytest.mark.parametrize("shape", PROJ_SHAPES, ids=[f"P{s[4]}-" + shape_id(*s[:4])
+                                                     for s in PROJ_SHAPES])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_projection_matches_reference(dtype, shape, case):
+    T, B = shape[:2]
+    inputs, douts, w_hr = projection_problem(*shape, dtype, seed=_seed("proj", shape))
+    options = {"w_hr": w_hr}
+    if case == "both":
+        options.update(lengths_resets("both", T, B, _seed(case, shape)))
+    got = run_functional("lstm", inputs, douts, options=options)
+    assert_matches_oracle("lstm", inputs, douts, got, dtype, options)
+    inference = run_functional("lstm", inputs, douts, training=False, options=options)
+    for name in ("y", "h_n", "c_n"):
+        assert np.array_equal(inference[name], got[name]), name
+
+
+def test_projection_only_for_the_lstm():
+    inputs, _ = make_problem("gru", 3, 2, 4, 5, np.float32, seed=3)
+    with pytest.raises(ValueError, match="w_hr"):
+        run_functional("gru", inputs, None, training=False,
+                       options={"w_hr": np.zeros((2, 5), np.float32)})
+
+
 # ------------------------------------------------------------------ threads (if exposed)
 
 
@@ -292,16 +406,21 @@ def test_results_do_not_depend_on_thread_count(cell):
     if not (hasattr(rnnfast, "set_num_threads") and hasattr(rnnfast, "get_num_threads")):
         pytest.skip("rnnfast.set_num_threads/get_num_threads not provided")
     inputs, douts = make_problem(cell, 5, 3, 33, 130, np.float32, seed=_seed("threads", cell))
+    projected = projection_problem(5, 3, 33, 130, 100, np.float32, seed=_seed("threads", cell))
     saved = rnnfast.get_num_threads()
     try:
         results = []
         for n in (1, 2, 3):
             rnnfast.set_num_threads(n)
             results.append(run_functional(cell, inputs, douts))
+            results.append(run_functional(cell, inputs, douts,
+                                          options=lengths_resets("both", 5, 3, 1)))
+            results.append(run_functional("lstm", *projected[:2],
+                                          options={"w_hr": projected[2]}))
     finally:
         rnnfast.set_num_threads(saved)
-    for other in results[1:]:
-        for name, value in results[0].items():
+    for i, other in enumerate(results[3:]):
+        for name, value in results[i % 3].items():
             if value is not None:
                 assert np.array_equal(other[name], value), name
 

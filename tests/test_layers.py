@@ -185,19 +185,6 @@ def test_invalid_nonlinearity_raises():
         rnnfast.RNN(3, 4, nonlinearity="sigmoid")
 
 
-NOT_IMPLEMENTED = [
-    pytest.param(kind, {opt: val}, opt, id=f"{kind}-{opt}")
-    for kind in ("RNN", "GRU", "LSTM")
-    for opt, val in (("num_layers", 2), ("bidirectional", True))
-] + [pytest.param("LSTM", {"proj_size": 2}, "proj_size", id="LSTM-proj_size")]
-
-
-@pytest.mark.parametrize("kind,options,option_name", NOT_IMPLEMENTED)
-def test_unsupported_options_raise_not_implemented(kind, options, option_name):
-    with pytest.raises(NotImplementedError, match=option_name):
-        getattr(rnnfast, kind)(3, 4, **options)
-
-
 @pytest.mark.parametrize("kind", ["RNN", "GRU", "LSTM"])
 def test_dropout_on_one_layer_warns_as_pytorch(kind):
     # PyTorch applies dropout between stacked layers only, and warns that one layer has none.

@@ -22,18 +22,19 @@ FD_RTOL = 1e-6
 FD_ATOL = 1e-8
 
 
-def _loss_weights(cell, seed):
+def _loss_weights(cell, seed, out=H):
     rng = np.random.default_rng(seed)
-    r1 = rng.standard_normal((T, B, H))
-    r2 = rng.standard_normal((B, H))
+    r1 = rng.standard_normal((T, B, out))
+    r2 = rng.standard_normal((B, out))
     r3 = rng.standard_normal((B, H)) if cell == "lstm" else None
     return r1, r2, r3
 
 
-def _loss(cell, inputs, r1, r2, r3):
+def _loss(cell, inputs, r1, r2, r3, options=None):
     y, h_n, c_n, _ = ref.forward(
         cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
-        inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"],
+        inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"], w_hr=inputs.get("w_hr"),
+        **(options or {})
     )
     loss = np.sum(y * r1) + np.sum(h_n * r2)
     if cell == "lstm":
@@ -41,7 +42,7 @@ def _loss(cell, inputs, r1, r2, r3):
     return float(loss)
 
 
-def _numeric_gradient(cell, inputs, name, r1, r2, r3):
+def _numeric_gradient(cell, inputs, name, r1, r2, r3, options=None):
     base = inputs[name]
     grad = np.zeros_like(base)
     for idx in np.ndindex(base.shape):
@@ -49,7 +50,7 @@ def _numeric_gradient(cell, inputs, name, r1, r2, r3):
         for sign in (+1.0, -1.0):
             p = base.copy()
             p[idx] += sign * FD_EPS
-            vals.append(_loss(cell, {**inputs, name: p}, r1, r2, r3))
+            vals.append(_loss(cell, {**inputs, name: p}, r1, r2, r3, options))
         grad[idx] = (vals[0] - vals[1]) / (2 * FD_EPS)
     return grad
 
@@ -86,6 +87,69 @@ def test_backward_matches_finite_differences(cell):
         checked.append(name)
     expected = {"x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"} | ({"c0"} if cell == "lstm" else set())
     assert set(checked) == expected
+
+
+# lengths in any order with 0 and T; resets at step 0 (a no-op) and inside the sequences.
+OPTIONS = {
+    "lengths": {"lengths": np.array([1, 3])},
+    "resets": {"resets": np.array([[True, False], [True, True], [False, True]])},
+    "both": {"lengths": np.array([3, 0]), "resets": np.array([[0, 1], [1, 0], [0, 0]], bool)},
+}
+
+
+# case: (options, with the LSTM projection: the LSTM only)
+FD_CASES = {**{name: (options, False) for name, options in OPTIONS.items()},
+            "projection": ({}, True), "projection_both": (OPTIONS["both"], True)}
+
+
+@pytest.mark.parametrize("cell,case", [(cell, case) for cell in CELLS for case in FD_CASES
+                                       if cell == "lstm" or not FD_CASES[case][1]])
+def test_backward_with_options_matches_finite_differences(cell, case):
+    """lengths, resets and (LSTM) the projection, by finite differences like the plain case."""
+    options, projection = FD_CASES[case]
+    inputs, _ = make_problem(cell, T, B, I, H, np.float64, seed=13, relu_margin=1e-3)
+    out = H
+    if projection:
+        out = 3
+        rng = np.random.default_rng(14)
+        inputs["w_hr"] = rng.uniform(-0.5, 0.5, (out, H))
+        inputs["w_hh"] = rng.uniform(-0.5, 0.5, (4 * H, out))
+        inputs["h0"] = rng.standard_normal((B, out))
+    r1, r2, r3 = _loss_weights(cell, 15, out)
+    _, _, _, cache = ref.forward(
+        cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
+        inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"], w_hr=inputs.get("w_hr"), **options
+    )
+    grads = ref.backward(cache, r1, r2, r3)
+    assert ("w_hr" in grads) == ("w_hr" in inputs)
+    for name in grads:
+        if grads[name] is None:
+            continue
+        numeric = _numeric_gradient(cell, inputs, name, r1, r2, r3, options)
+        np.testing.assert_allclose(
+            grads[name], numeric, rtol=FD_RTOL, atol=FD_ATOL, err_msg=f"{cell} {case} d{name}"
+        )
+
+
+def test_lengths_and_resets_semantics():
+    """What the options mean, on a sequence whose answer is known: padding gives 0 and keeps
+    the state; a reset gives the same steps as a new sequence from h0."""
+    inputs, _ = make_problem("gru", 5, 2, 3, 4, np.float64, seed=16)
+    args = ("gru", inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"], inputs["b_ih"],
+            inputs["b_hh"])
+    y, h_n, _, _ = ref.forward(*args)
+    y2, h2, _, _ = ref.forward(*args, lengths=np.array([2, 5]))
+    np.testing.assert_array_equal(y2[:2, 0], y[:2, 0])
+    np.testing.assert_array_equal(y2[2:, 0], 0)
+    np.testing.assert_array_equal(h2[0], y[1, 0])
+    np.testing.assert_array_equal(y2[:, 1], y[:, 1])
+    resets = np.zeros((5, 2), bool)
+    resets[3, 1] = True
+    y3, _, _, _ = ref.forward(*args, resets=resets)
+    tail, _, _, _ = ref.forward("gru", inputs["x"][3:], inputs["h0"], *args[3:])
+    np.testing.assert_array_equal(y3[3:, 1], tail[:, 1])
+    np.testing.assert_array_equal(y3[:3], y[:3])
+    np.testing.assert_array_equal(y3[:, 0], y[:, 0])
 
 
 @pytest.mark.parametrize("cell", CELLS)

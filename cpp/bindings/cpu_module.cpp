@@ -111,6 +111,46 @@ class ArgChecker {
   std::vector<Span> spans_;
 };
 
+// lengths [B] (int64, values in [0, steps]) and resets [T, B] (bool or uint8), each optional:
+// None gives nullptr. They are inputs, so they may share memory with other inputs only.
+const int64_t* lengths_arg(const py::handle& obj, int64_t steps, int64_t batch) {
+  if (obj.is_none()) return nullptr;
+  if (!py::isinstance<py::array>(obj)) throw py::type_error("lengths must be a numpy.ndarray");
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  if (!arr.dtype().equal(py::dtype::of<int64_t>()))
+    throw py::value_error("lengths has dtype " + std::string(py::str(arr.dtype())) +
+                          ", expected int64");
+  if (arr.ndim() != 1 || arr.shape(0) != batch)
+    throw py::value_error("lengths has shape " +
+                          shape_str(std::vector<int64_t>(arr.shape(), arr.shape() + arr.ndim())) +
+                          ", expected " + shape_str({batch}));
+  if (!(arr.flags() & py::array::c_style) ||
+      !(arr.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw py::value_error("lengths must be C-contiguous and aligned");
+  const auto* data = static_cast<const int64_t*>(arr.data());
+  for (int64_t b = 0; b < batch; ++b)
+    if (data[b] < 0 || data[b] > steps)
+      throw py::value_error("lengths[" + std::to_string(b) + "] = " + std::to_string(data[b]) +
+                            " is outside [0, " + std::to_string(steps) + "]");
+  return data;
+}
+
+const uint8_t* resets_arg(const py::handle& obj, int64_t steps, int64_t batch) {
+  if (obj.is_none()) return nullptr;
+  if (!py::isinstance<py::array>(obj)) throw py::type_error("resets must be a numpy.ndarray");
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  if (!arr.dtype().equal(py::dtype::of<bool>()) && !arr.dtype().equal(py::dtype::of<uint8_t>()))
+    throw py::value_error("resets has dtype " + std::string(py::str(arr.dtype())) +
+                          ", expected bool or uint8");
+  std::vector<int64_t> actual(arr.shape(), arr.shape() + arr.ndim());
+  if (actual != std::vector<int64_t>{steps, batch})
+    throw py::value_error("resets has shape " + shape_str(actual) + ", expected " +
+                          shape_str({steps, batch}));
+  if (!(arr.flags() & py::array::c_style))
+    throw py::value_error("resets must be C-contiguous");
+  return static_cast<const uint8_t*>(arr.data());
+}
+
 // zx's dtype picks the kernel's type; every other array must have the same.
 template <class F>
 decltype(auto) dispatch_dtype(const py::handle& lead, const char* name, F&& f) {
@@ -123,51 +163,65 @@ decltype(auto) dispatch_dtype(const py::handle& lead, const char* name, F&& f) {
                        ", expected float32 or float64");
 }
 
-// Sizes (T, B, H) of a call, read from zx [T, B, G*H] (or dzx) and w_hh [G*H, H].
-struct Sizes {
-  int64_t steps, batch, hidden;
-};
-
-Sizes read_sizes(Cell cell, const py::array& z, const char* z_name, const py::array& w_hh) {
-  const int64_t gates = gate_count(cell);
-  if (w_hh.ndim() != 2 || w_hh.shape(1) < 1 || w_hh.shape(0) != gates * w_hh.shape(1))
-    throw py::value_error("w_hh has shape " +
-                          shape_str(std::vector<int64_t>(w_hh.shape(), w_hh.shape() + w_hh.ndim())) +
-                          ", expected (" + std::to_string(gates) + "*H, H) with H >= 1");
-  if (z.ndim() != 3 || z.shape(0) < 1)
-    throw py::value_error(std::string(z_name) + " must have shape (T, B, G*H) with T >= 1");
-  return {z.shape(0), z.shape(1), w_hh.shape(1)};
-}
-
-// ForwardArgs or BackwardArgs with the cell and the sizes (T, B, H) filled in from z and w_hh.
+// ForwardArgs or BackwardArgs with the cell and the sizes filled in: T, B from z [T, B, G*H]
+// (zx or dzx); H from w_hh [G*H, H], or with the LSTM's projection H and P from w_hr [P, H]
+// (then w_hh is [G*H, P]).
 template <class Args>
-Args args_with_sizes(Cell cell, const py::object& z, const char* z_name, const py::object& w_hh) {
+Args args_with_sizes(Cell cell, const py::object& z, const char* z_name, const py::object& w_hh,
+                     const py::object& w_hr) {
   if (!py::isinstance<py::array>(w_hh)) throw py::type_error("w_hh must be a numpy.ndarray");
-  const Sizes n = read_sizes(cell, z.cast<py::array>(), z_name, w_hh.cast<py::array>());
+  auto w = w_hh.cast<py::array>();
+  const auto shape_of = [](const py::array& arr) {
+    return shape_str(std::vector<int64_t>(arr.shape(), arr.shape() + arr.ndim()));
+  };
+  const int64_t gates = gate_count(cell);
   Args args{};
+  if (!w_hr.is_none()) {
+    if (cell != Cell::Lstm)
+      throw py::value_error("w_hr must be None for this cell (the projection is the LSTM's)");
+    if (!py::isinstance<py::array>(w_hr)) throw py::type_error("w_hr must be a numpy.ndarray");
+    auto p = w_hr.cast<py::array>();
+    if (p.ndim() != 2 || p.shape(0) < 1 || p.shape(1) < 1)
+      throw py::value_error("w_hr has shape " + shape_of(p) + ", expected (P, H) with P, H >= 1");
+    args.proj = p.shape(0);
+    args.hidden = p.shape(1);
+    if (w.ndim() != 2 || w.shape(0) != gates * args.hidden || w.shape(1) != args.proj)
+      throw py::value_error("w_hh has shape " + shape_of(w) + ", expected " +
+                            shape_str({gates * args.hidden, args.proj}) + " = (4*H, P)");
+  } else {
+    if (w.ndim() != 2 || w.shape(1) < 1 || w.shape(0) != gates * w.shape(1))
+      throw py::value_error("w_hh has shape " + shape_of(w) + ", expected (" +
+                            std::to_string(gates) + "*H, H) with H >= 1");
+    args.hidden = w.shape(1);
+  }
+  auto zarr = z.cast<py::array>();
+  if (zarr.ndim() != 3 || zarr.shape(0) < 1)
+    throw py::value_error(std::string(z_name) + " must have shape (T, B, G*H) with T >= 1");
   args.cell = cell;
-  args.steps = n.steps;
-  args.batch = n.batch;
-  args.hidden = n.hidden;
+  args.steps = zarr.shape(0);
+  args.batch = zarr.shape(1);
   return args;
 }
 
 void recurrent_forward_py(const std::string& cell_name, py::object zx, py::object w_hh,
                           py::object b_hh, py::object h0, py::object c0, py::object y,
-                          py::object h_n, py::object c_n, py::object saved) {
+                          py::object h_n, py::object c_n, py::object saved, py::object lengths,
+                          py::object resets, py::object w_hr) {
   const Cell cell = parse_cell(cell_name);
   dispatch_dtype(zx, "zx", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("zx");
-    auto args = args_with_sizes<ForwardArgs<T>>(cell, zx, "zx", w_hh);
+    auto args = args_with_sizes<ForwardArgs<T>>(cell, zx, "zx", w_hh, w_hr);
     const int64_t G = gate_count(cell), S = saved_per_unit(cell);
     const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
+    const int64_t R = args.proj > 0 ? args.proj : H;  // size of h
     args.zx = check.input(zx, "zx", {T_, B, G * H});
-    args.w_hh = check.input(w_hh, "w_hh", {G * H, H});
+    args.w_hh = check.input(w_hh, "w_hh", {G * H, R});
     args.b_hh = check.optional_input(b_hh, "b_hh", {G * H});
-    args.h0 = check.input(h0, "h0", {B, H});
-    args.y = check.output(y, "y", {T_, B, H});
-    args.h_n = check.output(h_n, "h_n", {B, H});
+    args.w_hr = check.optional_input(w_hr, "w_hr", {args.proj, H});
+    args.h0 = check.input(h0, "h0", {B, R});
+    args.y = check.output(y, "y", {T_, B, R});
+    args.h_n = check.output(h_n, "h_n", {B, R});
     if (cell == Cell::Lstm) {
       args.c0 = check.input(c0, "c0", {B, H});
       args.c_n = check.output(c_n, "c_n", {B, H});
@@ -179,6 +233,8 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
       args.saved = check.optional_output(saved, "saved", {T_, B, S * H});
     else
       check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
+    args.lengths = lengths_arg(lengths, T_, B);
+    args.resets = resets_arg(resets, T_, B);
     check.check_no_overlap();
     py::gil_scoped_release release;
     recurrent_forward(args);
@@ -188,23 +244,31 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
 void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::object h0,
                            py::object c0, py::object y, py::object saved, py::object dy,
                            py::object dh_n, py::object dc_n, py::object dzx, py::object dzh,
-                           py::object dh0, py::object dc0) {
+                           py::object dh0, py::object dc0, py::object lengths,
+                           py::object resets, py::object w_hr, py::object dh_proj) {
   const Cell cell = parse_cell(cell_name);
   dispatch_dtype(dzx, "dzx", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("dzx");
-    auto args = args_with_sizes<BackwardArgs<T>>(cell, dzx, "dzx", w_hh);
+    auto args = args_with_sizes<BackwardArgs<T>>(cell, dzx, "dzx", w_hh, w_hr);
     const int64_t G = gate_count(cell), S = saved_per_unit(cell);
     const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
-    args.w_hh = check.input(w_hh, "w_hh", {G * H, H});
-    args.h0 = check.input(h0, "h0", {B, H});
-    args.y = check.input(y, "y", {T_, B, H});
+    const int64_t R = args.proj > 0 ? args.proj : H;  // size of h
+    args.w_hh = check.input(w_hh, "w_hh", {G * H, R});
+    if (args.proj > 0) {
+      args.w_hr = check.input(w_hr, "w_hr", {args.proj, H});
+      args.dh_proj = check.output(dh_proj, "dh_proj", {T_, B, R});
+    } else {
+      check.require_none(dh_proj, "dh_proj", "without the projection (w_hr None)");
+    }
+    args.h0 = check.input(h0, "h0", {B, R});
+    args.y = check.input(y, "y", {T_, B, R});
     if (S > 0)
       args.saved = check.input(saved, "saved", {T_, B, S * H});
     else
       check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
-    args.dy = check.input(dy, "dy", {T_, B, H});
-    args.dh_n = check.optional_input(dh_n, "dh_n", {B, H});
+    args.dy = check.input(dy, "dy", {T_, B, R});
+    args.dh_n = check.optional_input(dh_n, "dh_n", {B, R});
     args.dzx = check.output(dzx, "dzx", {T_, B, G * H});
     if (cell == Cell::Gru) {
       args.dzh = check.output(dzh, "dzh", {T_, B, G * H});
@@ -212,7 +276,7 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
       check.require_none(dzh, "dzh", "for this cell (its dzh equals dzx)");
       args.dzh = args.dzx;
     }
-    args.dh0 = check.output(dh0, "dh0", {B, H});
+    args.dh0 = check.output(dh0, "dh0", {B, R});
     if (cell == Cell::Lstm) {
       args.c0 = check.input(c0, "c0", {B, H});
       args.dc_n = check.optional_input(dc_n, "dc_n", {B, H});
@@ -223,6 +287,8 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
       check.require_none(dc_n, "dc_n", why);
       check.require_none(dc0, "dc0", why);
     }
+    args.lengths = lengths_arg(lengths, T_, B);
+    args.resets = resets_arg(resets, T_, B);
     check.check_no_overlap();
     py::gil_scoped_release release;
     recurrent_backward(args);
@@ -328,16 +394,22 @@ PYBIND11_MODULE(_cpu, m) {
   m.doc() = "rnnfast CPU kernels (low level; use rnnfast.functional or the layers)";
   m.def("recurrent_forward", &recurrent_forward_py, py::arg("cell"), py::arg("zx"),
         py::arg("w_hh"), py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"),
-        py::arg("h_n"), py::arg("c_n"), py::arg("saved"),
+        py::arg("h_n"), py::arg("c_n"), py::arg("saved"), py::arg("lengths") = py::none(),
+        py::arg("resets") = py::none(), py::arg("w_hr") = py::none(),
         "Recurrence of one layer and direction. zx [T,B,G*H] = x W_ih^T + b_ih; writes y "
-        "[T,B,H], h_n [B,H], c_n [B,H] (LSTM) and, when given, the training workspace saved "
-        "[T,B,S*H].");
+        "[T,B,R], h_n [B,R], c_n [B,H] (LSTM) and, when given, the training workspace saved "
+        "[T,B,S*H]. Optional: lengths [B] int64 in [0, T] (steps past a sequence's length are "
+        "padding: y 0, state kept), resets [T,B] bool (state put back to h0, c0 before step t), "
+        "w_hr [P,H] (LSTM projection h = (o*tanh(c)) W_hr^T; R = P, else R = H).");
   m.def("recurrent_backward", &recurrent_backward_py, py::arg("cell"), py::arg("w_hh"),
         py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("saved"), py::arg("dy"),
         py::arg("dh_n"), py::arg("dc_n"), py::arg("dzx"), py::arg("dzh"), py::arg("dh0"),
-        py::arg("dc0"),
+        py::arg("dc0"), py::arg("lengths") = py::none(), py::arg("resets") = py::none(),
+        py::arg("w_hr") = py::none(), py::arg("dh_proj") = py::none(),
         "Backward through time of recurrent_forward. Writes dzx [T,B,G*H], dzh [T,B,G*H] (GRU "
-        "only: for the other cells it equals dzx and must be None), dh0 and dc0 [B,H].");
+        "only: for the other cells it equals dzx and must be None), dh0 and dc0 [B,H]. "
+        "lengths, resets, w_hr: those of the forward; with w_hr, writes dh_proj [T,B,P], the "
+        "gradient reaching each h_t.");
   bind_packed_cell<float>(m, "PackedCellFloat32");
   bind_packed_cell<double>(m, "PackedCellFloat64");
   m.def("pack_cell", &pack_cell_py, py::arg("cell"), py::arg("w_ih"), py::arg("w_hh"),

@@ -10,7 +10,12 @@ the other front ends. They take the same arguments as ``rnnfast.reference.forwar
 - after the backward loop the weight and input gradients are again large GEMMs.
 
 Shapes are time-major: ``x`` [T, B, I], ``h0``/``c0`` [B, H], ``w_ih`` [G*H, I], ``w_hh``
-[G*H, H], biases [G*H], with PyTorch's gate order (see ``rnnfast.reference``).
+[G*H, H], biases [G*H], with PyTorch's gate order (see ``rnnfast.reference``). Optional:
+``lengths`` [B] (integers in [0, T]: steps past a sequence's length are padding, its output is 0
+there and h_n/c_n are its state after its own last step) and ``resets`` [T, B] (bools: the
+state is put back to h0/c0 before step t where set), both handled inside the kernels; and
+for the LSTM ``w_hr`` [P, H], PyTorch's projection (proj_size): h = (o * tanh(c)) W_hr^T, so
+that h0, y and h_n have P features and ``w_hh`` is [4H, P], also inside the kernels.
 
 Arrays may have any strides (non-contiguous ones are copied) and may be read-only; they are
 never written. A training forward keeps references to ``x`` and the weights for the backward:
@@ -32,7 +37,8 @@ class Context:
     S = 5 (LSTM: i, f, g, o, c), 4 (GRU: r, z, n, W_hn h + b_hn), 0 (RNN).
     """
 
-    __slots__ = ("cell", "x", "w_ih", "w_hh", "h0", "c0", "y", "saved")
+    __slots__ = ("cell", "x", "w_ih", "w_hh", "w_hr", "h0", "c0", "y", "saved", "lengths",
+                 "resets")
 
     def __init__(self, **fields):
         for name, value in fields.items():
@@ -54,11 +60,39 @@ def _optional(value, name, dtype, shape):
     return None if value is None else _as_array(value, name, dtype, shape)
 
 
-def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=False):
+def check_lengths(lengths, steps, batch):
+    """``lengths`` as a C-contiguous int64 array [B] with values in [0, T], or a ValueError."""
+    if lengths is None:
+        return None
+    arr = np.asarray(lengths)
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"lengths must be integers, not of dtype {arr.dtype}")
+    if arr.shape != (batch,):
+        raise ValueError(f"lengths has shape {arr.shape}, expected ({batch},): one per sequence")
+    if batch and (arr.min() < 0 or arr.max() > steps):
+        raise ValueError(f"lengths must be in [0, {steps}] (the number of steps), not "
+                         f"{arr.min()} to {arr.max()}")
+    return np.ascontiguousarray(arr, np.int64)
+
+
+def check_resets(resets, steps, batch):
+    """``resets`` as a C-contiguous bool array [T, B], or a ValueError."""
+    if resets is None:
+        return None
+    arr = np.asarray(resets)
+    if arr.dtype != bool:
+        raise ValueError(f"resets must be a bool array, not of dtype {arr.dtype}")
+    if arr.shape != (steps, batch):
+        raise ValueError(f"resets has shape {arr.shape}, expected ({steps}, {batch}): (T, B)")
+    return np.ascontiguousarray(arr)
+
+
+def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=False,
+            lengths=None, resets=None, w_hr=None):
     """Runs one layer over a sequence.
 
-    Returns ``(y, h_n, c_n, ctx)``: y [T, B, H], h_n [B, H], c_n [B, H] (LSTM; else None), and
-    ctx, the Context that ``backward`` needs (None unless ``training``).
+    Returns ``(y, h_n, c_n, ctx)``: y [T, B, R], h_n [B, R], c_n [B, H] (LSTM; else None), and
+    ctx, the Context that ``backward`` needs (None unless ``training``); R = H, or P with w_hr.
     """
     if cell not in GATES:
         raise ValueError(f"cell must be one of {CELLS}, not {cell!r}")
@@ -71,52 +105,65 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
     if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[1] < 1:
         raise ValueError("w_hh must be a numpy.ndarray of shape (G*hidden_size, hidden_size)")
     steps, batch, inputs = x.shape
-    hidden = w_hh.shape[1]
+    if w_hr is None:
+        hidden = out = w_hh.shape[1]
+    elif cell != "lstm":
+        raise ValueError(f"w_hr must be None for cell {cell!r}: the projection is the LSTM's")
+    elif not isinstance(w_hr, np.ndarray) or w_hr.ndim != 2 or min(w_hr.shape) < 1:
+        raise ValueError("w_hr must be a numpy.ndarray of shape (proj_size, hidden_size)")
+    else:
+        out, hidden = w_hr.shape
     gh = GATES[cell] * hidden
     dtype = x.dtype
     x = np.require(x, requirements=("C", "A"))
     w_ih = _as_array(w_ih, "w_ih", dtype, (gh, inputs))
-    w_hh = _as_array(w_hh, "w_hh", dtype, (gh, hidden))
+    w_hh = _as_array(w_hh, "w_hh", dtype, (gh, out))
+    w_hr = _optional(w_hr, "w_hr", dtype, (out, hidden))
     b_ih = _optional(b_ih, "b_ih", dtype, (gh,))
     b_hh = _optional(b_hh, "b_hh", dtype, (gh,))
-    h0 = _as_array(h0, "h0", dtype, (batch, hidden))
+    h0 = _as_array(h0, "h0", dtype, (batch, out))
     if cell == "lstm":
         c0 = _as_array(c0, "c0", dtype, (batch, hidden))
     elif c0 is not None:
         raise ValueError(f"c0 must be None for cell {cell!r}: only the LSTM has a cell state")
+    lengths = check_lengths(lengths, steps, batch)
+    resets = check_resets(resets, steps, batch)
 
     # The input projection of all steps: one GEMM, outside the time loop.
     zx = (x.reshape(steps * batch, inputs) @ w_ih.T).reshape(steps, batch, gh)
     if b_ih is not None:
         zx += b_ih
-    y = np.empty((steps, batch, hidden), dtype)
-    h_n = np.empty((batch, hidden), dtype)
+    y = np.empty((steps, batch, out), dtype)
+    h_n = np.empty((batch, out), dtype)
     c_n = np.empty((batch, hidden), dtype) if cell == "lstm" else None
     per_unit = _cpu.saved_per_unit(cell)
     saved = np.empty((steps, batch, per_unit * hidden), dtype) if training and per_unit else None
-    _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved)
+    _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths, resets,
+                           w_hr)
     ctx = None
     if training:
-        ctx = Context(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, y=y, saved=saved)
+        ctx = Context(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0, y=y,
+                      saved=saved, lengths=lengths, resets=resets)
     return y, h_n, c_n, ctx
 
 
 def backward(ctx, dy, dh_n=None, dc_n=None):
     """Backpropagation through time for a training ``forward``.
 
-    dy [T, B, H]: gradient of the loss with respect to y; dh_n, dc_n [B, H]: with respect to
-    h_n and c_n (None for zero). Returns a dict of gradients keyed x, h0, c0 (None unless
-    LSTM), w_ih, w_hh, b_ih, b_hh (bias gradients are returned even for a forward without
-    biases).
+    dy [T, B, R]: gradient of the loss with respect to y; dh_n [B, R], dc_n [B, H]: with
+    respect to h_n and c_n (None for zero). Returns a dict of gradients keyed x, h0, c0 (None
+    unless LSTM), w_ih, w_hh, b_ih, b_hh (bias gradients are returned even for a forward
+    without biases), and w_hr for a forward with the projection.
     """
     if not isinstance(ctx, Context):
         raise TypeError("ctx must be the Context returned by forward(..., training=True)")
-    cell, x, w_ih, w_hh, y = ctx.cell, ctx.x, ctx.w_ih, ctx.w_hh, ctx.y
-    steps, batch, hidden = y.shape
+    cell, x, w_ih, w_hh, w_hr, y = ctx.cell, ctx.x, ctx.w_ih, ctx.w_hh, ctx.w_hr, ctx.y
+    steps, batch, out = y.shape
     inputs, gh = x.shape[2], w_hh.shape[0]
+    hidden = gh // GATES[cell]
     dtype = y.dtype
     dy = _as_array(dy, "dy", dtype, y.shape)
-    dh_n = _optional(dh_n, "dh_n", dtype, (batch, hidden))
+    dh_n = _optional(dh_n, "dh_n", dtype, (batch, out))
     if cell == "lstm":
         dc_n = _optional(dc_n, "dc_n", dtype, (batch, hidden))
     elif dc_n is not None:
@@ -124,18 +171,22 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
 
     dzx = np.empty((steps, batch, gh), dtype)
     dzh = np.empty_like(dzx) if cell == "gru" else None  # equal to dzx for the other cells
-    dh0 = np.empty((batch, hidden), dtype)
+    dh0 = np.empty((batch, out), dtype)
     dc0 = np.empty((batch, hidden), dtype) if cell == "lstm" else None
+    dh_proj = None if w_hr is None else np.empty((steps, batch, out), dtype)
     _cpu.recurrent_backward(cell, w_hh, ctx.h0, ctx.c0, y, ctx.saved, dy, dh_n, dc_n,
-                            dzx, dzh, dh0, dc0)
+                            dzx, dzh, dh0, dc0, ctx.lengths, ctx.resets, w_hr, dh_proj)
 
-    # The large GEMMs, after the loop. h_{t-1} is h0 for t = 0 and y[t-1] after.
+    # The large GEMMs, after the loop. The state step t starts from is h0 for t = 0 and where
+    # resets[t] is set, y[t-1] elsewhere (dzx and dzh are 0 on padding, whatever y holds there).
     dzx = dzx.reshape(steps * batch, gh)
     dzh = dzx if dzh is None else dzh.reshape(steps * batch, gh)
     dw_hh = dzh[:batch].T @ ctx.h0
     if steps > 1:
-        dw_hh += dzh[batch:].T @ y[:-1].reshape((steps - 1) * batch, hidden)
-    return {
+        h_prev = y[:-1] if ctx.resets is None else np.where(ctx.resets[1:, :, None], ctx.h0,
+                                                              y[:-1])
+        dw_hh += dzh[batch:].T @ h_prev.reshape((steps - 1) * batch, out)
+    grads = {
         "x": (dzx @ w_ih).reshape(steps, batch, inputs),
         "h0": dh0,
         "c0": dc0,
@@ -144,3 +195,10 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
         "b_ih": dzx.sum(axis=0),
         "b_hh": dzh.sum(axis=0),
     }
+    if w_hr is not None:
+        # dW_hr = sum_t dh_t^T m_t with m_t = o * tanh(c_t), from the saved o and c (the LSTM
+        # saves i, f, g, o, c; zero on padding, where dh_proj is zero too).
+        o, c = ctx.saved[:, :, 3 * hidden:4 * hidden], ctx.saved[:, :, 4 * hidden:]
+        m = (o * np.tanh(c)).reshape(steps * batch, hidden)
+        grads["w_hr"] = dh_proj.reshape(steps * batch, out).T @ m
+    return grads

@@ -13,6 +13,19 @@ from . import functional
 from .reference import GATES
 
 
+def _reverse_order(lengths, steps, batch):
+    """order [T, B]: order[t, b] = lengths[b] - 1 - t for t < lengths[b], else t (padding stays
+    where it is). Gathering with it reverses every sequence within its own length."""
+    t = np.arange(steps)[:, None]
+    ends = np.full(batch, steps) if lengths is None else lengths
+    return np.where(t < ends, ends - 1 - t, t)
+
+
+def _gather(a, order):
+    """a[order[t, b], b] for every t, b: a is [T, B] or [T, B, C]."""
+    return np.take_along_axis(a, order if a.ndim == 2 else order[:, :, None], axis=0)
+
+
 def _positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, not {value!r}")
@@ -43,13 +56,6 @@ class _RNNBase:
         if self.dtype not in functional.DTYPES:
             raise TypeError(f"dtype must be float32 or float64, not {self.dtype}")
         self.seed = seed
-        for option, unsupported in (("num_layers > 1", self.num_layers > 1),
-                                    ("bidirectional=True", self.bidirectional),
-                                    ("proj_size > 0", self.proj_size > 0)):
-            if unsupported:
-                raise NotImplementedError(
-                    f"{option} is not implemented yet in rnnfast {type(self).__name__}; "
-                    "this version runs one layer in one direction")
         if self.dropout > 0 and self.num_layers == 1:
             # As PyTorch: dropout acts between layers, so a single layer has none.
             warnings.warn("dropout > 0 has no effect with num_layers=1: dropout is applied "
@@ -57,15 +63,40 @@ class _RNNBase:
         self.training = True
         self.grads = None
         self._ctx = None
-        self._params = self._init_params(np.random.default_rng(seed))
+        # One generator, seeded by `seed`, for the initial parameters and then the dropout masks.
+        self._rng = np.random.default_rng(seed)
+        self._params = self._init_params(self._rng)
 
     # ------------------------------------------------------------------ parameters
 
-    def _param_shapes(self):
-        gh = GATES[self._cell] * self.hidden_size
-        shapes = {"weight_ih_l0": (gh, self.input_size), "weight_hh_l0": (gh, self.hidden_size)}
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    @property
+    def _out_size(self):
+        """Size of h and of each direction's output: proj_size if set, else hidden_size."""
+        return self.proj_size or self.hidden_size
+
+    def _names(self, k, d):
+        """PyTorch's parameter names of layer k, direction d (1: reverse), in its order."""
+        sfx = f"_l{k}" + ("_reverse" if d else "")
+        names = {"w_ih": "weight_ih" + sfx, "w_hh": "weight_hh" + sfx}
         if self.bias:
-            shapes.update({"bias_ih_l0": (gh,), "bias_hh_l0": (gh,)})
+            names.update({"b_ih": "bias_ih" + sfx, "b_hh": "bias_hh" + sfx})
+        if self.proj_size:
+            names["w_hr"] = "weight_hr" + sfx
+        return names
+
+    def _param_shapes(self):
+        gh, r = GATES[self._cell] * self.hidden_size, self._out_size
+        shapes = {}
+        for k in range(self.num_layers):
+            inputs = self.input_size if k == 0 else self.num_directions * r
+            for d in range(self.num_directions):
+                full = {"w_ih": (gh, inputs), "w_hh": (gh, r), "b_ih": (gh,), "b_hh": (gh,),
+                        "w_hr": (self.proj_size, self.hidden_size)}
+                shapes.update({name: full[ours] for ours, name in self._names(k, d).items()})
         return shapes
 
     def _init_params(self, rng):
@@ -109,10 +140,6 @@ class _RNNBase:
 
     # ------------------------------------------------------------------ forward and backward
 
-    def _state_shape(self, batch):
-        lead = (self.num_layers * (2 if self.bidirectional else 1),)
-        return lead + ((batch,) if batch is not None else ()) + (self.hidden_size,)
-
     def _check_array(self, value, name, shape):
         """``value`` as an ndarray of the layer's dtype and the given shape (``None`` in the
         shape: any size), or a TypeError/ValueError naming the argument."""
@@ -126,13 +153,28 @@ class _RNNBase:
             raise ValueError(f"{name} has shape {value.shape}, expected {want}")
         return value
 
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, lengths=None, resets=None, seed=None):
         """``output, h_n = layer(input, h0)`` (RNN, GRU) or
         ``output, (h_n, c_n) = layer(input, (h0, c0))`` (LSTM), with PyTorch's shapes:
         input (T, B, input_size), or (B, T, input_size) with batch_first, or (T, input_size)
-        unbatched; states (num_layers * num_directions, B, hidden_size), or without B when
-        unbatched; hx None means zeros. Input of any strides is accepted (copied when not
-        contiguous); NaN in the input propagates to the outputs."""
+        unbatched; output (.., num_directions * R) with R = proj_size or hidden_size, both
+        directions concatenated (forward first); states (num_layers * num_directions, B, R),
+        the LSTM's c (.., B, hidden_size), indexed by layer * num_directions + direction, or
+        without B when unbatched; hx None means zeros. Input of any strides is accepted
+        (copied when not contiguous); NaN in the input propagates to the outputs.
+
+        lengths: integers [B] (a single integer when unbatched), in any order: sequence b has
+        lengths[b] steps and the rest is padding. Its outputs there are 0, its final states
+        are those after its own last step (h0, c0 for a length of 0), and the reverse
+        direction starts at its own last step: what PyTorch's packed sequences give. None: T.
+
+        resets: bools [T, B] ([B, T] with batch_first, [T] unbatched): where set, the state of
+        sequence b is put back to its initial state (hx's, or zeros) before step t, in every
+        layer. The reverse direction crosses the same boundaries the other way: it is reset
+        before step t-1 where resets[t] is set.
+
+        seed: seeds this call's dropout masks (training mode, num_layers > 1, dropout > 0);
+        None draws them from the layer's generator (seeded by the layer's ``seed``)."""
         x = input if isinstance(input, np.ndarray) else np.asarray(input)
         if x.ndim not in (2, 3):
             raise ValueError(f"input must be 2-D (unbatched) or 3-D, not of shape {x.shape}")
@@ -142,20 +184,58 @@ class _RNNBase:
         steps, batch, _ = x.shape
         if steps < 1:
             raise ValueError(f"input has shape {input.shape}: the sequence length must be >= 1")
+        if lengths is not None and unbatched and np.ndim(lengths) == 0:
+            lengths = np.reshape(lengths, 1)
+        lengths = functional.check_lengths(lengths, steps, batch)
+        if resets is not None:  # to [T, B]
+            resets = np.asarray(resets)
+            if unbatched and resets.ndim == 1:
+                resets = resets[:, None]
+            elif self.batch_first and resets.ndim == 2:
+                resets = resets.T
+        resets = functional.check_resets(resets, steps, batch)
 
-        states = self._states_in(hx, "hx", ("h0", "c0"), batch, unbatched, zeros_for_none=True)
-        p = self._params
-        y, h_n, c_n, ctx = functional.forward(
-            self._cell, x, states[0], p["weight_ih_l0"], p["weight_hh_l0"], p.get("bias_ih_l0"),
-            p.get("bias_hh_l0"), states[1] if len(states) > 1 else None, training=self.training)
-        self._ctx = ctx
+        h0, c0 = self._states_in(hx, "hx", ("h0", "c0"), batch, unbatched, zeros_for_none=True)
+        # The reverse direction runs on each sequence reversed within its own length: step t
+        # of it is step order[t, b] of the input (an involution: the same indices bring the
+        # results back), and its resets are those of the step after, reversed the same way.
+        order = _reverse_order(lengths, steps, batch) if self.bidirectional else None
+        resets_by_direction = (resets, None if resets is None or order is None else _gather(
+            np.concatenate([resets[1:], np.zeros((1, batch), bool)]), order))
+        dropout = self.training and self.dropout > 0
+        rng = np.random.default_rng(seed) if seed is not None else self._rng
+
+        layer_in, h_n, c_n, ctxs, masks = x, [], [], [], []
+        for k in range(self.num_layers):
+            outputs = []
+            for d in range(self.num_directions):
+                i = k * self.num_directions + d
+                p = {ours: self._params[name] for ours, name in self._names(k, d).items()}
+                y, h, c, ctx = functional.forward(
+                    self._cell, layer_in if d == 0 else _gather(layer_in, order), h0[i],
+                    p["w_ih"], p["w_hh"], p.get("b_ih"), p.get("b_hh"),
+                    None if c0 is None else c0[i], training=self.training, lengths=lengths,
+                    resets=resets_by_direction[d], w_hr=p.get("w_hr"))
+                outputs.append(y if d == 0 else _gather(y, order))
+                h_n.append(h)
+                c_n.append(c)
+                ctxs.append(ctx)
+            layer_in = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
+            if dropout and k < self.num_layers - 1:
+                keep = rng.random(layer_in.shape) >= self.dropout
+                scale = 0.0 if self.dropout == 1 else 1.0 / (1.0 - self.dropout)
+                masks.append((keep * scale).astype(self.dtype))
+                layer_in = layer_in * masks[-1]
+        self._ctx = (ctxs, masks, order) if self.training else None
         self._batch = (steps, batch, unbatched)
-        return self._from_time_major(y, unbatched), self._states_out((h_n, c_n), unbatched)
+        finals = (np.stack(h_n), np.stack(c_n) if self._cell == "lstm" else None)
+        return self._from_time_major(layer_in, unbatched), self._states_out(finals, unbatched)
 
     __call__ = forward
 
     def backward(self, grad_output, grad_hx=None):
-        """Backpropagation through time for the last training-mode forward.
+        """Backpropagation through time for the last training-mode forward, through every
+        layer and direction (with its lengths, resets and dropout masks).
 
         grad_output: gradient of the loss with respect to output (its shape); grad_hx: with
         respect to the final states, in hx's structure (None, or for the LSTM a tuple whose
@@ -165,25 +245,40 @@ class _RNNBase:
         if self._ctx is None:
             raise RuntimeError("backward needs a forward in training mode first "
                                "(layer.train(), then call the layer)")
+        ctxs, masks, order = self._ctx
         steps, batch, unbatched = self._batch
-        out_shape = ((steps, self.hidden_size) if unbatched else
-                     (batch, steps, self.hidden_size) if self.batch_first else
-                     (steps, batch, self.hidden_size))
+        r, dirs = self._out_size, self.num_directions
+        features = dirs * r
+        out_shape = ((steps, features) if unbatched else
+                     (batch, steps, features) if self.batch_first else
+                     (steps, batch, features))
         dy = self._to_time_major(self._check_array(grad_output, "grad_output", out_shape),
                                  unbatched)
-        finals = self._states_in(grad_hx, "grad_hx", ("h_n", "c_n"), batch, unbatched,
-                                 zeros_for_none=False)
-        g = functional.backward(self._ctx, dy, *finals)
-
-        self.grads = {"weight_ih_l0": g["w_ih"], "weight_hh_l0": g["w_hh"]}
-        if self.bias:
-            self.grads.update({"bias_ih_l0": g["b_ih"], "bias_hh_l0": g["b_hh"]})
-        return self._from_time_major(g["x"], unbatched), self._states_out(
-            (g["h0"], g["c0"]), unbatched)
+        dh_n, dc_n = self._states_in(grad_hx, "grad_hx", ("h_n", "c_n"), batch, unbatched,
+                                     zeros_for_none=False)
+        dh0, dc0 = [None] * len(ctxs), [None] * len(ctxs)
+        grads = {}
+        for k in reversed(range(self.num_layers)):
+            if k < len(masks):
+                dy = dy * masks[k]
+            dx = 0
+            for d in range(dirs):
+                i = k * dirs + d
+                part = dy[:, :, d * r:(d + 1) * r]
+                g = functional.backward(ctxs[i], part if d == 0 else _gather(part, order),
+                                        None if dh_n is None else dh_n[i],
+                                        None if dc_n is None else dc_n[i])
+                dx = dx + (g["x"] if d == 0 else _gather(g["x"], order))
+                dh0[i], dc0[i] = g["h0"], g["c0"]
+                grads.update({name: g[ours] for ours, name in self._names(k, d).items()})
+            dy = dx
+        self.grads = {name: grads[name] for name in self._params}  # state_dict's order
+        finals = (np.stack(dh0), np.stack(dc0) if self._cell == "lstm" else None)
+        return self._from_time_major(dy, unbatched), self._states_out(finals, unbatched)
 
     # ------------------------------------------------------------------ layouts
-    # Inside, everything is time-major and batched: sequences [T, B, C], states [B, H] per layer
-    # and direction. These convert at the API edge.
+    # Inside, everything is time-major and batched: sequences [T, B, C], states [L*D, B, C].
+    # These convert at the API edge.
 
     def _to_time_major(self, a, unbatched):
         if unbatched:
@@ -196,39 +291,44 @@ class _RNNBase:
         return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a
 
     def _states_in(self, states, name, lstm_parts, batch, unbatched, zeros_for_none):
-        """User states in hx's structure (an array, or for the LSTM a tuple of two, each
-        [L*D, B, H], or [L*D, H] unbatched; None for zeros or for no gradient) as a list of
-        [B, H] arrays for the single layer (None kept when not zeros_for_none)."""
+        """User states in hx's structure (an array [L*D, B, R], or for the LSTM a tuple of it
+        and [L*D, B, H]; without B when unbatched; None for zeros or for no gradient) as
+        [h, c], arrays [L*D, B, .] (c None unless LSTM; None kept when not zeros_for_none)."""
         if self._cell == "lstm":
             if states is None:
                 states = (None, None)
             if not isinstance(states, (tuple, list)) or len(states) != 2:
                 raise TypeError(f"{name} must be None or a tuple {lstm_parts} for the LSTM")
             names = tuple(f"{name}[{i}] ({part})" for i, part in enumerate(lstm_parts))
+            sizes = (self._out_size, self.hidden_size)
         else:
-            states, names = (states,), (name,)
-        shape = self._state_shape(None if unbatched else batch)
-        out = []
-        for state, name in zip(states, names):
+            states, names, sizes = (states,), (name,), (self._out_size,)
+        out = [None, None]
+        for i, (state, name, size) in enumerate(zip(states, names, sizes)):
+            lead = self.num_layers * self.num_directions
             if state is None:
-                out.append(np.zeros((batch, self.hidden_size), self.dtype) if zeros_for_none
-                           else None)
+                if zeros_for_none:
+                    out[i] = np.zeros((lead, batch, size), self.dtype)
                 continue
-            state = self._check_array(state, name, shape)
-            out.append(state[0][None] if unbatched else state[0])
+            state = self._check_array(state, name, (lead,) + (() if unbatched else (batch,))
+                                      + (size,))
+            out[i] = state[:, None] if unbatched else state
         return out
 
     def _states_out(self, states, unbatched):
-        """[B, H] arrays (None skipped) as the user's structure: an array, or a tuple (LSTM)."""
-        out = tuple(s if unbatched else s[None] for s in states if s is not None)
+        """[L*D, B, .] arrays (None skipped) as the user's structure: an array, or a tuple
+        (LSTM)."""
+        out = tuple(s[:, 0] if unbatched else s for s in states if s is not None)
         return out if self._cell == "lstm" else out[0]
 
     def __repr__(self):
         args = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
             args += f", num_layers={self.num_layers}"
-        if self.batch_first:
-            args += ", batch_first=True"
+        for name, default in (("batch_first", False), ("bidirectional", False),
+                              ("proj_size", 0), ("dropout", 0.0), ("bias", True)):
+            if getattr(self, name) != default:
+                args += f", {name}={getattr(self, name)}"
         return f"{type(self).__name__}({args}, dtype={self.dtype.name})"
 
 

@@ -12,7 +12,9 @@ Conventions (the same as PyTorch's, so that its weights load unchanged):
 - the GRU applies its reset gate after the recurrent matmul ("linear before reset"):
   ``n = tanh(Wx_n + b_in + r * (W_hn h + b_hn))``.
 
-One layer in one direction; the layers build stacks and directions on top of it.
+``forward``/``backward`` run one layer in one direction (with variable lengths, state resets
+and the LSTM projection); ``forward_layers``/``backward_layers`` build stacks of layers, both
+directions and dropout on top of them, as PyTorch does.
 """
 
 import numpy as np
@@ -70,7 +72,7 @@ def lstm_step_backward(saved, dh, dc):
     dz = np.concatenate(
         [di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)], axis=1
     )
-    return dz, dz, np.zeros_like(dh), dc * f
+    return dz, dz, np.zeros_like(saved["h_prev"]), dc * f
 
 
 def gru_step(zx, zh, h_prev):
@@ -97,70 +99,209 @@ def gru_step_backward(saved, dh):
 # ------------------------------------------------------------------ sequences
 
 
-def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None):
-    """Run one layer over a sequence.
+def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, w_hr=None, lengths=None,
+            resets=None):
+    """Run one layer over a sequence, forward in time.
 
-    x: [T, B, I]; h0, c0: [B, H] (c0 for "lstm" only). Returns (y [T, B, H], h_n [B, H],
-    c_n [B, H] or None, cache), where cache is what ``backward`` needs.
+    x: [T, B, I]; h0: [B, R]; c0: [B, H] (for "lstm" only), where R = H, or P with a projection.
+    Returns (y [T, B, R], h_n [B, R], c_n [B, H] or None, cache), where cache is what
+    ``backward`` needs. Options:
+
+    - w_hr [P, H] (LSTM only): the projection of PyTorch's proj_size, h = (o * tanh(c)) W_hr^T;
+      then w_hh is [4H, P].
+    - lengths [B] (integers in [0, T]), or None for all T: steps t >= lengths[b] are padding
+      for sequence b: its output is 0 there and its state stays as it was, so that h_n and c_n
+      are the state after its own last step (h0 and c0 for a length of 0).
+    - resets [T, B] (bools), or None: where resets[t, b] is set, the state of sequence b is put
+      back to (h0[b], c0[b]) before step t (at t = 0 it is there anyway).
     """
     if cell not in GATES:
         raise ValueError(f"cell must be one of {CELLS}, not {cell!r}")
     dtype = x.dtype
     x, h0, w_ih, w_hh = (np.asarray(a, dtype) for a in (x, h0, w_ih, w_hh))
+    steps_, batch = x.shape[:2]
     gh = w_hh.shape[0]
     b_ih = np.zeros(gh, dtype) if b_ih is None else np.asarray(b_ih, dtype)
     b_hh = np.zeros(gh, dtype) if b_hh is None else np.asarray(b_hh, dtype)
-    h, c = h0, (None if cell != "lstm" else np.asarray(c0, dtype))
+    w_hr = None if w_hr is None else np.asarray(w_hr, dtype)
+    lengths = np.full(batch, steps_) if lengths is None else np.asarray(lengths)
+    resets = np.zeros((steps_, batch), bool) if resets is None else np.asarray(resets, bool)
+    c0 = None if cell != "lstm" else np.asarray(c0, dtype)
+    h, c = h0, c0
     ys, steps = [], []
-    for t in range(x.shape[0]):
+    for t in range(steps_):
+        fresh = resets[t][:, None]  # [B, 1]: rows that start again from the initial state
+        active = (t < lengths)[:, None]  # [B, 1]: rows whose sequence has a step t
+        h_prev = np.where(fresh, h0, h)
         zx = x[t] @ w_ih.T + b_ih
-        zh = h @ w_hh.T + b_hh
-        h_prev = h
+        zh = h_prev @ w_hh.T + b_hh
         if cell == "lstm":
-            h, c, saved = lstm_step(zx, zh, h, c)
+            h_new, c_new, saved = lstm_step(zx, zh, h_prev, np.where(fresh, c0, c))
+            c = np.where(active, c_new, c)
         elif cell == "gru":
-            h, saved = gru_step(zx, zh, h)
+            h_new, saved = gru_step(zx, zh, h_prev)
         else:
-            h, saved = rnn_step(zx, zh, h, cell[4:])
+            h_new, saved = rnn_step(zx, zh, h_prev, cell[4:])
+        if w_hr is not None:
+            saved["m"] = h_new  # o * tanh(c), before the projection
+            h_new = h_new @ w_hr.T
         saved["h_prev"] = h_prev
         steps.append(saved)
-        ys.append(h)
-    y = np.stack(ys) if ys else np.zeros((0,) + h0.shape, dtype)
-    cache = {"cell": cell, "x": x, "w_ih": w_ih, "w_hh": w_hh, "steps": steps, "h0": h0}
+        h = np.where(active, h_new, h)
+        ys.append(np.where(active, h_new, 0).astype(dtype))
+    y = np.stack(ys)
+    cache = {"cell": cell, "x": x, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "steps": steps,
+             "h0": h0, "lengths": lengths, "resets": resets}
     return y, h, c, cache
 
 
 def backward(cache, dy, dh_n=None, dc_n=None):
     """Backpropagation through time for ``forward``.
 
-    dy: [T, B, H], the gradient of the loss with respect to y; dh_n, dc_n: [B, H] or None
-    (zero). Returns a dict of gradients: x, h0, c0 (None unless LSTM), w_ih, w_hh, b_ih, b_hh.
+    dy: [T, B, R], the gradient of the loss with respect to y; dh_n [B, R], dc_n [B, H]: with
+    respect to h_n and c_n, or None (zero). Returns a dict of gradients: x, h0, c0 (None unless
+    LSTM), w_ih, w_hh, b_ih, b_hh, and w_hr when the forward had a projection.
+
+    It differentiates ``forward`` line by line: h = where(active, h_new, h) sends the gradient
+    of h to h_new where the row is active and keeps it on the old h elsewhere; h_prev =
+    where(fresh, h0, h) sends it to h0 where the row was reset and to the old h elsewhere.
     """
-    cell, x, w_ih, w_hh = cache["cell"], cache["x"], cache["w_ih"], cache["w_hh"]
+    cell, x, w_ih, w_hh, w_hr = (cache[k] for k in ("cell", "x", "w_ih", "w_hh", "w_hr"))
     dtype = x.dtype
     dy = np.asarray(dy, dtype)
     h0 = cache["h0"]
     dh = np.zeros_like(h0) if dh_n is None else np.array(dh_n, dtype)
-    dc = None
+    dh0 = np.zeros_like(h0)
+    dc = dc0 = None
     if cell == "lstm":
-        dc = np.zeros_like(h0) if dc_n is None else np.array(dc_n, dtype)
+        hidden = w_hh.shape[0] // 4
+        dc = np.zeros((h0.shape[0], hidden), dtype) if dc_n is None else np.array(dc_n, dtype)
+        dc0 = np.zeros_like(dc)
     grads = {"x": np.zeros_like(x), "w_ih": np.zeros_like(w_ih), "w_hh": np.zeros_like(w_hh),
              "b_ih": np.zeros(w_hh.shape[0], dtype), "b_hh": np.zeros(w_hh.shape[0], dtype)}
+    if w_hr is not None:
+        grads["w_hr"] = np.zeros_like(w_hr)
     for t in reversed(range(x.shape[0])):
         saved = cache["steps"][t]
-        dh = dh + dy[t]
+        active = (t < cache["lengths"])[:, None]
+        fresh = cache["resets"][t][:, None]
+        dh_new = np.where(active, dh + dy[t], 0).astype(dtype)
+        dh = np.where(active, 0, dh).astype(dtype)
+        if w_hr is not None:
+            grads["w_hr"] += dh_new.T @ saved["m"]
+            dh_new = dh_new @ w_hr
         if cell == "lstm":
-            dzx, dzh, dh_direct, dc = lstm_step_backward(saved, dh, dc)
+            dc_new = np.where(active, dc, 0).astype(dtype)
+            dc = np.where(active, 0, dc).astype(dtype)
+            dzx, dzh, dh_direct, dc_prev = lstm_step_backward(saved, dh_new, dc_new)
+            dc0 += np.where(fresh, dc_prev, 0).astype(dtype)
+            dc += np.where(fresh, 0, dc_prev).astype(dtype)
         elif cell == "gru":
-            dzx, dzh, dh_direct = gru_step_backward(saved, dh)
+            dzx, dzh, dh_direct = gru_step_backward(saved, dh_new)
         else:
-            dzx, dzh, dh_direct = rnn_step_backward(saved, dh, cell[4:])
+            dzx, dzh, dh_direct = rnn_step_backward(saved, dh_new, cell[4:])
         grads["x"][t] = dzx @ w_ih
         grads["w_ih"] += dzx.T @ x[t]
         grads["b_ih"] += dzx.sum(axis=0)
         grads["w_hh"] += dzh.T @ saved["h_prev"]
         grads["b_hh"] += dzh.sum(axis=0)
-        dh = dh_direct + dzh @ w_hh
-    grads["h0"] = dh
-    grads["c0"] = dc
+        dh_prev = dh_direct + dzh @ w_hh
+        dh0 += np.where(fresh, dh_prev, 0).astype(dtype)
+        dh += np.where(fresh, 0, dh_prev).astype(dtype)
+    grads["h0"] = dh0 + dh
+    grads["c0"] = None if dc is None else dc0 + dc
     return grads
+
+
+# ------------------------------------------------------------------ stacks of layers
+
+
+def reverse_within(a, lengths):
+    """a [T, B, ...] with the first lengths[b] steps of each sequence b in reverse order (the
+    padding after them stays where it is)."""
+    out = np.array(a, copy=True)
+    for b, n in enumerate(lengths):
+        out[:n, b] = a[:n, b][::-1]
+    return out
+
+
+def _direction_names(num_layers, bidirectional):
+    """(layer, direction, suffix) of every layer and direction, in PyTorch's order."""
+    suffixes = ("", "_reverse") if bidirectional else ("",)
+    return [(k, d, sfx) for k in range(num_layers) for d, sfx in enumerate(suffixes)]
+
+
+def forward_layers(cell, x, params, num_layers, bidirectional, h0, c0=None, lengths=None,
+                   resets=None, masks=None):
+    """A stack of layers as PyTorch's torch.nn.RNN/LSTM/GRU: layer k > 0 reads the outputs of
+    layer k-1 (both directions concatenated on the feature axis, forward first).
+
+    params: the parameters keyed by PyTorch's names (weight_ih_l{k}, weight_hh_l{k},
+    bias_ih_l{k}, bias_hh_l{k}, weight_hr_l{k}, with the suffix _reverse for the reverse
+    direction; biases and weight_hr optional). h0 [L*D, B, R], c0 [L*D, B, H] (LSTM), indexed
+    by layer * D + direction. lengths and resets as in ``forward``. The reverse direction runs
+    each sequence from its own last step to its first; it is reset before step t-1 where
+    resets[t] is set (the same boundaries between episodes, crossed the other way). masks: for
+    layers 0 .. L-2, the dropout mask [T, B, D*R] that multiplies the layer's output (already
+    scaled by 1 / (1 - p)), or None for no dropout.
+
+    Returns (y [T, B, D*R], h_n [L*D, B, R], c_n [L*D, B, H] or None, cache).
+    """
+    steps_, batch = x.shape[:2]
+    lengths = np.full(batch, steps_) if lengths is None else np.asarray(lengths)
+    resets = np.zeros((steps_, batch), bool) if resets is None else np.asarray(resets, bool)
+    resets_next = np.concatenate([resets[1:], np.zeros((1, batch), bool)])
+    resets_by_direction = (resets, reverse_within(resets_next, lengths))
+    dirs = 2 if bidirectional else 1
+    h_n, c_n, caches, outputs = [], [], [], []
+    layer_in = x
+    for k, d, sfx in _direction_names(num_layers, bidirectional):
+        if d == 0:
+            outputs = []
+        p = {name: params.get(f"{name}_l{k}{sfx}")
+             for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr")}
+        i = len(caches)
+        seq = layer_in if d == 0 else reverse_within(layer_in, lengths)
+        y, h, c, cache = forward(cell, seq, h0[i], p["weight_ih"], p["weight_hh"],
+                                 p["bias_ih"], p["bias_hh"], None if c0 is None else c0[i],
+                                 p["weight_hr"], lengths, resets_by_direction[d])
+        outputs.append(y if d == 0 else reverse_within(y, lengths))
+        h_n.append(h)
+        c_n.append(c)
+        caches.append(cache)
+        if d == dirs - 1:
+            layer_in = np.concatenate(outputs, axis=2)
+            if masks is not None and k < num_layers - 1:
+                layer_in = layer_in * masks[k]
+    cache = {"cell": cell, "num_layers": num_layers, "bidirectional": bidirectional,
+             "lengths": lengths, "masks": masks, "caches": caches, "params": sorted(params)}
+    return layer_in, np.stack(h_n), (np.stack(c_n) if cell == "lstm" else None), cache
+
+
+def backward_layers(cache, dy, dh_n=None, dc_n=None):
+    """Backpropagation through ``forward_layers``. dy [T, B, D*R]; dh_n [L*D, B, R] and dc_n
+    [L*D, B, H], or None (zero). Returns (dx, dh0, dc0 or None, grads keyed like params)."""
+    num_layers, bidirectional = cache["num_layers"], cache["bidirectional"]
+    lengths, masks, caches = cache["lengths"], cache["masks"], cache["caches"]
+    names = _direction_names(num_layers, bidirectional)
+    dirs = 2 if bidirectional else 1
+    dh0, dc0 = [None] * len(names), [None] * len(names)
+    grads = {}
+    for k in reversed(range(num_layers)):
+        if masks is not None and k < num_layers - 1:
+            dy = dy * masks[k]
+        parts = np.split(dy, dirs, axis=2)
+        dx = 0
+        for d in range(dirs):
+            i = k * dirs + d
+            sfx = names[i][2]
+            g = backward(caches[i], parts[d] if d == 0 else reverse_within(parts[d], lengths),
+                         None if dh_n is None else dh_n[i], None if dc_n is None else dc_n[i])
+            dx = dx + (g["x"] if d == 0 else reverse_within(g["x"], lengths))
+            dh0[i], dc0[i] = g["h0"], g["c0"]
+            for ours, theirs in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"),
+                                 ("b_ih", "bias_ih"), ("b_hh", "bias_hh"), ("w_hr", "weight_hr")):
+                if f"{theirs}_l{k}{sfx}" in cache["params"]:
+                    grads[f"{theirs}_l{k}{sfx}"] = g[ours]
+        dy = dx
+    return dy, np.stack(dh0), (np.stack(dc0) if dc0[0] is not None else None), grads

@@ -6,12 +6,22 @@
 // (DESIGN.md section 4). What stays here is the loop over time, with the recurrent matmul and
 // the cell's gate math fused in one pass per step.
 //
-// Shapes (row-major, C-contiguous; G = gate_count(cell); S = saved_per_unit(cell)):
-//   zx     [T, B, G*H]     w_hh [G*H, H]    b_hh [G*H]
-//   h0, c0 [B, H]          y    [T, B, H]   h_n, c_n [B, H]
+// Shapes (row-major, C-contiguous; G = gate_count(cell); S = saved_per_unit(cell); R = H, or
+// P = proj with the LSTM's projection):
+//   zx     [T, B, G*H]     w_hh [G*H, R]    b_hh [G*H]
+//   h0     [B, R]          y    [T, B, R]   h_n [B, R]      c0, c_n [B, H]
 //   saved  [T, B, S*H]     training workspace: what backward needs besides y
+//   w_hr   [P, H]          optional (LSTM, proj = P > 0): h = m W_hr^T with m = o * tanh(c)
+//   lengths [B]            optional: sequence b has lengths[b] steps (0 <= lengths[b] <= T);
+//                          steps t >= lengths[b] are padding: y is 0 there, h_n/c_n are the
+//                          state after the sequence's own last step (h0/c0 for length 0), and
+//                          backward ignores dy there and writes zero dzx/dzh
+//   resets  [T, B]         optional: where nonzero, the state of row b is put back to (h0, c0)
+//                          before step t (a no-op at t = 0); backward sends the gradient that
+//                          reaches that state to dh0/dc0
 // Sizes and offsets are 64-bit. Preconditions: T >= 1, H >= 1, B >= 0 (B = 0 does nothing);
-// arrays aligned to their element size; no output overlapping another argument.
+// arrays aligned to their element size; no output overlapping another argument; lengths in
+// [0, T].
 #pragma once
 
 #include <cstdint>
@@ -34,33 +44,43 @@ struct ForwardArgs {
   Cell cell;
   int64_t steps, batch, hidden;  // T, B, H
   const T* zx;    // [T, B, G*H] input projection, b_ih included
-  const T* w_hh;  // [G*H, H]
+  const T* w_hh;  // [G*H, R]
   const T* b_hh;  // [G*H], or nullptr for no bias
-  const T* h0;    // [B, H]
+  const T* h0;    // [B, R]
   const T* c0;    // [B, H], LSTM only
-  T* y;           // [T, B, H] out: h_t of every step
-  T* h_n;         // [B, H] out
+  T* y;           // [T, B, R] out: h_t of every step
+  T* h_n;         // [B, R] out
   T* c_n;         // [B, H] out, LSTM only
   T* saved;       // [T, B, S*H] out, training; nullptr for inference (nothing saved)
+  const int64_t* lengths;  // [B], or nullptr: every sequence has T steps
+  const uint8_t* resets;   // [T, B], or nullptr: no resets
+  int64_t proj;            // P, or 0: no projection (then w_hr is unused)
+  const T* w_hr;           // [P, H], LSTM only
 };
 
 template <typename T>
 struct BackwardArgs {
   Cell cell;
   int64_t steps, batch, hidden;
-  const T* w_hh;   // [G*H, H]
-  const T* h0;     // [B, H]
+  const T* w_hh;   // [G*H, R]
+  const T* h0;     // [B, R]
   const T* c0;     // [B, H], LSTM only
-  const T* y;      // [T, B, H] from the training forward
+  const T* y;      // [T, B, R] from the training forward
   const T* saved;  // [T, B, S*H] from the training forward (unused when S = 0)
-  const T* dy;     // [T, B, H] gradient of the loss with respect to y
-  const T* dh_n;   // [B, H], or nullptr for zero
+  const T* dy;     // [T, B, R] gradient of the loss with respect to y
+  const T* dh_n;   // [B, R], or nullptr for zero
   const T* dc_n;   // [B, H], or nullptr for zero (LSTM only)
   T* dzx;          // [T, B, G*H] out: gradient of zx
   T* dzh;          // [T, B, G*H] out: gradient of h_{t-1} W_hh^T + b_hh. It differs from dzx
                    // only for the GRU; for the other cells it may be the same pointer as dzx.
-  T* dh0;          // [B, H] out
+  T* dh0;          // [B, R] out
   T* dc0;          // [B, H] out, LSTM only
+  const int64_t* lengths;  // [B], or nullptr; as in the forward
+  const uint8_t* resets;   // [T, B], or nullptr; as in the forward
+  int64_t proj;            // P, or 0; as in the forward
+  const T* w_hr;           // [P, H], with proj
+  T* dh_proj;              // [T, B, P] out, with proj: the gradient reaching each h_t, for
+                           // dW_hr = sum_t dh_proj_t^T m_t (m_t = o * tanh(c_t), from saved)
 };
 
 // Run on the instruction set in use (see below) and the global thread pool's threads.

@@ -9,6 +9,12 @@
 //
 // The weights are packed once per call into panels of `units` consecutive hidden units, all
 // G gates of a unit side by side, so that one tile holds every gate of its units.
+//
+// Variable lengths and resets act per row in the epilogues (no extra pass, no branch in the
+// matmul): a padding row writes zeros and keeps its state; a reset row takes h0 W_hh^T + b_hh,
+// kept from step 0, instead of its row of the tile, and in the backward sends the gradient that
+// reaches its starting state to dh0/dc0. The LSTM projection adds a second matmul per step
+// (h = m W_hr^T; backward dm = dh W_hr), on its own packed panels, after a barrier.
 #include <algorithm>
 #include <cstring>
 #include <type_traits>
@@ -25,9 +31,10 @@ namespace {
 
 // The cell's forward on one row of a tile: units j0 .. j0 + units - 1 of batch row b, whose
 // recurrent pre-activations acc[g * kUnits + u] the tile has just computed. The row's pointers
-// (zx_row [G*H], h_prev_row, c_prev_row, h_row, c_row [H], saved_row [S*H]) start at b.
-// Inputs are staged into local arrays first, so that the loop that does the math touches no
-// pointer the compiler must assume aliased and vectorizes over u.
+// (zx_row [G*H], h_prev_row, c_prev_row, h_row, c_row [H], saved_row [S*H]) start at b;
+// h_prev_row may be nullptr for a cell that does not read h_prev (the GRU does), and is then
+// taken as 0. Inputs are staged into local arrays first, so that the loop that does the math
+// touches no pointer the compiler must assume aliased and vectorizes over u.
 template <typename T, class C, int kUnits>
 inline void forward_epilogue(const T* acc, const T* zx_row, const T* h_prev_row,
                              const T* c_prev_row, T* h_row, T* c_row, T* saved_row, int64_t H,
@@ -37,7 +44,7 @@ inline void forward_epilogue(const T* acc, const T* zx_row, const T* h_prev_row,
   for (int u = 0; u < kUnits; ++u) {
     const bool valid = u < units;
     for (int g = 0; g < G; ++g) zx_l[g][u] = valid ? zx_row[g * H + j0 + u] : T(0);
-    h_prev_l[u] = valid ? h_prev_row[j0 + u] : T(0);
+    h_prev_l[u] = valid && h_prev_row != nullptr ? h_prev_row[j0 + u] : T(0);
     c_l[u] = valid && C::kHasCellState ? c_prev_row[j0 + u] : T(0);
   }
   for (int u = 0; u < kUnits; ++u) {
@@ -57,63 +64,148 @@ inline void forward_epilogue(const T* acc, const T* zx_row, const T* h_prev_row,
   }
 }
 
+// Steps of sequence b: lengths[b], or all of them.
+template <class Args>
+int64_t length_of(const Args& a, int64_t b) {
+  return a.lengths != nullptr ? a.lengths[b] : a.steps;
+}
+
+// Whether step t of row b starts from the initial state (h0, c0).
+template <class Args>
+bool starts_fresh(const Args& a, int64_t t, int64_t b) {
+  return t == 0 || (a.resets != nullptr && a.resets[t * a.batch + b] != 0);
+}
+
+// Size of h: proj_size with the LSTM projection, else hidden.
+template <class Args>
+int64_t state_size(const Args& a) {
+  return a.proj > 0 ? a.proj : a.hidden;
+}
+
+// Per step: pass 1 over blocks of hidden units, the recurrent matmul with the cell's forward
+// in its epilogue; with the projection, after a barrier, pass 2 over blocks of h's units:
+// h_t = m_t W_hr^T, where m_t = o * tanh(c_t) [B, H] is what the cell produced in pass 1.
 template <typename T, class C, bool kTraining>
 void forward_impl(const ForwardArgs<T>& a) {
   constexpr int G = C::kGates, S = C::kSaved;
   constexpr int kUnits = kForwardUnits<T, C>, kWidth = G * kUnits;
-  const int64_t B = a.batch, H = a.hidden, GH = G * H;
+  constexpr int kProjUnits = kTileWidth<T>;
+  const int64_t B = a.batch, H = a.hidden, GH = G * H, R = state_size(a);
+  const bool projected = a.proj > 0;
   const int64_t blocks = ceil_div(H, kUnits);
+  const int64_t proj_blocks = projected ? ceil_div(R, kProjUnits) : 0;
 
-  AlignedBuffer<T> panels(blocks * H * kWidth), bias(blocks * kWidth);
-  pack_panels(G, H, H, kUnits, [&](int64_t g, int64_t j, int64_t k) {
-    return a.w_hh[(g * H + j) * H + k];
+  AlignedBuffer<T> panels(blocks * R * kWidth), bias(blocks * kWidth);
+  pack_panels(G, H, R, kUnits, [&](int64_t g, int64_t j, int64_t k) {
+    return a.w_hh[(g * H + j) * R + k];
   }, panels.data());
   pack_panels(G, H, 1, kUnits, [&](int64_t g, int64_t j, int64_t) {
     return a.b_hh != nullptr ? a.b_hh[g * H + j] : T(0);
   }, bias.data());
+  // The projection: m [B, H] of the step at hand, and W_hr [R, H] in panels of its rows.
+  AlignedBuffer<T> m(projected ? B * H : 0), proj_panels(proj_blocks * H * kProjUnits);
+  if (projected)
+    pack_panels(1, R, H, kProjUnits, [&](int64_t, int64_t j, int64_t k) {
+      return a.w_hr[j * H + k];
+    }, proj_panels.data());
 
-  const int threads = choose_threads(blocks, B * GH * H);
+  // The LSTM's running cell state [B, H]; c_n gets each row's c at the row's last step.
+  AlignedBuffer<T> c_run(C::kHasCellState ? B * H : 0);
+  // With resets, zh0 [blocks][B][kWidth] = h0 W_hh^T + b_hh in the tiles' layout: the
+  // recurrent part of a step that starts from h0. Step 0's matmul computes exactly that, so it
+  // is kept from there for the rows reset later, and the matmul's A operand stays h_{t-1}.
+  AlignedBuffer<T> zh0(a.resets != nullptr ? blocks * B * kWidth : 0);
+  for (int64_t b = 0; b < B; ++b) {  // sequences of length 0 end where they start
+    if (length_of(a, b) != 0) continue;
+    std::memcpy(a.h_n + b * R, a.h0 + b * R, sizeof(T) * R);
+    if constexpr (C::kHasCellState) std::memcpy(a.c_n + b * H, a.c0 + b * H, sizeof(T) * H);
+  }
+
+  const int threads =
+      choose_threads(std::max(blocks, proj_blocks), B * GH * R + (projected ? B * R * H : 0));
   SpinBarrier barrier(threads);
   ThreadPool::global().run(threads, [&](int index) {
-    const BlockRange mine(blocks, index, threads);
+    const BlockRange mine(blocks, index, threads), mine_proj(proj_blocks, index, threads);
     for (int64_t t = 0; t < a.steps; ++t) {
-      const T* h_prev = t == 0 ? a.h0 : a.y + (t - 1) * B * H;
-      const T* c_prev = t == 0 ? a.c0 : a.c_n;  // the LSTM's c_n is its running state
+      const T* h_prev = t == 0 ? a.h0 : a.y + (t - 1) * B * R;
       const T* zx_t = a.zx + t * B * GH;
-      T* h_t = a.y + t * B * H;
+      T* h_t = a.y + t * B * R;
+      T* cell_h = projected ? m.data() : h_t;  // [B, H]: the cell's output
       for (int64_t block = mine.first; block < mine.last; ++block) {
         const int64_t j0 = block * kUnits;
         const int64_t units = std::min<int64_t>(kUnits, H - j0);
-        gemm_panel<T, kWidth>(h_prev, B, H, panels.data() + block * H * kWidth,
+        gemm_panel<T, kWidth>(h_prev, B, R, panels.data() + block * R * kWidth,
                               bias.data() + block * kWidth, [&](int64_t row0, auto& acc) {
           constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
           for (int r = 0; r < MR; ++r) {
-            const int64_t b = row0 + r;
+            const int64_t b = row0 + r, bh = b * H, length = length_of(a, b);
             T* saved_bt = kTraining && S > 0 ? a.saved + (t * B + b) * S * H : nullptr;
-            forward_epilogue<T, C, kUnits>(acc[r], zx_t + b * GH, h_prev + b * H,
-                                           C::kHasCellState ? c_prev + b * H : nullptr,
-                                           h_t + b * H, a.c_n ? a.c_n + b * H : nullptr,
-                                           saved_bt, H, j0, units);
+            if (t >= length) {  // padding: output 0 (also after the projection), state kept
+              std::fill(cell_h + bh + j0, cell_h + bh + j0 + units, T(0));
+              for (int s = 0; saved_bt != nullptr && s < S; ++s)
+                std::fill(saved_bt + s * H + j0, saved_bt + s * H + j0 + units, T(0));
+              continue;
+            }
+            const bool fresh = starts_fresh(a, t, b);
+            const T* zh = acc[r];
+            if (a.resets != nullptr) {
+              T* zh0_b = zh0.data() + (block * B + b) * kWidth;
+              if (t == 0)
+                std::copy(acc[r], acc[r] + kWidth, zh0_b);
+              else if (fresh)
+                zh = zh0_b;
+            }
+            T* c_b = C::kHasCellState ? c_run.data() + bh : nullptr;
+            const T* c_prev_b = C::kHasCellState ? (fresh ? a.c0 + bh : c_b) : nullptr;
+            const T* h_prev_b = projected ? nullptr : (fresh ? a.h0 : h_prev) + b * R;
+            forward_epilogue<T, C, kUnits>(zh, zx_t + b * GH, h_prev_b, c_prev_b, cell_h + bh,
+                                           c_b, saved_bt, H, j0, units);
+            if (t == length - 1) {  // the sequence's last step: its final state
+              if (!projected) std::copy(h_t + bh + j0, h_t + bh + j0 + units, a.h_n + bh + j0);
+              if constexpr (C::kHasCellState)
+                std::copy(c_b + j0, c_b + j0 + units, a.c_n + bh + j0);
+            }
           }
         });
+      }
+      if (projected) {
+        barrier.wait();  // m_t complete before any thread projects it
+        for (int64_t block = mine_proj.first; block < mine_proj.last; ++block) {
+          const int64_t j0 = block * kProjUnits;
+          const int64_t units = std::min<int64_t>(kProjUnits, R - j0);
+          gemm_panel<T, kProjUnits>(m.data(), B, H, proj_panels.data() + block * H * kProjUnits,
+                                    nullptr, [&](int64_t row0, auto& acc) {
+            constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+            for (int r = 0; r < MR; ++r) {
+              const int64_t b = row0 + r;
+              std::copy(acc[r], acc[r] + units, h_t + b * R + j0);
+              if (t == length_of(a, b) - 1)
+                std::copy(acc[r], acc[r] + units, a.h_n + b * R + j0);
+            }
+          });
+        }
       }
       barrier.wait();  // h_t complete before any thread reads it
     }
   });
-  std::memcpy(a.h_n, a.y + (a.steps - 1) * B * H, sizeof(T) * B * H);
 }
 
-// The cell's backward at step t for batch row b, units j0 .. j0 + units - 1, given dh_t, the
-// full gradient reaching h_t for those units. Writes dzx, dzh (GRU) at step t, and the running
-// gradients a.dh0 (dh_direct, for step t-1) and a.dc0 (gradient reaching c_{t-1}). Staged
-// through local arrays like forward_epilogue, so that the math vectorizes.
+// The cell's backward at step t for batch row b, units j0 .. j0 + units - 1, given dh_t and
+// dc_t [units], the full gradients reaching the cell's h_t and c_t (LSTM), and rows [H] of
+// the cell's h_t (h_row: the RNN reads it), of the state step t started from (h_prev_row: the
+// GRU reads it; c_prev_row: the LSTM); rows that a cell does not read may be nullptr. Writes
+// dzx, dzh (GRU) at step t, and the running gradients for step t-1 (rows [B, H]): dh_run, the
+// part of dh_{t-1} that bypasses W_hh (dh_direct; nullptr: not kept, it is 0 for the LSTM),
+// and dc_run, the gradient reaching c_{t-1}. Staged through local arrays like
+// forward_epilogue, so that the math vectorizes.
 template <typename T, class C, int kUnits>
 inline void backward_epilogue(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j0,
-                              int64_t units, const T* dh_t) {
+                              int64_t units, const T* h_row, const T* h_prev_row,
+                              const T* c_prev_row, const T* dh_t, const T* dc_t, T* dh_run,
+                              T* dc_run) {
   constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
   const int64_t B = a.batch, H = a.hidden, GH = G * H;
   const int64_t row = b * H + j0;  // offset of unit j0 of row b in [B, H] arrays
-  const T* h_prev = t == 0 ? a.h0 : a.y + (t - 1) * B * H;
   alignas(64) T saved_l[S][kUnits], h_l[kUnits], h_prev_l[kUnits], c_prev_l[kUnits],
       dc_l[kUnits], dzx_l[G][kUnits], dzh_l[G][kUnits], dh_direct_l[kUnits];
   for (int u = 0; u < kUnits; ++u) {
@@ -124,18 +216,10 @@ inline void backward_epilogue(const BackwardArgs<T>& a, int64_t t, int64_t b, in
     } else {
       saved_l[0][u] = T(0);
     }
-    h_l[u] = valid ? a.y[t * B * H + row + u] : T(0);
-    h_prev_l[u] = valid ? h_prev[row + u] : T(0);
-    c_prev_l[u] = T(0);
-    dc_l[u] = T(0);
-    if constexpr (C::kHasCellState) {
-      // c_{t-1}: c0, or the c that step t-1 saved (the LSTM saves c last).
-      if (valid) {
-        c_prev_l[u] = t == 0 ? a.c0[row + u]
-                             : a.saved[((t - 1) * B + b) * S * H + (S - 1) * H + j0 + u];
-        dc_l[u] = a.dc0[row + u];
-      }
-    }
+    h_l[u] = valid && h_row != nullptr ? h_row[j0 + u] : T(0);
+    h_prev_l[u] = valid && h_prev_row != nullptr ? h_prev_row[j0 + u] : T(0);
+    c_prev_l[u] = valid && C::kHasCellState ? c_prev_row[j0 + u] : T(0);
+    dc_l[u] = valid && C::kHasCellState ? dc_t[u] : T(0);
   }
   for (int u = 0; u < kUnits; ++u) {
     T saved[S], dzx[G], dzh[G];
@@ -153,70 +237,169 @@ inline void backward_epilogue(const BackwardArgs<T>& a, int64_t t, int64_t b, in
     for (int g = 0; g < G; ++g) dzx_bt[g * H + j0 + u] = dzx_l[g][u];
     if (a.dzh != a.dzx)
       for (int g = 0; g < G; ++g) dzh_bt[g * H + j0 + u] = dzh_l[g][u];
-    a.dh0[row + u] = dh_direct_l[u];
-    if constexpr (C::kHasCellState) a.dc0[row + u] = dc_l[u];
+    if (dh_run != nullptr) dh_run[row + u] = dh_direct_l[u];
+    if constexpr (C::kHasCellState) dc_run[row + u] = dc_l[u];
   }
 }
 
+// Per step t, from T down to 0 ("step T" runs no matmul: nothing comes from beyond the last
+// step): pass 1 over blocks of h's units, dh_{t-1} = dzh_t W_hh (+ dh_direct, dy[t-1], dh_n),
+// with, without the projection, the cell's backward of step t-1 in the same epilogue. With
+// the projection, dh_{t-1} goes to dh_proj, and after a barrier pass 2 over blocks of hidden
+// units computes dm_{t-1} = dh_{t-1} W_hr (the gradient reaching o * tanh(c_{t-1})) with the
+// cell's backward in its epilogue.
 template <typename T, class C>
 void backward_impl(const BackwardArgs<T>& a) {
   constexpr int G = C::kGates, S = C::kSaved;
   constexpr int kUnits = kTileWidth<T>;
-  const int64_t B = a.batch, H = a.hidden, GH = G * H, T_ = a.steps;
-  const int64_t blocks = ceil_div(H, kUnits);
+  const int64_t B = a.batch, H = a.hidden, GH = G * H, T_ = a.steps, R = state_size(a);
+  const bool projected = a.proj > 0;
+  const int64_t blocks = ceil_div(R, kUnits), cell_blocks = ceil_div(H, kUnits);
 
   // dh_{t-1}[b, j] = sum_k dzh_t[b, k] W_hh[k, j]: panels of W_hh's columns, depth G*H.
   AlignedBuffer<T> panels(blocks * GH * kUnits);
-  pack_panels(1, H, GH, kUnits, [&](int64_t, int64_t j, int64_t k) {
-    return a.w_hh[k * H + j];
+  pack_panels(1, R, GH, kUnits, [&](int64_t, int64_t j, int64_t k) {
+    return a.w_hh[k * R + j];
   }, panels.data());
+  // dm[b, j] = sum_k dh[b, k] W_hr[k, j]: panels of W_hr's columns, depth R.
+  AlignedBuffer<T> proj_panels(projected ? cell_blocks * R * kUnits : 0);
+  if (projected)
+    pack_panels(1, H, R, kUnits, [&](int64_t, int64_t j, int64_t k) {
+      return a.w_hr[k * H + j];
+    }, proj_panels.data());
 
-  // dh0 and dc0 hold the running gradients: dh the part of dh_{t-1} that bypasses W_hh
-  // (dh_direct) between steps, dc the gradient reaching c_{t-1}.
-  T* dh = a.dh0;
-  T* dc = a.dc0;
+  // The running gradients between steps [B, H] (see backward_epilogue). dh0 and dc0
+  // accumulate what reaches the initial state: at step 0 and at every reset.
+  AlignedBuffer<T> dh_run(projected ? 0 : B * H), dc_run(C::kHasCellState ? B * H : 0);
 
-  // Each thread owns the hidden units of its blocks: their dh, dc, and columns of dzx, dzh.
-  const int threads = choose_threads(blocks, B * GH * H);
-  SpinBarrier barrier(threads);
-  ThreadPool::global().run(threads, [&](int index) {
-    const BlockRange mine(blocks, index, threads);
-    alignas(64) T dh_t[kUnits] = {};  // full gradient reaching h_t for the units at hand
-    // Step T-1: the gradient reaching h_{T-1} is dh_n + dy[T-1].
-    for (int64_t block = mine.first; block < mine.last; ++block) {
-      const int64_t j0 = block * kUnits;
-      const int64_t units = std::min<int64_t>(kUnits, H - j0);
-      for (int64_t b = 0; b < B; ++b) {
-        for (int64_t u = 0; u < units; ++u) {
-          const int64_t bj = b * H + j0 + u;
-          if constexpr (C::kHasCellState) dc[bj] = a.dc_n != nullptr ? a.dc_n[bj] : T(0);
-          dh_t[u] = (a.dh_n != nullptr ? a.dh_n[bj] : T(0)) + a.dy[(T_ - 1) * B * H + bj];
-        }
-        backward_epilogue<T, C, kUnits>(a, T_ - 1, b, j0, units, dh_t);
+  // d [units] holds the gradient that step t sends to the state after step t-1 (row b, from
+  // offset `row` of a [B, .] array). Where step t started from the initial state it goes to
+  // d0 instead; d_n is added where step t-1 is the row's last; at t = 0 the rest goes to d0.
+  auto route = [&](int64_t t, int64_t b, int64_t row, int64_t units, T* d0, const T* d_n,
+                   T* d) {
+    if (t < T_ && starts_fresh(a, t, b)) {
+      for (int64_t u = 0; u < units; ++u) {
+        d0[row + u] += d[u];
+        d[u] = T(0);
       }
     }
-    barrier.wait();  // dzh_{T-1} complete
+    if (t == length_of(a, b) && d_n != nullptr)
+      for (int64_t u = 0; u < units; ++u) d[u] += d_n[row + u];
+    if (t == 0)
+      for (int64_t u = 0; u < units; ++u) d0[row + u] += d[u];
+  };
+  // The gradient reaching c_{t-1} (cell units j0 ..): what the cell's backward at t left.
+  auto grad_c = [&](int64_t t, int64_t b, int64_t j0, int64_t units, T* dc) {
+    if constexpr (!C::kHasCellState) return;
+    const int64_t row = b * H + j0;
+    for (int64_t u = 0; u < units; ++u) dc[u] = dc_run.data()[row + u];
+    route(t, b, row, units, a.dc0, a.dc_n, dc);
+  };
+  // The cell's backward of step s for cell units j0 .., given the gradients reaching its h and
+  // c; zero gradients and nothing passed on where s is padding.
+  auto cell_step = [&](int64_t s, int64_t b, int64_t j0, int64_t units, const T* dh,
+                       const T* dc) {
+    const int64_t row = b * H + j0;
+    if (s >= length_of(a, b)) {
+      for (int g = 0; g < G; ++g) {
+        T* dzx_g = a.dzx + (s * B + b) * GH + g * H + j0;
+        T* dzh_g = a.dzh + (s * B + b) * GH + g * H + j0;
+        std::fill(dzx_g, dzx_g + units, T(0));
+        std::fill(dzh_g, dzh_g + units, T(0));
+      }
+      if (!projected) std::fill(dh_run.data() + row, dh_run.data() + row + units, T(0));
+      if constexpr (C::kHasCellState)
+        std::fill(dc_run.data() + row, dc_run.data() + row + units, T(0));
+      return;
+    }
+    const bool fresh = starts_fresh(a, s, b);
+    const T* h_row = projected ? nullptr : a.y + (s * B + b) * H;
+    const T* h_prev_row = projected ? nullptr : fresh ? a.h0 + b * H : h_row - B * H;
+    const T* c_prev_row = nullptr;
+    if constexpr (C::kHasCellState)  // c0, or the c that step s-1 saved (the LSTM saves c last)
+      c_prev_row = fresh ? a.c0 + b * H : a.saved + ((s - 1) * B + b) * S * H + (S - 1) * H;
+    backward_epilogue<T, C, kUnits>(a, s, b, j0, units, h_row, h_prev_row, c_prev_row, dh, dc,
+                                    projected ? nullptr : dh_run.data(), dc_run.data());
+  };
+  // Pass 1 for row b, h's units j0 .., given from_w = (dzh_t W_hh)[b, j0 ..] (zero at t = T).
+  auto pass1_row = [&](int64_t t, int64_t b, int64_t j0, int64_t units, const T* from_w) {
+    const int64_t row = b * R + j0, s = t - 1;
+    alignas(64) T dh[kUnits], dc[kUnits];
+    for (int64_t u = 0; u < units; ++u)
+      dh[u] = from_w[u] + (projected ? T(0) : dh_run.data()[row + u]);
+    route(t, b, row, units, a.dh0, a.dh_n, dh);
+    if (s < 0) {
+      if (!projected) grad_c(t, b, j0, units, dc);
+      return;
+    }
+    if (s < length_of(a, b))
+      for (int64_t u = 0; u < units; ++u) dh[u] += a.dy[s * B * R + row + u];
+    if (projected) {
+      std::copy(dh, dh + units, a.dh_proj + s * B * R + row);
+      return;
+    }
+    grad_c(t, b, j0, units, dc);
+    cell_step(s, b, j0, units, dh, dc);
+  };
 
-    for (int64_t t = T_ - 1; t >= 0; --t) {
-      const T* dzh_t = a.dzh + t * B * GH;
+  const int threads =
+      choose_threads(std::max(blocks, cell_blocks), B * GH * R + (projected ? B * R * H : 0));
+  SpinBarrier barrier(threads);
+  ThreadPool::global().run(threads, [&](int index) {
+    const BlockRange mine(blocks, index, threads), mine_cell(cell_blocks, index, threads);
+    alignas(64) const T zeros[kUnits] = {};
+    // Each thread owns the units of its blocks: their columns of dh0, dh_run, dh_proj (blocks
+    // of h) and of dc0, dc_run, dzx, dzh (blocks of the cell; the same blocks without the
+    // projection). Accumulators start at 0.
+    for (int64_t block = mine.first; block < mine.last; ++block) {
+      const int64_t j0 = block * kUnits, units = std::min<int64_t>(kUnits, R - j0);
+      for (int64_t b = 0; b < B; ++b) {
+        std::fill(a.dh0 + b * R + j0, a.dh0 + b * R + j0 + units, T(0));
+        if (!projected)
+          std::fill(dh_run.data() + b * R + j0, dh_run.data() + b * R + j0 + units, T(0));
+      }
+    }
+    for (int64_t block = mine_cell.first; block < mine_cell.last; ++block) {
+      const int64_t j0 = block * kUnits, units = std::min<int64_t>(kUnits, H - j0);
+      for (int64_t b = 0; b < B && C::kHasCellState; ++b) {  // the LSTM's dc0, dc_run
+        std::fill(a.dc0 + b * H + j0, a.dc0 + b * H + j0 + units, T(0));
+        std::fill(dc_run.data() + b * H + j0, dc_run.data() + b * H + j0 + units, T(0));
+      }
+    }
+
+    for (int64_t t = T_; t >= 0; --t) {
+      const int64_t s = t - 1;
       for (int64_t block = mine.first; block < mine.last; ++block) {
-        const int64_t j0 = block * kUnits;
-        const int64_t units = std::min<int64_t>(kUnits, H - j0);
-        gemm_panel<T, kUnits>(dzh_t, B, GH, panels.data() + block * GH * kUnits, nullptr,
-                              [&](int64_t row0, auto& acc) {
+        const int64_t j0 = block * kUnits, units = std::min<int64_t>(kUnits, R - j0);
+        if (t == T_) {
+          for (int64_t b = 0; b < B; ++b) pass1_row(t, b, j0, units, zeros);
+          continue;
+        }
+        gemm_panel<T, kUnits>(a.dzh + t * B * GH, B, GH, panels.data() + block * GH * kUnits,
+                              nullptr, [&](int64_t row0, auto& acc) {
           constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
-          for (int r = 0; r < MR; ++r) {
-            const int64_t b = row0 + r;
-            // Gradient reaching h_{t-1} from step t: the direct part plus the matmul's.
-            for (int64_t u = 0; u < units; ++u) dh_t[u] = dh[b * H + j0 + u] + acc[r][u];
-            if (t == 0) {
-              for (int64_t u = 0; u < units; ++u) dh[b * H + j0 + u] = dh_t[u];  // dh0
-              continue;
-            }
-            for (int64_t u = 0; u < units; ++u) dh_t[u] += a.dy[((t - 1) * B + b) * H + j0 + u];
-            backward_epilogue<T, C, kUnits>(a, t - 1, b, j0, units, dh_t);
-          }
+          for (int r = 0; r < MR; ++r) pass1_row(t, row0 + r, j0, units, acc[r]);
         });
+      }
+      if (projected) {
+        barrier.wait();  // dh_{t-1} complete before any thread projects it back
+        for (int64_t block = mine_cell.first; block < mine_cell.last; ++block) {
+          const int64_t j0 = block * kUnits, units = std::min<int64_t>(kUnits, H - j0);
+          alignas(64) T dc[kUnits];
+          if (s < 0) {
+            for (int64_t b = 0; b < B; ++b) grad_c(t, b, j0, units, dc);
+            continue;
+          }
+          gemm_panel<T, kUnits>(a.dh_proj + s * B * R, B, R,
+                                proj_panels.data() + block * R * kUnits, nullptr,
+                                [&](int64_t row0, auto& acc) {
+            constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+            for (int r = 0; r < MR; ++r) {
+              grad_c(t, row0 + r, j0, units, dc);
+              cell_step(s, row0 + r, j0, units, acc[r], dc);
+            }
+          });
+        }
       }
       if (t > 0) barrier.wait();  // dzh_{t-1} complete
     }
