@@ -9,10 +9,9 @@ def positive_int(value, name):
     return int(value)
 
 
-def init_params(shapes, hidden_size, dtype, seed):
+def init_params(shapes, hidden_size, dtype, rng):
     """PyTorch's initialisation: every parameter uniform in [-1/sqrt(H), 1/sqrt(H)], drawn from
-    numpy.random.default_rng(seed) in the order of ``shapes`` (a dict name -> shape)."""
-    rng = np.random.default_rng(seed)
+    the numpy Generator ``rng`` in the order of ``shapes`` (a dict name -> shape)."""
     bound = 1.0 / np.sqrt(hidden_size)
     return {name: rng.uniform(-bound, bound, shape).astype(dtype)
             for name, shape in shapes.items()}

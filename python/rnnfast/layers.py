@@ -10,6 +10,7 @@ import warnings
 import numpy as np
 
 from . import functional
+from ._params import init_params, load_params, positive_int
 from .reference import GATES
 
 
@@ -26,12 +27,6 @@ def _gather(a, order):
     return np.take_along_axis(a, order if a.ndim == 2 else order[:, :, None], axis=0)
 
 
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, not {value!r}")
-    return int(value)
-
-
 class _RNNBase:
     """Shared by RNN, LSTM and GRU; ``_cell`` names the cell (see rnnfast.reference.CELLS)."""
 
@@ -39,9 +34,9 @@ class _RNNBase:
                  batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
                  dtype="float32", seed=None):
         self._cell = cell
-        self.input_size = _positive_int(input_size, "input_size")
-        self.hidden_size = _positive_int(hidden_size, "hidden_size")
-        self.num_layers = _positive_int(num_layers, "num_layers")
+        self.input_size = positive_int(input_size, "input_size")
+        self.hidden_size = positive_int(hidden_size, "hidden_size")
+        self.num_layers = positive_int(num_layers, "num_layers")
         self.bias = bool(bias)
         self.batch_first = bool(batch_first)
         self.bidirectional = bool(bidirectional)
@@ -65,7 +60,8 @@ class _RNNBase:
         self._ctx = None
         # One generator, seeded by `seed`, for the initial parameters and then the dropout masks.
         self._rng = np.random.default_rng(seed)
-        self._params = self._init_params(self._rng)
+        self._params = init_params(self._param_shapes(), self.hidden_size, self.dtype,
+                                   self._rng)
 
     # ------------------------------------------------------------------ parameters
 
@@ -99,12 +95,6 @@ class _RNNBase:
                 shapes.update({name: full[ours] for ours, name in self._names(k, d).items()})
         return shapes
 
-    def _init_params(self, rng):
-        # PyTorch's initialisation: every parameter uniform in [-1/sqrt(H), 1/sqrt(H)].
-        bound = 1.0 / np.sqrt(self.hidden_size)
-        return {name: rng.uniform(-bound, bound, shape).astype(self.dtype)
-                for name, shape in self._param_shapes().items()}
-
     def state_dict(self):
         """The parameters as a dict of NumPy arrays (copies), with PyTorch's names and shapes."""
         return {name: value.copy() for name, value in self._params.items()}
@@ -113,21 +103,8 @@ class _RNNBase:
         """Loads parameters from a dict with PyTorch's names and shapes (values: anything
         np.asarray accepts, e.g. NumPy arrays or CPU tensors). Every name must be present and
         no other; values are copied and converted to the layer's dtype."""
-        expected = self._param_shapes()
-        missing = sorted(set(expected) - set(state_dict))
-        unexpected = sorted(set(state_dict) - set(expected))
-        if missing or unexpected:
-            raise KeyError(f"state_dict does not match {type(self).__name__}: "
-                           f"missing {missing}, unexpected {unexpected}")
-        loaded = {}
-        for name, shape in expected.items():
-            value = np.asarray(state_dict[name])
-            if value.shape != shape:
-                raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, expected {shape}")
-            if not np.issubdtype(value.dtype, np.floating):
-                raise TypeError(f"state_dict[{name!r}] has dtype {value.dtype}, expected floats")
-            loaded[name] = np.array(value, dtype=self.dtype)
-        self._params = loaded
+        self._params = load_params(type(self).__name__, self._param_shapes(), state_dict,
+                                   self.dtype)
 
     # ------------------------------------------------------------------ modes
 

@@ -33,35 +33,19 @@ namespace {
 // recurrent pre-activations acc[g * kUnits + u] the tile has just computed. The row's pointers
 // (zx_row [G*H], h_prev_row, c_prev_row, h_row, c_row [H], saved_row [S*H]) start at b;
 // h_prev_row may be nullptr for a cell that does not read h_prev (the GRU does), and is then
-// taken as 0. Inputs are staged into local arrays first, so that the loop that does the math
-// touches no pointer the compiler must assume aliased and vectorizes over u.
+// taken as 0. zx is staged into the tile's layout, then tile_forward does the math.
 template <typename T, class C, int kUnits>
 inline void forward_epilogue(const T* acc, const T* zx_row, const T* h_prev_row,
                              const T* c_prev_row, T* h_row, T* c_row, T* saved_row, int64_t H,
                              int64_t j0, int64_t units) {
-  constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
-  alignas(64) T zx_l[G][kUnits], h_prev_l[kUnits], c_l[kUnits], h_l[kUnits], saved_l[S][kUnits];
-  for (int u = 0; u < kUnits; ++u) {
-    const bool valid = u < units;
-    for (int g = 0; g < G; ++g) zx_l[g][u] = valid ? zx_row[g * H + j0 + u] : T(0);
-    h_prev_l[u] = valid && h_prev_row != nullptr ? h_prev_row[j0 + u] : T(0);
-    c_l[u] = valid && C::kHasCellState ? c_prev_row[j0 + u] : T(0);
-  }
-  for (int u = 0; u < kUnits; ++u) {
-    T zx[G], zh[G], saved[S];
-    for (int g = 0; g < G; ++g) {
-      zx[g] = zx_l[g][u];
-      zh[g] = acc[g * kUnits + u];
-    }
-    C::forward(zx, zh, h_prev_l[u], c_l[u], h_l[u], saved);
-    for (int s = 0; s < S; ++s) saved_l[s][u] = saved[s];
-  }
-  for (int64_t u = 0; u < units; ++u) {
-    h_row[j0 + u] = h_l[u];
-    if constexpr (C::kHasCellState) c_row[j0 + u] = c_l[u];
-    if (saved_row != nullptr)
-      for (int s = 0; s < C::kSaved; ++s) saved_row[s * H + j0 + u] = saved_l[s][u];
-  }
+  constexpr int G = C::kGates;
+  alignas(64) T zx_l[G][kUnits];
+  for (int g = 0; g < G; ++g)
+    for (int u = 0; u < kUnits; ++u) zx_l[g][u] = u < units ? zx_row[g * H + j0 + u] : T(0);
+  tile_forward<T, C, kUnits>(&zx_l[0][0], acc, h_prev_row != nullptr ? h_prev_row + j0 : nullptr,
+                             c_prev_row != nullptr ? c_prev_row + j0 : nullptr, h_row + j0,
+                             c_row != nullptr ? c_row + j0 : nullptr,
+                             saved_row != nullptr ? saved_row + j0 : nullptr, H, units);
 }
 
 // Steps of sequence b: lengths[b], or all of them.

@@ -19,30 +19,35 @@ constexpr int kForwardUnits = C::kGates == 3 ? kTileWidth<T> / 4 : kTileWidth<T>
 
 // The cell's forward for `units` (<= kUnits) consecutive hidden units of one batch row, from
 // the tile's pre-activations zx and zh, laid out [G][kUnits]. h_prev, c_prev, h, c point at the
-// row's first unit (c_prev, c: LSTM only, else nullptr; c may equal c_prev). Values are staged
+// row's first unit (h_prev: nullptr for a cell that does not read it, taken as 0; c_prev, c:
+// LSTM only, else nullptr; c may equal c_prev). saved, when not nullptr, gets the training
+// workspace of these units: value s of unit u at saved[s * saved_stride + u]. Values are staged
 // in local arrays so that the loop doing the math touches no pointer the compiler must assume
 // aliased, and vectorizes over units.
 template <typename T, class C, int kUnits>
 inline void tile_forward(const T* zx, const T* zh, const T* h_prev, const T* c_prev, T* h, T* c,
-                         int64_t units) {
+                         T* saved, int64_t saved_stride, int64_t units) {
   constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
-  alignas(64) T h_prev_l[kUnits], c_l[kUnits], h_l[kUnits];
+  alignas(64) T h_prev_l[kUnits], c_l[kUnits], h_l[kUnits], saved_l[S][kUnits];
   for (int u = 0; u < kUnits; ++u) {
     const bool valid = u < units;
-    h_prev_l[u] = valid ? h_prev[u] : T(0);
+    h_prev_l[u] = valid && h_prev != nullptr ? h_prev[u] : T(0);
     c_l[u] = valid && C::kHasCellState ? c_prev[u] : T(0);
   }
   for (int u = 0; u < kUnits; ++u) {
-    T zx_u[G], zh_u[G], saved[S];
+    T zx_u[G], zh_u[G], saved_u[S];
     for (int g = 0; g < G; ++g) {
       zx_u[g] = zx[g * kUnits + u];
       zh_u[g] = zh[g * kUnits + u];
     }
-    C::forward(zx_u, zh_u, h_prev_l[u], c_l[u], h_l[u], saved);
+    C::forward(zx_u, zh_u, h_prev_l[u], c_l[u], h_l[u], saved_u);
+    for (int s = 0; s < S; ++s) saved_l[s][u] = saved_u[s];
   }
   for (int64_t u = 0; u < units; ++u) {
     h[u] = h_l[u];
     if constexpr (C::kHasCellState) c[u] = c_l[u];
+    if (saved != nullptr)
+      for (int s = 0; s < C::kSaved; ++s) saved[s * saved_stride + u] = saved_l[s][u];
   }
 }
 
