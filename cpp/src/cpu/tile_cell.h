@@ -24,8 +24,12 @@ constexpr int kForwardUnits = C::kGates == 3 ? kTileWidth<T> / 4 : kTileWidth<T>
 // workspace of these units: value s of unit u at saved[s * saved_stride + u]. Values are staged
 // in local arrays so that the loop doing the math touches no pointer the compiler must assume
 // aliased, and vectorizes over units.
+//
+// Not inlined: compiled on its own, the unit loop vectorizes for every cell; inlined into the
+// kernels' tile loops, GCC 12 gives up on some of them ("control flow in loop") and runs the
+// activations one unit at a time. A call per tile row costs far less.
 template <typename T, class C, int kUnits>
-inline void tile_forward(const T* zx, const T* zh, const T* h_prev, const T* c_prev, T* h, T* c,
+__attribute__((noinline)) void tile_forward(const T* zx, const T* zh, const T* h_prev, const T* c_prev, T* h, T* c,
                          T* saved, int64_t saved_stride, int64_t units) {
   constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
   alignas(64) T h_prev_l[kUnits], c_l[kUnits], h_l[kUnits], saved_l[S][kUnits];
