@@ -181,12 +181,12 @@ void forward_impl(const ForwardArgs<T>& a) {
 // dzx, dzh (GRU) at step t, and the running gradients for step t-1 (rows [B, H]): dh_run, the
 // part of dh_{t-1} that bypasses W_hh (dh_direct; nullptr: not kept, it is 0 for the LSTM),
 // and dc_run, the gradient reaching c_{t-1}. Staged through local arrays like
-// forward_epilogue, so that the math vectorizes.
+// forward_epilogue, so that the math vectorizes; out of line for the reason tile_forward is.
 template <typename T, class C, int kUnits>
-inline void backward_epilogue(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j0,
-                              int64_t units, const T* h_row, const T* h_prev_row,
-                              const T* c_prev_row, const T* dh_t, const T* dc_t, T* dh_run,
-                              T* dc_run) {
+__attribute__((noinline)) void backward_epilogue(
+    const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j0, int64_t units, const T* h_row,
+    const T* h_prev_row, const T* c_prev_row, const T* dh_t, const T* dc_t, T* dh_run,
+    T* dc_run) {
   constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
   const int64_t B = a.batch, H = a.hidden, GH = G * H;
   const int64_t row = b * H + j0;  // offset of unit j0 of row b in [B, H] arrays
