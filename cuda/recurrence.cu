@@ -96,8 +96,10 @@ __global__ void __launch_bounds__(kThreads) forward_step(ForwardArgs<T> a, int64
       __syncthreads();  // the tiles are refilled next
     }
     if (j >= H) continue;
-    for (int r = 0; r < kRowsPerThread && b0 + r < B; ++r) {
+#pragma unroll  // keeps acc[r] in registers
+    for (int r = 0; r < kRowsPerThread; ++r) {
       const int64_t b = b0 + r, bj = b * H + j, tb = t * B + b;
+      if (b >= B) break;
       Acc zx[G], saved[S], h;
       for (int g = 0; g < G; ++g) zx[g] = static_cast<Acc>(a.zx[tb * GH + g * H + j]);
       Acc c = C::kHasCellState ? static_cast<Acc>(c_prev[bj]) : Acc(0);
@@ -155,8 +157,10 @@ __global__ void __launch_bounds__(kThreads) backward_step(BackwardArgs<T> a, int
       }
     }
     if (j >= H) continue;
-    for (int r = 0; r < kRowsPerThread && b0 + r < B; ++r) {
+#pragma unroll
+    for (int r = 0; r < kRowsPerThread; ++r) {
       const int64_t b = b0 + r, bj = b * H + j;
+      if (b >= B) break;
       Acc dh = acc[r] + (dh_in != nullptr ? static_cast<Acc>(dh_in[bj]) : Acc(0));
       if (s < 0) {
         a.dh0[bj] = static_cast<T>(dh);
