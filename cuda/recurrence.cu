@@ -59,7 +59,9 @@ __global__ void __launch_bounds__(kThreads) forward_step(ForwardArgs<T> a, int64
   using Acc = typename AccumulatorOf<T>::type;
   constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
   __shared__ Acc h_tile[kRows][kDepth];        // h_{t-1}[b0 + r, k0 + kk]
-  __shared__ Acc w_tile[kDepth][G * kUnits];   // W_hh[g*H + j0 + u, k0 + kk] at [kk][g*kUnits + u]
+  // W_hh[g*H + j0 + u, k0 + kk] at [kk][g*kUnits + u]. The row is padded by one: the loads
+  // below write a column (consecutive kk) per warp, which would otherwise hit a single bank.
+  __shared__ Acc w_tile[kDepth][G * kUnits + 1];
 
   const int64_t B = a.batch, H = a.hidden, GH = G * H;
   const int u = threadIdx.x;
