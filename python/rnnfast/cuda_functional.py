@@ -1,0 +1,158 @@
+"""Functional API on the GPU: ``rnnfast.functional``'s forward and backward for CuPy arrays.
+
+The same arguments, semantics and results as ``rnnfast.functional.forward`` / ``backward``
+(and so as ``rnnfast.reference``), with ``cupy.ndarray`` in and out:
+
+- the large GEMMs (the input projection before the loop; dx, dW_ih, dW_hh and the bias
+  gradients after it) are CuPy's (cuBLAS; float32 GEMMs use TF32 only where CuPy is told to,
+  by its ``CUPY_TF32`` environment variable),
+- the loop over time runs in ``rnnfast._cuda``: one fused kernel per step, the recurrent matmul
+  with the cell's gate math in its epilogue.
+
+Everything runs on CuPy's current stream and device, in memory from CuPy's pool; nothing
+synchronizes, so the results are ready when that stream says so, as with any CuPy operation.
+Arrays may have any strides (non-contiguous ones are copied); they are never written.
+
+CuPy is imported on first use, so ``import rnnfast`` works without it.
+"""
+
+import numpy as np
+
+from .functional import Context
+from .reference import CELLS, GATES
+
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+_backend = None  # (cupy, rnnfast._cuda) once a device was found
+
+
+def _load():
+    """CuPy and rnnfast._cuda, or an exception that says what is missing."""
+    global _backend
+    if _backend is not None:
+        return _backend
+    try:
+        import cupy
+    except ImportError as error:
+        raise ImportError("rnnfast.cuda_functional needs CuPy: pip install rnnfast[cuda13] "
+                          "(or rnnfast[cuda12], to match the CUDA driver)") from error
+    try:
+        from . import _cuda
+    except ImportError as error:
+        raise ImportError("this rnnfast was built without its CUDA module (nvcc was not found "
+                          "when it was built, or RNNFAST_ENABLE_CUDA=OFF); rebuild it where "
+                          "nvcc is on the PATH") from error
+    info = _cuda.device_info()
+    if not info["devices"]:
+        raise RuntimeError(f"no CUDA device: {info['error'] or 'none visible'}")
+    _backend = (cupy, _cuda)
+    return _backend
+
+
+def _as_array(cp, value, name, dtype, shape):
+    """``value`` as a C-contiguous cupy.ndarray of ``dtype`` and ``shape``, or a clear exception."""
+    if not isinstance(value, cp.ndarray):
+        raise TypeError(f"{name} must be a cupy.ndarray, not {type(value).__name__}")
+    if value.dtype != dtype:
+        raise TypeError(f"{name} has dtype {value.dtype}, expected {dtype} (the dtype of x)")
+    if value.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {value.shape}, expected {tuple(shape)}")
+    return cp.ascontiguousarray(value)  # copies only if not C-contiguous
+
+
+def _optional(cp, value, name, dtype, shape):
+    return None if value is None else _as_array(cp, value, name, dtype, shape)
+
+
+def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=False):
+    """Runs one layer over a sequence on the GPU.
+
+    Returns ``(y, h_n, c_n, ctx)`` as ``rnnfast.functional.forward`` does: y [T, B, H],
+    h_n [B, H], c_n [B, H] (LSTM; else None), ctx for ``backward`` (None unless ``training``).
+    """
+    cp, cuda = _load()
+    if cell not in GATES:
+        raise ValueError(f"cell must be one of {CELLS}, not {cell!r}")
+    if not isinstance(x, cp.ndarray):
+        raise TypeError(f"x must be a cupy.ndarray, not {type(x).__name__}")
+    if x.dtype not in DTYPES:
+        raise TypeError(f"x has dtype {x.dtype}, expected float32 or float64")
+    if x.ndim != 3 or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (T, B, input_size) with T >= 1, not {x.shape}")
+    if not isinstance(w_hh, cp.ndarray) or w_hh.ndim != 2 or w_hh.shape[1] < 1:
+        raise ValueError("w_hh must be a cupy.ndarray of shape (G*hidden_size, hidden_size)")
+    steps, batch, inputs = x.shape
+    hidden = w_hh.shape[1]
+    gh = GATES[cell] * hidden
+    dtype = x.dtype
+    x = cp.ascontiguousarray(x)
+    w_ih = _as_array(cp, w_ih, "w_ih", dtype, (gh, inputs))
+    w_hh = _as_array(cp, w_hh, "w_hh", dtype, (gh, hidden))
+    b_ih = _optional(cp, b_ih, "b_ih", dtype, (gh,))
+    b_hh = _optional(cp, b_hh, "b_hh", dtype, (gh,))
+    h0 = _as_array(cp, h0, "h0", dtype, (batch, hidden))
+    if cell == "lstm":
+        c0 = _as_array(cp, c0, "c0", dtype, (batch, hidden))
+    elif c0 is not None:
+        raise ValueError(f"c0 must be None for cell {cell!r}: only the LSTM has a cell state")
+
+    # The input projection of all steps: one GEMM, outside the time loop.
+    zx = (x.reshape(steps * batch, inputs) @ w_ih.T).reshape(steps, batch, gh)
+    if b_ih is not None:
+        zx += b_ih
+    y = cp.empty((steps, batch, hidden), dtype)
+    h_n = cp.empty((batch, hidden), dtype)
+    c_n = cp.empty((batch, hidden), dtype) if cell == "lstm" else None
+    per_unit = cuda.saved_per_unit(cell)
+    saved = cp.empty((steps, batch, per_unit * hidden), dtype) if training and per_unit else None
+    cuda.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved,
+                           cp.cuda.get_current_stream().ptr)
+    ctx = None
+    if training:
+        ctx = Context(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, y=y, saved=saved)
+    return y, h_n, c_n, ctx
+
+
+def backward(ctx, dy, dh_n=None, dc_n=None):
+    """Backpropagation through time for a training ``forward`` on the GPU.
+
+    Returns the dict of ``rnnfast.functional.backward``: gradients keyed x, h0, c0 (None unless
+    LSTM), w_ih, w_hh, b_ih, b_hh (bias gradients even for a forward without biases).
+    """
+    cp, cuda = _load()
+    if not isinstance(ctx, Context) or not isinstance(ctx.y, cp.ndarray):
+        raise TypeError("ctx must be the Context returned by "
+                        "rnnfast.cuda_functional.forward(..., training=True)")
+    cell, x, w_ih, w_hh, y = ctx.cell, ctx.x, ctx.w_ih, ctx.w_hh, ctx.y
+    steps, batch, hidden = y.shape
+    inputs, gh = x.shape[2], w_hh.shape[0]
+    dtype = y.dtype
+    dy = _as_array(cp, dy, "dy", dtype, y.shape)
+    dh_n = _optional(cp, dh_n, "dh_n", dtype, (batch, hidden))
+    if cell == "lstm":
+        dc_n = _optional(cp, dc_n, "dc_n", dtype, (batch, hidden))
+    elif dc_n is not None:
+        raise ValueError(f"dc_n must be None for cell {cell!r}: only the LSTM has a cell state")
+
+    dzx = cp.empty((steps, batch, gh), dtype)
+    dzh = cp.empty_like(dzx) if cell == "gru" else None  # equal to dzx for the other cells
+    dh0 = cp.empty((batch, hidden), dtype)
+    dc0 = cp.empty((batch, hidden), dtype) if cell == "lstm" else None
+    cuda.recurrent_backward(cell, w_hh, ctx.h0, ctx.c0, y, ctx.saved, dy, dh_n, dc_n,
+                            dzx, dzh, dh0, dc0, cp.cuda.get_current_stream().ptr)
+
+    # The large GEMMs, after the loop. h_{t-1} is h0 for t = 0 and y[t-1] after.
+    dzx = dzx.reshape(steps * batch, gh)
+    dzh = dzx if dzh is None else dzh.reshape(steps * batch, gh)
+    dw_hh = dzh[:batch].T @ ctx.h0
+    if steps > 1:
+        dw_hh += dzh[batch:].T @ y[:-1].reshape((steps - 1) * batch, hidden)
+    return {
+        "x": (dzx @ w_ih).reshape(steps, batch, inputs),
+        "h0": dh0,
+        "c0": dc0,
+        "w_ih": dzx.T @ x.reshape(steps * batch, inputs),
+        "w_hh": dw_hh,
+        "b_ih": dzx.sum(axis=0),
+        "b_hh": dzh.sum(axis=0),
+    }
