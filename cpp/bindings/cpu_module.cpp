@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "binding_util.h"
 #include "rnnfast/activations_cpu.h"
 #include "rnnfast/cell_step.h"
 #include "rnnfast/cpu_features.h"
@@ -20,20 +21,8 @@ namespace py = pybind11;
 namespace rnnfast {
 namespace {
 
-Cell parse_cell(const std::string& name) {
-  if (name == "rnn_tanh") return Cell::RnnTanh;
-  if (name == "rnn_relu") return Cell::RnnRelu;
-  if (name == "lstm") return Cell::Lstm;
-  if (name == "gru") return Cell::Gru;
-  throw py::value_error("cell must be one of 'rnn_tanh', 'rnn_relu', 'lstm', 'gru', not '" +
-                        name + "'");
-}
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "(";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + (shape.size() == 1 ? ",)" : ")");
-}
+using bindings::parse_cell;
+using bindings::shape_str;
 
 // Checks the arrays of one kernel call and remembers the memory each one spans, so that an
 // output overlapping any other argument is refused (it would corrupt the caller's data).
