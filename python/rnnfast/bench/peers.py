@@ -152,8 +152,8 @@ class RnnfastPeer(Peer):
                 "rnn_tanh": lambda *a, **k: rnnfast.RNNCell(*a, nonlinearity="tanh", **k),
                 "rnn_relu": lambda *a, **k: rnnfast.RNNCell(*a, nonlinearity="relu", **k)}[r.cell]
         cell = make(r.I, r.H, dtype=p.dtype.name)
-        for attr in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-            getattr(cell, attr)[...] = xp.asarray(p.weights[f"{attr}_l0"])
+        cell.load_state_dict({k: p.weights[f"{k}_l0"]
+                              for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
         x = xp.asarray(p.x)
         first = (xp.asarray(p.h0[0]), xp.asarray(p.c0[0])) if p.lstm else xp.asarray(p.h0[0])
 
