@@ -119,7 +119,8 @@ def make_problem(cell, T, B, I, H, dtype, bias=True, seed=0, relu_margin=2e-5):
         douts = {k: (None if v is None else v.astype(dtype)) for k, v in douts.items()}
         if cell != "rnn_relu":
             return inputs, douts
-        if np.min(np.abs(rnn_preactivations(cell, inputs))) >= relu_margin:
+        z = rnn_preactivations(cell, inputs)
+        if z.size == 0 or np.min(np.abs(z)) >= relu_margin:
             return inputs, douts
     raise AssertionError("could not draw relu data away from the kink; lower relu_margin")
 

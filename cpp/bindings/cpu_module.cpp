@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "rnnfast/activations_cpu.h"
+#include "rnnfast/cell_step.h"
 #include "rnnfast/cpu_features.h"
 #include "rnnfast/recurrence.h"
 
@@ -112,7 +113,7 @@ class ArgChecker {
 
 // zx's dtype picks the kernel's type; every other array must have the same.
 template <class F>
-void dispatch_dtype(const py::handle& lead, const char* name, F&& f) {
+decltype(auto) dispatch_dtype(const py::handle& lead, const char* name, F&& f) {
   if (!py::isinstance<py::array>(lead))
     throw py::type_error(std::string(name) + " must be a numpy.ndarray");
   auto dtype = py::reinterpret_borrow<py::array>(lead).dtype();
@@ -228,6 +229,79 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
   });
 }
 
+// Packs a cell's weights for cell_step (PyTorch's names: weight_ih [G*H, I], weight_hh [G*H, H],
+// bias_ih, bias_hh [G*H] or None).
+py::object pack_cell_py(const std::string& cell_name, py::object w_ih, py::object w_hh,
+                        py::object b_ih, py::object b_hh) {
+  const Cell cell = parse_cell(cell_name);
+  return dispatch_dtype(w_ih, "weight_ih", [&](auto type_tag) -> py::object {
+    using T = decltype(type_tag);
+    ArgChecker<T> check("weight_ih");
+    const auto w = w_ih.cast<py::array>();
+    const int64_t G = gate_count(cell);
+    if (w.ndim() != 2 || w.shape(0) < G || w.shape(0) % G != 0 || w.shape(1) < 1)
+      throw py::value_error("weight_ih must have shape (" + std::to_string(G) +
+                            "*hidden_size, input_size) with both sizes >= 1");
+    const int64_t H = w.shape(0) / G, I = w.shape(1);
+    const T* wi = check.input(w_ih, "weight_ih", {G * H, I});
+    const T* wh = check.input(w_hh, "weight_hh", {G * H, H});
+    const T* bi = check.optional_input(b_ih, "bias_ih", {G * H});
+    const T* bh = check.optional_input(b_hh, "bias_hh", {G * H});
+    PackedCell<T> packed;
+    {
+      py::gil_scoped_release release;
+      packed = pack_cell(cell, I, H, wi, wh, bi, bh);
+    }
+    return py::cast(std::move(packed));
+  });
+}
+
+// One step: writes out (h) and, for the LSTM, out_c from input [B, I] and the state. The
+// argument names in errors are those of rnnfast.LSTMCell & co.: input, hx, out.
+template <typename T>
+void cell_step_typed(const PackedCell<T>& packed, const py::object& x, const py::object& h,
+                     const py::object& c, const py::object& h_out, const py::object& c_out) {
+  const bool lstm = packed.cell == Cell::Lstm;
+  const int64_t I = packed.input, H = packed.hidden;
+  ArgChecker<T> check("the cell's weights");
+  if (!py::isinstance<py::array>(x) || x.cast<py::array>().ndim() != 2)
+    throw py::value_error("input must be a 2-D numpy.ndarray (batch, input_size)");
+  const int64_t B = x.cast<py::array>().shape(0);
+  const T* xp = check.input(x, "input", {B, I});
+  const T* hp = check.input(h, lstm ? "hx[0]" : "hx", {B, H});
+  T* h_outp = check.output(h_out, lstm ? "out[0]" : "out", {B, H});
+  const T* cp = nullptr;
+  T* c_outp = nullptr;
+  if (lstm) {
+    cp = check.input(c, "hx[1]", {B, H});
+    c_outp = check.output(c_out, "out[1]", {B, H});
+  } else {
+    check.require_none(c, "c", "for this cell (only the LSTM has a cell state)");
+    check.require_none(c_out, "c_out", "for this cell (only the LSTM has a cell state)");
+  }
+  check.check_no_overlap();
+  py::gil_scoped_release release;
+  cell_step(packed, B, xp, hp, cp, h_outp, c_outp);
+}
+
+void cell_step_py(const py::object& packed, const py::object& x, const py::object& h,
+                  const py::object& c, const py::object& h_out, const py::object& c_out) {
+  if (py::isinstance<PackedCell<float>>(packed))
+    return cell_step_typed(packed.cast<const PackedCell<float>&>(), x, h, c, h_out, c_out);
+  if (py::isinstance<PackedCell<double>>(packed))
+    return cell_step_typed(packed.cast<const PackedCell<double>&>(), x, h, c, h_out, c_out);
+  throw py::type_error("packed must be the result of pack_cell");
+}
+
+template <typename T>
+void bind_packed_cell(py::module_& m, const char* name) {
+  py::class_<PackedCell<T>>(m, name, "A cell's weights packed by pack_cell (opaque).")
+      .def_property_readonly("isa", [](const PackedCell<T>& p) { return p.isa; },
+                             "The instruction set whose layout the panels have.")
+      .def_property_readonly("input_size", [](const PackedCell<T>& p) { return p.input; })
+      .def_property_readonly("hidden_size", [](const PackedCell<T>& p) { return p.hidden; });
+}
+
 void activation_py(const std::string& name, py::object x, py::object out) {
   Activation f;
   if (name == "exp") f = Activation::Exp;
@@ -264,6 +338,15 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("dc0"),
         "Backward through time of recurrent_forward. Writes dzx [T,B,G*H], dzh [T,B,G*H] (GRU "
         "only: for the other cells it equals dzx and must be None), dh0 and dc0 [B,H].");
+  bind_packed_cell<float>(m, "PackedCellFloat32");
+  bind_packed_cell<double>(m, "PackedCellFloat64");
+  m.def("pack_cell", &pack_cell_py, py::arg("cell"), py::arg("w_ih"), py::arg("w_hh"),
+        py::arg("b_ih"), py::arg("b_hh"),
+        "Packs a cell's weights for cell_step, in the layout of the instruction set in use.");
+  m.def("cell_step", &cell_step_py, py::arg("packed"), py::arg("x"), py::arg("h"), py::arg("c"),
+        py::arg("h_out"), py::arg("c_out"),
+        "One step of the cell: h_out (and c_out, LSTM) from x [B,I], h and c [B,H]. Outputs "
+        "must not overlap the inputs.");
   m.def("compiled_isas", &compiled_isas, "Instruction sets the CPU kernels were compiled for.");
   m.def("available_isas", &available_isas, "Compiled instruction sets this CPU supports.");
   m.def("active_isa", &active_isa, "The instruction set the CPU kernels use now.");

@@ -4,18 +4,23 @@
 #include <stdexcept>
 
 #include "rnnfast/activations_cpu.h"
+#include "rnnfast/cell_step.h"
 #include "rnnfast/cpu_features.h"
 #include "rnnfast/recurrence.h"
 #include "thread_pool.h"
 
 namespace rnnfast {
 
-// The per-instruction-set copies of the kernels (recurrence.cpp, one namespace each).
-#define RNNFAST_DECLARE_ISA(ns)                                          \
-  namespace ns {                                                         \
-  template <typename T> void recurrent_forward(const ForwardArgs<T>&);   \
-  template <typename T> void recurrent_backward(const BackwardArgs<T>&); \
-  template <typename T> void apply_activation(Activation, const T*, T*, int64_t); \
+// The per-instruction-set copies of the kernels (one namespace each).
+#define RNNFAST_DECLARE_ISA(ns)                                                        \
+  namespace ns {                                                                       \
+  template <typename T> void recurrent_forward(const ForwardArgs<T>&);                 \
+  template <typename T> void recurrent_backward(const BackwardArgs<T>&);               \
+  template <typename T> void apply_activation(Activation, const T*, T*, int64_t);      \
+  template <typename T>                                                                \
+  void pack_cell(PackedCell<T>&, const T*, const T*, const T*, const T*);              \
+  template <typename T>                                                                \
+  void cell_step(const PackedCell<T>&, int64_t, const T*, const T*, const T*, T*, T*); \
   }
 RNNFAST_DECLARE_ISA(isa_baseline)
 #if RNNFAST_X86_TARGETS
@@ -26,18 +31,19 @@ RNNFAST_DECLARE_ISA(isa_avx512)
 
 namespace {
 
-// Returns isa_<active instruction set>::call.
+// Returns isa_<isa>::call, and isa_<active instruction set>::call.
 #if RNNFAST_X86_TARGETS
-#define RNNFAST_ON_ACTIVE_ISA(call)                          \
-  switch (active().load()) {                                 \
-    case Isa::Avx512: return isa_avx512::call;               \
-    case Isa::Avx2: return isa_avx2::call;                   \
-    case Isa::Baseline: break;                               \
-  }                                                          \
+#define RNNFAST_ON_ISA(isa, call)              \
+  switch (isa) {                               \
+    case Isa::Avx512: return isa_avx512::call; \
+    case Isa::Avx2: return isa_avx2::call;     \
+    case Isa::Baseline: break;                 \
+  }                                            \
   return isa_baseline::call
 #else
-#define RNNFAST_ON_ACTIVE_ISA(call) return isa_baseline::call
+#define RNNFAST_ON_ISA(isa, call) return isa_baseline::call
 #endif
+#define RNNFAST_ON_ACTIVE_ISA(call) RNNFAST_ON_ISA(active().load(), call)
 
 enum class Isa : int { Baseline = 0, Avx2 = 1, Avx512 = 2 };
 
@@ -97,6 +103,14 @@ std::vector<std::string> available_isas() {
 
 std::string active_isa() { return isa_name(active().load()); }
 
+namespace {
+Isa compiled_isa(const std::string& name) {
+  for (Isa isa : kCompiled)
+    if (name == isa_name(isa)) return isa;
+  throw std::invalid_argument("unknown instruction set '" + name + "'");
+}
+}  // namespace
+
 void set_isa(const std::string& name) {
   for (Isa isa : kCompiled) {
     if (name != isa_name(isa)) continue;
@@ -125,12 +139,39 @@ void apply_activation(Activation f, const T* in, T* out, int64_t n) {
   RNNFAST_ON_ACTIVE_ISA(apply_activation(f, in, out, n));
 }
 
+template <typename T>
+PackedCell<T> pack_cell(Cell cell, int64_t input, int64_t hidden, const T* w_ih, const T* w_hh,
+                        const T* b_ih, const T* b_hh) {
+  PackedCell<T> packed;
+  packed.cell = cell;
+  packed.input = input;
+  packed.hidden = hidden;
+  const Isa isa = active().load();
+  packed.isa = isa_name(isa);
+  [&] { RNNFAST_ON_ISA(isa, pack_cell(packed, w_ih, w_hh, b_ih, b_hh)); }();
+  return packed;
+}
+
+template <typename T>
+void cell_step(const PackedCell<T>& packed, int64_t batch, const T* x, const T* h, const T* c,
+               T* h_out, T* c_out) {
+  RNNFAST_ON_ISA(compiled_isa(packed.isa), cell_step(packed, batch, x, h, c, h_out, c_out));
+}
+
 template void recurrent_forward<float>(const ForwardArgs<float>&);
 template void recurrent_forward<double>(const ForwardArgs<double>&);
 template void recurrent_backward<float>(const BackwardArgs<float>&);
 template void recurrent_backward<double>(const BackwardArgs<double>&);
 template void apply_activation<float>(Activation, const float*, float*, int64_t);
 template void apply_activation<double>(Activation, const double*, double*, int64_t);
+template PackedCell<float> pack_cell(Cell, int64_t, int64_t, const float*, const float*,
+                                     const float*, const float*);
+template PackedCell<double> pack_cell(Cell, int64_t, int64_t, const double*, const double*,
+                                      const double*, const double*);
+template void cell_step(const PackedCell<float>&, int64_t, const float*, const float*,
+                        const float*, float*, float*);
+template void cell_step(const PackedCell<double>&, int64_t, const double*, const double*,
+                        const double*, double*, double*);
 
 int num_threads() { return ThreadPool::global().num_threads(); }
 

@@ -10,127 +10,18 @@
 // The weights are packed once per call into panels of `units` consecutive hidden units, all
 // G gates of a unit side by side, so that one tile holds every gate of its units.
 #include <algorithm>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 #include <type_traits>
 
+#include "microkernel.h"
+#include "rnnfast/aligned_buffer.h"
 #include "rnnfast/cells/cells.h"
 #include "rnnfast/recurrence.h"
-#include "thread_pool.h"
-
-// This file is compiled once per instruction set (see CMakeLists.txt), each time into its own
-// namespace; dispatch.cpp picks one at run time.
-#ifndef RNNFAST_ISA_NS
-#error "compile with -DRNNFAST_ISA_NS=<namespace of this instruction set>"
-#endif
+#include "tile_cell.h"
 
 namespace rnnfast {
 namespace RNNFAST_ISA_NS {
 namespace {
-
-int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Threads for a run of `blocks` column blocks with `macs` multiply-adds per step: each thread
-// takes whole blocks, and a thread's share of a step should outweigh the barrier (~1 us).
-int choose_threads(int64_t blocks, int64_t macs) {
-  constexpr int64_t kMinMacsPerThread = 16384;
-  const int64_t useful = std::max<int64_t>(1, macs / kMinMacsPerThread);
-  return static_cast<int>(
-      std::min<int64_t>({ThreadPool::global().num_threads(), blocks, useful}));
-}
-
-// The range [first, last) of blocks that thread `index` of `threads` owns, for every step.
-struct BlockRange {
-  int64_t first, last;
-  BlockRange(int64_t blocks, int index, int threads)
-      : first(blocks * index / threads), last(blocks * (index + 1) / threads) {}
-};
-
-// Scratch memory aligned to a cache line, allocated once per call, never in the time loop.
-template <typename T>
-class AlignedBuffer {
- public:
-  explicit AlignedBuffer(int64_t count) {
-    const size_t bytes = static_cast<size_t>(ceil_div(std::max<int64_t>(count, 1) *
-                                                          static_cast<int64_t>(sizeof(T)), 64) * 64);
-    data_ = static_cast<T*>(std::aligned_alloc(64, bytes));
-    if (data_ == nullptr) throw std::bad_alloc();
-  }
-  ~AlignedBuffer() { std::free(data_); }
-  AlignedBuffer(const AlignedBuffer&) = delete;
-  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-  T* data() { return data_; }
-
- private:
-  T* data_ = nullptr;
-};
-
-// Tile geometry. A tile is kTileRows batch rows by `width` columns; width = 64 floats or
-// 32 doubles (four 64-byte vectors) keeps a 4-row tile's accumulators in 16 vector registers.
-constexpr int kTileRows = 4;
-template <typename T>
-constexpr int kTileWidth = 256 / static_cast<int>(sizeof(T));
-// Hidden units per forward tile: the G gates of `units` units fill the tile (GRU: 3 of 4 vectors).
-template <typename T, class C>
-constexpr int kForwardUnits = C::kGates == 3 ? kTileWidth<T> / 4 : kTileWidth<T> / C::kGates;
-
-// Packs a matrix given by elem(g, j, k) (gate g, hidden unit j < hidden, depth k < depth) into
-// panels: out[block][k][g][u] = elem(g, block*units + u, k), zero past the last unit.
-template <typename T, class Elem>
-void pack_panels(int64_t gates, int64_t hidden, int64_t depth, int64_t units, Elem elem, T* out) {
-  const int64_t blocks = ceil_div(hidden, units);
-  for (int64_t block = 0; block < blocks; ++block) {
-    for (int64_t k = 0; k < depth; ++k) {
-      for (int64_t g = 0; g < gates; ++g) {
-        T* dst = out + ((block * depth + k) * gates + g) * units;
-        for (int64_t u = 0; u < units; ++u) {
-          const int64_t j = block * units + u;
-          dst[u] = j < hidden ? elem(g, j, k) : T(0);
-        }
-      }
-    }
-  }
-}
-
-// acc[r][w] = init[w] + sum_k a[r*depth + k] * panel[k*W + w], for MR rows of a.
-template <typename T, int MR, int W>
-inline void tile_gemm(const T* __restrict a, int64_t depth, const T* __restrict panel,
-                      const T* __restrict init, T (&acc)[MR][W]) {
-  for (int r = 0; r < MR; ++r)
-    for (int w = 0; w < W; ++w) acc[r][w] = init != nullptr ? init[w] : T(0);
-  for (int64_t k = 0; k < depth; ++k) {
-    const T* __restrict p = panel + k * W;
-    for (int r = 0; r < MR; ++r) {
-      const T a_rk = a[r * depth + k];
-      for (int w = 0; w < W; ++w) acc[r][w] += a_rk * p[w];
-    }
-  }
-}
-
-template <typename T, int MR, int W, class Epilogue>
-inline void run_tile(const T* a, int64_t row0, int64_t depth, const T* panel, const T* init,
-                     Epilogue& epilogue) {
-  alignas(64) T acc[MR][W];
-  tile_gemm<T, MR, W>(a + row0 * depth, depth, panel, init, acc);
-  epilogue(row0, acc);
-}
-
-// Multiplies all `rows` rows of a [rows, depth] by one panel [depth, W], tile by tile, and hands
-// each tile to epilogue(row0, acc) where acc is T[MR][W] for rows row0 .. row0 + MR - 1.
-template <typename T, int W, class Epilogue>
-void gemm_panel(const T* a, int64_t rows, int64_t depth, const T* panel, const T* init,
-                Epilogue&& epilogue) {
-  int64_t row0 = 0;
-  for (; row0 + kTileRows <= rows; row0 += kTileRows)
-    run_tile<T, kTileRows, W>(a, row0, depth, panel, init, epilogue);
-  switch (rows - row0) {
-    case 3: run_tile<T, 3, W>(a, row0, depth, panel, init, epilogue); break;
-    case 2: run_tile<T, 2, W>(a, row0, depth, panel, init, epilogue); break;
-    case 1: run_tile<T, 1, W>(a, row0, depth, panel, init, epilogue); break;
-    default: break;
-  }
-}
 
 // The cell's forward on one row of a tile: units j0 .. j0 + units - 1 of batch row b, whose
 // recurrent pre-activations acc[g * kUnits + u] the tile has just computed. The row's pointers

@@ -1,0 +1,154 @@
+"""Single-step cells for streaming inference, shaped like PyTorch's torch.nn.LSTMCell, GRUCell
+and RNNCell, over NumPy arrays.
+
+``h, c = cell(x, (h, c))`` runs one step for a batch x [B, input_size] (or [input_size]
+unbatched). The weights are packed once for the compiled kernel and the step is a single
+pass over them (both matmuls, then the gates, fused per tile); with ``out=`` the step
+allocates nothing, so a streaming loop can run on two sets of state arrays in turn::
+
+    cell = rnnfast.LSTMCell(64, 256)
+    state = [tuple(np.zeros((1, 256), np.float32) for _ in "hc") for _ in range(2)]
+    for t, x in enumerate(stream):  # x: [1, 64] float32
+        h, c = cell(x, state[t % 2], out=state[(t + 1) % 2])
+
+The parameters (``weight_ih`` [G*H, I], ``weight_hh`` [G*H, H], ``bias_ih``, ``bias_hh``
+[G*H], PyTorch's names, shapes, gate order and initialisation) are read-only arrays: assign
+new ones (``cell.weight_hh = w``) or use ``load_state_dict``, and the cell packs them again.
+The cells compute inference only; for training use the sequence layers.
+"""
+
+import numpy as np
+
+from . import _cpu
+from ._params import init_params, load_params, positive_int
+from .functional import DTYPES
+from .reference import GATES
+
+_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+def _param_property(name):
+    def get(self):
+        return self._params.get(name)
+
+    def set(self, value):
+        if name not in self._params:
+            raise AttributeError(f"{name} cannot be set on a cell built with bias=False")
+        self.load_state_dict({**self._params, name: value})
+
+    return property(get, set, doc=f"{name}: a read-only array; assign a new one to change it")
+
+
+class _CellBase:
+    def __init__(self, cell, input_size, hidden_size, bias, dtype, seed):
+        self._cell = cell
+        self.input_size = positive_int(input_size, "input_size")
+        self.hidden_size = positive_int(hidden_size, "hidden_size")
+        self.bias = bool(bias)
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in DTYPES:
+            raise TypeError(f"dtype must be float32 or float64, not {self.dtype}")
+        self._params = {}
+        self._packed = None
+        self.load_state_dict(init_params(self._param_shapes(), self.hidden_size, self.dtype, seed))
+
+    def _param_shapes(self):
+        gh = GATES[self._cell] * self.hidden_size
+        shapes = {"weight_ih": (gh, self.input_size), "weight_hh": (gh, self.hidden_size)}
+        if self.bias:
+            shapes.update({"bias_ih": (gh,), "bias_hh": (gh,)})
+        return shapes
+
+    # ------------------------------------------------------------------ parameters
+
+    def state_dict(self):
+        """The parameters as a dict of NumPy arrays (copies), with PyTorch's names and shapes."""
+        return {name: value.copy() for name, value in self._params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Loads parameters from a dict with PyTorch's names and shapes (every name present and
+        no other); values are copied, converted to the cell's dtype and packed."""
+        params = load_params(type(self).__name__, self._param_shapes(), state_dict, self.dtype)
+        for value in params.values():
+            value.flags.writeable = False  # packed copies must not go stale: assign instead
+        self._params = params
+        self._packed = None
+
+    weight_ih, weight_hh, bias_ih, bias_hh = (_param_property(n) for n in _NAMES)
+
+    def _packed_weights(self):
+        # Packed in the layout of the instruction set in use; again if that changed.
+        if self._packed is None or self._packed.isa != _cpu.active_isa():
+            p = self._params
+            self._packed = _cpu.pack_cell(self._cell, p["weight_ih"], p["weight_hh"],
+                                          p.get("bias_ih"), p.get("bias_hh"))
+        return self._packed
+
+    # ------------------------------------------------------------------ the step
+
+    def __call__(self, input, hx=None, out=None):
+        """One step: input [B, input_size] or [input_size] (unbatched) of the cell's dtype; hx
+        the state (LSTM: a tuple (h, c)), each [B, hidden_size] or [hidden_size], None for
+        zeros; out: arrays of the state's shapes to write the new state into (None: new
+        arrays), which must not overlap input or hx. Returns the new state (out when given)."""
+        x = input if isinstance(input, np.ndarray) else np.asarray(input)
+        if x.ndim not in (1, 2):
+            raise ValueError(f"input must be 1-D (unbatched) or 2-D (batch, input_size), "
+                             f"not of shape {x.shape}")
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        unbatched = x.ndim == 1
+        state_shape = x.shape[:-1] + (self.hidden_size,)
+        lstm = self._cell == "lstm"
+        parts = 2 if lstm else 1
+        hx = self._state(hx, "hx", parts, state_shape, zeros=True)
+        out = self._state(out, "out", parts, state_shape, zeros=False)
+        if unbatched:
+            x, hx, out_views = x[None], [s[None] for s in hx], [s[None] for s in out]
+        else:
+            out_views = out
+        _cpu.cell_step(self._packed_weights(), x, hx[0], hx[1] if lstm else None,
+                       out_views[0], out_views[1] if lstm else None)
+        return tuple(out) if lstm else out[0]
+
+    def _state(self, value, name, parts, shape, zeros):
+        """hx or out as a list of `parts` arrays: new ones (zeros for hx) for None."""
+        if value is None:
+            make = np.zeros if zeros else np.empty
+            return [make(shape, self.dtype) for _ in range(parts)]
+        if parts == 1:
+            return [value]
+        if not isinstance(value, (tuple, list)) or len(value) != 2:
+            raise TypeError(f"{name} must be None or a tuple (h, c) for the LSTM cell")
+        return list(value)
+
+    def __repr__(self):
+        bias = "" if self.bias else ", bias=False"
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{bias}, "
+                f"dtype={self.dtype.name})")
+
+
+class LSTMCell(_CellBase):
+    """One LSTM step (gates i, f, g, o): ``h, c = cell(x, (h, c))``."""
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype="float32", seed=None):
+        super().__init__("lstm", input_size, hidden_size, bias, dtype, seed)
+
+
+class GRUCell(_CellBase):
+    """One GRU step (gates r, z, n; reset applied after the recurrent matmul): ``h = cell(x, h)``."""
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype="float32", seed=None):
+        super().__init__("gru", input_size, hidden_size, bias, dtype, seed)
+
+
+class RNNCell(_CellBase):
+    """One Elman RNN step, h = act(x W_ih^T + b_ih + h W_hh^T + b_hh), act tanh or relu:
+    ``h = cell(x, h)``."""
+
+    def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
+                 dtype="float32", seed=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', not {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, bias, dtype, seed)
