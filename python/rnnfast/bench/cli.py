@@ -68,13 +68,14 @@ def parser():
                    help="threads of rnnfast, PyTorch and ONNX Runtime (default: rnnfast's "
                         "default, the cores this process may use)")
     m.add_argument("--repeats", type=_positive(int), default=5,
-                   help="timed calls per implementation and row (default %(default)s)")
+                   help="timed calls per implementation and row, at most (default %(default)s)")
     m.add_argument("--warmup", type=int, default=1,
-                   help="untimed calls after the first, checked one (default %(default)s)")
+                   help="untimed calls after the first, checked one, unless that took "
+                        "longer than the budget (default %(default)s)")
     m.add_argument("--budget", type=_positive(float), default=1.0, metavar="SECONDS",
-                   help="an implementation whose first call says that warm-up and repeats "
-                        "would take longer than this in a row gets no warm-up and fewer "
-                        "repeats (at least 2; reported) (default %(default)s)")
+                   help="time per implementation and row: the repeats are as many as fit, "
+                        "judged by the last warm-up call, at least 2 (the count is reported) "
+                        "(default %(default)s)")
     m.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="write the results as JSON")

@@ -76,6 +76,11 @@ def _states(names, values):
     return dict(zip(names, values))
 
 
+def _host_copier(xp):
+    """A function copying an array of the array library xp (NumPy or CuPy) to a NumPy array."""
+    return xp.asnumpy if xp is not np else np.array
+
+
 class Peer:
     """An implementation. ``module`` names the package whose presence makes it available;
     ``devices`` the devices it runs on."""
@@ -117,6 +122,7 @@ class RnnfastPeer(Peer):
         xp = importlib.import_module("cupy") if p.device == "cuda" else np
         if r.mode == "step":
             return self._build_step(p, xp)
+        host = _host_copier(xp)
         make = {"lstm": rnnfast.LSTM, "gru": rnnfast.GRU,
                 "rnn_tanh": lambda *a, **k: rnnfast.RNN(*a, nonlinearity="tanh", **k),
                 "rnn_relu": lambda *a, **k: rnnfast.RNN(*a, nonlinearity="relu", **k)}[r.cell]
@@ -140,7 +146,7 @@ class RnnfastPeer(Peer):
                 if r.mode == "train":
                     out["grad_input"] = grad_x
                     out.update({f"grad_{k}": v for k, v in layer.grads.items()})
-                return out
+                return {k: host(v) for k, v in out.items()}
         return run
 
     @staticmethod
@@ -154,7 +160,7 @@ class RnnfastPeer(Peer):
         cell = make(r.I, r.H, dtype=p.dtype.name)
         cell.load_state_dict({k: p.weights[f"{k}_l0"]
                               for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
-        x = xp.asarray(p.x)
+        x, host = xp.asarray(p.x), _host_copier(xp)
         first = (xp.asarray(p.h0[0]), xp.asarray(p.c0[0])) if p.lstm else xp.asarray(p.h0[0])
 
         def buffer():
@@ -166,8 +172,8 @@ class RnnfastPeer(Peer):
             state = first
             for t in range(r.T):
                 state = cell(x[t], state, out=buffers[t % 2])
-            if collect:
-                return _states(("h_T", "c_T"), state)
+            if collect:  # copies: the buffers are overwritten by the next call
+                return {k: host(v) for k, v in _states(("h_T", "c_T"), state).items()}
         return run
 
 

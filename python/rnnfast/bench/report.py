@@ -3,6 +3,7 @@ The fields are documented in benchmarks/README.md."""
 
 import csv
 import datetime
+import importlib.metadata
 import os
 import pathlib
 import platform
@@ -17,8 +18,18 @@ SCHEMA = 1
 FIELDS = ("cell", "mode", "T", "B", "I", "H", "layers", "directions", "dtype", "device",
           "threads", "peer", "status", "check", "max_rel_err", "repeats", "warmup", "median_s",
           "min_s", "max_s", "flops", "gflops", "percent_of_peak", "ratio")
+# Packages whose versions a run records (null when not installed): peers and their helpers.
+OPTIONAL_PACKAGES = ("torch", "onnxruntime", "onnx", "cupy-cuda12x", "cupy-cuda13x",
+                     "matplotlib")
 # What identifies a row across runs (--compare).
 KEY = ("cell", "mode", "T", "B", "I", "H", "layers", "directions", "dtype", "device", "peer")
+
+
+def _installed(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def cpu_model():
@@ -40,14 +51,18 @@ def source_commit():
     if os.environ.get("RNNFAST_BENCH_COMMIT"):
         return os.environ["RNNFAST_BENCH_COMMIT"], "RNNFAST_BENCH_COMMIT"
     here = pathlib.Path(rnnfast.__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(here), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
     try:
-        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], check=True,
-                                capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain"], check=True,
-                               capture_output=True, text=True).stdout.strip()
+        top = pathlib.Path(git("rev-parse", "--show-toplevel"))
+        if not (top / "python" / "rnnfast" / "__init__.py").is_file():
+            return "unknown", "not in an rnnfast checkout"
+        commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown", "not a git checkout"
-    return commit + ("-dirty" if dirty else ""), "git"
+        return "unknown", "not in a git checkout"
+    return commit + ("-dirty" if dirty else ""), "git checkout holding the package"
 
 
 def environment(settings, peers, peak):
@@ -63,8 +78,8 @@ def environment(settings, peers, peak):
         "cpu_features": rnnfast.cpu_info(),
         "cuda": rnnfast.cuda_info(),
         "versions": {"python": platform.python_version(), "numpy": np.__version__,
-                     **{p.name if p.name != "numpy" else "rnnfast-reference": p.version()
-                        for p in peers}},
+                     "rnnfast": rnnfast.__version__,
+                     **{name: _installed(name) for name in OPTIONAL_PACKAGES}},
         "commit": commit,
         "commit_source": commit_source,
         "peers": [p.name for p in peers if p.name != "rnnfast"],

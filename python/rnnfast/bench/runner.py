@@ -16,8 +16,8 @@ from .peers import Unsupported, make_problem
 # through a recurrence stays orders of magnitude below these, while a real mistake (a wrong gate,
 # a missing term) shows as an error of order one.
 TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
-# A row's implementation that would take longer than the time budget gets fewer repeats (at
-# least MIN_REPEATS) and no warm-up beyond its checked first call.
+# Each implementation gets as many repeats as fit in the time budget (settings["budget_s"]),
+# judged by its last warm-up call, between MIN_REPEATS and settings["repeats"].
 MIN_REPEATS = 2
 
 
@@ -67,17 +67,13 @@ class CudaTimer:
         return cupy.cuda.get_elapsed_time(start, end) / 1e3, result
 
 
-def time_interleaved(fns, repeats, warmups, timer):
-    """Calls fns[name]() warmups[name] times untimed, then repeats[name] times timed, one call
-    of each name per round. Returns name -> list of seconds."""
-    for i in range(max(warmups.values(), default=0)):
-        for name, fn in fns.items():
-            if i < warmups[name]:
-                fn()
+def time_interleaved(fns, counts, timer):
+    """Calls fns[name]() counts[name] times, one call of each name per round (rnnfast, peer 1,
+    peer 2, rnnfast, ...). Returns name -> list of seconds."""
     times = {name: [] for name in fns}
-    for i in range(max(repeats.values(), default=0)):
+    for i in range(max(counts.values(), default=0)):
         for name, fn in fns.items():
-            if i < repeats[name]:
+            if i < counts[name]:
                 times[name].append(timer(fn)[0])
     return times
 
@@ -88,8 +84,9 @@ def measure_peak(device, timer, n=2048):
     xp = np if device == "cpu" else __import__("cupy")
     a = xp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
     b = a.T.copy()
-    seconds = time_interleaved({"gemm": lambda: a @ b}, {"gemm": 5}, {"gemm": 2}, timer)
-    return 2 * n**3 / statistics.median(seconds["gemm"]) / 1e9
+    time_interleaved({"gemm": lambda: a @ b}, {"gemm": 2}, timer)
+    seconds = time_interleaved({"gemm": lambda: a @ b}, {"gemm": 5}, timer)["gemm"]
+    return 2 * n**3 / statistics.median(seconds) / 1e9
 
 
 def run_row(row, peers, settings, timer, peak):
@@ -113,7 +110,9 @@ def run_row(row, peers, settings, timer, peak):
         if peer.name == "rnnfast" and "rnnfast" not in runs:  # nothing to compare with
             return [records["rnnfast"]]
 
-    # The first call of each computes the outputs that are checked (and warms up).
+    # The first call of each computes the outputs that are checked. It can be slow for one-off
+    # reasons (allocation, a library's initialisation), so the repeats are chosen by the
+    # duration of the last warm-up call; a first call longer than the budget is warm-up enough.
     first, outputs = {}, {}
     for name, fn in runs.items():
         first[name], outputs[name] = timer(fn, True)
@@ -133,12 +132,12 @@ def run_row(row, peers, settings, timer, peak):
                           "check": f"MISMATCH with {', '.join(disagree)}" if disagree else "ok",
                           "max_rel_err": None}
 
-    budget, repeats, warmup = settings["budget_s"], settings["repeats"], settings["warmup"]
-    fits = {name: first[name] * (repeats + warmup) <= budget for name in runs}
-    counts = {name: repeats if fits[name] else
-              min(repeats, max(MIN_REPEATS, int(budget / first[name]))) for name in runs}
-    warmups = {name: warmup if fits[name] else 0 for name in runs}
-    times = time_interleaved(runs, counts, warmups, timer)
+    budget, repeats = settings["budget_s"], settings["repeats"]
+    warmups = {name: settings["warmup"] if first[name] < budget else 0 for name in runs}
+    last = {name: t[-1] if t else first[name]
+            for name, t in time_interleaved(runs, warmups, timer).items()}
+    counts = {name: min(repeats, max(MIN_REPEATS, int(budget / last[name]))) for name in runs}
+    times = time_interleaved(runs, counts, timer)
 
     per_call = row.T if row.mode == "step" else 1  # step mode reports per step
     flops = row.flops()
