@@ -3,7 +3,6 @@ output files and their fields; a wrong peer is flagged; --compare, --plot; --dev
 without a usable GPU; the ONNX model of stacked and bidirectional networks."""
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys

@@ -127,9 +127,14 @@ def check_cuda():
     if info.get("error") or not info.get("devices"):
         return f"rnnfast's CUDA module sees no usable GPU: {info.get('error')}"
     try:
-        import cupy  # noqa: F401
+        import cupy
     except ImportError:
         return "the CUDA benchmarks need CuPy (pip install 'rnnfast[cuda12]')"
+    # The CUDA module may report devices before it has kernels: try a step on CuPy arrays.
+    try:
+        rnnfast.RNN(1, 1).eval()(cupy.zeros((1, 1, 1), cupy.float32))
+    except Exception as error:  # whatever the layers raise on arrays they cannot take
+        return f"rnnfast's layers do not run on CuPy arrays (no CUDA backend yet): {error!r}"
     return None
 
 

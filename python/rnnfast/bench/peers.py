@@ -13,6 +13,7 @@ also "grad_input" and "grad_<parameter>" for every parameter (PyTorch's names); 
 "h_T" (and "c_T") [B, H], the state after T steps.
 """
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -60,7 +61,8 @@ def make_problem(row, dtype, device="cpu", threads=1, seed=0):
         for suffix in ("", "_reverse")[:row.directions]:
             for name, shape in (("weight_ih", (gh, inputs)), ("weight_hh", (gh, row.H)),
                                 ("bias_ih", (gh,)), ("bias_hh", (gh,))):
-                weights[f"{name}_l{layer}{suffix}"] = rng.uniform(-bound, bound, shape).astype(dtype)
+                weights[f"{name}_l{layer}{suffix}"] = \
+                    rng.uniform(-bound, bound, shape).astype(dtype)
     states = (row.layers * row.directions, row.B, row.H)
     return Problem(
         row=row, dtype=np.dtype(dtype), device=device, threads=threads, weights=weights,
@@ -74,6 +76,13 @@ def _states(names, values):
     """{"h_n": h, "c_n": c} from an LSTM's (h, c), or {"h_n": h} from a single state."""
     values = values if isinstance(values, tuple) else (values,)
     return dict(zip(names, values))
+
+
+def _constructor(cell, lstm, gru, rnn):
+    """The class (or RNN class with its nonlinearity) that builds the named cell."""
+    if cell.startswith("rnn_"):
+        return functools.partial(rnn, nonlinearity=cell[4:])
+    return {"lstm": lstm, "gru": gru}[cell]
 
 
 def _host_copier(xp):
@@ -123,9 +132,7 @@ class RnnfastPeer(Peer):
         if r.mode == "step":
             return self._build_step(p, xp)
         host = _host_copier(xp)
-        make = {"lstm": rnnfast.LSTM, "gru": rnnfast.GRU,
-                "rnn_tanh": lambda *a, **k: rnnfast.RNN(*a, nonlinearity="tanh", **k),
-                "rnn_relu": lambda *a, **k: rnnfast.RNN(*a, nonlinearity="relu", **k)}[r.cell]
+        make = _constructor(r.cell, rnnfast.LSTM, rnnfast.GRU, rnnfast.RNN)
         try:
             layer = make(r.I, r.H, num_layers=r.layers, bidirectional=r.directions == 2,
                          dtype=p.dtype.name)
@@ -154,9 +161,7 @@ class RnnfastPeer(Peer):
         r = p.row
         if not hasattr(rnnfast, "LSTMCell"):
             raise Unsupported("rnnfast cells not available in this version")
-        make = {"lstm": rnnfast.LSTMCell, "gru": rnnfast.GRUCell,
-                "rnn_tanh": lambda *a, **k: rnnfast.RNNCell(*a, nonlinearity="tanh", **k),
-                "rnn_relu": lambda *a, **k: rnnfast.RNNCell(*a, nonlinearity="relu", **k)}[r.cell]
+        make = _constructor(r.cell, rnnfast.LSTMCell, rnnfast.GRUCell, rnnfast.RNNCell)
         cell = make(r.I, r.H, dtype=p.dtype.name)
         cell.load_state_dict({k: p.weights[f"{k}_l0"]
                               for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})

@@ -199,9 +199,11 @@ def plot(report, path, against="torch"):
                      for r in mine if r["cell"] == cell}
             xs = [j + (i - (len(cells) - 1) / 2) * width for j, s in enumerate(shapes)
                   if s in ratio]
-            ax.bar(xs, [ratio[s] for s in shapes if s in ratio], width, label=cell)
+            bars = ax.bar(xs, [ratio[s] for s in shapes if s in ratio], width, label=cell)
+            ax.bar_label(bars, fmt="%.2g", fontsize=7)
         ax.axhline(1.0, color="black", linewidth=0.8)
         ax.set_yscale("log")
+        ax.set_xlim(-0.6, max(len(shapes), 4) - 0.4)  # a lone group keeps its bars narrow
         ax.set_xticks(range(len(shapes)))
         ax.set_xticklabels([f"{t},{b},{i},{h}" + (f" {l}x{d}" if (l, d) != (1, 1) else "")
                             for t, b, i, h, l, d in shapes], fontsize=8)
