@@ -1,0 +1,183 @@
+"""The command line: ``python -m rnnfast.bench`` / ``rnnfast-bench``."""
+
+import argparse
+import dataclasses
+import json
+import sys
+
+import rnnfast
+
+from . import report
+from .grids import MODES, grid_path, load_grid, packaged_grids, product_rows
+from .peers import PEER_NAMES, PEERS
+from .runner import TOLERANCE, run_suite
+
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+
+
+def _shape(text):
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"a shape is T,B,I,H of positive integers, not {text!r}")
+    return values
+
+
+def _positive(kind):
+    def parse(text):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+        return value
+    return parse
+
+
+def parser():
+    p = argparse.ArgumentParser(
+        prog="rnnfast-bench",
+        description="Benchmark rnnfast against its peers on this machine: same shapes, weights "
+                    "and inputs, outputs checked against rnnfast's, medians of interleaved "
+                    "repeats after warm-up. Exit status 1 when an output disagrees.",
+        epilog="Grids: " + ", ".join(packaged_grids()) + ". Peers (when installed): "
+               + ", ".join(PEER_NAMES) + ". Method and output fields: benchmarks/README.md.")
+    g = p.add_argument_group("what to run")
+    g.add_argument("--grid", default="default", metavar="NAME|FILE.json",
+                   help="a packaged grid (default, full; for the --device) or a grid file "
+                        "(default: %(default)s)")
+    g.add_argument("--full", action="store_const", const="full", dest="grid",
+                   help="the whole grid (--grid full)")
+    g.add_argument("--shapes", nargs="+", type=_shape, metavar="T,B,I,H",
+                   help="run these shapes (every cell and mode selected) instead of the grid")
+    g.add_argument("--cells", nargs="+", choices=CELLS, help="only these cells")
+    g.add_argument("--modes", nargs="+", choices=MODES,
+                   help="only these modes (inference: forward; train: forward and backward "
+                        "with all gradients; step: single-step latency of a cell, per step)")
+    g.add_argument("--layers", nargs="+", type=_positive(int), help="stacked layers (default 1)")
+    g.add_argument("--directions", nargs="+", type=int, choices=(1, 2),
+                   help="1: unidirectional, 2: bidirectional (default 1)")
+    g.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    g.add_argument("--peers", nargs="+", choices=PEER_NAMES,
+                   help="only these peers (default: every installed one)")
+    g.add_argument("--skip-peers", nargs="+", choices=PEER_NAMES, default=[],
+                   help="leave these peers out")
+    m = p.add_argument_group("method")
+    m.add_argument("--threads", type=_positive(int),
+                   help="threads of rnnfast, PyTorch and ONNX Runtime (default: rnnfast's "
+                        "default, the cores this process may use)")
+    m.add_argument("--repeats", type=_positive(int), default=5,
+                   help="timed calls per implementation and row, at most (default %(default)s)")
+    m.add_argument("--warmup", type=int, default=1,
+                   help="untimed calls after the first, checked one, unless that took "
+                        "longer than the budget (default %(default)s)")
+    m.add_argument("--budget", type=_positive(float), default=1.0, metavar="SECONDS",
+                   help="time per implementation and row: the repeats are as many as fit, "
+                        "judged by the last warm-up call, at least 2 (the count is reported) "
+                        "(default %(default)s)")
+    m.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
+    o = p.add_argument_group("output")
+    o.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    o.add_argument("--csv", metavar="FILE", help="write the records as CSV")
+    o.add_argument("--plot", metavar="FILE.png",
+                   help="draw rnnfast's speedup against PyTorch (needs matplotlib)")
+    o.add_argument("--load", metavar="FILE.json",
+                   help="report a previous run's JSON instead of running (table, --csv, --plot)")
+    o.add_argument("--compare", nargs=2, metavar=("OLD.json", "NEW.json"),
+                   help="print the change of every row between two runs, and exit")
+    o.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def select_rows(args):
+    if args.shapes:
+        rows = product_rows(args.cells or ("lstm", "gru", "rnn_tanh"), args.shapes,
+                            args.modes or ("inference", "train"))
+    else:
+        rows, _ = load_grid(grid_path(args.grid, args.device))
+        rows = [r for r in rows if (not args.cells or r.cell in args.cells)
+                and (not args.modes or r.mode in args.modes)]
+    if args.layers or args.directions:
+        rows = list(dict.fromkeys(
+            dataclasses.replace(r, layers=nl, directions=nd) for r in rows
+            for nl in args.layers or (r.layers,) for nd in args.directions or (r.directions,)))
+    return rows
+
+
+def select_peers(args):
+    wanted = set(args.peers or PEER_NAMES) - set(args.skip_peers)
+    chosen = [PEERS[0]]
+    for peer in PEERS[1:]:
+        if peer.name not in wanted:
+            continue
+        if peer.available(args.device):
+            chosen.append(peer)
+        elif args.peers:
+            print(f"rnnfast-bench: peer {peer.name} is not installed (or not for "
+                  f"{args.device}): left out", file=sys.stderr)
+    return chosen
+
+
+def check_cuda():
+    """None when rnnfast can run on a GPU here, else why not."""
+    info = rnnfast.cuda_info()
+    if not info.get("built"):
+        return "this rnnfast was built without its CUDA module (no CUDA backend)"
+    if info.get("error") or not info.get("devices"):
+        return f"rnnfast's CUDA module sees no usable GPU: {info.get('error')}"
+    try:
+        import cupy
+    except ImportError:
+        return "the CUDA benchmarks need CuPy (pip install 'rnnfast[cuda12]')"
+    # The CUDA module may report devices before it has kernels: try a step on CuPy arrays.
+    try:
+        rnnfast.RNN(1, 1).eval()(cupy.zeros((1, 1, 1), cupy.float32))
+    except Exception as error:  # whatever the layers raise on arrays they cannot take
+        return f"rnnfast's layers do not run on CuPy arrays (no CUDA backend yet): {error!r}"
+    return None
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    if args.compare:
+        old, new = (json.load(open(path)) for path in args.compare)
+        print(report.format_compare(old, new))
+        return 0
+    if args.load:
+        with open(args.load) as f:
+            result = json.load(f)
+    else:
+        if args.warmup < 0:
+            parser().error("--warmup must be >= 0")
+        if args.device == "cuda" and (why := check_cuda()):
+            print(f"rnnfast-bench: --device cuda: {why}", file=sys.stderr)
+            return 2
+        try:
+            rows = select_rows(args)
+        except FileNotFoundError as error:
+            parser().error(f"no grid {args.grid!r} for {args.device}: {error.filename}")
+        if not rows:
+            parser().error("no rows selected")
+        threads = args.threads or rnnfast.get_num_threads()
+        peers = select_peers(args)
+        rnnfast.set_num_threads(threads)
+        if any(p.name == "torch" for p in peers):
+            import torch
+
+            torch.set_num_threads(threads)
+        settings = {"grid": "command line" if args.shapes else args.grid,
+                    "device": args.device, "dtype": args.dtype, "threads": threads,
+                    "repeats": args.repeats, "warmup": args.warmup, "budget_s": args.budget,
+                    "seed": args.seed, "tolerance": TOLERANCE[args.dtype]}
+        peak, records = run_suite(rows, peers, settings, quiet=args.quiet)
+        result = {**report.environment(settings, peers, peak), "records": records}
+    print(report.format_table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.csv:
+        report.write_csv(result, args.csv)
+    if args.plot:
+        report.plot(result, args.plot)
+    return 1 if any(r["status"] == "mismatch" for r in result["records"]) else 0

@@ -1,0 +1,219 @@
+"""What a run reports: the environment, the table, CSV, the comparison of two runs, the plot.
+The fields are documented in benchmarks/README.md."""
+
+import csv
+import datetime
+import importlib.metadata
+import os
+import pathlib
+import platform
+import subprocess
+
+import numpy as np
+
+import rnnfast
+
+SCHEMA = 1
+# The columns of the CSV file, in order: every field a record can have.
+FIELDS = ("cell", "mode", "T", "B", "I", "H", "layers", "directions", "dtype", "device",
+          "threads", "peer", "status", "check", "max_rel_err", "repeats", "warmup", "median_s",
+          "min_s", "max_s", "flops", "gflops", "percent_of_peak", "ratio")
+# Packages whose versions a run records (null when not installed): peers and their helpers.
+OPTIONAL_PACKAGES = ("torch", "onnxruntime", "onnx", "cupy-cuda12x", "cupy-cuda13x",
+                     "matplotlib")
+# What identifies a row across runs (--compare).
+KEY = ("cell", "mode", "T", "B", "I", "H", "layers", "directions", "dtype", "device", "peer")
+
+
+def _installed(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def source_commit():
+    """(commit, where it came from): the RNNFAST_BENCH_COMMIT environment variable; else the git
+    checkout that holds the imported rnnfast package (a source tree on sys.path), with
+    "-dirty" when it has uncommitted changes; else "unknown" (an installed wheel does not know
+    its commit: set the variable when running from an install)."""
+    if os.environ.get("RNNFAST_BENCH_COMMIT"):
+        return os.environ["RNNFAST_BENCH_COMMIT"], "RNNFAST_BENCH_COMMIT"
+    here = pathlib.Path(rnnfast.__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(here), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+    try:
+        top = pathlib.Path(git("rev-parse", "--show-toplevel"))
+        if not (top / "python" / "rnnfast" / "__init__.py").is_file():
+            return "unknown", "not in an rnnfast checkout"
+        commit, dirty = git("rev-parse", "HEAD"), git("status", "--porcelain")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", "not in a git checkout"
+    return commit + ("-dirty" if dirty else ""), "git checkout holding the package"
+
+
+def environment(settings, peers, peak):
+    """The run's header: machine, CPU features, versions, commit and settings."""
+    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    commit, commit_source = source_commit()
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"hostname": platform.node(), "platform": platform.platform(),
+                    "cpu_model": cpu_model(), "cores": os.cpu_count(),
+                    "cores_available": len(cores) if cores else os.cpu_count()},
+        "cpu_features": rnnfast.cpu_info(),
+        "cuda": rnnfast.cuda_info(),
+        "versions": {"python": platform.python_version(), "numpy": np.__version__,
+                     "rnnfast": rnnfast.__version__,
+                     **{name: _installed(name) for name in OPTIONAL_PACKAGES}},
+        "commit": commit,
+        "commit_source": commit_source,
+        "peers": [p.name for p in peers if p.name != "rnnfast"],
+        "peak_gflops": peak,
+        "peak_method": ("NumPy matmul" if settings["device"] == "cpu" else "CuPy matmul")
+        + " of 2048x2048 float32 matrices, median of 5",
+        "settings": settings,
+    }
+
+
+def _time(seconds):
+    return f"{seconds * 1e3:.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.1f} us"
+
+
+def format_table(report):
+    """One line per row: rnnfast's time, GFLOP/s and % of the peak, then each peer's ratio
+    (peer time / rnnfast time)."""
+    settings, records = report["settings"], report["records"]
+    peers = report["peers"]
+    rows = {}
+    for r in records:
+        rows.setdefault(tuple(r[k] for k in KEY[:-1]), {})[r["peer"]] = r
+    stacked = any(r["layers"] != 1 or r["directions"] != 1 for r in records)
+    head = ["cell", "mode", "T", "B", "I", "H"] + (["LxD"] if stacked else []) + [
+        "rnnfast", "GFLOP/s", "% peak"] + [f"vs {p}" for p in peers] + ["check"]
+    lines = []
+    for impls in rows.values():
+        ours = impls["rnnfast"]
+        line = [ours[k] for k in ("cell", "mode", "T", "B", "I", "H")]
+        if stacked:
+            line.append(f"{ours['layers']}x{ours['directions']}")
+        if ours["status"] == "unsupported":
+            lines.append(line + ["-"] * (3 + len(peers)) + [ours["check"]])
+            continue
+
+        def reps(r):
+            return f" ({r['repeats']}r)" if r["repeats"] < settings["repeats"] else ""
+        line += [_time(ours["median_s"]) + reps(ours), f"{ours['gflops']:.1f}",
+                 f"{ours['percent_of_peak']:.0f}%"]
+        for p in peers:
+            r = impls.get(p)
+            line.append("-" if r is None or r["status"] == "unsupported" else
+                        "MISMATCH" if r["status"] == "mismatch" else
+                        f"{r['ratio']:.2f}x" + reps(r))
+        checks = [f"{p}: {impls[p]['check']}" for p in peers
+                  if p in impls and impls[p]["status"] == "mismatch"]
+        line.append("; ".join(checks) or "ok")
+        lines.append(line)
+    widths = [max(len(str(v)) for v in col) for col in zip(head, *lines)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths[:-1]) + "  {}"
+    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*map(str, line)) for line in lines]
+    out += [
+        f"rnnfast: median time (per step in mode step); vs <peer>: peer median / rnnfast median, "
+        f">1 means rnnfast is faster; (Nr): only N repeats (time budget), else "
+        f"{settings['repeats']}; check: every peer's outputs against rnnfast's "
+        f"(max rel err <= {settings['tolerance']:.0e})",
+        f"peak: {report['peak_gflops']:.1f} GFLOP/s ({report['peak_method']}, this run); "
+        f"{settings['threads']} threads; dtype {settings['dtype']}; device {settings['device']}"]
+    return "\n".join(out)
+
+
+def write_csv(report, path):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(report["records"])
+
+
+def format_compare(old, new):
+    """Per row present in both runs (with a time in both): the old and new median times and
+    their ratio new/old (< 1: faster now)."""
+    def index(report):
+        return {tuple(r[k] for k in KEY): r for r in report["records"] if r.get("median_s")}
+    before, after = index(old), index(new)
+    common = [k for k in after if k in before]
+    head = ("cell", "mode", "T", "B", "I", "H", "LxD", "dtype", "peer", "old", "new", "new/old")
+    lines = []
+    for k in common:
+        o, n = before[k]["median_s"], after[k]["median_s"]
+        lines.append(k[:6] + (f"{k[6]}x{k[7]}", k[8], k[10], _time(o), _time(n), f"{n / o:.2f}"))
+    widths = [max(len(str(v)) for v in col) for col in zip(head, *lines)]
+    fmt = "  ".join(f"{{:>{w}}}" for w in widths)
+    out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    out += [fmt.format(*map(str, line)) for line in lines]
+    out.append(f"{len(common)} rows in both runs ({len(before) - len(common)} only in the old, "
+               f"{len(after) - len(common)} only in the new); old commit {old['commit']}, "
+               f"new commit {new['commit']}")
+    return "\n".join(out)
+
+
+def plot(report, path, against="torch"):
+    """Grouped bars of rnnfast's speedup against a peer (peer time / rnnfast time): one panel
+    per mode, one group per shape, one bar per cell; log y axis, a line at 1x. Rows whose
+    outputs disagree have no ratio and no bar."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib: pip install matplotlib "
+                         "(or the extra: pip install 'rnnfast[bench]')") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [r for r in report["records"] if r["peer"] == against and r.get("ratio")]
+    if not recs:
+        raise SystemExit(f"--plot: no rows with a ratio against {against} in these results")
+    modes = list(dict.fromkeys(r["mode"] for r in recs))
+    fig, axes = plt.subplots(len(modes), 1, figsize=(10, 3.2 * len(modes)), squeeze=False)
+    for ax, mode in zip(axes[:, 0], modes):
+        mine = [r for r in recs if r["mode"] == mode]
+        cells = list(dict.fromkeys(r["cell"] for r in mine))
+        shapes = list(dict.fromkeys(
+            (r["T"], r["B"], r["I"], r["H"], r["layers"], r["directions"]) for r in mine))
+        width = 0.8 / len(cells)
+        for i, cell in enumerate(cells):
+            ratio = {(r["T"], r["B"], r["I"], r["H"], r["layers"], r["directions"]): r["ratio"]
+                     for r in mine if r["cell"] == cell}
+            xs = [j + (i - (len(cells) - 1) / 2) * width for j, s in enumerate(shapes)
+                  if s in ratio]
+            bars = ax.bar(xs, [ratio[s] for s in shapes if s in ratio], width, label=cell)
+            ax.bar_label(bars, fmt="%.2g", fontsize=7)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_xlim(-0.6, max(len(shapes), 4) - 0.4)  # a lone group keeps its bars narrow
+        ax.set_xticks(range(len(shapes)))
+        ax.set_xticklabels([f"{t},{b},{i},{h}" + (f" {l}x{d}" if (l, d) != (1, 1) else "")
+                            for t, b, i, h, l, d in shapes], fontsize=8)
+        ax.set_ylabel(f"speedup vs {against}")
+        ax.set_title(f"{mode} (T,B,I,H); > 1: rnnfast faster", fontsize=10)
+        ax.legend(fontsize=8)
+    m = report["machine"]
+    fig.suptitle(f"rnnfast {report['versions']['rnnfast']} vs {against} "
+                 f"{report['versions'].get(against)}: {m['cpu_model']}, "
+                 f"{report['settings']['threads']} threads", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

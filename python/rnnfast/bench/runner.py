@@ -1,0 +1,195 @@
+"""The method: per row, every implementation gets the same problem; rnnfast's outputs are
+checked against each peer's; then warm-up and timed repeats, interleaved across the
+implementations (rnnfast, peer1, peer2, rnnfast, ...) so that machine drift hits all of them.
+"""
+
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from .peers import Unsupported, make_problem
+
+# Largest relative difference (see rel_err) tolerated between rnnfast and a peer. Both compute
+# the same math; they differ in summation order and activation approximations, whose effect
+# through a recurrence stays orders of magnitude below these, while a real mistake (a wrong gate,
+# a missing term) shows as an error of order one.
+TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
+# Each implementation gets as many repeats as fit in the time budget (settings["budget_s"]),
+# judged by its last warm-up call, between MIN_REPEATS and settings["repeats"].
+MIN_REPEATS = 2
+
+
+def rel_err(a, ref):
+    """max|a - ref| relative to the largest magnitude in ref (NaN compares as infinitely far)."""
+    a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
+    if a.shape != ref.shape:
+        return float("inf")
+    err = np.max(np.abs(a - ref)) / max(np.max(np.abs(ref)), 1e-30) if ref.size else 0.0
+    return float("inf") if np.isnan(err) else float(err)
+
+
+def compare_outputs(ours, theirs):
+    """(largest rel_err over the outputs both produced, the output where it occurs)."""
+    common = [k for k in ours if k in theirs]
+    if not common:
+        return float("inf"), "no common output"
+    return max((rel_err(theirs[k], ours[k]), k) for k in common)
+
+
+class CpuTimer:
+    def __call__(self, fn, *args):
+        """(seconds, result) of one call."""
+        start = time.perf_counter()
+        result = fn(*args)
+        return time.perf_counter() - start, result
+
+
+class CudaTimer:
+    """CUDA events around the call, after synchronising the device (so that nothing queued
+    before is counted); the end event is waited for, so asynchronous work is counted."""
+
+    def __init__(self):
+        import cupy
+
+        self.cupy = cupy
+
+    def __call__(self, fn, *args):
+        cupy = self.cupy
+        cupy.cuda.Device().synchronize()
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        result = fn(*args)
+        end.record()
+        # Peers on other libraries (PyTorch) queue on their own streams: wait for the device.
+        cupy.cuda.Device().synchronize()
+        return cupy.cuda.get_elapsed_time(start, end) / 1e3, result
+
+
+def time_interleaved(fns, counts, timer):
+    """Calls fns[name]() counts[name] times, one call of each name per round (rnnfast, peer 1,
+    peer 2, rnnfast, ...). Returns name -> list of seconds."""
+    times = {name: [] for name in fns}
+    for i in range(max(counts.values(), default=0)):
+        for name, fn in fns.items():
+            if i < counts[name]:
+                times[name].append(timer(fn)[0])
+    return times
+
+
+def measure_peak(device, timer, n=2048):
+    """The GEMM rate this machine reaches through its array library in GFLOP/s: NumPy's matmul
+    (CPU) or CuPy's (GPU) of n x n float32 matrices, median of 5 after 2 warm-up calls."""
+    xp = np if device == "cpu" else __import__("cupy")
+    a = xp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    b = a.T.copy()
+    time_interleaved({"gemm": lambda: a @ b}, {"gemm": 2}, timer)
+    seconds = time_interleaved({"gemm": lambda: a @ b}, {"gemm": 5}, timer)["gemm"]
+    return 2 * n**3 / statistics.median(seconds) / 1e9
+
+
+def run_row(row, peers, settings, timer, peak):
+    """The records (dicts, see benchmarks/README.md) of one row: rnnfast's first, then one per
+    peer."""
+    dtype = settings["dtype"]
+    base = {"cell": row.cell, "mode": row.mode, "T": row.T, "B": row.B, "I": row.I, "H": row.H,
+            "layers": row.layers, "directions": row.directions, "dtype": dtype,
+            "device": settings["device"], "threads": settings["threads"]}
+    problem = make_problem(row, np.dtype(dtype), settings["device"], settings["threads"],
+                           settings["seed"])
+    runs, records = {}, {}
+    for peer in peers:
+        try:
+            if row.mode == "step" and (row.layers, row.directions) != (1, 1):
+                raise Unsupported("mode step times one cell: layers 1, directions 1")
+            runs[peer.name] = peer.build(problem)
+        except Unsupported as why:
+            records[peer.name] = {**base, "peer": peer.name, "status": "unsupported",
+                                  "check": str(why)}
+        if peer.name == "rnnfast" and "rnnfast" not in runs:  # nothing to compare with
+            return [records["rnnfast"]]
+
+    # The first call of each computes the outputs that are checked. It can be slow for one-off
+    # reasons (allocation, a library's initialisation), so the repeats are chosen by the
+    # duration of the last warm-up call; a first call longer than the budget is warm-up enough.
+    first, outputs = {}, {}
+    for name, fn in runs.items():
+        first[name], outputs[name] = timer(fn, True)
+    tol = TOLERANCE[dtype]
+    disagree = []
+    for name in runs:
+        if name == "rnnfast":
+            continue
+        err, where = compare_outputs(outputs["rnnfast"], outputs[name])
+        ok = err <= tol
+        records[name] = {**base, "peer": name, "status": "ok" if ok else "mismatch",
+                         "check": "ok" if ok else f"MISMATCH max rel err {err:.1e} in {where}",
+                         "max_rel_err": err}
+        if not ok:
+            disagree.append(name)
+    records["rnnfast"] = {**base, "peer": "rnnfast", "status": "mismatch" if disagree else "ok",
+                          "check": f"MISMATCH with {', '.join(disagree)}" if disagree else "ok",
+                          "max_rel_err": None}
+
+    budget, repeats = settings["budget_s"], settings["repeats"]
+    warmups = {name: settings["warmup"] if first[name] < budget else 0 for name in runs}
+    last = {name: t[-1] if t else first[name]
+            for name, t in time_interleaved(runs, warmups, timer).items()}
+    counts = {name: min(repeats, max(MIN_REPEATS, int(budget / last[name]))) for name in runs}
+    times = time_interleaved(runs, counts, timer)
+
+    per_call = row.T if row.mode == "step" else 1  # step mode reports per step
+    flops = row.flops()
+    ours = statistics.median(times["rnnfast"]) / per_call
+    for name, seconds in times.items():
+        median = statistics.median(seconds) / per_call
+        rec = records[name]
+        rec.update({"repeats": counts[name], "warmup": warmups[name], "median_s": median,
+                    "min_s": min(seconds) / per_call, "max_s": max(seconds) / per_call,
+                    "flops": flops, "gflops": flops / median / 1e9,
+                    "percent_of_peak": 100 * flops / median / 1e9 / peak,
+                    # > 1: rnnfast is faster. No ratio for a result that disagrees.
+                    "ratio": median / ours if name != "rnnfast" and rec["status"] == "ok"
+                    else None})
+    return [records["rnnfast"]] + [records[p.name] for p in peers
+                                   if p.name != "rnnfast" and p.name in records]
+
+
+class Progress:
+    """A one-line progress bar on stderr; silent when stderr is not a terminal or when quiet."""
+
+    def __init__(self, total, quiet=False, stream=sys.stderr):
+        self.total, self.done, self.stream = total, 0, stream
+        self.enabled = not quiet and stream.isatty()
+        self.start = time.perf_counter()
+
+    def update(self, label):
+        if not self.enabled:
+            return
+        width = 30
+        filled = width * self.done // max(self.total, 1)
+        elapsed = time.perf_counter() - self.start
+        self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total}"
+                          f" {elapsed:4.0f}s {label:<40.40}")
+        self.stream.flush()
+        self.done += 1
+
+    def close(self):
+        if self.enabled:
+            self.stream.write("\r" + " " * 90 + "\r")
+            self.stream.flush()
+
+
+def run_suite(rows, peers, settings, quiet=False):
+    """Runs the rows with the given implementations (rnnfast first). Returns the peak GEMM rate
+    and the records."""
+    timer = CudaTimer() if settings["device"] == "cuda" else CpuTimer()
+    peak = measure_peak(settings["device"], timer)
+    progress = Progress(len(rows), quiet)
+    records = []
+    for row in rows:
+        progress.update(f"{row.cell} {row.mode} T,B,I,H={row.T},{row.B},{row.I},{row.H}")
+        records += run_row(row, peers, settings, timer, peak)
+    progress.close()
+    return peak, records

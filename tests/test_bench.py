@@ -1,0 +1,197 @@
+"""The benchmark suite (rnnfast.bench) on a tiny grid: every installed peer, every mode; the
+output files and their fields; a wrong peer is flagged; --compare, --plot; --device cuda
+without a usable GPU; the ONNX model of stacked and bidirectional networks."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import rnnfast
+from rnnfast.bench import cli, main
+from rnnfast.bench.grids import GRIDS_DIR, Row, grid_path, load_grid, packaged_grids
+from rnnfast.bench.peers import (PEERS, NumpyReferencePeer, OnnxRuntimePeer, TorchPeer,
+                                 make_problem)
+from rnnfast.bench.report import FIELDS
+from rnnfast.bench.runner import compare_outputs
+
+TINY = ["--shapes", "3,2,5,4", "--cells", "lstm", "gru", "rnn_tanh", "rnn_relu",
+        "--modes", "inference", "train", "step", "--repeats", "2", "--warmup", "0", "--quiet"]
+INSTALLED = {p.name for p in PEERS[1:] if p.available("cpu")}
+HAS_CELLS = hasattr(rnnfast, "LSTMCell")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    status = main(TINY + ["--json", str(out / "run.json"), "--csv", str(out / "run.csv")])
+    with open(out / "run.json") as f:
+        return status, json.load(f), out
+
+
+def test_tiny_grid_every_installed_peer_agrees(tiny_run):
+    status, result, _ = tiny_run
+    assert status == 0
+    assert set(result["peers"]) == INSTALLED
+    records = result["records"]
+    assert len({(r["cell"], r["mode"]) for r in records}) == 12
+    for r in records:
+        step_without_cells = r["mode"] == "step" and not HAS_CELLS
+        if r["peer"] == "rnnfast" and step_without_cells:
+            assert r["status"] == "unsupported" and "cells not available" in r["check"]
+        elif r["peer"] == "onnxruntime" and r["mode"] != "inference":
+            assert r["status"] == "unsupported" and "inference only" in r["check"]
+        else:
+            assert r["status"] == "ok", r
+            assert r["median_s"] > 0 and r["min_s"] <= r["median_s"] <= r["max_s"]
+            assert r["repeats"] == 2
+            assert (r["ratio"] is None) == (r["peer"] == "rnnfast")
+    measured = {(r["cell"], r["mode"], r["peer"]) for r in records if r["status"] == "ok"}
+    for cell in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
+        for peer in INSTALLED:
+            assert (cell, "inference", peer) in measured
+            if peer != "onnxruntime":
+                assert (cell, "train", peer) in measured
+                assert ((cell, "step", peer) in measured) == HAS_CELLS
+
+
+def test_json_and_csv_fields(tiny_run):
+    _, result, out = tiny_run
+    for key in ("schema", "created", "machine", "cpu_features", "cuda", "versions", "commit",
+                "commit_source", "peers", "peak_gflops", "peak_method", "settings", "records"):
+        assert key in result
+    assert set(result["machine"]) == {"hostname", "platform", "cpu_model", "cores",
+                                      "cores_available"}
+    assert result["cpu_features"]["isa"] in result["cpu_features"]["available"]
+    assert result["versions"]["rnnfast"] == rnnfast.__version__
+    assert result["settings"]["threads"] == rnnfast.get_num_threads()
+    assert result["peak_gflops"] > 0
+    lstm_train = next(r for r in result["records"]
+                      if (r["cell"], r["mode"], r["peer"]) == ("lstm", "train", "rnnfast"))
+    assert set(lstm_train) == set(FIELDS)
+    assert lstm_train["flops"] == 3 * 3 * 2 * 4 * (2 * 5 * 4 + 2 * 4 * 4)
+    with open(out / "run.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0]) == FIELDS and len(rows) == len(result["records"])
+
+
+def test_commit_from_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("RNNFAST_BENCH_COMMIT", "abc123")
+    assert main(["--shapes", "2,1,3,2", "--cells", "rnn_tanh", "--modes", "inference",
+                 "--peers", "numpy", "--repeats", "1", "--quiet",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert (result["commit"], result["commit_source"]) == ("abc123", "RNNFAST_BENCH_COMMIT")
+
+
+class WrongPeer(NumpyReferencePeer):
+    """The reference with its last output (in training a bias gradient) off by 1%."""
+
+    def build(self, problem):
+        run = super().build(problem)
+
+        def wrong(collect=False):
+            out = run(collect)
+            if collect:
+                last = list(out)[-1]
+                out[last] = out[last] * 1.01
+            return out
+        return wrong
+
+
+@pytest.mark.parametrize("mode", ["inference", "train"])
+def test_wrong_peer_is_flagged_not_a_win(monkeypatch, tmp_path, capsys, mode):
+    monkeypatch.setattr(cli, "PEERS", [PEERS[0], WrongPeer()])
+    status = main(["--shapes", "3,2,5,4", "--cells", "gru", "--modes", mode, "--repeats", "1",
+                   "--quiet", "--json", str(tmp_path / "r.json")])
+    assert status == 1
+    records = json.loads((tmp_path / "r.json").read_text())["records"]
+    ours, wrong = records
+    assert wrong["peer"] == "numpy" and wrong["status"] == "mismatch"
+    assert wrong["ratio"] is None and wrong["check"].startswith("MISMATCH max rel err")
+    assert ours["status"] == "mismatch" and ours["check"] == "MISMATCH with numpy"
+    line = capsys.readouterr().out.splitlines()[2]
+    assert "MISMATCH" in line and "x  " not in line
+
+
+def test_compare_and_plot(tiny_run, tmp_path, capsys):
+    _, result, out = tiny_run
+    assert main(["--compare", str(out / "run.json"), str(out / "run.json")]) == 0
+    text = capsys.readouterr().out
+    timed = [r for r in result["records"] if r.get("median_s")]
+    assert text.count(" 1.00\n") == len(timed)
+    if "torch" not in INSTALLED:
+        pytest.skip("--plot draws the speedup against torch, which is not installed")
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "speedup.png"
+    assert main(["--load", str(out / "run.json"), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cuda_without_backend_exits_with_a_message():
+    if cli.check_cuda() is None:
+        pytest.skip("rnnfast has a usable CUDA backend here")
+    proc = subprocess.run([sys.executable, "-m", "rnnfast.bench", "--device", "cuda"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("rnnfast-bench: --device cuda: ")
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+
+
+def test_help_through_python_m():
+    proc = subprocess.run([sys.executable, "-m", "rnnfast.bench", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "--compare" in proc.stdout and "--full" in proc.stdout
+
+
+def test_grids():
+    assert {"default_cpu", "full_cpu", "default_cuda"} <= set(packaged_grids())
+    rows, _ = load_grid(grid_path("default"))
+    issue_shapes = {(100, 1, 256, 256), (100, 16, 256, 256), (100, 64, 256, 256),
+                    (100, 64, 512, 512), (50, 128, 1024, 1024), (1000, 8, 128, 128)}
+    assert {r.shape for r in rows if r.mode != "step"} == issue_shapes
+    assert {(r.cell, r.mode) for r in rows} == {
+        (c, m) for c in ("lstm", "gru", "rnn_tanh") for m in ("inference", "train", "step")}
+    assert {(r.B, r.H) for r in rows if r.mode == "step"} == {(1, 256)}
+    for path in GRIDS_DIR.glob("*.json"):
+        rows, description = load_grid(path)
+        assert rows and description
+    # Stacked, bidirectional: layers after the first see 2*H inputs.
+    row = Row("gru", "inference", 10, 2, 3, 4, layers=2, directions=2)
+    assert row.flops() == 2 * 10 * 2 * 3 * ((2 * 3 * 4 + 2 * 16) + (2 * 8 * 4 + 2 * 16))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
+def test_stacked_bidirectional_peers_agree(cell):
+    """ONNX Runtime's model (gate orders, stacking, directions) against PyTorch, where rnnfast
+    does not run such networks yet."""
+    if not {"torch", "onnxruntime"} <= INSTALLED:
+        pytest.skip("needs torch and onnxruntime")
+    p = make_problem(Row(cell, "inference", 4, 3, 5, 4, layers=2, directions=2), np.float32,
+                     threads=1)
+    err, where = compare_outputs(TorchPeer().build(p)(True), OnnxRuntimePeer().build(p)(True))
+    assert err < 1e-5, where
+
+
+def test_unsupported_rows_are_reported(tmp_path):
+    assert main(["--shapes", "3,2,5,4", "--cells", "lstm", "--layers", "2", "--directions", "2",
+                 "--repeats", "1", "--quiet", "--json", str(tmp_path / "r.json")]) == 0
+    for r in json.loads((tmp_path / "r.json").read_text())["records"]:
+        if r["peer"] == "rnnfast" and r["status"] == "unsupported":
+            assert "not implemented" in r["check"]
+        else:
+            assert r["status"] in ("ok", "unsupported")
+
+
+@pytest.mark.parametrize("budget, repeats, warmup", [(1e-9, 2, 0), (60.0, 4, 1)])
+def test_time_budget_sets_repeats(tmp_path, budget, repeats, warmup):
+    """A budget shorter than any call: no warm-up, the minimum of 2 repeats; a long one: the
+    --repeats asked for, after --warmup."""
+    assert main(["--shapes", "3,2,5,4", "--cells", "lstm", "--modes", "inference",
+                 "--repeats", "4", "--warmup", "1", "--budget", str(budget), "--quiet",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    records = json.loads((tmp_path / "r.json").read_text())["records"]
+    assert {(r["repeats"], r["warmup"]) for r in records} == {(repeats, warmup)}
