@@ -302,6 +302,8 @@ def test_other_devices_and_dtypes_raise():
     module = rt.LSTM(2, 3)
     with pytest.raises(NotImplementedError, match="CUDA backend is not merged"):
         module(torch.zeros(3, 2, 2, device="meta"))
+    with pytest.raises(NotImplementedError, match="hx is on meta"):
+        module(torch.zeros(3, 2, 2), (torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, device="meta")))
     with pytest.raises(TypeError, match="input has dtype torch.float64"):
         module(torch.zeros(3, 2, 2, dtype=torch.float64))
     with pytest.raises(TypeError, match="float32 or float64"):
@@ -324,6 +326,23 @@ def test_modified_weights_before_backward_raise():
         module.weight_hh_l0.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+
+def test_kernels_run_on_the_tensors_memory(monkeypatch):
+    """The layer gets views of the input and parameter tensors, not copies."""
+    seen = {}
+    forward = rnnfast.layers._RNNBase._forward
+
+    def spy(self, params, training, dropout_rng, input, *args):
+        seen.update({name: a.ctypes.data for name, a in params.items()}, input=input.ctypes.data)
+        return forward(self, params, training, dropout_rng, input, *args)
+
+    monkeypatch.setattr(rnnfast.layers._RNNBase, "_forward", spy)
+    module = rt.LSTM(2, 3, num_layers=2, bidirectional=True)
+    x = torch.randn(4, 2, 2)
+    module(x)
+    assert seen.pop("input") == x.data_ptr()
+    assert seen == {name: p.data_ptr() for name, p in module.named_parameters()}
 
 
 def test_import_rnnfast_does_not_import_torch():

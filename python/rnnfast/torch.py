@@ -85,9 +85,9 @@ class _LayerFunction(torch.autograd.Function):
                 _tensor(grad_c0), *(torch.from_numpy(grads[name]) for name in ctx.names))
 
 
-def _check_tensors(input, hx, weights):
+def _check_tensors(input, h0, c0, weights):
     """The dtype and device checks of the adapter, naming the argument at fault."""
-    for name, tensor in (("input", input), ("hx", hx), ("parameters", weights[0])):
+    for name, tensor in (("input", input), ("hx", h0), ("hx", c0), ("parameters", weights[0])):
         if tensor is not None and tensor.device.type != "cpu":
             raise NotImplementedError(
                 f"{name} is on {tensor.device}: rnnfast.torch runs on CPU tensors only for "
@@ -119,7 +119,7 @@ class _Kernels:
         """The kernels on time-major batched x [T, B, I] and hx (a tensor, an LSTM's tuple, or
         None): returns (output, h_n) or (output, (h_n, c_n))."""
         h0, c0 = hx if isinstance(hx, tuple) else (hx, None)
-        _check_tensors(x, h0, weights)
+        _check_tensors(x, h0, c0, weights)
         layer = self._kernel_layer(x.dtype)
         dropout = self.training and layer.dropout > 0 and layer.num_layers > 1
         # Dropout masks come from a numpy generator seeded by PyTorch's default generator.
@@ -137,6 +137,11 @@ class _Kernels:
 def _map_hx(hx, fn):
     """fn applied to hx, a tensor or an LSTM's tuple of two (None stays None)."""
     return None if hx is None else tuple(map(fn, hx)) if isinstance(hx, tuple) else fn(hx)
+
+
+def _doc(torch_class):
+    return (f"torch.nn.{torch_class.__name__} on rnnfast's kernels (see rnnfast.torch).\n\n"
+            f"{torch_class.__doc__}")
 
 
 class _Recurrent(_Kernels):
@@ -173,21 +178,21 @@ class _Recurrent(_Kernels):
 
 
 class RNN(_Recurrent, torch.nn.RNN):
-    __doc__ = f"torch.nn.RNN on rnnfast's kernels (see rnnfast.torch).\n\n{torch.nn.RNN.__doc__}"
+    __doc__ = _doc(torch.nn.RNN)
 
     def _make_layer(self, dtype):
         return _layers.RNN(**self._layer_options(), nonlinearity=self.nonlinearity, dtype=dtype)
 
 
 class LSTM(_Recurrent, torch.nn.LSTM):
-    __doc__ = f"torch.nn.LSTM on rnnfast's kernels (see rnnfast.torch).\n\n{torch.nn.LSTM.__doc__}"
+    __doc__ = _doc(torch.nn.LSTM)
 
     def _make_layer(self, dtype):
         return _layers.LSTM(**self._layer_options(), proj_size=self.proj_size, dtype=dtype)
 
 
 class GRU(_Recurrent, torch.nn.GRU):
-    __doc__ = f"torch.nn.GRU on rnnfast's kernels (see rnnfast.torch).\n\n{torch.nn.GRU.__doc__}"
+    __doc__ = _doc(torch.nn.GRU)
 
     def _make_layer(self, dtype):
         return _layers.GRU(**self._layer_options(), dtype=dtype)
@@ -214,7 +219,7 @@ class _Cell(_Kernels):
 
 
 class RNNCell(_Cell, torch.nn.RNNCell):
-    __doc__ = f"torch.nn.RNNCell on rnnfast's kernels (see rnnfast.torch).\n\n{torch.nn.RNNCell.__doc__}"
+    __doc__ = _doc(torch.nn.RNNCell)
 
     def _make_layer(self, dtype):
         return _layers.RNN(self.input_size, self.hidden_size, nonlinearity=self.nonlinearity,
@@ -222,14 +227,14 @@ class RNNCell(_Cell, torch.nn.RNNCell):
 
 
 class LSTMCell(_Cell, torch.nn.LSTMCell):
-    __doc__ = f"torch.nn.LSTMCell on rnnfast's kernels (see rnnfast.torch).\n\n{torch.nn.LSTMCell.__doc__}"
+    __doc__ = _doc(torch.nn.LSTMCell)
 
     def _make_layer(self, dtype):
         return _layers.LSTM(self.input_size, self.hidden_size, bias=self.bias, dtype=dtype)
 
 
 class GRUCell(_Cell, torch.nn.GRUCell):
-    __doc__ = f"torch.nn.GRUCell on rnnfast's kernels (see rnnfast.torch).\n\n{torch.nn.GRUCell.__doc__}"
+    __doc__ = _doc(torch.nn.GRUCell)
 
     def _make_layer(self, dtype):
         return _layers.GRU(self.input_size, self.hidden_size, bias=self.bias, dtype=dtype)
