@@ -152,6 +152,21 @@ class _RNNBase:
 
         seed: seeds this call's dropout masks (training mode, num_layers > 1, dropout > 0);
         None draws them from the layer's generator (seeded by the layer's ``seed``)."""
+        rng = np.random.default_rng(seed) if seed is not None else self._rng
+        output, states, self._ctx = self._forward(self._params, self.training,
+                                                  rng if self.training else None, input, hx,
+                                                  lengths, resets)
+        return output, states
+
+    __call__ = forward
+
+    def _forward(self, params, training, dropout_rng, input, hx, lengths, resets):
+        """``forward`` on the given parameters (a dict like ``state_dict()`` of arrays of the
+        layer's dtype, used as they are: e.g. views of a torch module's tensors). ``training``:
+        save what ``_backward`` needs; ``dropout_rng``: the numpy Generator of the dropout
+        masks, None for no dropout. Returns ``(output, states, saved)``; ``saved`` (None unless
+        training) is kept by the caller, so that several forwards can wait for their
+        backward."""
         x = input if isinstance(input, np.ndarray) else np.asarray(input)
         if x.ndim not in (2, 3):
             raise ValueError(f"input must be 2-D (unbatched) or 3-D, not of shape {x.shape}")
@@ -179,19 +194,18 @@ class _RNNBase:
         order = _reverse_order(lengths, steps, batch) if self.bidirectional else None
         resets_by_direction = (resets, None if resets is None or order is None else _gather(
             np.concatenate([resets[1:], np.zeros((1, batch), bool)]), order))
-        dropout = self.training and self.dropout > 0
-        rng = np.random.default_rng(seed) if seed is not None else self._rng
+        dropout = dropout_rng is not None and self.dropout > 0
 
         layer_in, h_n, c_n, ctxs, masks = x, [], [], [], []
         for k in range(self.num_layers):
             outputs = []
             for d in range(self.num_directions):
                 i = k * self.num_directions + d
-                p = {ours: self._params[name] for ours, name in self._names(k, d).items()}
+                p = {ours: params[name] for ours, name in self._names(k, d).items()}
                 y, h, c, ctx = functional.forward(
                     self._cell, layer_in if d == 0 else _gather(layer_in, order), h0[i],
                     p["w_ih"], p["w_hh"], p.get("b_ih"), p.get("b_hh"),
-                    None if c0 is None else c0[i], training=self.training, lengths=lengths,
+                    None if c0 is None else c0[i], training=training, lengths=lengths,
                     resets=resets_by_direction[d], w_hr=p.get("w_hr"))
                 outputs.append(y if d == 0 else _gather(y, order))
                 h_n.append(h)
@@ -199,16 +213,14 @@ class _RNNBase:
                 ctxs.append(ctx)
             layer_in = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
             if dropout and k < self.num_layers - 1:
-                keep = rng.random(layer_in.shape) >= self.dropout
+                keep = dropout_rng.random(layer_in.shape) >= self.dropout
                 scale = 0.0 if self.dropout == 1 else 1.0 / (1.0 - self.dropout)
                 masks.append((keep * scale).astype(self.dtype))
                 layer_in = layer_in * masks[-1]
-        self._ctx = (ctxs, masks, order) if self.training else None
-        self._batch = (steps, batch, unbatched)
+        saved = (ctxs, masks, order, (steps, batch, unbatched)) if training else None
         finals = (np.stack(h_n), np.stack(c_n) if self._cell == "lstm" else None)
-        return self._from_time_major(layer_in, unbatched), self._states_out(finals, unbatched)
-
-    __call__ = forward
+        return (self._from_time_major(layer_in, unbatched), self._states_out(finals, unbatched),
+                saved)
 
     def backward(self, grad_output, grad_hx=None):
         """Backpropagation through time for the last training-mode forward, through every
@@ -222,8 +234,13 @@ class _RNNBase:
         if self._ctx is None:
             raise RuntimeError("backward needs a forward in training mode first "
                                "(layer.train(), then call the layer)")
-        ctxs, masks, order = self._ctx
-        steps, batch, unbatched = self._batch
+        grad_input, grad_hx0, self.grads = self._backward(self._ctx, grad_output, grad_hx)
+        return grad_input, grad_hx0
+
+    def _backward(self, saved, grad_output, grad_hx):
+        """``backward`` for the ``saved`` of a ``_forward``: returns ``(grad_input, grad_hx0,
+        grads)``, grads keyed like ``state_dict()``."""
+        ctxs, masks, order, (steps, batch, unbatched) = saved
         r, dirs = self._out_size, self.num_directions
         features = dirs * r
         out_shape = ((steps, features) if unbatched else
@@ -249,9 +266,9 @@ class _RNNBase:
                 dh0[i], dc0[i] = g["h0"], g["c0"]
                 grads.update({name: g[ours] for ours, name in self._names(k, d).items()})
             dy = dx
-        self.grads = {name: grads[name] for name in self._params}  # state_dict's order
+        grads = {name: grads[name] for name in self._param_shapes()}  # state_dict's order
         finals = (np.stack(dh0), np.stack(dc0) if self._cell == "lstm" else None)
-        return self._from_time_major(dy, unbatched), self._states_out(finals, unbatched)
+        return self._from_time_major(dy, unbatched), self._states_out(finals, unbatched), grads
 
     # ------------------------------------------------------------------ layouts
     # Inside, everything is time-major and batched: sequences [T, B, C], states [L*D, B, C].
