@@ -153,7 +153,7 @@ void forward_impl(const ForwardArgs<T>& a) {
         });
       }
       if (projected) {
-        barrier.wait();  // m_t complete before any thread projects it
+        barrier.wait(index);  // m_t complete before any thread projects it
         for (int64_t block = mine_proj.first; block < mine_proj.last; ++block) {
           const int64_t j0 = block * kProjUnits;
           const int64_t units = std::min<int64_t>(kProjUnits, R - j0);
@@ -169,7 +169,7 @@ void forward_impl(const ForwardArgs<T>& a) {
           });
         }
       }
-      barrier.wait();  // h_t complete before any thread reads it
+      barrier.wait(index);  // h_t complete before any thread reads it
     }
   });
 }
@@ -366,7 +366,7 @@ void backward_impl(const BackwardArgs<T>& a) {
         });
       }
       if (projected) {
-        barrier.wait();  // dh_{t-1} complete before any thread projects it back
+        barrier.wait(index);  // dh_{t-1} complete before any thread projects it back
         for (int64_t block = mine_cell.first; block < mine_cell.last; ++block) {
           const int64_t j0 = block * kUnits, units = std::min<int64_t>(kUnits, H - j0);
           alignas(64) T dc[kUnits];
@@ -385,7 +385,7 @@ void backward_impl(const BackwardArgs<T>& a) {
           });
         }
       }
-      if (t > 0) barrier.wait();  // dzh_{t-1} complete
+      if (t > 0) barrier.wait(index);  // dzh_{t-1} complete
     }
   });
 }

@@ -37,25 +37,39 @@ void futex_wake_all(std::atomic<unsigned>* word) {
 
 }  // namespace
 
-void SpinBarrier::wait() {
-  const unsigned generation = generation_.load(std::memory_order_acquire);
-  if (arrived_.fetch_add(1, std::memory_order_acq_rel) == threads_ - 1) {
-    arrived_.store(0, std::memory_order_relaxed);
+bool SpinBarrier::all_arrived(unsigned count) const {
+  for (const Arrivals& other : arrivals_)
+    if (static_cast<int>(other.count.load(std::memory_order_acquire) - count) < 0) return false;
+  return true;
+}
+
+void SpinBarrier::wait(int index) {
+  Arrivals& mine = arrivals_[index];
+  const unsigned count = mine.count.load(std::memory_order_relaxed) + 1;
+  mine.count.store(count, std::memory_order_seq_cst);
+  // A thread that went to sleep counted itself in sleepers_ before its last look at the
+  // counts; seq_cst orders that look and this load, so either it saw our arrival or we see it.
+  if (sleepers_.load(std::memory_order_seq_cst) > 0) {
     generation_.fetch_add(1, std::memory_order_seq_cst);
-    if (sleepers_.load(std::memory_order_seq_cst) > 0) futex_wake_all(&generation_);
-    return;
+    futex_wake_all(&generation_);
   }
   // Spin briefly (a balanced step ends within microseconds), then sleep in the kernel: when
   // the cores are oversubscribed (another library's threads spinning, say) a spinning waiter
   // would take the core from the very thread it waits for.
-  for (int spins = 0; spins < kSpins; ++spins) {
-    if (generation_.load(std::memory_order_acquire) != generation) return;
+  const auto spin_until = std::chrono::steady_clock::now() + kSpinTime;
+  for (int spins = 1;; ++spins) {
+    if (all_arrived(count)) return;
     RNNFAST_PAUSE();
+    if (spins % 16 == 0 && std::chrono::steady_clock::now() > spin_until) break;
   }
-  sleepers_.fetch_add(1, std::memory_order_seq_cst);
-  while (generation_.load(std::memory_order_seq_cst) == generation)
-    futex_wait(&generation_, generation);
-  sleepers_.fetch_sub(1, std::memory_order_relaxed);
+  while (true) {
+    const unsigned generation = generation_.load(std::memory_order_seq_cst);
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    const bool done = all_arrived(count);
+    if (!done) futex_wait(&generation_, generation);
+    sleepers_.fetch_sub(1, std::memory_order_seq_cst);
+    if (done || all_arrived(count)) return;
+  }
 }
 
 int ThreadPool::default_num_threads() {
