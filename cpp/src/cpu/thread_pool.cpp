@@ -60,7 +60,11 @@ void SpinBarrier::wait(int index) {
   for (int spins = 1;; ++spins) {
     if (all_arrived(count)) return;
     RNNFAST_PAUSE();
-    if (spins % 16 == 0 && std::chrono::steady_clock::now() > spin_until) break;
+    if (spins % 16 != 0) continue;
+    if (std::chrono::steady_clock::now() > spin_until) break;
+    // Give the core away now and then: another library's threads (a BLAS's workers, busy-
+    // waiting after its last call) may hold the core that the thread we wait for needs.
+    sched_yield();
   }
   while (true) {
     const unsigned generation = generation_.load(std::memory_order_seq_cst);
