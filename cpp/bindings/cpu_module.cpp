@@ -24,81 +24,29 @@ namespace {
 using bindings::parse_cell;
 using bindings::shape_str;
 
-// Checks the arrays of one kernel call and remembers the memory each one spans, so that an
-// output overlapping any other argument is refused (it would corrupt the caller's data).
-template <typename T>
-class ArgChecker {
- public:
-  // lead: the argument whose dtype chose T, named in dtype errors.
-  explicit ArgChecker(const char* lead) : lead_(lead) {}
-
-  // Required input: a C-contiguous ndarray of dtype T with exactly this shape.
-  const T* input(const py::handle& obj, const char* name, const std::vector<int64_t>& shape) {
-    return checked(obj, name, shape, false);
-  }
-  // Optional input: None gives nullptr.
-  const T* optional_input(const py::handle& obj, const char* name,
-                          const std::vector<int64_t>& shape) {
-    return obj.is_none() ? nullptr : checked(obj, name, shape, false);
-  }
-  T* output(const py::handle& obj, const char* name, const std::vector<int64_t>& shape) {
-    return checked(obj, name, shape, true);
-  }
-  T* optional_output(const py::handle& obj, const char* name, const std::vector<int64_t>& shape) {
-    return obj.is_none() ? nullptr : checked(obj, name, shape, true);
-  }
-  void require_none(const py::handle& obj, const char* name, const char* why) {
-    if (!obj.is_none()) throw py::value_error(std::string(name) + " must be None " + why);
-  }
-
-  // Call after all arguments are checked.
-  void check_no_overlap() const {
-    for (const Span& out : spans_) {
-      if (!out.is_output) continue;
-      for (const Span& other : spans_) {
-        if (&other == &out || other.end <= out.begin || out.end <= other.begin) continue;
-        throw py::value_error(std::string(out.name) + " overlaps the memory of " + other.name +
-                              "; pass separate arrays");
-      }
-    }
-  }
-
- private:
-  struct Span {
-    const char* name;
-    uintptr_t begin, end;
-    bool is_output;
-  };
-
-  T* checked(const py::handle& obj, const char* name, const std::vector<int64_t>& shape,
-             bool is_output) {
+// NumPy arrays, for bindings::ArgChecker.
+struct NumpyReader {
+  template <typename T>
+  static bindings::ArrayView view(const py::handle& obj, const char* name) {
     if (!py::isinstance<py::array>(obj))
       throw py::type_error(std::string(name) + " must be a numpy.ndarray, not " +
                            std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
     auto arr = py::reinterpret_borrow<py::array>(obj);
-    // Equality, not identity: an unpickled array has an equal but distinct dtype object.
-    if (!arr.dtype().equal(py::dtype::of<T>()))
-      throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(arr.dtype())) +
-                           ", expected " + std::string(py::str(py::dtype::of<T>())) +
-                           " (the dtype of " + lead_ + ")");
-    std::vector<int64_t> actual(arr.shape(), arr.shape() + arr.ndim());
-    if (actual != shape)
-      throw py::value_error(std::string(name) + " has shape " + shape_str(actual) +
-                            ", expected " + shape_str(shape));
-    if (!(arr.flags() & py::array::c_style))
-      throw py::value_error(std::string(name) + " must be C-contiguous");
-    if (!(arr.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-      throw py::value_error(std::string(name) + " must be aligned to its element size");
-    if (is_output && !arr.writeable())
-      throw py::value_error(std::string(name) + " is read-only; outputs must be writable");
     const auto begin = reinterpret_cast<uintptr_t>(arr.data());
-    spans_.push_back({name, begin, begin + static_cast<uintptr_t>(arr.nbytes()), is_output});
-    return static_cast<T*>(const_cast<void*>(arr.data()));
+    // Equality, not identity: an unpickled array has an equal but distinct dtype object.
+    return {std::string(py::str(arr.dtype())), std::string(py::str(py::dtype::of<T>())),
+            arr.dtype().equal(py::dtype::of<T>()),
+            (arr.flags() & py::array::c_style) != 0,
+            (arr.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) != 0,
+            arr.writeable(),
+            std::vector<int64_t>(arr.shape(), arr.shape() + arr.ndim()),
+            begin,
+            begin + static_cast<uintptr_t>(arr.nbytes())};
   }
-
-  const char* lead_;
-  std::vector<Span> spans_;
 };
+
+template <typename T>
+using ArgChecker = bindings::ArgChecker<T, NumpyReader>;
 
 // lengths [B] (int64, values in [0, steps]) and resets [T, B] (bool or uint8), each optional:
 // None gives nullptr. They are inputs, so they may share memory with other inputs only.

@@ -112,91 +112,41 @@ DeviceArray read_interface(const py::handle& obj, const char* name) {
   return a;
 }
 
-// Checks the arrays of one kernel call and remembers the memory each one spans, as the CPU
-// binding does: an output overlapping any other argument is refused.
-template <typename T>
-class ArgChecker {
- public:
-  explicit ArgChecker(const char* lead) : lead_(lead) {}
-
-  const T* input(const py::handle& obj, const char* name, const std::vector<int64_t>& shape) {
-    return checked(obj, name, shape, false);
-  }
-  const T* optional_input(const py::handle& obj, const char* name,
-                          const std::vector<int64_t>& shape) {
-    return obj.is_none() ? nullptr : checked(obj, name, shape, false);
-  }
-  T* output(const py::handle& obj, const char* name, const std::vector<int64_t>& shape) {
-    return checked(obj, name, shape, true);
-  }
-  T* optional_output(const py::handle& obj, const char* name, const std::vector<int64_t>& shape) {
-    return obj.is_none() ? nullptr : checked(obj, name, shape, true);
-  }
-  void require_none(const py::handle& obj, const char* name, const char* why) {
-    if (!obj.is_none()) throw py::value_error(std::string(name) + " must be None " + why);
-  }
-
-  void check_no_overlap() const {
-    for (const Span& out : spans_) {
-      if (!out.is_output) continue;
-      for (const Span& other : spans_) {
-        if (&other == &out || other.end <= out.begin || out.end <= other.begin) continue;
-        throw py::value_error(std::string(out.name) + " overlaps the memory of " + other.name +
-                              "; pass separate arrays");
-      }
-    }
-  }
-
-  // The first call that touches the device: every non-empty array must be device (or managed)
-  // memory of the current device.
-  void check_device_memory() const {
-    int device = 0;
-    check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-    for (const Span& span : spans_) {
-      if (span.end == span.begin) continue;
-      cudaPointerAttributes attributes{};
-      check_cuda(cudaPointerGetAttributes(&attributes, reinterpret_cast<void*>(span.begin)),
-                 std::string("cudaPointerGetAttributes(") + span.name + ")");
-      if (attributes.type != cudaMemoryTypeDevice && attributes.type != cudaMemoryTypeManaged)
-        throw py::value_error(std::string(span.name) + " is not in device memory");
-      if (attributes.device != device)
-        throw py::value_error(std::string(span.name) + " is on device " +
-                              std::to_string(attributes.device) + ", but the current device is " +
-                              std::to_string(device));
-    }
-  }
-
- private:
-  struct Span {
-    const char* name;
-    uintptr_t begin, end;
-    bool is_output;
-  };
-
-  T* checked(const py::handle& obj, const char* name, const std::vector<int64_t>& shape,
-             bool is_output) {
+// __cuda_array_interface__ objects, for bindings::ArgChecker.
+struct InterfaceReader {
+  template <typename T>
+  static bindings::ArrayView view(const py::handle& obj, const char* name) {
     const DeviceArray a = read_interface(obj, name);
-    if (a.typestr != TypeStr<T>::value)
-      throw py::type_error(std::string(name) + " has dtype " + dtype_name(a.typestr) +
-                           ", expected " + dtype_name(TypeStr<T>::value) + " (the dtype of " +
-                           lead_ + ")");
-    if (a.shape != shape)
-      throw py::value_error(std::string(name) + " has shape " + shape_str(a.shape) +
-                            ", expected " + shape_str(shape));
-    if (!a.c_contiguous(sizeof(T))) throw py::value_error(std::string(name) + " must be C-contiguous");
-    if (a.data % sizeof(T) != 0)
-      throw py::value_error(std::string(name) + " must be aligned to its element size");
-    if (is_output && a.readonly)
-      throw py::value_error(std::string(name) + " is read-only; outputs must be writable");
     uintptr_t bytes = sizeof(T);
-    for (int64_t extent : shape) bytes *= static_cast<uintptr_t>(extent);
-    spans_.push_back({name, a.data, a.data + bytes, is_output});
-    return reinterpret_cast<T*>(a.data);
+    for (int64_t extent : a.shape) bytes *= static_cast<uintptr_t>(extent);
+    return {dtype_name(a.typestr), dtype_name(TypeStr<T>::value), a.typestr == TypeStr<T>::value,
+            a.c_contiguous(sizeof(T)), a.data % sizeof(T) == 0, !a.readonly, a.shape,
+            a.data, a.data + bytes};
   }
-
-  const char* lead_;
-  std::vector<Span> spans_;
 };
+
+template <typename T>
+using ArgChecker = bindings::ArgChecker<T, InterfaceReader>;
+
+// The first call that touches the device: every non-empty array the checker saw must be device
+// (or managed) memory of the current device.
+template <typename T>
+void check_device_memory(const ArgChecker<T>& check) {
+  int device = 0;
+  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+  for (const auto& span : check.spans()) {
+    if (span.end == span.begin) continue;
+    cudaPointerAttributes attributes{};
+    check_cuda(cudaPointerGetAttributes(&attributes, reinterpret_cast<void*>(span.begin)),
+               std::string("cudaPointerGetAttributes(") + span.name + ")");
+    if (attributes.type != cudaMemoryTypeDevice && attributes.type != cudaMemoryTypeManaged)
+      throw py::value_error(std::string(span.name) + " is not in device memory");
+    if (attributes.device != device)
+      throw py::value_error(std::string(span.name) + " is on device " +
+                            std::to_string(attributes.device) + ", but the current device is " +
+                            std::to_string(device));
+  }
+}
 
 // The lead array's dtype picks the kernel's type; every other array must have the same.
 template <class F>
@@ -267,7 +217,7 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
       check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
     check.check_no_overlap();
     if (B == 0) return;
-    check.check_device_memory();
+    check_device_memory(check);
     cudaError_t status;
     {
       py::gil_scoped_release release;
@@ -318,7 +268,7 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
     }
     check.check_no_overlap();
     if (B == 0) return;
-    check.check_device_memory();
+    check_device_memory(check);
     cudaError_t status;
     {
       py::gil_scoped_release release;

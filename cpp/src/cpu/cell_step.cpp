@@ -53,18 +53,10 @@ void pack_cell(PackedCell<T>& p, const T* w_ih, const T* w_hh, const T* b_ih, co
     p.w_hh = AlignedBuffer<T>(blocks * H * kWidth);
     p.b_ih = AlignedBuffer<T>(blocks * kWidth);
     p.b_hh = AlignedBuffer<T>(blocks * kWidth);
-    pack_panels(G, H, I, kUnits, [&](int64_t g, int64_t j, int64_t k) {
-      return w_ih[(g * H + j) * I + k];
-    }, p.w_ih.data());
-    pack_panels(G, H, H, kUnits, [&](int64_t g, int64_t j, int64_t k) {
-      return w_hh[(g * H + j) * H + k];
-    }, p.w_hh.data());
-    pack_panels(G, H, 1, kUnits, [&](int64_t g, int64_t j, int64_t) {
-      return b_ih != nullptr ? b_ih[g * H + j] : T(0);
-    }, p.b_ih.data());
-    pack_panels(G, H, 1, kUnits, [&](int64_t g, int64_t j, int64_t) {
-      return b_hh != nullptr ? b_hh[g * H + j] : T(0);
-    }, p.b_hh.data());
+    pack_weight_rows(w_ih, G, H, I, kUnits, p.w_ih.data());
+    pack_weight_rows(w_hh, G, H, H, kUnits, p.w_hh.data());
+    pack_bias(b_ih, G, H, kUnits, p.b_ih.data());
+    pack_bias(b_hh, G, H, kUnits, p.b_hh.data());
   });
 }
 

@@ -76,6 +76,24 @@ void pack_panels(int64_t gates, int64_t hidden, int64_t depth, int64_t units, El
   }
 }
 
+// Packs a weight matrix as PyTorch stores it, w [gates*hidden, depth] row-major (the gates'
+// rows stacked), so that a tile computes x w^T: the usual case of pack_panels.
+template <typename T>
+void pack_weight_rows(const T* w, int64_t gates, int64_t hidden, int64_t depth, int64_t units,
+                      T* out) {
+  pack_panels(gates, hidden, depth, units, [&](int64_t g, int64_t j, int64_t k) {
+    return w[(g * hidden + j) * depth + k];
+  }, out);
+}
+
+// Packs a bias b [gates*hidden] (nullptr: zeros) as a panel of depth 1: a tile's init.
+template <typename T>
+void pack_bias(const T* b, int64_t gates, int64_t hidden, int64_t units, T* out) {
+  pack_panels(gates, hidden, 1, units, [&](int64_t g, int64_t j, int64_t) {
+    return b != nullptr ? b[g * hidden + j] : T(0);
+  }, out);
+}
+
 // ------------------------------------------------------------------ the micro-kernel
 // acc[r][w] = init[w] + sum_k a[r*depth + k] * panel[k*W + w] for the MR rows of a ([MR, depth]
 // row-major) and one panel ([depth, W], W a multiple of the vector width, 64-byte aligned).

@@ -80,18 +80,12 @@ void forward_impl(const ForwardArgs<T>& a) {
   const int64_t proj_blocks = projected ? ceil_div(R, kProjUnits) : 0;
 
   AlignedBuffer<T> panels(blocks * R * kWidth), bias(blocks * kWidth);
-  pack_panels(G, H, R, kUnits, [&](int64_t g, int64_t j, int64_t k) {
-    return a.w_hh[(g * H + j) * R + k];
-  }, panels.data());
-  pack_panels(G, H, 1, kUnits, [&](int64_t g, int64_t j, int64_t) {
-    return a.b_hh != nullptr ? a.b_hh[g * H + j] : T(0);
-  }, bias.data());
+  pack_weight_rows(a.w_hh, G, H, R, kUnits, panels.data());
+  pack_bias(a.b_hh, G, H, kUnits, bias.data());
   // The projection: m [B, H] of the step at hand, and W_hr [R, H] in panels of its rows.
   AlignedBuffer<T> m(projected ? B * H : 0), proj_panels(proj_blocks * H * kProjUnits);
   if (projected)
-    pack_panels(1, R, H, kProjUnits, [&](int64_t, int64_t j, int64_t k) {
-      return a.w_hr[j * H + k];
-    }, proj_panels.data());
+    pack_weight_rows(a.w_hr, 1, R, H, kProjUnits, proj_panels.data());
 
   // The LSTM's running cell state [B, H]; c_n gets each row's c at the row's last step.
   AlignedBuffer<T> c_run(C::kHasCellState ? B * H : 0);
