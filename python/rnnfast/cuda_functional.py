@@ -16,12 +16,7 @@ Arrays may have any strides (non-contiguous ones are copied); they are never wri
 CuPy is imported on first use, so ``import rnnfast`` works without it.
 """
 
-import numpy as np
-
-from .functional import Context
-from .reference import CELLS, GATES
-
-DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+from .functional import ArrayKind, Context, LayerArgs, final_gradients
 
 _backend = None  # (cupy, rnnfast._cuda) once a device was found
 
@@ -49,19 +44,8 @@ def _load():
     return _backend
 
 
-def _as_array(cp, value, name, dtype, shape):
-    """``value`` as a C-contiguous cupy.ndarray of ``dtype`` and ``shape``, or a clear exception."""
-    if not isinstance(value, cp.ndarray):
-        raise TypeError(f"{name} must be a cupy.ndarray, not {type(value).__name__}")
-    if value.dtype != dtype:
-        raise TypeError(f"{name} has dtype {value.dtype}, expected {dtype} (the dtype of x)")
-    if value.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {value.shape}, expected {tuple(shape)}")
-    return cp.ascontiguousarray(value)  # copies only if not C-contiguous
-
-
-def _optional(cp, value, name, dtype, shape):
-    return None if value is None else _as_array(cp, value, name, dtype, shape)
+def _cupy_kind(cp):
+    return ArrayKind(cp.ndarray, "cupy.ndarray", cp.ascontiguousarray)
 
 
 def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=False):
@@ -71,30 +55,11 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
     h_n [B, H], c_n [B, H] (LSTM; else None), ctx for ``backward`` (None unless ``training``).
     """
     cp, cuda = _load()
-    if cell not in GATES:
-        raise ValueError(f"cell must be one of {CELLS}, not {cell!r}")
-    if not isinstance(x, cp.ndarray):
-        raise TypeError(f"x must be a cupy.ndarray, not {type(x).__name__}")
-    if x.dtype not in DTYPES:
-        raise TypeError(f"x has dtype {x.dtype}, expected float32 or float64")
-    if x.ndim != 3 or x.shape[0] < 1:
-        raise ValueError(f"x must have shape (T, B, input_size) with T >= 1, not {x.shape}")
-    if not isinstance(w_hh, cp.ndarray) or w_hh.ndim != 2 or w_hh.shape[1] < 1:
-        raise ValueError("w_hh must be a cupy.ndarray of shape (G*hidden_size, hidden_size)")
-    steps, batch, inputs = x.shape
-    hidden = w_hh.shape[1]
-    gh = GATES[cell] * hidden
-    dtype = x.dtype
-    x = cp.ascontiguousarray(x)
-    w_ih = _as_array(cp, w_ih, "w_ih", dtype, (gh, inputs))
-    w_hh = _as_array(cp, w_hh, "w_hh", dtype, (gh, hidden))
-    b_ih = _optional(cp, b_ih, "b_ih", dtype, (gh,))
-    b_hh = _optional(cp, b_hh, "b_hh", dtype, (gh,))
-    h0 = _as_array(cp, h0, "h0", dtype, (batch, hidden))
-    if cell == "lstm":
-        c0 = _as_array(cp, c0, "c0", dtype, (batch, hidden))
-    elif c0 is not None:
-        raise ValueError(f"c0 must be None for cell {cell!r}: only the LSTM has a cell state")
+    args = LayerArgs(_cupy_kind(cp), cell, x, h0, w_ih, w_hh, b_ih, b_hh, c0, None)
+    steps, batch, inputs, hidden, gh, dtype = (
+        args.steps, args.batch, args.inputs, args.hidden, args.gh, args.dtype)
+    x, w_ih, w_hh, b_ih, b_hh, h0, c0 = (
+        args.x, args.w_ih, args.w_hh, args.b_ih, args.b_hh, args.h0, args.c0)
 
     # The input projection of all steps: one GEMM, outside the time loop.
     zx = (x.reshape(steps * batch, inputs) @ w_ih.T).reshape(steps, batch, gh)
@@ -127,12 +92,7 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
     steps, batch, hidden = y.shape
     inputs, gh = x.shape[2], w_hh.shape[0]
     dtype = y.dtype
-    dy = _as_array(cp, dy, "dy", dtype, y.shape)
-    dh_n = _optional(cp, dh_n, "dh_n", dtype, (batch, hidden))
-    if cell == "lstm":
-        dc_n = _optional(cp, dc_n, "dc_n", dtype, (batch, hidden))
-    elif dc_n is not None:
-        raise ValueError(f"dc_n must be None for cell {cell!r}: only the LSTM has a cell state")
+    dy, dh_n, dc_n = final_gradients(ctx, dy, dh_n, dc_n, _cupy_kind(cp))
 
     dzx = cp.empty((steps, batch, gh), dtype)
     dzh = cp.empty_like(dzx) if cell == "gru" else None  # equal to dzx for the other cells

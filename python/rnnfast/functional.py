@@ -45,19 +45,89 @@ class Context:
             setattr(self, name, value)
 
 
-def _as_array(value, name, dtype, shape):
-    """``value`` as a C-contiguous ndarray of ``dtype`` and ``shape``, or a clear exception."""
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a numpy.ndarray, not {type(value).__name__}")
+class ArrayKind:
+    """The array library a call runs on: its array type, named in errors, and how an argument
+    becomes C-contiguous (and aligned) without a copy when it already is."""
+
+    def __init__(self, array_type, type_name, contiguous):
+        self.array_type, self.type_name, self.contiguous = array_type, type_name, contiguous
+
+
+NUMPY = ArrayKind(np.ndarray, "numpy.ndarray", lambda a: np.require(a, requirements=("C", "A")))
+
+
+def _as_array(value, name, dtype, shape, kind=NUMPY):
+    """``value`` as a C-contiguous array of ``dtype`` and ``shape``, or a clear exception."""
+    if not isinstance(value, kind.array_type):
+        raise TypeError(f"{name} must be a {kind.type_name}, not {type(value).__name__}")
     if value.dtype != dtype:
         raise TypeError(f"{name} has dtype {value.dtype}, expected {dtype} (the dtype of x)")
     if value.shape != tuple(shape):
         raise ValueError(f"{name} has shape {value.shape}, expected {tuple(shape)}")
-    return np.require(value, requirements=("C", "A"))  # copies only if not C-contiguous/aligned
+    return kind.contiguous(value)  # copies only if needed
 
 
-def _optional(value, name, dtype, shape):
-    return None if value is None else _as_array(value, name, dtype, shape)
+def _optional(value, name, dtype, shape, kind=NUMPY):
+    return None if value is None else _as_array(value, name, dtype, shape, kind)
+
+
+class LayerArgs:
+    """A forward's arguments, checked: the sizes (steps, batch, inputs, hidden; out: the size of
+    h, P with the projection; gh = G*hidden), dtype, and the arrays made C-contiguous."""
+
+    def __init__(self, kind, cell, x, h0, w_ih, w_hh, b_ih, b_hh, c0, w_hr):
+        if cell not in GATES:
+            raise ValueError(f"cell must be one of {CELLS}, not {cell!r}")
+        if not isinstance(x, kind.array_type):
+            raise TypeError(f"x must be a {kind.type_name}, not {type(x).__name__}")
+        if x.dtype not in DTYPES:
+            raise TypeError(f"x has dtype {x.dtype}, expected float32 or float64")
+        if x.ndim != 3 or x.shape[0] < 1:
+            raise ValueError(f"x must have shape (T, B, input_size) with T >= 1, not {x.shape}")
+        if not isinstance(w_hh, kind.array_type) or w_hh.ndim != 2 or w_hh.shape[1] < 1:
+            raise ValueError(f"w_hh must be a {kind.type_name} of shape "
+                             "(G*hidden_size, hidden_size)")
+        steps, batch, inputs = x.shape
+        if w_hr is None:
+            hidden = out = w_hh.shape[1]
+        elif cell != "lstm":
+            raise ValueError(f"w_hr must be None for cell {cell!r}: the projection is the LSTM's")
+        elif not isinstance(w_hr, kind.array_type) or w_hr.ndim != 2 or min(w_hr.shape) < 1:
+            raise ValueError(f"w_hr must be a {kind.type_name} of shape (proj_size, hidden_size)")
+        else:
+            out, hidden = w_hr.shape
+        gh = GATES[cell] * hidden
+        dtype = x.dtype
+        self.steps, self.batch, self.inputs, self.hidden, self.out, self.gh, self.dtype = (
+            steps, batch, inputs, hidden, out, gh, dtype)
+        self.x = kind.contiguous(x)
+        self.w_ih = _as_array(w_ih, "w_ih", dtype, (gh, inputs), kind)
+        self.w_hh = _as_array(w_hh, "w_hh", dtype, (gh, out), kind)
+        self.w_hr = _optional(w_hr, "w_hr", dtype, (out, hidden), kind)
+        self.b_ih = _optional(b_ih, "b_ih", dtype, (gh,), kind)
+        self.b_hh = _optional(b_hh, "b_hh", dtype, (gh,), kind)
+        self.h0 = _as_array(h0, "h0", dtype, (batch, out), kind)
+        if cell == "lstm":
+            self.c0 = _as_array(c0, "c0", dtype, (batch, hidden), kind)
+        elif c0 is not None:
+            raise ValueError(f"c0 must be None for cell {cell!r}: only the LSTM has a cell state")
+        else:
+            self.c0 = None
+
+
+def final_gradients(ctx, dy, dh_n, dc_n, kind=NUMPY):
+    """backward's dy, dh_n, dc_n, checked against the forward that ``ctx`` holds."""
+    steps, batch, out = ctx.y.shape
+    hidden = ctx.w_hh.shape[0] // GATES[ctx.cell]
+    dtype = ctx.y.dtype
+    dy = _as_array(dy, "dy", dtype, ctx.y.shape, kind)
+    dh_n = _optional(dh_n, "dh_n", dtype, (batch, out), kind)
+    if ctx.cell == "lstm":
+        dc_n = _optional(dc_n, "dc_n", dtype, (batch, hidden), kind)
+    elif dc_n is not None:
+        raise ValueError(f"dc_n must be None for cell {ctx.cell!r}: only the LSTM has a cell "
+                         "state")
+    return dy, dh_n, dc_n
 
 
 def check_lengths(lengths, steps, batch):
@@ -94,38 +164,11 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
     Returns ``(y, h_n, c_n, ctx)``: y [T, B, R], h_n [B, R], c_n [B, H] (LSTM; else None), and
     ctx, the Context that ``backward`` needs (None unless ``training``); R = H, or P with w_hr.
     """
-    if cell not in GATES:
-        raise ValueError(f"cell must be one of {CELLS}, not {cell!r}")
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x must be a numpy.ndarray, not {type(x).__name__}")
-    if x.dtype not in DTYPES:
-        raise TypeError(f"x has dtype {x.dtype}, expected float32 or float64")
-    if x.ndim != 3 or x.shape[0] < 1:
-        raise ValueError(f"x must have shape (T, B, input_size) with T >= 1, not {x.shape}")
-    if not isinstance(w_hh, np.ndarray) or w_hh.ndim != 2 or w_hh.shape[1] < 1:
-        raise ValueError("w_hh must be a numpy.ndarray of shape (G*hidden_size, hidden_size)")
-    steps, batch, inputs = x.shape
-    if w_hr is None:
-        hidden = out = w_hh.shape[1]
-    elif cell != "lstm":
-        raise ValueError(f"w_hr must be None for cell {cell!r}: the projection is the LSTM's")
-    elif not isinstance(w_hr, np.ndarray) or w_hr.ndim != 2 or min(w_hr.shape) < 1:
-        raise ValueError("w_hr must be a numpy.ndarray of shape (proj_size, hidden_size)")
-    else:
-        out, hidden = w_hr.shape
-    gh = GATES[cell] * hidden
-    dtype = x.dtype
-    x = np.require(x, requirements=("C", "A"))
-    w_ih = _as_array(w_ih, "w_ih", dtype, (gh, inputs))
-    w_hh = _as_array(w_hh, "w_hh", dtype, (gh, out))
-    w_hr = _optional(w_hr, "w_hr", dtype, (out, hidden))
-    b_ih = _optional(b_ih, "b_ih", dtype, (gh,))
-    b_hh = _optional(b_hh, "b_hh", dtype, (gh,))
-    h0 = _as_array(h0, "h0", dtype, (batch, out))
-    if cell == "lstm":
-        c0 = _as_array(c0, "c0", dtype, (batch, hidden))
-    elif c0 is not None:
-        raise ValueError(f"c0 must be None for cell {cell!r}: only the LSTM has a cell state")
+    args = LayerArgs(NUMPY, cell, x, h0, w_ih, w_hh, b_ih, b_hh, c0, w_hr)
+    steps, batch, inputs, hidden, out, gh, dtype = (
+        args.steps, args.batch, args.inputs, args.hidden, args.out, args.gh, args.dtype)
+    x, w_ih, w_hh, w_hr, b_ih, b_hh, h0, c0 = (
+        args.x, args.w_ih, args.w_hh, args.w_hr, args.b_ih, args.b_hh, args.h0, args.c0)
     lengths = check_lengths(lengths, steps, batch)
     resets = check_resets(resets, steps, batch)
 
@@ -162,12 +205,7 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
     inputs, gh = x.shape[2], w_hh.shape[0]
     hidden = gh // GATES[cell]
     dtype = y.dtype
-    dy = _as_array(dy, "dy", dtype, y.shape)
-    dh_n = _optional(dh_n, "dh_n", dtype, (batch, out))
-    if cell == "lstm":
-        dc_n = _optional(dc_n, "dc_n", dtype, (batch, hidden))
-    elif dc_n is not None:
-        raise ValueError(f"dc_n must be None for cell {cell!r}: only the LSTM has a cell state")
+    dy, dh_n, dc_n = final_gradients(ctx, dy, dh_n, dc_n)
 
     dzx = np.empty((steps, batch, gh), dtype)
     dzh = np.empty_like(dzx) if cell == "gru" else None  # equal to dzx for the other cells
