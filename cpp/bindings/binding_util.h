@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "rnnfast/common.h"
+#include "rnnfast/recurrence.h"
 
 namespace rnnfast::bindings {
 
@@ -110,5 +111,79 @@ class ArgChecker {
   const char* lead_;
   std::vector<Span> spans_;
 };
+
+// The arrays every backend's recurrent_forward takes, checked into args (whose cell, sizes and
+// proj are set; h has size proj, or H without the projection). The CPU's lengths, resets and
+// w_hr are the caller's to add.
+template <typename T, class Checker>
+void check_forward_arrays(Checker& check, ForwardArgs<T>& args, const pybind11::handle& zx,
+                          const pybind11::handle& w_hh, const pybind11::handle& b_hh,
+                          const pybind11::handle& h0, const pybind11::handle& c0,
+                          const pybind11::handle& y, const pybind11::handle& h_n,
+                          const pybind11::handle& c_n, const pybind11::handle& saved) {
+  const Cell cell = args.cell;
+  const int64_t G = gate_count(cell), S = saved_per_unit(cell);
+  const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
+  const int64_t R = args.proj > 0 ? args.proj : H;  // size of h
+  args.zx = check.input(zx, "zx", {T_, B, G * H});
+  args.w_hh = check.input(w_hh, "w_hh", {G * H, R});
+  args.b_hh = check.optional_input(b_hh, "b_hh", {G * H});
+  args.h0 = check.input(h0, "h0", {B, R});
+  args.y = check.output(y, "y", {T_, B, R});
+  args.h_n = check.output(h_n, "h_n", {B, R});
+  if (cell == Cell::Lstm) {
+    args.c0 = check.input(c0, "c0", {B, H});
+    args.c_n = check.output(c_n, "c_n", {B, H});
+  } else {
+    check.require_none(c0, "c0", "for this cell (only the LSTM has a cell state)");
+    check.require_none(c_n, "c_n", "for this cell (only the LSTM has a cell state)");
+  }
+  if (S > 0)
+    args.saved = check.optional_output(saved, "saved", {T_, B, S * H});
+  else
+    check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
+}
+
+// The same for recurrent_backward (the CPU's lengths, resets, w_hr and dh_proj aside).
+template <typename T, class Checker>
+void check_backward_arrays(Checker& check, BackwardArgs<T>& args, const pybind11::handle& w_hh,
+                           const pybind11::handle& h0, const pybind11::handle& c0,
+                           const pybind11::handle& y, const pybind11::handle& saved,
+                           const pybind11::handle& dy, const pybind11::handle& dh_n,
+                           const pybind11::handle& dc_n, const pybind11::handle& dzx,
+                           const pybind11::handle& dzh, const pybind11::handle& dh0,
+                           const pybind11::handle& dc0) {
+  const Cell cell = args.cell;
+  const int64_t G = gate_count(cell), S = saved_per_unit(cell);
+  const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
+  const int64_t R = args.proj > 0 ? args.proj : H;  // size of h
+  args.w_hh = check.input(w_hh, "w_hh", {G * H, R});
+  args.h0 = check.input(h0, "h0", {B, R});
+  args.y = check.input(y, "y", {T_, B, R});
+  if (S > 0)
+    args.saved = check.input(saved, "saved", {T_, B, S * H});
+  else
+    check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
+  args.dy = check.input(dy, "dy", {T_, B, R});
+  args.dh_n = check.optional_input(dh_n, "dh_n", {B, R});
+  args.dzx = check.output(dzx, "dzx", {T_, B, G * H});
+  if (cell == Cell::Gru) {
+    args.dzh = check.output(dzh, "dzh", {T_, B, G * H});
+  } else {
+    check.require_none(dzh, "dzh", "for this cell (its dzh equals dzx)");
+    args.dzh = args.dzx;
+  }
+  args.dh0 = check.output(dh0, "dh0", {B, R});
+  if (cell == Cell::Lstm) {
+    args.c0 = check.input(c0, "c0", {B, H});
+    args.dc_n = check.optional_input(dc_n, "dc_n", {B, H});
+    args.dc0 = check.output(dc0, "dc0", {B, H});
+  } else {
+    const char* why = "for this cell (only the LSTM has a cell state)";
+    check.require_none(c0, "c0", why);
+    check.require_none(dc_n, "dc_n", why);
+    check.require_none(dc0, "dc0", why);
+  }
+}
 
 }  // namespace rnnfast::bindings

@@ -196,25 +196,8 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
     using T = decltype(type_tag);
     ArgChecker<T> check("zx");
     auto args = args_with_sizes<ForwardArgs<T>>(cell, zx, "zx", w_hh);
-    const int64_t G = gate_count(cell), S = saved_per_unit(cell);
-    const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
-    args.zx = check.input(zx, "zx", {T_, B, G * H});
-    args.w_hh = check.input(w_hh, "w_hh", {G * H, H});
-    args.b_hh = check.optional_input(b_hh, "b_hh", {G * H});
-    args.h0 = check.input(h0, "h0", {B, H});
-    args.y = check.output(y, "y", {T_, B, H});
-    args.h_n = check.output(h_n, "h_n", {B, H});
-    if (cell == Cell::Lstm) {
-      args.c0 = check.input(c0, "c0", {B, H});
-      args.c_n = check.output(c_n, "c_n", {B, H});
-    } else {
-      check.require_none(c0, "c0", "for this cell (only the LSTM has a cell state)");
-      check.require_none(c_n, "c_n", "for this cell (only the LSTM has a cell state)");
-    }
-    if (S > 0)
-      args.saved = check.optional_output(saved, "saved", {T_, B, S * H});
-    else
-      check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
+    bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved);
+    const int64_t B = args.batch;
     check.check_no_overlap();
     if (B == 0) return;
     check_device_memory(check);
@@ -237,35 +220,9 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
     using T = decltype(type_tag);
     ArgChecker<T> check("dzx");
     auto args = args_with_sizes<BackwardArgs<T>>(cell, dzx, "dzx", w_hh);
-    const int64_t G = gate_count(cell), S = saved_per_unit(cell);
-    const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
-    args.w_hh = check.input(w_hh, "w_hh", {G * H, H});
-    args.h0 = check.input(h0, "h0", {B, H});
-    args.y = check.input(y, "y", {T_, B, H});
-    if (S > 0)
-      args.saved = check.input(saved, "saved", {T_, B, S * H});
-    else
-      check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
-    args.dy = check.input(dy, "dy", {T_, B, H});
-    args.dh_n = check.optional_input(dh_n, "dh_n", {B, H});
-    args.dzx = check.output(dzx, "dzx", {T_, B, G * H});
-    if (cell == Cell::Gru) {
-      args.dzh = check.output(dzh, "dzh", {T_, B, G * H});
-    } else {
-      check.require_none(dzh, "dzh", "for this cell (its dzh equals dzx)");
-      args.dzh = args.dzx;
-    }
-    args.dh0 = check.output(dh0, "dh0", {B, H});
-    if (cell == Cell::Lstm) {
-      args.c0 = check.input(c0, "c0", {B, H});
-      args.dc_n = check.optional_input(dc_n, "dc_n", {B, H});
-      args.dc0 = check.output(dc0, "dc0", {B, H});
-    } else {
-      const char* why = "for this cell (only the LSTM has a cell state)";
-      check.require_none(c0, "c0", why);
-      check.require_none(dc_n, "dc_n", why);
-      check.require_none(dc0, "dc0", why);
-    }
+    bindings::check_backward_arrays(check, args, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx,
+                                    dzh, dh0, dc0);
+    const int64_t B = args.batch;
     check.check_no_overlap();
     if (B == 0) return;
     check_device_memory(check);
