@@ -19,7 +19,8 @@ from _util import (
 
 # (T, B, I, H): I and H from {1, 7, 33, 130} (1: degenerate, 7: below one SIMD vector,
 # 33: one past a multiple of 8/16/32, 130: two past 128 and several tiles), B of 1 and 3,
-# T of 1 and 5, and one longer sequence. A selection, not the cross product, to keep it fast.
+# T of 1 and 5, one longer sequence, and one batch past a chunk of row tiles (microkernel.h).
+# A selection, not the cross product, to keep it fast.
 SHAPES = [
     (1, 1, 1, 1),
     (5, 3, 1, 7),
@@ -32,6 +33,7 @@ SHAPES = [
     (5, 3, 7, 130),
     (20, 3, 33, 33),
     (4, 9, 13, 70),  # B = 9: two full 4-row tiles and a 1-row tail
+    (3, 53, 7, 130),  # B = 53: two chunks of row tiles; depth 130 (and 4 * 130): depth blocks
 ]
 SHAPE_IDS = [shape_id(*s) for s in SHAPES]
 DTYPE_IDS = ["f32", "f64"]

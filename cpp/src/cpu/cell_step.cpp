@@ -26,10 +26,10 @@ void step_impl(const PackedCell<T>& p, int64_t B, const T* x, const T* h, const 
       for_each_row_tile(B, [&](int64_t row0, auto mr) {
         constexpr int MR = decltype(mr)::value;
         alignas(64) T zx[MR][kWidth], zh[MR][kWidth];
-        tile_gemm<T, MR, kWidth>(x + row0 * I, I, p.w_ih.data() + block * I * kWidth,
-                                 p.b_ih.data() + block * kWidth, zx);
-        tile_gemm<T, MR, kWidth>(h + row0 * H, H, p.w_hh.data() + block * H * kWidth,
-                                 p.b_hh.data() + block * kWidth, zh);
+        tile_gemm<T, MR, kWidth>(x + row0 * I, I, I, p.w_ih.data() + block * I * kWidth,
+                                 p.b_ih.data() + block * kWidth, false, zx);
+        tile_gemm<T, MR, kWidth>(h + row0 * H, H, H, p.w_hh.data() + block * H * kWidth,
+                                 p.b_hh.data() + block * kWidth, false, zh);
         for (int r = 0; r < MR; ++r) {
           const int64_t at = (row0 + r) * H + j0;  // unit j0 of this row in [B, H]
           tile_forward<T, C, kUnits>(zx[r], zh[r], h + at, c != nullptr ? c + at : nullptr,

@@ -95,15 +95,17 @@ void pack_bias(const T* b, int64_t gates, int64_t hidden, int64_t units, T* out)
 }
 
 // ------------------------------------------------------------------ the micro-kernel
-// acc[r][w] = init[w] + sum_k a[r*depth + k] * panel[k*W + w] for the MR rows of a ([MR, depth]
-// row-major) and one panel ([depth, W], W a multiple of the vector width, 64-byte aligned).
-// init may be nullptr (zero). Short tiles (few rows, as at batch 1) split the depth between
-// up to four sets of accumulators, as registers allow, so that enough independent multiply-adds
-// are in flight to hide the FMA latency (about 16 with two 4-cycle FMA pipes); the split is
-// fixed by MR and W, so results never depend on the thread count.
+// acc[r][w] = start[r][w] + sum_k a[r*lda + k] * panel[k*W + w] for the MR rows of a (row
+// stride lda) and one panel ([depth, W], W a multiple of the vector width, 64-byte aligned),
+// where start is acc itself when resume (a later depth block), else init[w] (nullptr: zero).
+// Short tiles (few rows, as at batch 1) split the depth between up to four sets of
+// accumulators, as registers allow, so that enough independent multiply-adds are in flight to
+// hide the FMA latency (about 16 with two 4-cycle FMA pipes); the split is fixed by MR and W,
+// so results never depend on the thread count.
 template <typename T, int MR, int W>
-inline void tile_gemm(const T* __restrict a, int64_t depth, const T* __restrict panel,
-                      const T* __restrict init, T (&acc)[MR][W]) {
+inline void tile_gemm(const T* __restrict a, int64_t lda, int64_t depth,
+                      const T* __restrict panel, const T* __restrict init, bool resume,
+                      T (&acc)[MR][W]) {
   using S = Simd<T>;
   using V = typename S::Vec;
   constexpr int NV = W / S::kLanes;
@@ -113,7 +115,9 @@ inline void tile_gemm(const T* __restrict a, int64_t depth, const T* __restrict 
   V sum[kSplit][MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) {
-      sum[0][r][v] = init != nullptr ? S::load(init + v * S::kLanes) : V{};
+      sum[0][r][v] = resume            ? S::load(&acc[r][v * S::kLanes])
+                     : init != nullptr ? S::load(init + v * S::kLanes)
+                                       : V{};
       for (int s = 1; s < kSplit; ++s) sum[s][r][v] = V{};
     }
   int64_t k = 0;
@@ -122,14 +126,14 @@ inline void tile_gemm(const T* __restrict a, int64_t depth, const T* __restrict 
       V p[NV];
       for (int v = 0; v < NV; ++v) p[v] = S::load(panel + (k + s) * W + v * S::kLanes);
       for (int r = 0; r < MR; ++r) {
-        const T a_rk = a[r * depth + k + s];
+        const T a_rk = a[r * lda + k + s];
         for (int v = 0; v < NV; ++v) sum[s][r][v] += p[v] * a_rk;
       }
     }
   }
   for (; k < depth; ++k) {  // the odd last k of a split tile
     for (int r = 0; r < MR; ++r) {
-      const T a_rk = a[r * depth + k];
+      const T a_rk = a[r * lda + k];
       for (int v = 0; v < NV; ++v) sum[0][r][v] += S::load(panel + k * W + v * S::kLanes) * a_rk;
     }
   }
@@ -159,17 +163,65 @@ inline void for_each_row_tile(int64_t rows, Tile&& tile) {
   }
 }
 
+// Cache blocking of gemm_panel. A panel is read once per row tile; streamed from L2 its
+// vectors would cost more than the multiply-adds they feed (4 vectors for 24 FMAs under
+// AVX-512). So when a panel is deeper than a block, the rows go in chunks of kChunkTiles tiles,
+// and each chunk runs the depth block by block: a block's slice of the panel (32 KB) stays in
+// L1 while every tile of the chunk reads it, and the chunk's accumulators wait in a stack
+// buffer between blocks.
+template <typename T, int W>
+constexpr int64_t kDepthBlock = 32768 / (W * static_cast<int64_t>(sizeof(T)));
+constexpr int kChunkTiles = 8;
+
 // Multiplies all `rows` rows of a [rows, depth] by one panel [depth, W], tile by tile, and hands
-// each tile to epilogue(row0, acc) where acc is T[MR][W] for rows row0 .. row0 + MR - 1.
+// each tile to epilogue(row0, acc) where acc is T[MR][W] for rows row0 .. row0 + MR - 1, once
+// its whole depth is summed. init: as in tile_gemm. The depth blocks depend only on depth and
+// W, so results do not depend on the thread count. prefetch(row0, rows) is called before a
+// tile's first depth block, to request the operands its epilogue will read and write (see
+// prefetch_span): spread tile by tile, the requests do not queue up, and with a deep panel
+// they have the rest of the chunk's blocks to arrive.
+template <typename T, int W, class Epilogue, class Prefetch>
+void gemm_panel(const T* a, int64_t rows, int64_t depth, const T* panel, const T* init,
+                Epilogue&& epilogue, Prefetch&& prefetch) {
+  constexpr int64_t kChunkRows = kChunkTiles * kTileRows;
+  const int64_t block = depth > kDepthBlock<T, W> ? kDepthBlock<T, W> : std::max<int64_t>(depth, 1);
+  alignas(64) T chunk_acc[kChunkRows][W];
+  for (int64_t chunk0 = 0; chunk0 < rows; chunk0 += kChunkRows) {
+    const int64_t chunk_rows = std::min(kChunkRows, rows - chunk0);
+    for (int64_t k0 = 0; k0 < depth || k0 == 0; k0 += block) {
+      const int64_t k_len = std::min(block, depth - k0);
+      for_each_row_tile(chunk_rows, [&](int64_t r0, auto mr) {
+        constexpr int MR = decltype(mr)::value;
+        if (k0 == 0) prefetch(chunk0 + r0, MR);
+        auto& acc = *reinterpret_cast<T(*)[MR][W]>(&chunk_acc[r0][0]);
+        tile_gemm<T, MR, W>(a + (chunk0 + r0) * depth + k0, depth, k_len, panel + k0 * W, init,
+                            k0 > 0, acc);
+        if (k0 + k_len >= depth) epilogue(chunk0 + r0, acc);
+      });
+    }
+  }
+}
+
 template <typename T, int W, class Epilogue>
 void gemm_panel(const T* a, int64_t rows, int64_t depth, const T* panel, const T* init,
                 Epilogue&& epilogue) {
-  for_each_row_tile(rows, [&](int64_t row0, auto mr) {
-    constexpr int MR = decltype(mr)::value;
-    alignas(64) T acc[MR][W];
-    tile_gemm<T, MR, W>(a + row0 * depth, depth, panel, init, acc);
-    epilogue(row0, acc);
-  });
+  gemm_panel<T, W>(a, rows, depth, panel, init, epilogue, [](int64_t, int64_t) {});
+}
+
+// Asks for the cache lines of p[0 .. n) into L2. The epilogues' rows (a few dozen bytes of
+// each gate's row, rows and gates kilobytes apart) are too scattered for the hardware
+// prefetchers, and at large sizes each step's rows come from memory. Written in assembly:
+// GCC 12 emitted nothing for __builtin_prefetch here (seen with objdump).
+template <typename T>
+inline void prefetch_span(const T* p, int64_t n) {
+  const uintptr_t end = reinterpret_cast<uintptr_t>(p + n);
+  for (uintptr_t line = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63}; line < end; line += 64) {
+#if defined(__x86_64__) || defined(__i386__)
+    asm volatile("prefetcht1 %0" : : "m"(*reinterpret_cast<const char*>(line)));
+#else
+    __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 2);
+#endif
+  }
 }
 
 // ------------------------------------------------------------------ threads and memory

@@ -40,8 +40,7 @@ inline void forward_epilogue(const T* acc, const T* zx_row, const T* h_prev_row,
                              int64_t j0, int64_t units) {
   constexpr int G = C::kGates;
   alignas(64) T zx_l[G][kUnits];
-  for (int g = 0; g < G; ++g)
-    for (int u = 0; u < kUnits; ++u) zx_l[g][u] = u < units ? zx_row[g * H + j0 + u] : T(0);
+  for (int g = 0; g < G; ++g) load_units<kUnits>(zx_l[g], zx_row + g * H + j0, units);
   tile_forward<T, C, kUnits>(&zx_l[0][0], acc, h_prev_row != nullptr ? h_prev_row + j0 : nullptr,
                              c_prev_row != nullptr ? c_prev_row + j0 : nullptr, h_row + j0,
                              c_row != nullptr ? c_row + j0 : nullptr,
@@ -143,6 +142,14 @@ void forward_impl(const ForwardArgs<T>& a) {
               if constexpr (C::kHasCellState)
                 std::copy(c_b + j0, c_b + j0 + units, a.c_n + bh + j0);
             }
+          }
+        }, [&](int64_t row0, int64_t rows) {  // the epilogue's rows of zx, h, c and saved
+          for (int64_t b = row0; b < row0 + rows; ++b) {
+            for (int g = 0; g < G; ++g) prefetch_span(zx_t + b * GH + g * H + j0, units);
+            prefetch_span(cell_h + b * H + j0, units);
+            if constexpr (C::kHasCellState) prefetch_span(c_run.data() + b * H + j0, units);
+            for (int s = 0; kTraining && s < S; ++s)
+              prefetch_span(a.saved + ((t * B + b) * S + s) * H + j0, units);
           }
         });
       }

@@ -3,7 +3,9 @@
 // after microkernel.h.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
 
 #include "microkernel.h"
 #include "rnnfast/cells/cells.h"
@@ -16,6 +18,27 @@ namespace {
 // vectors). A forward panel holds, for each depth k, the G gates of these units side by side.
 template <typename T, class C>
 constexpr int kForwardUnits = C::kGates == 3 ? kTileWidth<T> / 4 : kTileWidth<T> / C::kGates;
+
+// Copies `units` (<= kUnits) values of a tile row in or out of a local array of kUnits. A full
+// tile (the common case) is one fixed-size copy, which compiles to a few vector moves; a
+// partial one (the last block of an H that is not a multiple of kUnits) copies unit by unit,
+// and load_units fills the rest of the local array with `fill`.
+template <int kUnits, typename T>
+inline void load_units(T* local, const T* src, int64_t units, T fill = T(0)) {
+  if (units == kUnits) {
+    std::memcpy(local, src, sizeof(T) * kUnits);
+    return;
+  }
+  for (int u = 0; u < kUnits; ++u) local[u] = u < units ? src[u] : fill;
+}
+
+template <int kUnits, typename T>
+inline void store_units(T* dst, const T* local, int64_t units) {
+  if (units == kUnits)
+    std::memcpy(dst, local, sizeof(T) * kUnits);
+  else
+    std::memcpy(dst, local, sizeof(T) * units);
+}
 
 // The cell's forward for `units` (<= kUnits) consecutive hidden units of one batch row, from
 // the tile's pre-activations zx and zh, laid out [G][kUnits]. h_prev, c_prev, h, c point at the
@@ -33,11 +56,14 @@ __attribute__((noinline)) void tile_forward(const T* zx, const T* zh, const T* h
                          T* saved, int64_t saved_stride, int64_t units) {
   constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
   alignas(64) T h_prev_l[kUnits], c_l[kUnits], h_l[kUnits], saved_l[S][kUnits];
-  for (int u = 0; u < kUnits; ++u) {
-    const bool valid = u < units;
-    h_prev_l[u] = valid && h_prev != nullptr ? h_prev[u] : T(0);
-    c_l[u] = valid && C::kHasCellState ? c_prev[u] : T(0);
-  }
+  if (h_prev != nullptr)
+    load_units<kUnits>(h_prev_l, h_prev, units);
+  else
+    std::fill(h_prev_l, h_prev_l + kUnits, T(0));
+  if constexpr (C::kHasCellState)
+    load_units<kUnits>(c_l, c_prev, units);
+  else
+    std::fill(c_l, c_l + kUnits, T(0));
   for (int u = 0; u < kUnits; ++u) {
     T zx_u[G], zh_u[G], saved_u[S];
     for (int g = 0; g < G; ++g) {
@@ -47,12 +73,10 @@ __attribute__((noinline)) void tile_forward(const T* zx, const T* zh, const T* h
     C::forward(zx_u, zh_u, h_prev_l[u], c_l[u], h_l[u], saved_u);
     for (int s = 0; s < S; ++s) saved_l[s][u] = saved_u[s];
   }
-  for (int64_t u = 0; u < units; ++u) {
-    h[u] = h_l[u];
-    if constexpr (C::kHasCellState) c[u] = c_l[u];
-    if (saved != nullptr)
-      for (int s = 0; s < C::kSaved; ++s) saved[s * saved_stride + u] = saved_l[s][u];
-  }
+  store_units<kUnits>(h, h_l, units);
+  if constexpr (C::kHasCellState) store_units<kUnits>(c, c_l, units);
+  if (saved != nullptr)
+    for (int s = 0; s < C::kSaved; ++s) store_units<kUnits>(saved + s * saved_stride, saved_l[s], units);
 }
 
 }  // namespace
