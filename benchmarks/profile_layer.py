@@ -2,10 +2,11 @@
 each timed alone (median of repeats after warm-up) with its GFLOP/s and % of the SGEMM rate
 measured in the same run. Run: python benchmarks/profile_layer.py [--cells ...] [--shapes ...]
 
-Parts: the input projection (one GEMM through NumPy's BLAS), the fused recurrence (rnnfast's
-kernel, forward and backward), and the weight and input gradients (GEMMs through NumPy's BLAS).
-The recurrence is also timed right after a NumPy GEMM, to show what the BLAS library's worker
-threads (which keep spinning for a while after a call) cost the kernel's threads.
+Parts: the input projection (one GEMM), the fused recurrence (forward and backward), and the
+weight and input gradients (three GEMMs), all rnnfast's kernels (_cpu.gemm, _cpu.recurrent_*),
+as rnnfast.functional calls them. The GEMMs are also timed through NumPy's BLAS for comparison,
+and the recurrence right after a NumPy GEMM, to show what the BLAS library's worker threads
+(which keep spinning for a while after a call) would cost the kernel's threads.
 """
 
 import argparse
@@ -70,23 +71,34 @@ def profile(cell, T, B, H, repeats, peak):
     def backward():
         _cpu.recurrent_backward(cell, w_hh, h0, c0, y, saved, dy, None, None, dzx, dzh, dh0, dc0)
 
+    x2, d, y2 = x.reshape(T * B, I), dzx.reshape(T * B, G * H), y.reshape(T * B, H)
+    dx, dw_ih, dw_hh = np.empty((T * B, I), f32), np.empty((G * H, I), f32), np.empty_like(w_hh)
+
+    def projection():
+        _cpu.gemm(x2, w_ih, zx.reshape(T * B, G * H), trans_b=True)
+
     def gradient_gemms():
-        d = dzx.reshape(T * B, G * H)
+        _cpu.gemm(d, w_ih, dx)
+        _cpu.gemm(d, x2, dw_ih, trans_a=True)
+        _cpu.gemm(d, y2, dw_hh, trans_a=True)
+
+    def gradient_gemms_blas():
         d @ w_ih
-        d.T @ x.reshape(T * B, I)
-        d.T @ y.reshape(T * B, H)
+        d.T @ x2
+        d.T @ y2
 
     gemm = T * B * G * 2 * I * H  # FLOPs of one T*B x I x G*H GEMM (I = H: also the recurrence)
     recurrence()
     backward()
     after = median_time(recurrence_after_gemm, repeats) - median_time(lambda: a @ a, repeats)
     parts = [
-        ("input projection (BLAS)", median_time(lambda: x.reshape(T * B, I) @ w_ih.T, repeats),
-         gemm),
+        ("input projection", median_time(projection, repeats), gemm),
+        ("  same, NumPy's BLAS", median_time(lambda: x2 @ w_ih.T, repeats), gemm),
         ("recurrence forward", median_time(recurrence, repeats), gemm),
         ("  same, after a BLAS call", after, gemm),
         ("recurrence backward", median_time(backward, repeats), gemm),
-        ("gradient GEMMs (BLAS)", median_time(gradient_gemms, repeats), 3 * gemm),
+        ("gradient GEMMs", median_time(gradient_gemms, repeats), 3 * gemm),
+        ("  same, NumPy's BLAS", median_time(gradient_gemms_blas, repeats), 3 * gemm),
     ]
     print(f"\n{cell} T={T} B={B} I=H={H}")
     for name, seconds, flops in parts:

@@ -14,6 +14,7 @@
 #include "rnnfast/activations_cpu.h"
 #include "rnnfast/cell_step.h"
 #include "rnnfast/cpu_features.h"
+#include "rnnfast/gemm.h"
 #include "rnnfast/recurrence.h"
 
 namespace py = pybind11;
@@ -187,6 +188,46 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
   });
 }
 
+// c [m, n] = op(a) op(b) + bias, or c += op(a) op(b) + bias with accumulate, where op(x) is x
+// or, with trans_x, x.T: op(a) [m, k], op(b) [k, n], bias [n] or None.
+void gemm_py(py::object a, py::object b, py::object c, bool trans_a, bool trans_b,
+             py::object bias, bool accumulate) {
+  dispatch_dtype(a, "a", [&](auto type_tag) {
+    using T = decltype(type_tag);
+    ArgChecker<T> check("a");
+    const auto shape_2d = [](const py::object& obj, const char* name) {
+      if (!py::isinstance<py::array>(obj))
+        throw py::type_error(std::string(name) + " must be a numpy.ndarray");
+      auto arr = py::reinterpret_borrow<py::array>(obj);
+      if (arr.ndim() != 2)
+        throw py::value_error(std::string(name) + " must be 2-D, not " +
+                              std::to_string(arr.ndim()) + "-D");
+      return std::pair<int64_t, int64_t>(arr.shape(0), arr.shape(1));
+    };
+    const auto [a0, a1] = shape_2d(a, "a");
+    const auto [b0, b1] = shape_2d(b, "b");
+    const int64_t m = trans_a ? a1 : a0, k = trans_a ? a0 : a1;
+    const int64_t n = trans_b ? b0 : b1;
+    GemmArgs<T> args{};
+    args.m = m;
+    args.n = n;
+    args.k = k;
+    args.a = check.input(a, "a", {a0, a1});
+    args.a_row = trans_a ? 1 : a1;
+    args.a_col = trans_a ? a1 : 1;
+    args.b = check.input(b, "b", trans_b ? std::vector<int64_t>{n, k} : std::vector<int64_t>{k, n});
+    args.b_row = trans_b ? 1 : n;
+    args.b_col = trans_b ? k : 1;
+    args.bias = check.optional_input(bias, "bias", {n});
+    args.c = check.output(c, "c", {m, n});
+    args.ldc = n;
+    args.accumulate = accumulate;
+    check.check_no_overlap();
+    py::gil_scoped_release release;
+    gemm(args);
+  });
+}
+
 // Packs a cell's weights for cell_step (PyTorch's names: weight_ih [G*H, I], weight_hh [G*H, H],
 // bias_ih, bias_hh [G*H] or None).
 py::object pack_cell_py(const std::string& cell_name, py::object w_ih, py::object w_hh,
@@ -304,6 +345,10 @@ PYBIND11_MODULE(_cpu, m) {
         "gradient reaching each h_t.");
   bind_packed_cell<float>(m, "PackedCellFloat32");
   bind_packed_cell<double>(m, "PackedCellFloat64");
+  m.def("gemm", &gemm_py, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
+        py::arg("trans_b") = false, py::arg("bias") = py::none(), py::arg("accumulate") = false,
+        "c = op(a) op(b) + bias (c += ... with accumulate), op(x) = x.T where trans_x; on "
+        "rnnfast's threads. a, b, c, bias: C-contiguous, one float dtype; c [m, n] is written.");
   m.def("pack_cell", &pack_cell_py, py::arg("cell"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"),
         "Packs a cell's weights for cell_step, in the layout of the instruction set in use.");

@@ -48,9 +48,9 @@ def cpu_info():
 
 def set_num_threads(threads):
     """Sets the number of threads of the CPU kernels (>= 1). The default is the number of cores
-    this process may run on, or the environment variable RNNFAST_NUM_THREADS. Results are
-    bitwise identical for any thread count. (NumPy's BLAS, used for the large GEMMs, has its
-    own setting, e.g. OPENBLAS_NUM_THREADS.)"""
+    this process may run on, or the environment variable RNNFAST_NUM_THREADS. It covers the
+    layers' large GEMMs too (rnnfast's own, not NumPy's BLAS). Results are bitwise identical
+    for any thread count."""
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, not {threads!r}")
     _cpu.set_num_threads(threads)

@@ -4,10 +4,14 @@ The layers (``rnnfast.RNN``, ``LSTM``, ``GRU``) are built on these two functions
 the other front ends. They take the same arguments as ``rnnfast.reference.forward`` and
 ``backward`` and return the same results, computed by the compiled kernels:
 
-- the input projection ``zx = x W_ih^T + b_ih`` for all steps is one large GEMM (NumPy's BLAS),
+- the input projection ``zx = x W_ih^T + b_ih`` for all steps is one large GEMM,
 - the loop over time runs in C++ (``rnnfast._cpu``): per step the recurrent matmul on packed
   weights with the cell's gate math fused into it,
 - after the backward loop the weight and input gradients are again large GEMMs.
+
+The GEMMs are rnnfast's own (``_cpu.gemm``, on the same threads and micro-kernel as the
+recurrence), not NumPy's BLAS, whose worker threads keep spinning after each call and would
+take the cores from the recurrence that follows.
 
 Shapes are time-major: ``x`` [T, B, I], ``h0``/``c0`` [B, H], ``w_ih`` [G*H, I], ``w_hh``
 [G*H, H], biases [G*H], with PyTorch's gate order (see ``rnnfast.reference``). Optional:
@@ -172,10 +176,10 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
     lengths = check_lengths(lengths, steps, batch)
     resets = check_resets(resets, steps, batch)
 
-    # The input projection of all steps: one GEMM, outside the time loop.
-    zx = (x.reshape(steps * batch, inputs) @ w_ih.T).reshape(steps, batch, gh)
-    if b_ih is not None:
-        zx += b_ih
+    # The input projection of all steps, b_ih included: one GEMM, outside the time loop.
+    zx = np.empty((steps, batch, gh), dtype)
+    _cpu.gemm(x.reshape(steps * batch, inputs), w_ih, zx.reshape(steps * batch, gh),
+              trans_b=True, bias=b_ih)
     y = np.empty((steps, batch, out), dtype)
     h_n = np.empty((batch, out), dtype)
     c_n = np.empty((batch, hidden), dtype) if cell == "lstm" else None
@@ -219,16 +223,22 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
     # resets[t] is set, y[t-1] elsewhere (dzx and dzh are 0 on padding, whatever y holds there).
     dzx = dzx.reshape(steps * batch, gh)
     dzh = dzx if dzh is None else dzh.reshape(steps * batch, gh)
-    dw_hh = dzh[:batch].T @ ctx.h0
+    dw_hh = np.empty((gh, out), dtype)
+    _cpu.gemm(dzh[:batch], ctx.h0, dw_hh, trans_a=True)
     if steps > 1:
         h_prev = y[:-1] if ctx.resets is None else np.where(ctx.resets[1:, :, None], ctx.h0,
                                                               y[:-1])
-        dw_hh += dzh[batch:].T @ h_prev.reshape((steps - 1) * batch, out)
+        _cpu.gemm(dzh[batch:], h_prev.reshape((steps - 1) * batch, out), dw_hh, trans_a=True,
+                  accumulate=True)
+    dx = np.empty((steps, batch, inputs), dtype)
+    _cpu.gemm(dzx, w_ih, dx.reshape(steps * batch, inputs))
+    dw_ih = np.empty((gh, inputs), dtype)
+    _cpu.gemm(dzx, x.reshape(steps * batch, inputs), dw_ih, trans_a=True)
     grads = {
-        "x": (dzx @ w_ih).reshape(steps, batch, inputs),
+        "x": dx,
         "h0": dh0,
         "c0": dc0,
-        "w_ih": dzx.T @ x.reshape(steps * batch, inputs),
+        "w_ih": dw_ih,
         "w_hh": dw_hh,
         "b_ih": dzx.sum(axis=0),
         "b_hh": dzh.sum(axis=0),
@@ -238,5 +248,6 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
         # saves i, f, g, o, c; zero on padding, where dh_proj is zero too).
         o, c = ctx.saved[:, :, 3 * hidden:4 * hidden], ctx.saved[:, :, 4 * hidden:]
         m = (o * np.tanh(c)).reshape(steps * batch, hidden)
-        grads["w_hr"] = dh_proj.reshape(steps * batch, out).T @ m
+        grads["w_hr"] = np.empty((out, hidden), dtype)
+        _cpu.gemm(dh_proj.reshape(steps * batch, out), m, grads["w_hr"], trans_a=True)
     return grads

@@ -53,10 +53,10 @@ void pack_cell(PackedCell<T>& p, const T* w_ih, const T* w_hh, const T* b_ih, co
     p.w_hh = AlignedBuffer<T>(blocks * H * kWidth);
     p.b_ih = AlignedBuffer<T>(blocks * kWidth);
     p.b_hh = AlignedBuffer<T>(blocks * kWidth);
-    pack_weight_rows(w_ih, G, H, I, kUnits, p.w_ih.data());
-    pack_weight_rows(w_hh, G, H, H, kUnits, p.w_hh.data());
-    pack_bias(b_ih, G, H, kUnits, p.b_ih.data());
-    pack_bias(b_hh, G, H, kUnits, p.b_hh.data());
+    pack_panels(G, H, I, kUnits, weight_rows(w_ih, H, I), p.w_ih.data());
+    pack_panels(G, H, H, kUnits, weight_rows(w_hh, H, H), p.w_hh.data());
+    pack_panels(G, H, 1, kUnits, bias_rows(b_ih, H), p.b_ih.data());
+    pack_panels(G, H, 1, kUnits, bias_rows(b_hh, H), p.b_hh.data());
   });
 }
 

@@ -1,4 +1,4 @@
-// Run-time choice among the instruction sets recurrence.cpp was compiled for, and the thread
+// Run-time choice among the instruction sets the kernels were compiled for, and the thread
 // count of the CPU kernels.
 #include <atomic>
 #include <stdexcept>
@@ -6,6 +6,7 @@
 #include "rnnfast/activations_cpu.h"
 #include "rnnfast/cell_step.h"
 #include "rnnfast/cpu_features.h"
+#include "rnnfast/gemm.h"
 #include "rnnfast/recurrence.h"
 #include "thread_pool.h"
 
@@ -16,6 +17,7 @@ namespace rnnfast {
   namespace ns {                                                                       \
   template <typename T> void recurrent_forward(const ForwardArgs<T>&);                 \
   template <typename T> void recurrent_backward(const BackwardArgs<T>&);               \
+  template <typename T> void gemm(const GemmArgs<T>&);                                 \
   template <typename T> void apply_activation(Activation, const T*, T*, int64_t);      \
   template <typename T>                                                                \
   void pack_cell(PackedCell<T>&, const T*, const T*, const T*, const T*);              \
@@ -135,6 +137,11 @@ void recurrent_backward(const BackwardArgs<T>& args) {
 }
 
 template <typename T>
+void gemm(const GemmArgs<T>& args) {
+  RNNFAST_ON_ACTIVE_ISA(gemm(args));
+}
+
+template <typename T>
 void apply_activation(Activation f, const T* in, T* out, int64_t n) {
   RNNFAST_ON_ACTIVE_ISA(apply_activation(f, in, out, n));
 }
@@ -162,6 +169,8 @@ template void recurrent_forward<float>(const ForwardArgs<float>&);
 template void recurrent_forward<double>(const ForwardArgs<double>&);
 template void recurrent_backward<float>(const BackwardArgs<float>&);
 template void recurrent_backward<double>(const BackwardArgs<double>&);
+template void gemm<float>(const GemmArgs<float>&);
+template void gemm<double>(const GemmArgs<double>&);
 template void apply_activation<float>(Activation, const float*, float*, int64_t);
 template void apply_activation<double>(Activation, const double*, double*, int64_t);
 template PackedCell<float> pack_cell(Cell, int64_t, int64_t, const float*, const float*,

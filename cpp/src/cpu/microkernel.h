@@ -57,41 +57,77 @@ template <typename T>
 constexpr int kTileWidth = kTileVectors * Simd<T>::kLanes;
 
 // ------------------------------------------------------------------ packing
-// Packs a matrix given by elem(g, j, k) (gate g, hidden unit j < hidden, depth k < depth) into
-// panels: out[block][k][g][u] = elem(g, block*units + u, k), zero past the last unit. A panel
-// (one block) is then a [depth, gates*units] row-major matrix that a tile streams row by row.
-template <typename T, class Elem>
-void pack_panels(int64_t gates, int64_t hidden, int64_t depth, int64_t units, Elem elem, T* out) {
-  const int64_t blocks = ceil_div(hidden, units);
-  for (int64_t block = 0; block < blocks; ++block) {
-    for (int64_t k = 0; k < depth; ++k) {
-      for (int64_t g = 0; g < gates; ++g) {
-        T* dst = out + ((block * depth + k) * gates + g) * units;
-        for (int64_t u = 0; u < units; ++u) {
-          const int64_t j = block * units + u;
-          dst[u] = j < hidden ? elem(g, j, k) : T(0);
-        }
+// dst[0 .. n) = src[0 .. n), a vector at a time: GCC turns a short memcpy of variable size into
+// `rep movs`, whose start-up costs more than copying a panel row.
+template <typename T>
+inline void copy_short(T* dst, const T* src, int64_t n) {
+  using S = Simd<T>;
+  int64_t i = 0;
+  for (; i + S::kLanes <= n; i += S::kLanes) S::store(dst + i, S::load(src + i));
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
+// A matrix to pack, element (g, j, k) (gate g, hidden unit j, depth k) at
+// data[g * gate_stride + j * unit_stride + k * depth_stride]; data nullptr: all zeros.
+template <typename T>
+struct Strided {
+  const T* data;
+  int64_t gate_stride, unit_stride, depth_stride;
+};
+
+// Packs block `block` of a [gates, hidden, depth] matrix into a panel: out[k][g][u] =
+// src(g, block*units + u, k), zero past the last unit. A panel is then a [depth, gates*units]
+// row-major matrix that a tile streams row by row. Units contiguous in the source: row copies.
+// Otherwise (PyTorch's weights, contiguous in depth) the depth goes 16 at a time, so that the
+// source and the panel are each touched a cache line at a time.
+template <typename T>
+void pack_panel(int64_t block, int64_t gates, int64_t hidden, int64_t depth, int64_t units,
+                const Strided<T>& src, T* out) {
+  const int64_t j0 = block * units, valid = std::clamp<int64_t>(hidden - j0, 0, units);
+  const int64_t row = gates * units;  // a panel row: every gate's units at one depth
+  for (int64_t g = 0; g < gates; ++g) {
+    T* dst = out + g * units;
+    for (int64_t k = 0; k < depth; ++k) std::fill(dst + k * row + valid, dst + k * row + units, T(0));
+    if (src.data == nullptr) {
+      for (int64_t k = 0; k < depth; ++k) std::fill(dst + k * row, dst + k * row + valid, T(0));
+      continue;
+    }
+    const T* base = src.data + g * src.gate_stride + j0 * src.unit_stride;
+    if (src.unit_stride == 1) {
+      for (int64_t k = 0; k < depth; ++k)
+        copy_short(dst + k * row, base + k * src.depth_stride, valid);
+      continue;
+    }
+    constexpr int64_t kDepthStep = 16;
+    for (int64_t k0 = 0; k0 < depth; k0 += kDepthStep) {
+      const int64_t k1 = std::min(depth, k0 + kDepthStep);
+      for (int64_t u = 0; u < valid; ++u) {
+        const T* from = base + u * src.unit_stride;
+        for (int64_t k = k0; k < k1; ++k) dst[k * row + u] = from[k * src.depth_stride];
       }
     }
   }
 }
 
-// Packs a weight matrix as PyTorch stores it, w [gates*hidden, depth] row-major (the gates'
-// rows stacked), so that a tile computes x w^T: the usual case of pack_panels.
+// All blocks: out[block][k][g][u], one panel after the other.
 template <typename T>
-void pack_weight_rows(const T* w, int64_t gates, int64_t hidden, int64_t depth, int64_t units,
-                      T* out) {
-  pack_panels(gates, hidden, depth, units, [&](int64_t g, int64_t j, int64_t k) {
-    return w[(g * hidden + j) * depth + k];
-  }, out);
+void pack_panels(int64_t gates, int64_t hidden, int64_t depth, int64_t units,
+                 const Strided<T>& src, T* out) {
+  for (int64_t block = 0; block < ceil_div(hidden, units); ++block)
+    pack_panel(block, gates, hidden, depth, units, src, out + block * depth * gates * units);
 }
 
-// Packs a bias b [gates*hidden] (nullptr: zeros) as a panel of depth 1: a tile's init.
+// A weight matrix as PyTorch stores it, w [gates*hidden, depth] row-major (the gates' rows
+// stacked), so that a tile computes x w^T.
 template <typename T>
-void pack_bias(const T* b, int64_t gates, int64_t hidden, int64_t units, T* out) {
-  pack_panels(gates, hidden, 1, units, [&](int64_t g, int64_t j, int64_t) {
-    return b != nullptr ? b[g * hidden + j] : T(0);
-  }, out);
+Strided<T> weight_rows(const T* w, int64_t hidden, int64_t depth) {
+  return {w, hidden * depth, depth, 1};
+}
+
+// A bias b [gates*hidden] (nullptr: zeros), packed as panels of depth 1: tiles' init.
+template <typename T>
+Strided<T> bias_rows(const T* b, int64_t hidden) {
+  return {b, hidden, 1, 0};
 }
 
 // ------------------------------------------------------------------ the micro-kernel
@@ -165,25 +201,24 @@ inline void for_each_row_tile(int64_t rows, Tile&& tile) {
 
 // Cache blocking of gemm_panel. A panel is read once per row tile; streamed from L2 its
 // vectors would cost more than the multiply-adds they feed (4 vectors for 24 FMAs under
-// AVX-512). So when a panel is deeper than a block, the rows go in chunks of kChunkTiles tiles,
+// AVX-512). So when a panel is deeper than a block, the rows go in chunks of kChunkRows (8 tiles),
 // and each chunk runs the depth block by block: a block's slice of the panel (32 KB) stays in
 // L1 while every tile of the chunk reads it, and the chunk's accumulators wait in a stack
 // buffer between blocks.
 template <typename T, int W>
 constexpr int64_t kDepthBlock = 32768 / (W * static_cast<int64_t>(sizeof(T)));
-constexpr int kChunkTiles = 8;
+constexpr int64_t kChunkRows = 8 * kTileRows;
 
-// Multiplies all `rows` rows of a [rows, depth] by one panel [depth, W], tile by tile, and hands
-// each tile to epilogue(row0, acc) where acc is T[MR][W] for rows row0 .. row0 + MR - 1, once
-// its whole depth is summed. init: as in tile_gemm. The depth blocks depend only on depth and
+// Multiplies all `rows` rows of a [rows, depth] (row stride lda) by one panel [depth, W], tile
+// by tile, and hands each tile to epilogue(row0, acc) where acc is T[MR][W] for rows row0 ..
+// row0 + MR - 1, once its whole depth is summed. init: as in tile_gemm. The depth blocks depend only on depth and
 // W, so results do not depend on the thread count. prefetch(row0, rows) is called before a
 // tile's first depth block, to request the operands its epilogue will read and write (see
 // prefetch_span): spread tile by tile, the requests do not queue up, and with a deep panel
 // they have the rest of the chunk's blocks to arrive.
 template <typename T, int W, class Epilogue, class Prefetch>
-void gemm_panel(const T* a, int64_t rows, int64_t depth, const T* panel, const T* init,
-                Epilogue&& epilogue, Prefetch&& prefetch) {
-  constexpr int64_t kChunkRows = kChunkTiles * kTileRows;
+void gemm_panel(const T* a, int64_t rows, int64_t depth, int64_t lda, const T* panel,
+                const T* init, Epilogue&& epilogue, Prefetch&& prefetch) {
   const int64_t block = depth > kDepthBlock<T, W> ? kDepthBlock<T, W> : std::max<int64_t>(depth, 1);
   alignas(64) T chunk_acc[kChunkRows][W];
   for (int64_t chunk0 = 0; chunk0 < rows; chunk0 += kChunkRows) {
@@ -194,7 +229,7 @@ void gemm_panel(const T* a, int64_t rows, int64_t depth, const T* panel, const T
         constexpr int MR = decltype(mr)::value;
         if (k0 == 0) prefetch(chunk0 + r0, MR);
         auto& acc = *reinterpret_cast<T(*)[MR][W]>(&chunk_acc[r0][0]);
-        tile_gemm<T, MR, W>(a + (chunk0 + r0) * depth + k0, depth, k_len, panel + k0 * W, init,
+        tile_gemm<T, MR, W>(a + (chunk0 + r0) * lda + k0, lda, k_len, panel + k0 * W, init,
                             k0 > 0, acc);
         if (k0 + k_len >= depth) epilogue(chunk0 + r0, acc);
       });
@@ -202,10 +237,11 @@ void gemm_panel(const T* a, int64_t rows, int64_t depth, const T* panel, const T
   }
 }
 
+// The same without prefetching, for a [rows, depth] with row stride depth.
 template <typename T, int W, class Epilogue>
 void gemm_panel(const T* a, int64_t rows, int64_t depth, const T* panel, const T* init,
                 Epilogue&& epilogue) {
-  gemm_panel<T, W>(a, rows, depth, panel, init, epilogue, [](int64_t, int64_t) {});
+  gemm_panel<T, W>(a, rows, depth, depth, panel, init, epilogue, [](int64_t, int64_t) {});
 }
 
 // Asks for the cache lines of p[0 .. n) into L2. The epilogues' rows (a few dozen bytes of

@@ -78,13 +78,10 @@ void forward_impl(const ForwardArgs<T>& a) {
   const int64_t blocks = ceil_div(H, kUnits);
   const int64_t proj_blocks = projected ? ceil_div(R, kProjUnits) : 0;
 
+  // W_hh and b_hh in panels of kUnits units, each packed by the thread that owns the block.
   AlignedBuffer<T> panels(blocks * R * kWidth), bias(blocks * kWidth);
-  pack_weight_rows(a.w_hh, G, H, R, kUnits, panels.data());
-  pack_bias(a.b_hh, G, H, kUnits, bias.data());
   // The projection: m [B, H] of the step at hand, and W_hr [R, H] in panels of its rows.
   AlignedBuffer<T> m(projected ? B * H : 0), proj_panels(proj_blocks * H * kProjUnits);
-  if (projected)
-    pack_weight_rows(a.w_hr, 1, R, H, kProjUnits, proj_panels.data());
 
   // The LSTM's running cell state [B, H]; c_n gets each row's c at the row's last step.
   AlignedBuffer<T> c_run(C::kHasCellState ? B * H : 0);
@@ -103,6 +100,14 @@ void forward_impl(const ForwardArgs<T>& a) {
   SpinBarrier barrier(threads);
   ThreadPool::global().run(threads, [&](int index) {
     const BlockRange mine(blocks, index, threads), mine_proj(proj_blocks, index, threads);
+    for (int64_t block = mine.first; block < mine.last; ++block) {
+      pack_panel(block, G, H, R, kUnits, weight_rows(a.w_hh, H, R),
+                 panels.data() + block * R * kWidth);
+      pack_panel(block, G, H, 1, kUnits, bias_rows(a.b_hh, H), bias.data() + block * kWidth);
+    }
+    for (int64_t block = mine_proj.first; block < mine_proj.last; ++block)
+      pack_panel(block, 1, R, H, kProjUnits, weight_rows(a.w_hr, R, H),
+                 proj_panels.data() + block * H * kProjUnits);
     for (int64_t t = 0; t < a.steps; ++t) {
       const T* h_prev = t == 0 ? a.h0 : a.y + (t - 1) * B * R;
       const T* zx_t = a.zx + t * B * GH;
@@ -111,7 +116,7 @@ void forward_impl(const ForwardArgs<T>& a) {
       for (int64_t block = mine.first; block < mine.last; ++block) {
         const int64_t j0 = block * kUnits;
         const int64_t units = std::min<int64_t>(kUnits, H - j0);
-        gemm_panel<T, kWidth>(h_prev, B, R, panels.data() + block * R * kWidth,
+        gemm_panel<T, kWidth>(h_prev, B, R, R, panels.data() + block * R * kWidth,
                               bias.data() + block * kWidth, [&](int64_t row0, auto& acc) {
           constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
           for (int r = 0; r < MR; ++r) {
@@ -241,17 +246,11 @@ void backward_impl(const BackwardArgs<T>& a) {
   const bool projected = a.proj > 0;
   const int64_t blocks = ceil_div(R, kUnits), cell_blocks = ceil_div(H, kUnits);
 
-  // dh_{t-1}[b, j] = sum_k dzh_t[b, k] W_hh[k, j]: panels of W_hh's columns, depth G*H.
+  // dh_{t-1}[b, j] = sum_k dzh_t[b, k] W_hh[k, j]: panels of W_hh's columns, depth G*H; and
+  // dm[b, j] = sum_k dh[b, k] W_hr[k, j]: panels of W_hr's columns, depth R. Each block is
+  // packed by the thread that owns it.
   AlignedBuffer<T> panels(blocks * GH * kUnits);
-  pack_panels(1, R, GH, kUnits, [&](int64_t, int64_t j, int64_t k) {
-    return a.w_hh[k * R + j];
-  }, panels.data());
-  // dm[b, j] = sum_k dh[b, k] W_hr[k, j]: panels of W_hr's columns, depth R.
   AlignedBuffer<T> proj_panels(projected ? cell_blocks * R * kUnits : 0);
-  if (projected)
-    pack_panels(1, H, R, kUnits, [&](int64_t, int64_t j, int64_t k) {
-      return a.w_hr[k * H + j];
-    }, proj_panels.data());
 
   // The running gradients between steps [B, H] (see backward_epilogue). dh0 and dc0
   // accumulate what reaches the initial state: at step 0 and at every reset.
@@ -332,6 +331,12 @@ void backward_impl(const BackwardArgs<T>& a) {
   SpinBarrier barrier(threads);
   ThreadPool::global().run(threads, [&](int index) {
     const BlockRange mine(blocks, index, threads), mine_cell(cell_blocks, index, threads);
+    for (int64_t block = mine.first; block < mine.last; ++block)
+      pack_panel(block, 1, R, GH, kUnits, Strided<T>{a.w_hh, 0, 1, R},
+                 panels.data() + block * GH * kUnits);
+    for (int64_t block = mine_cell.first; block < mine_cell.last && projected; ++block)
+      pack_panel(block, 1, H, R, kUnits, Strided<T>{a.w_hr, 0, 1, H},
+                 proj_panels.data() + block * R * kUnits);
     alignas(64) const T zeros[kUnits] = {};
     // Each thread owns the units of its blocks: their columns of dh0, dh_run, dh_proj (blocks
     // of h) and of dc0, dc_run, dzx, dzh (blocks of the cell; the same blocks without the

@@ -1,0 +1,35 @@
+// rnnfast: the large matrix products of a layer (the input projection before the loop over
+// time; the input and weight gradients after the backward one), on rnnfast's own threads and
+// micro-kernel. Running them on the same pool as the recurrence, rather than through NumPy's
+// BLAS, keeps a second library's threads from spinning on the cores the recurrence runs on
+// right after (benchmarks/profile_layer.py measures what that costs).
+//
+// C = A B + bias, or C += A B with accumulate. A [m, k] and B [k, n] are strided views:
+// element (i, p) of A at a[i * a_row + p * a_col], element (p, j) of B at b[p * b_row +
+// j * b_col], so that transposed operands (a PyTorch weight W [n, k] as B = W^T; dzx^T as A)
+// need no copy. C [m, n] is row-major with row stride ldc. Sizes are 64-bit. Each element of C
+// is summed in an order fixed by k alone, so the result does not depend on the thread count.
+// Preconditions: m, n, k >= 0; C overlaps neither A, B nor bias.
+#pragma once
+
+#include <cstdint>
+
+namespace rnnfast {
+
+template <typename T>
+struct GemmArgs {
+  int64_t m, n, k;
+  const T* a;
+  int64_t a_row, a_col;
+  const T* b;
+  int64_t b_row, b_col;
+  const T* bias;  // [n], or nullptr for none
+  T* c;
+  int64_t ldc;
+  bool accumulate;  // C += A B (+ bias) instead of C = A B (+ bias)
+};
+
+template <typename T>
+void gemm(const GemmArgs<T>& args);
+
+}  // namespace rnnfast

@@ -1,0 +1,117 @@
+// The layer's large matrix products (see rnnfast/gemm.h) on the recurrence's micro-kernel.
+//
+// B is packed once into panels of W columns ([panels][k][W], as the recurrence packs W_hh), the
+// threads sharing the panels. Then each thread takes its share of the panels or of the rows
+// (whichever divides more evenly) and runs, per pass over the depth and per block of rows,
+// every panel of its share over the block. A block of A's rows is sized to stay in L2 while
+// the panels' slices stream past it (gemm_panel keeps each slice's depth blocks in L1); a
+// transposed A is first copied into a row-major block, which is also what a tile reads best.
+#include <algorithm>
+#include <cstring>
+
+#include "microkernel.h"
+#include "rnnfast/aligned_buffer.h"
+#include "rnnfast/gemm.h"
+
+namespace rnnfast {
+namespace RNNFAST_ISA_NS {
+namespace {
+
+// Rows i0 .. i0 + rows - 1 and columns k0 .. k0 + k_len - 1 of A, row-major into
+// out [rows, k_len].
+template <typename T>
+void pack_a_rows(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t k_len,
+                 T* out) {
+  for (int64_t q = 0; q < k_len; ++q) {
+    const T* column = g.a + (k0 + q) * g.a_col + i0 * g.a_row;
+    for (int64_t r = 0; r < rows; ++r) out[r * k_len + q] = column[r * g.a_row];
+  }
+}
+
+// Depth per pass: a panel's slice of at most 256 KB (1024 floats or doubles deep, W of them
+// wide), cut evenly. Deeper products (the weight gradients sum over T*B) go in several passes
+// that add into C, so that no panel has to stream from L3 once per block of rows.
+template <typename T, int W>
+int64_t pass_depth(int64_t k) {
+  constexpr int64_t kMaxDepth = (int64_t{256} << 10) / (W * int64_t(sizeof(T)));
+  const int64_t passes = std::max<int64_t>(1, ceil_div(k, kMaxDepth));
+  return std::max<int64_t>(1, ceil_div(k, passes));
+}
+
+template <typename T>
+void gemm_impl(const GemmArgs<T>& g) {
+  constexpr int W = kTileWidth<T>;
+  const int64_t panels = ceil_div(g.n, W), depth = pass_depth<T, W>(g.k);
+  // Rows per block: A's block about 1 MB (half of a 2 MB L2), whole chunks of row tiles.
+  const int64_t block_rows = std::max<int64_t>(
+      kChunkRows, (int64_t{1} << 20) / (depth * int64_t(sizeof(T))) / kChunkRows * kChunkRows);
+  const int64_t row_blocks = ceil_div(g.m, block_rows);
+  const bool a_direct = g.a_col == 1;  // rows of A usable in place, with row stride a_row
+
+  AlignedBuffer<T> packed(panels * g.k * W), bias(g.bias != nullptr ? panels * W : 0);
+  if (g.bias != nullptr) pack_panels(1, g.n, 1, W, bias_rows(g.bias, g.n), bias.data());
+  // Threads split the panels or the row blocks, whichever divides more evenly among them.
+  const int threads = choose_threads(std::max(panels, row_blocks), g.m * g.n * g.k);
+  auto idle_share = [&](int64_t items) {  // fraction of the threads' time left idle
+    const int64_t slots = ceil_div(items, threads) * threads;
+    return double(slots - items) / double(slots);
+  };
+  const bool split_rows = idle_share(row_blocks) < idle_share(panels);
+  AlignedBuffer<T> a_blocks(a_direct ? 0 : threads * block_rows * depth);
+  SpinBarrier barrier(threads);
+  ThreadPool::global().run(threads, [&](int index) {
+    const BlockRange pack_share(panels, index, threads);
+    for (int64_t p = pack_share.first; p < pack_share.last; ++p)
+      pack_panel(p, 1, g.n, g.k, W, Strided<T>{g.b, 0, g.b_col, g.b_row},
+                 packed.data() + p * g.k * W);
+    barrier.wait(index);  // every panel packed
+
+    const BlockRange my_panels = split_rows ? BlockRange(panels, 0, 1)
+                                            : BlockRange(panels, index, threads);
+    const BlockRange my_blocks = split_rows ? BlockRange(row_blocks, index, threads)
+                                            : BlockRange(row_blocks, 0, 1);
+    T* a_block = a_direct ? nullptr : a_blocks.data() + index * block_rows * depth;
+    for (int64_t k0 = 0; k0 < g.k || k0 == 0; k0 += depth) {
+      const int64_t k_len = std::min(depth, g.k - k0);
+      const bool add = g.accumulate || k0 > 0;  // add into C, or overwrite it
+      for (int64_t rb = my_blocks.first; rb < my_blocks.last; ++rb) {
+        const int64_t i0 = rb * block_rows, rows = std::min(block_rows, g.m - i0);
+        const T* a = a_direct ? g.a + i0 * g.a_row + k0 : a_block;
+        const int64_t lda = a_direct ? g.a_row : k_len;
+        if (!a_direct) pack_a_rows(g, i0, rows, k0, k_len, a_block);
+        for (int64_t p = my_panels.first; p < my_panels.last; ++p) {
+          const int64_t j0 = p * W, units = std::min<int64_t>(W, g.n - j0);
+          T* c = g.c + i0 * g.ldc + j0;
+          gemm_panel<T, W>(a, rows, k_len, lda, packed.data() + (p * g.k + k0) * W,
+                           g.bias != nullptr && k0 == 0 ? bias.data() + p * W : nullptr,
+                           [&](int64_t row0, auto& acc) {
+            constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+            for (int r = 0; r < MR; ++r) {
+              T* c_row = c + (row0 + r) * g.ldc;
+              if (add)
+                for (int64_t u = 0; u < units; ++u) c_row[u] += acc[r][u];
+              else
+                copy_short(c_row, acc[r], units);
+            }
+          }, [&](int64_t row0, int64_t tile_rows) {  // the tile's rows of C
+            for (int64_t r = row0; r < row0 + tile_rows; ++r) prefetch_span(c + r * g.ldc, units);
+          });
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+template <typename T>
+void gemm(const GemmArgs<T>& args) {
+  if (args.m == 0 || args.n == 0) return;
+  gemm_impl(args);
+}
+
+template void gemm<float>(const GemmArgs<float>&);
+template void gemm<double>(const GemmArgs<double>&);
+
+}  // namespace RNNFAST_ISA_NS
+}  // namespace rnnfast
