@@ -38,7 +38,7 @@ def parser():
     p = argparse.ArgumentParser(
         prog="rnnfast-bench",
         description="Benchmark rnnfast against its peers on this machine: same shapes, weights "
-                    "and inputs, outputs checked against rnnfast's, medians of interleaved "
+                    "and inputs, outputs checked against rnnfast's, medians of "
                     "repeats after warm-up. Exit status 1 when an output disagrees.",
         epilog="Grids: " + ", ".join(packaged_grids()) + ". Peers (when installed): "
                + ", ".join(PEER_NAMES) + ". Method and output fields: benchmarks/README.md.")
@@ -76,6 +76,9 @@ def parser():
                    help="time per implementation and row: the repeats are as many as fit, "
                         "judged by the last warm-up call, at least 2 (the count is reported) "
                         "(default %(default)s)")
+    m.add_argument("--settle", type=float, default=0.2, metavar="SECONDS",
+                   help="pause before each implementation's warm-up and repeats, so that the "
+                        "previous one's worker threads stop spinning (default %(default)s)")
     m.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -150,6 +153,8 @@ def main(argv=None):
     else:
         if args.warmup < 0:
             parser().error("--warmup must be >= 0")
+        if args.settle < 0:
+            parser().error("--settle must be >= 0")
         if args.device == "cuda" and (why := check_cuda()):
             print(f"rnnfast-bench: --device cuda: {why}", file=sys.stderr)
             return 2
@@ -169,6 +174,7 @@ def main(argv=None):
         settings = {"grid": "command line" if args.shapes else args.grid,
                     "device": args.device, "dtype": args.dtype, "threads": threads,
                     "repeats": args.repeats, "warmup": args.warmup, "budget_s": args.budget,
+                    "settle_s": args.settle,
                     "seed": args.seed, "tolerance": TOLERANCE[args.dtype]}
         peak, records = run_suite(rows, peers, settings, quiet=args.quiet)
         result = {**report.environment(settings, peers, peak), "records": records}

@@ -1,6 +1,8 @@
 """The method: per row, every implementation gets the same problem; rnnfast's outputs are
-checked against each peer's; then warm-up and timed repeats, interleaved across the
-implementations (rnnfast, peer1, peer2, rnnfast, ...) so that machine drift hits all of them.
+checked against each peer's; then each implementation in turn gets a pause, warm-up and its
+timed repeats. Not interleaved call by call: the peers' thread pools (OpenMP's in PyTorch, ONNX
+Runtime's, OpenBLAS's under NumPy) keep spinning for a while after each call, and would take
+the cores from whichever implementation runs next; the pause lets them go to sleep first.
 """
 
 import statistics
@@ -67,15 +69,23 @@ class CudaTimer:
         return cupy.cuda.get_elapsed_time(start, end) / 1e3, result
 
 
-def time_interleaved(fns, counts, timer):
-    """Calls fns[name]() counts[name] times, one call of each name per round (rnnfast, peer 1,
-    peer 2, rnnfast, ...). Returns name -> list of seconds."""
-    times = {name: [] for name in fns}
-    for i in range(max(counts.values(), default=0)):
-        for name, fn in fns.items():
-            if i < counts[name]:
-                times[name].append(timer(fn)[0])
-    return times
+def time_calls(fn, count, timer):
+    """Seconds of each of count calls of fn()."""
+    return [timer(fn)[0] for _ in range(count)]
+
+
+def time_implementation(fn, first_s, settings, timer):
+    """(repeats, warm-up calls, seconds of each timed call) of one implementation in one row,
+    after a pause of settings["settle_s"]. The first, checked call (first_s seconds) already
+    ran; the repeats are as many as fit in the time budget, judged by the last warm-up call (a
+    first call longer than the budget is warm-up enough), between MIN_REPEATS and
+    settings["repeats"]."""
+    time.sleep(settings["settle_s"])
+    budget = settings["budget_s"]
+    warmup = settings["warmup"] if first_s < budget else 0
+    last = (time_calls(fn, warmup, timer) or [first_s])[-1]
+    repeats = min(settings["repeats"], max(MIN_REPEATS, int(budget / last)))
+    return repeats, warmup, time_calls(fn, repeats, timer)
 
 
 def measure_peak(device, timer, n=2048):
@@ -84,8 +94,8 @@ def measure_peak(device, timer, n=2048):
     xp = np if device == "cpu" else __import__("cupy")
     a = xp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
     b = a.T.copy()
-    time_interleaved({"gemm": lambda: a @ b}, {"gemm": 2}, timer)
-    seconds = time_interleaved({"gemm": lambda: a @ b}, {"gemm": 5}, timer)["gemm"]
+    time_calls(lambda: a @ b, 2, timer)
+    seconds = time_calls(lambda: a @ b, 5, timer)
     return 2 * n**3 / statistics.median(seconds) / 1e9
 
 
@@ -111,8 +121,7 @@ def run_row(row, peers, settings, timer, peak):
             return [records["rnnfast"]]
 
     # The first call of each computes the outputs that are checked. It can be slow for one-off
-    # reasons (allocation, a library's initialisation), so the repeats are chosen by the
-    # duration of the last warm-up call; a first call longer than the budget is warm-up enough.
+    # reasons (allocation, a library's initialisation), so it is not timed.
     first, outputs = {}, {}
     for name, fn in runs.items():
         first[name], outputs[name] = timer(fn, True)
@@ -132,12 +141,10 @@ def run_row(row, peers, settings, timer, peak):
                           "check": f"MISMATCH with {', '.join(disagree)}" if disagree else "ok",
                           "max_rel_err": None}
 
-    budget, repeats = settings["budget_s"], settings["repeats"]
-    warmups = {name: settings["warmup"] if first[name] < budget else 0 for name in runs}
-    last = {name: t[-1] if t else first[name]
-            for name, t in time_interleaved(runs, warmups, timer).items()}
-    counts = {name: min(repeats, max(MIN_REPEATS, int(budget / last[name]))) for name in runs}
-    times = time_interleaved(runs, counts, timer)
+    counts, warmups, times = {}, {}, {}
+    for name, fn in runs.items():
+        counts[name], warmups[name], times[name] = time_implementation(fn, first[name], settings,
+                                                                       timer)
 
     per_call = row.T if row.mode == "step" else 1  # step mode reports per step
     flops = row.flops()
