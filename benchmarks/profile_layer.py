@@ -23,6 +23,7 @@ SHAPES = [(100, 1, 256), (100, 16, 256), (100, 64, 256), (100, 64, 512), (50, 12
 
 
 def median_time(fn, repeats, warmup=2):
+    time.sleep(0.2)  # for the worker threads of the previous part (NumPy's BLAS) to go idle
     for _ in range(warmup):
         fn()
     times = []

@@ -186,12 +186,16 @@ def test_unsupported_rows_are_reported(tmp_path):
             assert r["status"] in ("ok", "unsupported")
 
 
-@pytest.mark.parametrize("budget, repeats, warmup", [(1e-9, 2, 0), (60.0, 4, 1)])
-def test_time_budget_sets_repeats(tmp_path, budget, repeats, warmup):
+@pytest.mark.parametrize("budget", [1e-9, 60.0])
+def test_time_budget_sets_repeats(tmp_path, budget):
     """A budget shorter than any call: no warm-up, the minimum of 2 repeats; a long one: the
-    --repeats asked for, after --warmup."""
+    --repeats asked for, after warm-up calls filling 0.1 s (many, for calls this small)."""
     assert main(["--shapes", "3,2,5,4", "--cells", "lstm", "--modes", "inference",
                  "--repeats", "4", "--warmup", "1", "--budget", str(budget), "--quiet",
                  "--json", str(tmp_path / "r.json")]) == 0
     records = json.loads((tmp_path / "r.json").read_text())["records"]
-    assert {(r["repeats"], r["warmup"]) for r in records} == {(repeats, warmup)}
+    for r in records:
+        if budget < 1:
+            assert (r["repeats"], r["warmup"]) == (2, 0)
+        else:
+            assert r["repeats"] == 4 and r["warmup"] > 1

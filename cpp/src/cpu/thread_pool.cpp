@@ -35,6 +35,21 @@ void futex_wake_all(std::atomic<unsigned>* word) {
           nullptr, 0);
 }
 
+// Spins until done() or until `time` has passed; true if done(). Gives the core away now and
+// then: another library's threads (a BLAS's workers, busy-waiting after its last call) may hold
+// the core that the thread we wait for needs.
+template <class Done>
+bool spin_until(std::chrono::microseconds time, Done done) {
+  const auto deadline = std::chrono::steady_clock::now() + time;
+  for (int spins = 1;; ++spins) {
+    if (done()) return true;
+    RNNFAST_PAUSE();
+    if (spins % 16 != 0) continue;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    sched_yield();
+  }
+}
+
 }  // namespace
 
 bool SpinBarrier::all_arrived(unsigned count) const {
@@ -56,16 +71,7 @@ void SpinBarrier::wait(int index) {
   // Spin briefly (a balanced step ends within microseconds), then sleep in the kernel: when
   // the cores are oversubscribed (another library's threads spinning, say) a spinning waiter
   // would take the core from the very thread it waits for.
-  const auto spin_until = std::chrono::steady_clock::now() + kSpinTime;
-  for (int spins = 1;; ++spins) {
-    if (all_arrived(count)) return;
-    RNNFAST_PAUSE();
-    if (spins % 16 != 0) continue;
-    if (std::chrono::steady_clock::now() > spin_until) break;
-    // Give the core away now and then: another library's threads (a BLAS's workers, busy-
-    // waiting after its last call) may hold the core that the thread we wait for needs.
-    sched_yield();
-  }
+  if (spin_until(kSpinTime, [&] { return all_arrived(count); })) return;
   while (true) {
     const unsigned generation = generation_.load(std::memory_order_seq_cst);
     sleepers_.fetch_add(1, std::memory_order_seq_cst);
@@ -144,17 +150,24 @@ void ThreadPool::start_workers(int count) {
 void ThreadPool::worker_loop(int index, unsigned seen) {
   for (;;) {
     const std::function<void(int)>* job;
+    // Back-to-back runs (a layer's GEMM then its recurrence; a streaming loop of cell steps)
+    // find the worker still spinning: no futex wake-up, which costs tens of microseconds.
+    spin_until(kIdleSpinTime, [&] {
+      return job_generation_.load(std::memory_order_acquire) != seen;
+    });
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stopping_ || job_generation_ != seen; });
+      wake_.wait(lock, [&] { return stopping_ || job_generation_.load() != seen; });
       if (stopping_) return;
-      seen = job_generation_;
+      seen = job_generation_.load();
       if (index >= job_threads_) continue;  // this run needs fewer threads
       job = job_;
     }
     (*job)(index);
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (--pending_ == 0) done_.notify_one();
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(mutex_);  // the caller tests pending_ under the lock
+      done_.notify_one();
+    }
   }
 }
 
@@ -169,13 +182,17 @@ void ThreadPool::run(int threads, const std::function<void(int)>& job) {
     std::lock_guard<std::mutex> lock(mutex_);
     job_ = &job;
     job_threads_ = threads;
-    pending_ = threads - 1;
-    ++job_generation_;
+    pending_.store(threads - 1, std::memory_order_relaxed);
+    job_generation_.fetch_add(1, std::memory_order_release);  // publishes the fields above
   }
   wake_.notify_all();
   job(0);
-  std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [&] { return pending_ == 0; });
+  const auto finished = [&] { return pending_.load(std::memory_order_acquire) == 0; };
+  if (!spin_until(kIdleSpinTime, finished)) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, finished);
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
   job_ = nullptr;
 }
 

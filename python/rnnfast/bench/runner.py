@@ -21,6 +21,10 @@ TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
 # Each implementation gets as many repeats as fit in the time budget (settings["budget_s"]),
 # judged by its last warm-up call, between MIN_REPEATS and settings["repeats"].
 MIN_REPEATS = 2
+# Warm-up lasts at least settings["warmup"] calls and WARMUP_S seconds (within the budget):
+# after the pause, the first milliseconds of calls run up to twice slower (cores waking from
+# idle), which a single short warm-up call does not cover.
+WARMUP_S = 0.1
 
 
 def rel_err(a, ref):
@@ -77,13 +81,16 @@ def time_calls(fn, count, timer):
 def time_implementation(fn, first_s, settings, timer):
     """(repeats, warm-up calls, seconds of each timed call) of one implementation in one row,
     after a pause of settings["settle_s"]. The first, checked call (first_s seconds) already
-    ran; the repeats are as many as fit in the time budget, judged by the last warm-up call (a
-    first call longer than the budget is warm-up enough), between MIN_REPEATS and
-    settings["repeats"]."""
+    ran; warm-up as WARMUP_S says (none when the first call took longer than the budget: it is
+    warm-up enough); the repeats are as many as fit in the time budget, judged by the last
+    warm-up call, between MIN_REPEATS and settings["repeats"]."""
     time.sleep(settings["settle_s"])
     budget = settings["budget_s"]
-    warmup = settings["warmup"] if first_s < budget else 0
-    last = (time_calls(fn, warmup, timer) or [first_s])[-1]
+    warmup, last, spent = 0, first_s, 0.0
+    while first_s < budget and (warmup < settings["warmup"] or
+                                spent < min(WARMUP_S, budget - last)):
+        last = timer(fn)[0]
+        warmup, spent = warmup + 1, spent + last
     repeats = min(settings["repeats"], max(MIN_REPEATS, int(budget / last)))
     return repeats, warmup, time_calls(fn, repeats, timer)
 

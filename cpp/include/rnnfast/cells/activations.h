@@ -37,7 +37,7 @@ struct ExpConstants<float> {
   static constexpr float kLn2Lo = 1.42860682030941723212e-6f;
   static constexpr float kMax = 88.0f;   // keeps 2^n normal: n <= 127
   static constexpr float kMin = -87.0f;  // n >= -126
-  static constexpr int kTerms = 8;       // e^r - 1 = r (1 + r/2! + ... + r^7/8!), |r| <= ln2/2
+  static constexpr int kTerms = 7;       // e^r - 1 = r (1 + r/2! + ... + r^6/7!), |r| <= ln2/2
 };
 
 template <>
