@@ -198,19 +198,19 @@ __attribute__((noinline)) void backward_epilogue(
   const int64_t row = b * H + j0;  // offset of unit j0 of row b in [B, H] arrays
   alignas(64) T saved_l[S][kUnits], h_l[kUnits], h_prev_l[kUnits], c_prev_l[kUnits],
       dc_l[kUnits], dzx_l[G][kUnits], dzh_l[G][kUnits], dh_direct_l[kUnits];
-  for (int u = 0; u < kUnits; ++u) {
-    const bool valid = u < units;
-    if constexpr (C::kSaved > 0) {
-      const T* saved_bt = a.saved + (t * B + b) * C::kSaved * H;
-      for (int s = 0; s < S; ++s) saved_l[s][u] = valid ? saved_bt[s * H + j0 + u] : T(0);
-    } else {
-      saved_l[0][u] = T(0);
-    }
-    h_l[u] = valid && h_row != nullptr ? h_row[j0 + u] : T(0);
-    h_prev_l[u] = valid && h_prev_row != nullptr ? h_prev_row[j0 + u] : T(0);
-    c_prev_l[u] = valid && C::kHasCellState ? c_prev_row[j0 + u] : T(0);
-    dc_l[u] = valid && C::kHasCellState ? dc_t[u] : T(0);
-  }
+  // Rows that this cell does not read (nullptr) stage as zeros.
+  auto load_row = [&](T* local, const T* row) {
+    if (row != nullptr)
+      load_units<kUnits>(local, row, units);
+    else
+      std::fill(local, local + kUnits, T(0));
+  };
+  const T* saved_bt = C::kSaved > 0 ? a.saved + (t * B + b) * C::kSaved * H + j0 : nullptr;
+  for (int s = 0; s < S; ++s) load_row(saved_l[s], saved_bt != nullptr ? saved_bt + s * H : nullptr);
+  load_row(h_l, h_row != nullptr ? h_row + j0 : nullptr);
+  load_row(h_prev_l, h_prev_row != nullptr ? h_prev_row + j0 : nullptr);
+  load_row(c_prev_l, C::kHasCellState ? c_prev_row + j0 : nullptr);
+  load_row(dc_l, C::kHasCellState ? dc_t : nullptr);
   for (int u = 0; u < kUnits; ++u) {
     T saved[S], dzx[G], dzh[G];
     for (int s = 0; s < S; ++s) saved[s] = saved_l[s][u];
@@ -221,15 +221,14 @@ __attribute__((noinline)) void backward_epilogue(
       dzh_l[g][u] = dzh[g];
     }
   }
-  T* dzx_bt = a.dzx + (t * B + b) * GH;
-  T* dzh_bt = a.dzh + (t * B + b) * GH;
-  for (int64_t u = 0; u < units; ++u) {
-    for (int g = 0; g < G; ++g) dzx_bt[g * H + j0 + u] = dzx_l[g][u];
-    if (a.dzh != a.dzx)
-      for (int g = 0; g < G; ++g) dzh_bt[g * H + j0 + u] = dzh_l[g][u];
-    if (dh_run != nullptr) dh_run[row + u] = dh_direct_l[u];
-    if constexpr (C::kHasCellState) dc_run[row + u] = dc_l[u];
+  T* dzx_bt = a.dzx + (t * B + b) * GH + j0;
+  T* dzh_bt = a.dzh + (t * B + b) * GH + j0;
+  for (int g = 0; g < G; ++g) {
+    store_units<kUnits>(dzx_bt + g * H, dzx_l[g], units);
+    if (a.dzh != a.dzx) store_units<kUnits>(dzh_bt + g * H, dzh_l[g], units);
   }
+  if (dh_run != nullptr) store_units<kUnits>(dh_run + row, dh_direct_l, units);
+  if constexpr (C::kHasCellState) store_units<kUnits>(dc_run + row, dc_l, units);
 }
 
 // Per step t, from T down to 0 ("step T" runs no matmul: nothing comes from beyond the last
@@ -365,10 +364,25 @@ void backward_impl(const BackwardArgs<T>& a) {
           for (int64_t b = 0; b < B; ++b) pass1_row(t, b, j0, units, zeros);
           continue;
         }
-        gemm_panel<T, kUnits>(a.dzh + t * B * GH, B, GH, panels.data() + block * GH * kUnits,
+        gemm_panel<T, kUnits>(a.dzh + t * B * GH, B, GH, GH, panels.data() + block * GH * kUnits,
                               nullptr, [&](int64_t row0, auto& acc) {
           constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
           for (int r = 0; r < MR; ++r) pass1_row(t, row0 + r, j0, units, acc[r]);
+        }, [&](int64_t row0, int64_t rows) {  // what the cell's backward of step s reads, writes
+          if (s < 0 || projected) return;
+          for (int64_t b = row0; b < row0 + rows; ++b) {
+            const int64_t sb = s * B + b;
+            for (int k = 0; k < S; ++k) prefetch_span(a.saved + (sb * S + k) * H + j0, units);
+            if (C::kHasCellState && s > 0)  // c_{s-1}, the last value step s-1 saved
+              prefetch_span(a.saved + ((sb - B) * S + S - 1) * H + j0, units);
+            prefetch_span(a.dy + sb * R + j0, units);
+            prefetch_span(a.y + sb * R + j0, units);
+            if (s > 0) prefetch_span(a.y + (sb - B) * R + j0, units);
+            for (int g = 0; g < G; ++g) {
+              prefetch_span(a.dzx + sb * GH + g * H + j0, units);
+              if (a.dzh != a.dzx) prefetch_span(a.dzh + sb * GH + g * H + j0, units);
+            }
+          }
         });
       }
       if (projected) {
