@@ -34,9 +34,13 @@ struct NumpyReader {
                            std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
     auto arr = py::reinterpret_borrow<py::array>(obj);
     const auto begin = reinterpret_cast<uintptr_t>(arr.data());
-    // Equality, not identity: an unpickled array has an equal but distinct dtype object.
-    return {std::string(py::str(arr.dtype())), std::string(py::str(py::dtype::of<T>())),
-            arr.dtype().equal(py::dtype::of<T>()),
+    // Equality, not identity: an unpickled array has an equal but distinct dtype object. The
+    // names are only for the error message: formatting them costs microseconds per array.
+    const bool dtype_ok = arr.dtype().equal(py::dtype::of<T>());
+    auto dtype_name = [&](const py::dtype& d) {
+      return dtype_ok ? std::string() : std::string(py::str(d));
+    };
+    return {dtype_name(arr.dtype()), dtype_name(py::dtype::of<T>()), dtype_ok,
             (arr.flags() & py::array::c_style) != 0,
             (arr.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) != 0,
             arr.writeable(),
