@@ -18,14 +18,12 @@ namespace RNNFAST_ISA_NS {
 namespace {
 
 // Rows i0 .. i0 + rows - 1 and columns k0 .. k0 + k_len - 1 of A, row-major into
-// out [rows, k_len].
+// out [rows, k_len]: a panel whose "units" are A's columns and whose depth is A's rows.
 template <typename T>
 void pack_a_rows(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t k_len,
                  T* out) {
-  for (int64_t q = 0; q < k_len; ++q) {
-    const T* column = g.a + (k0 + q) * g.a_col + i0 * g.a_row;
-    for (int64_t r = 0; r < rows; ++r) out[r * k_len + q] = column[r * g.a_row];
-  }
+  pack_panel(0, 1, k_len, rows, k_len,
+             Strided<T>{g.a + k0 * g.a_col + i0 * g.a_row, 0, g.a_col, g.a_row}, out);
 }
 
 // Depth per pass: a panel's slice of at most 256 KB (1024 floats or doubles deep, W of them
@@ -42,21 +40,28 @@ template <typename T>
 void gemm_impl(const GemmArgs<T>& g) {
   constexpr int W = kTileWidth<T>;
   const int64_t panels = ceil_div(g.n, W), depth = pass_depth<T, W>(g.k);
-  // Rows per block: A's block about 1 MB (half of a 2 MB L2), whole chunks of row tiles.
-  const int64_t block_rows = std::max<int64_t>(
-      kChunkRows, (int64_t{1} << 20) / (depth * int64_t(sizeof(T))) / kChunkRows * kChunkRows);
-  const int64_t row_blocks = ceil_div(g.m, block_rows);
+  // Rows per block: A's block at most about 1 MB (half of a 2 MB L2), at least a chunk.
+  const int64_t max_block_rows = std::max<int64_t>(
+      kChunkRows, (int64_t{1} << 20) / (depth * int64_t(sizeof(T))) / kTileRows * kTileRows);
+  int64_t row_blocks = ceil_div(g.m, max_block_rows);
   const bool a_direct = g.a_col == 1;  // rows of A usable in place, with row stride a_row
 
   AlignedBuffer<T> packed(panels * g.k * W), bias(g.bias != nullptr ? panels * W : 0);
   if (g.bias != nullptr) pack_panels(1, g.n, 1, W, bias_rows(g.bias, g.n), bias.data());
-  // Threads split the panels or the row blocks, whichever divides more evenly among them.
+  // Threads split the panels or the row blocks, whichever divides more evenly among them;
+  // the row blocks whenever A has to be copied, so that no two threads copy the same rows.
   const int threads = choose_threads(std::max(panels, row_blocks), g.m * g.n * g.k);
   auto idle_share = [&](int64_t items) {  // fraction of the threads' time left idle
     const int64_t slots = ceil_div(items, threads) * threads;
     return double(slots - items) / double(slots);
   };
-  const bool split_rows = idle_share(row_blocks) < idle_share(panels);
+  const bool split_rows = (!a_direct && row_blocks >= threads) ||
+                          idle_share(row_blocks) < idle_share(panels);
+  // Split by rows, the blocks are as many as a multiple of the threads, of equal height in whole
+  // tiles: every thread gets the same work. (Which rows go together does not change any sum.)
+  if (split_rows) row_blocks = ceil_div(row_blocks, threads) * threads;
+  const int64_t block_rows = ceil_div(ceil_div(g.m, row_blocks), kTileRows) * kTileRows;
+  row_blocks = ceil_div(g.m, block_rows);
   AlignedBuffer<T> a_blocks(a_direct ? 0 : threads * block_rows * depth);
   SpinBarrier barrier(threads);
   ThreadPool::global().run(threads, [&](int index) {
