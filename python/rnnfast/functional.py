@@ -234,14 +234,15 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
     _cpu.gemm(dzx, w_ih, dx.reshape(steps * batch, inputs))
     dw_ih = np.empty((gh, inputs), dtype)
     _cpu.gemm(dzx, x.reshape(steps * batch, inputs), dw_ih, trans_a=True)
+    db_ih = dzx.sum(axis=0)
     grads = {
         "x": dx,
         "h0": dh0,
         "c0": dc0,
         "w_ih": dw_ih,
         "w_hh": dw_hh,
-        "b_ih": dzx.sum(axis=0),
-        "b_hh": dzh.sum(axis=0),
+        "b_ih": db_ih,
+        "b_hh": db_ih.copy() if dzh is dzx else dzh.sum(axis=0),
     }
     if w_hr is not None:
         # dW_hr = sum_t dh_t^T m_t with m_t = o * tanh(c_t), from the saved o and c (the LSTM
