@@ -4,6 +4,8 @@ Accuracy: see the tolerance rule in _util.py (float64: 1e-10 relative to the ora
 magnitude; float32: at most twice the float32 reference's own error plus a 16-ulp floor).
 """
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -140,6 +142,40 @@ def test_repeated_call_is_bitwise_identical(cell, dtype):
             assert second[name] is None, name
         else:
             assert np.array_equal(value, second[name]), name
+
+
+def test_scratch_buffers_reused_across_shapes_dtypes_and_threads():
+    """functional keeps per-thread scratch buffers (zx, dzx, dzh) between calls: results must
+    not depend on what ran before (a larger problem, a smaller one, another dtype) nor on
+    another thread running at the same time."""
+    cases = [("gru", 5, 3, 7, 33, np.float32), ("gru", 9, 4, 7, 70, np.float32),
+             ("lstm", 2, 2, 7, 9, np.float64), ("rnn_tanh", 4, 3, 5, 20, np.float32),
+             ("gru", 5, 3, 7, 33, np.float32)]
+    problems = [make_problem(cell, T, B, I, H, dtype, seed=_seed("scratch", i))
+                for i, (cell, T, B, I, H, dtype) in enumerate(cases)]
+
+    def run_all():
+        return [run_functional(case[0], *problem) for case, problem in zip(cases, problems)]
+
+    alone = []
+    for case, problem in zip(cases, problems):
+        F.free_scratch()
+        alone.append(run_functional(case[0], *problem))
+    results = {"main": run_all()}
+
+    def worker(name):
+        results[name] = [run_all() for _ in range(3)][-1]
+
+    threads = [threading.Thread(target=worker, args=(f"thread {i}",)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name, got in results.items():
+        for expected, result in zip(alone, got):
+            for key, value in expected.items():
+                assert (value is None and result[key] is None) or \
+                    np.array_equal(value, result[key]), (name, key)
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "infer"])

@@ -26,12 +26,39 @@ never written. A training forward keeps references to ``x`` and the weights for 
 do not modify them in place between the two calls.
 """
 
+import threading
+
 import numpy as np
 
 from . import _cpu
 from .reference import CELLS, GATES
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+# Per-thread buffers for the intermediate arrays that die within one call: the input
+# projection zx (forward) and dzx, dzh (backward). Kept between calls, each at the largest size
+# it has served, so that repeated calls reuse their memory: fresh memory costs its first write
+# a page fault and the kernel's zeroing of the page (about 0.12 ms per MB on the development
+# machine, 8-15% of an LSTM layer's inference at T=100, B=16-64). free_scratch() gives them
+# back.
+_scratch = threading.local()
+
+
+def _scratch_array(slot, shape, dtype):
+    """A C-contiguous array of this shape and dtype in the calling thread's buffer `slot`,
+    valid until the next request for the same slot on this thread."""
+    count = int(np.prod(shape))
+    buffers = _scratch.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(slot)
+    if buffer is None or buffer.dtype != dtype or buffer.size < count:
+        buffer = buffers[slot] = np.empty(count, dtype)
+    return buffer[:count].reshape(shape)
+
+
+def free_scratch():
+    """Releases the calling thread's scratch buffers (see _scratch); the next call allocates
+    them again."""
+    _scratch.__dict__.pop("buffers", None)
 
 
 class Context:
@@ -177,7 +204,7 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
     resets = check_resets(resets, steps, batch)
 
     # The input projection of all steps, b_ih included: one GEMM, outside the time loop.
-    zx = np.empty((steps, batch, gh), dtype)
+    zx = _scratch_array("zx", (steps, batch, gh), dtype)
     _cpu.gemm(x.reshape(steps * batch, inputs), w_ih, zx.reshape(steps * batch, gh),
               trans_b=True, bias=b_ih)
     y = np.empty((steps, batch, out), dtype)
@@ -211,8 +238,9 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
     dtype = y.dtype
     dy, dh_n, dc_n = final_gradients(ctx, dy, dh_n, dc_n)
 
-    dzx = np.empty((steps, batch, gh), dtype)
-    dzh = np.empty_like(dzx) if cell == "gru" else None  # equal to dzx for the other cells
+    dzx = _scratch_array("dzx", (steps, batch, gh), dtype)
+    # equal to dzx for the other cells
+    dzh = _scratch_array("dzh", (steps, batch, gh), dtype) if cell == "gru" else None
     dh0 = np.empty((batch, out), dtype)
     dc0 = np.empty((batch, hidden), dtype) if cell == "lstm" else None
     dh_proj = None if w_hr is None else np.empty((steps, batch, out), dtype)
