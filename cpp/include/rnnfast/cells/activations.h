@@ -60,6 +60,25 @@ RNNFAST_HD To bit_cast(From from) {
   return to;
 }
 
+template <typename T>
+RNNFAST_HD constexpr T factorial(int k) {
+  T f = T(1);
+  for (int i = 2; i <= k; ++i) f *= T(i);
+  return f;
+}
+
+// 1/k! + r/(k+1)! + ... + r^(n-k)/n! by Horner, one multiply-add per term; the coefficients
+// are compile-time constants (written as a loop with the division inside, GCC 12 did not fold
+// them and left the activations scalar).
+template <typename T, int k, int n>
+RNNFAST_HD T taylor_tail(T r) {
+  constexpr T coefficient = T(1) / factorial<T>(k);
+  if constexpr (k == n)
+    return coefficient;
+  else
+    return coefficient + r * taylor_tail<T, k + 1, n>(r);
+}
+
 // e^x = scale * (1 + em1) with scale = 2^n and em1 = e^r - 1, |r| <= ln2/2, computed without
 // cancellation (em1 is accurate relative to itself even for tiny x). x is clamped to the range
 // where 2^n is a normal number; NaN stays NaN.
@@ -72,10 +91,7 @@ RNNFAST_HD void exp_parts(T x, T& scale, T& em1) {
   const T shifted = x * K::kLog2e + K::kShifter;  // n in the low bits of the mantissa
   const T n = shifted - K::kShifter;
   const T r = (x - n * K::kLn2Hi) - n * K::kLn2Lo;
-  // e^r - 1 = r * (1 + r/2 * (1 + r/3 * (1 + ...))): Horner on the Taylor series.
-  T p = T(1);
-  for (int k = K::kTerms; k >= 2; --k) p = T(1) + p * r * (T(1) / T(k));
-  em1 = r * p;
+  em1 = r * taylor_tail<T, 1, K::kTerms>(r);  // e^r - 1 = r * (1 + r/2! + ... + r^(n-1)/n!)
   // Unsigned arithmetic: wraps harmlessly for NaN (whose result is NaN anyway).
   const Bits n_bits = bit_cast<Bits>(shifted) - bit_cast<Bits>(K::kShifter);
   scale = bit_cast<T>(static_cast<Bits>((n_bits + Bits(K::kExponentBias)) << K::kMantissaBits));
