@@ -87,7 +87,8 @@ void pack_panel(int64_t block, int64_t gates, int64_t hidden, int64_t depth, int
   const int64_t row = gates * units;  // a panel row: every gate's units at one depth
   for (int64_t g = 0; g < gates; ++g) {
     T* dst = out + g * units;
-    for (int64_t k = 0; k < depth; ++k) std::fill(dst + k * row + valid, dst + k * row + units, T(0));
+    for (int64_t k = 0; k < depth; ++k)
+      std::fill(dst + k * row + valid, dst + k * row + units, T(0));
     if (src.data == nullptr) {
       for (int64_t k = 0; k < depth; ++k) std::fill(dst + k * row, dst + k * row + valid, T(0));
       continue;
@@ -211,8 +212,8 @@ constexpr int64_t kChunkRows = 8 * kTileRows;
 
 // Multiplies all `rows` rows of a [rows, depth] (row stride lda) by one panel [depth, W], tile
 // by tile, and hands each tile to epilogue(row0, acc) where acc is T[MR][W] for rows row0 ..
-// row0 + MR - 1, once its whole depth is summed. init: as in tile_gemm. The depth blocks depend only on depth and
-// W, so results do not depend on the thread count. prefetch(row0, rows) is called before a
+// row0 + MR - 1, once its whole depth is summed. init: as in tile_gemm. The depth blocks depend
+// only on depth and W, so results do not depend on the thread count. prefetch(row0, rows) is called before a
 // tile's first depth block, to request the operands its epilogue will read and write (see
 // prefetch_span): spread tile by tile, the requests do not queue up, and with a deep panel
 // they have the rest of the chunk's blocks to arrive.

@@ -206,7 +206,8 @@ __attribute__((noinline)) void backward_epilogue(
       std::fill(local, local + kUnits, T(0));
   };
   const T* saved_bt = C::kSaved > 0 ? a.saved + (t * B + b) * C::kSaved * H + j0 : nullptr;
-  for (int s = 0; s < S; ++s) load_row(saved_l[s], saved_bt != nullptr ? saved_bt + s * H : nullptr);
+  for (int s = 0; s < S; ++s)
+    load_row(saved_l[s], saved_bt != nullptr ? saved_bt + s * H : nullptr);
   load_row(h_l, h_row != nullptr ? h_row + j0 : nullptr);
   load_row(h_prev_l, h_prev_row != nullptr ? h_prev_row + j0 : nullptr);
   load_row(c_prev_l, C::kHasCellState ? c_prev_row + j0 : nullptr);

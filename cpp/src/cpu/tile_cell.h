@@ -22,14 +22,14 @@ constexpr int kForwardUnits = C::kGates == 3 ? kTileWidth<T> / 4 : kTileWidth<T>
 // Copies `units` (<= kUnits) values of a tile row in or out of a local array of kUnits. A full
 // tile (the common case) is one fixed-size copy, which compiles to a few vector moves; a
 // partial one (the last block of an H that is not a multiple of kUnits) copies unit by unit,
-// and load_units fills the rest of the local array with `fill`.
+// and load_units fills the rest of the local array with zeros.
 template <int kUnits, typename T>
-inline void load_units(T* local, const T* src, int64_t units, T fill = T(0)) {
+inline void load_units(T* local, const T* src, int64_t units) {
   if (units == kUnits) {
     std::memcpy(local, src, sizeof(T) * kUnits);
     return;
   }
-  for (int u = 0; u < kUnits; ++u) local[u] = u < units ? src[u] : fill;
+  for (int u = 0; u < kUnits; ++u) local[u] = u < units ? src[u] : T(0);
 }
 
 template <int kUnits, typename T>
@@ -52,8 +52,9 @@ inline void store_units(T* dst, const T* local, int64_t units) {
 // kernels' tile loops, GCC 12 gives up on some of them ("control flow in loop") and runs the
 // activations one unit at a time. A call per tile row costs far less.
 template <typename T, class C, int kUnits>
-__attribute__((noinline)) void tile_forward(const T* zx, const T* zh, const T* h_prev, const T* c_prev, T* h, T* c,
-                         T* saved, int64_t saved_stride, int64_t units) {
+__attribute__((noinline)) void tile_forward(const T* zx, const T* zh, const T* h_prev,
+                                            const T* c_prev, T* h, T* c, T* saved,
+                                            int64_t saved_stride, int64_t units) {
   constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
   alignas(64) T h_prev_l[kUnits], c_l[kUnits], h_l[kUnits], saved_l[S][kUnits];
   if (h_prev != nullptr)
@@ -76,7 +77,8 @@ __attribute__((noinline)) void tile_forward(const T* zx, const T* zh, const T* h
   store_units<kUnits>(h, h_l, units);
   if constexpr (C::kHasCellState) store_units<kUnits>(c, c_l, units);
   if (saved != nullptr)
-    for (int s = 0; s < C::kSaved; ++s) store_units<kUnits>(saved + s * saved_stride, saved_l[s], units);
+    for (int s = 0; s < C::kSaved; ++s)
+      store_units<kUnits>(saved + s * saved_stride, saved_l[s], units);
 }
 
 }  // namespace
