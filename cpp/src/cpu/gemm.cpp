@@ -2,7 +2,8 @@
 //
 // B is packed once into panels of W columns ([panels][k][W], as the recurrence packs W_hh), the
 // threads sharing the panels. Then each thread takes its share of the panels or of the rows
-// (whichever divides more evenly) and runs, per pass over the depth and per block of rows,
+// (whichever divides more evenly; the rows whenever A must be copied, so that no two threads
+// copy the same rows) and runs, per pass over the depth and per block of rows,
 // every panel of its share over the block. A block of A's rows is sized to stay in L2 while
 // the panels' slices stream past it (gemm_panel keeps each slice's depth blocks in L1); a
 // transposed A is first copied into a row-major block, which is also what a tile reads best.
