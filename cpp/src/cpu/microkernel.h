@@ -67,6 +67,30 @@ inline void copy_short(T* dst, const T* src, int64_t n) {
   for (; i < n; ++i) dst[i] = src[i];
 }
 
+// Transposes the kLanes x kLanes square rows[r][e] in registers (rows[r] becomes column r):
+// for h = kLanes/2 .. 1, within every 2h x 2h sub-square, the top-right and bottom-left h x h
+// blocks are swapped, one two-vector shuffle per row.
+template <typename T>
+inline void transpose_square(typename Simd<T>::Vec (&rows)[Simd<T>::kLanes]) {
+  constexpr int L = Simd<T>::kLanes;
+  typedef std::conditional_t<sizeof(T) == 4, int32_t, int64_t> Index;
+  typedef Index Mask __attribute__((vector_size(kVectorBytes)));
+  for (int h = L / 2; h >= 1; h /= 2) {
+    Mask low, high;  // lanes 0 .. L-1 pick from the first row, L .. 2L-1 from the second
+    for (int e = 0; e < L; ++e) {
+      const bool left = e % (2 * h) < h;
+      low[e] = left ? e : L + e - h;
+      high[e] = left ? e + h : L + e;
+    }
+    for (int r = 0; r < L; ++r) {
+      if (r % (2 * h) >= h) continue;
+      const auto a = rows[r], b = rows[r + h];
+      rows[r] = __builtin_shuffle(a, b, low);
+      rows[r + h] = __builtin_shuffle(a, b, high);
+    }
+  }
+}
+
 // A matrix to pack, element (g, j, k) (gate g, hidden unit j, depth k) at
 // data[g * gate_stride + j * unit_stride + k * depth_stride]; data nullptr: all zeros.
 template <typename T>
@@ -99,10 +123,25 @@ void pack_panel(int64_t block, int64_t gates, int64_t hidden, int64_t depth, int
         copy_short(dst + k * row, base + k * src.depth_stride, valid);
       continue;
     }
-    constexpr int64_t kDepthStep = 16;
+    // Contiguous in depth (PyTorch's weights): whole squares transposed in registers.
+    using S = Simd<T>;
+    constexpr int L = S::kLanes;
+    int64_t u0 = 0;
+    for (; src.depth_stride == 1 && u0 + L <= valid; u0 += L) {
+      int64_t k0 = 0;
+      for (; k0 + L <= depth; k0 += L) {
+        typename S::Vec square[L];
+        for (int u = 0; u < L; ++u) square[u] = S::load(base + (u0 + u) * src.unit_stride + k0);
+        transpose_square<T>(square);
+        for (int k = 0; k < L; ++k) S::store(dst + (k0 + k) * row + u0, square[k]);
+      }
+      for (int64_t u = u0; u < u0 + L; ++u)
+        for (int64_t k = k0; k < depth; ++k) dst[k * row + u] = base[u * src.unit_stride + k];
+    }
+    constexpr int64_t kDepthStep = 16;  // the rest, a cache line of depth at a time
     for (int64_t k0 = 0; k0 < depth; k0 += kDepthStep) {
       const int64_t k1 = std::min(depth, k0 + kDepthStep);
-      for (int64_t u = 0; u < valid; ++u) {
+      for (int64_t u = u0; u < valid; ++u) {
         const T* from = base + u * src.unit_stride;
         for (int64_t k = k0; k < k1; ++k) dst[k * row + u] = from[k * src.depth_stride];
       }
