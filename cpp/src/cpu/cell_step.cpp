@@ -32,7 +32,8 @@ void step_impl(const PackedCell<T>& p, int64_t B, const T* x, const T* h, const 
                                  p.b_hh.data() + block * kWidth, false, zh);
         for (int r = 0; r < MR; ++r) {
           const int64_t at = (row0 + r) * H + j0;  // unit j0 of this row in [B, H]
-          tile_forward<T, C, kUnits>(zx[r], zh[r], h + at, c != nullptr ? c + at : nullptr,
+          tile_forward<T, C, kUnits>(zx[r], zh[r], C::kReadsHPrev ? h + at : nullptr,
+                                     c != nullptr ? c + at : nullptr,
                                      h_out + at, c_out != nullptr ? c_out + at : nullptr,
                                      nullptr, 0, units);
         }

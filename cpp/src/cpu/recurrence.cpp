@@ -139,7 +139,7 @@ void forward_impl(const ForwardArgs<T>& a) {
             }
             T* c_b = C::kHasCellState ? c_run.data() + bh : nullptr;
             const T* c_prev_b = C::kHasCellState ? (fresh ? a.c0 + bh : c_b) : nullptr;
-            const T* h_prev_b = projected ? nullptr : (fresh ? a.h0 : h_prev) + b * R;
+            const T* h_prev_b = C::kReadsHPrev ? (fresh ? a.h0 : h_prev) + b * R : nullptr;
             forward_epilogue<T, C, kUnits>(zh, zx_t + b * GH, h_prev_b, c_prev_b, cell_h + bh,
                                            c_b, saved_bt, H, j0, units);
             if (t == length - 1) {  // the sequence's last step: its final state
@@ -297,8 +297,9 @@ void backward_impl(const BackwardArgs<T>& a) {
       return;
     }
     const bool fresh = starts_fresh(a, s, b);
-    const T* h_row = projected ? nullptr : a.y + (s * B + b) * H;
-    const T* h_prev_row = projected ? nullptr : fresh ? a.h0 + b * H : h_row - B * H;
+    const T* h_row = C::kBackwardReadsH ? a.y + (s * B + b) * H : nullptr;
+    const T* h_prev_row =
+        !C::kReadsHPrev ? nullptr : fresh ? a.h0 + b * H : a.y + ((s - 1) * B + b) * H;
     const T* c_prev_row = nullptr;
     if constexpr (C::kHasCellState)  // c0, or the c that step s-1 saved (the LSTM saves c last)
       c_prev_row = fresh ? a.c0 + b * H : a.saved + ((s - 1) * B + b) * S * H + (S - 1) * H;
@@ -377,8 +378,8 @@ void backward_impl(const BackwardArgs<T>& a) {
             if (C::kHasCellState && s > 0)  // c_{s-1}, the last value step s-1 saved
               prefetch_span(a.saved + ((sb - B) * S + S - 1) * H + j0, units);
             prefetch_span(a.dy + sb * R + j0, units);
-            prefetch_span(a.y + sb * R + j0, units);
-            if (s > 0) prefetch_span(a.y + (sb - B) * R + j0, units);
+            if (C::kBackwardReadsH) prefetch_span(a.y + sb * R + j0, units);
+            if (C::kReadsHPrev && s > 0) prefetch_span(a.y + (sb - B) * R + j0, units);
             for (int g = 0; g < G; ++g) {
               prefetch_span(a.dzx + sb * GH + g * H + j0, units);
               if (a.dzh != a.dzx) prefetch_span(a.dzh + sb * GH + g * H + j0, units);

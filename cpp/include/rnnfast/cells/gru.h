@@ -14,6 +14,7 @@ struct Gru {
   static constexpr int kGates = 3;
   static constexpr int kSaved = 4;  // r, z, n (after activation), zh_n
   static constexpr bool kHasCellState = false;
+  static constexpr bool kReadsHPrev = true, kBackwardReadsH = false;
 
   template <class V>
   RNNFAST_HD static void forward(const V* zx, const V* zh, V h_prev, V& /*c*/, V& h, V* saved) {

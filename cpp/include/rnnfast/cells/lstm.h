@@ -13,6 +13,7 @@ struct Lstm {
   static constexpr int kGates = 4;
   static constexpr int kSaved = 5;  // i, f, g, o (after activation), c
   static constexpr bool kHasCellState = true;
+  static constexpr bool kReadsHPrev = false, kBackwardReadsH = false;
 
   template <class V>
   RNNFAST_HD static void forward(const V* zx, const V* zh, V /*h_prev*/, V& c, V& h, V* saved) {

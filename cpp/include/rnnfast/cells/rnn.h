@@ -5,6 +5,8 @@
 //   kGates   gates stacked in W_ih / W_hh rows
 //   kSaved   values per hidden unit that the training forward saves for backward
 //   kHasCellState  whether the cell carries c besides h (LSTM)
+//   kReadsHPrev    whether forward and backward read h_prev (GRU); kBackwardReadsH: whether
+//                  backward reads h (RNN). Kernels skip loading what a cell does not read.
 //   forward(zx[G], zh[G], h_prev, c, h, saved[S])     c: cell state in/out (LSTM only)
 //   backward(saved[S], h, h_prev, c_prev, dh, dc, dzx[G], dzh[G], dh_direct)
 //     dh: gradient reaching h_t (from the output and from step t+1);
@@ -22,6 +24,7 @@ struct Rnn {
   static constexpr int kGates = 1;
   static constexpr int kSaved = 0;  // h_t is the output y[t]: nothing more to save
   static constexpr bool kHasCellState = false;
+  static constexpr bool kReadsHPrev = false, kBackwardReadsH = true;
 
   template <class V>
   RNNFAST_HD static void forward(const V* zx, const V* zh, V /*h_prev*/, V& /*c*/, V& h,
