@@ -56,7 +56,7 @@ void gemm_impl(const GemmArgs<T>& g) {
     const int64_t slots = ceil_div(items, threads) * threads;
     return double(slots - items) / double(slots);
   };
-  const bool split_rows = (!a_direct && row_blocks >= threads) ||
+  const bool split_rows = (!a_direct && g.m >= threads * int64_t{kTileRows}) ||
                           idle_share(row_blocks) < idle_share(panels);
   // Split by rows, the blocks are as many as a multiple of the threads, of equal height in whole
   // tiles: every thread gets the same work. (Which rows go together does not change any sum.)
