@@ -197,3 +197,9 @@ def assert_unchanged(before, after):
 
 def shape_id(T, B, I, H):
     return f"T{T}-B{B}-I{I}-H{H}"
+
+
+def seed_of(*parts):
+    """A stable seed per test case, from its parameters (hash() of str is salted per process,
+    so not that)."""
+    return sum((i + 1) * sum(map(ord, str(p))) for i, p in enumerate(parts))

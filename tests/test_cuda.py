@@ -20,7 +20,7 @@ import pytest
 
 from _util import (
     CELLS, DTYPES, FLOAT32_FLOOR, FLOAT64_TOL, GATES, GRAD_NAMES, OUT_NAMES, assert_matches_oracle,
-    assert_unchanged, copies, make_problem, reference_results, rel_err, shape_id,
+    assert_unchanged, copies, make_problem, reference_results, rel_err, seed_of, shape_id,
 )
 
 try:
@@ -445,17 +445,13 @@ SHAPE_IDS = [shape_id(*s) for s in SHAPES]
 DTYPE_IDS = ["f32", "f64"]
 
 
-def _seed(*parts):
-    return sum((i + 1) * sum(map(ord, str(p))) for i, p in enumerate(parts))
-
-
 @needs_gpu
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_matches_reference_and_cpu(cell, dtype, shape, bias):
-    inputs, douts = make_problem(cell, *shape, dtype, bias=bias, seed=_seed(cell, shape, bias))
+    inputs, douts = make_problem(cell, *shape, dtype, bias=bias, seed=seed_of(cell, shape, bias))
     before = copies({**inputs, **douts})
     got = run_cuda(cell, inputs, douts)
     assert_unchanged(before, {**inputs, **douts})
@@ -468,7 +464,7 @@ def test_matches_reference_and_cpu(cell, dtype, shape, bias):
 @pytest.mark.parametrize("cell", CELLS)
 def test_output_gradients_optional(cell, dtype):
     """dh_n and dc_n None mean zero."""
-    inputs, douts = make_problem(cell, 4, 3, 7, 33, dtype, seed=_seed("opt", cell))
+    inputs, douts = make_problem(cell, 4, 3, 7, 33, dtype, seed=seed_of("opt", cell))
     zero = {**douts, "dh_n": np.zeros_like(douts["dh_n"]),
             "dc_n": None if douts["dc_n"] is None else np.zeros_like(douts["dc_n"])}
     expected = run_cuda(cell, inputs, zero)
@@ -484,7 +480,7 @@ def test_output_gradients_optional(cell, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_training_forward_equals_inference(cell, dtype):
-    inputs, douts = make_problem(cell, 5, 3, 33, 70, dtype, seed=_seed("inf", cell))
+    inputs, douts = make_problem(cell, 5, 3, 33, 70, dtype, seed=seed_of("inf", cell))
     train = run_cuda(cell, inputs, douts, training=True)
     infer = run_cuda(cell, inputs, douts, training=False)
     for name in OUT_NAMES:

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("isa")
 
 from _util import (
     CELLS, DTYPES, GRAD_NAMES, STEP_TOL, assert_matches_oracle, assert_unchanged, copies,
-    make_problem, rel_err, shape_id,
+    make_problem, rel_err, seed_of, shape_id,
 )
 
 # (T, B, I, H): I and H from {1, 7, 33, 130} (1: degenerate, 7: below one SIMD vector,
@@ -59,11 +59,6 @@ def run_functional(cell, inputs, douts, training=True, options=None):
     return out
 
 
-def _seed(*parts):
-    # a stable seed per test case (hash() of str is salted per process, so not that)
-    return sum((i + 1) * sum(map(ord, str(p))) for i, p in enumerate(parts))
-
-
 # ------------------------------------------------------------------ accuracy
 
 
@@ -72,7 +67,7 @@ def _seed(*parts):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_matches_reference(cell, dtype, shape, bias):
-    inputs, douts = make_problem(cell, *shape, dtype, bias=bias, seed=_seed(cell, shape, bias))
+    inputs, douts = make_problem(cell, *shape, dtype, bias=bias, seed=seed_of(cell, shape, bias))
     got = run_functional(cell, inputs, douts)
     if cell != "lstm":
         assert got["c_n"] is None and got["dc0"] is None
@@ -85,7 +80,7 @@ def test_matches_reference(cell, dtype, shape, bias):
 @pytest.mark.parametrize("cell", CELLS)
 def test_backward_without_state_gradients(cell, dtype):
     """dh_n and dc_n default to None, meaning zero."""
-    inputs, douts = make_problem(cell, 5, 3, 7, 33, dtype, seed=_seed("nograd", cell))
+    inputs, douts = make_problem(cell, 5, 3, 7, 33, dtype, seed=seed_of("nograd", cell))
     douts = {"dy": douts["dy"], "dh_n": None, "dc_n": None}
     got = run_functional(cell, inputs, douts)
     assert_matches_oracle(cell, inputs, douts, got, dtype)
@@ -98,7 +93,7 @@ def test_backward_without_state_gradients(cell, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_sequence_equals_single_steps(cell, dtype, shape):
-    inputs, _ = make_problem(cell, *shape, dtype, seed=_seed("steps", cell, shape))
+    inputs, _ = make_problem(cell, *shape, dtype, seed=seed_of("steps", cell, shape))
     full = run_functional(cell, inputs, None, training=False)
     h, c = inputs["h0"], inputs["c0"]
     ys = []
@@ -121,7 +116,7 @@ def test_sequence_equals_single_steps(cell, dtype, shape):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_training_forward_equals_inference_forward(cell, dtype):
-    inputs, douts = make_problem(cell, 7, 3, 33, 130, dtype, seed=_seed("train", cell))
+    inputs, douts = make_problem(cell, 7, 3, 33, 130, dtype, seed=seed_of("train", cell))
     train = run_functional(cell, inputs, douts, training=True)
     infer = run_functional(cell, inputs, douts, training=False)
     for name in ("y", "h_n", "c_n"):
@@ -134,7 +129,7 @@ def test_training_forward_equals_inference_forward(cell, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_repeated_call_is_bitwise_identical(cell, dtype):
-    inputs, douts = make_problem(cell, 6, 3, 33, 130, dtype, seed=_seed("again", cell))
+    inputs, douts = make_problem(cell, 6, 3, 33, 130, dtype, seed=seed_of("again", cell))
     first = run_functional(cell, inputs, douts)
     second = run_functional(cell, inputs, douts)
     for name, value in first.items():
@@ -151,7 +146,7 @@ def test_scratch_buffers_reused_across_shapes_dtypes_and_threads():
     cases = [("gru", 5, 3, 7, 33, np.float32), ("gru", 9, 4, 7, 70, np.float32),
              ("lstm", 2, 2, 7, 9, np.float64), ("rnn_tanh", 4, 3, 5, 20, np.float32),
              ("gru", 5, 3, 7, 33, np.float32)]
-    problems = [make_problem(cell, T, B, I, H, dtype, seed=_seed("scratch", i))
+    problems = [make_problem(cell, T, B, I, H, dtype, seed=seed_of("scratch", i))
                 for i, (cell, T, B, I, H, dtype) in enumerate(cases)]
 
     def run_all():
@@ -182,12 +177,12 @@ def test_scratch_buffers_reused_across_shapes_dtypes_and_threads():
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_caller_arrays_not_modified(cell, dtype, training):
-    inputs, douts = make_problem(cell, 5, 3, 7, 33, dtype, seed=_seed("const", cell))
+    inputs, douts = make_problem(cell, 5, 3, 7, 33, dtype, seed=seed_of("const", cell))
     before_in, before_d = copies(inputs), copies(douts)
     first = run_functional(cell, inputs, douts, training=training)
     kept = copies(first)
     # a second call must not overwrite the arrays the first one returned (no shared buffers)
-    inputs2, douts2 = make_problem(cell, 5, 3, 7, 33, dtype, seed=_seed("const2", cell))
+    inputs2, douts2 = make_problem(cell, 5, 3, 7, 33, dtype, seed=seed_of("const2", cell))
     run_functional(cell, inputs2, douts2, training=training)
     assert_unchanged(before_in, inputs)
     assert_unchanged(before_d, douts)
@@ -198,7 +193,7 @@ def test_caller_arrays_not_modified(cell, dtype, training):
 @pytest.mark.parametrize("cell", CELLS)
 def test_outputs_have_input_dtype_and_shapes(cell, dtype):
     T, B, I, H = 4, 3, 7, 33
-    inputs, douts = make_problem(cell, T, B, I, H, dtype, seed=_seed("shapes", cell))
+    inputs, douts = make_problem(cell, T, B, I, H, dtype, seed=seed_of("shapes", cell))
     got = run_functional(cell, inputs, douts)
     assert got["y"].shape == (T, B, H) and got["y"].dtype == dtype
     assert got["h_n"].shape == (B, H) and got["h_n"].dtype == dtype
@@ -215,7 +210,7 @@ def test_outputs_have_input_dtype_and_shapes(cell, dtype):
 def test_noncontiguous_arguments(cell):
     """Strided and transposed views give the same result as their contiguous copies."""
     dtype = np.float32
-    inputs, douts = make_problem(cell, 5, 3, 7, 33, dtype, seed=_seed("strided", cell))
+    inputs, douts = make_problem(cell, 5, 3, 7, 33, dtype, seed=seed_of("strided", cell))
     expected = run_functional(cell, inputs, douts)
 
     def strided(a):
@@ -262,7 +257,7 @@ def test_noncontiguous_arguments(cell):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_read_only_arguments(cell):
-    inputs, douts = make_problem(cell, 4, 3, 7, 33, np.float32, seed=_seed("ro", cell))
+    inputs, douts = make_problem(cell, 4, 3, 7, 33, np.float32, seed=seed_of("ro", cell))
     expected = run_functional(cell, inputs, douts)
     for d in (inputs, douts):
         for v in d.values():
@@ -276,7 +271,7 @@ def test_read_only_arguments(cell):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_inference_ctx_is_none(cell):
-    inputs, _ = make_problem(cell, 3, 2, 7, 7, np.float32, seed=_seed("ctx", cell))
+    inputs, _ = make_problem(cell, 3, 2, 7, 7, np.float32, seed=seed_of("ctx", cell))
     *_, ctx = F.forward(
         cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
         inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"],
@@ -294,7 +289,7 @@ MIXED = [(cell, wrong) for cell in ("gru", "lstm")
 @pytest.mark.parametrize("dtype", DTYPES, ids=["x_f32", "x_f64"])
 @pytest.mark.parametrize("cell,wrong", MIXED, ids=[f"{c}-{w}" for c, w in MIXED])
 def test_mixed_dtypes_raise_type_error(cell, wrong, dtype):
-    inputs, _ = make_problem(cell, 3, 2, 7, 7, dtype, seed=_seed("mixed", cell))
+    inputs, _ = make_problem(cell, 3, 2, 7, 7, dtype, seed=seed_of("mixed", cell))
     other = np.float64 if dtype == np.float32 else np.float32
     inputs[wrong] = inputs[wrong].astype(other)
     with pytest.raises(TypeError):
@@ -345,8 +340,8 @@ LR_SHAPES = [(7, 5, 13, 37), (6, 9, 7, 130), (1, 3, 7, 33), (9, 2, 1, 1)]
 @pytest.mark.parametrize("cell", CELLS)
 def test_lengths_and_resets_match_reference(cell, dtype, shape, case):
     T, B = shape[:2]
-    inputs, douts = make_problem(cell, *shape, dtype, seed=_seed(cell, shape, case))
-    options = lengths_resets(case, T, B, _seed(case, shape))
+    inputs, douts = make_problem(cell, *shape, dtype, seed=seed_of(cell, shape, case))
+    options = lengths_resets(case, T, B, seed_of(case, shape))
     got = run_functional(cell, inputs, douts, options=options)
     assert_matches_oracle(cell, inputs, douts, got, dtype, options)
     if "lengths" in options:  # padding is exactly zero, in the outputs and in dx
@@ -358,7 +353,7 @@ def test_lengths_and_resets_match_reference(cell, dtype, shape, case):
 @pytest.mark.parametrize("cell", CELLS)
 def test_full_lengths_and_no_resets_change_nothing(cell, dtype):
     T, B = 6, 3
-    inputs, douts = make_problem(cell, T, B, 7, 33, dtype, seed=_seed("noop", cell))
+    inputs, douts = make_problem(cell, T, B, 7, 33, dtype, seed=seed_of("noop", cell))
     plain = run_functional(cell, inputs, douts)
     options = {"lengths": np.full(B, T), "resets": np.zeros((T, B), bool)}
     options["resets"][0] = True  # step 0 starts from h0 anyway
@@ -416,10 +411,10 @@ PROJ_SHAPES = [(7, 5, 13, 37, 11), (6, 9, 7, 130, 70), (3, 2, 3, 4, 1), (5, 3, 7
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_projection_matches_reference(dtype, shape, case):
     T, B = shape[:2]
-    inputs, douts, w_hr = projection_problem(*shape, dtype, seed=_seed("proj", shape))
+    inputs, douts, w_hr = projection_problem(*shape, dtype, seed=seed_of("proj", shape))
     options = {"w_hr": w_hr}
     if case == "both":
-        options.update(lengths_resets("both", T, B, _seed(case, shape)))
+        options.update(lengths_resets("both", T, B, seed_of(case, shape)))
     got = run_functional("lstm", inputs, douts, options=options)
     assert_matches_oracle("lstm", inputs, douts, got, dtype, options)
     inference = run_functional("lstm", inputs, douts, training=False, options=options)
@@ -443,8 +438,8 @@ def test_results_do_not_depend_on_thread_count(cell):
 
     if not (hasattr(rnnfast, "set_num_threads") and hasattr(rnnfast, "get_num_threads")):
         pytest.skip("rnnfast.set_num_threads/get_num_threads not provided")
-    inputs, douts = make_problem(cell, 5, 3, 33, 130, np.float32, seed=_seed("threads", cell))
-    projected = projection_problem(5, 3, 33, 130, 100, np.float32, seed=_seed("threads", cell))
+    inputs, douts = make_problem(cell, 5, 3, 33, 130, np.float32, seed=seed_of("threads", cell))
+    projected = projection_problem(5, 3, 33, 130, 100, np.float32, seed=seed_of("threads", cell))
     saved = rnnfast.get_num_threads()
     try:
         results = []

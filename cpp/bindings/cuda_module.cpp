@@ -187,6 +187,22 @@ Args args_with_sizes(Cell cell, const py::handle& z, const char* z_name, const p
   return args;
 }
 
+// Once every argument is checked: refuses overlapping outputs, does nothing for B = 0, else
+// checks that the arrays are in device memory and runs launch() (which returns the CUDA status)
+// without the GIL.
+template <class Checker, class Launch>
+void launch_checked(const Checker& check, int64_t batch, const char* what, Launch&& launch) {
+  check.check_no_overlap();
+  if (batch == 0) return;
+  check_device_memory(check);
+  cudaError_t status;
+  {
+    py::gil_scoped_release release;
+    status = launch();
+  }
+  check_cuda(status, what);
+}
+
 void recurrent_forward_py(const std::string& cell_name, py::object zx, py::object w_hh,
                           py::object b_hh, py::object h0, py::object c0, py::object y,
                           py::object h_n, py::object c_n, py::object saved, py::object stream) {
@@ -197,16 +213,8 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
     ArgChecker<T> check("zx");
     auto args = args_with_sizes<ForwardArgs<T>>(cell, zx, "zx", w_hh);
     bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved);
-    const int64_t B = args.batch;
-    check.check_no_overlap();
-    if (B == 0) return;
-    check_device_memory(check);
-    cudaError_t status;
-    {
-      py::gil_scoped_release release;
-      status = recurrent_forward(args, cuda_stream);
-    }
-    check_cuda(status, "rnnfast recurrent_forward launch");
+    launch_checked(check, args.batch, "rnnfast recurrent_forward launch",
+                   [&] { return recurrent_forward(args, cuda_stream); });
   });
 }
 
@@ -222,16 +230,8 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
     auto args = args_with_sizes<BackwardArgs<T>>(cell, dzx, "dzx", w_hh);
     bindings::check_backward_arrays(check, args, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx,
                                     dzh, dh0, dc0);
-    const int64_t B = args.batch;
-    check.check_no_overlap();
-    if (B == 0) return;
-    check_device_memory(check);
-    cudaError_t status;
-    {
-      py::gil_scoped_release release;
-      status = recurrent_backward(args, cuda_stream);
-    }
-    check_cuda(status, "rnnfast recurrent_backward launch");
+    launch_checked(check, args.batch, "rnnfast recurrent_backward launch",
+                   [&] { return recurrent_backward(args, cuda_stream); });
   });
 }
 

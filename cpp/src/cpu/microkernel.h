@@ -102,8 +102,9 @@ struct Strided {
 // Packs block `block` of a [gates, hidden, depth] matrix into a panel: out[k][g][u] =
 // src(g, block*units + u, k), zero past the last unit. A panel is then a [depth, gates*units]
 // row-major matrix that a tile streams row by row. Units contiguous in the source: row copies.
-// Otherwise (PyTorch's weights, contiguous in depth) the depth goes 16 at a time, so that the
-// source and the panel are each touched a cache line at a time.
+// Depth contiguous (PyTorch's weights, a transposed GEMM operand): squares of a vector's width
+// transposed in registers. What remains (and any other layout) goes 16 deep at a time, so
+// that the source and the panel are each touched a cache line at a time.
 template <typename T>
 void pack_panel(int64_t block, int64_t gates, int64_t hidden, int64_t depth, int64_t units,
                 const Strided<T>& src, T* out) {

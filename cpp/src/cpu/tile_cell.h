@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 
 #include "microkernel.h"
 #include "rnnfast/cells/cells.h"
@@ -19,25 +18,12 @@ namespace {
 template <typename T, class C>
 constexpr int kForwardUnits = C::kGates == 3 ? kTileWidth<T> / 4 : kTileWidth<T> / C::kGates;
 
-// Copies `units` (<= kUnits) values of a tile row in or out of a local array of kUnits. A full
-// tile (the common case) is one fixed-size copy, which compiles to a few vector moves; a
-// partial one (the last block of an H that is not a multiple of kUnits) copies unit by unit,
-// and load_units fills the rest of the local array with zeros.
+// Copies `units` (<= kUnits) values of a tile row into a local array of kUnits, zeros past
+// them (the last block of an H that is not a multiple of kUnits). Rows go out with copy_short.
 template <int kUnits, typename T>
 inline void load_units(T* local, const T* src, int64_t units) {
-  if (units == kUnits) {
-    std::memcpy(local, src, sizeof(T) * kUnits);
-    return;
-  }
-  for (int u = 0; u < kUnits; ++u) local[u] = u < units ? src[u] : T(0);
-}
-
-template <int kUnits, typename T>
-inline void store_units(T* dst, const T* local, int64_t units) {
-  if (units == kUnits)
-    std::memcpy(dst, local, sizeof(T) * kUnits);
-  else
-    std::memcpy(dst, local, sizeof(T) * units);
+  copy_short(local, src, units);
+  std::fill(local + units, local + kUnits, T(0));
 }
 
 // The cell's forward for `units` (<= kUnits) consecutive hidden units of one batch row, from
@@ -74,11 +60,11 @@ __attribute__((noinline)) void tile_forward(const T* zx, const T* zh, const T* h
     C::forward(zx_u, zh_u, h_prev_l[u], c_l[u], h_l[u], saved_u);
     for (int s = 0; s < S; ++s) saved_l[s][u] = saved_u[s];
   }
-  store_units<kUnits>(h, h_l, units);
-  if constexpr (C::kHasCellState) store_units<kUnits>(c, c_l, units);
+  copy_short(h, h_l, units);
+  if constexpr (C::kHasCellState) copy_short(c, c_l, units);
   if (saved != nullptr)
     for (int s = 0; s < C::kSaved; ++s)
-      store_units<kUnits>(saved + s * saved_stride, saved_l[s], units);
+      copy_short(saved + s * saved_stride, saved_l[s], units);
 }
 
 }  // namespace
