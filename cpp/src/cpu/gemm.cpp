@@ -50,7 +50,8 @@ void gemm_impl(const GemmArgs<T>& g) {
   AlignedBuffer<T> packed(panels * g.k * W), bias(g.bias != nullptr ? panels * W : 0);
   if (g.bias != nullptr) pack_panels(1, g.n, 1, W, bias_rows(g.bias, g.n), bias.data());
   // Threads split the panels or the row blocks, whichever divides more evenly among them;
-  // the row blocks whenever A has to be copied, so that no two threads copy the same rows.
+  // the row blocks whenever A has to be copied and each thread gets a tile of rows, so that no
+  // two threads copy the same rows.
   const int threads = choose_threads(std::max(panels, row_blocks), g.m * g.n * g.k);
   auto idle_share = [&](int64_t items) {  // fraction of the threads' time left idle
     const int64_t slots = ceil_div(items, threads) * threads;
