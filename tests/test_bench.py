@@ -4,6 +4,7 @@ without a usable GPU; the ONNX model of stacked and bidirectional networks."""
 
 import csv
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -199,3 +200,19 @@ def test_time_budget_sets_repeats(tmp_path, budget):
             assert (r["repeats"], r["warmup"]) == (2, 0)
         else:
             assert r["repeats"] == 4 and r["warmup"] > 1
+
+
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("script, args", [
+    ("profile_layer.py", ["--cells", "gru", "--shapes", "3,2,8", "--repeats", "1"]),
+    ("time_recurrence.py", ["lstm", "3", "2", "8", "--repeats", "1"]),
+    ("time_recurrence.py", ["gru", "3", "2", "8", "--repeats", "1", "--backward"]),
+])
+def test_profiling_scripts_run(script, args):
+    """The profiling scripts of benchmarks/ (not part of the package) still run."""
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "GFLOP/s" in done.stdout
