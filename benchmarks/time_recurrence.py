@@ -6,24 +6,13 @@ Run: python benchmarks/time_recurrence.py lstm 100 64 512 [--threads 2] [--backw
 """
 
 import argparse
-import time
 
 import numpy as np
+from profile_layer import median_time  # this folder's sibling script
 
 import rnnfast
 from rnnfast import _cpu
 from rnnfast.reference import GATES
-
-
-def median_ms(fn, repeats):
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
 
 
 def main():
@@ -64,7 +53,7 @@ def main():
         def run():
             _cpu.recurrent_backward(cell, w_hh, h0, c0, y, saved, dy, None, None, dzx, dzh,
                                     dh0, dc0)
-    ms = median_ms(run, args.repeats)
+    ms = median_time(run, args.repeats) * 1e3
     print(f"{cell} {'backward' if args.backward else 'forward'} T={T} B={B} H={H}, "
           f"{args.threads} threads: {ms:.2f} ms, {2 * T * B * G * H * H / ms / 1e6:.1f} GFLOP/s")
 
