@@ -82,12 +82,12 @@ inline void transpose_square(typename Simd<T>::Vec (&rows)[Simd<T>::kLanes]) {
       low[e] = left ? e : L + e - h;
       high[e] = left ? e + h : L + e;
     }
-    for (int r = 0; r < L; ++r) {
-      if (r % (2 * h) >= h) continue;
-      const auto a = rows[r], b = rows[r + h];
-      rows[r] = __builtin_shuffle(a, b, low);
-      rows[r + h] = __builtin_shuffle(a, b, high);
-    }
+    for (int first = 0; first < L; first += 2 * h)  // each 2h x 2h sub-square's top rows
+      for (int r = first; r < first + h; ++r) {
+        const auto a = rows[r], b = rows[r + h];
+        rows[r] = __builtin_shuffle(a, b, low);
+        rows[r + h] = __builtin_shuffle(a, b, high);
+      }
   }
 }
 
