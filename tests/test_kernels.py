@@ -432,14 +432,19 @@ def test_projection_only_for_the_lstm():
 # ------------------------------------------------------------------ threads (if exposed)
 
 
+# B = 3: threads split the units; B = 14 with a small W_hh: the backward splits the batch rows
+# (whole row tiles per thread, recurrence.cpp), including a short last tile.
+@pytest.mark.parametrize("shape", [(5, 3, 33, 130), (6, 14, 9, 40)], ids=lambda s: shape_id(*s))
 @pytest.mark.parametrize("cell", CELLS)
-def test_results_do_not_depend_on_thread_count(cell):
+def test_results_do_not_depend_on_thread_count(cell, shape):
     import rnnfast
 
     if not (hasattr(rnnfast, "set_num_threads") and hasattr(rnnfast, "get_num_threads")):
         pytest.skip("rnnfast.set_num_threads/get_num_threads not provided")
-    inputs, douts = make_problem(cell, 5, 3, 33, 130, np.float32, seed=seed_of("threads", cell))
-    projected = projection_problem(5, 3, 33, 130, 100, np.float32, seed=seed_of("threads", cell))
+    T, B, I, H = shape
+    inputs, douts = make_problem(cell, T, B, I, H, np.float32, seed=seed_of("threads", cell))
+    projected = projection_problem(T, B, I, H, min(100, H - 10), np.float32,
+                                   seed=seed_of("threads", cell))
     saved = rnnfast.get_num_threads()
     try:
         results = []
@@ -447,7 +452,7 @@ def test_results_do_not_depend_on_thread_count(cell):
             rnnfast.set_num_threads(n)
             results.append(run_functional(cell, inputs, douts))
             results.append(run_functional(cell, inputs, douts,
-                                          options=lengths_resets("both", 5, 3, 1)))
+                                          options=lengths_resets("both", T, B, 1)))
             results.append(run_functional("lstm", *projected[:2],
                                           options={"w_hr": projected[2]}))
     finally:
