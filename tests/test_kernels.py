@@ -432,9 +432,13 @@ def test_projection_only_for_the_lstm():
 # ------------------------------------------------------------------ threads (if exposed)
 
 
-# B = 3: threads split the units; B = 14 with a small W_hh: the backward splits the batch rows
-# (whole row tiles per thread, recurrence.cpp), including a short last tile.
-@pytest.mark.parametrize("shape", [(5, 3, 33, 130), (6, 14, 9, 40)], ids=lambda s: shape_id(*s))
+# Threads split the units, or, with a small W_hh and a batch of two row tiles (recurrence.cpp,
+# StepSplit), the batch rows: B = 9, 5, 4 and 3 are two tiles under AVX-512 (6-row tiles),
+# AVX2 (3), and the baseline (2).
+THREAD_SHAPES = [(5, 3, 33, 130), (6, 9, 9, 40), (6, 5, 9, 40), (6, 4, 9, 40)]
+
+
+@pytest.mark.parametrize("shape", THREAD_SHAPES, ids=[shape_id(*s) for s in THREAD_SHAPES])
 @pytest.mark.parametrize("cell", CELLS)
 def test_results_do_not_depend_on_thread_count(cell, shape):
     import rnnfast

@@ -65,6 +65,45 @@ int64_t state_size(const Args& a) {
   return a.proj > 0 ? a.proj : a.hidden;
 }
 
+// How the threads share the steps. By default they split each step's columns (blocks of
+// units) over all batch rows, and meet at a barrier every step. When W_hh's panels fit in
+// every thread's L2 (kRowSplitPanelBytes) and the batch is two row tiles, they split the
+// batch rows instead: rows never exchange values, so each thread runs its rows through every
+// step and every block with no barrier and no data from another core. The rows go in groups
+// fixed by B alone (balanced row tiles, one matmul call each), so that every row is tiled and
+// summed the same way whatever the thread count; the column split has one group, all rows.
+// More tiles would give a thread several groups, each streaming the panels again (a loss at
+// B=24). Measured (benchmarks/time_recurrence.py, T=1000, B=8, H=128, 2 threads, three runs):
+// backward LSTM 12.4-13.6 -> 6.4-6.5 ms, GRU 14.1-15.4 -> 5.3-6.6; forward LSTM 7.3-8.7 ->
+// 6.6-7.0, RNN 2.3-2.4 -> 1.6-1.8.
+struct StepSplit {
+  static constexpr int64_t kRowSplitPanelBytes = 512 * 1024, kRowSplitMaxTiles = 2;
+  bool by_rows;
+  int64_t batch, groups;
+  int threads;
+
+  // panel_bytes: W_hh packed; column_blocks: the column split's blocks; macs: multiply-adds
+  // per step; row_split_allowed: false where a step needs all rows of another pass (the
+  // projection).
+  StepSplit(int64_t batch_, int64_t panel_bytes, bool row_split_allowed, int64_t column_blocks,
+            int64_t macs)
+      : batch(batch_) {
+    const int64_t row_tiles = ceil_div(batch, kTileRows);
+    by_rows = row_split_allowed && row_tiles > 1 && row_tiles <= kRowSplitMaxTiles &&
+              panel_bytes <= kRowSplitPanelBytes;
+    groups = by_rows ? row_tiles : 1;
+    threads = choose_threads(by_rows ? groups : column_blocks, macs);
+  }
+  // Thread `index`'s blocks of `blocks` column blocks and its groups of rows.
+  BlockRange blocks_of(int64_t blocks, int index) const {
+    return by_rows ? BlockRange(blocks, 0, 1) : BlockRange(blocks, index, threads);
+  }
+  BlockRange groups_of(int index) const {
+    return by_rows ? BlockRange(groups, index, threads) : BlockRange(1, 0, 1);
+  }
+  int64_t group_start(int64_t group) const { return batch * group / groups; }
+};
+
 // Per step: pass 1 over blocks of hidden units, the recurrent matmul with the cell's forward
 // in its epilogue; with the projection, after a barrier, pass 2 over blocks of h's units:
 // h_t = m_t W_hr^T, where m_t = o * tanh(c_t) [B, H] is what the cell produced in pass 1.
@@ -95,12 +134,14 @@ void forward_impl(const ForwardArgs<T>& a) {
     if constexpr (C::kHasCellState) std::memcpy(a.c_n + b * H, a.c0 + b * H, sizeof(T) * H);
   }
 
-  const int threads =
-      choose_threads(std::max(blocks, proj_blocks), B * GH * R + (projected ? B * R * H : 0));
-  SpinBarrier barrier(threads);
-  ThreadPool::global().run(threads, [&](int index) {
-    const BlockRange mine(blocks, index, threads), mine_proj(proj_blocks, index, threads);
-    for (int64_t block = mine.first; block < mine.last; ++block) {
+  const StepSplit split(B, blocks * R * kWidth * static_cast<int64_t>(sizeof(T)), !projected,
+                        std::max(blocks, proj_blocks),
+                        B * GH * R + (projected ? B * R * H : 0));
+  SpinBarrier barrier(split.threads);
+  ThreadPool::global().run(split.threads, [&](int index) {
+    const int threads = split.threads;
+    const BlockRange packs(blocks, index, threads), mine_proj(proj_blocks, index, threads);
+    for (int64_t block = packs.first; block < packs.last; ++block) {
       pack_panel(block, G, H, R, kUnits, weight_rows(a.w_hh, H, R),
                  panels.data() + block * R * kWidth);
       pack_panel(block, G, H, 1, kUnits, bias_rows(a.b_hh, H), bias.data() + block * kWidth);
@@ -108,6 +149,8 @@ void forward_impl(const ForwardArgs<T>& a) {
     for (int64_t block = mine_proj.first; block < mine_proj.last; ++block)
       pack_panel(block, 1, R, H, kProjUnits, weight_rows(a.w_hr, R, H),
                  proj_panels.data() + block * H * kProjUnits);
+    if (split.by_rows) barrier.wait(index);  // every panel packed before any thread reads it
+    const BlockRange mine = split.blocks_of(blocks, index), my_groups = split.groups_of(index);
     for (int64_t t = 0; t < a.steps; ++t) {
       const T* h_prev = t == 0 ? a.h0 : a.y + (t - 1) * B * R;
       const T* zx_t = a.zx + t * B * GH;
@@ -116,47 +159,50 @@ void forward_impl(const ForwardArgs<T>& a) {
       for (int64_t block = mine.first; block < mine.last; ++block) {
         const int64_t j0 = block * kUnits;
         const int64_t units = std::min<int64_t>(kUnits, H - j0);
-        gemm_panel<T, kWidth>(h_prev, B, R, R, panels.data() + block * R * kWidth,
-                              bias.data() + block * kWidth, [&](int64_t row0, auto& acc) {
-          constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
-          for (int r = 0; r < MR; ++r) {
-            const int64_t b = row0 + r, bh = b * H, length = length_of(a, b);
-            T* saved_bt = kTraining && S > 0 ? a.saved + (t * B + b) * S * H : nullptr;
-            if (t >= length) {  // padding: output 0 (also after the projection), state kept
-              std::fill(cell_h + bh + j0, cell_h + bh + j0 + units, T(0));
-              for (int s = 0; saved_bt != nullptr && s < S; ++s)
-                std::fill(saved_bt + s * H + j0, saved_bt + s * H + j0 + units, T(0));
-              continue;
+        for (int64_t group = my_groups.first; group < my_groups.last; ++group) {
+          const int64_t r0 = split.group_start(group), r1 = split.group_start(group + 1);
+          gemm_panel<T, kWidth>(h_prev + r0 * R, r1 - r0, R, R, panels.data() + block * R * kWidth,
+                                bias.data() + block * kWidth, [&](int64_t row0, auto& acc) {
+            constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+            for (int r = 0; r < MR; ++r) {
+              const int64_t b = r0 + row0 + r, bh = b * H, length = length_of(a, b);
+              T* saved_bt = kTraining && S > 0 ? a.saved + (t * B + b) * S * H : nullptr;
+              if (t >= length) {  // padding: output 0 (also after the projection), state kept
+                std::fill(cell_h + bh + j0, cell_h + bh + j0 + units, T(0));
+                for (int s = 0; saved_bt != nullptr && s < S; ++s)
+                  std::fill(saved_bt + s * H + j0, saved_bt + s * H + j0 + units, T(0));
+                continue;
+              }
+              const bool fresh = starts_fresh(a, t, b);
+              const T* zh = acc[r];
+              if (a.resets != nullptr) {
+                T* zh0_b = zh0.data() + (block * B + b) * kWidth;
+                if (t == 0)
+                  std::copy(acc[r], acc[r] + kWidth, zh0_b);
+                else if (fresh)
+                  zh = zh0_b;
+              }
+              T* c_b = C::kHasCellState ? c_run.data() + bh : nullptr;
+              const T* c_prev_b = C::kHasCellState ? (fresh ? a.c0 + bh : c_b) : nullptr;
+              const T* h_prev_b = C::kReadsHPrev ? (fresh ? a.h0 : h_prev) + b * R : nullptr;
+              forward_epilogue<T, C, kUnits>(zh, zx_t + b * GH, h_prev_b, c_prev_b, cell_h + bh,
+                                             c_b, saved_bt, H, j0, units);
+              if (t == length - 1) {  // the sequence's last step: its final state
+                if (!projected) std::copy(h_t + bh + j0, h_t + bh + j0 + units, a.h_n + bh + j0);
+                if constexpr (C::kHasCellState)
+                  std::copy(c_b + j0, c_b + j0 + units, a.c_n + bh + j0);
+              }
             }
-            const bool fresh = starts_fresh(a, t, b);
-            const T* zh = acc[r];
-            if (a.resets != nullptr) {
-              T* zh0_b = zh0.data() + (block * B + b) * kWidth;
-              if (t == 0)
-                std::copy(acc[r], acc[r] + kWidth, zh0_b);
-              else if (fresh)
-                zh = zh0_b;
+          }, [&](int64_t row0, int64_t rows) {  // the epilogue's rows of zx, h, c and saved
+            for (int64_t b = r0 + row0; b < r0 + row0 + rows; ++b) {
+              for (int g = 0; g < G; ++g) prefetch_span(zx_t + b * GH + g * H + j0, units);
+              prefetch_span(cell_h + b * H + j0, units);
+              if constexpr (C::kHasCellState) prefetch_span(c_run.data() + b * H + j0, units);
+              for (int s = 0; kTraining && s < S; ++s)
+                prefetch_span(a.saved + ((t * B + b) * S + s) * H + j0, units);
             }
-            T* c_b = C::kHasCellState ? c_run.data() + bh : nullptr;
-            const T* c_prev_b = C::kHasCellState ? (fresh ? a.c0 + bh : c_b) : nullptr;
-            const T* h_prev_b = C::kReadsHPrev ? (fresh ? a.h0 : h_prev) + b * R : nullptr;
-            forward_epilogue<T, C, kUnits>(zh, zx_t + b * GH, h_prev_b, c_prev_b, cell_h + bh,
-                                           c_b, saved_bt, H, j0, units);
-            if (t == length - 1) {  // the sequence's last step: its final state
-              if (!projected) std::copy(h_t + bh + j0, h_t + bh + j0 + units, a.h_n + bh + j0);
-              if constexpr (C::kHasCellState)
-                std::copy(c_b + j0, c_b + j0 + units, a.c_n + bh + j0);
-            }
-          }
-        }, [&](int64_t row0, int64_t rows) {  // the epilogue's rows of zx, h, c and saved
-          for (int64_t b = row0; b < row0 + rows; ++b) {
-            for (int g = 0; g < G; ++g) prefetch_span(zx_t + b * GH + g * H + j0, units);
-            prefetch_span(cell_h + b * H + j0, units);
-            if constexpr (C::kHasCellState) prefetch_span(c_run.data() + b * H + j0, units);
-            for (int s = 0; kTraining && s < S; ++s)
-              prefetch_span(a.saved + ((t * B + b) * S + s) * H + j0, units);
-          }
-        });
+          });
+        }
       }
       if (projected) {
         barrier.wait(index);  // m_t complete before any thread projects it
@@ -175,7 +221,7 @@ void forward_impl(const ForwardArgs<T>& a) {
           });
         }
       }
-      barrier.wait(index);  // h_t complete before any thread reads it
+      if (!split.by_rows) barrier.wait(index);  // h_t complete before any thread reads it
     }
   });
 }
@@ -327,22 +373,11 @@ void backward_impl(const BackwardArgs<T>& a) {
     cell_step(s, b, j0, units, dh, dc);
   };
 
-  // Threads split the step's columns (blocks of units), and meet at a barrier every step, or,
-  // when every thread can hold all of W_hh's panels in its L2 and the batch has more than one
-  // row tile, they split the batch rows: rows never exchange gradients, so each thread runs
-  // its rows through all the steps with no barrier and no data from another core (at
-  // T=1000, B=8, H=128 the LSTM's backward took 12.7 ms split by columns, 6 by rows). Row
-  // ranges are whole row tiles, so every row is tiled, and summed, as with one thread.
-  constexpr int64_t kRowSplitPanelBytes = 512 * 1024;
-  const int64_t row_tiles = ceil_div(B, kTileRows);
-  const bool by_rows = !projected && row_tiles > 1 &&
-                       GH * R * static_cast<int64_t>(sizeof(T)) <= kRowSplitPanelBytes;
-  const int threads =
-      by_rows ? choose_threads(row_tiles, B * GH * R)
-              : choose_threads(std::max(blocks, cell_blocks),
-                               B * GH * R + (projected ? B * R * H : 0));
-  SpinBarrier barrier(threads);
-  ThreadPool::global().run(threads, [&](int index) {
+  const StepSplit split(B, GH * R * static_cast<int64_t>(sizeof(T)), !projected,
+                        std::max(blocks, cell_blocks), B * GH * R + (projected ? B * R * H : 0));
+  SpinBarrier barrier(split.threads);
+  ThreadPool::global().run(split.threads, [&](int index) {
+    const int threads = split.threads;
     const BlockRange packs(blocks, index, threads), mine_cell(cell_blocks, index, threads);
     for (int64_t block = packs.first; block < packs.last; ++block)
       pack_panel(block, 1, R, GH, kUnits, Strided<T>{a.w_hh, 0, 1, R},
@@ -350,12 +385,12 @@ void backward_impl(const BackwardArgs<T>& a) {
     for (int64_t block = mine_cell.first; block < mine_cell.last && projected; ++block)
       pack_panel(block, 1, H, R, kUnits, Strided<T>{a.w_hr, 0, 1, H},
                  proj_panels.data() + block * R * kUnits);
-    if (by_rows) barrier.wait(index);  // every panel packed before any thread reads it
-    const BlockRange mine = by_rows ? BlockRange(blocks, 0, 1) : packs;
-    const BlockRange my_tiles = by_rows ? BlockRange(row_tiles, index, threads)
-                                        : BlockRange(row_tiles, 0, 1);
-    const int64_t r0 = my_tiles.first * kTileRows;
-    const int64_t r1 = std::min(B, my_tiles.last * kTileRows);
+    if (split.by_rows) barrier.wait(index);  // every panel packed before any thread reads it
+    const BlockRange mine = split.blocks_of(blocks, index), my_groups = split.groups_of(index);
+    const BlockRange mine_cells = split.blocks_of(cell_blocks, index);
+    // This thread's rows: r0 .. r1 - 1 (its groups are consecutive).
+    const int64_t r0 = split.group_start(my_groups.first);
+    const int64_t r1 = split.group_start(my_groups.last);
     alignas(64) const T zeros[kUnits] = {};
     // Each thread owns its rows r0 .. r1 - 1 of the units of its blocks: those entries of
     // dh0, dh_run, dh_proj (blocks of h) and of dc0, dc_run, dzx, dzh (blocks of the cell; the
@@ -368,7 +403,6 @@ void backward_impl(const BackwardArgs<T>& a) {
           std::fill(dh_run.data() + b * R + j0, dh_run.data() + b * R + j0 + units, T(0));
       }
     }
-    const BlockRange mine_cells = by_rows ? BlockRange(cell_blocks, 0, 1) : mine_cell;
     for (int64_t block = mine_cells.first; block < mine_cells.last; ++block) {
       const int64_t j0 = block * kUnits, units = std::min<int64_t>(kUnits, H - j0);
       for (int64_t b = r0; b < r1 && C::kHasCellState; ++b) {  // the LSTM's dc0, dc_run
@@ -385,27 +419,30 @@ void backward_impl(const BackwardArgs<T>& a) {
           for (int64_t b = r0; b < r1; ++b) pass1_row(t, b, j0, units, zeros);
           continue;
         }
-        gemm_panel<T, kUnits>(a.dzh + (t * B + r0) * GH, r1 - r0, GH, GH,
-                              panels.data() + block * GH * kUnits, nullptr,
-                              [&](int64_t row0, auto& acc) {
-          constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
-          for (int r = 0; r < MR; ++r) pass1_row(t, r0 + row0 + r, j0, units, acc[r]);
-        }, [&](int64_t row0, int64_t rows) {  // what the cell's backward of step s reads, writes
-          if (s < 0 || projected) return;
-          for (int64_t b = r0 + row0; b < r0 + row0 + rows; ++b) {
-            const int64_t sb = s * B + b;
-            for (int k = 0; k < S; ++k) prefetch_span(a.saved + (sb * S + k) * H + j0, units);
-            if (C::kHasCellState && s > 0)  // c_{s-1}, the last value step s-1 saved
-              prefetch_span(a.saved + ((sb - B) * S + S - 1) * H + j0, units);
-            prefetch_span(a.dy + sb * R + j0, units);
-            if (C::kBackwardReadsH) prefetch_span(a.y + sb * R + j0, units);
-            if (C::kReadsHPrev && s > 0) prefetch_span(a.y + (sb - B) * R + j0, units);
-            for (int g = 0; g < G; ++g) {
-              prefetch_span(a.dzx + sb * GH + g * H + j0, units);
-              if (a.dzh != a.dzx) prefetch_span(a.dzh + sb * GH + g * H + j0, units);
+        for (int64_t group = my_groups.first; group < my_groups.last; ++group) {
+          const int64_t g0 = split.group_start(group), g1 = split.group_start(group + 1);
+          gemm_panel<T, kUnits>(a.dzh + (t * B + g0) * GH, g1 - g0, GH, GH,
+                                panels.data() + block * GH * kUnits, nullptr,
+                                [&](int64_t row0, auto& acc) {
+            constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+            for (int r = 0; r < MR; ++r) pass1_row(t, g0 + row0 + r, j0, units, acc[r]);
+          }, [&](int64_t row0, int64_t rows) {  // what the cell's backward of step s reads, writes
+            if (s < 0 || projected) return;
+            for (int64_t b = g0 + row0; b < g0 + row0 + rows; ++b) {
+              const int64_t sb = s * B + b;
+              for (int k = 0; k < S; ++k) prefetch_span(a.saved + (sb * S + k) * H + j0, units);
+              if (C::kHasCellState && s > 0)  // c_{s-1}, the last value step s-1 saved
+                prefetch_span(a.saved + ((sb - B) * S + S - 1) * H + j0, units);
+              prefetch_span(a.dy + sb * R + j0, units);
+              if (C::kBackwardReadsH) prefetch_span(a.y + sb * R + j0, units);
+              if (C::kReadsHPrev && s > 0) prefetch_span(a.y + (sb - B) * R + j0, units);
+              for (int g = 0; g < G; ++g) {
+                prefetch_span(a.dzx + sb * GH + g * H + j0, units);
+                if (a.dzh != a.dzx) prefetch_span(a.dzh + sb * GH + g * H + j0, units);
+              }
             }
-          }
-        });
+          });
+        }
       }
       if (projected) {
         barrier.wait(index);  // dh_{t-1} complete before any thread projects it back
@@ -427,7 +464,7 @@ void backward_impl(const BackwardArgs<T>& a) {
           });
         }
       }
-      if (t > 0 && !by_rows) barrier.wait(index);  // dzh_{t-1} complete
+      if (t > 0 && !split.by_rows) barrier.wait(index);  // dzh_{t-1} complete
     }
   });
 }
