@@ -36,7 +36,8 @@ SHAPES = [
     (20, 3, 33, 33),
     (4, 9, 13, 70),  # B = 9: two full 4-row tiles and a 1-row tail
     (3, 53, 7, 130),  # B = 53: two chunks of row tiles; depth 130 (and 4 * 130): depth blocks
-]
+    (4, 12, 16, 64),  # H = 64: aligned rows, the workspace's non-temporal stores; B = 12: rows
+]                     # split between threads under AVX-512 (two tiles, recurrence.cpp)
 SHAPE_IDS = [shape_id(*s) for s in SHAPES]
 DTYPE_IDS = ["f32", "f64"]
 

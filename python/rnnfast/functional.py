@@ -55,6 +55,16 @@ def _scratch_array(slot, shape, dtype):
     return buffer[:count].reshape(shape)
 
 
+def _aligned_empty(shape, dtype, alignment=64):
+    """np.empty whose data starts on an ``alignment``-byte boundary (NumPy guarantees 16): the
+    kernels store the training workspace with aligned non-temporal vector stores."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + alignment, np.uint8)
+    start = -raw.ctypes.data % alignment
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+
 def free_scratch():
     """Releases the calling thread's scratch buffers (see _scratch); the next call allocates
     them again."""
@@ -211,7 +221,8 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
     h_n = np.empty((batch, out), dtype)
     c_n = np.empty((batch, hidden), dtype) if cell == "lstm" else None
     per_unit = _cpu.saved_per_unit(cell)
-    saved = np.empty((steps, batch, per_unit * hidden), dtype) if training and per_unit else None
+    saved = (_aligned_empty((steps, batch, per_unit * hidden), dtype) if training and per_unit
+             else None)
     _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths, resets,
                            w_hr)
     ctx = None

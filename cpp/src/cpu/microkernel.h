@@ -14,6 +14,10 @@
 #include <type_traits>
 #include <utility>
 
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
+
 #include "thread_pool.h"
 
 #ifndef RNNFAST_ISA_NS
@@ -65,6 +69,53 @@ inline void copy_short(T* dst, const T* src, int64_t n) {
   int64_t i = 0;
   for (; i + S::kLanes <= n; i += S::kLanes) S::store(dst + i, S::load(src + i));
   for (; i < n; ++i) dst[i] = src[i];
+}
+
+#if defined(__SSE2__)
+// *p = v with a non-temporal store (p vector-aligned): the line goes to memory without being
+// read first or displacing cached data.
+inline void stream_vector(float* p, Simd<float>::Vec v) {
+#if defined(__AVX512F__)
+  _mm512_stream_ps(p, (__m512)v);
+#elif defined(__AVX__)
+  _mm256_stream_ps(p, (__m256)v);
+#else
+  _mm_stream_ps(p, (__m128)v);
+#endif
+}
+inline void stream_vector(double* p, Simd<double>::Vec v) {
+#if defined(__AVX512F__)
+  _mm512_stream_pd(p, (__m512d)v);
+#elif defined(__AVX__)
+  _mm256_stream_pd(p, (__m256d)v);
+#else
+  _mm_stream_pd(p, (__m128d)v);
+#endif
+}
+#endif
+
+// dst[0 .. n) = src[0 .. n), stored around the caches where dst is vector-aligned: for data
+// that nothing reads again soon (the training workspace, read back by the backward pass), so
+// that writing it neither reads its lines from memory first nor evicts the step's working set.
+// A thread calls store_fence() after its last such store, before other threads may read them.
+template <typename T>
+inline void stream_short(T* dst, const T* src, int64_t n) {
+#if defined(__SSE2__)
+  using S = Simd<T>;
+  if (reinterpret_cast<uintptr_t>(dst) % kVectorBytes == 0) {
+    int64_t i = 0;
+    for (; i + S::kLanes <= n; i += S::kLanes) stream_vector(dst + i, S::load(src + i));
+    for (; i < n; ++i) dst[i] = src[i];
+    return;
+  }
+#endif
+  copy_short(dst, src, n);
+}
+
+inline void store_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();  // non-temporal stores are not ordered with the stores that follow
+#endif
 }
 
 // Transposes the kLanes x kLanes square rows[r][e] in registers (rows[r] becomes column r):

@@ -193,13 +193,11 @@ void forward_impl(const ForwardArgs<T>& a) {
                   std::copy(c_b + j0, c_b + j0 + units, a.c_n + bh + j0);
               }
             }
-          }, [&](int64_t row0, int64_t rows) {  // the epilogue's rows of zx, h, c and saved
-            for (int64_t b = r0 + row0; b < r0 + row0 + rows; ++b) {
+          }, [&](int64_t row0, int64_t rows) {  // the epilogue's rows of zx, h and c (saved
+            for (int64_t b = r0 + row0; b < r0 + row0 + rows; ++b) {  // goes around the caches)
               for (int g = 0; g < G; ++g) prefetch_span(zx_t + b * GH + g * H + j0, units);
               prefetch_span(cell_h + b * H + j0, units);
               if constexpr (C::kHasCellState) prefetch_span(c_run.data() + b * H + j0, units);
-              for (int s = 0; kTraining && s < S; ++s)
-                prefetch_span(a.saved + ((t * B + b) * S + s) * H + j0, units);
             }
           });
         }
@@ -223,6 +221,7 @@ void forward_impl(const ForwardArgs<T>& a) {
       }
       if (!split.by_rows) barrier.wait(index);  // h_t complete before any thread reads it
     }
+    if constexpr (kTraining) store_fence();  // saved's stores done before the caller reads it
   });
 }
 

@@ -30,7 +30,8 @@ inline void load_units(T* local, const T* src, int64_t units) {
 // the tile's pre-activations zx and zh, laid out [G][kUnits]. h_prev, c_prev, h, c point at the
 // row's first unit (h_prev: nullptr for a cell that does not read it, taken as 0; c_prev, c:
 // LSTM only, else nullptr; c may equal c_prev). saved, when not nullptr, gets the training
-// workspace of these units: value s of unit u at saved[s * saved_stride + u]. Values are staged
+// workspace of these units: value s of unit u at saved[s * saved_stride + u], written with
+// stream_short (the caller ends with store_fence). Values are staged
 // in local arrays so that the loop doing the math touches no pointer the compiler must assume
 // aliased, and vectorizes over units.
 //
@@ -64,7 +65,7 @@ __attribute__((noinline)) void tile_forward(const T* zx, const T* zh, const T* h
   if constexpr (C::kHasCellState) copy_short(c, c_l, units);
   if (saved != nullptr)
     for (int s = 0; s < C::kSaved; ++s)
-      copy_short(saved + s * saved_stride, saved_l[s], units);
+      stream_short(saved + s * saved_stride, saved_l[s], units);
 }
 
 }  // namespace
