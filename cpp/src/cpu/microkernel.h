@@ -74,22 +74,14 @@ inline void copy_short(T* dst, const T* src, int64_t n) {
 #if defined(__SSE2__)
 // *p = v with a non-temporal store (p vector-aligned): the line goes to memory without being
 // read first or displacing cached data.
-inline void stream_vector(float* p, Simd<float>::Vec v) {
+template <typename T>
+inline void stream_vector(T* p, typename Simd<T>::Vec v) {
 #if defined(__AVX512F__)
-  _mm512_stream_ps(p, (__m512)v);
+  if constexpr (sizeof(T) == 4) _mm512_stream_ps(p, v); else _mm512_stream_pd(p, v);
 #elif defined(__AVX__)
-  _mm256_stream_ps(p, (__m256)v);
+  if constexpr (sizeof(T) == 4) _mm256_stream_ps(p, v); else _mm256_stream_pd(p, v);
 #else
-  _mm_stream_ps(p, (__m128)v);
-#endif
-}
-inline void stream_vector(double* p, Simd<double>::Vec v) {
-#if defined(__AVX512F__)
-  _mm512_stream_pd(p, (__m512d)v);
-#elif defined(__AVX__)
-  _mm256_stream_pd(p, (__m256d)v);
-#else
-  _mm_stream_pd(p, (__m128d)v);
+  if constexpr (sizeof(T) == 4) _mm_stream_ps(p, v); else _mm_stream_pd(p, v);
 #endif
 }
 #endif
