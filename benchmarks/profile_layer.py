@@ -16,6 +16,7 @@ import numpy as np
 
 import rnnfast
 from rnnfast import _cpu
+from rnnfast.functional import _aligned_empty
 from rnnfast.reference import GATES
 
 SHAPES = [(100, 1, 256), (100, 16, 256), (100, 64, 256), (100, 64, 512), (50, 128, 1024),
@@ -54,7 +55,8 @@ def profile(cell, T, B, H, repeats, peak):
     h_n = np.empty((B, H), f32)
     c_n = np.empty((B, H), f32) if cell == "lstm" else None
     per_unit = _cpu.saved_per_unit(cell)
-    saved = np.empty((T, B, per_unit * H), f32) if per_unit else None
+    # aligned as rnnfast.functional allocates it (the kernel streams it around the caches)
+    saved = _aligned_empty((T, B, per_unit * H), f32) if per_unit else None
     dy = rng.standard_normal((T, B, H)).astype(f32)
     dzx = np.empty((T, B, G * H), f32)
     dzh = np.empty_like(dzx) if cell == "gru" else None

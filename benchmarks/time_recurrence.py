@@ -12,6 +12,7 @@ from profile_layer import median_time  # this folder's sibling script
 
 import rnnfast
 from rnnfast import _cpu
+from rnnfast.functional import _aligned_empty
 from rnnfast.reference import GATES
 
 
@@ -37,7 +38,9 @@ def main():
     y, h_n = np.empty((T, B, H), f32), np.empty((B, H), f32)
     c_n = np.empty((B, H), f32) if lstm else None
     per_unit = _cpu.saved_per_unit(cell)
-    saved = np.empty((T, B, per_unit * H), f32) if args.backward and per_unit else None
+    # aligned as rnnfast.functional allocates it (the kernel streams it around the caches)
+    saved = (_aligned_empty((T, B, per_unit * H), f32) if args.backward and per_unit
+             else None)
 
     def forward():
         _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved)

@@ -467,3 +467,43 @@ def test_results_do_not_depend_on_thread_count(cell, shape):
             if value is not None:
                 assert np.array_equal(other[name], value), name
 
+
+
+# ------------------------------------------------------------------ the training workspace
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])  # the cells that keep a workspace
+def test_workspace_alignment_does_not_change_results(cell, dtype):
+    """The training forward stores its workspace around the caches where its rows are
+    vector-aligned (as functional allocates it) and with ordinary stores elsewhere: the same
+    bits either way, and the backward reads the same gradients from both."""
+    from rnnfast import _cpu
+    from rnnfast.reference import GATES
+
+    T, B, H = 3, 5, 64  # H = 64: every row of the workspace aligned when its start is
+    G, S = GATES[cell], _cpu.saved_per_unit(cell)
+    rng = np.random.default_rng(seed_of("workspace", cell))
+    zx = rng.standard_normal((T, B, G * H)).astype(dtype)
+    w_hh = (rng.standard_normal((G * H, H)) / 8).astype(dtype)
+    b_hh, h0 = rng.standard_normal(G * H).astype(dtype), rng.standard_normal((B, H)).astype(dtype)
+    c0 = rng.standard_normal((B, H)).astype(dtype) if cell == "lstm" else None
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    aligned = F._aligned_empty((T * B * S * H + 1,), dtype)
+    results = []
+    for saved in (aligned[:-1], aligned[1:]):  # vector-aligned, then one element past
+        saved = saved.reshape(T, B, S * H)
+        y, h_n = np.empty((T, B, H), dtype), np.empty((B, H), dtype)
+        c_n = np.empty((B, H), dtype) if cell == "lstm" else None
+        _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved)
+        saved_copy = saved.copy()
+        dzx = np.empty((T, B, G * H), dtype)
+        dzh = np.empty_like(dzx) if cell == "gru" else None
+        dh0 = np.empty((B, H), dtype)
+        dc0 = np.empty((B, H), dtype) if cell == "lstm" else None
+        _cpu.recurrent_backward(cell, w_hh, h0, c0, y, saved, dy, None, None, dzx, dzh, dh0,
+                                dc0)
+        results.append([y, h_n, c_n, saved_copy, dzx, dzh, dh0, dc0])
+    for first, second in zip(*results):
+        if first is not None:
+            assert np.array_equal(first, second)

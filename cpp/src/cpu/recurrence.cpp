@@ -116,6 +116,11 @@ void forward_impl(const ForwardArgs<T>& a) {
   const bool projected = a.proj > 0;
   const int64_t blocks = ceil_div(H, kUnits);
   const int64_t proj_blocks = projected ? ceil_div(R, kProjUnits) : 0;
+  // Whether the workspace's rows start vector-aligned, so that tile_forward streams them
+  // around the caches (stream_short); if not, its stores read the lines first, and the
+  // epilogue prefetches them like its other operands.
+  const bool saved_streams = reinterpret_cast<uintptr_t>(a.saved) % kVectorBytes == 0 &&
+                             H * static_cast<int64_t>(sizeof(T)) % kVectorBytes == 0;
 
   // W_hh and b_hh in panels of kUnits units, each packed by the thread that owns the block.
   AlignedBuffer<T> panels(blocks * R * kWidth), bias(blocks * kWidth);
@@ -193,11 +198,13 @@ void forward_impl(const ForwardArgs<T>& a) {
                   std::copy(c_b + j0, c_b + j0 + units, a.c_n + bh + j0);
               }
             }
-          }, [&](int64_t row0, int64_t rows) {  // the epilogue's rows of zx, h and c (saved
-            for (int64_t b = r0 + row0; b < r0 + row0 + rows; ++b) {  // goes around the caches)
+          }, [&](int64_t row0, int64_t rows) {  // the epilogue's rows of zx, h, c and saved
+            for (int64_t b = r0 + row0; b < r0 + row0 + rows; ++b) {
               for (int g = 0; g < G; ++g) prefetch_span(zx_t + b * GH + g * H + j0, units);
               prefetch_span(cell_h + b * H + j0, units);
               if constexpr (C::kHasCellState) prefetch_span(c_run.data() + b * H + j0, units);
+              for (int s = 0; kTraining && !saved_streams && s < S; ++s)
+                prefetch_span(a.saved + ((t * B + b) * S + s) * H + j0, units);
             }
           });
         }
