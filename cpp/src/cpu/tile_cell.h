@@ -31,9 +31,9 @@ inline void load_units(T* local, const T* src, int64_t units) {
 // row's first unit (h_prev: nullptr for a cell that does not read it, taken as 0; c_prev, c:
 // LSTM only, else nullptr; c may equal c_prev). saved, when not nullptr, gets the training
 // workspace of these units: value s of unit u at saved[s * saved_stride + u], written with
-// stream_short (the caller ends with store_fence). Values are staged
-// in local arrays so that the loop doing the math touches no pointer the compiler must assume
-// aliased, and vectorizes over units.
+// stream_short (the caller ends with store_fence). Values are staged in local arrays so that
+// the loop doing the math touches no pointer the compiler must assume aliased, and vectorizes
+// over units.
 //
 // Not inlined: compiled on its own, the unit loop vectorizes for every cell; inlined into the
 // kernels' tile loops, GCC 12 gives up on some of them ("control flow in loop") and runs the
