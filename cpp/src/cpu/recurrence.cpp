@@ -362,8 +362,10 @@ void backward_impl(const BackwardArgs<T>& a) {
   auto pass1_row = [&](int64_t t, int64_t b, int64_t j0, int64_t units, const T* from_w) {
     const int64_t row = b * R + j0, s = t - 1;
     alignas(64) T dh[kUnits], dc[kUnits];
-    for (int64_t u = 0; u < units; ++u)
-      dh[u] = from_w[u] + (projected ? T(0) : dh_run.data()[row + u]);
+    if (projected)  // two loops, not a choice inside one: that one stayed scalar
+      std::copy(from_w, from_w + units, dh);
+    else
+      for (int64_t u = 0; u < units; ++u) dh[u] = from_w[u] + dh_run.data()[row + u];
     route(t, b, row, units, a.dh0, a.dh_n, dh);
     if (s < 0) {
       if (!projected) grad_c(t, b, j0, units, dc);
