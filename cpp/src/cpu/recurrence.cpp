@@ -277,11 +277,11 @@ __attribute__((noinline)) void backward_epilogue(
   T* dzx_bt = a.dzx + (t * B + b) * GH + j0;
   T* dzh_bt = a.dzh + (t * B + b) * GH + j0;
   for (int g = 0; g < G; ++g) {
-    copy_short(dzx_bt + g * H, dzx_l[g], units);
-    if (a.dzh != a.dzx) copy_short(dzh_bt + g * H, dzh_l[g], units);
+    copy_units<kUnits>(dzx_bt + g * H, dzx_l[g], units);
+    if (a.dzh != a.dzx) copy_units<kUnits>(dzh_bt + g * H, dzh_l[g], units);
   }
-  if (dh_run != nullptr) copy_short(dh_run + row, dh_direct_l, units);
-  if constexpr (C::kHasCellState) copy_short(dc_run + row, dc_l, units);
+  if (dh_run != nullptr) copy_units<kUnits>(dh_run + row, dh_direct_l, units);
+  if constexpr (C::kHasCellState) copy_units<kUnits>(dc_run + row, dc_l, units);
 }
 
 // Per step t, from T down to 0 ("step T" runs no matmul: nothing comes from beyond the last
