@@ -251,19 +251,13 @@ __attribute__((noinline)) void backward_epilogue(
   alignas(64) T saved_l[S][kUnits], h_l[kUnits], h_prev_l[kUnits], c_prev_l[kUnits],
       dc_l[kUnits], dzx_l[G][kUnits], dzh_l[G][kUnits], dh_direct_l[kUnits];
   // Rows that this cell does not read (nullptr) stage as zeros.
-  auto load_row = [&](T* local, const T* row) {
-    if (row != nullptr)
-      load_units<kUnits>(local, row, units);
-    else
-      std::fill(local, local + kUnits, T(0));
-  };
   const T* saved_bt = C::kSaved > 0 ? a.saved + (t * B + b) * C::kSaved * H + j0 : nullptr;
   for (int s = 0; s < S; ++s)
-    load_row(saved_l[s], saved_bt != nullptr ? saved_bt + s * H : nullptr);
-  load_row(h_l, h_row != nullptr ? h_row + j0 : nullptr);
-  load_row(h_prev_l, h_prev_row != nullptr ? h_prev_row + j0 : nullptr);
-  load_row(c_prev_l, C::kHasCellState ? c_prev_row + j0 : nullptr);
-  load_row(dc_l, C::kHasCellState ? dc_t : nullptr);
+    load_units<kUnits>(saved_l[s], saved_bt != nullptr ? saved_bt + s * H : nullptr, units);
+  load_units<kUnits>(h_l, h_row != nullptr ? h_row + j0 : nullptr, units);
+  load_units<kUnits>(h_prev_l, h_prev_row != nullptr ? h_prev_row + j0 : nullptr, units);
+  load_units<kUnits>(c_prev_l, C::kHasCellState ? c_prev_row + j0 : nullptr, units);
+  load_units<kUnits>(dc_l, C::kHasCellState ? dc_t : nullptr, units);
   for (int u = 0; u < kUnits; ++u) {
     T saved[S], dzx[G], dzh[G];
     for (int s = 0; s < S; ++s) saved[s] = saved_l[s][u];

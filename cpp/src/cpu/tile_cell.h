@@ -34,9 +34,11 @@ inline void copy_units(T* dst, const T* src, int64_t units) {
 }
 
 // Copies `units` (<= kUnits) values of a tile row into a local array of kUnits, zeros past
-// them (the last block of an H that is not a multiple of kUnits). Rows go out with copy_units.
+// them (the last block of an H that is not a multiple of kUnits); src nullptr (a row the cell
+// does not read): all zeros. Rows go out with copy_units.
 template <int kUnits, typename T>
 inline void load_units(T* local, const T* src, int64_t units) {
+  if (src == nullptr) units = 0;
   copy_units<kUnits>(local, src, units);
   std::fill(local + std::min<int64_t>(units, kUnits), local + kUnits, T(0));
 }
@@ -59,14 +61,8 @@ __attribute__((noinline)) void tile_forward(const T* zx, const T* zh, const T* h
                                             int64_t saved_stride, int64_t units) {
   constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
   alignas(64) T h_prev_l[kUnits], c_l[kUnits], h_l[kUnits], saved_l[S][kUnits];
-  if (h_prev != nullptr)
-    load_units<kUnits>(h_prev_l, h_prev, units);
-  else
-    std::fill(h_prev_l, h_prev_l + kUnits, T(0));
-  if constexpr (C::kHasCellState)
-    load_units<kUnits>(c_l, c_prev, units);
-  else
-    std::fill(c_l, c_l + kUnits, T(0));
+  load_units<kUnits>(h_prev_l, h_prev, units);
+  load_units<kUnits>(c_l, C::kHasCellState ? c_prev : nullptr, units);
   for (int u = 0; u < kUnits; ++u) {
     T zx_u[G], zh_u[G], saved_u[S];
     for (int g = 0; g < G; ++g) {
