@@ -2,7 +2,7 @@
 after a training forward), without the layer's GEMMs: median of repeats after warm-up, with its
 GFLOP/s (2*T*B*G*H*H FLOPs per pass).
 
-Run: python benchmarks/time_recurrence.py lstm 100 64 512 [--threads 2] [--backward]
+Run: python benchmarks/time_recurrence.py lstm 100 64 512 [--threads 2] [--training | --backward]
 """
 
 import argparse
@@ -22,6 +22,8 @@ def main():
     for name in ("T", "B", "H"):
         parser.add_argument(name, type=int)
     parser.add_argument("--threads", type=int, default=rnnfast.get_num_threads())
+    parser.add_argument("--training", action="store_true",
+                        help="time the training forward, which also writes the workspace")
     parser.add_argument("--backward", action="store_true")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
@@ -39,8 +41,8 @@ def main():
     c_n = np.empty((B, H), f32) if lstm else None
     per_unit = _cpu.saved_per_unit(cell)
     # aligned as rnnfast.functional allocates it (the kernel streams it around the caches)
-    saved = (_aligned_empty((T, B, per_unit * H), f32) if args.backward and per_unit
-             else None)
+    keeps_workspace = (args.training or args.backward) and per_unit > 0
+    saved = _aligned_empty((T, B, per_unit * H), f32) if keeps_workspace else None
 
     def forward():
         _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved)
@@ -57,7 +59,8 @@ def main():
             _cpu.recurrent_backward(cell, w_hh, h0, c0, y, saved, dy, None, None, dzx, dzh,
                                     dh0, dc0)
     ms = median_time(run, args.repeats) * 1e3
-    print(f"{cell} {'backward' if args.backward else 'forward'} T={T} B={B} H={H}, "
+    what = "backward" if args.backward else "training forward" if args.training else "forward"
+    print(f"{cell} {what} T={T} B={B} H={H}, "
           f"{args.threads} threads: {ms:.2f} ms, {2 * T * B * G * H * H / ms / 1e6:.1f} GFLOP/s")
 
 

@@ -209,6 +209,7 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
     ("profile_layer.py", ["--cells", "gru", "--shapes", "3,2,8", "--repeats", "1"]),
     ("time_recurrence.py", ["lstm", "3", "2", "8", "--repeats", "1"]),
     ("time_recurrence.py", ["gru", "3", "2", "8", "--repeats", "1", "--backward"]),
+    ("time_recurrence.py", ["lstm", "3", "2", "8", "--repeats", "1", "--training"]),
 ])
 def test_profiling_scripts_run(script, args):
     """The profiling scripts of benchmarks/ (not part of the package) still run."""
