@@ -10,23 +10,23 @@ import sys
 import cupy
 import numpy as np
 
-from rnnfast import cuda_functional as CF
-from rnnfast.reference import CELLS, GATES
+from rnnfast import functional as F
+from rnnfast.cell_registry import CELLS, SPECS
 
 
 def run(cell, dtype, steps=3, batch=19, inputs=7, hidden=37, seed=0):
     rng = np.random.default_rng(seed)
-    g = GATES[cell] * hidden
+    g = SPECS[cell].gate_count * hidden
     k = 1 / np.sqrt(hidden)
     draw = lambda *shape, scale=1.0: cupy.asarray(scale * rng.standard_normal(shape), dtype)  # noqa: E731
     x, h0 = draw(steps, batch, inputs), draw(batch, hidden, scale=0.5)
     c0 = draw(batch, hidden, scale=0.5) if cell == "lstm" else None
     w_ih, w_hh = draw(g, inputs, scale=k), draw(g, hidden, scale=k)
     b_ih, b_hh = draw(g, scale=k), draw(g, scale=k)
-    y, h_n, c_n, ctx = CF.forward(cell, x, h0, w_ih, w_hh, b_ih, b_hh, c0=c0, training=True)
-    grads = CF.backward(ctx, draw(steps, batch, hidden), draw(batch, hidden),
-                        draw(batch, hidden) if cell == "lstm" else None)
-    CF.forward(cell, x, h0, w_ih, w_hh, None, None, c0=c0, training=False)  # inference, no bias
+    y, h_n, c_n, ctx = F.forward(cell, x, h0, w_ih, w_hh, b_ih=b_ih, b_hh=b_hh, c0=c0, training=True)
+    grads = F.backward(ctx, draw(steps, batch, hidden), draw(batch, hidden),
+                       draw(batch, hidden) if cell == "lstm" else None)
+    F.forward(cell, x, h0, w_ih, w_hh, c0=c0, training=False)  # inference, no bias
     cupy.cuda.get_current_stream().synchronize()
     results = [y, h_n, c_n, *grads.values()]
     return all(bool(cupy.isfinite(r).all()) for r in results if r is not None)

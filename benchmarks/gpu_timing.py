@@ -2,9 +2,9 @@
 
 What it measures: for each cell (lstm, gru), shape (T, B, H) with input size I = H, and mode
 
-- ``inference``: ``rnnfast.cuda_functional.forward(..., training=False)`` against
+- ``inference``: ``rnnfast.functional.forward(..., training=False)`` against
   ``torch.nn.LSTM`` / ``torch.nn.GRU`` (cuDNN) in eval mode under ``torch.no_grad()``,
-- ``train``: ``cuda_functional.forward(..., training=True)`` then ``cuda_functional.backward``
+- ``train``: ``functional.forward(..., training=True)`` then ``functional.backward``
   with a random dy, against torch's forward then the backward of ``(y * dy).sum()`` with
   gradients for the input and all weights (``y.backward(dy)``),
 
@@ -52,7 +52,7 @@ import numpy as np
 
 from rnnfast.bench.grids import Row
 from rnnfast.bench.runner import rel_err  # NaN counts as infinitely far
-from rnnfast.reference import GATES
+from rnnfast.cell_registry import SPECS
 
 SHAPES = [(100, 64, 512), (100, 256, 1024), (50, 128, 1024), (1024, 16, 768), (100, 1, 512)]
 CELLS = ("lstm", "gru")
@@ -61,7 +61,7 @@ TOLERANCE = 1e-3
 
 # The libraries, as module globals (imported in main()).
 cp = None   # cupy
-CF = None   # rnnfast.cuda_functional
+CF = None   # rnnfast.functional (on CuPy arrays: the CUDA backend)
 torch = None
 TORCH_DEVICE = "cuda"
 
@@ -107,8 +107,8 @@ def measure(fn, timer, args):
 
 def make_problem(cell, T, B, H, seed):
     """Host arrays (float32) of one row: weights in PyTorch's layout, x, h0, c0, dy."""
-    rng = np.random.default_rng([seed, T, B, H, GATES[cell]])
-    G, I, k = GATES[cell] * H, H, 1 / math.sqrt(H)
+    rng = np.random.default_rng([seed, T, B, H, SPECS[cell].gate_count])
+    G, I, k = SPECS[cell].gate_count * H, H, 1 / math.sqrt(H)
     f32 = np.float32
     p = {
         "w_ih": rng.uniform(-k, k, (G, I)).astype(f32),
@@ -126,17 +126,18 @@ def make_problem(cell, T, B, H, seed):
 def build_rnnfast(cell, mode, p):
     """fn() running one call; collect() -> dict of host arrays from a fresh call."""
     d = {k: (cp.asarray(v) if v is not None else None) for k, v in p.items()}
-    args = (cell, d["x"], d["h0"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"])
+    args = (cell, d["x"], d["h0"], d["w_ih"], d["w_hh"])
+    biases = {"b_ih": d["b_ih"], "b_hh": d["b_hh"]}
 
     if mode == "inference":
         def fn():
-            return CF.forward(*args, c0=d["c0"], training=False)[0]
+            return CF.forward(*args, **biases, c0=d["c0"], training=False)[0]
 
         def collect():
             return {"y": cp.asnumpy(fn())}
     else:
         def fn():
-            y, _, _, ctx = CF.forward(*args, c0=d["c0"], training=True)
+            y, _, _, ctx = CF.forward(*args, **biases, c0=d["c0"], training=True)
             return y, CF.backward(ctx, d["dy"])
 
         def collect():
@@ -275,7 +276,7 @@ def header_info(args):
     import rnnfast
 
     info = {
-        "what": "rnnfast.cuda_functional vs torch.nn LSTM/GRU (cuDNN), float32, no TF32",
+        "what": "rnnfast.functional (CUDA) vs torch.nn LSTM/GRU (cuDNN), float32, no TF32",
         "gpu": torch.cuda.get_device_name(),
         "torch": torch.__version__, "torch_cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version(), "cupy": cupy.__version__,

@@ -16,8 +16,8 @@ import numpy as np
 
 import rnnfast
 from rnnfast import _cpu
-from rnnfast.functional import _aligned_empty
-from rnnfast.reference import GATES
+from rnnfast.backends import CPU
+from rnnfast.cell_registry import SPECS
 
 SHAPES = [(100, 1, 256), (100, 16, 256), (100, 64, 256), (100, 64, 512), (50, 128, 1024),
           (1000, 8, 128)]
@@ -41,7 +41,7 @@ def sgemm_rate(repeats):
 
 
 def profile(cell, T, B, H, repeats, peak):
-    I, G = H, GATES[cell]
+    I, G = H, SPECS[cell].gate_count
     rng = np.random.default_rng(0)
     f32 = np.float32
     x = rng.standard_normal((T, B, I)).astype(f32)
@@ -56,7 +56,7 @@ def profile(cell, T, B, H, repeats, peak):
     c_n = np.empty((B, H), f32) if cell == "lstm" else None
     per_unit = _cpu.saved_per_unit(cell)
     # aligned as rnnfast.functional allocates it (the kernel streams it around the caches)
-    saved = _aligned_empty((T, B, per_unit * H), f32) if per_unit else None
+    saved = CPU.empty((T, B, per_unit * H), f32, aligned=True) if per_unit else None
     dy = rng.standard_normal((T, B, H)).astype(f32)
     dzx = np.empty((T, B, G * H), f32)
     dzh = np.empty_like(dzx) if cell == "gru" else None

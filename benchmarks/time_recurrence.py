@@ -12,13 +12,13 @@ from profile_layer import median_time  # this folder's sibling script
 
 import rnnfast
 from rnnfast import _cpu
-from rnnfast.functional import _aligned_empty
-from rnnfast.reference import GATES
+from rnnfast.backends import CPU
+from rnnfast.cell_registry import SPECS
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("cell", choices=sorted(GATES))
+    parser.add_argument("cell", choices=sorted(SPECS))
     for name in ("T", "B", "H"):
         parser.add_argument(name, type=int)
     parser.add_argument("--threads", type=int, default=rnnfast.get_num_threads())
@@ -28,7 +28,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     rnnfast.set_num_threads(args.threads)
-    cell, T, B, H, G = args.cell, args.T, args.B, args.H, GATES[args.cell]
+    cell, T, B, H, G = args.cell, args.T, args.B, args.H, SPECS[args.cell].gate_count
     rng = np.random.default_rng(0)
     f32 = np.float32
     lstm = cell == "lstm"
@@ -42,7 +42,7 @@ def main():
     per_unit = _cpu.saved_per_unit(cell)
     # aligned as rnnfast.functional allocates it (the kernel streams it around the caches)
     keeps_workspace = (args.training or args.backward) and per_unit > 0
-    saved = _aligned_empty((T, B, per_unit * H), f32) if keeps_workspace else None
+    saved = CPU.empty((T, B, per_unit * H), f32, aligned=True) if keeps_workspace else None
 
     def forward():
         _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved)

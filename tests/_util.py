@@ -17,24 +17,12 @@ The oracle is always the reference run in float64 on exactly the same (already r
 as the kernel gets, so rounding the inputs to float32 is not counted as error.
 """
 
-import importlib.util
-import pathlib
-
 import numpy as np
 
-try:
-    from rnnfast import reference as ref
-except ImportError:
-    # The reference is pure NumPy. Loading it from the source tree lets test_reference.py run
-    # before (or without) the compiled package; every other test file imports rnnfast itself
-    # and fails loudly if it is missing.
-    _path = pathlib.Path(__file__).resolve().parents[1] / "python" / "rnnfast" / "reference.py"
-    _spec = importlib.util.spec_from_file_location("rnnfast_reference_standalone", _path)
-    ref = importlib.util.module_from_spec(_spec)
-    _spec.loader.exec_module(ref)
+from rnnfast import reference as ref
+from rnnfast.cell_registry import CELLS, SPECS
 
-CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+GATES = {cell: spec.gate_count for cell, spec in SPECS.items()}
 DTYPES = (np.float32, np.float64)
 
 FLOAT64_TOL = 1e-10
@@ -93,7 +81,8 @@ def rnn_preactivations(cell, inputs):
     vanilla RNN, computed in float64 (used to keep relu's kink away from the data)."""
     assert cell in ("rnn_tanh", "rnn_relu")
     f = {k: (None if v is None else np.asarray(v, np.float64)) for k, v in inputs.items()}
-    y, _, _, _ = ref.forward(cell, f["x"], f["h0"], f["w_ih"], f["w_hh"], f["b_ih"], f["b_hh"])
+    y, _, _, _ = ref.forward(cell, f["x"], f["h0"], f["w_ih"], f["w_hh"], b_ih=f["b_ih"],
+                             b_hh=f["b_hh"])
     h_prev = np.concatenate([f["h0"][None], y[:-1]], axis=0)
     z = f["x"] @ f["w_ih"].T + h_prev @ f["w_hh"].T
     if f["b_ih"] is not None:
@@ -135,7 +124,7 @@ def reference_results(cell, inputs, douts, dtype, options=None):
     both = {**inputs, **(douts or {})}
     c = {k: (None if v is None else np.asarray(v, dtype)) for k, v in both.items()}
     y, h_n, c_n, cache = ref.forward(
-        cell, c["x"], c["h0"], c["w_ih"], c["w_hh"], c["b_ih"], c["b_hh"], c0=c["c0"],
+        cell, c["x"], c["h0"], c["w_ih"], c["w_hh"], b_ih=c["b_ih"], b_hh=c["b_hh"], c0=c["c0"],
         **(options or {})
     )
     out = {"y": y, "h_n": h_n, "c_n": c_n}

@@ -65,7 +65,7 @@ def test_steps_equal_the_sequence_kernel(cell, dtype):
     T, B, I, H = 6, 3, 9, 20
     inputs, _ = make_problem(cell, T, B, I, H, dtype, seed=7)
     y, h_n, c_n, _ = F.forward(cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
-                               inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"])
+                               b_ih=inputs["b_ih"], b_hh=inputs["b_hh"], c0=inputs["c0"])
     c = make_cell(cell, I, H, dtype, True, inputs)
     h, cc = inputs["h0"], inputs["c0"]
     for t in range(T):

@@ -1,15 +1,15 @@
-"""The CUDA backend: rnnfast._cuda and rnnfast.cuda_functional.
+"""The CUDA backend: rnnfast._cuda, and rnnfast.functional on CuPy arrays.
 
 Two parts:
 
 - Without a GPU (these run wherever the CUDA module was built, CI's GPU-less machine too): the
   module imports and names its architectures; the binding refuses malformed arguments before it
   touches the device (driven by a fake array that exposes __cuda_array_interface__ with made-up
-  pointers); cuda_functional says clearly what is missing (CuPy, the module, a device).
-- On a GPU (skipped elsewhere, with the reason): cuda_functional against the float64 NumPy
-  reference (the tolerance rule of _util.py) and against the CPU kernels on the same inputs,
-  outputs, states and every gradient, every cell, float32 and float64, odd sizes; invariants and
-  errors with real CuPy arrays.
+  pointers); a CuPy array without the CUDA module says what is missing.
+- On a GPU (skipped elsewhere, with the reason): rnnfast.functional on CuPy arrays against the
+  float64 NumPy reference (the tolerance rule of _util.py) and against the CPU kernels on the
+  same inputs, outputs, states and every gradient, every cell, float32 and float64, odd sizes;
+  invariants and errors with real CuPy arrays.
 """
 
 import subprocess
@@ -69,51 +69,25 @@ def test_module_reports_architectures():
 
 
 def test_import_without_cupy():
-    """import rnnfast (and rnnfast.cuda_functional) never needs CuPy."""
+    """import rnnfast (its functional API and backends included) never needs CuPy."""
     code = ("import sys; sys.modules['cupy'] = None; "
-            "import rnnfast, rnnfast.cuda_functional; print(rnnfast.cuda_info()['built'])")
+            "import rnnfast, rnnfast.functional, rnnfast.backends; "
+            "print(rnnfast.cuda_info()['built'])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 
 
-@pytest.fixture
-def fresh_backend(monkeypatch):
-    from rnnfast import cuda_functional
-
-    monkeypatch.setattr(cuda_functional, "_backend", None)
-    return cuda_functional
-
-
-def _call_forward(cf):
-    x = np.zeros((2, 1, 3), np.float32)
-    return cf.forward("gru", x, x[0], x, x)
-
-
-def test_cuda_functional_without_cupy(fresh_backend, monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", None)
-    with pytest.raises(ImportError, match="needs CuPy"):
-        _call_forward(fresh_backend)
-
-
-def test_cuda_functional_without_module(fresh_backend, monkeypatch):
+def test_cupy_arrays_without_the_module(monkeypatch):
     if cupy is None:
-        pytest.skip("CuPy not installed: the CuPy error comes first")
+        pytest.skip("CuPy not installed: no CuPy array to give")
     import rnnfast
+    from rnnfast import backends
 
     monkeypatch.setitem(sys.modules, "rnnfast._cuda", None)
     monkeypatch.delattr(rnnfast, "_cuda", raising=False)
+    monkeypatch.setattr(backends, "_loaded", {})
     with pytest.raises(ImportError, match="without its CUDA module"):
-        _call_forward(fresh_backend)
-
-
-@needs_no_device
-def test_cuda_functional_without_device(fresh_backend):
-    if cupy is None:
-        pytest.skip("CuPy not installed: the CuPy error comes first")
-    with pytest.raises(RuntimeError, match="no CUDA device"):
-        _call_forward(fresh_backend)
-    with pytest.raises(RuntimeError, match="no CUDA device"):
-        fresh_backend.backward(None, None)
+        backends.for_array(cupy.zeros(1))
 
 
 class FakeDeviceArray:
@@ -382,17 +356,17 @@ def to_gpu(d):
 
 
 def run_cuda(cell, inputs, douts, training=True):
-    """Forward (and backward if training) through rnnfast.cuda_functional on copies of the
-    NumPy inputs; NumPy results keyed as _util.reference_results."""
-    from rnnfast import cuda_functional as CF
+    """Forward (and backward if training) through rnnfast.functional on CuPy copies of the
+    NumPy inputs (the CUDA backend); NumPy results keyed as _util.reference_results."""
+    from rnnfast import functional as F
 
     g = to_gpu(inputs)
-    y, h_n, c_n, ctx = CF.forward(cell, g["x"], g["h0"], g["w_ih"], g["w_hh"], g["b_ih"],
-                                  g["b_hh"], c0=g["c0"], training=training)
+    y, h_n, c_n, ctx = F.forward(cell, g["x"], g["h0"], g["w_ih"], g["w_hh"], b_ih=g["b_ih"],
+                                 b_hh=g["b_hh"], c0=g["c0"], training=training)
     out = {"y": y, "h_n": h_n, "c_n": c_n}
     if training:
         d = to_gpu(douts)
-        grads = CF.backward(ctx, d["dy"], d["dh_n"], d["dc_n"])
+        grads = F.backward(ctx, d["dy"], d["dh_n"], d["dc_n"])
         assert set(grads) == set(GRAD_NAMES), sorted(grads)
         out.update({"d" + k: grads[k] for k in GRAD_NAMES})
     else:
@@ -406,7 +380,7 @@ def run_cpu(cell, inputs, douts):
     from rnnfast import functional as F
 
     y, h_n, c_n, ctx = F.forward(cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
-                                 inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"], training=True)
+                                 b_ih=inputs["b_ih"], b_hh=inputs["b_hh"], c0=inputs["c0"], training=True)
     grads = F.backward(ctx, douts["dy"], douts["dh_n"], douts["dc_n"])
     return {"y": y, "h_n": h_n, "c_n": c_n, **{"d" + k: grads[k] for k in GRAD_NAMES}}
 
@@ -502,7 +476,7 @@ def test_empty_batch(cell):
 @needs_gpu
 def test_non_default_stream_and_strided_input():
     """Results on a non-default stream, from non-contiguous inputs, equal the plain ones."""
-    from rnnfast import cuda_functional as CF
+    from rnnfast import functional as F
 
     cell = "lstm"
     inputs, douts = make_problem(cell, 6, 5, 33, 40, np.float32, seed=3)
@@ -510,8 +484,8 @@ def test_non_default_stream_and_strided_input():
     g = to_gpu(inputs)
     x_batch_first = cupy.ascontiguousarray(g["x"].transpose(1, 0, 2))
     with cupy.cuda.Stream(non_blocking=True) as stream:
-        y, h_n, c_n, _ = CF.forward(cell, x_batch_first.transpose(1, 0, 2), g["h0"], g["w_ih"],
-                                    g["w_hh"], g["b_ih"], g["b_hh"], c0=g["c0"])
+        y, h_n, c_n, _ = F.forward(cell, x_batch_first.transpose(1, 0, 2), g["h0"], g["w_ih"],
+                                   g["w_hh"], b_ih=g["b_ih"], b_hh=g["b_hh"], c0=g["c0"])
         stream.synchronize()
     np.testing.assert_array_equal(cupy.asnumpy(y), expected["y"])
     np.testing.assert_array_equal(cupy.asnumpy(c_n), expected["c_n"])
@@ -528,30 +502,29 @@ def test_many_row_tiles():
 
 
 @needs_gpu
-def test_cuda_functional_errors():
-    from rnnfast import cuda_functional as CF
+def test_functional_errors_on_the_gpu():
+    from rnnfast import functional as F
 
     inputs, _ = make_problem("lstm", 2, 3, 4, 5, np.float32, seed=5)
     g = to_gpu(inputs)
-    args = [g["x"], g["h0"], g["w_ih"], g["w_hh"], g["b_ih"], g["b_hh"]]
-    with pytest.raises(TypeError, match="x must be a cupy.ndarray"):
-        CF.forward("lstm", inputs["x"], *args[1:], c0=g["c0"])
+    args = [g["x"], g["h0"], g["w_ih"], g["w_hh"]]
+    biases = {"b_ih": g["b_ih"], "b_hh": g["b_hh"]}
+    with pytest.raises(TypeError, match="h0 must be a numpy.ndarray"):
+        F.forward("lstm", inputs["x"], *args[1:], **biases, c0=g["c0"])
     with pytest.raises(TypeError, match="h0 has dtype float64"):
-        CF.forward("lstm", args[0], args[1].astype(np.float64), *args[2:], c0=g["c0"])
+        F.forward("lstm", args[0], args[1].astype(np.float64), *args[2:], **biases, c0=g["c0"])
     with pytest.raises(ValueError, match="w_ih has shape"):
-        CF.forward("lstm", args[0], args[1], args[2][:, :3], *args[3:], c0=g["c0"])
+        F.forward("lstm", args[0], args[1], args[2][:, :3], args[3], **biases, c0=g["c0"])
     with pytest.raises(ValueError, match="c0 must be None"):
-        CF.forward("gru", *args[:2], g["w_ih"][:15], g["w_hh"][:15], None, None, c0=g["c0"])
+        F.forward("gru", *args[:2], g["w_ih"][:15], g["w_hh"][:15], c0=g["c0"])
     with pytest.raises(ValueError, match="cell must be one of"):
-        CF.forward("lstmx", *args, c0=g["c0"])
+        F.forward("lstmx", *args, **biases, c0=g["c0"])
     with pytest.raises(TypeError, match="ctx must be the Context"):
-        CF.backward(object(), g["h0"])
-    from rnnfast import functional as F
-
+        F.backward(object(), g["h0"])
     _, _, _, cpu_ctx = F.forward("lstm", inputs["x"], inputs["h0"], inputs["w_ih"],
                                  inputs["w_hh"], c0=inputs["c0"], training=True)
-    with pytest.raises(TypeError, match="ctx must be the Context"):
-        CF.backward(cpu_ctx, g["x"])
+    with pytest.raises(TypeError, match="dy must be a numpy.ndarray"):
+        F.backward(cpu_ctx, g["x"])
 
 
 @needs_gpu

@@ -9,13 +9,13 @@ import threading
 import numpy as np
 import pytest
 
-from rnnfast import functional as F
+from rnnfast import backends, functional as F
 
 # Every numerical test here runs once per compiled instruction set (the `isa` fixture).
 pytestmark = pytest.mark.usefixtures("isa")
 
 from _util import (
-    CELLS, DTYPES, GRAD_NAMES, STEP_TOL, assert_matches_oracle, assert_unchanged, copies,
+    CELLS, GATES, DTYPES, GRAD_NAMES, STEP_TOL, assert_matches_oracle, assert_unchanged, copies,
     make_problem, rel_err, seed_of, shape_id,
 )
 
@@ -47,7 +47,7 @@ def run_functional(cell, inputs, douts, training=True, options=None):
     _util.reference_results. options: lengths, resets, w_hr."""
     y, h_n, c_n, ctx = F.forward(
         cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
-        inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"], training=training, **(options or {})
+        b_ih=inputs["b_ih"], b_hh=inputs["b_hh"], c0=inputs["c0"], training=training, **(options or {})
     )
     out = {"y": y, "h_n": h_n, "c_n": c_n}
     if training:
@@ -101,7 +101,7 @@ def test_sequence_equals_single_steps(cell, dtype, shape):
     for t in range(shape[0]):
         y_t, h, c, _ = F.forward(
             cell, inputs["x"][t:t + 1], h, inputs["w_ih"], inputs["w_hh"],
-            inputs["b_ih"], inputs["b_hh"], c0=c,
+            b_ih=inputs["b_ih"], b_hh=inputs["b_hh"], c0=c,
         )
         assert y_t.shape == (1,) + h.shape
         ys.append(y_t[0])
@@ -275,7 +275,7 @@ def test_inference_ctx_is_none(cell):
     inputs, _ = make_problem(cell, 3, 2, 7, 7, np.float32, seed=seed_of("ctx", cell))
     *_, ctx = F.forward(
         cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
-        inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"],
+        b_ih=inputs["b_ih"], b_hh=inputs["b_hh"], c0=inputs["c0"],
     )
     assert ctx is None
 
@@ -296,7 +296,7 @@ def test_mixed_dtypes_raise_type_error(cell, wrong, dtype):
     with pytest.raises(TypeError):
         F.forward(
             cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
-            inputs["b_ih"], inputs["b_hh"], c0=inputs["c0"],
+            b_ih=inputs["b_ih"], b_hh=inputs["b_hh"], c0=inputs["c0"],
         )
 
 
@@ -307,7 +307,7 @@ def test_unsupported_dtype_raises(dtype):
     with pytest.raises((TypeError, ValueError)):
         F.forward(
             "gru", inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
-            inputs["b_ih"], inputs["b_hh"],
+            b_ih=inputs["b_ih"], b_hh=inputs["b_hh"],
         )
 
 
@@ -479,8 +479,6 @@ def test_workspace_alignment_does_not_change_results(cell, dtype):
     vector-aligned (as functional allocates it) and with ordinary stores elsewhere: the same
     bits either way, and the backward reads the same gradients from both."""
     from rnnfast import _cpu
-    from rnnfast.reference import GATES
-
     T, B, H = 3, 5, 64  # H = 64: every row of the workspace aligned when its start is
     G, S = GATES[cell], _cpu.saved_per_unit(cell)
     rng = np.random.default_rng(seed_of("workspace", cell))
@@ -489,7 +487,7 @@ def test_workspace_alignment_does_not_change_results(cell, dtype):
     b_hh, h0 = rng.standard_normal(G * H).astype(dtype), rng.standard_normal((B, H)).astype(dtype)
     c0 = rng.standard_normal((B, H)).astype(dtype) if cell == "lstm" else None
     dy = rng.standard_normal((T, B, H)).astype(dtype)
-    aligned = F._aligned_empty((T * B * S * H + 1,), dtype)
+    aligned = backends.CPU.empty((T * B * S * H + 1,), dtype, aligned=True)
     results = []
     for saved in (aligned[:-1], aligned[1:]):  # vector-aligned, then one element past
         saved = saved.reshape(T, B, S * H)

@@ -329,15 +329,15 @@ def test_modified_weights_before_backward_raise():
 
 
 def test_kernels_run_on_the_tensors_memory(monkeypatch):
-    """The layer gets views of the input and parameter tensors, not copies."""
+    """rnnfast.functional gets views of the input and parameter tensors, not copies."""
     seen = {}
-    forward = rnnfast.layers._RNNBase._forward
+    forward = rnnfast.functional.forward_layers
 
-    def spy(self, params, training, dropout_rng, input, *args):
+    def spy(cell, input, params, **options):
         seen.update({name: a.ctypes.data for name, a in params.items()}, input=input.ctypes.data)
-        return forward(self, params, training, dropout_rng, input, *args)
+        return forward(cell, input, params, **options)
 
-    monkeypatch.setattr(rnnfast.layers._RNNBase, "_forward", spy)
+    monkeypatch.setattr(rnnfast.functional, "forward_layers", spy)
     module = rt.LSTM(2, 3, num_layers=2, bidirectional=True)
     x = torch.randn(4, 2, 2)
     module(x)

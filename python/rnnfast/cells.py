@@ -22,7 +22,7 @@ import numpy as np
 from . import _cpu
 from ._params import init_params, load_params, positive_int
 from .functional import DTYPES
-from .reference import GATES
+from .cell_registry import spec
 
 _NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
@@ -54,7 +54,7 @@ class _CellBase:
                                          np.random.default_rng(seed)))
 
     def _param_shapes(self):
-        gh = GATES[self._cell] * self.hidden_size
+        gh = spec(self._cell).gate_count * self.hidden_size
         shapes = {"weight_ih": (gh, self.input_size), "weight_hh": (gh, self.hidden_size)}
         if self.bias:
             shapes.update({"bias_ih": (gh,), "bias_hh": (gh,)})

@@ -11,24 +11,11 @@ import numpy as np
 
 from . import functional
 from ._params import init_params, load_params, positive_int
-from .reference import GATES
-
-
-def _reverse_order(lengths, steps, batch):
-    """order [T, B]: order[t, b] = lengths[b] - 1 - t for t < lengths[b], else t (padding stays
-    where it is). Gathering with it reverses every sequence within its own length."""
-    t = np.arange(steps)[:, None]
-    ends = np.full(batch, steps) if lengths is None else lengths
-    return np.where(t < ends, ends - 1 - t, t)
-
-
-def _gather(a, order):
-    """a[order[t, b], b] for every t, b: a is [T, B] or [T, B, C]."""
-    return np.take_along_axis(a, order if a.ndim == 2 else order[:, :, None], axis=0)
+from .cell_registry import spec
 
 
 class _RNNBase:
-    """Shared by RNN, LSTM and GRU; ``_cell`` names the cell (see rnnfast.reference.CELLS)."""
+    """Shared by RNN, LSTM and GRU; ``_cell`` names the cell (see rnnfast.cell_registry)."""
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
@@ -74,25 +61,16 @@ class _RNNBase:
         """Size of h and of each direction's output: proj_size if set, else hidden_size."""
         return self.proj_size or self.hidden_size
 
-    def _names(self, k, d):
-        """PyTorch's parameter names of layer k, direction d (1: reverse), in its order."""
-        sfx = f"_l{k}" + ("_reverse" if d else "")
-        names = {"w_ih": "weight_ih" + sfx, "w_hh": "weight_hh" + sfx}
-        if self.bias:
-            names.update({"b_ih": "bias_ih" + sfx, "b_hh": "bias_hh" + sfx})
-        if self.proj_size:
-            names["w_hr"] = "weight_hr" + sfx
-        return names
-
     def _param_shapes(self):
-        gh, r = GATES[self._cell] * self.hidden_size, self._out_size
+        gh, r = spec(self._cell).gate_count * self.hidden_size, self._out_size
+        full = {"w_hh": (gh, r), "b_ih": (gh,), "b_hh": (gh,),
+                "w_hr": (self.proj_size, self.hidden_size)}
         shapes = {}
-        for k in range(self.num_layers):
-            inputs = self.input_size if k == 0 else self.num_directions * r
-            for d in range(self.num_directions):
-                full = {"w_ih": (gh, inputs), "w_hh": (gh, r), "b_ih": (gh,), "b_hh": (gh,),
-                        "w_hr": (self.proj_size, self.hidden_size)}
-                shapes.update({name: full[ours] for ours, name in self._names(k, d).items()})
+        names = functional.param_names(self.num_layers, self.bidirectional, self.bias,
+                                       self.proj_size > 0)
+        for i, n in enumerate(names):
+            inputs = self.input_size if i < self.num_directions else self.num_directions * r
+            shapes.update({theirs: full.get(ours, (gh, inputs)) for ours, theirs in n.items()})
         return shapes
 
     def state_dict(self):
@@ -117,20 +95,7 @@ class _RNNBase:
 
     # ------------------------------------------------------------------ forward and backward
 
-    def _check_array(self, value, name, shape):
-        """``value`` as an ndarray of the layer's dtype and the given shape (``None`` in the
-        shape: any size), or a TypeError/ValueError naming the argument."""
-        value = np.asarray(value) if not isinstance(value, np.ndarray) else value
-        if value.dtype != self.dtype:
-            raise TypeError(f"{name} has dtype {value.dtype}, but this layer computes in "
-                            f"{self.dtype}; convert it with .astype(np.{self.dtype})")
-        if value.ndim != len(shape) or any(s is not None and s != v
-                                           for s, v in zip(shape, value.shape)):
-            want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
-            raise ValueError(f"{name} has shape {value.shape}, expected {want}")
-        return value
-
-    def forward(self, input, hx=None, lengths=None, resets=None, seed=None):
+    def forward(self, input, hx=None, *, lengths=None, resets=None, seed=None):
         """``output, h_n = layer(input, h0)`` (RNN, GRU) or
         ``output, (h_n, c_n) = layer(input, (h0, c0))`` (LSTM), with PyTorch's shapes:
         input (T, B, input_size), or (B, T, input_size) with batch_first, or (T, input_size)
@@ -153,74 +118,40 @@ class _RNNBase:
         seed: seeds this call's dropout masks (training mode, num_layers > 1, dropout > 0);
         None draws them from the layer's generator (seeded by the layer's ``seed``)."""
         rng = np.random.default_rng(seed) if seed is not None else self._rng
-        output, states, self._ctx = self._forward(self._params, self.training,
-                                                  rng if self.training else None, input, hx,
+        output, states, self._ctx = self._forward(self._params, self.training, rng, input, hx,
                                                   lengths, resets)
         return output, states
 
     __call__ = forward
 
-    def _forward(self, params, training, dropout_rng, input, hx, lengths, resets):
-        """``forward`` on the given parameters (a dict like ``state_dict()`` of arrays of the
-        layer's dtype, used as they are: e.g. views of a torch module's tensors). ``training``:
-        save what ``_backward`` needs; ``dropout_rng``: the numpy Generator of the dropout
-        masks, None for no dropout. Returns ``(output, states, saved)``; ``saved`` (None unless
-        training) is kept by the caller, so that several forwards can wait for their
-        backward."""
-        x = input if isinstance(input, np.ndarray) else np.asarray(input)
+    def _forward(self, params, training, generator, input, hx, lengths, resets):
+        """``forward`` on the given parameters (a dict like ``state_dict()``, used as they
+        are); returns ``(output, states, ctx)``, ctx (None unless training) for
+        ``_backward``, kept by the caller so that several forwards can wait for theirs."""
+        x = input if hasattr(input, "ndim") else np.asarray(input)
         if x.ndim not in (2, 3):
             raise ValueError(f"input must be 2-D (unbatched) or 3-D, not of shape {x.shape}")
         unbatched = x.ndim == 2
-        x = self._check_array(x, "input", (None,) * (x.ndim - 1) + (self.input_size,))
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input has shape {x.shape}: its last dimension must be "
+                             f"input_size = {self.input_size}")
         x = self._to_time_major(x, unbatched)
-        steps, batch, _ = x.shape
-        if steps < 1:
-            raise ValueError(f"input has shape {input.shape}: the sequence length must be >= 1")
         if lengths is not None and unbatched and np.ndim(lengths) == 0:
             lengths = np.reshape(lengths, 1)
-        lengths = functional.check_lengths(lengths, steps, batch)
         if resets is not None:  # to [T, B]
-            resets = np.asarray(resets)
+            resets = resets if hasattr(resets, "ndim") else np.asarray(resets)
             if unbatched and resets.ndim == 1:
                 resets = resets[:, None]
             elif self.batch_first and resets.ndim == 2:
                 resets = resets.T
-        resets = functional.check_resets(resets, steps, batch)
-
-        h0, c0 = self._states_in(hx, "hx", ("h0", "c0"), batch, unbatched, zeros_for_none=True)
-        # The reverse direction runs on each sequence reversed within its own length: step t
-        # of it is step order[t, b] of the input (an involution: the same indices bring the
-        # results back), and its resets are those of the step after, reversed the same way.
-        order = _reverse_order(lengths, steps, batch) if self.bidirectional else None
-        resets_by_direction = (resets, None if resets is None or order is None else _gather(
-            np.concatenate([resets[1:], np.zeros((1, batch), bool)]), order))
-        dropout = dropout_rng is not None and self.dropout > 0
-
-        layer_in, h_n, c_n, ctxs, masks = x, [], [], [], []
-        for k in range(self.num_layers):
-            outputs = []
-            for d in range(self.num_directions):
-                i = k * self.num_directions + d
-                p = {ours: params[name] for ours, name in self._names(k, d).items()}
-                y, h, c, ctx = functional.forward(
-                    self._cell, layer_in if d == 0 else _gather(layer_in, order), h0[i],
-                    p["w_ih"], p["w_hh"], p.get("b_ih"), p.get("b_hh"),
-                    None if c0 is None else c0[i], training=training, lengths=lengths,
-                    resets=resets_by_direction[d], w_hr=p.get("w_hr"))
-                outputs.append(y if d == 0 else _gather(y, order))
-                h_n.append(h)
-                c_n.append(c)
-                ctxs.append(ctx)
-            layer_in = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=2)
-            if dropout and k < self.num_layers - 1:
-                keep = dropout_rng.random(layer_in.shape) >= self.dropout
-                scale = 0.0 if self.dropout == 1 else 1.0 / (1.0 - self.dropout)
-                masks.append((keep * scale).astype(self.dtype))
-                layer_in = layer_in * masks[-1]
-        saved = (ctxs, masks, order, (steps, batch, unbatched)) if training else None
-        finals = (np.stack(h_n), np.stack(c_n) if self._cell == "lstm" else None)
-        return (self._from_time_major(layer_in, unbatched), self._states_out(finals, unbatched),
-                saved)
+        output, h_n, c_n, ctx = functional.forward_layers(
+            self._cell, x, params, num_layers=self.num_layers, bidirectional=self.bidirectional,
+            hx=self._states_in(hx, unbatched), lengths=lengths, resets=resets,
+            dropout=self.dropout if training else 0.0, generator=generator, training=training)
+        if ctx is not None:
+            ctx = (ctx, unbatched)
+        return (self._from_time_major(output, unbatched),
+                self._states_out((h_n, c_n), unbatched), ctx)
 
     def backward(self, grad_output, grad_hx=None):
         """Backpropagation through time for the last training-mode forward, through every
@@ -237,42 +168,20 @@ class _RNNBase:
         grad_input, grad_hx0, self.grads = self._backward(self._ctx, grad_output, grad_hx)
         return grad_input, grad_hx0
 
-    def _backward(self, saved, grad_output, grad_hx):
-        """``backward`` for the ``saved`` of a ``_forward``: returns ``(grad_input, grad_hx0,
-        grads)``, grads keyed like ``state_dict()``."""
-        ctxs, masks, order, (steps, batch, unbatched) = saved
-        r, dirs = self._out_size, self.num_directions
-        features = dirs * r
-        out_shape = ((steps, features) if unbatched else
-                     (batch, steps, features) if self.batch_first else
-                     (steps, batch, features))
-        dy = self._to_time_major(self._check_array(grad_output, "grad_output", out_shape),
-                                 unbatched)
-        dh_n, dc_n = self._states_in(grad_hx, "grad_hx", ("h_n", "c_n"), batch, unbatched,
-                                     zeros_for_none=False)
-        dh0, dc0 = [None] * len(ctxs), [None] * len(ctxs)
-        grads = {}
-        for k in reversed(range(self.num_layers)):
-            if k < len(masks):
-                dy = dy * masks[k]
-            dx = 0
-            for d in range(dirs):
-                i = k * dirs + d
-                part = dy[:, :, d * r:(d + 1) * r]
-                g = functional.backward(ctxs[i], part if d == 0 else _gather(part, order),
-                                        None if dh_n is None else dh_n[i],
-                                        None if dc_n is None else dc_n[i])
-                dx = dx + (g["x"] if d == 0 else _gather(g["x"], order))
-                dh0[i], dc0[i] = g["h0"], g["c0"]
-                grads.update({name: g[ours] for ours, name in self._names(k, d).items()})
-            dy = dx
-        grads = {name: grads[name] for name in self._param_shapes()}  # state_dict's order
-        finals = (np.stack(dh0), np.stack(dc0) if self._cell == "lstm" else None)
-        return self._from_time_major(dy, unbatched), self._states_out(finals, unbatched), grads
+    def _backward(self, ctx, grad_output, grad_hx):
+        """``backward`` for the ctx of a ``_forward``: ``(grad_input, grad_hx0, grads)``."""
+        ctx, unbatched = ctx
+        dy = grad_output if hasattr(grad_output, "ndim") else np.asarray(grad_output)
+        if dy.ndim != (2 if unbatched else 3):
+            raise ValueError(f"grad_output has shape {dy.shape}, expected the output's shape")
+        dx, dh0, dc0, grads = functional.backward_layers(
+            ctx, self._to_time_major(dy, unbatched), self._states_in(grad_hx, unbatched))
+        return (self._from_time_major(dx, unbatched), self._states_out((dh0, dc0), unbatched),
+                grads)
 
     # ------------------------------------------------------------------ layouts
     # Inside, everything is time-major and batched: sequences [T, B, C], states [L*D, B, C].
-    # These convert at the API edge.
+    # These convert at the API edge; functional checks the rest.
 
     def _to_time_major(self, a, unbatched):
         if unbatched:
@@ -282,32 +191,15 @@ class _RNNBase:
     def _from_time_major(self, a, unbatched):
         if unbatched:
             return a[:, 0]
-        return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a
+        return a.transpose(1, 0, 2).copy() if self.batch_first else a
 
-    def _states_in(self, states, name, lstm_parts, batch, unbatched, zeros_for_none):
-        """User states in hx's structure (an array [L*D, B, R], or for the LSTM a tuple of it
-        and [L*D, B, H]; without B when unbatched; None for zeros or for no gradient) as
-        [h, c], arrays [L*D, B, .] (c None unless LSTM; None kept when not zeros_for_none)."""
-        if self._cell == "lstm":
-            if states is None:
-                states = (None, None)
-            if not isinstance(states, (tuple, list)) or len(states) != 2:
-                raise TypeError(f"{name} must be None or a tuple {lstm_parts} for the LSTM")
-            names = tuple(f"{name}[{i}] ({part})" for i, part in enumerate(lstm_parts))
-            sizes = (self._out_size, self.hidden_size)
-        else:
-            states, names, sizes = (states,), (name,), (self._out_size,)
-        out = [None, None]
-        for i, (state, name, size) in enumerate(zip(states, names, sizes)):
-            lead = self.num_layers * self.num_directions
-            if state is None:
-                if zeros_for_none:
-                    out[i] = np.zeros((lead, batch, size), self.dtype)
-                continue
-            state = self._check_array(state, name, (lead,) + (() if unbatched else (batch,))
-                                      + (size,))
-            out[i] = state[:, None] if unbatched else state
-        return out
+    def _states_in(self, states, unbatched):
+        """User states in hx's structure, with a batch axis added when unbatched."""
+        grow = (lambda s: s if s is None or not hasattr(s, "ndim") else s[:, None]) \
+            if unbatched else (lambda s: s)
+        if isinstance(states, (tuple, list)):
+            return tuple(grow(s) for s in states)
+        return grow(states)
 
     def _states_out(self, states, unbatched):
         """[L*D, B, .] arrays (None skipped) as the user's structure: an array, or a tuple

@@ -17,10 +17,14 @@ and the LSTM projection); ``forward_layers``/``backward_layers`` build stacks of
 directions and dropout on top of them, as PyTorch does.
 """
 
+from functools import partial
+
 import numpy as np
 
-CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+from .cell_registry import CELLS, spec
+
+__all__ = ["CELLS", "STEPS", "forward", "backward", "forward_layers", "backward_layers",
+           "reverse_within", "sigmoid", "relu"]
 
 
 def sigmoid(z):
@@ -33,73 +37,81 @@ def relu(z):
 
 
 # ------------------------------------------------------------------ one step of each cell
-# Each step function takes the input part zx = x W_ih^T + b_ih and the recurrent part
-# zh = h W_hh^T + b_hh of the pre-activations, both [B, G*H], and returns the new state and
-# what its backward needs.
+# The arguments, their order and names are those of cells/*.h (the C++ cells), batched:
+#   step(zx, zh, h_prev, c_prev) -> (h, c, saved)
+#   step_backward(saved, h, h_prev, c_prev, dh, dc) -> (dzx, dzh, dh_direct, dc_prev)
+# zx = x W_ih^T + b_ih and zh = h_prev W_hh^T + b_hh are the two parts of the pre-activations,
+# [B, G*H]; c (the LSTM's cell state) is None for the other cells; saved holds the slots of the
+# cell's training workspace (rnnfast.cell_registry), by name. In the backward, dh and dc are the
+# gradients reaching h_t and c_t; dh_direct is the part of the gradient for h_prev that does
+# not go through W_hh (the GRU's z * dh), dc_prev the gradient for c_prev.
 
 
-def rnn_step(zx, zh, h_prev, nonlinearity):
+def rnn_step(zx, zh, h_prev, c_prev, nonlinearity):
     z = zx + zh
-    h = np.tanh(z) if nonlinearity == "tanh" else relu(z)
-    return h, {"h": h}
+    return (np.tanh(z) if nonlinearity == "tanh" else relu(z)), None, {}
 
 
-def rnn_step_backward(saved, dh, nonlinearity):
-    h = saved["h"]
+def rnn_step_backward(saved, h, h_prev, c_prev, dh, dc, nonlinearity):
     dz = dh * (1 - h * h) if nonlinearity == "tanh" else dh * (h > 0)
     # zx and zh enter as a sum: both get dz. The state has no direct path around the matmul.
-    return dz, dz, np.zeros_like(dh)
+    return dz, dz, np.zeros_like(h_prev), None
 
 
 def lstm_step(zx, zh, h_prev, c_prev):
     i, f, g, o = np.split(zx + zh, 4, axis=1)
     i, f, g, o = sigmoid(i), sigmoid(f), np.tanh(g), sigmoid(o)
     c = f * c_prev + i * g
-    tanh_c = np.tanh(c)
-    h = o * tanh_c
-    return h, c, {"i": i, "f": f, "g": g, "o": o, "c_prev": c_prev, "tanh_c": tanh_c}
+    h = o * np.tanh(c)
+    return h, c, {"i": i, "f": f, "g": g, "o": o, "c": c}
 
 
-def lstm_step_backward(saved, dh, dc):
-    """dh, dc: gradients reaching h_t and c_t. Returns dz (both parts), dh_direct, dc_prev."""
+def lstm_step_backward(saved, h, h_prev, c_prev, dh, dc):
     i, f, g, o = saved["i"], saved["f"], saved["g"], saved["o"]
-    tanh_c = saved["tanh_c"]
+    tanh_c = np.tanh(saved["c"])
     dc = dc + dh * o * (1 - tanh_c * tanh_c)
-    do = dh * tanh_c
-    di = dc * g
-    dg = dc * i
-    df = dc * saved["c_prev"]
-    dz = np.concatenate(
-        [di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g), do * o * (1 - o)], axis=1
-    )
-    return dz, dz, np.zeros_like(saved["h_prev"]), dc * f
+    dz = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
+                         dh * tanh_c * o * (1 - o)], axis=1)
+    return dz, dz, np.zeros_like(h_prev), dc * f
 
 
-def gru_step(zx, zh, h_prev):
+def gru_step(zx, zh, h_prev, c_prev):
     xr, xz, xn = np.split(zx, 3, axis=1)
     hr, hz, hn = np.split(zh, 3, axis=1)
     r = sigmoid(xr + hr)
     z = sigmoid(xz + hz)
     n = np.tanh(xn + r * hn)
     h = (1 - z) * n + z * h_prev
-    return h, {"r": r, "z": z, "n": n, "hn": hn, "h_prev": h_prev}
+    return h, None, {"r": r, "z": z, "n": n, "hn": hn}
 
 
-def gru_step_backward(saved, dh):
-    """Returns dzx, dzh (they differ in the n block), and dh_direct (the path h_prev -> h)."""
+def gru_step_backward(saved, h, h_prev, c_prev, dh, dc):
+    """dzx and dzh differ in the n block (the reset gate multiplies zh_n only)."""
     r, z, n, hn = saved["r"], saved["z"], saved["n"], saved["hn"]
     dn = dh * (1 - z) * (1 - n * n)  # gradient of n's pre-activation
-    dz = dh * (saved["h_prev"] - n) * z * (1 - z)
+    dz = dh * (h_prev - n) * z * (1 - z)
     dr = dn * hn * r * (1 - r)
     dzx = np.concatenate([dr, dz, dn], axis=1)
     dzh = np.concatenate([dr, dz, dn * r], axis=1)
-    return dzx, dzh, dh * z
+    return dzx, dzh, dh * z, None
+
+
+# (step, step_backward) of every cell of rnnfast.cell_registry.
+STEPS = {
+    "rnn_tanh": (partial(rnn_step, nonlinearity="tanh"),
+                 partial(rnn_step_backward, nonlinearity="tanh")),
+    "rnn_relu": (partial(rnn_step, nonlinearity="relu"),
+                 partial(rnn_step_backward, nonlinearity="relu")),
+    "lstm": (lstm_step, lstm_step_backward),
+    "gru": (gru_step, gru_step_backward),
+}
+assert set(STEPS) == set(CELLS), "every cell of the registry needs its reference steps"
 
 
 # ------------------------------------------------------------------ sequences
 
 
-def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, w_hr=None, lengths=None,
+def forward(cell, x, h0, w_ih, w_hh, *, b_ih=None, b_hh=None, c0=None, w_hr=None, lengths=None,
             resets=None):
     """Run one layer over a sequence, forward in time.
 
@@ -115,8 +127,7 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, w_hr=None, l
     - resets [T, B] (bools), or None: where resets[t, b] is set, the state of sequence b is put
       back to (h0[b], c0[b]) before step t (at t = 0 it is there anyway).
     """
-    if cell not in GATES:
-        raise ValueError(f"cell must be one of {CELLS}, not {cell!r}")
+    step = STEPS[spec(cell).name][0]
     dtype = x.dtype
     x, h0, w_ih, w_hh = (np.asarray(a, dtype) for a in (x, h0, w_ih, w_hh))
     steps_, batch = x.shape[:2]
@@ -126,32 +137,27 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, w_hr=None, l
     w_hr = None if w_hr is None else np.asarray(w_hr, dtype)
     lengths = np.full(batch, steps_) if lengths is None else np.asarray(lengths)
     resets = np.zeros((steps_, batch), bool) if resets is None else np.asarray(resets, bool)
-    c0 = None if cell != "lstm" else np.asarray(c0, dtype)
+    c0 = np.asarray(c0, dtype) if spec(cell).has_cell_state else None
     h, c = h0, c0
-    ys, steps = [], []
+    ys, records = [], []
     for t in range(steps_):
         fresh = resets[t][:, None]  # [B, 1]: rows that start again from the initial state
         active = (t < lengths)[:, None]  # [B, 1]: rows whose sequence has a step t
         h_prev = np.where(fresh, h0, h)
+        c_prev = None if c is None else np.where(fresh, c0, c)
         zx = x[t] @ w_ih.T + b_ih
         zh = h_prev @ w_hh.T + b_hh
-        if cell == "lstm":
-            h_new, c_new, saved = lstm_step(zx, zh, h_prev, np.where(fresh, c0, c))
+        m, c_new, saved = step(zx, zh, h_prev, c_prev)
+        if c is not None:
             c = np.where(active, c_new, c)
-        elif cell == "gru":
-            h_new, saved = gru_step(zx, zh, h_prev)
-        else:
-            h_new, saved = rnn_step(zx, zh, h_prev, cell[4:])
-        if w_hr is not None:
-            saved["m"] = h_new  # o * tanh(c), before the projection
-            h_new = h_new @ w_hr.T
-        saved["h_prev"] = h_prev
-        steps.append(saved)
+        # m is the cell's output; with the projection, h = m W_hr^T.
+        h_new = m if w_hr is None else m @ w_hr.T
+        records.append({"saved": saved, "m": m, "h_prev": h_prev, "c_prev": c_prev})
         h = np.where(active, h_new, h)
         ys.append(np.where(active, h_new, 0).astype(dtype))
     y = np.stack(ys)
-    cache = {"cell": cell, "x": x, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "steps": steps,
-             "h0": h0, "lengths": lengths, "resets": resets}
+    cache = {"cell": cell, "x": x, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "steps": records,
+             "h0": h0, "c0": c0, "lengths": lengths, "resets": resets}
     return y, h, c, cache
 
 
@@ -167,43 +173,43 @@ def backward(cache, dy, dh_n=None, dc_n=None):
     where(fresh, h0, h) sends it to h0 where the row was reset and to the old h elsewhere.
     """
     cell, x, w_ih, w_hh, w_hr = (cache[k] for k in ("cell", "x", "w_ih", "w_hh", "w_hr"))
+    step_backward = STEPS[cell][1]
     dtype = x.dtype
     dy = np.asarray(dy, dtype)
-    h0 = cache["h0"]
+    h0, c0 = cache["h0"], cache["c0"]
     dh = np.zeros_like(h0) if dh_n is None else np.array(dh_n, dtype)
     dh0 = np.zeros_like(h0)
     dc = dc0 = None
-    if cell == "lstm":
-        hidden = w_hh.shape[0] // 4
-        dc = np.zeros((h0.shape[0], hidden), dtype) if dc_n is None else np.array(dc_n, dtype)
+    if c0 is not None:
+        dc = np.zeros_like(c0) if dc_n is None else np.array(dc_n, dtype)
         dc0 = np.zeros_like(dc)
     grads = {"x": np.zeros_like(x), "w_ih": np.zeros_like(w_ih), "w_hh": np.zeros_like(w_hh),
              "b_ih": np.zeros(w_hh.shape[0], dtype), "b_hh": np.zeros(w_hh.shape[0], dtype)}
     if w_hr is not None:
         grads["w_hr"] = np.zeros_like(w_hr)
     for t in reversed(range(x.shape[0])):
-        saved = cache["steps"][t]
+        record = cache["steps"][t]
         active = (t < cache["lengths"])[:, None]
         fresh = cache["resets"][t][:, None]
         dh_new = np.where(active, dh + dy[t], 0).astype(dtype)
         dh = np.where(active, 0, dh).astype(dtype)
         if w_hr is not None:
-            grads["w_hr"] += dh_new.T @ saved["m"]
+            grads["w_hr"] += dh_new.T @ record["m"]
             dh_new = dh_new @ w_hr
-        if cell == "lstm":
+        dc_new = None
+        if dc is not None:
             dc_new = np.where(active, dc, 0).astype(dtype)
             dc = np.where(active, 0, dc).astype(dtype)
-            dzx, dzh, dh_direct, dc_prev = lstm_step_backward(saved, dh_new, dc_new)
+        dzx, dzh, dh_direct, dc_prev = step_backward(record["saved"], record["m"],
+                                                     record["h_prev"], record["c_prev"],
+                                                     dh_new, dc_new)
+        if dc is not None:
             dc0 += np.where(fresh, dc_prev, 0).astype(dtype)
             dc += np.where(fresh, 0, dc_prev).astype(dtype)
-        elif cell == "gru":
-            dzx, dzh, dh_direct = gru_step_backward(saved, dh_new)
-        else:
-            dzx, dzh, dh_direct = rnn_step_backward(saved, dh_new, cell[4:])
         grads["x"][t] = dzx @ w_ih
         grads["w_ih"] += dzx.T @ x[t]
         grads["b_ih"] += dzx.sum(axis=0)
-        grads["w_hh"] += dzh.T @ saved["h_prev"]
+        grads["w_hh"] += dzh.T @ record["h_prev"]
         grads["b_hh"] += dzh.sum(axis=0)
         dh_prev = dh_direct + dzh @ w_hh
         dh0 += np.where(fresh, dh_prev, 0).astype(dtype)
@@ -263,8 +269,9 @@ def forward_layers(cell, x, params, num_layers, bidirectional, h0, c0=None, leng
         i = len(caches)
         seq = layer_in if d == 0 else reverse_within(layer_in, lengths)
         y, h, c, cache = forward(cell, seq, h0[i], p["weight_ih"], p["weight_hh"],
-                                 p["bias_ih"], p["bias_hh"], None if c0 is None else c0[i],
-                                 p["weight_hr"], lengths, resets_by_direction[d])
+                                 b_ih=p["bias_ih"], b_hh=p["bias_hh"],
+                                 c0=None if c0 is None else c0[i], w_hr=p["weight_hr"],
+                                 lengths=lengths, resets=resets_by_direction[d])
         outputs.append(y if d == 0 else reverse_within(y, lengths))
         h_n.append(h)
         c_n.append(c)
@@ -275,7 +282,8 @@ def forward_layers(cell, x, params, num_layers, bidirectional, h0, c0=None, leng
                 layer_in = layer_in * masks[k]
     cache = {"cell": cell, "num_layers": num_layers, "bidirectional": bidirectional,
              "lengths": lengths, "masks": masks, "caches": caches, "params": sorted(params)}
-    return layer_in, np.stack(h_n), (np.stack(c_n) if cell == "lstm" else None), cache
+    c_n = np.stack(c_n) if spec(cell).has_cell_state else None
+    return layer_in, np.stack(h_n), c_n, cache
 
 
 def backward_layers(cache, dy, dh_n=None, dc_n=None):

@@ -2,7 +2,7 @@
 
 ``rnnfast.torch.LSTM`` is a ``torch.nn.LSTM`` (a subclass: the same constructor arguments and
 defaults, parameter names, shapes, initialisation, ``state_dict`` and repr) whose ``forward``
-runs the rnnfast layers (``rnnfast.layers``) on the parameter tensors' own memory, through a
+runs ``rnnfast.functional.forward_layers`` on the parameter tensors' own memory, through a
 ``torch.autograd.Function`` that gives the gradients for the input, hx and every parameter.
 Likewise ``GRU``, ``RNN``, ``LSTMCell``, ``GRUCell`` and ``RNNCell``; ``convert(model)`` switches
 the ``torch.nn`` ones inside a model over in place::
@@ -19,8 +19,7 @@ the ``torch.nn`` ones inside a model over in place::
   but not the same masks as ``torch.nn`` draws: results with dropout match torch.nn in
   distribution, not bit for bit.
 - Double backward is not supported: differentiating the gradients raises a RuntimeError.
-- The module's hyper-parameters (num_layers, dropout, ...) are read when a dtype is first used;
-  changing them afterwards is not supported.
+- The module's hyper-parameters (num_layers, dropout, ...) are read at every call.
 
 This module imports torch; ``import rnnfast`` does not import it.
 """
@@ -32,7 +31,7 @@ import torch
 from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import layers as _layers
+from . import functional
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert"]
 
@@ -50,21 +49,21 @@ def _tensor(array):
 
 
 class _LayerFunction(torch.autograd.Function):
-    """An rnnfast layer (``rnnfast.layers``, built time-major) as an autograd Function: input x
-    [T, B, I], initial states h0, c0 (None: zeros; c0 only for the LSTM), the parameters
-    ``weights`` under the layer's ``names``; ``training``: save what backward needs;
-    ``dropout_rng``: see the layer's ``_forward``. Returns (output, h_n), or
+    """``rnnfast.functional.forward_layers`` as an autograd Function: input x [T, B, I],
+    initial states h0, c0 (None: zeros; c0 only for the LSTM), the parameters ``weights``
+    under PyTorch's ``names``; ``options``: forward_layers's cell and keyword arguments (the
+    stack, dropout, generator, training: save what backward needs). Returns (output, h_n), or
     (output, h_n, c_n) for the LSTM."""
 
     @staticmethod
-    def forward(ctx, layer, names, training, dropout_rng, lengths, x, h0, c0, *weights):
-        lstm = layer._cell == "lstm"
-        hx = None if h0 is None else (_numpy(h0), _numpy(c0)) if lstm else _numpy(h0)
+    def forward(ctx, options, names, lengths, x, h0, c0, *weights):
+        cell, options = options
+        hx = None if h0 is None else (_numpy(h0), _numpy(c0)) if c0 is not None else _numpy(h0)
         params = dict(zip(names, map(_numpy, weights)))
-        out, states, saved = layer._forward(params, training, dropout_rng, _numpy(x), hx,
-                                            lengths, None)
-        outputs = tuple(map(torch.from_numpy, (out, *(states if lstm else (states,)))))
-        ctx.layer, ctx.names, ctx.saved, ctx.has_hx = layer, names, saved, h0 is not None
+        out, h_n, c_n, saved = functional.forward_layers(cell, _numpy(x), params, hx=hx,
+                                                         lengths=lengths, **options)
+        outputs = tuple(torch.from_numpy(a) for a in (out, h_n, c_n) if a is not None)
+        ctx.saved, ctx.names, ctx.has_hx = saved, names, h0 is not None
         # The kernels keep views of x, the weights and the output for backward: saving them
         # here too makes autograd refuse a backward after one of them was modified in place.
         ctx.save_for_backward(x, outputs[0], *weights)
@@ -74,15 +73,13 @@ class _LayerFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out, *grad_states):
         ctx.saved_tensors  # noqa: B018  (raises if something saved was modified in place)
-        lstm = ctx.layer._cell == "lstm"
         grad_hx = tuple(map(_numpy, grad_states))
-        grad_x, grad_hx0, grads = ctx.layer._backward(ctx.saved, _numpy(grad_out),
-                                                      grad_hx if lstm else grad_hx[0])
-        grad_h0, grad_c0 = grad_hx0 if lstm else (grad_hx0, None)
+        grad_x, grad_h0, grad_c0, grads = functional.backward_layers(
+            ctx.saved, _numpy(grad_out), grad_hx if len(grad_hx) == 2 else grad_hx[0])
         if not ctx.has_hx:
             grad_h0 = grad_c0 = None
-        return (None, None, None, None, None, _tensor(grad_x), _tensor(grad_h0),
-                _tensor(grad_c0), *(torch.from_numpy(grads[name]) for name in ctx.names))
+        return (None, None, None, _tensor(grad_x), _tensor(grad_h0), _tensor(grad_c0),
+                *(torch.from_numpy(grads[name]) for name in ctx.names))
 
 
 def _check_tensors(input, h0, c0, weights):
@@ -101,37 +98,36 @@ def _check_tensors(input, h0, c0, weights):
 
 
 class _Kernels:
-    """What the modules share: the rnnfast layer that computes them, one per dtype, made on
-    first use, and the call of it through _LayerFunction."""
+    """What the modules share: the call of rnnfast.functional.forward_layers through
+    _LayerFunction, with the module's options (read at every call)."""
 
-    def _kernel_layer(self, dtype):
-        layers = self.__dict__.setdefault("_rnnfast_layers", {})
-        if dtype not in layers:
-            with warnings.catch_warnings():  # torch.nn has already warned about the options
-                warnings.simplefilter("ignore")
-                layer = self._make_layer(_NUMPY_DTYPES[dtype])
-            # Its own parameters are never used: every call passes the module's tensors.
-            layer._params = None
-            layers[dtype] = layer
-        return layers[dtype]
-
-    def _run(self, x, hx, lengths, names, weights):
+    def _run(self, x, hx, lengths, names, weights, num_layers=1, bidirectional=False,
+             dropout=0.0):
         """The kernels on time-major batched x [T, B, I] and hx (a tensor, an LSTM's tuple, or
         None): returns (output, h_n) or (output, (h_n, c_n))."""
         h0, c0 = hx if isinstance(hx, tuple) else (hx, None)
         _check_tensors(x, h0, c0, weights)
-        layer = self._kernel_layer(x.dtype)
-        dropout = self.training and layer.dropout > 0 and layer.num_layers > 1
+        dropout = dropout if self.training and num_layers > 1 else 0.0
         # Dropout masks come from a numpy generator seeded by PyTorch's default generator.
-        rng = (np.random.default_rng(int(torch.randint(2**62, (), dtype=torch.int64)))
-               if dropout else None)
+        generator = (np.random.default_rng(int(torch.randint(2**62, (), dtype=torch.int64)))
+                     if dropout > 0 else None)
         # What backward needs is saved only when a gradient may be asked for (in eval mode
         # too, as torch.nn); not under torch.no_grad().
         tensors = [t for t in (x, h0, c0, *weights) if t is not None]
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        out, *states = _LayerFunction.apply(layer, names, needs_grad, rng, lengths, x, h0, c0,
-                                            *weights)
+        options = (self._rnnfast_cell(), {
+            "num_layers": num_layers, "bidirectional": bidirectional, "dropout": dropout,
+            "generator": generator, "training": needs_grad})
+        out, *states = _LayerFunction.apply(options, names, lengths, x, h0, c0, *weights)
         return out, tuple(states) if len(states) == 2 else states[0]
+
+    def _rnnfast_cell(self):
+        """The rnnfast.cell_registry name of this module's cell."""
+        if isinstance(self, (torch.nn.LSTM, torch.nn.LSTMCell)):
+            return "lstm"
+        if isinstance(self, (torch.nn.GRU, torch.nn.GRUCell)):
+            return "gru"
+        return "rnn_" + self.nonlinearity
 
 
 def _map_hx(hx, fn):
@@ -147,10 +143,9 @@ def _doc(torch_class):
 class _Recurrent(_Kernels):
     """forward of RNN, LSTM and GRU, over torch.nn.RNNBase's attributes."""
 
-    def _layer_options(self):
-        return dict(input_size=self.input_size, hidden_size=self.hidden_size,
-                    num_layers=self.num_layers, bias=self.bias, dropout=self.dropout,
-                    bidirectional=self.bidirectional)
+    def _stack(self):
+        return {"num_layers": self.num_layers, "bidirectional": self.bidirectional,
+                "dropout": self.dropout}
 
     def forward(self, input, hx=None):
         """As torch.nn's forward (input a Tensor or a PackedSequence), on rnnfast's kernels."""
@@ -158,7 +153,8 @@ class _Recurrent(_Kernels):
         if isinstance(input, PackedSequence):
             # Padded with lengths, in the original batch order (as hx and h_n are).
             x, lengths = pad_packed_sequence(input)
-            out, states = self._run(x, hx, lengths.numpy(), self._flat_weights_names, weights)
+            out, states = self._run(x, hx, lengths.numpy(), self._flat_weights_names, weights,
+                                    **self._stack())
             # Packed back with the input's own batch_sizes and indices, as torch.nn does.
             if input.sorted_indices is not None:
                 out = out.index_select(1, input.sorted_indices)
@@ -170,32 +166,23 @@ class _Recurrent(_Kernels):
                              f"{tuple(input.shape)}")
         if input.dim() == 2:  # unbatched: a batch of one
             out, states = self._run(input.unsqueeze(1), _map_hx(hx, lambda h: h.unsqueeze(1)),
-                                    None, self._flat_weights_names, weights)
+                                    None, self._flat_weights_names, weights, **self._stack())
             return out.squeeze(1), _map_hx(states, lambda h: h.squeeze(1))
         x = input.transpose(0, 1) if self.batch_first else input
-        out, states = self._run(x, hx, None, self._flat_weights_names, weights)
+        out, states = self._run(x, hx, None, self._flat_weights_names, weights, **self._stack())
         return out.transpose(0, 1) if self.batch_first else out, states
 
 
 class RNN(_Recurrent, torch.nn.RNN):
     __doc__ = _doc(torch.nn.RNN)
 
-    def _make_layer(self, dtype):
-        return _layers.RNN(**self._layer_options(), nonlinearity=self.nonlinearity, dtype=dtype)
-
 
 class LSTM(_Recurrent, torch.nn.LSTM):
     __doc__ = _doc(torch.nn.LSTM)
 
-    def _make_layer(self, dtype):
-        return _layers.LSTM(**self._layer_options(), proj_size=self.proj_size, dtype=dtype)
-
 
 class GRU(_Recurrent, torch.nn.GRU):
     __doc__ = _doc(torch.nn.GRU)
-
-    def _make_layer(self, dtype):
-        return _layers.GRU(**self._layer_options(), dtype=dtype)
 
 
 class _Cell(_Kernels):
@@ -221,23 +208,13 @@ class _Cell(_Kernels):
 class RNNCell(_Cell, torch.nn.RNNCell):
     __doc__ = _doc(torch.nn.RNNCell)
 
-    def _make_layer(self, dtype):
-        return _layers.RNN(self.input_size, self.hidden_size, nonlinearity=self.nonlinearity,
-                           bias=self.bias, dtype=dtype)
-
 
 class LSTMCell(_Cell, torch.nn.LSTMCell):
     __doc__ = _doc(torch.nn.LSTMCell)
 
-    def _make_layer(self, dtype):
-        return _layers.LSTM(self.input_size, self.hidden_size, bias=self.bias, dtype=dtype)
-
 
 class GRUCell(_Cell, torch.nn.GRUCell):
     __doc__ = _doc(torch.nn.GRUCell)
-
-    def _make_layer(self, dtype):
-        return _layers.GRU(self.input_size, self.hidden_size, bias=self.bias, dtype=dtype)
 
 
 _REPLACEMENTS = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU,

@@ -7,12 +7,11 @@ import sys
 
 import rnnfast
 
+from ..cell_registry import CELLS
 from . import report
 from .grids import MODES, grid_path, load_grid, packaged_grids, product_rows
 from .peers import PEER_NAMES, PEERS
 from .runner import TOLERANCE, run_suite
-
-CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 
 
 def _shape(text):

@@ -11,7 +11,7 @@ import json
 import pathlib
 from dataclasses import dataclass
 
-from ..reference import GATES
+from ..cell_registry import SPECS
 
 GRIDS_DIR = pathlib.Path(__file__).resolve().parent / "grids"
 MODES = ("inference", "train", "step")
@@ -43,7 +43,7 @@ class Row:
         total = 0
         for layer in range(self.layers):
             inputs = self.I if layer == 0 else self.directions * self.H
-            total += self.directions * steps * self.B * GATES[self.cell] * (
+            total += self.directions * steps * self.B * SPECS[self.cell].gate_count * (
                 2 * inputs * self.H + 2 * self.H * self.H)
         return total * (3 if self.mode == "train" else 1)
 

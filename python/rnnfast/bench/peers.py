@@ -23,7 +23,7 @@ import numpy as np
 
 import rnnfast
 
-from ..reference import GATES
+from ..cell_registry import SPECS
 
 
 class Unsupported(Exception):
@@ -53,7 +53,7 @@ def make_problem(row, dtype, device="cpu", threads=1, seed=0):
     """Weights initialised as PyTorch does (uniform in +-1/sqrt(H)), random input, states and
     output gradient."""
     rng = np.random.default_rng(seed)
-    gh = GATES[row.cell] * row.H
+    gh = SPECS[row.cell].gate_count * row.H
     bound = 1 / np.sqrt(row.H)
     weights = {}
     for layer in range(row.layers):
@@ -78,11 +78,12 @@ def _states(names, values):
     return dict(zip(names, values))
 
 
-def _constructor(cell, lstm, gru, rnn):
-    """The class (or RNN class with its nonlinearity) that builds the named cell."""
-    if cell.startswith("rnn_"):
-        return functools.partial(rnn, nonlinearity=cell[4:])
-    return {"lstm": lstm, "gru": gru}[cell]
+def _constructor(cell, module, suffix=""):
+    """The class of ``module`` (rnnfast or torch.nn) that builds the named cell, with the
+    arguments that select it (the RNN's nonlinearity); suffix "Cell": its single-step cell."""
+    cell_spec = SPECS[cell]
+    return functools.partial(getattr(module, cell_spec.torch_class + suffix),
+                             **dict(cell_spec.torch_options))
 
 
 def _host_copier(xp):
@@ -132,7 +133,7 @@ class RnnfastPeer(Peer):
         if r.mode == "step":
             return self._build_step(p, xp)
         host = _host_copier(xp)
-        make = _constructor(r.cell, rnnfast.LSTM, rnnfast.GRU, rnnfast.RNN)
+        make = _constructor(r.cell, rnnfast)
         try:
             layer = make(r.I, r.H, num_layers=r.layers, bidirectional=r.directions == 2,
                          dtype=p.dtype.name)
@@ -161,7 +162,7 @@ class RnnfastPeer(Peer):
         r = p.row
         if not hasattr(rnnfast, "LSTMCell"):
             raise Unsupported("rnnfast cells not available in this version")
-        make = _constructor(r.cell, rnnfast.LSTMCell, rnnfast.GRUCell, rnnfast.RNNCell)
+        make = _constructor(r.cell, rnnfast, "Cell")
         cell = make(r.I, r.H, dtype=p.dtype.name)
         cell.load_state_dict({k: p.weights[f"{k}_l0"]
                               for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
@@ -199,22 +200,20 @@ class NumpyReferencePeer(Peer):
         h0, c0 = p.h0[0], (p.c0[0] if p.lstm else None)
 
         if r.mode == "step":
+            step = reference.STEPS[r.cell][0]
+
             def run(collect=False):
                 h, c = h0, c0
                 for t in range(r.T):
                     zx, zh = p.x[t] @ w[0].T + w[2], h @ w[1].T + w[3]
-                    if p.lstm:
-                        h, c, _ = reference.lstm_step(zx, zh, h, c)
-                    elif r.cell == "gru":
-                        h, _ = reference.gru_step(zx, zh, h)
-                    else:
-                        h, _ = reference.rnn_step(zx, zh, h, r.cell[4:])
+                    h, c, _ = step(zx, zh, h, c)
                 if collect:
                     return {"h_T": h, **({"c_T": c} if p.lstm else {})}
             return run
 
         def run(collect=False):
-            y, h_n, c_n, cache = reference.forward(r.cell, p.x, h0, *w, c0)
+            y, h_n, c_n, cache = reference.forward(r.cell, p.x, h0, w[0], w[1], b_ih=w[2],
+                                                   b_hh=w[3], c0=c0)
             if r.mode == "train":
                 g = reference.backward(cache, p.dy)
             if collect:
@@ -247,8 +246,6 @@ class TorchPeer(Peer):
 
         r = p.row
         dtype = {"float32": torch.float32, "float64": torch.float64}[p.dtype.name]
-        kind = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}[r.cell]
-        extra = {"nonlinearity": r.cell[4:]} if kind == "RNN" else {}
 
         def tensor(a):
             return torch.from_numpy(a).to(p.device)
@@ -258,8 +255,8 @@ class TorchPeer(Peer):
         if r.mode == "step":
             if (r.layers, r.directions) != (1, 1):
                 raise Unsupported("mode step runs one cell")
-            cell = getattr(torch.nn, kind + "Cell")(r.I, r.H, dtype=dtype, device=p.device,
-                                                    **extra)
+            cell = _constructor(r.cell, torch.nn, "Cell")(r.I, r.H, dtype=dtype,
+                                                         device=p.device)
             cell.load_state_dict({k: tensor(p.weights[f"{k}_l0"]) for k in cell.state_dict()})
             first = (hx[0][0], hx[1][0]) if p.lstm else hx[0]
 
@@ -273,9 +270,9 @@ class TorchPeer(Peer):
                                    if p.lstm else state.cpu().numpy())
             return run
 
-        module = getattr(torch.nn, kind)(r.I, r.H, num_layers=r.layers,
-                                         bidirectional=r.directions == 2, dtype=dtype,
-                                         device=p.device, **extra)
+        module = _constructor(r.cell, torch.nn)(r.I, r.H, num_layers=r.layers,
+                                                bidirectional=r.directions == 2, dtype=dtype,
+                                                device=p.device)
         module.load_state_dict({k: tensor(v) for k, v in p.weights.items()})
         module.train(r.mode == "train")
         x.requires_grad_(r.mode == "train")
@@ -300,8 +297,6 @@ class TorchPeer(Peer):
         return run
 
 
-# ONNX's gate order, as indices into PyTorch's: LSTM i,o,f,c from i,f,g,o; GRU z,r,h from r,z,n.
-_ONNX_GATES = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2], "rnn_tanh": [0], "rnn_relu": [0]}
 
 
 def onnx_model(p):
@@ -313,16 +308,17 @@ def onnx_model(p):
 
     r = p.row
     elem = helper.np_dtype_to_tensor_dtype(p.dtype)
-    op = {"lstm": "LSTM", "gru": "GRU", "rnn_tanh": "RNN", "rnn_relu": "RNN"}[r.cell]
+    cell_spec = SPECS[r.cell]
+    op = cell_spec.onnx_op
     attrs = {"hidden_size": r.H, "direction": "bidirectional" if r.directions == 2 else "forward"}
     if op == "GRU":
         attrs["linear_before_reset"] = 1  # PyTorch's GRU: reset gate after the recurrent matmul
-    if op == "RNN":
-        attrs["activations"] = [r.cell[4:].capitalize()] * r.directions
+    if cell_spec.onnx_activations:
+        attrs["activations"] = list(cell_spec.onnx_activations) * r.directions
 
     def onnx_order(a):
-        g = len(_ONNX_GATES[r.cell])
-        return a.reshape(g, r.H, *a.shape[1:])[_ONNX_GATES[r.cell]].reshape(a.shape)
+        g = cell_spec.gate_count
+        return a.reshape(g, r.H, *a.shape[1:])[list(cell_spec.onnx_gates)].reshape(a.shape)
 
     nodes, inits, inputs = [], [], [helper.make_tensor_value_info("X", elem, list(p.x.shape))]
     inits.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), "merge_directions"))

@@ -1,0 +1,205 @@
+"""Backends: the array library and the compiled kernels that a call of ``rnnfast.functional``
+runs on, chosen from the arrays it is given (ARCHITECTURE.md, "One orchestration").
+
+- ``cpu``: NumPy arrays, ``rnnfast._cpu`` (SIMD kernels, rnnfast's own GEMMs and threads);
+- ``cuda``: CuPy arrays, ``rnnfast._cuda`` (CUDA kernels) and CuPy's cuBLAS for the large
+  GEMMs, on CuPy's current stream and memory pool;
+- ``cuda-emulated``: NumPy arrays, ``rnnfast._cuda_emulated`` (the same CUDA sources built for
+  the host, CUDA threads as host threads) and NumPy's GEMMs: the whole GPU path on any machine.
+  Opt-in: NumPy arrays go to it only inside ``with rnnfast.backends.emulate_cuda():`` (the
+  test suite runs its backend grid that way). It is slow; it exists to test the CUDA code.
+
+A backend is the seam the orchestration is written against: ``xp`` (the array namespace,
+NumPy or CuPy: the orchestration's array operations are the ones both have), ``empty``,
+``scratch`` (a buffer reused between calls), ``gemm``, ``recurrent_forward`` /
+``recurrent_backward`` (the arguments of ``rnnfast._cpu``'s functions of those names), and
+``index`` (lengths and resets as arrays the kernels read).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+
+import numpy as np
+
+from . import _cpu
+
+_emulating = contextvars.ContextVar("rnnfast_emulate_cuda", default=False)
+
+
+@contextlib.contextmanager
+def emulate_cuda(enabled: bool = True):
+    """Within this block (in this thread or task), NumPy arrays given to ``rnnfast.functional``
+    (and so to the layers) run on the emulated CUDA backend instead of the CPU kernels."""
+    token = _emulating.set(enabled)
+    try:
+        yield
+    finally:
+        _emulating.reset(token)
+
+
+class CpuBackend:
+    """NumPy arrays on the CPU kernels."""
+
+    name = "cpu"
+    xp = np
+    array_type = np.ndarray
+    type_name = "numpy.ndarray"
+
+    def __init__(self):
+        # Per-thread buffers for the intermediate arrays that die within one call: the input
+        # projection zx (forward) and dzx, dzh (backward). Kept between calls, each at the
+        # largest size it has served, so that repeated calls reuse their memory: fresh memory
+        # costs its first write a page fault and the kernel's zeroing of the page (about
+        # 0.12 ms per MB on the development machine, 8-15% of an LSTM layer's inference at
+        # T=100, B=16-64). free_scratch() gives them back.
+        self._scratch = threading.local()
+
+    def scratch(self, slot, shape, dtype):
+        """A C-contiguous array in the calling thread's buffer ``slot``, valid until the next
+        request for the same slot on this thread."""
+        count = int(np.prod(shape))
+        buffers = self._scratch.__dict__.setdefault("buffers", {})
+        buffer = buffers.get(slot)
+        if buffer is None or buffer.dtype != dtype or buffer.size < count:
+            buffer = buffers[slot] = np.empty(count, dtype)
+        return buffer[:count].reshape(shape)
+
+    def free_scratch(self):
+        self._scratch.__dict__.pop("buffers", None)
+
+    @staticmethod
+    def empty(shape, dtype, aligned=False):
+        """np.empty; ``aligned``: its data starts on a 64-byte boundary (NumPy guarantees 16),
+        for the kernels' aligned non-temporal stores of the training workspace."""
+        if not aligned:
+            return np.empty(shape, dtype)
+        dtype = np.dtype(dtype)
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        raw = np.empty(nbytes + 64, np.uint8)
+        start = -raw.ctypes.data % 64
+        return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+    @staticmethod
+    def contiguous(a):
+        return np.require(a, requirements=("C", "A"))  # copies only if needed
+
+    @staticmethod
+    def index(a, dtype):
+        """lengths (int64) or resets (bool) as a C-contiguous array the kernels read."""
+        return None if a is None else np.ascontiguousarray(a, dtype)
+
+    @staticmethod
+    def gemm(a, b, out, *, trans_a=False, trans_b=False, bias=None, accumulate=False):
+        """out = op(a) op(b) (+ bias) (out += ... with accumulate), op(x) = x.T where trans_x:
+        on rnnfast's threads, not NumPy's BLAS, whose worker threads keep spinning after each
+        call and would take the cores from the recurrence that follows."""
+        _cpu.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b, bias=bias, accumulate=accumulate)
+
+    @staticmethod
+    def recurrent_forward(*args):
+        _cpu.recurrent_forward(*args)
+
+    @staticmethod
+    def recurrent_backward(*args):
+        _cpu.recurrent_backward(*args)
+
+
+class CudaBackend:
+    """The CUDA kernels (``module``: rnnfast._cuda or rnnfast._cuda_emulated) over the array
+    library ``xp`` (CuPy, or NumPy for the emulator); the large GEMMs are the library's."""
+
+    def __init__(self, name, xp, module, type_name, stream):
+        self.name, self.xp, self._module, self.type_name = name, xp, module, type_name
+        self.array_type = xp.ndarray
+        self._stream = stream  # () -> the stream handle the kernels are enqueued on
+
+    def scratch(self, slot, shape, dtype):
+        return self.xp.empty(shape, dtype)  # CuPy's pool (or NumPy) reuses the memory
+
+    def free_scratch(self):
+        pass
+
+    def empty(self, shape, dtype, aligned=False):
+        return self.xp.empty(shape, dtype)  # CuPy's allocations are 256-byte aligned
+
+    def contiguous(self, a):
+        return self.xp.ascontiguousarray(a)
+
+    def index(self, a, dtype):
+        return None if a is None else self.xp.ascontiguousarray(self.xp.asarray(a), dtype)
+
+    def gemm(self, a, b, out, *, trans_a=False, trans_b=False, bias=None, accumulate=False):
+        product = (a.T if trans_a else a) @ (b.T if trans_b else b)
+        if bias is not None:
+            product += bias
+        if accumulate:
+            out += product
+        else:
+            out[...] = product
+
+    def _workspace(self, direction, cell, zx_or_dzx, hidden, proj, dtype):
+        size = self._module.workspace_size(direction, cell, zx_or_dzx.shape[1], hidden, proj)
+        return self.xp.empty(size, dtype) if size else None
+
+    def recurrent_forward(self, cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths,
+                          resets, w_hr):
+        hidden = c_n.shape[1] if c_n is not None else w_hh.shape[1]
+        proj = 0 if w_hr is None else w_hr.shape[0]
+        self._module.recurrent_forward(
+            cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths, resets, w_hr,
+            workspace=self._workspace("forward", cell, zx, hidden, proj, zx.dtype),
+            stream=self._stream())
+
+    def recurrent_backward(self, cell, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh, dh0,
+                           dc0, lengths, resets, w_hr, dh_proj):
+        hidden = dc0.shape[1] if dc0 is not None else w_hh.shape[1]
+        proj = 0 if w_hr is None else w_hr.shape[0]
+        self._module.recurrent_backward(
+            cell, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh, dh0, dc0, lengths, resets,
+            w_hr, dh_proj,
+            workspace=self._workspace("backward", cell, dzx, hidden, proj, dzx.dtype),
+            stream=self._stream())
+
+
+CPU = CpuBackend()
+_loaded = {}
+
+
+def _emulated():
+    if "cuda-emulated" not in _loaded:
+        from . import _cuda_emulated
+
+        _loaded["cuda-emulated"] = CudaBackend("cuda-emulated", np, _cuda_emulated,
+                                               "numpy.ndarray", lambda: 0)
+    return _loaded["cuda-emulated"]
+
+
+def _cuda(cupy):
+    if "cuda" not in _loaded:
+        try:
+            from . import _cuda
+        except ImportError as error:
+            raise ImportError("this rnnfast was built without its CUDA module (nvcc was not "
+                              "found when it was built, or RNNFAST_ENABLE_CUDA=OFF); rebuild "
+                              "it where nvcc is on the PATH") from error
+        _loaded["cuda"] = CudaBackend("cuda", cupy, _cuda, "cupy.ndarray",
+                                      lambda: cupy.cuda.get_current_stream().ptr)
+    return _loaded["cuda"]
+
+
+def for_array(x, name="x"):
+    """The backend of an array: NumPy -> the CPU (or the emulator inside emulate_cuda()),
+    CuPy -> CUDA; anything else is a TypeError naming the argument."""
+    if isinstance(x, np.ndarray):
+        return _emulated() if _emulating.get() else CPU
+    module = type(x).__module__
+    if module.startswith("cupy"):
+        import cupy
+
+        if isinstance(x, cupy.ndarray):
+            return _cuda(cupy)
+    raise TypeError(f"{name} must be a numpy.ndarray (CPU) or a cupy.ndarray (CUDA), not "
+                    f"{type(x).__name__}")
