@@ -23,7 +23,8 @@ def run(cell, dtype, steps=3, batch=19, inputs=7, hidden=37, seed=0):
     c0 = draw(batch, hidden, scale=0.5) if cell == "lstm" else None
     w_ih, w_hh = draw(g, inputs, scale=k), draw(g, hidden, scale=k)
     b_ih, b_hh = draw(g, scale=k), draw(g, scale=k)
-    y, h_n, c_n, ctx = F.forward(cell, x, h0, w_ih, w_hh, b_ih=b_ih, b_hh=b_hh, c0=c0, training=True)
+    y, h_n, c_n, ctx = F.forward(cell, x, h0, w_ih, w_hh, b_ih=b_ih, b_hh=b_hh, c0=c0,
+                                 training=True)
     grads = F.backward(ctx, draw(steps, batch, hidden), draw(batch, hidden),
                        draw(batch, hidden) if cell == "lstm" else None)
     F.forward(cell, x, h0, w_ih, w_hh, c0=c0, training=False)  # inference, no bias

@@ -273,6 +273,7 @@ def gemm_rate():
 
 def header_info(args):
     import cupy
+
     import rnnfast
 
     info = {

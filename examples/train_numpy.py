@@ -43,4 +43,5 @@ def main(iterations=300, seed=0):
 
 if __name__ == "__main__":
     losses = main(int(sys.argv[1]) if len(sys.argv) > 1 else 300)
-    print(f"loss: first 10 steps {np.mean(losses[:10]):.4f}, last 10 steps {np.mean(losses[-10:]):.4f}")
+    print(f"loss: first 10 steps {np.mean(losses[:10]):.4f}, "
+          f"last 10 steps {np.mean(losses[-10:]):.4f}")

@@ -1,6 +1,6 @@
 """Helpers shared by the test files: problem generation, the oracle, and the tolerance rule.
 
-The tolerance rule (DESIGN.md section 7) is written once, here:
+The tolerance rule (ARCHITECTURE.md, Tests) is written once, here:
 
 - ``rel_err(a, oracle)`` = max|a - oracle| / max(max|oracle|, tiny): the error relative to the
   largest magnitude in the oracle array. Gates and gradients mix large and tiny elements, so a
@@ -20,7 +20,7 @@ as the kernel gets, so rounding the inputs to float32 is not counted as error.
 import numpy as np
 
 from rnnfast import reference as ref
-from rnnfast.cell_registry import CELLS, SPECS
+from rnnfast.cell_registry import CELLS, SPECS  # noqa: F401 (CELLS: for the test files)
 
 GATES = {cell: spec.gate_count for cell, spec in SPECS.items()}
 DTYPES = (np.float32, np.float64)

@@ -1,8 +1,13 @@
+"""Shared fixtures. The tests are grouped by level, each folder testing one layer of rnnfast
+(ARCHITECTURE.md, "Tests"): reference/ (the NumPy oracle and the cell registry), kernels/ (the
+compiled kernels and bindings, CPU and CUDA), functional/ (rnnfast.functional), frontends/
+(layers and cells), adapters/ (rnnfast.torch), bench/ (the benchmark suite and examples)."""
+
 import pathlib
 import sys
 
-# The test files share helpers in tests/_util.py. pytest's default import mode already puts this
-# folder on sys.path; doing it here too keeps `import _util` working under --import-mode=importlib.
+# The test files share helpers in tests/_util.py. pytest's default import mode already puts each
+# test's folder on sys.path, not this one: add it, so that `import _util` works from every level.
 _here = str(pathlib.Path(__file__).resolve().parent)
 if _here not in sys.path:
     sys.path.insert(0, _here)
@@ -26,3 +31,16 @@ def isa(request):
     _cpu.set_isa(request.param)
     yield request.param
     _cpu.set_isa(before)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda-emulated", marks=pytest.mark.slow)])
+def backend(request):
+    """Runs the test once per backend that NumPy arrays can reach: the CPU kernels, and the
+    CUDA kernels built for the host (rnnfast.backends.emulate_cuda). Yields the backend's name."""
+    from rnnfast import backends
+
+    if request.param == "cpu":
+        yield "cpu"
+        return
+    with backends.emulate_cuda():
+        yield request.param

@@ -14,10 +14,8 @@
 namespace rnnfast::bindings {
 
 inline Cell parse_cell(const std::string& name) {
-  if (name == "rnn_tanh") return Cell::RnnTanh;
-  if (name == "rnn_relu") return Cell::RnnRelu;
-  if (name == "lstm") return Cell::Lstm;
-  if (name == "gru") return Cell::Gru;
+  Cell cell;
+  if (cells::cell_from_name(name.c_str(), cell)) return cell;
   throw pybind11::value_error("cell must be one of 'rnn_tanh', 'rnn_relu', 'lstm', 'gru', not '" +
                               name + "'");
 }

@@ -8,9 +8,10 @@ against (``rnnfast.reference``).
 
 import os as _os
 import warnings as _warnings
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
-from . import _cpu, functional, reference
+from . import _cpu, backends, cell_registry, functional, reference
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
 
@@ -19,8 +20,9 @@ try:
 except PackageNotFoundError:  # imported from a source tree that was not installed
     __version__ = "0+unknown"
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "reference", "cpu_info", "cuda_info",
-           "set_num_threads", "get_num_threads", "__version__"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "reference",
+           "backends", "cell_registry", "cpu_info", "cuda_info", "set_num_threads",
+           "get_num_threads", "__version__"]
 
 # RNNFAST_ISA forces an instruction set (e.g. a lower one, to compare numerics or speed).
 if _os.environ.get("RNNFAST_ISA"):
@@ -31,7 +33,7 @@ if _os.environ.get("RNNFAST_ISA"):
                        RuntimeWarning, stacklevel=2)
 
 
-def cpu_info():
+def cpu_info() -> dict:
     """The CPU kernels' instruction sets, as a dict:
 
     - "isa": the one in use ("baseline", "avx2" or "avx512"): the best of "available", or the
@@ -46,7 +48,7 @@ def cpu_info():
             "num_threads": _cpu.num_threads()}
 
 
-def set_num_threads(threads):
+def set_num_threads(threads: int) -> None:
     """Sets the number of threads of the CPU kernels (>= 1). The default is the number of cores
     this process may run on, or the environment variable RNNFAST_NUM_THREADS. It covers the
     layers' large GEMMs too (rnnfast's own, not NumPy's BLAS). Results are bitwise identical
@@ -56,12 +58,12 @@ def set_num_threads(threads):
     _cpu.set_num_threads(threads)
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """The number of threads of the CPU kernels."""
     return _cpu.num_threads()
 
 
-def cuda_info():
+def cuda_info() -> dict:
     """Whether the CUDA module was built, and what it sees: a dict with "built" (bool) and,
     when built, "compiled_architectures", "runtime_version", "driver_version", "devices" and
     "error" (why no device is usable, or None)."""

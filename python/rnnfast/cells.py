@@ -17,12 +17,16 @@ new ones (``cell.weight_hh = w``) or use ``load_state_dict``, and the cell packs
 The cells compute inference only; for training use the sequence layers.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 import numpy as np
 
 from . import _cpu
 from ._params import init_params, load_params, positive_int
-from .functional import DTYPES
 from .cell_registry import spec
+from .functional import DTYPES
 
 _NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
@@ -87,7 +91,7 @@ class _CellBase:
 
     # ------------------------------------------------------------------ the step
 
-    def __call__(self, input, hx=None, out=None):
+    def __call__(self, input: np.ndarray, hx: Any = None, out: Any = None) -> Any:
         """One step: input [B, input_size] or [input_size] (unbatched) of the cell's dtype; hx
         the state (LSTM: a tuple (h, c)), each [B, hidden_size] or [hidden_size], None for
         zeros; out: arrays of the state's shapes to write the new state into (None: new
@@ -137,7 +141,8 @@ class LSTMCell(_CellBase):
 
 
 class GRUCell(_CellBase):
-    """One GRU step (gates r, z, n; reset applied after the recurrent matmul): ``h = cell(x, h)``."""
+    """One GRU step (gates r, z, n; reset applied after the recurrent matmul):
+    ``h = cell(x, h)``."""
 
     def __init__(self, input_size, hidden_size, bias=True, dtype="float32", seed=None):
         super().__init__("gru", input_size, hidden_size, bias, dtype, seed)

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from . import backends
-from .cell_registry import CellSpec, spec
+from .cell_registry import spec
 
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 

@@ -5,7 +5,10 @@ PyTorch, so that code and weights move between the two unchanged; training is ex
 ``layer.backward(grad_output, grad_hx)`` after a training-mode forward.
 """
 
+from __future__ import annotations
+
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -73,11 +76,11 @@ class _RNNBase:
             shapes.update({theirs: full.get(ours, (gh, inputs)) for ours, theirs in n.items()})
         return shapes
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, np.ndarray]:
         """The parameters as a dict of NumPy arrays (copies), with PyTorch's names and shapes."""
         return {name: value.copy() for name, value in self._params.items()}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: dict) -> None:
         """Loads parameters from a dict with PyTorch's names and shapes (values: anything
         np.asarray accepts, e.g. NumPy arrays or CPU tensors). Every name must be present and
         no other; values are copied and converted to the layer's dtype."""
@@ -86,16 +89,17 @@ class _RNNBase:
 
     # ------------------------------------------------------------------ modes
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> _RNNBase:
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> _RNNBase:
         return self.train(False)
 
     # ------------------------------------------------------------------ forward and backward
 
-    def forward(self, input, hx=None, *, lengths=None, resets=None, seed=None):
+    def forward(self, input: Any, hx: Any = None, *, lengths: Any = None, resets: Any = None,
+                seed: int | None = None) -> tuple[Any, Any]:
         """``output, h_n = layer(input, h0)`` (RNN, GRU) or
         ``output, (h_n, c_n) = layer(input, (h0, c0))`` (LSTM), with PyTorch's shapes:
         input (T, B, input_size), or (B, T, input_size) with batch_first, or (T, input_size)
@@ -153,7 +157,7 @@ class _RNNBase:
         return (self._from_time_major(output, unbatched),
                 self._states_out((h_n, c_n), unbatched), ctx)
 
-    def backward(self, grad_output, grad_hx=None):
+    def backward(self, grad_output: Any, grad_hx: Any = None) -> tuple[Any, Any]:
         """Backpropagation through time for the last training-mode forward, through every
         layer and direction (with its lengths, resets and dropout masks).
 

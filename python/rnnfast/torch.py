@@ -24,7 +24,6 @@ the ``torch.nn`` ones inside a model over in place::
 This module imports torch; ``import rnnfast`` does not import it.
 """
 
-import warnings
 
 import numpy as np
 import torch
@@ -173,18 +172,6 @@ class _Recurrent(_Kernels):
         return out.transpose(0, 1) if self.batch_first else out, states
 
 
-class RNN(_Recurrent, torch.nn.RNN):
-    __doc__ = _doc(torch.nn.RNN)
-
-
-class LSTM(_Recurrent, torch.nn.LSTM):
-    __doc__ = _doc(torch.nn.LSTM)
-
-
-class GRU(_Recurrent, torch.nn.GRU):
-    __doc__ = _doc(torch.nn.GRU)
-
-
 class _Cell(_Kernels):
     """forward of the cells: one step (T = 1) of a one-layer rnnfast layer whose parameters
     are the cell's (the cell's weight_ih is the layer's weight_ih_l0, and so on)."""
@@ -205,21 +192,17 @@ class _Cell(_Kernels):
         return _map_hx(states, lambda t: t[0] if batched else t[0, 0])
 
 
-class RNNCell(_Cell, torch.nn.RNNCell):
-    __doc__ = _doc(torch.nn.RNNCell)
+def _subclass(forward, torch_class):
+    """The rnnfast class of a torch.nn class: a subclass of it whose forward is ``forward``'s."""
+    return type(torch_class.__name__, (forward, torch_class),
+                {"__doc__": _doc(torch_class), "__module__": __name__})
 
 
-class LSTMCell(_Cell, torch.nn.LSTMCell):
-    __doc__ = _doc(torch.nn.LSTMCell)
-
-
-class GRUCell(_Cell, torch.nn.GRUCell):
-    __doc__ = _doc(torch.nn.GRUCell)
-
-
-_REPLACEMENTS = {torch.nn.RNN: RNN, torch.nn.LSTM: LSTM, torch.nn.GRU: GRU,
-                 torch.nn.RNNCell: RNNCell, torch.nn.LSTMCell: LSTMCell,
-                 torch.nn.GRUCell: GRUCell}
+RNN, LSTM, GRU = (_subclass(_Recurrent, c) for c in (torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU))
+RNNCell, LSTMCell, GRUCell = (_subclass(_Cell, c) for c in (torch.nn.RNNCell, torch.nn.LSTMCell,
+                                                            torch.nn.GRUCell))
+# torch.nn class -> its rnnfast subclass, for convert()
+_REPLACEMENTS = {cls.__bases__[1]: cls for cls in (RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell)}
 
 
 def convert(model):

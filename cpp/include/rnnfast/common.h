@@ -11,12 +11,9 @@
 
 namespace rnnfast {
 
-// The recurrent cells. Weights follow PyTorch's layout: the G gates of a cell are stacked
-// along the rows of W_ih [G*H, I] and W_hh [G*H, H], in PyTorch's gate order.
+// The recurrent cells, one per type of cells/*.h (whose facts, the gate count G and the rest,
+// cells.h's visit_cell reads). Weights follow PyTorch's layout: the G gates of a cell are
+// stacked along the rows of W_ih [G*H, I] and W_hh [G*H, H], in PyTorch's gate order.
 enum class Cell : int { RnnTanh = 0, RnnRelu = 1, Lstm = 2, Gru = 3 };
-
-constexpr int gate_count(Cell cell) {
-  return cell == Cell::Lstm ? 4 : cell == Cell::Gru ? 3 : 1;
-}
 
 }  // namespace rnnfast

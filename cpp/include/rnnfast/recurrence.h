@@ -3,7 +3,7 @@
 // The layer around it (Python, rnnfast.functional) does the large GEMMs that need no
 // recurrence: the input projection zx = x W_ih^T + b_ih for all T steps before the forward,
 // and dW_ih = dzx^T x, dx = dzx W_ih, dW_hh = dzh^T h_prev, db = column sums, after the backward
-// (DESIGN.md section 4). What stays here is the loop over time, with the recurrent matmul and
+// (ARCHITECTURE.md, One orchestration). What stays here is the loop over time, with the recurrent matmul and
 // the cell's gate math fused in one pass per step.
 //
 // Shapes (row-major, C-contiguous; G = gate_count(cell); S = saved_per_unit(cell); R = H, or
@@ -34,10 +34,8 @@
 
 namespace rnnfast {
 
-// Values per hidden unit and step that the training forward saves (see cells/*.h).
-inline int saved_per_unit(Cell cell) {
-  return cells::visit_cell(cell, [](auto c) { return decltype(c)::kSaved; });
-}
+using cells::gate_count;      // G of a run-time Cell
+using cells::saved_per_unit;  // values per hidden unit and step of the training workspace
 
 template <typename T>
 struct ForwardArgs {

@@ -1,5 +1,5 @@
 // CPU recurrence: for each step, the recurrent matmul on packed weights with the cell's gate
-// math fused into the epilogue of each output tile (DESIGN.md section 4).
+// math fused into the epilogue of each output tile (ARCHITECTURE.md, One orchestration).
 //
 // Forward, step t:   acc[b, g, j] = b_hh[g*H + j] + sum_k h_{t-1}[b, k] W_hh[g*H + j, k]
 //                    then, on the tile while it is in registers, the cell's forward per unit.
@@ -347,8 +347,8 @@ void backward_impl(const BackwardArgs<T>& a) {
     const T* h_prev_row =
         !C::kReadsHPrev ? nullptr : fresh ? a.h0 + b * H : a.y + ((s - 1) * B + b) * H;
     const T* c_prev_row = nullptr;
-    if constexpr (C::kHasCellState)  // c0, or the c that step s-1 saved (the LSTM saves c last)
-      c_prev_row = fresh ? a.c0 + b * H : a.saved + ((s - 1) * B + b) * S * H + (S - 1) * H;
+    if constexpr (C::kHasCellState)  // c0, or the c that step s-1 saved
+      c_prev_row = fresh ? a.c0 + b * H : a.saved + ((s - 1) * B + b) * S * H + C::kSavedC * H;
     backward_epilogue<T, C, kUnits>(a, s, b, j0, units, h_row, h_prev_row, c_prev_row, dh, dc,
                                     projected ? nullptr : dh_run.data(), dc_run.data());
   };
@@ -433,8 +433,8 @@ void backward_impl(const BackwardArgs<T>& a) {
             for (int64_t b = g0 + row0; b < g0 + row0 + rows; ++b) {
               const int64_t sb = s * B + b;
               for (int k = 0; k < S; ++k) prefetch_span(a.saved + (sb * S + k) * H + j0, units);
-              if (C::kHasCellState && s > 0)  // c_{s-1}, the last value step s-1 saved
-                prefetch_span(a.saved + ((sb - B) * S + S - 1) * H + j0, units);
+              if constexpr (C::kHasCellState)  // c_{s-1}, saved by step s-1
+                if (s > 0) prefetch_span(a.saved + ((sb - B) * S + C::kSavedC) * H + j0, units);
               prefetch_span(a.dy + sb * R + j0, units);
               if (C::kBackwardReadsH) prefetch_span(a.y + sb * R + j0, units);
               if (C::kReadsHPrev && s > 0) prefetch_span(a.y + (sb - B) * R + j0, units);

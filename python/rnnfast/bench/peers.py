@@ -128,7 +128,7 @@ class RnnfastPeer(Peer):
 
     def build(self, p):
         r = p.row
-        # On the GPU the layers take and return CuPy arrays (DESIGN.md section 6).
+        # On the GPU the layers take and return CuPy arrays (ARCHITECTURE.md, One orchestration).
         xp = importlib.import_module("cupy") if p.device == "cuda" else np
         if r.mode == "step":
             return self._build_step(p, xp)

@@ -20,4 +20,29 @@ decltype(auto) visit_cell(Cell cell, F&& f) {
   return f(Gru{});
 }
 
+// Facts of a run-time Cell, read from its type.
+inline int gate_count(Cell cell) {
+  return visit_cell(cell, [](auto c) { return decltype(c)::kGates; });
+}
+inline int saved_per_unit(Cell cell) {
+  return visit_cell(cell, [](auto c) { return decltype(c)::kSaved; });
+}
+inline const char* cell_name(Cell cell) {
+  return visit_cell(cell, [](auto c) { return decltype(c)::kName; });
+}
+
+// The Cell whose kName is `name`; false if there is none.
+inline bool cell_from_name(const char* name, Cell& cell) {
+  for (Cell c : {Cell::RnnTanh, Cell::RnnRelu, Cell::Lstm, Cell::Gru}) {
+    const char* n = cell_name(c);
+    int i = 0;
+    while (n[i] != 0 && n[i] == name[i]) ++i;
+    if (n[i] == 0 && name[i] == 0) {
+      cell = c;
+      return true;
+    }
+  }
+  return false;
+}
+
 }  // namespace rnnfast::cells

@@ -11,8 +11,11 @@
 namespace rnnfast::cells {
 
 struct Gru {
+  static constexpr const char* kName = "gru";
   static constexpr int kGates = 3;
-  static constexpr int kSaved = 4;  // r, z, n (after activation), zh_n
+  // The training workspace's slots, in order: the gates after activation, then zh_n.
+  static constexpr int kSavedR = 0, kSavedZ = 1, kSavedN = 2, kSavedHn = 3;
+  static constexpr int kSaved = 4;
   static constexpr bool kHasCellState = false;
   static constexpr bool kReadsHPrev = true, kBackwardReadsH = false;
 
@@ -22,16 +25,16 @@ struct Gru {
     const V z = sigmoid(zx[1] + zh[1]);
     const V n = tanh_(zx[2] + r * zh[2]);
     h = (V(1) - z) * n + z * h_prev;
-    saved[0] = r;
-    saved[1] = z;
-    saved[2] = n;
-    saved[3] = zh[2];
+    saved[kSavedR] = r;
+    saved[kSavedZ] = z;
+    saved[kSavedN] = n;
+    saved[kSavedHn] = zh[2];
   }
 
   template <class V>
   RNNFAST_HD static void backward(const V* saved, V /*h*/, V h_prev, V /*c_prev*/, V dh,
                                   V& /*dc*/, V* dzx, V* dzh, V& dh_direct) {
-    const V r = saved[0], z = saved[1], n = saved[2], zh_n = saved[3];
+    const V r = saved[kSavedR], z = saved[kSavedZ], n = saved[kSavedN], zh_n = saved[kSavedHn];
     const V dn = dh * (V(1) - z) * (V(1) - n * n);  // gradient of n's pre-activation
     const V dr = dn * zh_n * r * (V(1) - r);
     const V dz = dh * (h_prev - n) * z * (V(1) - z);

@@ -10,8 +10,11 @@
 namespace rnnfast::cells {
 
 struct Lstm {
+  static constexpr const char* kName = "lstm";
   static constexpr int kGates = 4;
-  static constexpr int kSaved = 5;  // i, f, g, o (after activation), c
+  // The training workspace's slots, in order: the gates after activation, then c.
+  static constexpr int kSavedI = 0, kSavedF = 1, kSavedG = 2, kSavedO = 3, kSavedC = 4;
+  static constexpr int kSaved = 5;
   static constexpr bool kHasCellState = true;
   static constexpr bool kReadsHPrev = false, kBackwardReadsH = false;
 
@@ -23,18 +26,18 @@ struct Lstm {
     const V o = sigmoid(zx[3] + zh[3]);
     c = f * c + i * g;
     h = o * tanh_(c);
-    saved[0] = i;
-    saved[1] = f;
-    saved[2] = g;
-    saved[3] = o;
-    saved[4] = c;
+    saved[kSavedI] = i;
+    saved[kSavedF] = f;
+    saved[kSavedG] = g;
+    saved[kSavedO] = o;
+    saved[kSavedC] = c;
   }
 
   template <class V>
   RNNFAST_HD static void backward(const V* saved, V /*h*/, V /*h_prev*/, V c_prev, V dh, V& dc,
                                   V* dzx, V* dzh, V& dh_direct) {
-    const V i = saved[0], f = saved[1], g = saved[2], o = saved[3];
-    const V tanh_c = tanh_(saved[4]);  // recomputed: cheaper than saving a sixth value
+    const V i = saved[kSavedI], f = saved[kSavedF], g = saved[kSavedG], o = saved[kSavedO];
+    const V tanh_c = tanh_(saved[kSavedC]);  // recomputed: cheaper than saving a sixth value
     const V dc_t = dc + dh * o * (V(1) - tanh_c * tanh_c);
     dzx[0] = dc_t * g * i * (V(1) - i);
     dzx[1] = dc_t * c_prev * f * (V(1) - f);

@@ -2,8 +2,10 @@
 //   h = act(zx + zh),  zx = x W_ih^T + b_ih,  zh = h_prev W_hh^T + b_hh,  act = tanh or relu.
 //
 // Every cell exposes the same interface, per hidden unit (V is the value type):
+//   kName    the name Python code uses (rnnfast.cell_registry)
 //   kGates   gates stacked in W_ih / W_hh rows
-//   kSaved   values per hidden unit that the training forward saves for backward
+//   kSaved   values per hidden unit that the training forward saves for backward (named
+//            slots kSaved<X> give their order; the cell state, where there is one, kSavedC)
 //   kHasCellState  whether the cell carries c besides h (LSTM)
 //   kReadsHPrev    whether forward and backward read h_prev (GRU); kBackwardReadsH: whether
 //                  backward reads h (RNN). Kernels skip loading what a cell does not read.
@@ -21,6 +23,7 @@ namespace rnnfast::cells {
 
 template <bool kRelu>
 struct Rnn {
+  static constexpr const char* kName = kRelu ? "rnn_relu" : "rnn_tanh";
   static constexpr int kGates = 1;
   static constexpr int kSaved = 0;  // h_t is the output y[t]: nothing more to save
   static constexpr bool kHasCellState = false;

@@ -118,7 +118,8 @@ def test_backward_with_options_matches_finite_differences(cell, case):
     r1, r2, r3 = _loss_weights(cell, 15, out)
     _, _, _, cache = ref.forward(
         cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
-        b_ih=inputs["b_ih"], b_hh=inputs["b_hh"], c0=inputs["c0"], w_hr=inputs.get("w_hr"), **options
+        b_ih=inputs["b_ih"], b_hh=inputs["b_hh"], c0=inputs["c0"], w_hr=inputs.get("w_hr"),
+        **options
     )
     grads = ref.backward(cache, r1, r2, r3)
     assert ("w_hr" in grads) == ("w_hr" in inputs)

@@ -13,10 +13,11 @@ missing product fails it.
 
 import numpy as np
 import pytest
-from _util import FLOAT32_FLOOR, FLOAT64_TOL, rel_err
 
 import rnnfast
 from rnnfast import _cpu
+
+from _util import FLOAT32_FLOOR, FLOAT64_TOL, rel_err
 
 pytestmark = pytest.mark.usefixtures("isa")
 

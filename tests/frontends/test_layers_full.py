@@ -1,5 +1,7 @@
 """Full layer semantics: stacked layers, both directions, variable lengths, state resets, dropout,
-PyTorch's parameter names; forward and backward of every layer and direction.
+PyTorch's parameter names; forward and backward of every layer and direction. The grid runs on
+every backend NumPy arrays reach (the ``backend`` fixture: the CPU kernels and the emulated CUDA
+kernels), with the same oracles and tolerances.
 
 Against PyTorch (torch.nn.RNN/LSTM/GRU with the same weights, loaded from the rnnfast layer's
 state_dict): outputs, final states, input and initial-state gradients and every parameter
@@ -20,8 +22,8 @@ from _util import FLOAT32_FLOOR, FLOAT64_TOL, rel_err
 # PyTorch warns that its fast CPU path (oneDNN) lacks the projection.
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")
 
-KINDS = {"rnn_tanh": ("RNN", {"nonlinearity": "tanh"}), "rnn_relu": ("RNN", {"nonlinearity": "relu"}),
-         "gru": ("GRU", {}), "lstm": ("LSTM", {})}
+KINDS = {"rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
+         "rnn_relu": ("RNN", {"nonlinearity": "relu"}), "gru": ("GRU", {}), "lstm": ("LSTM", {})}
 CELLS = list(KINDS)
 DTYPES = {"f32": np.float32, "f64": np.float64}
 
@@ -161,7 +163,7 @@ VARIANTS = [pytest.param(cell, v, id=f"{cell}-{v}") for cell in CELLS
 @pytest.mark.parametrize("num_layers", [1, 2, 3])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("cell,variant", VARIANTS)
-def test_matches_torch_odd_sizes(cell, variant, dtype, num_layers, bidirectional):
+def test_matches_torch_odd_sizes(backend, cell, variant, dtype, num_layers, bidirectional):
     """Hidden 37, input 13, batch 3, T 7 (projection 11); batch_first and default initial
     states alternate."""
     T, B = 7, 3
@@ -189,15 +191,15 @@ def _grid(count, seed):
 
 @pytest.mark.parametrize("cell,dtype,T,B,I,H,proj,L,bidirectional,batch_first,bias,lengths",
                          list(_grid(20, 2026)))
-def test_matches_torch_random_grid(cell, dtype, T, B, I, H, proj, L, bidirectional, batch_first,
-                                   bias, lengths):
+def test_matches_torch_random_grid(backend, cell, dtype, T, B, I, H, proj, L, bidirectional,
+                                   batch_first, bias, lengths):
     layer = new_layer(cell, I, H, dtype, seed=T * B, num_layers=L, bidirectional=bidirectional,
                       batch_first=batch_first, bias=bias, **({"proj_size": proj} if proj else {}))
     compare_with_torch(layer, T, B, seed=H + I, lengths=lengths)
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_unbatched_matches_torch(cell):
+def test_unbatched_matches_torch(backend, cell):
     torch = pytest.importorskip("torch")
     layer = new_layer(cell, 5, 9, np.float64, num_layers=2, bidirectional=True)
     x, hx, dy, dhx = problem(layer, 6, 1, seed=3)
@@ -235,7 +237,7 @@ def test_torch_state_dict_loads_unchanged(cell, proj):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_length_zero_keeps_the_initial_state(cell):
+def test_length_zero_keeps_the_initial_state(backend, cell):
     """PyTorch's packed sequences refuse a length of 0; rnnfast gives the empty sequence: zero
     outputs, final state = initial state, and the final-state gradient goes to the initial
     state."""
@@ -302,7 +304,7 @@ def reference_run(layer, x, hx, dy, dhx, dtype, lengths=None, resets=None):
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("cell,proj", [(cell, 0) for cell in CELLS] + [("lstm", 5)])
-def test_resets_match_step_by_step_reference(cell, proj, dtype, with_lengths):
+def test_resets_match_step_by_step_reference(backend, cell, proj, dtype, with_lengths):
     T, B = 7, 4
     layer = new_layer(cell, 6, 37, dtype, seed=9, num_layers=2, bidirectional=True,
                       **({"proj_size": proj} if proj else {}))
@@ -319,7 +321,7 @@ def test_resets_match_step_by_step_reference(cell, proj, dtype, with_lengths):
 
 @pytest.mark.parametrize("given_states", [True, False], ids=["hx", "zeros"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_reset_everywhere_equals_two_sequences(cell, given_states):
+def test_reset_everywhere_equals_two_sequences(backend, cell, given_states):
     """Resetting every sequence before step t0 gives what running x[:t0] and x[t0:] separately
     from the same initial states gives, in every layer and both directions (the reverse
     direction then starts x[:t0] at step t0 - 1); gradients add up."""
@@ -354,7 +356,7 @@ def dropout_layer(cell, dtype=np.float64, p=0.4, **options):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_dropout_is_seeded(cell):
+def test_dropout_is_seeded(backend, cell):
     layer = dropout_layer(cell)
     x, hx, dy, dhx = problem(layer, 4, 2, seed=8)
     a = run_ours(layer, x, hx, dy, dhx, seed=1)
@@ -382,7 +384,7 @@ def test_dropout_is_seeded(cell):
 
 
 @pytest.mark.parametrize("cell,proj", [(cell, 0) for cell in CELLS] + [("lstm", 2)])
-def test_dropout_gradients_by_finite_differences(cell, proj):
+def test_dropout_gradients_by_finite_differences(backend, cell, proj):
     """With the mask fixed (the same seed), the backward is the derivative of the forward."""
     layer = dropout_layer(cell, **({"proj_size": proj} if proj else {}))
     x, hx, dy, dhx = problem(layer, 3, 2, seed=9)

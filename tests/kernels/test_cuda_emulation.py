@@ -23,8 +23,8 @@ from rnnfast import _cpu
 
 from _util import CELLS, DTYPES, GATES
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-EMULATION = ROOT / "tests" / "cuda_emulation"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+EMULATION = ROOT / "tests" / "kernels" / "cuda_emulation"
 CELL_IDS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}  # rnnfast::Cell
 LAUNCH = re.compile(r"(\w+<[^;<>]*>)<<<([^;]*?)>>>\(([^;]*?)\);")
 

@@ -10,7 +10,12 @@ import pytest
 import rnnfast
 
 from _util import (
-    DTYPES, GATES, assert_matches_oracle, assert_unchanged, copies, make_problem,
+    DTYPES,
+    GATES,
+    assert_matches_oracle,
+    assert_unchanged,
+    copies,
+    make_problem,
 )
 
 LAYERS = [
@@ -24,7 +29,8 @@ DTYPE_IDS = ["f32", "f64"]
 LAYOUTS = ("time_major", "batch_first", "unbatched")
 KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 # state_dict key -> name in the reference's argument lists
-TO_REF = {"weight_ih_l0": "w_ih", "weight_hh_l0": "w_hh", "bias_ih_l0": "b_ih", "bias_hh_l0": "b_hh"}
+TO_REF = {"weight_ih_l0": "w_ih", "weight_hh_l0": "w_hh", "bias_ih_l0": "b_ih",
+          "bias_hh_l0": "b_hh"}
 
 
 def new_layer(kind, kwargs, I, H, dtype=np.float32, bias=True, seed=0, **extra):
@@ -293,7 +299,7 @@ def test_load_state_dict_bias_keys_into_layer_without_bias(kind, kwargs, cell):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("kind,kwargs,cell", LAYERS)
-def test_forward_backward_match_reference(kind, kwargs, cell, dtype, layout):
+def test_forward_backward_match_reference(backend, kind, kwargs, cell, dtype, layout):
     B = 1 if layout == "unbatched" else 3
     inputs, douts = make_problem(cell, 5, B, 7, 33, dtype, seed=len(layout) * 7 + len(cell))
     layer = layer_with(kind, kwargs, inputs, dtype, batch_first=layout == "batch_first")

@@ -11,20 +11,20 @@ import copy
 import pathlib
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
+
 import rnnfast  # noqa: E402
 import rnnfast.torch as rt  # noqa: E402
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence  # noqa: E402
 
 from _util import FLOAT32_FLOOR, FLOAT64_TOL, rel_err  # noqa: E402
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "examples"))
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "examples"))
 import train_torch_ddp  # noqa: E402
 
 # torch.nn warns that its fast CPU path (oneDNN) lacks the projection.
@@ -361,7 +361,7 @@ def dropout_probe(p, T=20, B=20, H=50):
     outputs ones (weights 0, bias 1), the second passes its input through (identity)."""
     module = rt.RNN(1, H, num_layers=2, nonlinearity="relu", dropout=p, dtype=torch.float64)
     with torch.no_grad():
-        for name, param in module.named_parameters():
+        for param in module.parameters():
             param.zero_()
         module.bias_ih_l0.fill_(1)
         module.weight_ih_l1.copy_(torch.eye(H))

@@ -14,8 +14,7 @@ import pytest
 import rnnfast
 from rnnfast.bench import cli, main
 from rnnfast.bench.grids import GRIDS_DIR, Row, grid_path, load_grid, packaged_grids
-from rnnfast.bench.peers import (PEERS, NumpyReferencePeer, OnnxRuntimePeer, TorchPeer,
-                                 make_problem)
+from rnnfast.bench.peers import PEERS, NumpyReferencePeer, OnnxRuntimePeer, TorchPeer, make_problem
 from rnnfast.bench.report import FIELDS
 from rnnfast.bench.runner import compare_outputs
 
@@ -202,7 +201,7 @@ def test_time_budget_sets_repeats(tmp_path, budget):
             assert r["repeats"] == 4 and r["warmup"] > 1
 
 
-BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.mark.parametrize("script, args", [

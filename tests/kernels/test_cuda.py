@@ -19,8 +19,21 @@ import numpy as np
 import pytest
 
 from _util import (
-    CELLS, DTYPES, FLOAT32_FLOOR, FLOAT64_TOL, GATES, GRAD_NAMES, OUT_NAMES, assert_matches_oracle,
-    assert_unchanged, copies, make_problem, reference_results, rel_err, seed_of, shape_id,
+    CELLS,
+    DTYPES,
+    FLOAT32_FLOOR,
+    FLOAT64_TOL,
+    GATES,
+    GRAD_NAMES,
+    OUT_NAMES,
+    assert_matches_oracle,
+    assert_unchanged,
+    copies,
+    make_problem,
+    reference_results,
+    rel_err,
+    seed_of,
+    shape_id,
 )
 
 try:
@@ -380,7 +393,8 @@ def run_cpu(cell, inputs, douts):
     from rnnfast import functional as F
 
     y, h_n, c_n, ctx = F.forward(cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
-                                 b_ih=inputs["b_ih"], b_hh=inputs["b_hh"], c0=inputs["c0"], training=True)
+                                 b_ih=inputs["b_ih"], b_hh=inputs["b_hh"], c0=inputs["c0"],
+                                 training=True)
     grads = F.backward(ctx, douts["dy"], douts["dh_n"], douts["dc_n"])
     return {"y": y, "h_n": h_n, "c_n": c_n, **{"d" + k: grads[k] for k in GRAD_NAMES}}
 

@@ -9,15 +9,27 @@ import threading
 import numpy as np
 import pytest
 
-from rnnfast import backends, functional as F
+from rnnfast import backends
+from rnnfast import functional as F
+
+from _util import (
+    CELLS,
+    DTYPES,
+    GATES,
+    GRAD_NAMES,
+    STEP_TOL,
+    assert_matches_oracle,
+    assert_unchanged,
+    copies,
+    make_problem,
+    rel_err,
+    seed_of,
+    shape_id,
+)
 
 # Every numerical test here runs once per compiled instruction set (the `isa` fixture).
 pytestmark = pytest.mark.usefixtures("isa")
 
-from _util import (
-    CELLS, GATES, DTYPES, GRAD_NAMES, STEP_TOL, assert_matches_oracle, assert_unchanged, copies,
-    make_problem, rel_err, seed_of, shape_id,
-)
 
 # (T, B, I, H): I and H from {1, 7, 33, 130} (1: degenerate, 7: below one SIMD vector,
 # 33: one past a multiple of 8/16/32, 130: two past 128 and several tiles), B of 1 and 3,
@@ -47,7 +59,8 @@ def run_functional(cell, inputs, douts, training=True, options=None):
     _util.reference_results. options: lengths, resets, w_hr."""
     y, h_n, c_n, ctx = F.forward(
         cell, inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
-        b_ih=inputs["b_ih"], b_hh=inputs["b_hh"], c0=inputs["c0"], training=training, **(options or {})
+        b_ih=inputs["b_ih"], b_hh=inputs["b_hh"], c0=inputs["c0"], training=training,
+        **(options or {})
     )
     out = {"y": y, "h_n": h_n, "c_n": c_n}
     if training:
@@ -284,7 +297,8 @@ def test_inference_ctx_is_none(cell):
 
 
 MIXED = [(cell, wrong) for cell in ("gru", "lstm")
-         for wrong in ("h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh") if cell == "lstm" or wrong != "c0"]
+         for wrong in ("h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh")
+         if cell == "lstm" or wrong != "c0"]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["x_f32", "x_f64"])

@@ -5,7 +5,7 @@ import runpy
 
 import numpy as np
 
-EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_numpy_training_example_reduces_the_loss():
