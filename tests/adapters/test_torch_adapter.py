@@ -28,7 +28,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "examples")
 import train_torch_ddp  # noqa: E402
 
 # torch.nn warns that its fast CPU path (oneDNN) lacks the projection.
-pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")
+pytestmark = [pytest.mark.torch,
+              pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")]
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
 DTYPES = {"f32": torch.float32, "f64": torch.float64}

@@ -10,6 +10,7 @@ import pytest
 import rnnfast
 from rnnfast import _cpu
 from rnnfast import functional as F
+from rnnfast.cell_registry import SPECS
 
 from _util import CELLS, DTYPES, STEP_TOL, assert_matches_oracle, make_problem, rel_err
 
@@ -23,12 +24,9 @@ SHAPES = [(1, 1, 1), (3, 7, 33), (1, 33, 130), (13, 130, 7), (3, 130, 130), (0, 
 def make_cell(cell, I, H, dtype, bias=True, weights=None):
     """The rnnfast cell for a reference cell name, with the given weights (dict w_ih, w_hh,
     b_ih, b_hh) when not None."""
-    if cell == "lstm":
-        c = rnnfast.LSTMCell(I, H, bias=bias, dtype=dtype)
-    elif cell == "gru":
-        c = rnnfast.GRUCell(I, H, bias=bias, dtype=dtype)
-    else:
-        c = rnnfast.RNNCell(I, H, bias=bias, nonlinearity=cell[4:], dtype=dtype)
+    s = SPECS[cell]
+    c = getattr(rnnfast, s.torch_class + "Cell")(I, H, bias=bias, dtype=dtype,
+                                                 **dict(s.torch_options))
     if weights is not None:
         state = {"weight_ih": weights["w_ih"], "weight_hh": weights["w_hh"]}
         if bias:
@@ -207,9 +205,8 @@ def test_same_outputs_as_torch_cells(cell):
     torch = pytest.importorskip("torch")
     I, H, B = 13, 37, 3
     ours = make_cell(cell, I, H, np.float64)
-    theirs = {"lstm": lambda: torch.nn.LSTMCell(I, H), "gru": lambda: torch.nn.GRUCell(I, H),
-              "rnn_tanh": lambda: torch.nn.RNNCell(I, H, nonlinearity="tanh"),
-              "rnn_relu": lambda: torch.nn.RNNCell(I, H, nonlinearity="relu")}[cell]().double()
+    s = SPECS[cell]
+    theirs = getattr(torch.nn, s.torch_class + "Cell")(I, H, **dict(s.torch_options)).double()
     ours.load_state_dict({k: v.detach().numpy() for k, v in theirs.state_dict().items()})
     rng = np.random.default_rng(5)
     x, h, cc = (rng.standard_normal(s) for s in ((B, I), (B, H), (B, H)))

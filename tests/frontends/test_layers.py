@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import rnnfast
+from rnnfast.cell_registry import SPECS
 
 from _util import (
     DTYPES,
@@ -18,12 +19,9 @@ from _util import (
     make_problem,
 )
 
-LAYERS = [
-    pytest.param("RNN", {"nonlinearity": "tanh"}, "rnn_tanh", id="rnn_tanh"),
-    pytest.param("RNN", {"nonlinearity": "relu"}, "rnn_relu", id="rnn_relu"),
-    pytest.param("GRU", {}, "gru", id="gru"),
-    pytest.param("LSTM", {}, "lstm", id="lstm"),
-]
+# (rnnfast's class, its arguments for the cell, the cell) of every registered cell
+LAYERS = [pytest.param(s.torch_class, dict(s.torch_options), cell, id=cell)
+          for cell, s in SPECS.items()]
 DTYPE_NAMES = {np.float32: "float32", np.float64: "float64"}
 DTYPE_IDS = ["f32", "f64"]
 LAYOUTS = ("time_major", "batch_first", "unbatched")

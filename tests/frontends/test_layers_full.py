@@ -16,14 +16,16 @@ import pytest
 
 import rnnfast
 from rnnfast import reference as ref
+from rnnfast.cell_registry import SPECS
 
 from _util import FLOAT32_FLOOR, FLOAT64_TOL, rel_err
 
 # PyTorch warns that its fast CPU path (oneDNN) lacks the projection.
-pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")
+pytestmark = [pytest.mark.torch,
+              pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")]
 
-KINDS = {"rnn_tanh": ("RNN", {"nonlinearity": "tanh"}),
-         "rnn_relu": ("RNN", {"nonlinearity": "relu"}), "gru": ("GRU", {}), "lstm": ("LSTM", {})}
+# cell -> (the class of rnnfast and of torch.nn, its constructor arguments)
+KINDS = {cell: (s.torch_class, dict(s.torch_options)) for cell, s in SPECS.items()}
 CELLS = list(KINDS)
 DTYPES = {"f32": np.float32, "f64": np.float64}
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from rnnfast import _cpu
+from rnnfast.cell_registry import CELLS
 
 T, B, H = 3, 2, 5
 
@@ -42,7 +43,7 @@ def backward_args(cell="lstm", dtype=np.float32):
     }
 
 
-@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_valid_calls_run(cell, dtype):
     _cpu.recurrent_backward(**backward_args(cell, dtype))

@@ -60,7 +60,13 @@ def _gpu_skip_reason():
 
 GPU_SKIP = _gpu_skip_reason()
 needs_module = pytest.mark.skipif(_cuda is None, reason="CUDA module not built")
-needs_gpu = pytest.mark.skipif(GPU_SKIP is not None, reason=GPU_SKIP or "")
+
+
+def needs_gpu(test):
+    """Marks a test `gpu` and skips it, with the reason, where no GPU is usable."""
+    return pytest.mark.gpu(pytest.mark.skipif(GPU_SKIP is not None, reason=GPU_SKIP or "")(test))
+
+
 # The fake pointers below must never reach a real device.
 needs_no_device = pytest.mark.skipif(
     _cuda is None or bool(_cuda.device_info()["devices"]),
