@@ -71,7 +71,7 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
     per_unit = cuda.saved_per_unit(cell)
     saved = cp.empty((steps, batch, per_unit * hidden), dtype) if training and per_unit else None
     cuda.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved,
-                           cp.cuda.get_current_stream().ptr)
+                           stream=cp.cuda.get_current_stream().ptr)
     ctx = None
     if training:
         ctx = Context(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, y=y, saved=saved)
@@ -98,8 +98,10 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
     dzh = cp.empty_like(dzx) if cell == "gru" else None  # equal to dzx for the other cells
     dh0 = cp.empty((batch, hidden), dtype)
     dc0 = cp.empty((batch, hidden), dtype) if cell == "lstm" else None
+    workspace = cp.empty(cuda.workspace_size("backward", cell, batch, hidden, 0), dtype)
     cuda.recurrent_backward(cell, w_hh, ctx.h0, ctx.c0, y, ctx.saved, dy, dh_n, dc_n,
-                            dzx, dzh, dh0, dc0, cp.cuda.get_current_stream().ptr)
+                            dzx, dzh, dh0, dc0, workspace=workspace,
+                            stream=cp.cuda.get_current_stream().ptr)
 
     # The large GEMMs, after the loop. h_{t-1} is h0 for t = 0 and y[t-1] after.
     dzx = dzx.reshape(steps * batch, gh)
