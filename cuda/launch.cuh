@@ -10,8 +10,9 @@
 //   dynamic_shared<T>()             the launch's dynamic shared memory (shared_bytes long)
 //
 // The launchers exist where nvcc compiles (and in the emulator); the host compiler of the
-// binding sees only the runtime's types. Both return the launch's status (on the GPU, errors of the kernel's execution
-// surface later, as always in CUDA; in the emulator the launch has run when they return).
+// binding sees only the runtime's types. Both return the launch's status (on the GPU, errors of
+// the kernel's execution surface later, as always in CUDA; in the emulator the launch has run
+// when they return).
 #pragma once
 
 #include <cstddef>
@@ -46,7 +47,8 @@ const char* kernel_name() {
   static const std::string name = [](const std::string& text) {
     // "const char* ...::kernel_name() [with auto kernel = NAME]"
     const size_t begin = text.find("kernel = "), end = text.rfind(']');
-    return begin == std::string::npos || end < begin ? text : text.substr(begin + 9, end - begin - 9);
+    if (begin == std::string::npos || end < begin) return text;
+    return text.substr(begin + 9, end - begin - 9);
   }(__PRETTY_FUNCTION__);
   return name.c_str();
 }

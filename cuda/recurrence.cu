@@ -44,6 +44,11 @@ constexpr int kRowsPerThread = 4;   // batch rows per thread (register tile)
 constexpr int kRows = kRowThreads * kRowsPerThread;  // batch rows per block
 constexpr int kDepth = 32;          // depth of one shared-memory tile of the matmul
 constexpr int kThreads = kUnits * kRowThreads;
+// Blocks per SM that every kernel's registers must allow (__launch_bounds__): at most 128
+// registers a thread. Without it ptxas chose fewer for some kernels and spilled (12-24 bytes in
+// backward_step<double, Gru> and forward_step<float, RnnRelu>); with it none spills
+// (tests/test_cuda_build.py checks). Its effect on speed is not measured yet.
+constexpr int kMinBlocksPerSm = 4;
 constexpr int64_t kMaxGridY = 65535;
 
 template <typename T>
@@ -75,6 +80,7 @@ __host__ __device__ int64_t state_size(const Args& a) {
 // where fresh[b] is nonzero, at fresh_rows + b * ld (a reset row reads h0 instead of h_{t-1}).
 template <typename T>
 struct Rows {
+  using Element = T;
   const T* rows;
   int64_t ld;
   const T* fresh_rows = nullptr;
@@ -133,92 +139,92 @@ __device__ void tile_matmul(Acc (&acc)[kRowsPerThread][G], const Rows<T>& a, int
   }
 }
 
-// This thread's first batch row in row tile `tile`, and its unit of block x.
-__device__ int64_t first_row(int64_t tile) {
-  return tile * kRows + threadIdx.y * int64_t(kRowsPerThread);
+// The frame of every kernel here: for each row tile of this block (blockIdx.y, then every
+// gridDim.y-th), this thread's accumulators acc[r][g] = bias[g*n + j] (0 without a bias) +
+// (a W)[b_r, g, j] (tile_matmul, skipped where !multiply, which must be the same for the whole
+// block), then epilogue(b, j, acc[r]) for each of its rows b < batch, where its unit j < n.
+template <int G, bool kTransposed, typename Acc, typename T, class Epilogue>
+__device__ void step_tiles(const Rows<T>& a, int64_t batch, bool multiply, const T* w,
+                           int64_t n, int64_t depth, const typename Rows<T>::Element* bias,
+                           Epilogue&& epilogue) {
+  const int64_t j0 = blockIdx.x * int64_t(kUnits), j = j0 + threadIdx.x;
+  for (int64_t tile = blockIdx.y; tile < ceil_div(batch, kRows); tile += gridDim.y) {
+    Acc acc[kRowsPerThread][G];
+    for (int g = 0; g < G; ++g) {
+      const Acc b = bias != nullptr && j < n ? static_cast<Acc>(bias[g * n + j]) : Acc(0);
+      for (int r = 0; r < kRowsPerThread; ++r) acc[r][g] = b;
+    }
+    if (multiply) tile_matmul<G, kTransposed>(acc, a, batch, tile, w, n, depth, j0);
+    if (j >= n) continue;
+#pragma unroll  // keeps acc[r] in registers
+    for (int r = 0; r < kRowsPerThread; ++r) {
+      const int64_t b = tile * kRows + threadIdx.y * int64_t(kRowsPerThread) + r;
+      if (b >= batch) break;
+      epilogue(b, j, acc[r]);
+    }
+  }
 }
-__device__ int64_t unit_of_block() { return blockIdx.x * int64_t(kUnits) + threadIdx.x; }
 
 // One forward step t for every batch row and the units j of block x: writes the cell's output
 // (y[t], or m [B, H] with the projection), c_n (the LSTM's running cell state), the training
 // workspace and, without the projection, h_n at each row's last step.
 template <typename T, class C>
-__global__ void __launch_bounds__(kThreads) forward_step(ForwardArgs<T> a, int64_t t, T* m) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    forward_step(ForwardArgs<T> a, int64_t t, T* m) {
   using Acc = typename AccumulatorOf<T>::type;
   constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
   const int64_t B = a.batch, H = a.hidden, GH = G * H, R = state_size(a);
   const bool projected = a.proj > 0;
-  const int64_t j = unit_of_block();
   T* cell_h = projected ? m : a.y + t * B * R;  // [B, H]
   const Rows<T> h_prev = t == 0 ? Rows<T>{a.h0, R}
                                 : Rows<T>{a.y + (t - 1) * B * R, R, a.h0,
                                           a.resets != nullptr ? a.resets + t * B : nullptr};
-
-  for (int64_t tile = blockIdx.y; tile < ceil_div(B, kRows); tile += gridDim.y) {
-    Acc acc[kRowsPerThread][G];
-    for (int g = 0; g < G; ++g) {
-      const Acc bias = a.b_hh != nullptr && j < H ? static_cast<Acc>(a.b_hh[g * H + j]) : Acc(0);
-      for (int r = 0; r < kRowsPerThread; ++r) acc[r][g] = bias;
-    }
-    tile_matmul<G, true>(acc, h_prev, B, tile, a.w_hh, H, R, blockIdx.x * int64_t(kUnits));
-    if (j >= H) continue;
-#pragma unroll  // keeps acc[r] in registers
-    for (int r = 0; r < kRowsPerThread; ++r) {
-      const int64_t b = first_row(tile) + r, bj = b * H + j, tb = t * B + b;
-      if (b >= B) break;
-      T* saved_bt = C::kSaved > 0 && a.saved != nullptr ? a.saved + tb * C::kSaved * H : nullptr;
-      const int64_t length = length_of(a, b);
-      if (t >= length) {  // padding: output 0 (also after the projection), state kept
-        cell_h[bj] = T(0);
-        if (saved_bt != nullptr)
-          for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = T(0);
-        if (t == 0) {  // a sequence of length 0 ends where it starts
-          if (!projected) a.h_n[bj] = a.h0[bj];
-          if constexpr (C::kHasCellState) a.c_n[bj] = a.c0[bj];
-        }
-        continue;
-      }
-      const bool fresh = starts_fresh(a, t, b);
-      Acc zx[G], saved[S], h;
-      for (int g = 0; g < G; ++g) zx[g] = static_cast<Acc>(a.zx[tb * GH + g * H + j]);
-      Acc c = Acc(0), h_prev_j = Acc(0);
-      if constexpr (C::kHasCellState) c = static_cast<Acc>(fresh ? a.c0[bj] : a.c_n[bj]);
-      if constexpr (C::kReadsHPrev)
-        h_prev_j = static_cast<Acc>(fresh ? a.h0[b * R + j] : a.y[(tb - B) * R + j]);
-      C::forward(zx, acc[r], h_prev_j, c, h, saved);
-      cell_h[bj] = static_cast<T>(h);
-      if (!projected && t == length - 1) a.h_n[bj] = static_cast<T>(h);
-      if constexpr (C::kHasCellState) a.c_n[bj] = static_cast<T>(c);
+  step_tiles<G, true, Acc>(h_prev, B, true, a.w_hh, H, R, a.b_hh,
+                           [&](int64_t b, int64_t j, const Acc* zh) {
+    const int64_t bj = b * H + j, tb = t * B + b;
+    T* saved_bt = C::kSaved > 0 && a.saved != nullptr ? a.saved + tb * C::kSaved * H : nullptr;
+    const int64_t length = length_of(a, b);
+    if (t >= length) {  // padding: output 0 (also after the projection), state kept
+      cell_h[bj] = T(0);
       if (saved_bt != nullptr)
-        for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = static_cast<T>(saved[s]);
+        for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = T(0);
+      if (t == 0) {  // a sequence of length 0 ends where it starts
+        if (!projected) a.h_n[bj] = a.h0[bj];
+        if constexpr (C::kHasCellState) a.c_n[bj] = a.c0[bj];
+      }
+      return;
     }
-  }
+    const bool fresh = starts_fresh(a, t, b);
+    Acc zx[G], saved[S], h;
+    for (int g = 0; g < G; ++g) zx[g] = static_cast<Acc>(a.zx[tb * GH + g * H + j]);
+    Acc c = Acc(0), h_prev_j = Acc(0);
+    if constexpr (C::kHasCellState) c = static_cast<Acc>(fresh ? a.c0[bj] : a.c_n[bj]);
+    if constexpr (C::kReadsHPrev)
+      h_prev_j = static_cast<Acc>(fresh ? a.h0[b * R + j] : a.y[(tb - B) * R + j]);
+    C::forward(zx, zh, h_prev_j, c, h, saved);
+    cell_h[bj] = static_cast<T>(h);
+    if (!projected && t == length - 1) a.h_n[bj] = static_cast<T>(h);
+    if constexpr (C::kHasCellState) a.c_n[bj] = static_cast<T>(c);
+    if (saved_bt != nullptr)
+      for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = static_cast<T>(saved[s]);
+  });
 }
 
 // The projection of step t: y[t] = m W_hr^T [B, P] for every row (m is 0 on padding, so y is),
 // and h_n at each row's last step (h0 where the sequence is empty).
 template <typename T>
-__global__ void __launch_bounds__(kThreads) projection_step(ForwardArgs<T> a, int64_t t,
-                                                            const T* m) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    projection_step(ForwardArgs<T> a, int64_t t, const T* m) {
   using Acc = typename AccumulatorOf<T>::type;
   const int64_t B = a.batch, P = a.proj;
-  const int64_t j = unit_of_block();
-  for (int64_t tile = blockIdx.y; tile < ceil_div(B, kRows); tile += gridDim.y) {
-    Acc acc[kRowsPerThread][1] = {};
-    tile_matmul<1, true>(acc, Rows<T>{m, a.hidden}, B, tile, a.w_hr, P, a.hidden,
-                         blockIdx.x * int64_t(kUnits));
-    if (j >= P) continue;
-#pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) {
-      const int64_t b = first_row(tile) + r, bj = b * P + j;
-      if (b >= B) break;
-      const T h = static_cast<T>(acc[r][0]);
-      a.y[t * B * P + bj] = h;
-      const int64_t length = length_of(a, b);
-      if (t == length - 1) a.h_n[bj] = h;
-      if (t == 0 && length == 0) a.h_n[bj] = a.h0[bj];
-    }
-  }
+  step_tiles<1, true, Acc>(Rows<T>{m, a.hidden}, B, true, a.w_hr, P, a.hidden, nullptr,
+                           [&](int64_t b, int64_t j, const Acc* acc) {
+    const int64_t bj = b * P + j, length = length_of(a, b);
+    const T h = static_cast<T>(acc[0]);
+    a.y[t * B * P + bj] = h;
+    if (t == length - 1) a.h_n[bj] = h;
+    if (t == 0 && length == 0) a.h_n[bj] = a.h0[bj];
+  });
 }
 
 // The gradient d (one unit of row b) reaching the state that step t-1 left, routed: where step
@@ -299,63 +305,44 @@ __device__ void cell_backward(const BackwardArgs<T>& a, int64_t s, int64_t b, in
 // of step t-1; with it, that gradient goes to dh_proj[t-1]. dh_run and dc_run [B, H]: the
 // running gradients (see cell_backward).
 template <typename T, class C>
-__global__ void __launch_bounds__(kThreads) backward_step(BackwardArgs<T> a, int64_t t,
-                                                          T* dh_run, T* dc_run) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    backward_step(BackwardArgs<T> a, int64_t t, T* dh_run, T* dc_run) {
   using Acc = typename AccumulatorOf<T>::type;
   const int64_t B = a.batch, GH = C::kGates * a.hidden, R = state_size(a), s = t - 1;
   const bool projected = a.proj > 0, first = t == a.steps;
-  const int64_t j = unit_of_block();
-
-  for (int64_t tile = blockIdx.y; tile < ceil_div(B, kRows); tile += gridDim.y) {
-    Acc acc[kRowsPerThread][1] = {};
-    if (!first)  // nothing flows from step T; the same for the whole block
-      tile_matmul<1, false>(acc, Rows<T>{a.dzh + t * B * GH, GH}, B, tile, a.w_hh, R, GH,
-                            blockIdx.x * int64_t(kUnits));
-    if (j >= R) continue;
-#pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) {
-      const int64_t b = first_row(tile) + r, bj = b * R + j;
-      if (b >= B) break;
-      Acc dh = acc[r][0] + (!first && !projected ? static_cast<Acc>(dh_run[bj]) : Acc(0));
-      dh = route(a, t, b, dh, a.dh0 + bj, a.dh_n != nullptr ? a.dh_n + bj : nullptr);
-      if (s < 0) {
-        if (!projected) grad_c<C, Acc>(a, t, b, j, dc_run);  // routes the rest to dc0
-        continue;
-      }
-      if (s < length_of(a, b)) dh += static_cast<Acc>(a.dy[s * B * R + bj]);
-      if (projected) {
-        a.dh_proj[s * B * R + bj] = static_cast<T>(dh);
-        continue;
-      }
-      const Acc dc = grad_c<C, Acc>(a, t, b, j, dc_run);
-      cell_backward<T, C>(a, s, b, j, dh, dc, dh_run, dc_run);
+  // Nothing flows from step T.
+  step_tiles<1, false, Acc>(Rows<T>{a.dzh + t * B * GH, GH}, B, !first, a.w_hh, R, GH, nullptr,
+                            [&](int64_t b, int64_t j, const Acc* acc) {
+    const int64_t bj = b * R + j;
+    Acc dh = acc[0] + (!first && !projected ? static_cast<Acc>(dh_run[bj]) : Acc(0));
+    dh = route(a, t, b, dh, a.dh0 + bj, a.dh_n != nullptr ? a.dh_n + bj : nullptr);
+    if (s < 0) {
+      if (!projected) grad_c<C, Acc>(a, t, b, j, dc_run);  // routes the rest to dc0
+      return;
     }
-  }
+    if (s < length_of(a, b)) dh += static_cast<Acc>(a.dy[s * B * R + bj]);
+    if (projected) {
+      a.dh_proj[s * B * R + bj] = static_cast<T>(dh);
+      return;
+    }
+    const Acc dc = grad_c<C, Acc>(a, t, b, j, dc_run);
+    cell_backward<T, C>(a, s, b, j, dh, dc, dh_run, dc_run);
+  });
 }
 
 // With the projection, after backward_step's launch t: the gradient reaching m_{t-1} [B, H],
 // dh_proj[t-1] W_hr, and the cell's backward of step t-1 on it, for every row and the cell's
 // units j of block x (at t = 0, only dc0's routing).
 template <typename T, class C>
-__global__ void __launch_bounds__(kThreads) backward_projected_cell(BackwardArgs<T> a, int64_t t,
-                                                                    T* dc_run) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    backward_projected_cell(BackwardArgs<T> a, int64_t t, T* dc_run) {
   using Acc = typename AccumulatorOf<T>::type;
   const int64_t B = a.batch, H = a.hidden, P = a.proj, s = t - 1;
-  const int64_t j = unit_of_block();
-  for (int64_t tile = blockIdx.y; tile < ceil_div(B, kRows); tile += gridDim.y) {
-    Acc acc[kRowsPerThread][1] = {};
-    if (s >= 0)  // the same for the whole block
-      tile_matmul<1, false>(acc, Rows<T>{a.dh_proj + s * B * P, P}, B, tile, a.w_hr, H, P,
-                            blockIdx.x * int64_t(kUnits));
-    if (j >= H) continue;
-#pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) {
-      const int64_t b = first_row(tile) + r;
-      if (b >= B) break;
-      const Acc dc = grad_c<C, Acc>(a, t, b, j, dc_run);
-      if (s >= 0) cell_backward<T, C>(a, s, b, j, acc[r][0], dc, nullptr, dc_run);
-    }
-  }
+  step_tiles<1, false, Acc>(Rows<T>{s >= 0 ? a.dh_proj + s * B * P : nullptr, P}, B, s >= 0,
+                            a.w_hr, H, P, nullptr, [&](int64_t b, int64_t j, const Acc* dm) {
+    const Acc dc = grad_c<C, Acc>(a, t, b, j, dc_run);
+    if (s >= 0) cell_backward<T, C>(a, s, b, j, dm[0], dc, nullptr, dc_run);
+  });
 }
 
 // `units` output units along x, batch row tiles along y (more tiles than gridDim.y loop

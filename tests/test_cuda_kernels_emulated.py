@@ -133,6 +133,33 @@ def test_emulated_projection_matches_cpu(dtype, shape, options):
     _compare("lstm", dtype, shape, options != "none", sequence, sequence, proj=True)
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_forward_equals_training(cell):
+    """saved None (inference) writes the same y, h_n, c_n as the training forward, bit for bit,
+    with lengths, resets and (LSTM) the projection."""
+    T_, B, H, P = 4, 17, 33, (20 if cell == "lstm" else 0)
+    G, R = GATES[cell], P or H
+    rng = np.random.default_rng(7)
+    draw = lambda *s: (0.5 * rng.standard_normal(s)).astype(np.float32)  # noqa: E731
+    args = {"zx": draw(T_, B, G * H), "w_hh": draw(G * H, R), "b_hh": draw(G * H),
+            "h0": draw(B, R), "c0": draw(B, H) if cell == "lstm" else None,
+            "lengths": rng.integers(0, T_ + 1, B), "resets": rng.random((T_, B)) < 0.3,
+            "w_hr": draw(P, H) if P else None}
+    results = []
+    for saved in (_nan((T_, B, emu.saved_per_unit(cell) * H), np.float32,
+                       emu.saved_per_unit(cell) > 0), None):
+        out = {"y": _nan((T_, B, R), np.float32), "h_n": _nan((B, R), np.float32),
+               "c_n": _nan((B, H), np.float32, cell == "lstm")}
+        emu.recurrent_forward(cell, **args, **out, saved=saved,
+                              workspace=_nan(emu.workspace_size("forward", cell, B, H, P),
+                                             np.float32))
+        results.append(out)
+    for name, value in results[0].items():
+        if value is not None:
+            assert not np.isnan(value).any(), f"{name} not fully written"
+            np.testing.assert_array_equal(results[1][name], value, err_msg=name)
+
+
 # ------------------------------------------------------------------ the binding
 
 

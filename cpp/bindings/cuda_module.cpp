@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "binding_util.h"
@@ -67,23 +68,14 @@ struct Reader : bindings::NumpyReader {
 // The typestr of __cuda_array_interface__ for an element type (uint8_t: resets, which may be
 // bool too).
 template <typename T>
-struct TypeStr;
-template <>
-struct TypeStr<float> {
-  static constexpr const char* value = "<f4";
-};
-template <>
-struct TypeStr<double> {
-  static constexpr const char* value = "<f8";
-};
-template <>
-struct TypeStr<int64_t> {
-  static constexpr const char* value = "<i8";
-};
-template <>
-struct TypeStr<uint8_t> {
-  static constexpr const char* value = "|u1";
-};
+constexpr const char* typestr() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                std::is_same_v<T, int64_t> || std::is_same_v<T, uint8_t>);
+  if constexpr (std::is_same_v<T, float>) return "<f4";
+  if constexpr (std::is_same_v<T, double>) return "<f8";
+  if constexpr (std::is_same_v<T, int64_t>) return "<i8";
+  return "|u1";
+}
 
 // NumPy's name of a typestr, for error messages.
 std::string typestr_name(const std::string& typestr) {
@@ -165,9 +157,9 @@ struct Reader {
     uintptr_t bytes = sizeof(T);
     for (int64_t extent : a.shape) bytes *= static_cast<uintptr_t>(extent);
     constexpr bool kBoolToo = std::is_same_v<T, uint8_t>;
-    const bool dtype_ok = a.typestr == TypeStr<T>::value || (kBoolToo && a.typestr == "|b1");
+    const bool dtype_ok = a.typestr == typestr<T>() || (kBoolToo && a.typestr == "|b1");
     return {typestr_name(a.typestr),
-            kBoolToo ? "bool or uint8" : typestr_name(TypeStr<T>::value), dtype_ok,
+            kBoolToo ? "bool or uint8" : typestr_name(typestr<T>()), dtype_ok,
             a.c_contiguous(sizeof(T)), a.data % sizeof(T) == 0, !a.readonly, a.shape,
             a.data, a.data + bytes};
   }
