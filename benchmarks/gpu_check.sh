@@ -6,7 +6,7 @@
 # 1. builds and installs rnnfast (default RNNFAST_CUDA_ARCHITECTURES) into the current Python
 #    with `pip install --no-build-isolation` (the build tools must be installed: pybind11,
 #    scikit-build-core, cmake, ninja, CuPy, pytest; nothing is downloaded),
-# 2. runs tests/test_cuda.py and tests/test_cuda_emulation.py, then the whole test suite,
+# 2. runs tests/test_cuda.py and tests/test_cuda_kernels_emulated.py, then the whole test suite,
 # 3. runs compute-sanitizer (memcheck, racecheck; initcheck for information) on a small forward
 #    and backward of each cell (benchmarks/gpu_sanitize_case.py).
 # Eight logs go to $OUT (or ./gpu_check_logs; the device tool returns at most eight files); a
@@ -44,7 +44,7 @@ run_tests() {  # name, pytest arguments...
     result "$name" "FAILED ($(tail -1 "$OUT/$name.log"))"
   fi
 }
-run_tests pytest_cuda "$REPO/tests/test_cuda.py" "$REPO/tests/test_cuda_emulation.py"
+run_tests pytest_cuda "$REPO/tests/test_cuda.py" "$REPO/tests/test_cuda_kernels_emulated.py"
 run_tests pytest_all "$REPO/tests"
 
 for tool in memcheck racecheck initcheck; do

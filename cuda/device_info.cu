@@ -1,6 +1,5 @@
-#include <cuda_runtime.h>
-
 #include "device_info.h"
+#include "launch.cuh"
 
 namespace rnnfast::cuda {
 

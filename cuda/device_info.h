@@ -1,4 +1,5 @@
-// What the CUDA runtime linked into rnnfast._cuda sees. Framework-free.
+// What the CUDA runtime linked into rnnfast._cuda sees (in rnnfast._cuda_emulated: the
+// emulator, as one device). Framework-free.
 #pragma once
 
 #include <string>

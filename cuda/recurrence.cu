@@ -1,14 +1,26 @@
-// CUDA recurrence, standard path (see recurrence.cuh): one kernel launch per step.
+// CUDA recurrence, standard path (see recurrence.cuh): one kernel launch per step, two with the
+// LSTM projection.
 //
 // Forward, launch t:   acc[b, g, j] = b_hh[g*H + j] + sum_k h_{t-1}[b, k] W_hh[g*H + j, k]
-//                      then, in registers, the cell's forward for unit j of row b.
-// Backward, launch s:  acc[b, j] = sum_k dzh_{s+1}[b, k] W_hh[k, j]   (k over G*H)
-//                      dh_s = acc + dh_direct_{s+1} + dy[s], then the cell's backward of step
-//                      s for unit j of row b; a last launch (s = -1) writes dh0 = acc + dh_direct.
+//                      then, in registers, the cell's forward for unit j of row b
+//                      (forward_step); with the projection, the cell's output m_t [B, H] goes
+//                      to the workspace and a second launch computes h_t = m_t W_hr^T
+//                      (projection_step).
+// Backward, launch t (T down to 0): the gradient reaching h_{t-1},
+//                      dh[b, j] = sum_k dzh_t[b, k] W_hh[k, j]   (k over G*H; none at t = T)
+//                      + dh_direct_t + dy[t-1] (+ dh_n at the row's last step), then the
+//                      cell's backward of step t-1 for unit j of row b (backward_step); with the
+//                      projection, dh goes to dh_proj and a second launch computes the
+//                      gradient reaching m_{t-1}, dh_proj[t-1] W_hr, with the cell's backward in
+//                      its epilogue (backward_projected_cell).
 // The same structure as the CPU kernel (cpp/src/cpu/recurrence.cpp): the epilogue of one step's
-// matmul is the gate math, and the running gradients dh_direct and dc live in dh0 and dc0.
+// matmul is the gate math, the running gradients (dh_direct, dc) live in the workspace between
+// launches, and dh0/dc0 accumulate what reaches the initial state: at step 0 and at resets.
+// Lengths and resets act per row in the epilogues: a padding row writes zeros and keeps its
+// state; a reset row's matmul reads h0 instead of h_{t-1}, and in the backward its gradient
+// goes to dh0/dc0.
 //
-// Tiles: a block of kUnits x kRowThreads threads owns kUnits consecutive hidden units (one per
+// Tiles: a block of kUnits x kRowThreads threads owns kUnits consecutive output units (one per
 // lane of a warp) of kRows batch rows; each thread accumulates all G gates of its unit for
 // kRowsPerThread rows, so the cell's math (cells/*.h) runs on the accumulators where they are.
 // The matmul streams the depth through shared memory kDepth at a time. Launches on
@@ -19,18 +31,24 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "launch.cuh"
 #include "recurrence.cuh"
 #include "rnnfast/cells/cells.h"
 
 namespace rnnfast::cuda {
 namespace {
 
-constexpr int kUnits = 32;          // hidden units per block: the lanes of a warp
+constexpr int kUnits = 32;          // output units per block: the lanes of a warp
 constexpr int kRowThreads = 4;      // threads along the batch (blockDim.y)
 constexpr int kRowsPerThread = 4;   // batch rows per thread (register tile)
 constexpr int kRows = kRowThreads * kRowsPerThread;  // batch rows per block
 constexpr int kDepth = 32;          // depth of one shared-memory tile of the matmul
 constexpr int kThreads = kUnits * kRowThreads;
+// Blocks per SM that every kernel's registers must allow (__launch_bounds__): at most 128
+// registers a thread. Without it ptxas chose fewer for some kernels and spilled (12-24 bytes in
+// backward_step<double, Gru> and forward_step<float, RnnRelu>); with it none spills
+// (tests/test_cuda_build.py checks). Its effect on speed is not measured yet.
+constexpr int kMinBlocksPerSm = 4;
 constexpr int64_t kMaxGridY = 65535;
 
 template <typename T>
@@ -40,178 +58,318 @@ struct AccumulatorOf {
 
 __host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// tile[r][kk] = a[(row0 + r) * ld + k0 + kk] for a row-major matrix of `rows` rows whose
-// columns 0 .. depth - 1 are used, zero outside. Consecutive threads read consecutive columns.
-template <typename Acc, typename T>
-__device__ void load_rows(Acc (&tile)[kRows][kDepth], const T* a, int64_t ld, int64_t row0,
-                          int64_t rows, int64_t k0, int64_t depth) {
-  const int thread = threadIdx.y * kUnits + threadIdx.x;
-  for (int i = thread; i < kRows * kDepth; i += kThreads) {
-    const int r = i / kDepth, kk = i % kDepth;
-    const int64_t row = row0 + r, k = k0 + kk;
-    tile[r][kk] = row < rows && k < depth ? static_cast<Acc>(a[row * ld + k]) : Acc(0);
+// Steps of sequence b: lengths[b], or all of them.
+template <class Args>
+__device__ int64_t length_of(const Args& a, int64_t b) {
+  return a.lengths != nullptr ? a.lengths[b] : a.steps;
+}
+
+// Whether step t of row b starts from the initial state (h0, c0).
+template <class Args>
+__device__ bool starts_fresh(const Args& a, int64_t t, int64_t b) {
+  return t == 0 || (a.resets != nullptr && a.resets[t * a.batch + b] != 0);
+}
+
+// Size of h: proj with the LSTM projection, else hidden.
+template <class Args>
+__host__ __device__ int64_t state_size(const Args& a) {
+  return a.proj > 0 ? a.proj : a.hidden;
+}
+
+// The left operand of a matmul, [B, depth] with rows `ld` apart: row b at rows + b * ld, or,
+// where fresh[b] is nonzero, at fresh_rows + b * ld (a reset row reads h0 instead of h_{t-1}).
+template <typename T>
+struct Rows {
+  using Element = T;
+  const T* rows;
+  int64_t ld;
+  const T* fresh_rows = nullptr;
+  const uint8_t* fresh = nullptr;  // [B], or nullptr
+
+  __device__ const T* row(int64_t b) const {
+    return (fresh != nullptr && fresh[b] != 0 ? fresh_rows : rows) + b * ld;
+  }
+};
+
+// acc[r][g] += sum_{k < depth} a[b, k] W(g, j, k) for this thread's rows b = tile * kRows +
+// threadIdx.y * kRowsPerThread + r and unit j = j0 + threadIdx.x (rows >= batch and units >= n
+// read zeros). kTransposed: w is [G*n, depth] and W(g, j, k) = w[(g*n + j) * depth + k], a
+// matmul by w^T; else w is [depth, n], W(0, j, k) = w[k * n + j] and G = 1. Every thread of the
+// block must call it (it meets at __syncthreads).
+template <int G, bool kTransposed, typename Acc, typename T>
+__device__ void tile_matmul(Acc (&acc)[kRowsPerThread][G], const Rows<T>& a, int64_t batch,
+                            int64_t tile, const T* w, int64_t n, int64_t depth, int64_t j0) {
+  static_assert(kTransposed || G == 1, "a matmul by w (not w^T) has one gate");
+  using ATile = Acc[kRows][kDepth];  // a[tile * kRows + r, k0 + kk] at [r][kk]
+  // W(g, j0 + u, k0 + kk) at [kk][g*kUnits + u]. The row is padded by one: the transposed
+  // loads write a column (consecutive kk) per warp, which would otherwise hit a single bank.
+  using WTile = Acc[kDepth][G * kUnits + 1];
+  RNNFAST_SHARED(ATile, a_tile);
+  RNNFAST_SHARED(WTile, w_tile);
+  const int u = threadIdx.x, thread = threadIdx.y * kUnits + u;
+  for (int64_t k0 = 0; k0 < depth; k0 += kDepth) {
+    // Consecutive threads read consecutive columns of a row of a.
+    for (int i = thread; i < kRows * kDepth; i += kThreads) {
+      const int r = i / kDepth, kk = i % kDepth;
+      const int64_t b = tile * kRows + r, k = k0 + kk;
+      a_tile[r][kk] = b < batch && k < depth ? static_cast<Acc>(a.row(b)[k]) : Acc(0);
+    }
+    // Consecutive threads read consecutive elements of a row of w: along k (transposed) or
+    // along the units.
+    for (int i = thread; i < kDepth * G * kUnits; i += kThreads) {
+      const int kk = kTransposed ? i % kDepth : i / kUnits;
+      const int gu = kTransposed ? i / kDepth : i % kUnits;
+      const int g = gu / kUnits;
+      const int64_t unit = j0 + gu % kUnits, k = k0 + kk;
+      w_tile[kk][gu] = unit < n && k < depth
+                           ? static_cast<Acc>(kTransposed ? w[(g * n + unit) * depth + k]
+                                                          : w[k * n + unit])
+                           : Acc(0);
+    }
+    __syncthreads();
+    for (int kk = 0; kk < kDepth; ++kk) {
+      Acc wv[G];
+      for (int g = 0; g < G; ++g) wv[g] = w_tile[kk][g * kUnits + u];
+      for (int r = 0; r < kRowsPerThread; ++r) {
+        const Acc h = a_tile[threadIdx.y * kRowsPerThread + r][kk];  // broadcast in the warp
+        for (int g = 0; g < G; ++g) acc[r][g] += h * wv[g];
+      }
+    }
+    __syncthreads();  // the tiles are refilled next
   }
 }
 
-// One forward step t for every batch row and the units of block x.
-template <typename T, class C>
-__global__ void __launch_bounds__(kThreads) forward_step(ForwardArgs<T> a, int64_t t) {
-  using Acc = typename AccumulatorOf<T>::type;
-  constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
-  __shared__ Acc h_tile[kRows][kDepth];        // h_{t-1}[b0 + r, k0 + kk]
-  // W_hh[g*H + j0 + u, k0 + kk] at [kk][g*kUnits + u]. The row is padded by one: the loads
-  // below write a column (consecutive kk) per warp, which would otherwise hit a single bank.
-  __shared__ Acc w_tile[kDepth][G * kUnits + 1];
-
-  const int64_t B = a.batch, H = a.hidden, GH = G * H;
-  const int u = threadIdx.x;
-  const int64_t j0 = blockIdx.x * int64_t(kUnits), j = j0 + u;
-  const T* h_prev = t == 0 ? a.h0 : a.y + (t - 1) * B * H;
-  const T* c_prev = t == 0 ? a.c0 : a.c_n;  // the LSTM's c_n is its running state
-  const int thread = threadIdx.y * kUnits + u;
-
-  for (int64_t tile = blockIdx.y; tile < ceil_div(B, kRows); tile += gridDim.y) {
-    const int64_t b0 = tile * kRows + threadIdx.y * kRowsPerThread;  // this thread's first row
+// The frame of every kernel here: for each row tile of this block (blockIdx.y, then every
+// gridDim.y-th), this thread's accumulators acc[r][g] = bias[g*n + j] (0 without a bias) +
+// (a W)[b_r, g, j] (tile_matmul, skipped where !multiply, which must be the same for the whole
+// block), then epilogue(b, j, acc[r]) for each of its rows b < batch, where its unit j < n.
+template <int G, bool kTransposed, typename Acc, typename T, class Epilogue>
+__device__ void step_tiles(const Rows<T>& a, int64_t batch, bool multiply, const T* w,
+                           int64_t n, int64_t depth, const typename Rows<T>::Element* bias,
+                           Epilogue&& epilogue) {
+  const int64_t j0 = blockIdx.x * int64_t(kUnits), j = j0 + threadIdx.x;
+  for (int64_t tile = blockIdx.y; tile < ceil_div(batch, kRows); tile += gridDim.y) {
     Acc acc[kRowsPerThread][G];
     for (int g = 0; g < G; ++g) {
-      const Acc bias = a.b_hh != nullptr && j < H ? static_cast<Acc>(a.b_hh[g * H + j]) : Acc(0);
-      for (int r = 0; r < kRowsPerThread; ++r) acc[r][g] = bias;
+      const Acc b = bias != nullptr && j < n ? static_cast<Acc>(bias[g * n + j]) : Acc(0);
+      for (int r = 0; r < kRowsPerThread; ++r) acc[r][g] = b;
     }
-    for (int64_t k0 = 0; k0 < H; k0 += kDepth) {
-      load_rows(h_tile, h_prev, H, tile * kRows, B, k0, H);
-      // Consecutive threads read consecutive k of one row of W_hh.
-      for (int i = thread; i < kDepth * G * kUnits; i += kThreads) {
-        const int kk = i % kDepth, gu = i / kDepth, g = gu / kUnits, uu = gu % kUnits;
-        const int64_t k = k0 + kk, unit = j0 + uu;
-        w_tile[kk][gu] = unit < H && k < H ? static_cast<Acc>(a.w_hh[(g * H + unit) * H + k])
-                                           : Acc(0);
-      }
-      __syncthreads();
-      for (int kk = 0; kk < kDepth; ++kk) {
-        Acc w[G];
-        for (int g = 0; g < G; ++g) w[g] = w_tile[kk][g * kUnits + u];
-        for (int r = 0; r < kRowsPerThread; ++r) {
-          const Acc h = h_tile[threadIdx.y * kRowsPerThread + r][kk];  // broadcast in the warp
-          for (int g = 0; g < G; ++g) acc[r][g] += h * w[g];
-        }
-      }
-      __syncthreads();  // the tiles are refilled next
-    }
-    if (j >= H) continue;
+    if (multiply) tile_matmul<G, kTransposed>(acc, a, batch, tile, w, n, depth, j0);
+    if (j >= n) continue;
 #pragma unroll  // keeps acc[r] in registers
     for (int r = 0; r < kRowsPerThread; ++r) {
-      const int64_t b = b0 + r, bj = b * H + j, tb = t * B + b;
-      if (b >= B) break;
-      Acc zx[G], saved[S], h;
-      for (int g = 0; g < G; ++g) zx[g] = static_cast<Acc>(a.zx[tb * GH + g * H + j]);
-      Acc c = C::kHasCellState ? static_cast<Acc>(c_prev[bj]) : Acc(0);
-      C::forward(zx, acc[r], static_cast<Acc>(h_prev[bj]), c, h, saved);
-      a.y[tb * H + j] = static_cast<T>(h);
-      if (t == a.steps - 1) a.h_n[bj] = static_cast<T>(h);
-      if constexpr (C::kHasCellState) a.c_n[bj] = static_cast<T>(c);
-      if constexpr (C::kSaved > 0) {
-        if (a.saved != nullptr)
-          for (int s = 0; s < C::kSaved; ++s)
-            a.saved[tb * C::kSaved * H + s * H + j] = static_cast<T>(saved[s]);
-      }
+      const int64_t b = tile * kRows + threadIdx.y * int64_t(kRowsPerThread) + r;
+      if (b >= batch) break;
+      epilogue(b, j, acc[r]);
     }
   }
 }
 
-// Backward launch s (T-1 down to 0, then -1 for dh0 alone) for every row and the units of
-// block x. dh0 holds dh_direct between launches (the part of the gradient reaching h_s that
-// bypasses W_hh) and dc0 the gradient reaching c_s; at s = T-1 they come from dh_n and dc_n.
+// One forward step t for every batch row and the units j of block x: writes the cell's output
+// (y[t], or m [B, H] with the projection), c_n (the LSTM's running cell state), the training
+// workspace and, without the projection, h_n at each row's last step.
 template <typename T, class C>
-__global__ void __launch_bounds__(kThreads) backward_step(BackwardArgs<T> a, int64_t s) {
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    forward_step(ForwardArgs<T> a, int64_t t, T* m) {
   using Acc = typename AccumulatorOf<T>::type;
   constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
-  __shared__ Acc d_tile[kRows][kDepth];   // dzh_{s+1}[b0 + r, k0 + kk]
-  __shared__ Acc w_tile[kDepth][kUnits];  // W_hh[k0 + kk, j0 + u]
-
-  const int64_t B = a.batch, H = a.hidden, GH = G * H;
-  const int u = threadIdx.x;
-  const int64_t j0 = blockIdx.x * int64_t(kUnits), j = j0 + u;
-  const bool last = s == a.steps - 1;
-  const T* dz_next = last ? nullptr : a.dzh + (s + 1) * B * GH;  // nothing flows from step T
-  const T* dh_in = last ? a.dh_n : a.dh0;  // nullptr: zero
-  const T* dc_in = last ? a.dc_n : a.dc0;
-  const int thread = threadIdx.y * kUnits + u;
-
-  for (int64_t tile = blockIdx.y; tile < ceil_div(B, kRows); tile += gridDim.y) {
-    const int64_t b0 = tile * kRows + threadIdx.y * kRowsPerThread;
-    Acc acc[kRowsPerThread] = {};
-    if (dz_next != nullptr) {  // the same for the whole block: the barriers stay uniform
-      for (int64_t k0 = 0; k0 < GH; k0 += kDepth) {
-        load_rows(d_tile, dz_next, GH, tile * kRows, B, k0, GH);
-        // Consecutive threads read consecutive units of one row of W_hh.
-        for (int i = thread; i < kDepth * kUnits; i += kThreads) {
-          const int kk = i / kUnits, uu = i % kUnits;
-          const int64_t k = k0 + kk, unit = j0 + uu;
-          w_tile[kk][uu] = unit < H && k < GH ? static_cast<Acc>(a.w_hh[k * H + unit]) : Acc(0);
-        }
-        __syncthreads();
-        for (int kk = 0; kk < kDepth; ++kk) {
-          const Acc w = w_tile[kk][u];
-          for (int r = 0; r < kRowsPerThread; ++r)
-            acc[r] += d_tile[threadIdx.y * kRowsPerThread + r][kk] * w;
-        }
-        __syncthreads();
+  const int64_t B = a.batch, H = a.hidden, GH = G * H, R = state_size(a);
+  const bool projected = a.proj > 0;
+  T* cell_h = projected ? m : a.y + t * B * R;  // [B, H]
+  const Rows<T> h_prev = t == 0 ? Rows<T>{a.h0, R}
+                                : Rows<T>{a.y + (t - 1) * B * R, R, a.h0,
+                                          a.resets != nullptr ? a.resets + t * B : nullptr};
+  step_tiles<G, true, Acc>(h_prev, B, true, a.w_hh, H, R, a.b_hh,
+                           [&](int64_t b, int64_t j, const Acc* zh) {
+    const int64_t bj = b * H + j, tb = t * B + b;
+    T* saved_bt = C::kSaved > 0 && a.saved != nullptr ? a.saved + tb * C::kSaved * H : nullptr;
+    const int64_t length = length_of(a, b);
+    if (t >= length) {  // padding: output 0 (also after the projection), state kept
+      cell_h[bj] = T(0);
+      if (saved_bt != nullptr)
+        for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = T(0);
+      if (t == 0) {  // a sequence of length 0 ends where it starts
+        if (!projected) a.h_n[bj] = a.h0[bj];
+        if constexpr (C::kHasCellState) a.c_n[bj] = a.c0[bj];
       }
+      return;
     }
-    if (j >= H) continue;
-#pragma unroll
-    for (int r = 0; r < kRowsPerThread; ++r) {
-      const int64_t b = b0 + r, bj = b * H + j;
-      if (b >= B) break;
-      Acc dh = acc[r] + (dh_in != nullptr ? static_cast<Acc>(dh_in[bj]) : Acc(0));
-      if (s < 0) {
-        a.dh0[bj] = static_cast<T>(dh);
-        continue;
-      }
-      const int64_t sb = s * B + b;
-      dh += static_cast<Acc>(a.dy[sb * H + j]);
-      Acc saved[S] = {}, c_prev = Acc(0), dc = Acc(0);
-      if constexpr (C::kSaved > 0)
-        for (int q = 0; q < C::kSaved; ++q)
-          saved[q] = static_cast<Acc>(a.saved[sb * C::kSaved * H + q * H + j]);
-      if constexpr (C::kHasCellState) {
-        // c_{s-1}: c0, or the c that step s-1 saved (the LSTM saves c last).
-        c_prev = static_cast<Acc>(
-            s == 0 ? a.c0[bj] : a.saved[(sb - B) * C::kSaved * H + (C::kSaved - 1) * H + j]);
-        dc = dc_in != nullptr ? static_cast<Acc>(dc_in[bj]) : Acc(0);
-      }
-      const Acc h = static_cast<Acc>(a.y[sb * H + j]);
-      const Acc h_prev = static_cast<Acc>(s == 0 ? a.h0[bj] : a.y[(sb - B) * H + j]);
-      Acc dzx[G], dzh[G], dh_direct;
-      C::backward(saved, h, h_prev, c_prev, dh, dc, dzx, dzh, dh_direct);
-      for (int g = 0; g < G; ++g) {
-        a.dzx[sb * GH + g * H + j] = static_cast<T>(dzx[g]);
-        if (a.dzh != a.dzx) a.dzh[sb * GH + g * H + j] = static_cast<T>(dzh[g]);
-      }
-      a.dh0[bj] = static_cast<T>(dh_direct);
-      if constexpr (C::kHasCellState) a.dc0[bj] = static_cast<T>(dc);
-    }
+    const bool fresh = starts_fresh(a, t, b);
+    Acc zx[G], saved[S], h;
+    for (int g = 0; g < G; ++g) zx[g] = static_cast<Acc>(a.zx[tb * GH + g * H + j]);
+    Acc c = Acc(0), h_prev_j = Acc(0);
+    if constexpr (C::kHasCellState) c = static_cast<Acc>(fresh ? a.c0[bj] : a.c_n[bj]);
+    if constexpr (C::kReadsHPrev)
+      h_prev_j = static_cast<Acc>(fresh ? a.h0[b * R + j] : a.y[(tb - B) * R + j]);
+    C::forward(zx, zh, h_prev_j, c, h, saved);
+    cell_h[bj] = static_cast<T>(h);
+    if (!projected && t == length - 1) a.h_n[bj] = static_cast<T>(h);
+    if constexpr (C::kHasCellState) a.c_n[bj] = static_cast<T>(c);
+    if (saved_bt != nullptr)
+      for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = static_cast<T>(saved[s]);
+  });
+}
+
+// The projection of step t: y[t] = m W_hr^T [B, P] for every row (m is 0 on padding, so y is),
+// and h_n at each row's last step (h0 where the sequence is empty).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    projection_step(ForwardArgs<T> a, int64_t t, const T* m) {
+  using Acc = typename AccumulatorOf<T>::type;
+  const int64_t B = a.batch, P = a.proj;
+  step_tiles<1, true, Acc>(Rows<T>{m, a.hidden}, B, true, a.w_hr, P, a.hidden, nullptr,
+                           [&](int64_t b, int64_t j, const Acc* acc) {
+    const int64_t bj = b * P + j, length = length_of(a, b);
+    const T h = static_cast<T>(acc[0]);
+    a.y[t * B * P + bj] = h;
+    if (t == length - 1) a.h_n[bj] = h;
+    if (t == 0 && length == 0) a.h_n[bj] = a.h0[bj];
+  });
+}
+
+// The gradient d (one unit of row b) reaching the state that step t-1 left, routed: where step
+// t started from the initial state it goes to *d0 instead; *d_n is added where step t-1 is the
+// row's last; at t = 0 what remains goes to *d0. *d0 accumulates over the launches (zeroed at
+// t = T, the first). Returns the gradient that reaches step t-1's output.
+template <class Args, typename Acc, typename T>
+__device__ Acc route(const Args& a, int64_t t, int64_t b, Acc d, T* d0, const T* d_n) {
+  Acc to_d0 = t == a.steps ? Acc(0) : static_cast<Acc>(*d0);
+  if (t < a.steps && starts_fresh(a, t, b)) {
+    to_d0 += d;
+    d = Acc(0);
+  }
+  if (t == length_of(a, b) && d_n != nullptr) d += static_cast<Acc>(*d_n);
+  if (t == 0) to_d0 += d;
+  *d0 = static_cast<T>(to_d0);
+  return d;
+}
+
+// The gradient reaching c_{t-1} (row b, unit j): what the cell's backward of step t left in
+// dc_run [B, H] (nothing at t = T), routed. 0 for cells without a cell state.
+template <class C, typename Acc, typename T>
+__device__ Acc grad_c(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j,
+                      const T* dc_run) {
+  if constexpr (!C::kHasCellState) {
+    return Acc(0);
+  } else {
+    const int64_t bj = b * a.hidden + j;
+    const Acc dc = t == a.steps ? Acc(0) : static_cast<Acc>(dc_run[bj]);
+    return route(a, t, b, dc, a.dc0 + bj, a.dc_n != nullptr ? a.dc_n + bj : nullptr);
   }
 }
 
-// Units along x, batch row tiles along y (more tiles than gridDim.y loop inside the kernel).
-dim3 step_grid(int64_t batch, int64_t hidden) {
-  return dim3(static_cast<unsigned>(ceil_div(hidden, kUnits)),
+// The cell's backward of step s for row b, unit j < H, given dh and dc, the gradients reaching
+// the cell's h_s and c_s. Writes dzx and dzh at s, and the running gradients for step s-1:
+// dh_run [B, H] (dh_direct; nullptr with the projection) and dc_run [B, H] (the gradient reaching
+// c_{s-1}, LSTM). Zeros where s is padding.
+template <typename T, class C, typename Acc>
+__device__ void cell_backward(const BackwardArgs<T>& a, int64_t s, int64_t b, int64_t j, Acc dh,
+                              Acc dc, T* dh_run, T* dc_run) {
+  constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
+  const int64_t B = a.batch, H = a.hidden, GH = G * H, R = state_size(a);
+  const int64_t sb = s * B + b, bj = b * H + j;
+  T* dzx_sb = a.dzx + sb * GH + j;
+  T* dzh_sb = a.dzh + sb * GH + j;
+  if (s >= length_of(a, b)) {
+    for (int g = 0; g < G; ++g) {
+      dzx_sb[g * H] = T(0);
+      dzh_sb[g * H] = T(0);
+    }
+    if (dh_run != nullptr) dh_run[bj] = T(0);
+    if constexpr (C::kHasCellState) dc_run[bj] = T(0);
+    return;
+  }
+  const bool fresh = starts_fresh(a, s, b);
+  Acc saved[S] = {}, h = Acc(0), h_prev = Acc(0), c_prev = Acc(0);
+  if constexpr (C::kSaved > 0)
+    for (int q = 0; q < C::kSaved; ++q)
+      saved[q] = static_cast<Acc>(a.saved[sb * C::kSaved * H + q * H + j]);
+  if constexpr (C::kHasCellState)  // c0, or the c that step s-1 saved (the LSTM saves c last)
+    c_prev = static_cast<Acc>(
+        fresh ? a.c0[bj] : a.saved[(sb - B) * C::kSaved * H + (C::kSaved - 1) * H + j]);
+  if constexpr (C::kBackwardReadsH) h = static_cast<Acc>(a.y[sb * R + j]);
+  if constexpr (C::kReadsHPrev)
+    h_prev = static_cast<Acc>(fresh ? a.h0[b * R + j] : a.y[(sb - B) * R + j]);
+  Acc dzx[G], dzh[G], dh_direct;
+  C::backward(saved, h, h_prev, c_prev, dh, dc, dzx, dzh, dh_direct);
+  for (int g = 0; g < G; ++g) {
+    dzx_sb[g * H] = static_cast<T>(dzx[g]);
+    if (a.dzh != a.dzx) dzh_sb[g * H] = static_cast<T>(dzh[g]);
+  }
+  if (dh_run != nullptr) dh_run[bj] = static_cast<T>(dh_direct);
+  if constexpr (C::kHasCellState) dc_run[bj] = static_cast<T>(dc);
+}
+
+// Backward launch t (T down to 0) for every row and h's units j of block x: the gradient
+// reaching h_{t-1} (see the top of the file), then, without the projection, the cell's backward
+// of step t-1; with it, that gradient goes to dh_proj[t-1]. dh_run and dc_run [B, H]: the
+// running gradients (see cell_backward).
+template <typename T, class C>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    backward_step(BackwardArgs<T> a, int64_t t, T* dh_run, T* dc_run) {
+  using Acc = typename AccumulatorOf<T>::type;
+  const int64_t B = a.batch, GH = C::kGates * a.hidden, R = state_size(a), s = t - 1;
+  const bool projected = a.proj > 0, first = t == a.steps;
+  // Nothing flows from step T.
+  step_tiles<1, false, Acc>(Rows<T>{a.dzh + t * B * GH, GH}, B, !first, a.w_hh, R, GH, nullptr,
+                            [&](int64_t b, int64_t j, const Acc* acc) {
+    const int64_t bj = b * R + j;
+    Acc dh = acc[0] + (!first && !projected ? static_cast<Acc>(dh_run[bj]) : Acc(0));
+    dh = route(a, t, b, dh, a.dh0 + bj, a.dh_n != nullptr ? a.dh_n + bj : nullptr);
+    if (s < 0) {
+      if (!projected) grad_c<C, Acc>(a, t, b, j, dc_run);  // routes the rest to dc0
+      return;
+    }
+    if (s < length_of(a, b)) dh += static_cast<Acc>(a.dy[s * B * R + bj]);
+    if (projected) {
+      a.dh_proj[s * B * R + bj] = static_cast<T>(dh);
+      return;
+    }
+    const Acc dc = grad_c<C, Acc>(a, t, b, j, dc_run);
+    cell_backward<T, C>(a, s, b, j, dh, dc, dh_run, dc_run);
+  });
+}
+
+// With the projection, after backward_step's launch t: the gradient reaching m_{t-1} [B, H],
+// dh_proj[t-1] W_hr, and the cell's backward of step t-1 on it, for every row and the cell's
+// units j of block x (at t = 0, only dc0's routing).
+template <typename T, class C>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    backward_projected_cell(BackwardArgs<T> a, int64_t t, T* dc_run) {
+  using Acc = typename AccumulatorOf<T>::type;
+  const int64_t B = a.batch, H = a.hidden, P = a.proj, s = t - 1;
+  step_tiles<1, false, Acc>(Rows<T>{s >= 0 ? a.dh_proj + s * B * P : nullptr, P}, B, s >= 0,
+                            a.w_hr, H, P, nullptr, [&](int64_t b, int64_t j, const Acc* dm) {
+    const Acc dc = grad_c<C, Acc>(a, t, b, j, dc_run);
+    if (s >= 0) cell_backward<T, C>(a, s, b, j, dm[0], dc, nullptr, dc_run);
+  });
+}
+
+// `units` output units along x, batch row tiles along y (more tiles than gridDim.y loop
+// inside the kernel).
+dim3 step_grid(int64_t batch, int64_t units) {
+  return dim3(static_cast<unsigned>(ceil_div(units, kUnits)),
               static_cast<unsigned>(std::min(ceil_div(batch, kRows), kMaxGridY)));
 }
 
 }  // namespace
 
-// TODO(launch overhead): T (forward) and T + 1 (backward) launches per call; capture them in a
-// CUDA graph or run several steps per launch (grid-wide barrier) and measure the difference.
+// TODO(launch overhead): T (forward) and T + 1 (backward) launches per call, twice that with the
+// projection; capture them in a CUDA graph or run several steps per launch (grid-wide barrier)
+// and measure the difference.
 template <typename T>
-cudaError_t recurrent_forward(const ForwardArgs<T>& a, cudaStream_t stream) {
+cudaError_t recurrent_forward(const ForwardArgs<T>& a, T* workspace, cudaStream_t stream) {
   if (a.batch == 0) return cudaSuccess;
   return cells::visit_cell(a.cell, [&](auto cell) {
-    const dim3 grid = step_grid(a.batch, a.hidden), block(kUnits, kRowThreads);
+    using C = decltype(cell);
+    const dim3 block(kUnits, kRowThreads);
     for (int64_t t = 0; t < a.steps; ++t) {
-      forward_step<T, decltype(cell)><<<grid, block, 0, stream>>>(a, t);
-      const cudaError_t status = cudaGetLastError();
+      cudaError_t status =
+          launch<forward_step<T, C>>(step_grid(a.batch, a.hidden), block, 0, stream, a, t,
+                                     workspace);
+      if (status == cudaSuccess && a.proj > 0)
+        status = launch<projection_step<T>>(step_grid(a.batch, a.proj), block, 0, stream, a, t,
+                                            static_cast<const T*>(workspace));
       if (status != cudaSuccess) return status;
     }
     return cudaSuccess;
@@ -219,22 +377,33 @@ cudaError_t recurrent_forward(const ForwardArgs<T>& a, cudaStream_t stream) {
 }
 
 template <typename T>
-cudaError_t recurrent_backward(const BackwardArgs<T>& a, cudaStream_t stream) {
+cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStream_t stream) {
   if (a.batch == 0) return cudaSuccess;
   return cells::visit_cell(a.cell, [&](auto cell) {
-    const dim3 grid = step_grid(a.batch, a.hidden), block(kUnits, kRowThreads);
-    for (int64_t s = a.steps - 1; s >= -1; --s) {
-      backward_step<T, decltype(cell)><<<grid, block, 0, stream>>>(a, s);
-      const cudaError_t status = cudaGetLastError();
+    using C = decltype(cell);
+    const dim3 block(kUnits, kRowThreads);
+    const bool projected = a.proj > 0;
+    // The workspace (workspace_size): dh_run [B, H] without the projection, then dc_run [B, H].
+    T* dh_run = projected ? nullptr : workspace;
+    T* dc_run = projected ? workspace : workspace + a.batch * a.hidden;
+    for (int64_t t = a.steps; t >= 0; --t) {
+      cudaError_t status = launch<backward_step<T, C>>(step_grid(a.batch, state_size(a)), block,
+                                                       0, stream, a, t, dh_run, dc_run);
+      if (status == cudaSuccess && projected)
+        status = launch<backward_projected_cell<T, C>>(step_grid(a.batch, a.hidden), block, 0,
+                                                       stream, a, t, dc_run);
       if (status != cudaSuccess) return status;
     }
     return cudaSuccess;
   });
 }
 
-template cudaError_t recurrent_forward<float>(const ForwardArgs<float>&, cudaStream_t);
-template cudaError_t recurrent_forward<double>(const ForwardArgs<double>&, cudaStream_t);
-template cudaError_t recurrent_backward<float>(const BackwardArgs<float>&, cudaStream_t);
-template cudaError_t recurrent_backward<double>(const BackwardArgs<double>&, cudaStream_t);
+template cudaError_t recurrent_forward<float>(const ForwardArgs<float>&, float*, cudaStream_t);
+template cudaError_t recurrent_forward<double>(const ForwardArgs<double>&, double*,
+                                               cudaStream_t);
+template cudaError_t recurrent_backward<float>(const BackwardArgs<float>&, float*,
+                                               cudaStream_t);
+template cudaError_t recurrent_backward<double>(const BackwardArgs<double>&, double*,
+                                                cudaStream_t);
 
 }  // namespace rnnfast::cuda

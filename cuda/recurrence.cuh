@@ -1,27 +1,46 @@
 // CUDA recurrence, standard path: one fused kernel launch per step (recurrent matmul tile + the
-// cell's gate math in registers), forward and backward through time. Framework-free.
+// cell's gate math in registers), forward and backward through time, with every option of the
+// CPU kernel (lengths, resets, the LSTM projection). Framework-free.
 //
 // The arguments are the CPU kernel's (rnnfast/recurrence.h: same shapes, same training
-// workspace layout, same meaning of every pointer), here device pointers. The launchers enqueue
+// workspace layout, same meaning of every pointer, same results up to the order of summation),
+// here device pointers, plus `workspace`: scratch memory of workspace_size(...) elements (may
+// be nullptr where that is 0) that the call uses and leaves undefined. The launchers enqueue
 // their kernels on `stream` and return at once: they allocate nothing and never synchronize.
 // They return the first launch error (cudaSuccess otherwise); errors of the kernels' execution
-// surface, as always in CUDA, at a later synchronizing call.
+// surface, as always in CUDA, at a later synchronizing call. lengths must lie in [0, T]: the
+// kernels do not check it.
 //
 // Not yet here (later steps of the CUDA backend): launch overhead cut by CUDA graphs or several
 // steps per launch, the persistent kernel that keeps W_hh on chip, tensor cores, float16 and
 // bfloat16 storage.
 #pragma once
 
-#include <cuda_runtime.h>
+#include <cstdint>
 
+#include "launch.cuh"
+#include "rnnfast/common.h"
 #include "rnnfast/recurrence.h"
 
 namespace rnnfast::cuda {
 
-template <typename T>
-cudaError_t recurrent_forward(const ForwardArgs<T>& args, cudaStream_t stream);
+enum class Direction { Forward, Backward };
+
+// Elements of the data type that recurrent_forward (Forward) or recurrent_backward (Backward)
+// needs as workspace for `batch` rows of `hidden` units, with a projection to `proj` (0: none).
+//   forward:  with the projection, m = o * tanh(c) of the step at hand [B, H]; else nothing
+//   backward: the running gradients between steps: dh_direct [B, H] (not with the projection,
+//             which only the LSTM has, whose dh_direct is 0) and, for the LSTM, dc [B, H]
+inline int64_t workspace_size(Direction direction, Cell cell, int64_t batch, int64_t hidden,
+                              int64_t proj) {
+  if (direction == Direction::Forward) return proj > 0 ? batch * hidden : 0;
+  return (proj > 0 ? 0 : batch * hidden) + (cell == Cell::Lstm ? batch * hidden : 0);
+}
 
 template <typename T>
-cudaError_t recurrent_backward(const BackwardArgs<T>& args, cudaStream_t stream);
+cudaError_t recurrent_forward(const ForwardArgs<T>& args, T* workspace, cudaStream_t stream);
+
+template <typename T>
+cudaError_t recurrent_backward(const BackwardArgs<T>& args, T* workspace, cudaStream_t stream);
 
 }  // namespace rnnfast::cuda

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -38,7 +39,10 @@ struct ArrayView {
 
 // Checks the arrays of one kernel call and remembers the memory each one spans, so that an
 // output overlapping any other argument is refused (it would corrupt the caller's data).
-// Reader::view<T>(obj, name) reads an argument, raising TypeError if it is no array at all.
+// Reader::view<U>(obj, name) reads an argument whose element type should be U, raising
+// TypeError if it is no array at all. T is the kernel's data type; arrays of another element
+// type (lengths: int64_t; resets: uint8_t, which the readers accept as bool too) go through the
+// same checks with U given.
 template <typename T, class Reader>
 class ArgChecker {
  public:
@@ -51,22 +55,39 @@ class ArgChecker {
   // lead: the argument whose dtype chose T, named in dtype errors.
   explicit ArgChecker(const char* lead) : lead_(lead) {}
 
-  // Required input: a C-contiguous array of dtype T with exactly this shape.
-  const T* input(const pybind11::handle& obj, const char* name,
+  // Required input: a C-contiguous array of dtype U with exactly this shape.
+  template <typename U = T>
+  const U* input(const pybind11::handle& obj, const char* name,
                  const std::vector<int64_t>& shape) {
-    return checked(obj, name, shape, false);
+    return checked<U>(obj, name, shape, false);
   }
   // Optional input: None gives nullptr.
-  const T* optional_input(const pybind11::handle& obj, const char* name,
+  template <typename U = T>
+  const U* optional_input(const pybind11::handle& obj, const char* name,
                           const std::vector<int64_t>& shape) {
-    return obj.is_none() ? nullptr : checked(obj, name, shape, false);
+    return obj.is_none() ? nullptr : checked<U>(obj, name, shape, false);
   }
   T* output(const pybind11::handle& obj, const char* name, const std::vector<int64_t>& shape) {
-    return checked(obj, name, shape, true);
+    return checked<T>(obj, name, shape, true);
   }
   T* optional_output(const pybind11::handle& obj, const char* name,
                      const std::vector<int64_t>& shape) {
-    return obj.is_none() ? nullptr : checked(obj, name, shape, true);
+    return obj.is_none() ? nullptr : checked<T>(obj, name, shape, true);
+  }
+  // Scratch memory: a 1-D array of at least `size` elements, or None where size is 0
+  // (nullptr).
+  T* scratch(const pybind11::handle& obj, const char* name, int64_t size) {
+    if (obj.is_none()) {
+      if (size == 0) return nullptr;
+      throw pybind11::value_error(std::string(name) + " must be a 1-D array of at least " +
+                                  std::to_string(size) + " elements, not None");
+    }
+    const ArrayView a = Reader::template view<T>(obj, name);
+    if (a.shape.size() != 1 || a.shape[0] < size)
+      throw pybind11::value_error(std::string(name) + " has shape " + shape_str(a.shape) +
+                                  ", expected a 1-D array of at least " + std::to_string(size) +
+                                  " elements");
+    return checked<T>(obj, name, a.shape, true);
   }
   void require_none(const pybind11::handle& obj, const char* name, const char* why) {
     if (!obj.is_none()) throw pybind11::value_error(std::string(name) + " must be None " + why);
@@ -87,12 +108,16 @@ class ArgChecker {
   const std::vector<Span>& spans() const { return spans_; }
 
  private:
-  T* checked(const pybind11::handle& obj, const char* name, const std::vector<int64_t>& shape,
+  template <typename U>
+  U* checked(const pybind11::handle& obj, const char* name, const std::vector<int64_t>& shape,
              bool is_output) {
-    const ArrayView a = Reader::template view<T>(obj, name);
+    const ArrayView a = Reader::template view<U>(obj, name);
     if (!a.dtype_ok)
       throw pybind11::type_error(std::string(name) + " has dtype " + a.dtype + ", expected " +
-                                 a.expected_dtype + " (the dtype of " + lead_ + ")");
+                                 a.expected_dtype +
+                                 (std::is_same_v<U, T> ? std::string(" (the dtype of ") + lead_ +
+                                                             ")"
+                                                       : std::string()));
     if (a.shape != shape)
       throw pybind11::value_error(std::string(name) + " has shape " + shape_str(a.shape) +
                                   ", expected " + shape_str(shape));
@@ -103,22 +128,62 @@ class ArgChecker {
       throw pybind11::value_error(std::string(name) +
                                   " is read-only; outputs must be writable");
     spans_.push_back({name, a.begin, a.end, is_output});
-    return reinterpret_cast<T*>(a.begin);
+    return reinterpret_cast<U*>(a.begin);
   }
 
   const char* lead_;
   std::vector<Span> spans_;
 };
 
+// ForwardArgs or BackwardArgs with the cell and the sizes filled in: T, B from z [T, B, G*H]
+// (zx or dzx); H from w_hh [G*H, H], or with the LSTM's projection H and P from w_hr [P, H]
+// (then w_hh is [G*H, P]). Reader::shape(obj, name) reads an array's shape (TypeError if it is
+// no array).
+template <class Args, class Reader>
+Args args_with_sizes(Cell cell, const pybind11::handle& z, const char* z_name,
+                     const pybind11::handle& w_hh, const pybind11::handle& w_hr) {
+  const std::vector<int64_t> w = Reader::shape(w_hh, "w_hh");
+  const int64_t gates = gate_count(cell);
+  Args args{};
+  if (!w_hr.is_none()) {
+    if (cell != Cell::Lstm)
+      throw pybind11::value_error(
+          "w_hr must be None for this cell (the projection is the LSTM's)");
+    const std::vector<int64_t> p = Reader::shape(w_hr, "w_hr");
+    if (p.size() != 2 || p[0] < 1 || p[1] < 1)
+      throw pybind11::value_error("w_hr has shape " + shape_str(p) +
+                                  ", expected (P, H) with P, H >= 1");
+    args.proj = p[0];
+    args.hidden = p[1];
+    if (w.size() != 2 || w[0] != gates * args.hidden || w[1] != args.proj)
+      throw pybind11::value_error("w_hh has shape " + shape_str(w) + ", expected " +
+                                  shape_str({gates * args.hidden, args.proj}) + " = (4*H, P)");
+  } else {
+    if (w.size() != 2 || w[1] < 1 || w[0] != gates * w[1])
+      throw pybind11::value_error("w_hh has shape " + shape_str(w) + ", expected (" +
+                                  std::to_string(gates) + "*H, H) with H >= 1");
+    args.hidden = w[1];
+  }
+  const std::vector<int64_t> zs = Reader::shape(z, z_name);
+  if (zs.size() != 3 || zs[0] < 1)
+    throw pybind11::value_error(std::string(z_name) +
+                                " must have shape (T, B, G*H) with T >= 1");
+  args.cell = cell;
+  args.steps = zs[0];
+  args.batch = zs[1];
+  return args;
+}
+
 // The arrays every backend's recurrent_forward takes, checked into args (whose cell, sizes and
-// proj are set; h has size proj, or H without the projection). The CPU's lengths, resets and
-// w_hr are the caller's to add.
+// proj are set by args_with_sizes; h has size proj, or H without the projection). lengths and
+// resets: check_sequence_options.
 template <typename T, class Checker>
 void check_forward_arrays(Checker& check, ForwardArgs<T>& args, const pybind11::handle& zx,
                           const pybind11::handle& w_hh, const pybind11::handle& b_hh,
                           const pybind11::handle& h0, const pybind11::handle& c0,
                           const pybind11::handle& y, const pybind11::handle& h_n,
-                          const pybind11::handle& c_n, const pybind11::handle& saved) {
+                          const pybind11::handle& c_n, const pybind11::handle& saved,
+                          const pybind11::handle& w_hr) {
   const Cell cell = args.cell;
   const int64_t G = gate_count(cell), S = saved_per_unit(cell);
   const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
@@ -140,9 +205,10 @@ void check_forward_arrays(Checker& check, ForwardArgs<T>& args, const pybind11::
     args.saved = check.optional_output(saved, "saved", {T_, B, S * H});
   else
     check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
+  args.w_hr = check.optional_input(w_hr, "w_hr", {args.proj, H});
 }
 
-// The same for recurrent_backward (the CPU's lengths, resets, w_hr and dh_proj aside).
+// The same for recurrent_backward.
 template <typename T, class Checker>
 void check_backward_arrays(Checker& check, BackwardArgs<T>& args, const pybind11::handle& w_hh,
                            const pybind11::handle& h0, const pybind11::handle& c0,
@@ -150,7 +216,8 @@ void check_backward_arrays(Checker& check, BackwardArgs<T>& args, const pybind11
                            const pybind11::handle& dy, const pybind11::handle& dh_n,
                            const pybind11::handle& dc_n, const pybind11::handle& dzx,
                            const pybind11::handle& dzh, const pybind11::handle& dh0,
-                           const pybind11::handle& dc0) {
+                           const pybind11::handle& dc0, const pybind11::handle& w_hr,
+                           const pybind11::handle& dh_proj) {
   const Cell cell = args.cell;
   const int64_t G = gate_count(cell), S = saved_per_unit(cell);
   const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
@@ -182,6 +249,23 @@ void check_backward_arrays(Checker& check, BackwardArgs<T>& args, const pybind11
     check.require_none(dc_n, "dc_n", why);
     check.require_none(dc0, "dc0", why);
   }
+  if (args.proj > 0) {
+    args.w_hr = check.input(w_hr, "w_hr", {args.proj, H});
+    args.dh_proj = check.output(dh_proj, "dh_proj", {T_, B, args.proj});
+  } else {
+    check.require_none(dh_proj, "dh_proj", "without the projection (w_hr None)");
+  }
+}
+
+// lengths [B] (int64) and resets [T, B] (bool or uint8), each optional (None: nullptr), checked
+// like every other array into args (ForwardArgs or BackwardArgs). Their values are not read
+// here: the kernels stay within memory whatever they are, and lengths outside [0, T] are the
+// caller's to refuse where the binding cannot read them (device memory).
+template <class Args, class Checker>
+void check_sequence_options(Checker& check, Args& args, const pybind11::handle& lengths,
+                            const pybind11::handle& resets) {
+  args.lengths = check.template optional_input<int64_t>(lengths, "lengths", {args.batch});
+  args.resets = check.template optional_input<uint8_t>(resets, "resets", {args.steps, args.batch});
 }
 
 }  // namespace rnnfast::bindings

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "binding_util.h"
+#include "numpy_reader.h"
 #include "rnnfast/activations_cpu.h"
 #include "rnnfast/cell_step.h"
 #include "rnnfast/cpu_features.h"
@@ -25,30 +26,7 @@ namespace {
 using bindings::parse_cell;
 using bindings::shape_str;
 
-// NumPy arrays, for bindings::ArgChecker.
-struct NumpyReader {
-  template <typename T>
-  static bindings::ArrayView view(const py::handle& obj, const char* name) {
-    if (!py::isinstance<py::array>(obj))
-      throw py::type_error(std::string(name) + " must be a numpy.ndarray, not " +
-                           std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
-    auto arr = py::reinterpret_borrow<py::array>(obj);
-    const auto begin = reinterpret_cast<uintptr_t>(arr.data());
-    // Equality, not identity: an unpickled array has an equal but distinct dtype object. The
-    // names are only for the error message: formatting them costs microseconds per array.
-    const bool dtype_ok = arr.dtype().equal(py::dtype::of<T>());
-    auto dtype_name = [&](const py::dtype& d) {
-      return dtype_ok ? std::string() : std::string(py::str(d));
-    };
-    return {dtype_name(arr.dtype()), dtype_name(py::dtype::of<T>()), dtype_ok,
-            (arr.flags() & py::array::c_style) != 0,
-            (arr.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) != 0,
-            arr.writeable(),
-            std::vector<int64_t>(arr.shape(), arr.shape() + arr.ndim()),
-            begin,
-            begin + static_cast<uintptr_t>(arr.nbytes())};
-  }
-};
+using bindings::NumpyReader;
 
 template <typename T>
 using ArgChecker = bindings::ArgChecker<T, NumpyReader>;
@@ -105,46 +83,6 @@ decltype(auto) dispatch_dtype(const py::handle& lead, const char* name, F&& f) {
                        ", expected float32 or float64");
 }
 
-// ForwardArgs or BackwardArgs with the cell and the sizes filled in: T, B from z [T, B, G*H]
-// (zx or dzx); H from w_hh [G*H, H], or with the LSTM's projection H and P from w_hr [P, H]
-// (then w_hh is [G*H, P]).
-template <class Args>
-Args args_with_sizes(Cell cell, const py::object& z, const char* z_name, const py::object& w_hh,
-                     const py::object& w_hr) {
-  if (!py::isinstance<py::array>(w_hh)) throw py::type_error("w_hh must be a numpy.ndarray");
-  auto w = w_hh.cast<py::array>();
-  const auto shape_of = [](const py::array& arr) {
-    return shape_str(std::vector<int64_t>(arr.shape(), arr.shape() + arr.ndim()));
-  };
-  const int64_t gates = gate_count(cell);
-  Args args{};
-  if (!w_hr.is_none()) {
-    if (cell != Cell::Lstm)
-      throw py::value_error("w_hr must be None for this cell (the projection is the LSTM's)");
-    if (!py::isinstance<py::array>(w_hr)) throw py::type_error("w_hr must be a numpy.ndarray");
-    auto p = w_hr.cast<py::array>();
-    if (p.ndim() != 2 || p.shape(0) < 1 || p.shape(1) < 1)
-      throw py::value_error("w_hr has shape " + shape_of(p) + ", expected (P, H) with P, H >= 1");
-    args.proj = p.shape(0);
-    args.hidden = p.shape(1);
-    if (w.ndim() != 2 || w.shape(0) != gates * args.hidden || w.shape(1) != args.proj)
-      throw py::value_error("w_hh has shape " + shape_of(w) + ", expected " +
-                            shape_str({gates * args.hidden, args.proj}) + " = (4*H, P)");
-  } else {
-    if (w.ndim() != 2 || w.shape(1) < 1 || w.shape(0) != gates * w.shape(1))
-      throw py::value_error("w_hh has shape " + shape_of(w) + ", expected (" +
-                            std::to_string(gates) + "*H, H) with H >= 1");
-    args.hidden = w.shape(1);
-  }
-  auto zarr = z.cast<py::array>();
-  if (zarr.ndim() != 3 || zarr.shape(0) < 1)
-    throw py::value_error(std::string(z_name) + " must have shape (T, B, G*H) with T >= 1");
-  args.cell = cell;
-  args.steps = zarr.shape(0);
-  args.batch = zarr.shape(1);
-  return args;
-}
-
 void recurrent_forward_py(const std::string& cell_name, py::object zx, py::object w_hh,
                           py::object b_hh, py::object h0, py::object c0, py::object y,
                           py::object h_n, py::object c_n, py::object saved, py::object lengths,
@@ -153,10 +91,10 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
   dispatch_dtype(zx, "zx", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("zx");
-    auto args = args_with_sizes<ForwardArgs<T>>(cell, zx, "zx", w_hh, w_hr);
-    bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved);
-    const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
-    args.w_hr = check.optional_input(w_hr, "w_hr", {args.proj, H});
+    auto args = bindings::args_with_sizes<ForwardArgs<T>, NumpyReader>(cell, zx, "zx", w_hh, w_hr);
+    bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved,
+                                   w_hr);
+    const int64_t T_ = args.steps, B = args.batch;
     args.lengths = lengths_arg(lengths, T_, B);
     args.resets = resets_arg(resets, T_, B);
     check.check_no_overlap();
@@ -174,16 +112,11 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
   dispatch_dtype(dzx, "dzx", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("dzx");
-    auto args = args_with_sizes<BackwardArgs<T>>(cell, dzx, "dzx", w_hh, w_hr);
+    auto args =
+        bindings::args_with_sizes<BackwardArgs<T>, NumpyReader>(cell, dzx, "dzx", w_hh, w_hr);
     bindings::check_backward_arrays(check, args, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx,
-                                    dzh, dh0, dc0);
-    const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
-    if (args.proj > 0) {
-      args.w_hr = check.input(w_hr, "w_hr", {args.proj, H});
-      args.dh_proj = check.output(dh_proj, "dh_proj", {T_, B, args.proj});
-    } else {
-      check.require_none(dh_proj, "dh_proj", "without the projection (w_hr None)");
-    }
+                                    dzh, dh0, dc0, w_hr, dh_proj);
+    const int64_t T_ = args.steps, B = args.batch;
     args.lengths = lengths_arg(lengths, T_, B);
     args.resets = resets_arg(resets, T_, B);
     check.check_no_overlap();

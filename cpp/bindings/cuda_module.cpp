@@ -1,25 +1,40 @@
-// rnnfast._cuda: the Python binding of the CUDA backend, built only where nvcc was found.
+// rnnfast._cuda and rnnfast._cuda_emulated: the Python binding of the CUDA kernels, one source
+// compiled twice.
 //
-// Arrays come as any object with __cuda_array_interface__ (CuPy's arrays; rnnfast.cuda_functional
-// allocates them from CuPy's pool), the stream as an integer handle (CuPy's current stream:
-// cupy.cuda.get_current_stream().ptr). Every argument is checked before the device is touched
-// (type, dtype, shape, C-contiguity, alignment, writability of outputs, no output overlapping
-// another argument; TypeError/ValueError naming it), then that each pointer is device memory of
-// the current device, then the kernels are enqueued on the stream with the GIL released. Nothing
-// is allocated and nothing synchronizes; CUDA errors raise RuntimeError.
+// _cuda (built where nvcc was found): arrays come as any object with __cuda_array_interface__
+// (CuPy's arrays), the stream as an integer handle (CuPy's current stream:
+// cupy.cuda.get_current_stream().ptr). After the arguments are checked, each pointer must be
+// device memory of the current device; then the kernels are enqueued on the stream with the
+// GIL released. Nothing is allocated and nothing synchronizes.
+// _cuda_emulated (always built; RNNFAST_CUDA_EMULATED): the same kernels compiled for the host
+// (cuda/emulator), over NumPy arrays; the stream is checked and ignored, and the kernels have
+// run when the call returns.
+//
+// Both check every argument before any kernel runs (type, dtype, shape, C-contiguity,
+// alignment, writability of outputs, no output overlapping another argument; TypeError or
+// ValueError naming it) through bindings::ArgChecker; the array reader is the only difference.
+// Launch errors raise RuntimeError (in the emulator: a barrier's timeout, naming the kernel).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "binding_util.h"
 #include "device_info.h"
+#include "launch.cuh"
 #include "recurrence.cuh"
 #include "rnnfast/recurrence.h"
+
+#if defined(RNNFAST_CUDA_EMULATED)
+#include "emulator/self_test.h"
+#include "numpy_reader.h"
+#define RNNFAST_CUDA_MODULE _cuda_emulated
+#else
+#define RNNFAST_CUDA_MODULE _cuda
+#endif
 
 namespace py = pybind11;
 
@@ -36,22 +51,40 @@ void check_cuda(cudaError_t status, const std::string& what) {
   }
 }
 
-template <typename T>
-struct TypeStr;
-template <>
-struct TypeStr<float> {
-  static constexpr const char* value = "<f4";
-};
-template <>
-struct TypeStr<double> {
-  static constexpr const char* value = "<f8";
+std::string type_name(const py::handle& obj) {
+  return py::str(py::type::handle_of(obj).attr("__name__"));
+}
+
+#if defined(RNNFAST_CUDA_EMULATED)
+
+// NumPy arrays in host memory: nothing more to check about where they are.
+struct Reader : bindings::NumpyReader {
+  template <class Checker>
+  static void check_memory(const Checker&) {}
 };
 
+#else
+
+// The typestr of __cuda_array_interface__ for an element type (uint8_t: resets, which may be
+// bool too).
+template <typename T>
+constexpr const char* typestr() {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                std::is_same_v<T, int64_t> || std::is_same_v<T, uint8_t>);
+  if constexpr (std::is_same_v<T, float>) return "<f4";
+  if constexpr (std::is_same_v<T, double>) return "<f8";
+  if constexpr (std::is_same_v<T, int64_t>) return "<i8";
+  return "|u1";
+}
+
 // NumPy's name of a typestr, for error messages.
-std::string dtype_name(const std::string& typestr) {
+std::string typestr_name(const std::string& typestr) {
   if (typestr == "<f2") return "float16";
   if (typestr == "<f4") return "float32";
   if (typestr == "<f8") return "float64";
+  if (typestr == "<i8") return "int64";
+  if (typestr == "|u1") return "uint8";
+  if (typestr == "|b1") return "bool";
   return "'" + typestr + "'";
 }
 
@@ -75,10 +108,6 @@ struct DeviceArray {
     return true;
   }
 };
-
-std::string type_name(const py::handle& obj) {
-  return py::str(py::type::handle_of(obj).attr("__name__"));
-}
 
 DeviceArray read_interface(const py::handle& obj, const char* name) {
   if (!py::hasattr(obj, "__cuda_array_interface__"))
@@ -112,49 +141,62 @@ DeviceArray read_interface(const py::handle& obj, const char* name) {
   return a;
 }
 
-// __cuda_array_interface__ objects, for bindings::ArgChecker.
-struct InterfaceReader {
+// __cuda_array_interface__ objects in device memory.
+struct Reader {
+  static std::vector<int64_t> shape(const py::handle& obj, const char* name) {
+    return read_interface(obj, name).shape;
+  }
+
+  static std::string dtype_name(const py::handle& obj, const char* name) {
+    return typestr_name(read_interface(obj, name).typestr);
+  }
+
   template <typename T>
   static bindings::ArrayView view(const py::handle& obj, const char* name) {
     const DeviceArray a = read_interface(obj, name);
     uintptr_t bytes = sizeof(T);
     for (int64_t extent : a.shape) bytes *= static_cast<uintptr_t>(extent);
-    return {dtype_name(a.typestr), dtype_name(TypeStr<T>::value), a.typestr == TypeStr<T>::value,
+    constexpr bool kBoolToo = std::is_same_v<T, uint8_t>;
+    const bool dtype_ok = a.typestr == typestr<T>() || (kBoolToo && a.typestr == "|b1");
+    return {typestr_name(a.typestr),
+            kBoolToo ? "bool or uint8" : typestr_name(typestr<T>()), dtype_ok,
             a.c_contiguous(sizeof(T)), a.data % sizeof(T) == 0, !a.readonly, a.shape,
             a.data, a.data + bytes};
   }
+
+  // Every non-empty array the checker saw must be device (or managed) memory of the current
+  // device: the first call that touches the device.
+  template <class Checker>
+  static void check_memory(const Checker& check) {
+    int device = 0;
+    check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+    for (const auto& span : check.spans()) {
+      if (span.end == span.begin) continue;
+      cudaPointerAttributes attributes{};
+      check_cuda(cudaPointerGetAttributes(&attributes, reinterpret_cast<void*>(span.begin)),
+                 std::string("cudaPointerGetAttributes(") + span.name + ")");
+      if (attributes.type != cudaMemoryTypeDevice && attributes.type != cudaMemoryTypeManaged)
+        throw py::value_error(std::string(span.name) + " is not in device memory");
+      if (attributes.device != device)
+        throw py::value_error(std::string(span.name) + " is on device " +
+                              std::to_string(attributes.device) +
+                              ", but the current device is " + std::to_string(device));
+    }
+  }
 };
 
-template <typename T>
-using ArgChecker = bindings::ArgChecker<T, InterfaceReader>;
+#endif
 
-// The first call that touches the device: every non-empty array the checker saw must be device
-// (or managed) memory of the current device.
 template <typename T>
-void check_device_memory(const ArgChecker<T>& check) {
-  int device = 0;
-  check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-  for (const auto& span : check.spans()) {
-    if (span.end == span.begin) continue;
-    cudaPointerAttributes attributes{};
-    check_cuda(cudaPointerGetAttributes(&attributes, reinterpret_cast<void*>(span.begin)),
-               std::string("cudaPointerGetAttributes(") + span.name + ")");
-    if (attributes.type != cudaMemoryTypeDevice && attributes.type != cudaMemoryTypeManaged)
-      throw py::value_error(std::string(span.name) + " is not in device memory");
-    if (attributes.device != device)
-      throw py::value_error(std::string(span.name) + " is on device " +
-                            std::to_string(attributes.device) + ", but the current device is " +
-                            std::to_string(device));
-  }
-}
+using ArgChecker = bindings::ArgChecker<T, Reader>;
 
 // The lead array's dtype picks the kernel's type; every other array must have the same.
 template <class F>
 void dispatch_dtype(const py::handle& lead, const char* name, F&& f) {
-  const std::string typestr = read_interface(lead, name).typestr;
-  if (typestr == TypeStr<float>::value) return f(float{});
-  if (typestr == TypeStr<double>::value) return f(double{});
-  throw py::type_error(std::string(name) + " has dtype " + dtype_name(typestr) +
+  const std::string dtype = Reader::dtype_name(lead, name);
+  if (dtype == "float32") return f(float{});
+  if (dtype == "float64") return f(double{});
+  throw py::type_error(std::string(name) + " has dtype " + dtype +
                        ", expected float32 or float64");
 }
 
@@ -167,34 +209,19 @@ cudaStream_t parse_stream(const py::handle& stream) {
   return reinterpret_cast<cudaStream_t>(stream.cast<uintptr_t>());
 }
 
-// ForwardArgs or BackwardArgs with the cell and the sizes (T, B, H) from z [T, B, G*H] and
-// w_hh [G*H, H].
-template <class Args>
-Args args_with_sizes(Cell cell, const py::handle& z, const char* z_name, const py::handle& w_hh) {
-  const std::vector<int64_t> zs = read_interface(z, z_name).shape;
-  const std::vector<int64_t> ws = read_interface(w_hh, "w_hh").shape;
-  const int64_t gates = gate_count(cell);
-  if (ws.size() != 2 || ws[1] < 1 || ws[0] != gates * ws[1])
-    throw py::value_error("w_hh has shape " + shape_str(ws) + ", expected (" +
-                          std::to_string(gates) + "*H, H) with H >= 1");
-  if (zs.size() != 3 || zs[0] < 1)
-    throw py::value_error(std::string(z_name) + " must have shape (T, B, G*H) with T >= 1");
-  Args args{};
-  args.cell = cell;
-  args.steps = zs[0];
-  args.batch = zs[1];
-  args.hidden = ws[1];
-  return args;
+Direction parse_direction(const std::string& name) {
+  if (name == "forward") return Direction::Forward;
+  if (name == "backward") return Direction::Backward;
+  throw py::value_error("direction must be 'forward' or 'backward', not '" + name + "'");
 }
 
 // Once every argument is checked: refuses overlapping outputs, does nothing for B = 0, else
-// checks that the arrays are in device memory and runs launch() (which returns the CUDA status)
-// without the GIL.
+// checks where the arrays are and runs launch() (which returns the CUDA status) without the GIL.
 template <class Checker, class Launch>
 void launch_checked(const Checker& check, int64_t batch, const char* what, Launch&& launch) {
   check.check_no_overlap();
   if (batch == 0) return;
-  check_device_memory(check);
+  Reader::check_memory(check);
   cudaError_t status;
   {
     py::gil_scoped_release release;
@@ -205,43 +232,68 @@ void launch_checked(const Checker& check, int64_t batch, const char* what, Launc
 
 void recurrent_forward_py(const std::string& cell_name, py::object zx, py::object w_hh,
                           py::object b_hh, py::object h0, py::object c0, py::object y,
-                          py::object h_n, py::object c_n, py::object saved, py::object stream) {
+                          py::object h_n, py::object c_n, py::object saved, py::object lengths,
+                          py::object resets, py::object w_hr, py::object workspace,
+                          py::object stream) {
   const Cell cell = parse_cell(cell_name);
   const cudaStream_t cuda_stream = parse_stream(stream);
   dispatch_dtype(zx, "zx", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("zx");
-    auto args = args_with_sizes<ForwardArgs<T>>(cell, zx, "zx", w_hh);
-    bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved);
-    launch_checked(check, args.batch, "rnnfast recurrent_forward launch",
-                   [&] { return recurrent_forward(args, cuda_stream); });
+    auto args = bindings::args_with_sizes<ForwardArgs<T>, Reader>(cell, zx, "zx", w_hh, w_hr);
+    bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved,
+                                   w_hr);
+    bindings::check_sequence_options(check, args, lengths, resets);
+    T* scratch = check.scratch(workspace, "workspace",
+                               workspace_size(Direction::Forward, cell, args.batch, args.hidden,
+                                              args.proj));
+    launch_checked(check, args.batch, "rnnfast recurrent_forward",
+                   [&] { return recurrent_forward(args, scratch, cuda_stream); });
   });
 }
 
 void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::object h0,
                            py::object c0, py::object y, py::object saved, py::object dy,
                            py::object dh_n, py::object dc_n, py::object dzx, py::object dzh,
-                           py::object dh0, py::object dc0, py::object stream) {
+                           py::object dh0, py::object dc0, py::object lengths,
+                           py::object resets, py::object w_hr, py::object dh_proj,
+                           py::object workspace, py::object stream) {
   const Cell cell = parse_cell(cell_name);
   const cudaStream_t cuda_stream = parse_stream(stream);
   dispatch_dtype(dzx, "dzx", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("dzx");
-    auto args = args_with_sizes<BackwardArgs<T>>(cell, dzx, "dzx", w_hh);
+    auto args =
+        bindings::args_with_sizes<BackwardArgs<T>, Reader>(cell, dzx, "dzx", w_hh, w_hr);
     bindings::check_backward_arrays(check, args, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx,
-                                    dzh, dh0, dc0);
-    launch_checked(check, args.batch, "rnnfast recurrent_backward launch",
-                   [&] { return recurrent_backward(args, cuda_stream); });
+                                    dzh, dh0, dc0, w_hr, dh_proj);
+    bindings::check_sequence_options(check, args, lengths, resets);
+    T* scratch = check.scratch(workspace, "workspace",
+                               workspace_size(Direction::Backward, cell, args.batch,
+                                              args.hidden, args.proj));
+    launch_checked(check, args.batch, "rnnfast recurrent_backward",
+                   [&] { return recurrent_backward(args, scratch, cuda_stream); });
   });
 }
 
 }  // namespace
 }  // namespace rnnfast::cuda
 
-PYBIND11_MODULE(_cuda, m) {
+PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
   using namespace rnnfast::cuda;
-  m.doc() = "rnnfast CUDA backend (low level; use rnnfast.cuda_functional)";
+  using rnnfast::bindings::parse_cell;
+#if defined(RNNFAST_CUDA_EMULATED)
+  m.doc() = "rnnfast's CUDA kernels compiled for the host and run by its CUDA emulator, over "
+            "NumPy arrays (low level; the interface of rnnfast._cuda)";
+  m.attr("emulated") = true;
+  m.attr("compiled_architectures") = "host";
+  const char* arrays = "NumPy arrays";
+#else
+  m.doc() = "rnnfast CUDA backend (low level)";
+  m.attr("emulated") = false;
   m.attr("compiled_architectures") = RNNFAST_CUDA_ARCHITECTURES;
+  const char* arrays = "CUDA arrays (__cuda_array_interface__)";
+#endif
   m.def("device_info", [] {
     const DeviceInfo info = device_info();
     py::dict d;
@@ -253,17 +305,78 @@ PYBIND11_MODULE(_cuda, m) {
   }, "CUDA runtime and driver versions, the visible devices, and why none is usable if so.");
   m.def("recurrent_forward", &recurrent_forward_py, py::arg("cell"), py::arg("zx"),
         py::arg("w_hh"), py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"),
-        py::arg("h_n"), py::arg("c_n"), py::arg("saved"), py::arg("stream"),
-        "Recurrence of one layer and direction on the GPU, enqueued on `stream`; the arguments "
-        "of rnnfast._cpu.recurrent_forward, as CUDA arrays.");
+        py::arg("h_n"), py::arg("c_n"), py::arg("saved"), py::arg("lengths") = py::none(),
+        py::arg("resets") = py::none(), py::arg("w_hr") = py::none(), py::kw_only(),
+        py::arg("workspace") = py::none(), py::arg("stream") = 0,
+        (std::string("Recurrence of one layer and direction, enqueued on `stream`: the "
+                     "arguments and results of rnnfast._cpu.recurrent_forward, as ") +
+         arrays + " (lengths int64 [B], resets bool or uint8 [T, B]). lengths must lie in "
+         "[0, T]: the kernels do not check it (the caller must). workspace: a 1-D array of the "
+         "data's dtype with at least workspace_size('forward', cell, B, H, P) elements (None "
+         "where that is 0); its contents are undefined afterwards.").c_str());
   m.def("recurrent_backward", &recurrent_backward_py, py::arg("cell"), py::arg("w_hh"),
         py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("saved"), py::arg("dy"),
         py::arg("dh_n"), py::arg("dc_n"), py::arg("dzx"), py::arg("dzh"), py::arg("dh0"),
-        py::arg("dc0"), py::arg("stream"),
-        "Backward through time of recurrent_forward on the GPU, enqueued on `stream`; the "
-        "arguments of rnnfast._cpu.recurrent_backward, as CUDA arrays.");
+        py::arg("dc0"), py::arg("lengths") = py::none(), py::arg("resets") = py::none(),
+        py::arg("w_hr") = py::none(), py::arg("dh_proj") = py::none(), py::kw_only(),
+        py::arg("workspace") = py::none(), py::arg("stream") = 0,
+        (std::string("Backward through time of recurrent_forward, enqueued on `stream`: the "
+                     "arguments and results of rnnfast._cpu.recurrent_backward, as ") +
+         arrays + ". lengths must lie in [0, T] (unchecked). workspace: at least "
+         "workspace_size('backward', cell, B, H, P) elements (None where that is 0).").c_str());
+  m.def("workspace_size",
+        [](const std::string& direction, const std::string& cell, int64_t batch, int64_t hidden,
+           int64_t proj) {
+          if (batch < 0 || hidden < 1 || proj < 0)
+            throw py::value_error("workspace_size needs batch >= 0, hidden >= 1, proj >= 0");
+          return workspace_size(parse_direction(direction), parse_cell(cell), batch, hidden,
+                                proj);
+        },
+        py::arg("direction"), py::arg("cell"), py::arg("batch"), py::arg("hidden"),
+        py::arg("proj") = 0,
+        "Elements of the workspace that recurrent_forward (direction 'forward') or "
+        "recurrent_backward ('backward') needs; proj: the LSTM's projection size, 0 for none.");
   m.def("saved_per_unit",
-        [](const std::string& cell) { return rnnfast::saved_per_unit(
-            rnnfast::bindings::parse_cell(cell)); },
+        [](const std::string& cell) { return rnnfast::saved_per_unit(parse_cell(cell)); },
         py::arg("cell"), "Values per hidden unit and step in the training workspace.");
+  m.def("gate_count", [](const std::string& cell) { return rnnfast::gate_count(parse_cell(cell)); },
+        py::arg("cell"), "Gates per hidden unit (rows of W_hh per unit).");
+#if defined(RNNFAST_CUDA_EMULATED)
+  m.def("set_timeout", [](double seconds) {
+    if (!(seconds > 0)) throw py::value_error("seconds must be a positive number");
+    emulator::set_timeout(seconds);
+  }, py::arg("seconds"),
+        "The longest an emulated thread waits at a barrier before its launch fails with "
+        "RuntimeError (default: RNNFAST_EMULATOR_TIMEOUT seconds, else 60).");
+  m.def("timeout", &emulator::timeout, "The emulator's barrier timeout in seconds.");
+  m.def("self_test_divergent_barrier", [](int threads, int waiting) {
+    if (threads < 1 || threads > 1024 || waiting < 1 || waiting > threads)
+      throw py::value_error("needs 1 <= waiting <= threads <= 1024");
+    cudaError_t status;
+    {
+      py::gil_scoped_release release;
+      status = emulator::self_test::divergent_barrier(threads, waiting);
+    }
+    check_cuda(status, "self_test_divergent_barrier");
+  }, py::arg("threads"), py::arg("waiting"),
+        "The emulator's own test: one block of `threads` threads, of which the first `waiting` "
+        "wait at a __syncthreads that the others never reach. With waiting < threads it must "
+        "raise RuntimeError once the timeout has passed.");
+  m.def("self_test_grid_sync", [](int blocks, int threads) {
+    if (blocks < 1 || threads < 1 || threads > 1024)
+      throw py::value_error("needs blocks >= 1 and 1 <= threads <= 1024");
+    std::vector<int64_t> seen(static_cast<size_t>(blocks) * threads);
+    cudaError_t status;
+    {
+      py::gil_scoped_release release;
+      status = emulator::self_test::grid_sync_exchange(blocks, threads, seen.data());
+    }
+    check_cuda(status, "self_test_grid_sync");
+    return seen;
+  }, py::arg("blocks"), py::arg("threads"),
+        "The emulator's own test: a cooperative launch where thread t of block b writes "
+        "b * threads + t, meets every other thread at grid_sync(), then reads what thread t of "
+        "block (b + 1) % blocks wrote. Returns what each thread read, block by block (-1 where "
+        "its block's shared memory was not its own).");
+#endif
 }

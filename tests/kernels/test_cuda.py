@@ -148,7 +148,8 @@ def fake_backward_args(cell="lstm", dtype=np.float32, batch=B):
         "y": a(T, batch, H), "saved": a(T, batch, s * H) if s else None, "dy": a(T, batch, H),
         "dh_n": a(batch, H), "dc_n": a(batch, H) if lstm else None, "dzx": a(T, batch, g * H),
         "dzh": a(T, batch, g * H) if cell == "gru" else None, "dh0": a(batch, H),
-        "dc0": a(batch, H) if lstm else None, "stream": 0,
+        "dc0": a(batch, H) if lstm else None,
+        "workspace": a(_cuda.workspace_size("backward", cell, batch, H, 0)), "stream": 0,
     }
 
 

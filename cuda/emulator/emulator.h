@@ -1,0 +1,96 @@
+// The CUDA emulator: the part of CUDA that rnnfast's kernels use, on the host, so that the same
+// .cu sources (compiled by the host compiler with RNNFAST_CUDA_EMULATED defined) run and are
+// tested on machines without a GPU: the module rnnfast._cuda_emulated.
+//
+// Model. Every CUDA thread of a launch is a host thread (from a pool that grows to the largest
+// launch seen and is kept). An ordinary launch runs its blocks one after another, each block's
+// threads at once (cheap and deterministic); a cooperative launch runs all blocks at once, so
+// that grid_sync() (a barrier over the whole grid) works. Launches run to completion on the
+// calling thread before they return: streams are ignored, every launch is synchronous.
+// __syncthreads() and grid_sync() are barriers; a thread that waits at one longer than the
+// timeout (set_timeout, or the environment variable RNNFAST_EMULATOR_TIMEOUT in seconds;
+// default 60) fails the launch: every thread waiting in it is released (by an exception that
+// unwinds its kernel), and the launch returns cudaErrorLaunchTimeout, with a message naming the
+// kernel and the barrier (cudaGetErrorString). A thread that neither finishes nor reaches a
+// barrier within twice the timeout after that cannot be stopped: the process is then ended with
+// a message, rather than hang.
+//
+// Shared memory: declare it with RNNFAST_SHARED (launch.cuh), never with a plain __shared__
+// (which this header leaves undefined, so that it does not compile): each block gets its own
+// copy, also when blocks run concurrently. Dynamic shared memory (the launch's shared_bytes) is
+// dynamic_shared<T>(). Both start filled with 0xFF bytes (NaN for floats), so that a read before
+// any write shows.
+//
+// Not emulated: warps (no shuffles, votes or lock-step execution: a kernel that relies on them
+// needs them added here), atomics beyond std::atomic, the memory model's weaker orderings (host
+// threads see each other's writes after a barrier, as CUDA guarantees, and often earlier), the
+// compiler's code, speed.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+// The emulated thread's coordinates, set by the emulator before it runs the kernel.
+extern thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+enum cudaError_t {
+  cudaSuccess = 0,
+  cudaErrorInvalidValue = 1,
+  cudaErrorLaunchTimeout = 702,
+  cudaErrorLaunchFailure = 719,
+  cudaErrorCooperativeLaunchTooLarge = 720,
+};
+using cudaStream_t = struct CUstream_st*;
+
+// The last error of a launch on this host thread (cleared by the call, as in CUDA).
+cudaError_t cudaGetLastError();
+// For the status of this host thread's last failed launch: its message, which names the kernel.
+const char* cudaGetErrorString(cudaError_t status);
+
+// What device_info.cu asks the runtime.
+struct cudaDeviceProp {
+  char name[256];
+  int major, minor;
+};
+cudaError_t cudaRuntimeGetVersion(int* version);  // 0: no CUDA runtime
+cudaError_t cudaDriverGetVersion(int* version);   // 0: no driver
+cudaError_t cudaGetDeviceCount(int* count);       // 1: the emulator
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device);
+
+void __syncthreads();
+
+namespace rnnfast::cuda::emulator {
+
+// The longest a thread waits at a barrier, in seconds (> 0).
+void set_timeout(double seconds);
+double timeout();
+
+// Runs body() on every thread of `grid` x `block`; see the model above. `kernel` names it in
+// errors. Returns cudaSuccess, cudaErrorLaunchTimeout, cudaErrorInvalidValue (an empty or
+// too large launch) or cudaErrorLaunchFailure (the kernel threw).
+cudaError_t run(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, bool cooperative,
+                const std::function<void()>& body);
+
+// The barrier over all threads of a cooperative launch.
+void grid_sync();
+
+// This block's copy of the shared variable declared at `site` (its address identifies the
+// declaration), `bytes` long; the launch's dynamic shared memory.
+void* block_shared(const void* site, size_t bytes, size_t align);
+void* dynamic_shared();
+
+// Most threads a cooperative launch may have (all run at once).
+constexpr unsigned kMaxCooperativeThreads = 8192;
+
+}  // namespace rnnfast::cuda::emulator

@@ -1,0 +1,267 @@
+"""The CUDA kernels (cuda/recurrence.cu) run by the emulator (rnnfast._cuda_emulated), against
+the CPU kernels, and the emulator's own tests.
+
+rnnfast._cuda_emulated is the CUDA source compiled by the host compiler, with CUDA threads as
+host threads (cuda/emulator/emulator.h). This checks what the kernels compute: indexing, tiles
+and their tails, the step structure of forward and backward, lengths, resets, the projection,
+the training workspace's layout, optional arguments. It cannot check the CUDA compiler's code,
+the GPU's memory model or speed: tests/test_cuda.py does, on a GPU. Outputs and the workspace
+are poisoned with NaN first, so an element left unwritten (or read before it is written) fails.
+"""
+
+import time
+
+import numpy as np
+import pytest
+
+from rnnfast import _cpu, _cuda_emulated as emu
+
+from _util import CELLS, DTYPES, GATES
+
+# (T, B, H): tails of every tile (32 units, 16 batch rows, depth 32), several row and unit
+# tiles (B = 37, H = 70), H = 1, and the 130 of the CPU tests.
+SHAPES = [(1, 1, 1), (5, 3, 7), (2, 1, 33), (3, 17, 33), (2, 37, 70), (3, 3, 130), (4, 37, 1)]
+# Shapes for the sequence options: each has rows of length 0 and T (B > 1), and several steps.
+OPTION_SHAPES = [(5, 3, 7), (4, 17, 33), (3, 37, 70), (2, 3, 130)]
+# Both are the same math at the same precision, summed in other orders, over a few steps.
+TOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def _nan(shape, dtype, present=True):
+    return np.full(shape, np.nan, dtype) if present else None
+
+
+def _run(module, cell, dtype, x, d, options):
+    """Forward then backward through the CPU kernels or the emulated CUDA ones, all outputs
+    poisoned first. x: inputs of the forward; d: dy, dh_n, dc_n; options: lengths, resets,
+    w_hr (or None each)."""
+    T_, B, GH = x["zx"].shape
+    H = GH // GATES[cell]
+    w_hr = options["w_hr"]
+    P = 0 if w_hr is None else w_hr.shape[0]
+    R = P or H
+    lstm, per_unit = cell == "lstm", _cpu.saved_per_unit(cell)
+    emulated = module is emu
+    out = {"y": _nan((T_, B, R), dtype), "h_n": _nan((B, R), dtype),
+           "c_n": _nan((B, H), dtype, lstm),
+           "saved": _nan((T_, B, per_unit * H), dtype, per_unit > 0)}
+    seq = {k: options[k] for k in ("lengths", "resets", "w_hr")}
+
+    def workspace(direction):
+        return {"workspace": _nan(emu.workspace_size(direction, cell, B, H, P), dtype)} \
+            if emulated else {}
+
+    module.recurrent_forward(cell, x["zx"], x["w_hh"], x["b_hh"], x["h0"], x["c0"], out["y"],
+                             out["h_n"], out["c_n"], out["saved"], **seq,
+                             **workspace("forward"))
+    out.update({"dzx": _nan((T_, B, GH), dtype), "dzh": _nan((T_, B, GH), dtype, cell == "gru"),
+                "dh0": _nan((B, R), dtype), "dc0": _nan((B, H), dtype, lstm),
+                "dh_proj": _nan((T_, B, R), dtype, P > 0)})
+    module.recurrent_backward(cell, x["w_hh"], x["h0"], x["c0"], out["y"], out["saved"],
+                              d["dy"], d["dh_n"], d["dc_n"], out["dzx"], out["dzh"], out["dh0"],
+                              out["dc0"], **seq, dh_proj=out["dh_proj"],
+                              **workspace("backward"))
+    return out
+
+
+def _compare(cell, dtype, shape, optional, lengths=False, resets=False, proj=False):
+    """The emulated kernels against the CPU's on one random problem. optional: b_hh, dh_n and
+    dc_n given (else None)."""
+    T_, B, H = shape
+    G, lstm = GATES[cell], cell == "lstm"
+    rng = np.random.default_rng(
+        sum(map(ord, f"{cell}{np.dtype(dtype)}{shape}{optional}{lengths}{resets}{proj}")))
+    draw = lambda *s: (0.5 * rng.standard_normal(s)).astype(dtype)  # noqa: E731
+    P = max(1, 2 * H // 3) if proj else 0
+    R = P or H
+    x = {"zx": draw(T_, B, G * H), "w_hh": draw(G * H, R),
+         "b_hh": draw(G * H) if optional else None, "h0": draw(B, R),
+         "c0": draw(B, H) if lstm else None}
+    d = {"dy": draw(T_, B, R), "dh_n": draw(B, R) if optional else None,
+         "dc_n": draw(B, H) if lstm and optional else None}
+    options = {"lengths": None, "resets": None, "w_hr": draw(P, H) if proj else None}
+    if lengths:  # every length from 0 to T, the first row T and the last 0
+        n = rng.integers(0, T_ + 1, B)
+        n[0], n[-1] = T_, 0
+        options["lengths"] = n.astype(np.int64)
+    if resets:
+        options["resets"] = rng.random((T_, B)) < 0.3
+    cpu = _run(_cpu, cell, dtype, x, d, options)
+    got = _run(emu, cell, dtype, x, d, options)
+    failures = []
+    for name, expected in cpu.items():
+        if expected is None:
+            continue
+        if np.isnan(got[name]).any():
+            failures.append(f"{name}: {np.isnan(got[name]).sum()} elements not written")
+            continue
+        err = np.max(np.abs(got[name] - expected)) / max(np.max(np.abs(expected)), 1e-30)
+        if not err <= TOL[dtype]:
+            failures.append(f"{name}: rel err {err:.2e} > {TOL[dtype]:.0e}")
+    assert not failures, "; ".join(failures)
+
+
+def _ids(shapes):
+    return [f"T{t}-B{b}-H{h}" for t, b, h in shapes]
+
+
+@pytest.mark.parametrize("optional", [True, False], ids=["given", "none"])
+@pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_emulated_kernels_match_cpu(cell, dtype, shape, optional):
+    _compare(cell, dtype, shape, optional)
+
+
+@pytest.mark.parametrize("lengths, resets", [(True, False), (False, True), (True, True)],
+                         ids=["lengths", "resets", "both"])
+@pytest.mark.parametrize("shape", OPTION_SHAPES, ids=_ids(OPTION_SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_emulated_sequence_options_match_cpu(cell, dtype, shape, lengths, resets):
+    _compare(cell, dtype, shape, True, lengths, resets)
+
+
+PROJ_SHAPES = [(1, 1, 1), (5, 3, 7), (3, 17, 33), (2, 37, 70), (2, 3, 130)]
+
+
+@pytest.mark.parametrize("options", ["plain", "none", "lengths-resets"])
+@pytest.mark.parametrize("shape", PROJ_SHAPES, ids=_ids(PROJ_SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_emulated_projection_matches_cpu(dtype, shape, options):
+    sequence = options == "lengths-resets" and shape[1] > 1
+    _compare("lstm", dtype, shape, options != "none", sequence, sequence, proj=True)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_inference_forward_equals_training(cell):
+    """saved None (inference) writes the same y, h_n, c_n as the training forward, bit for bit,
+    with lengths, resets and (LSTM) the projection."""
+    T_, B, H, P = 4, 17, 33, (20 if cell == "lstm" else 0)
+    G, R = GATES[cell], P or H
+    rng = np.random.default_rng(7)
+    draw = lambda *s: (0.5 * rng.standard_normal(s)).astype(np.float32)  # noqa: E731
+    args = {"zx": draw(T_, B, G * H), "w_hh": draw(G * H, R), "b_hh": draw(G * H),
+            "h0": draw(B, R), "c0": draw(B, H) if cell == "lstm" else None,
+            "lengths": rng.integers(0, T_ + 1, B), "resets": rng.random((T_, B)) < 0.3,
+            "w_hr": draw(P, H) if P else None}
+    results = []
+    for saved in (_nan((T_, B, emu.saved_per_unit(cell) * H), np.float32,
+                       emu.saved_per_unit(cell) > 0), None):
+        out = {"y": _nan((T_, B, R), np.float32), "h_n": _nan((B, R), np.float32),
+               "c_n": _nan((B, H), np.float32, cell == "lstm")}
+        emu.recurrent_forward(cell, **args, **out, saved=saved,
+                              workspace=_nan(emu.workspace_size("forward", cell, B, H, P),
+                                             np.float32))
+        results.append(out)
+    for name, value in results[0].items():
+        if value is not None:
+            assert not np.isnan(value).any(), f"{name} not fully written"
+            np.testing.assert_array_equal(results[1][name], value, err_msg=name)
+
+
+# ------------------------------------------------------------------ the binding
+
+
+def _small_forward(cell="lstm", dtype=np.float32, **changes):
+    T_, B, H = 3, 2, 4
+    G = GATES[cell]
+    lstm, S = cell == "lstm", _cpu.saved_per_unit(cell)
+    z = lambda *s: np.zeros(s, dtype)  # noqa: E731
+    args = {"cell": cell, "zx": z(T_, B, G * H), "w_hh": z(G * H, H), "b_hh": None,
+            "h0": z(B, H), "c0": z(B, H) if lstm else None, "y": z(T_, B, H), "h_n": z(B, H),
+            "c_n": z(B, H) if lstm else None, "saved": z(T_, B, S * H) if S else None}
+    return {**args, **changes}
+
+
+def test_module_interface():
+    assert emu.emulated is True
+    assert emu.compiled_architectures == "host"
+    info = emu.device_info()
+    assert set(info) == {"runtime_version", "driver_version", "devices", "error"}
+    assert info["error"] is None and len(info["devices"]) == 1
+    for cell in CELLS:
+        assert emu.gate_count(cell) == GATES[cell]
+        assert emu.saved_per_unit(cell) == _cpu.saved_per_unit(cell)
+    assert emu.workspace_size("forward", "lstm", 3, 5, 0) == 0
+    assert emu.workspace_size("forward", "lstm", 3, 5, 2) == 15
+    assert emu.workspace_size("backward", "gru", 3, 5, 0) == 15
+    assert emu.workspace_size("backward", "lstm", 3, 5, 0) == 30
+    assert emu.workspace_size("backward", "lstm", 3, 5, 2) == 15
+    with pytest.raises(ValueError, match="direction"):
+        emu.workspace_size("sideways", "lstm", 3, 5, 0)
+
+
+@pytest.mark.parametrize("name, value, error, message", [
+    ("lengths", np.zeros(2, np.int32), TypeError, "lengths has dtype int32, expected int64$"),
+    ("lengths", np.zeros(3, np.int64), ValueError, r"lengths has shape \(3,\), expected \(2,\)"),
+    ("lengths", [3, 3], TypeError, "lengths must be a numpy.ndarray"),
+    ("resets", np.zeros((3, 2), np.int64), TypeError, "resets has dtype int64, expected bool or "
+     "uint8"),
+    ("resets", np.zeros((2, 3), bool), ValueError, r"resets has shape \(2, 3\), expected \(3, 2\)"),
+    ("resets", np.zeros((2, 3), bool).T, ValueError, "resets must be C-contiguous"),
+    ("w_hr", np.zeros((2, 4), np.float64), ValueError, r"w_hh has shape \(16, 4\), expected "
+     r"\(16, 2\)"),
+])
+def test_options_checked_like_every_array(name, value, error, message):
+    with pytest.raises(error, match=message):
+        emu.recurrent_forward(**_small_forward(**{name: value}))
+
+
+def test_workspace_checked():
+    P = 2
+    args = _small_forward(w_hh=np.zeros((16, P), np.float32), h0=np.zeros((2, P), np.float32),
+                          y=np.zeros((3, 2, P), np.float32), h_n=np.zeros((2, P), np.float32),
+                          w_hr=np.zeros((P, 4), np.float32))
+    with pytest.raises(ValueError, match="workspace must be a 1-D array of at least 8 elements"):
+        emu.recurrent_forward(**args)
+    with pytest.raises(ValueError, match=r"workspace has shape \(7,\), expected a 1-D array of "
+                                         "at least 8"):
+        emu.recurrent_forward(**args, workspace=np.zeros(7, np.float32))
+    with pytest.raises(TypeError, match="workspace has dtype float64, expected float32"):
+        emu.recurrent_forward(**args, workspace=np.zeros(8, np.float64))
+    with pytest.raises(ValueError, match="y overlaps the memory of workspace"):
+        emu.recurrent_forward(**args, workspace=args["y"].reshape(-1))
+    emu.recurrent_forward(**args, workspace=np.zeros(9, np.float32))
+    # workspace and stream are keyword-only: a 14th positional argument is refused
+    with pytest.raises(TypeError):
+        emu.recurrent_forward(*_small_forward().values(), None, None, None, None)
+
+
+# ------------------------------------------------------------------ the emulator itself
+
+
+@pytest.fixture
+def short_timeout():
+    before = emu.timeout()
+    emu.set_timeout(0.5)
+    yield 0.5
+    emu.set_timeout(before)
+
+
+def test_divergent_barrier_fails_within_timeout(short_timeout):
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="divergent_barrier_kernel.*__syncthreads timed out "
+                                           "after 0.5 s with 5 of 32 threads arrived"):
+        emu.self_test_divergent_barrier(32, 5)
+    assert time.monotonic() - start < 10 * short_timeout
+    emu.self_test_divergent_barrier(32, 32)  # every thread arrives: no error, and no leftovers
+
+
+def test_set_timeout_refuses_nonsense():
+    for bad in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            emu.set_timeout(bad)
+
+
+@pytest.mark.parametrize("blocks, threads", [(1, 1), (2, 32), (7, 33), (16, 128)])
+def test_grid_sync_shows_every_block_the_others_writes(blocks, threads):
+    seen = np.array(emu.self_test_grid_sync(blocks, threads)).reshape(blocks, threads)
+    b = np.arange(blocks)[:, None]
+    t = np.arange(threads)[None, :]
+    np.testing.assert_array_equal(seen, (b + 1) % blocks * threads + t)
+
+
+def test_cooperative_launch_too_large():
+    with pytest.raises(RuntimeError, match="cooperative launch of 8256 threads"):
+        emu.self_test_grid_sync(129, 64)
