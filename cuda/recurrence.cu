@@ -284,9 +284,9 @@ __device__ void cell_backward(const BackwardArgs<T>& a, int64_t s, int64_t b, in
   if constexpr (C::kSaved > 0)
     for (int q = 0; q < C::kSaved; ++q)
       saved[q] = static_cast<Acc>(a.saved[sb * C::kSaved * H + q * H + j]);
-  if constexpr (C::kHasCellState)  // c0, or the c that step s-1 saved (the LSTM saves c last)
+  if constexpr (C::kHasCellState)  // c0, or the c that step s-1 saved
     c_prev = static_cast<Acc>(
-        fresh ? a.c0[bj] : a.saved[(sb - B) * C::kSaved * H + (C::kSaved - 1) * H + j]);
+        fresh ? a.c0[bj] : a.saved[(sb - B) * C::kSaved * H + C::kSavedC * H + j]);
   if constexpr (C::kBackwardReadsH) h = static_cast<Acc>(a.y[sb * R + j]);
   if constexpr (C::kReadsHPrev)
     h_prev = static_cast<Acc>(fresh ? a.h0[b * R + j] : a.y[(sb - B) * R + j]);
