@@ -2,7 +2,8 @@
 
 Layers shaped like PyTorch's (``rnnfast.RNN``, ``LSTM``, ``GRU``) over NumPy arrays, single-step
 cells for streaming inference (``rnnfast.RNNCell``, ``LSTMCell``, ``GRUCell``), a
-functional API (``rnnfast.functional``) and the NumPy reference that every kernel is tested
+functional API (``rnnfast.functional``), training helpers (``rnnfast.training``: gradient
+clipping, SGD and Adam, truncated BPTT) and the NumPy reference that every kernel is tested
 against (``rnnfast.reference``).
 """
 
@@ -10,7 +11,7 @@ import os as _os
 import warnings as _warnings
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import _cpu, functional, reference
+from . import _cpu, functional, reference, training
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
 
@@ -19,7 +20,7 @@ try:
 except PackageNotFoundError:  # imported from a source tree that was not installed
     __version__ = "0+unknown"
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "reference", "cpu_info", "cuda_info",
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "reference", "training", "cpu_info", "cuda_info",
            "set_num_threads", "get_num_threads", "__version__"]
 
 # RNNFAST_ISA forces an instruction set (e.g. a lower one, to compare numerics or speed).

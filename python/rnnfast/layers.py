@@ -99,6 +99,13 @@ class _RNNBase:
         """The parameters as a dict of NumPy arrays (copies), with PyTorch's names and shapes."""
         return {name: value.copy() for name, value in self._params.items()}
 
+    def named_parameters(self):
+        """(name, array) pairs of the parameters themselves, not copies (state_dict's names and
+        order), as torch's ``named_parameters``: for optimizers that update them in place
+        (``rnnfast.training``). Changing them between a training forward and its backward
+        changes what the backward computes."""
+        return iter(self._params.items())
+
     def load_state_dict(self, state_dict):
         """Loads parameters from a dict with PyTorch's names and shapes (values: anything
         np.asarray accepts, e.g. NumPy arrays or CPU tensors). Every name must be present and
