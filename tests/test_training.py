@@ -203,10 +203,13 @@ def test_truncated_bptt_matches_reference_chunk_by_chunk(cell, batch_first):
         return float(np.sum(out * g)), (g.transpose(1, 0, 2) if batch_first else g)
 
     layer_input = x.transpose(1, 0, 2) if batch_first else x
-    states = []
-    for loss, state in truncated_bptt(layer, layer_input, chunk, loss_and_grad, hx=hx):
+    states, grad_inputs = [], []
+    for k, step in enumerate(truncated_bptt(layer, layer_input, chunk, loss_and_grad, hx=hx)):
+        assert step.steps == slice(6 * k, min(6 * k + 6, T))
+        assert step.loss == pytest.approx(np.sum(outputs[k] * dy[step.steps]), rel=1e-12)
         grads.append(dict(layer.grads))
-        states.append(state)
+        states.append(step.state)
+        grad_inputs.append(step.grad_input.transpose(1, 0, 2) if batch_first else step.grad_input)
     assert len(grads) == 4 and outputs[-1].shape[0] == 5
 
     # The oracle: the reference chunk by chunk, each from the previous chunk's final states,
@@ -218,7 +221,8 @@ def test_truncated_bptt_matches_reference_chunk_by_chunk(cell, batch_first):
         assert rel_err(outputs[k], y) <= FLOAT64_TOL
         got_h = states[k][0] if cell == "lstm" else states[k]
         assert rel_err(got_h, h) <= FLOAT64_TOL
-        _, _, _, want = ref.backward_layers(cache, dy[steps])
+        dx, _, _, want = ref.backward_layers(cache, dy[steps])
+        assert rel_err(grad_inputs[k], dx) <= FLOAT64_TOL
         for name, value in want.items():
             assert rel_err(grads[k][name], value) <= FLOAT64_TOL, (k, name)
 
@@ -245,9 +249,9 @@ def test_truncated_bptt_steps_an_optimizer_between_chunks():
 
     losses = []
     for epoch in range(30):
-        for loss, _ in truncated_bptt(layer, x, 25, loss_and_grad):
+        for chunk in truncated_bptt(layer, x, 25, loss_and_grad):
             optimizer.step(layer.grads)
-            losses.append(loss)
+            losses.append(chunk.loss)
     assert np.mean(losses[-8:]) < 0.5 * np.mean(losses[:8])
 
 

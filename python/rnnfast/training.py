@@ -26,10 +26,11 @@ from one chunk to the next, and no gradient flows across a chunk boundary.
 """
 
 import numbers
+from collections import namedtuple
 
 import numpy as np
 
-__all__ = ["clip_grad_norm", "SGD", "Adam", "truncated_bptt"]
+__all__ = ["clip_grad_norm", "SGD", "Adam", "truncated_bptt", "Chunk"]
 
 
 def _dicts(value, name):
@@ -176,6 +177,12 @@ class Adam(_Optimizer):
         param -= param.dtype.type(step_size) * m / denom
 
 
+Chunk = namedtuple("Chunk", "steps loss state grad_input")
+Chunk.__doc__ = """What ``truncated_bptt`` yields per chunk: its slice of the time axis, the loss
+that ``loss_and_grad`` returned, the layer's final states after it and the gradient of the loss
+with respect to the chunk's input."""
+
+
 def truncated_bptt(layer, input, chunk_size, loss_and_grad, hx=None):
     """Truncated backpropagation through time: runs ``layer`` (a training-mode rnnfast.RNN,
     LSTM or GRU) over ``input`` in chunks of ``chunk_size`` steps (the last one may be shorter),
@@ -187,10 +194,13 @@ def truncated_bptt(layer, input, chunk_size, loss_and_grad, hx=None):
     2. ``loss, grad_output = loss_and_grad(output, steps)``, your function: ``steps`` is the
        chunk's slice of the time axis (index your targets with it), ``grad_output`` the
        gradient of the loss with respect to ``output``;
-    3. ``layer.backward(grad_output)``, which sets ``layer.grads`` to this chunk's gradients;
-    4. yields ``(loss, state)``: step your optimizer in the loop body::
+    3. ``grad_input, _ = layer.backward(grad_output)``, which sets ``layer.grads`` to this
+       chunk's gradients;
+    4. yields a ``Chunk(steps, loss, state, grad_input)`` (a named tuple; ``grad_input``: the
+       gradient for this chunk of the input, e.g. for an embedding below the layer): step your
+       optimizer in the loop body::
 
-        for loss, state in truncated_bptt(lstm, x, 50, loss_and_grad):
+        for chunk in truncated_bptt(lstm, x, 50, loss_and_grad):
             optimizer.step([lstm.grads, head_grads])
 
     input: the layer's layout ((T, B, I), (B, T, I) with batch_first, or (T, I) unbatched).
@@ -216,5 +226,5 @@ def truncated_bptt(layer, input, chunk_size, loss_and_grad, hx=None):
         index = (slice(None),) * time_axis + (steps,)
         output, state = layer(x[index], state)
         loss, grad_output = loss_and_grad(output, steps)
-        layer.backward(grad_output)
-        yield loss, state
+        grad_input, _ = layer.backward(grad_output)
+        yield Chunk(steps, loss, state, grad_input)
