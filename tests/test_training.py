@@ -42,7 +42,7 @@ def flat(dicts):
 # ------------------------------------------------------------------ clip_grad_norm
 
 
-@pytest.mark.parametrize("max_norm", [0.5, 1e3], ids=["clipped", "unchanged"])
+@pytest.mark.parametrize("max_norm", [0.5, 1e3, float("inf")], ids=["clipped", "unchanged", "inf"])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_clip_grad_norm_matches_torch(max_norm, dtype):
     grads = random_dicts(1, dtype)
@@ -64,6 +64,19 @@ def test_clip_grad_norm_matches_torch(max_norm, dtype):
     else:
         after = np.sqrt(sum(np.sum(np.square(g.astype(np.float64))) for g in flat(grads)))
         assert abs(after - max_norm) <= 1e-5 * max_norm  # max_norm / (norm + 1e-6) * norm
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+@pytest.mark.parametrize("max_norm", [1.0, float("inf")])
+def test_clip_grad_norm_of_non_finite_gradients_is_torchs(bad, max_norm):
+    grads = random_dicts(1)
+    grads[0]["w"][1, 2] = bad
+    tensors = as_tensors(grads, grads)
+    norm = clip_grad_norm(grads, max_norm)
+    torch_norm = float(torch.nn.utils.clip_grad_norm_(tensors, max_norm))
+    assert norm == torch_norm or (np.isnan(norm) and np.isnan(torch_norm))
+    for got, t in zip(flat(grads), tensors):
+        np.testing.assert_array_equal(got, t.grad.numpy())  # NaN equal to NaN here
 
 
 def test_clip_grad_norm_of_one_dict_and_of_a_layer_gradient():

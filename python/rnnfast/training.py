@@ -56,11 +56,13 @@ def _dicts(value, name):
     return out
 
 
-def _positive(value, name, allow_zero=False):
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) \
-            or value < 0 or (value == 0 and not allow_zero):
+def _positive(value, name, allow_zero=False, allow_inf=False):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or np.isnan(value) \
+            or (np.isinf(value) and not allow_inf) or value < 0 \
+            or (value == 0 and not allow_zero):
         kind = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(f"{name} must be {kind} finite number, not {value!r}")
+        raise ValueError(f"{name} must be {kind} {'' if allow_inf else 'finite '}number, "
+                         f"not {value!r}")
     return float(value)
 
 
@@ -69,17 +71,18 @@ def clip_grad_norm(grads, max_norm):
     dict) is at most ``max_norm``, as ``torch.nn.utils.clip_grad_norm_``: each array is
     multiplied by ``min(1, max_norm / (total_norm + 1e-6))``. Returns the total norm before
     clipping (a float; NaN or inf if a gradient is not finite, and then the gradients become
-    NaN, as PyTorch's do).
+    NaN, as PyTorch's do). ``max_norm=float("inf")`` only measures the norm.
 
     grads: a dict of arrays (e.g. ``layer.grads``) or a list of dicts (several layers, heads)."""
     dicts = _dicts(grads, "grads")
-    max_norm = _positive(max_norm, "max_norm")
+    max_norm = _positive(max_norm, "max_norm", allow_inf=True)
     arrays = [a for d in dicts for a in d.values()]
     total = float(np.sqrt(sum(np.sum(np.square(a, dtype=np.float64)) for a in arrays)))
-    scale = min(1.0, max_norm / (total + 1e-6))
-    if scale < 1.0 or not np.isfinite(total):
-        for a in arrays:
-            a *= a.dtype.type(scale)
+    with np.errstate(invalid="ignore"):  # inf / inf and inf * 0: NaN, as in PyTorch
+        scale = max_norm / (total + 1e-6)
+        if not scale >= 1.0:  # NaN included
+            for a in arrays:
+                a *= a.dtype.type(scale)
     return total
 
 
