@@ -129,15 +129,18 @@ class Recurrent:
         self.layer.backward(grad_out)
 
 
-def fit(model, x, y, loss, epochs, batch_size, lr, rng, max_norm=1.0, desc="training"):
+def fit(model, x, y, loss, epochs, batch_size, rng, lr=1e-3, max_norm=1.0, optimizer=None,
+        desc="training"):
     """Trains ``model`` (a Recurrent) on sequences x [T, N, I] with targets y [N, ...] (or
-    [T, N, ...] when the head reads every step) by Adam on shuffled minibatches, clipping the
-    gradient norm at ``max_norm``. ``loss``: mse or cross_entropy. Returns the mean loss of
-    each epoch."""
-    optimizer = Adam(model.params, lr=lr)
+    [T, N, ...] when the head reads every step) on shuffled minibatches, clipping the gradient
+    norm at ``max_norm`` (inf: no clipping). ``loss``: mse or cross_entropy; ``optimizer``:
+    one of rnnfast.training's on model.params (None: Adam with ``lr``). Returns a dict: the
+    mean loss of each epoch ("epoch_loss"), the loss and the gradient norm (before clipping)
+    of each step ("step_loss", "grad_norm")."""
+    optimizer = optimizer or Adam(model.params, lr=lr)
     count = x.shape[1]
     batches = -(-count // batch_size)
-    history = []
+    trace = {"epoch_loss": [], "step_loss": [], "grad_norm": []}
     with progress(epochs * batches, desc) as bar:
         for _ in range(epochs):
             order, total = rng.permutation(count), 0.0
@@ -146,13 +149,14 @@ def fit(model, x, y, loss, epochs, batch_size, lr, rng, max_norm=1.0, desc="trai
                 prediction, _ = model(x[:, idx])
                 value, grad = loss(prediction, y[idx] if model.last_step else y[:, idx])
                 model.backward(grad)
-                clip_grad_norm(model.grads, max_norm)
+                trace["grad_norm"].append(clip_grad_norm(model.grads, max_norm))
                 optimizer.step(model.grads)
+                trace["step_loss"].append(value)
                 total += value * len(idx)
                 bar.update()
                 bar.set_postfix(loss=f"{value:.4f}")
-            history.append(total / count)
-    return history
+            trace["epoch_loss"].append(total / count)
+    return trace
 
 
 def predict(model, x, batch_size=512):
@@ -175,16 +179,20 @@ def windows(series, length):
 # ------------------------------------------------------------------ the report
 
 
-def report(args, name, metric, value, baseline, margin, higher_is_better, fig, **details):
+def report(args, name, metric, value, baseline, margin, higher_is_better, fig, checks=None,
+           **details):
     """Prints the result, writes ``<out>/<name>.json`` and ``<out>/<name>.png``, returns the
     record. passed: value beats baseline by the relative margin, i.e. value <= baseline * (1 -
     margin) for a metric that should be low, value >= baseline * (1 + margin) for one that should
-    be high."""
+    be high, and every one of ``checks`` (a dict: what -> bool) holds."""
     required = baseline * (1 + margin) if higher_is_better else baseline * (1 - margin)
-    passed = bool(value >= required if higher_is_better else value <= required)
+    beaten = bool(value >= required if higher_is_better else value <= required)
+    checks = {what: bool(ok) for what, ok in (checks or {}).items()}
+    passed = beaten and all(checks.values())
     record = {"example": name, "metric": metric, "value": float(value),
               "baseline": float(baseline), "margin": margin,
               "higher_is_better": higher_is_better, "required": float(required),
+              "beats_baseline": beaten, "checks": checks,
               "passed": passed, "quick": args.quick, "seed": args.seed,
               "seconds": round(time.perf_counter() - args.started, 1), **details}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -193,6 +201,8 @@ def report(args, name, metric, value, baseline, margin, higher_is_better, fig, *
     fig.savefig(args.out / f"{name}.png", dpi=110)
     relation = ">=" if higher_is_better else "<="
     print(f"{name}: {metric} {value:.4g}, baseline {baseline:.4g}; required {relation} "
-          f"{required:.4g} (margin {margin:.0%}): {'PASSED' if passed else 'FAILED'} "
+          f"{required:.4g} (margin {margin:.0%}); "
+          + "".join(f"{what}: {ok}; " for what, ok in checks.items())
+          + f"{'PASSED' if passed else 'FAILED'} "
           f"in {record['seconds']} s; wrote {args.out / name}.json and .png")
     return record

@@ -81,7 +81,7 @@ def main():
     counts = np.bincount(train, minlength=vocabulary) + 1.0
     unigram = -np.mean(np.log2(counts / counts.sum())[test[1:]])
 
-    hidden, chunk, chunks = (128, 50, 500) if args.quick else (256, 100, 1500)
+    hidden, chunk, chunks = (128, 50, 500) if args.quick else (256, 100, 800)
     lstm = rnnfast.LSTM(vocabulary, hidden, seed=args.seed)
     head = Dense(hidden, vocabulary, rng)
     optimizer = Adam([lstm, head.params], lr=2e-3)

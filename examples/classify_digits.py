@@ -35,8 +35,8 @@ def main():
     hidden, epochs, lr = (128, 30, 3e-3) if args.quick else (256, 40, 2e-3)
     model = Recurrent(rnnfast.GRU(8, hidden, seed=args.seed), 10, rng)
     rows = lambda images: images.transpose(1, 0, 2)  # noqa: E731  [N, 8, 8] -> [8 steps, N, 8]
-    history = fit(model, rows(x_train), y_train, cross_entropy, epochs=epochs,
-                  batch_size=32, lr=lr, rng=rng, desc="GRU on digits")
+    history = fit(model, rows(x_train), y_train, cross_entropy, epochs=epochs, batch_size=32,
+                  rng=rng, lr=lr, desc="GRU on digits")["epoch_loss"]
     predicted = predict(model, rows(x_test)).argmax(axis=1)
     error = float(np.mean(predicted != y_test))
 

@@ -103,8 +103,8 @@ def main():
     hidden, epochs = (32, 30) if args.quick else (64, 80)
     model = Recurrent(rnnfast.GRU(1, hidden, seed=args.seed), HORIZON, rng)
     start = time.perf_counter()
-    history = fit(model, x_train, y_train, mse, epochs=epochs, batch_size=32, lr=3e-3, rng=rng,
-                  desc="GRU on CO2")
+    history = fit(model, x_train, y_train, mse, epochs=epochs, batch_size=32, rng=rng, lr=3e-3,
+                  desc="GRU on CO2")["epoch_loss"]
     numpy_epoch = (time.perf_counter() - start) / epochs
     forecast = series[test_origins][:, None] + SCALE * predict(model, x_test)
     truth = series[test_origins][:, None] + SCALE * y_test
