@@ -7,6 +7,7 @@ The examples need the extra ``examples``: ``pip install "rnnfast[examples]"``.
 
 import argparse
 import json
+import os
 import pathlib
 import time
 
@@ -182,7 +183,8 @@ def windows(series, length):
 def report(args, name, metric, value, baseline, margin, higher_is_better, fig, checks=None,
            **details):
     """Prints the result, writes ``<out>/<name>.json`` and ``<out>/<name>.png``, returns the
-    record. passed: value beats baseline by the relative margin, i.e. value <= baseline * (1 -
+    record (with "seconds": from the command line parsed to now, and the machine's load
+    average, as the timings depend on it). passed: value beats baseline by the relative margin, i.e. value <= baseline * (1 -
     margin) for a metric that should be low, value >= baseline * (1 + margin) for one that should
     be high, and every one of ``checks`` (a dict: what -> bool) holds."""
     required = baseline * (1 + margin) if higher_is_better else baseline * (1 - margin)
@@ -194,7 +196,8 @@ def report(args, name, metric, value, baseline, margin, higher_is_better, fig, c
               "higher_is_better": higher_is_better, "required": float(required),
               "beats_baseline": beaten, "checks": checks,
               "passed": passed, "quick": args.quick, "seed": args.seed,
-              "seconds": round(time.perf_counter() - args.started, 1), **details}
+              "seconds": round(time.perf_counter() - args.started, 1),
+              "load_average": os.getloadavg(), **details}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     fig.tight_layout()

@@ -98,13 +98,14 @@ def main():
     ax.plot(dates, naive[last], color="gray", lw=0.7, ls="--",
             label=f"persistence (test MAE {naive_mae:.3f})")
     ax.set(ylabel="CO2 (ppm)", title="next week's CO2, the last two years")
+    ax.tick_params(axis="x", labelrotation=30)
     ax.legend(fontsize=8)
     ax = axes[0, 2]
     ax.plot(weekly.index[1:-1], difference, lw=0.7, label="streamed vs one call")
     ax.axhline(TOLERANCE, color="tab:red", ls="--", label="tolerance")
     ax.set(ylabel="max |streamed - whole| / max |whole|", ylim=(-0.1 * TOLERANCE, 1.5 * TOLERANCE),
-           title=f"GRUCell streaming, {per_step_us:.1f} us/step: max difference "
-                 f"{np.max(difference):.1e}")
+           title=f"GRUCell streaming ({per_step_us:.1f} us/step) vs one call\n"
+                 f"max difference {np.max(difference):.1e}")
     ax.legend()
     report(args, "streaming", "test MAE (ppm)", mae, naive_mae, margin=0.15,
            higher_is_better=False, fig=fig, checks={"streaming equals whole": streaming_equal},
