@@ -27,9 +27,9 @@ from rnnfast.training import Adam, clip_grad_norm  # noqa: E402
 threadpool_limits(1, user_api="blas")
 
 
-def parse_args(doc, **extra):
-    """The examples' command line: --quick, --out DIR, --seed; ``extra``: more flags (name ->
-    help), off by default. Starts the example's clock (see ``report``)."""
+def parse_args(doc):
+    """The examples' command line (--quick, --out DIR, --seed; --help shows ``doc``). Starts
+    the example's clock (see ``report``)."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=doc)
@@ -38,8 +38,6 @@ def parse_args(doc, **extra):
     parser.add_argument("--out", default="example_output", type=pathlib.Path,
                         help="folder for the PNG figure and the metrics JSON (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    for name, text in extra.items():
-        parser.add_argument("--" + name.replace("_", "-"), action="store_true", help=text)
     args = parser.parse_args()
     args.started = time.perf_counter()
     return args
