@@ -18,6 +18,7 @@ character (margin 25%).
 """
 
 import re
+import textwrap
 
 import numpy as np
 from pydoc_data.topics import topics
@@ -129,8 +130,9 @@ def main():
            title=f"char-level LSTM (H={hidden}) on pydoc_data", ylim=(0, None))
     ax.legend()
     axes[0, 1].axis("off")
-    axes[0, 1].text(0, 1, "generated (temperature 0.8):\n\n" + generated, va="top",
-                    family="monospace", fontsize=7.5, wrap=True)
+    wrapped = "\n".join(textwrap.fill(line, 80) for line in generated.splitlines())
+    axes[0, 1].text(0, 1, "generated (temperature 0.8):\n\n" + wrapped, va="top",
+                    family="monospace", fontsize=7.5)
     report(args, "char_lm", "test bits per character", test_bits, unigram, margin=0.25,
            higher_is_better=False, fig=fig, characters=len(codes), vocabulary=vocabulary,
            training_chunks=len(curve), sample=generated)
