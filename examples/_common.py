@@ -36,7 +36,8 @@ def parse_args(doc):
     parser.add_argument("--quick", action="store_true",
                         help="a CI-sized run (under a minute on 2 cores)")
     parser.add_argument("--out", default="example_output", type=pathlib.Path,
-                        help="folder for the PNG figure and the metrics JSON (default: %(default)s)")
+                        help="folder for the PNG figure and the metrics JSON "
+                             "(default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     args = parser.parse_args()
     args.started = time.perf_counter()
@@ -182,9 +183,10 @@ def report(args, name, metric, value, baseline, margin, higher_is_better, fig, c
            **details):
     """Prints the result, writes ``<out>/<name>.json`` and ``<out>/<name>.png``, returns the
     record (with "seconds": from the command line parsed to now, and the machine's load
-    average, as the timings depend on it). passed: value beats baseline by the relative margin, i.e. value <= baseline * (1 -
-    margin) for a metric that should be low, value >= baseline * (1 + margin) for one that should
-    be high, and every one of ``checks`` (a dict: what -> bool) holds."""
+    average, as the timings depend on it). passed: value beats baseline by the relative
+    margin, i.e. value <= baseline * (1 - margin) for a metric that should be low, value >=
+    baseline * (1 + margin) for one that should be high, and every one of ``checks`` (a dict:
+    what -> bool) holds."""
     required = baseline * (1 + margin) if higher_is_better else baseline * (1 - margin)
     beaten = bool(value >= required if higher_is_better else value <= required)
     checks = {what: bool(ok) for what, ok in (checks or {}).items()}

@@ -21,6 +21,7 @@ import statsmodels.api as sm
 from sklearn.metrics import average_precision_score
 
 import rnnfast
+
 from _common import Recurrent, figure, fit, mse, parse_args, predict, report, windows
 
 WINDOW, PLANTED, JUMP = 24, 12, 1.2

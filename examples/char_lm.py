@@ -13,19 +13,20 @@ clipped by norm. Then it writes a sample, one character at a time, through rnnfa
 
 Baseline: the unigram model (each character with its frequency in the training text, add-one
 smoothed). Metric: bits per character on the test text (the model reads it as one stream,
-states carried; with --quick its first 20,000 characters). Passes when the LSTM needs at most 0.75 times the baseline's bits per
-character (margin 25%).
+states carried; with --quick its first 20,000 characters). Passes when the LSTM needs at most
+0.75 times the baseline's bits per character (margin 25%).
 """
 
 import re
 import textwrap
-
-import numpy as np
 from pydoc_data.topics import topics
 
+import numpy as np
+
 import rnnfast
-from _common import Dense, cross_entropy, figure, parse_args, progress, report
 from rnnfast.training import Adam, clip_grad_norm, truncated_bptt
+
+from _common import Dense, cross_entropy, figure, parse_args, progress, report
 
 STREAMS, SECTION_CHUNKS = 32, 10
 

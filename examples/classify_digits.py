@@ -18,6 +18,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
 import rnnfast
+
 from _common import Recurrent, cross_entropy, figure, fit, parse_args, predict, report
 
 
@@ -54,7 +55,8 @@ def main():
                    xticks=8 * np.arange(len(wrong)) + 3.5,
                    xticklabels=[f"{y_test[i]}->{predicted[i]}" for i in wrong])
     report(args, "classify_digits", "test error rate", error, baseline_error, margin=0.2,
-           higher_is_better=False, fig=fig, accuracy=1 - error, baseline_accuracy=1 - baseline_error,
+           higher_is_better=False, fig=fig, accuracy=1 - error,
+           baseline_accuracy=1 - baseline_error,
            test_images=len(y_test), epochs=len(history))
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import statsmodels.api as sm
 
 import rnnfast
+
 from _common import Recurrent, figure, fit, mse, parse_args, predict, progress, report
 
 WINDOW, HORIZON, TEST_MONTHS, SCALE = 36, 12, 60, 5.0
@@ -86,7 +87,7 @@ def torch_epoch_times(model, x, y, epochs, batch_size, lr, seed):
                 times.append(time.perf_counter() - start)
                 bar.update()
         results[name] = {"seconds_per_epoch": float(np.median(times)),
-                         "last_batch_loss": float(loss)}
+                         "last_batch_loss": loss.item()}
     return results
 
 
@@ -137,7 +138,8 @@ def main():
         names += list(torch_times)
         seconds += [t["seconds_per_epoch"] for t in torch_times.values()]
     ax.bar(names, seconds, color=["tab:blue", "tab:orange", "tab:green"][:len(names)])
-    ax.set(ylabel="seconds per epoch", title=f"training time per epoch ({x_train.shape[1]} windows)")
+    ax.set(ylabel="seconds per epoch",
+           title=f"training time per epoch ({x_train.shape[1]} windows)")
     report(args, "forecast_co2", "test MAE (ppm)", mae, naive_mae, margin=0.5,
            higher_is_better=False, fig=fig, training_loss=history,
            numpy_seconds_per_epoch=numpy_epoch, torch=torch_times,

@@ -26,8 +26,9 @@ import numpy as np
 import statsmodels.api as sm
 
 import rnnfast
-from _common import Dense, figure, mse, parse_args, progress, report
 from rnnfast.training import Adam, clip_grad_norm, truncated_bptt
+
+from _common import Dense, figure, mse, parse_args, progress, report
 
 CHUNK, SCALE, TOLERANCE = 52, 0.5, 1e-4
 

@@ -26,8 +26,9 @@ gated network (LSTM or GRU) after training. Passes when it is at most 0.3 times 
 import numpy as np
 
 import rnnfast
-from _common import Recurrent, figure, fit, mse, parse_args, report
 from rnnfast.training import SGD
+
+from _common import Recurrent, figure, fit, mse, parse_args, report
 
 CELLS = {"RNN (tanh)": rnnfast.RNN, "LSTM": rnnfast.LSTM, "GRU": rnnfast.GRU}
 COLORS = {"RNN (tanh)": "tab:red", "LSTM": "tab:blue", "GRU": "tab:green"}
