@@ -274,8 +274,9 @@ def test_truncated_bptt_steps_an_optimizer_between_chunks():
 def test_truncated_bptt_refuses_bad_arguments():
     layer = rnnfast.GRU(2, 3)
     x = np.zeros((5, 1, 2), np.float32)
-    run = lambda **kw: list(truncated_bptt(**{"layer": layer, "input": x, "chunk_size": 2,  # noqa: E731
-                                              "loss_and_grad": lambda o, s: (0.0, o), **kw}))
+    # Checked when called, before the first chunk runs: no list() around it.
+    run = lambda **kw: truncated_bptt(**{"layer": layer, "input": x, "chunk_size": 2,  # noqa: E731
+                                         "loss_and_grad": lambda o, s: (0.0, o), **kw})
     with pytest.raises(ValueError, match="chunk_size"):
         run(chunk_size=0)
     with pytest.raises(TypeError, match="loss_and_grad"):

@@ -191,7 +191,8 @@ def truncated_bptt(layer, input, chunk_size, loss_and_grad, hx=None):
     LSTM or GRU) over ``input`` in chunks of ``chunk_size`` steps (the last one may be shorter),
     each chunk starting from the final states of the one before, and backpropagates each chunk
     on its own: the gradient stops at the chunk's first step (it does not reach the previous
-    chunk or ``hx``). A generator; per chunk, in order:
+    chunk or ``hx``). Returns a generator (the arguments are checked at once); per chunk, in
+    order:
 
     1. ``output, state = layer(chunk, state)`` (``state`` starts as ``hx``, None: zeros);
     2. ``loss, grad_output = loss_and_grad(output, steps)``, your function: ``steps`` is the
@@ -222,10 +223,13 @@ def truncated_bptt(layer, input, chunk_size, loss_and_grad, hx=None):
     x = np.asarray(input)
     if x.ndim not in (2, 3):
         raise ValueError(f"input must be 2-D (unbatched) or 3-D, not of shape {x.shape}")
+    return _chunks(layer, x, int(chunk_size), loss_and_grad, hx)  # checked now, run lazily
+
+
+def _chunks(layer, x, chunk_size, loss_and_grad, state):
     time_axis = 1 if layer.batch_first and x.ndim == 3 else 0
-    state = hx
-    for start in range(0, x.shape[time_axis], int(chunk_size)):
-        steps = slice(start, min(start + int(chunk_size), x.shape[time_axis]))
+    for start in range(0, x.shape[time_axis], chunk_size):
+        steps = slice(start, min(start + chunk_size, x.shape[time_axis]))
         index = (slice(None),) * time_axis + (steps,)
         output, state = layer(x[index], state)
         loss, grad_output = loss_and_grad(output, steps)
