@@ -2,16 +2,16 @@
 
 Layers shaped like PyTorch's (``rnnfast.RNN``, ``LSTM``, ``GRU``) over NumPy arrays, single-step
 cells for streaming inference (``rnnfast.RNNCell``, ``LSTMCell``, ``GRUCell``), a
-functional API (``rnnfast.functional``) and the NumPy reference that every kernel is tested
+functional API (``rnnfast.functional``), training helpers (``rnnfast.training``: gradient
+clipping, SGD and Adam, truncated BPTT) and the NumPy reference that every kernel is tested
 against (``rnnfast.reference``).
 """
 
 import os as _os
 import warnings as _warnings
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _version
+from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import _cpu, backends, cell_registry, functional, reference
+from . import _cpu, backends, cell_registry, functional, reference, training
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
 
@@ -21,7 +21,7 @@ except PackageNotFoundError:  # imported from a source tree that was not install
     __version__ = "0+unknown"
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "reference",
-           "backends", "cell_registry", "cpu_info", "cuda_info", "set_num_threads",
+           "backends", "cell_registry", "training", "cpu_info", "cuda_info", "set_num_threads",
            "get_num_threads", "__version__"]
 
 # RNNFAST_ISA forces an instruction set (e.g. a lower one, to compare numerics or speed).

@@ -8,7 +8,7 @@ PyTorch, so that code and weights move between the two unchanged; training is ex
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -79,6 +79,13 @@ class _RNNBase:
     def state_dict(self) -> dict[str, np.ndarray]:
         """The parameters as a dict of NumPy arrays (copies), with PyTorch's names and shapes."""
         return {name: value.copy() for name, value in self._params.items()}
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, array) pairs of the parameters themselves, not copies (state_dict's names and
+        order), as torch's ``named_parameters``: for optimizers that update them in place
+        (``rnnfast.training``). Changing them between a training forward and its backward
+        changes what the backward computes."""
+        return iter(self._params.items())
 
     def load_state_dict(self, state_dict: dict) -> None:
         """Loads parameters from a dict with PyTorch's names and shapes (values: anything

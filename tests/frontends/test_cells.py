@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 import rnnfast
-from rnnfast import _cpu
-from rnnfast import functional as F
+from rnnfast import _cpu, functional as F
 from rnnfast.cell_registry import SPECS
 
 from _util import CELLS, DTYPES, STEP_TOL, assert_matches_oracle, make_problem, rel_err

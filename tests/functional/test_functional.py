@@ -9,8 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from rnnfast import backends
-from rnnfast import functional as F
+from rnnfast import backends, functional as F
 
 from _util import (
     CELLS,
