@@ -9,6 +9,7 @@ the GPU's memory model or speed: tests/test_cuda.py does, on a GPU. Outputs and 
 are poisoned with NaN first, so an element left unwritten (or read before it is written) fails.
 """
 
+import concurrent.futures
 import time
 
 import numpy as np
@@ -246,6 +247,30 @@ def test_divergent_barrier_fails_within_timeout(short_timeout):
         emu.self_test_divergent_barrier(32, 5)
     assert time.monotonic() - start < 10 * short_timeout
     emu.self_test_divergent_barrier(32, 32)  # every thread arrives: no error, and no leftovers
+
+
+def test_concurrent_launches_from_several_threads():
+    """Launches from several Python threads at once (the binding releases the GIL) each keep
+    their own blocks, shared memory and coordinates: the results equal those of one at a
+    time."""
+    cell, T_, B, H = "gru", 3, 20, 40
+    rng = np.random.default_rng(11)
+    draw = lambda *s: (0.5 * rng.standard_normal(s)).astype(np.float64)  # noqa: E731
+    problems = [{"zx": draw(T_, B, 3 * H), "w_hh": draw(3 * H, H), "b_hh": draw(3 * H),
+                 "h0": draw(B, H)} for _ in range(4)]
+
+    def forward(p):
+        y = _nan((T_, B, H), np.float64)
+        emu.recurrent_forward(cell, p["zx"], p["w_hh"], p["b_hh"], p["h0"], None, y,
+                              _nan((B, H), np.float64), None, None)
+        return y
+
+    alone = [forward(p) for p in problems]
+    with concurrent.futures.ThreadPoolExecutor(len(problems)) as pool:
+        together = list(pool.map(forward, problems))
+    for a, b in zip(alone, together):
+        assert not np.isnan(a).any()
+        np.testing.assert_array_equal(b, a)
 
 
 def test_set_timeout_refuses_nonsense():

@@ -153,6 +153,7 @@ void Barrier::wait(Launch& launch, const char* what) {
     arrived_ = 0;
     ++generation_;
     ++launch.progress;
+    lock.unlock();  // so that the threads it wakes do not wait for the lock
     changed_.notify_all();
     return;
   }
