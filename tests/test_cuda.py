@@ -492,6 +492,25 @@ def test_matches_reference_and_cpu(cell, dtype, shape, bias):
 
 
 @needs_gpu
+@pytest.mark.parametrize("variant", ["plain", "none", "lengths", "resets", "both", "proj"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernels_match_cpu_with_every_option(cell, dtype, variant):
+    """rnnfast._cuda's kernels directly against the CPU kernels, as the emulated tests do:
+    lengths (0 to T), resets, the LSTM projection, without the optional b_hh, dh_n, dc_n
+    ("none"); outputs and workspace poisoned with NaN first."""
+    from test_cuda_kernels_emulated import compare_with_cpu
+
+    if variant == "proj" and cell != "lstm":
+        pytest.skip("the projection is the LSTM's")
+    sequence = variant in ("both", "proj")
+    for shape in [(5, 3, 7), (4, 37, 70), (3, 17, 130)]:
+        compare_with_cpu(_cuda, cell, dtype, shape, variant != "none",
+                         sequence or variant == "lengths", sequence or variant == "resets",
+                         variant == "proj", cupy.asarray, cupy.asnumpy)
+
+
+@needs_gpu
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("cell", CELLS)
 def test_output_gradients_optional(cell, dtype):
