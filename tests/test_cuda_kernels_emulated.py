@@ -10,6 +10,9 @@ are poisoned with NaN first, so an element left unwritten (or read before it is 
 """
 
 import concurrent.futures
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -282,6 +285,19 @@ def test_concurrent_launches_from_several_threads():
     for a, b in zip(alone, together):
         assert not np.isnan(a).any()
         np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("value, expected", [("0.25", 0.25), ("soon", 60.0), ("-1", 60.0)])
+def test_timeout_from_environment(value, expected):
+    """RNNFAST_EMULATOR_TIMEOUT sets the default; what is not a positive number is refused with
+    a message, and 60 s holds."""
+    code = "from rnnfast import _cuda_emulated as e; print(e.timeout())"
+    env = {**os.environ, "RNNFAST_EMULATOR_TIMEOUT": value}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) == expected
+    assert ("RNNFAST_EMULATOR_TIMEOUT" in done.stderr) == (expected == 60.0)
 
 
 def test_set_timeout_refuses_nonsense():
