@@ -8,7 +8,8 @@
 #    scikit-build-core, cmake, ninja, CuPy, pytest; nothing is downloaded),
 # 2. runs tests/test_cuda.py and tests/test_cuda_kernels_emulated.py, then the whole test suite,
 # 3. runs compute-sanitizer (memcheck, racecheck; initcheck for information) on a small forward
-#    and backward of each cell (benchmarks/gpu_sanitize_case.py).
+#    and backward of each cell (benchmarks/gpu_sanitize_case.py), and on the kernels with
+#    lengths, resets and the projection (benchmarks/gpu_sanitize_options.py).
 # Eight logs go to $OUT (or ./gpu_check_logs; the device tool returns at most eight files); a
 # summary is printed last. Exit status 0 only if the
 # build, the tests and the memcheck and racecheck runs all passed.
@@ -50,7 +51,9 @@ run_tests pytest_all "$REPO/tests"
 for tool in memcheck racecheck initcheck; do
   log="$OUT/sanitizer_$tool.log"
   if compute-sanitizer --tool "$tool" --error-exitcode 99 \
-       "$PY" "$REPO/benchmarks/gpu_sanitize_case.py" >"$log" 2>&1; then
+       "$PY" "$REPO/benchmarks/gpu_sanitize_case.py" >"$log" 2>&1 &&
+     compute-sanitizer --tool "$tool" --error-exitcode 99 \
+       "$PY" "$REPO/benchmarks/gpu_sanitize_options.py" >>"$log" 2>&1; then
     result "$tool" "clean ($(grep -h 'ERROR SUMMARY' "$log" | tail -1))"
   else
     result "$tool" "ERRORS (see $log: $(grep -h 'ERROR SUMMARY' "$log" | tail -1))"

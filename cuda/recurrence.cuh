@@ -9,7 +9,8 @@
 // their kernels on `stream` and return at once: they allocate nothing and never synchronize.
 // They return the first launch error (cudaSuccess otherwise); errors of the kernels' execution
 // surface, as always in CUDA, at a later synchronizing call. lengths must lie in [0, T]: the
-// kernels do not check it.
+// kernels do not check it (other values give unspecified results, but no access outside the
+// arrays).
 //
 // Not yet here (later steps of the CUDA backend): launch overhead cut by CUDA graphs or several
 // steps per launch, the persistent kernel that keeps W_hh on chip, tensor cores, float16 and

@@ -153,6 +153,7 @@ void Barrier::wait(Launch& launch, const char* what) {
     arrived_ = 0;
     ++generation_;
     ++launch.progress;
+    lock.unlock();  // so that the threads it wakes do not wait for the lock
     changed_.notify_all();
     return;
   }
@@ -248,13 +249,14 @@ class Pool {
   std::vector<Worker*> idle_;
 };
 
-// Starts one thread of the launch in block `b` at `thread`.
+// Starts one thread of the launch in block `b` at `thread`; fails the launch where no host
+// thread can be had.
 void start_thread(Launch& launch, Block& b, dim3 thread, const std::function<void()>& body) {
   {
     std::lock_guard<std::mutex> lock(launch.mutex);
     ++launch.running;
   }
-  Pool::global().start([&launch, &b, thread, &body] {
+  auto run = [&launch, &b, thread, &body] {
     threadIdx = thread;
     blockIdx = b.index;
     blockDim = launch.block;
@@ -271,11 +273,18 @@ void start_thread(Launch& launch, Block& b, dim3 thread, const std::function<voi
                   std::string("kernel ") + launch.kernel + " threw an exception");
     }
     context = {};
-  }, [&launch] {
+  };
+  auto finished = [&launch] {
     ++launch.progress;
     std::lock_guard<std::mutex> lock(launch.mutex);
     if (--launch.running == 0) launch.done.notify_all();
-  });
+  };
+  try {
+    Pool::global().start(run, finished);
+  } catch (const std::exception& e) {
+    launch.fail(cudaErrorLaunchFailure, std::string("kernel ") + launch.kernel + ": " + e.what());
+    finished();
+  }
 }
 
 // Waits until every started thread has finished. Where for a whole timeout no thread finished

@@ -7,13 +7,15 @@
 // threads at once (cheap and deterministic); a cooperative launch runs all blocks at once, so
 // that grid_sync() (a barrier over the whole grid) works. Launches run to completion on the
 // calling thread before they return: streams are ignored, every launch is synchronous.
-// __syncthreads() and grid_sync() are barriers; a thread that waits at one longer than the
-// timeout (set_timeout, or the environment variable RNNFAST_EMULATOR_TIMEOUT in seconds;
-// default 60) fails the launch: every thread waiting in it is released (by an exception that
-// unwinds its kernel), and the launch returns cudaErrorLaunchTimeout, with a message naming the
-// kernel and the barrier (cudaGetErrorString). A thread that neither finishes nor reaches a
-// barrier within twice the timeout after that cannot be stopped: the process is then ended with
-// a message, rather than hang.
+// __syncthreads() and grid_sync() are barriers. The timeout (set_timeout, or the environment
+// variable RNNFAST_EMULATOR_TIMEOUT in seconds; default 60) bounds every wait: a thread that
+// waits at a barrier longer than that, or a launch in which no thread finishes or passes a
+// barrier for that long, fails the launch: every thread waiting in it is released (by an
+// exception that unwinds its kernel), and the launch returns cudaErrorLaunchTimeout with a
+// message naming the kernel and the barrier (cudaGetErrorString; the bindings raise it as
+// RuntimeError). A thread that then neither finishes nor reaches a barrier within twice the
+// timeout (a loop that never ends) cannot be stopped: the process is ended with a message,
+// rather than hang.
 //
 // Shared memory: declare it with RNNFAST_SHARED (launch.cuh), never with a plain __shared__
 // (which this header leaves undefined, so that it does not compile): each block gets its own

@@ -351,6 +351,37 @@ def test_masked_refused():
 
 @needs_module
 @pytest.mark.parametrize("kind", ["forward", "backward"])
+def test_lengths_resets_and_workspace_checked(kind):
+    """lengths, resets and the workspace are device arrays, checked like the others (their
+    values are not: lengths in [0, T] is the caller's to ensure)."""
+    args = _args(kind)
+    with pytest.raises(TypeError, match="lengths has dtype '<i4', expected int64$"):
+        _call(kind, {**args, "lengths": FakeDeviceArray((B,), np.int32)})
+    with pytest.raises(ValueError, match=r"lengths has shape \(3,\), expected \(2,\)"):
+        _call(kind, {**args, "lengths": FakeDeviceArray((3,), np.int64)})
+    with pytest.raises(TypeError, match="resets must be a CUDA array"):
+        _call(kind, {**args, "resets": np.zeros((T, B), bool)})
+    with pytest.raises(TypeError, match="resets has dtype float32, expected bool or uint8"):
+        _call(kind, {**args, "resets": FakeDeviceArray((T, B), np.float32)})
+    with pytest.raises(ValueError, match="resets overlaps|overlaps the memory of resets"):
+        out = "y" if kind == "forward" else "dzx"
+        _call(kind, {**args, "resets": FakeDeviceArray((T, B), np.uint8, ptr=args[out].ptr)})
+    if kind == "backward":  # the LSTM's backward needs running gradients
+        with pytest.raises(ValueError, match="workspace must be a 1-D array of at least 20"):
+            _call(kind, {**args, "workspace": None})
+
+
+@needs_no_device
+@pytest.mark.parametrize("kind", ["forward", "backward"])
+def test_valid_options_reach_the_device(kind):
+    args = {**_args(kind), "lengths": FakeDeviceArray((B,), np.int64),
+            "resets": FakeDeviceArray((T, B), np.bool_)}
+    with pytest.raises(RuntimeError, match="cudaGetDevice|cudaPointerGetAttributes"):
+        _call(kind, args)
+
+
+@needs_module
+@pytest.mark.parametrize("kind", ["forward", "backward"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_empty_batch_touches_nothing(kind, cell):
     """B = 0 passes validation and returns without a device call (none is needed here)."""
@@ -452,6 +483,25 @@ def test_matches_reference_and_cpu(cell, dtype, shape, bias):
     assert_unchanged(before, {**inputs, **douts})
     assert_matches_oracle(cell, inputs, douts, got, dtype)
     assert_matches_cpu(cell, inputs, douts, got, dtype)
+
+
+@needs_gpu
+@pytest.mark.parametrize("variant", ["plain", "none", "lengths", "resets", "both", "proj"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernels_match_cpu_with_every_option(cell, dtype, variant):
+    """rnnfast._cuda's kernels directly against the CPU kernels, as the emulated tests do:
+    lengths (0 to T), resets, the LSTM projection, without the optional b_hh, dh_n, dc_n
+    ("none"); outputs and workspace poisoned with NaN first."""
+    from test_cuda_kernels_emulated import compare_with_cpu
+
+    if variant == "proj" and cell != "lstm":
+        pytest.skip("the projection is the LSTM's")
+    sequence = variant in ("both", "proj")
+    for shape in [(5, 3, 7), (4, 37, 70), (3, 17, 130)]:
+        compare_with_cpu(_cuda, cell, dtype, shape, variant != "none",
+                         sequence or variant == "lengths", sequence or variant == "resets",
+                         variant == "proj", cupy.asarray, cupy.asnumpy)
 
 
 @needs_gpu

@@ -35,8 +35,8 @@ def test_spill_parser():
            "    16 bytes stack frame, 12 bytes spill stores, 24 bytes spill loads\n"
            "ptxas info    : Function properties for _Z1jv\n"
            "    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n")
-    assert _spills(log) == [("_Z1kv", "16 bytes stack frame, 12 bytes spill stores, 24 bytes "
-                                      "spill loads")]
+    spill = "16 bytes stack frame, 12 bytes spill stores, 24 bytes spill loads"
+    assert _spills(log) == [("_Z1kv", spill)]
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found (set CUDACXX or put it on PATH)")
@@ -46,7 +46,7 @@ def test_recurrence_kernels_compile_without_spills(tmp_path):
          "-gencode", "arch=compute_90,code=sm_90", f"-I{ROOT / 'cpp' / 'include'}",
          f"-I{ROOT / 'cuda'}", "-Xptxas", "-v", "-c", str(ROOT / "cuda" / "recurrence.cu"),
          "-o", str(tmp_path / "recurrence.o")],
-        capture_output=True, text=True)
+        capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     log = done.stdout + done.stderr
     assert "Compiling entry function" in log and "sm_80" in log and "sm_90" in log, log[-2000:]

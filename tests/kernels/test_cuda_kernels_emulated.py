@@ -9,12 +9,17 @@ the GPU's memory model or speed: tests/test_cuda.py does, on a GPU. Outputs and 
 are poisoned with NaN first, so an element left unwritten (or read before it is written) fails.
 """
 
+import concurrent.futures
+import os
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 
-from rnnfast import _cpu, _cuda_emulated as emu
+from rnnfast import _cpu
+from rnnfast import _cuda_emulated as emu
 
 from _util import CELLS, DTYPES, GATES
 
@@ -31,42 +36,52 @@ def _nan(shape, dtype, present=True):
     return np.full(shape, np.nan, dtype) if present else None
 
 
-def _run(module, cell, dtype, x, d, options):
-    """Forward then backward through the CPU kernels or the emulated CUDA ones, all outputs
-    poisoned first. x: inputs of the forward; d: dy, dh_n, dc_n; options: lengths, resets,
-    w_hr (or None each)."""
+def _identity(a):
+    return a
+
+
+def _run(module, cell, dtype, x, d, options, to_device=_identity, to_host=_identity):
+    """Forward then backward through the CPU kernels or CUDA ones (module: rnnfast._cpu,
+    _cuda_emulated or _cuda), all outputs poisoned first. x: inputs of the forward; d: dy, dh_n,
+    dc_n; options: lengths, resets, w_hr (or None each); all NumPy arrays. to_device makes the
+    module's arrays of NumPy ones, to_host the reverse. Returns the outputs as NumPy arrays."""
     T_, B, GH = x["zx"].shape
     H = GH // GATES[cell]
     w_hr = options["w_hr"]
     P = 0 if w_hr is None else w_hr.shape[0]
     R = P or H
     lstm, per_unit = cell == "lstm", _cpu.saved_per_unit(cell)
-    emulated = module is emu
+    dev = lambda a: None if a is None else to_device(a)  # noqa: E731
     out = {"y": _nan((T_, B, R), dtype), "h_n": _nan((B, R), dtype),
            "c_n": _nan((B, H), dtype, lstm),
-           "saved": _nan((T_, B, per_unit * H), dtype, per_unit > 0)}
-    seq = {k: options[k] for k in ("lengths", "resets", "w_hr")}
+           "saved": _nan((T_, B, per_unit * H), dtype, per_unit > 0),
+           "dzx": _nan((T_, B, GH), dtype), "dzh": _nan((T_, B, GH), dtype, cell == "gru"),
+           "dh0": _nan((B, R), dtype), "dc0": _nan((B, H), dtype, lstm),
+           "dh_proj": _nan((T_, B, R), dtype, P > 0)}
+    out = {k: dev(v) for k, v in out.items()}
+    x, d = {k: dev(v) for k, v in x.items()}, {k: dev(v) for k, v in d.items()}
+    seq = {k: dev(options[k]) for k in ("lengths", "resets", "w_hr")}
 
-    def workspace(direction):
-        return {"workspace": _nan(emu.workspace_size(direction, cell, B, H, P), dtype)} \
-            if emulated else {}
+    def workspace(direction):  # the CUDA modules' scratch memory, poisoned too
+        if module is _cpu:
+            return {}
+        return {"workspace": dev(_nan(module.workspace_size(direction, cell, B, H, P), dtype))}
 
     module.recurrent_forward(cell, x["zx"], x["w_hh"], x["b_hh"], x["h0"], x["c0"], out["y"],
                              out["h_n"], out["c_n"], out["saved"], **seq,
                              **workspace("forward"))
-    out.update({"dzx": _nan((T_, B, GH), dtype), "dzh": _nan((T_, B, GH), dtype, cell == "gru"),
-                "dh0": _nan((B, R), dtype), "dc0": _nan((B, H), dtype, lstm),
-                "dh_proj": _nan((T_, B, R), dtype, P > 0)})
     module.recurrent_backward(cell, x["w_hh"], x["h0"], x["c0"], out["y"], out["saved"],
                               d["dy"], d["dh_n"], d["dc_n"], out["dzx"], out["dzh"], out["dh0"],
                               out["dc0"], **seq, dh_proj=out["dh_proj"],
                               **workspace("backward"))
-    return out
+    return {k: None if v is None else to_host(v) for k, v in out.items()}
 
 
-def _compare(cell, dtype, shape, optional, lengths=False, resets=False, proj=False):
-    """The emulated kernels against the CPU's on one random problem. optional: b_hh, dh_n and
-    dc_n given (else None)."""
+def compare_with_cpu(module, cell, dtype, shape, optional, lengths=False, resets=False,
+                     proj=False, to_device=_identity, to_host=_identity):
+    """A CUDA module's kernels against the CPU's on one random problem (see _run). optional:
+    b_hh, dh_n and dc_n given (else None); lengths: every length from 0 to T, the first row T
+    and the last 0; resets: about 30% of the steps; proj: the LSTM projection, P = 2H/3."""
     T_, B, H = shape
     G, lstm = GATES[cell], cell == "lstm"
     rng = np.random.default_rng(
@@ -80,14 +95,14 @@ def _compare(cell, dtype, shape, optional, lengths=False, resets=False, proj=Fal
     d = {"dy": draw(T_, B, R), "dh_n": draw(B, R) if optional else None,
          "dc_n": draw(B, H) if lstm and optional else None}
     options = {"lengths": None, "resets": None, "w_hr": draw(P, H) if proj else None}
-    if lengths:  # every length from 0 to T, the first row T and the last 0
+    if lengths:
         n = rng.integers(0, T_ + 1, B)
         n[0], n[-1] = T_, 0
         options["lengths"] = n.astype(np.int64)
     if resets:
         options["resets"] = rng.random((T_, B)) < 0.3
     cpu = _run(_cpu, cell, dtype, x, d, options)
-    got = _run(emu, cell, dtype, x, d, options)
+    got = _run(module, cell, dtype, x, d, options, to_device, to_host)
     failures = []
     for name, expected in cpu.items():
         if expected is None:
@@ -110,7 +125,7 @@ def _ids(shapes):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_emulated_kernels_match_cpu(cell, dtype, shape, optional):
-    _compare(cell, dtype, shape, optional)
+    compare_with_cpu(emu, cell, dtype, shape, optional)
 
 
 @pytest.mark.parametrize("lengths, resets", [(True, False), (False, True), (True, True)],
@@ -119,7 +134,7 @@ def test_emulated_kernels_match_cpu(cell, dtype, shape, optional):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_emulated_sequence_options_match_cpu(cell, dtype, shape, lengths, resets):
-    _compare(cell, dtype, shape, True, lengths, resets)
+    compare_with_cpu(emu, cell, dtype, shape, True, lengths, resets)
 
 
 PROJ_SHAPES = [(1, 1, 1), (5, 3, 7), (3, 17, 33), (2, 37, 70), (2, 3, 130)]
@@ -130,7 +145,7 @@ PROJ_SHAPES = [(1, 1, 1), (5, 3, 7), (3, 17, 33), (2, 37, 70), (2, 3, 130)]
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 def test_emulated_projection_matches_cpu(dtype, shape, options):
     sequence = options == "lengths-resets" and shape[1] > 1
-    _compare("lstm", dtype, shape, options != "none", sequence, sequence, proj=True)
+    compare_with_cpu(emu, "lstm", dtype, shape, options != "none", sequence, sequence, proj=True)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -196,12 +211,12 @@ def test_module_interface():
     ("lengths", np.zeros(2, np.int32), TypeError, "lengths has dtype int32, expected int64$"),
     ("lengths", np.zeros(3, np.int64), ValueError, r"lengths has shape \(3,\), expected \(2,\)"),
     ("lengths", [3, 3], TypeError, "lengths must be a numpy.ndarray"),
-    ("resets", np.zeros((3, 2), np.int64), TypeError, "resets has dtype int64, expected bool or "
-     "uint8"),
+    ("resets", np.zeros((3, 2), np.int64), TypeError,
+     "resets has dtype int64, expected bool or uint8"),
     ("resets", np.zeros((2, 3), bool), ValueError, r"resets has shape \(2, 3\), expected \(3, 2\)"),
     ("resets", np.zeros((2, 3), bool).T, ValueError, "resets must be C-contiguous"),
-    ("w_hr", np.zeros((2, 4), np.float64), ValueError, r"w_hh has shape \(16, 4\), expected "
-     r"\(16, 2\)"),
+    ("w_hr", np.zeros((2, 4), np.float64), ValueError,
+     r"w_hh has shape \(16, 4\), expected \(16, 2\)"),
 ])
 def test_options_checked_like_every_array(name, value, error, message):
     with pytest.raises(error, match=message):
@@ -246,6 +261,43 @@ def test_divergent_barrier_fails_within_timeout(short_timeout):
         emu.self_test_divergent_barrier(32, 5)
     assert time.monotonic() - start < 10 * short_timeout
     emu.self_test_divergent_barrier(32, 32)  # every thread arrives: no error, and no leftovers
+
+
+def test_concurrent_launches_from_several_threads():
+    """Launches from several Python threads at once (the binding releases the GIL) each keep
+    their own blocks, shared memory and coordinates: the results equal those of one at a
+    time."""
+    cell, T_, B, H = "gru", 3, 20, 40
+    rng = np.random.default_rng(11)
+    draw = lambda *s: (0.5 * rng.standard_normal(s)).astype(np.float64)  # noqa: E731
+    problems = [{"zx": draw(T_, B, 3 * H), "w_hh": draw(3 * H, H), "b_hh": draw(3 * H),
+                 "h0": draw(B, H)} for _ in range(4)]
+
+    def forward(p):
+        y = _nan((T_, B, H), np.float64)
+        emu.recurrent_forward(cell, p["zx"], p["w_hh"], p["b_hh"], p["h0"], None, y,
+                              _nan((B, H), np.float64), None, None)
+        return y
+
+    alone = [forward(p) for p in problems]
+    with concurrent.futures.ThreadPoolExecutor(len(problems)) as pool:
+        together = list(pool.map(forward, problems))
+    for a, b in zip(alone, together):
+        assert not np.isnan(a).any()
+        np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("value, expected", [("0.25", 0.25), ("soon", 60.0), ("-1", 60.0)])
+def test_timeout_from_environment(value, expected):
+    """RNNFAST_EMULATOR_TIMEOUT sets the default; what is not a positive number is refused with
+    a message, and 60 s holds."""
+    code = "from rnnfast import _cuda_emulated as e; print(e.timeout())"
+    env = {**os.environ, "RNNFAST_EMULATOR_TIMEOUT": value}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) == expected
+    assert ("RNNFAST_EMULATOR_TIMEOUT" in done.stderr) == (expected == 60.0)
 
 
 def test_set_timeout_refuses_nonsense():
