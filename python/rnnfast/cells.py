@@ -39,6 +39,32 @@ def _param_property(name):
     return property(get, set, doc=f"{name}: a read-only array; assign a new one to change it")
 
 
+def _kernel_input(a):
+    """``a`` as the kernel reads it: itself if C-contiguous and aligned, else such a copy."""
+    return np.require(a, requirements=("C", "A")) if isinstance(a, np.ndarray) else a
+
+
+def _kernel_writable(a, dtype, shape):
+    """Whether the kernel can write a result into ``a`` in place, or must refuse it itself (by
+    name: not an array, another dtype or shape, read-only); else it writes to a buffer that is
+    copied into ``a`` (any strides and alignment)."""
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape:
+        return True
+    return not a.flags.writeable or (a.flags.c_contiguous and a.flags.aligned)
+
+
+def _check_no_overlap(outputs, inputs):
+    """Each output (name, array) must not share memory with an input or another output: the
+    step reads the inputs while it writes. Checked here as well as in the kernel, which sees a
+    buffer in place of an output it cannot write in place."""
+    for name, target in outputs:
+        for other_name, other in inputs + [pair for pair in outputs if pair[1] is not target]:
+            if (isinstance(target, np.ndarray) and isinstance(other, np.ndarray)
+                    and np.shares_memory(target, other)):
+                raise ValueError(f"{name} overlaps the memory of {other_name}; pass separate "
+                                 "arrays")
+
+
 class _CellBase:
     def __init__(self, cell, input_size, hidden_size, bias, dtype, seed):
         self._cell = cell
@@ -96,20 +122,28 @@ class _CellBase:
         if x.ndim not in (1, 2):
             raise ValueError(f"input must be 1-D (unbatched) or 2-D (batch, input_size), "
                              f"not of shape {x.shape}")
-        if not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x)
+        x = _kernel_input(x)
         unbatched = x.ndim == 1
         state_shape = x.shape[:-1] + (self.hidden_size,)
         lstm = self._cell == "lstm"
         parts = 2 if lstm else 1
         hx = self._state(hx, "hx", parts, state_shape, zeros=True)
         out = self._state(out, "out", parts, state_shape, zeros=False)
-        if unbatched:
-            x, hx, out_views = x[None], [s[None] for s in hx], [s[None] for s in out]
-        else:
-            out_views = out
+        # Any strides and alignment, as the layers take: inputs copied where the kernel cannot
+        # read them in place, outputs written through a buffer where it cannot write them.
+        parts_of = (lambda name: (f"{name}[0]", f"{name}[1]")) if lstm else (lambda name: (name,))
+        _check_no_overlap(list(zip(parts_of("out"), out)),
+                          list(zip(parts_of("hx"), hx)) + [("input", x)])
+        hx = [_kernel_input(s) for s in hx]
+        targets = [s if _kernel_writable(s, self.dtype, state_shape) else
+                   np.empty(state_shape, self.dtype) for s in out]
+        add_batch = (lambda a: a[None]) if unbatched else (lambda a: a)
+        x, hx, views = add_batch(x), [add_batch(s) for s in hx], [add_batch(s) for s in targets]
         _cpu.cell_step(self._packed_weights(), x, hx[0], hx[1] if lstm else None,
-                       out_views[0], out_views[1] if lstm else None)
+                       views[0], views[1] if lstm else None)
+        for given, written in zip(out, targets):
+            if given is not written:
+                given[...] = written
         return tuple(out) if lstm else out[0]
 
     def _state(self, value, name, parts, shape, zeros):
@@ -122,6 +156,18 @@ class _CellBase:
         if not isinstance(value, (tuple, list)) or len(value) != 2:
             raise TypeError(f"{name} must be None or a tuple (h, c) for the LSTM cell")
         return list(value)
+
+    # ------------------------------------------------------------------ copies
+
+    def __getstate__(self):
+        # The packed weights (a compiled object, in the layout of this machine's instruction
+        # set) are not pickled: the next step packs the parameters again.
+        return {**self.__dict__, "_packed": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for value in self._params.values():  # read-only, as load_state_dict leaves them
+            value.flags.writeable = False
 
     def __repr__(self):
         bias = "" if self.bias else ", bias=False"

@@ -22,8 +22,10 @@ for the LSTM ``w_hr`` [P, H], PyTorch's projection (proj_size): h = (o * tanh(c)
 that h0, y and h_n have P features and ``w_hh`` is [4H, P], also inside the kernels.
 
 Arrays may have any strides (non-contiguous ones are copied) and may be read-only; they are
-never written. A training forward keeps references to ``x`` and the weights for the backward:
-do not modify them in place between the two calls.
+never written. A training forward keeps references to ``x``, the states, the weights and the y
+it returns for the backward: do not modify them in place between the two calls (the layers
+keep copies of what their caller can modify: ``private_inputs``, ``private_output``). Values
+of x past a sequence's length (padding) reach no result, NaN and inf included.
 """
 
 import threading
@@ -183,7 +185,47 @@ def check_lengths(lengths, steps, batch):
     if batch and (arr.min() < 0 or arr.max() > steps):
         raise ValueError(f"lengths must be in [0, {steps}] (the number of steps), not "
                          f"{arr.min()} to {arr.max()}")
-    return np.ascontiguousarray(arr, np.int64)
+    return np.require(arr, np.int64, ("C", "A"))  # any strides and alignment accepted
+
+
+def without_nonfinite_padding(x, lengths):
+    """``x`` [T, B, I] as a training forward keeps it for the weight gradient dW_ih = dzx^T x:
+    itself, or, where its padding (steps t >= lengths[b], which no result may depend on) holds
+    NaN or inf, a copy with the padding set to 0. dzx is 0 on padding, but 0 * NaN is NaN. (The
+    kernels never read the padding's zx; only this GEMM multiplies it.) Checks the padding only:
+    finite padding, the usual case, costs no copy."""
+    if lengths is None:
+        return x
+    padding = np.arange(x.shape[0])[:, None] >= lengths  # [T, B]
+    if not padding.any() or np.isfinite(x[padding]).all():
+        return x
+    x = x.copy()
+    x[padding] = 0
+    return x
+
+
+def private_output(output, ctxs):
+    """The array a forward returns to its caller as ``output``: itself, or a copy where it is
+    (or views) memory that a backward reads (the y kept in one of ``ctxs``, the Contexts of a
+    training forward). The caller may then modify what it got, as PyTorch allows, without
+    changing the gradients. Costs one copy of the output in training mode, only where the
+    output is a layer's y as such (one direction, time-major)."""
+    if any(ctx is not None and np.shares_memory(output, ctx.y) for ctx in ctxs):
+        return output.copy()
+    return output
+
+
+def private_inputs(training, *arrays):
+    """The caller's arrays (input, hx: an array, a tuple of them, or None) as a training forward
+    should keep them for its backward: copies, so that the caller may change its arrays before
+    backward without changing the gradients (PyTorch raises there instead). In inference the
+    arrays themselves. Costs one copy of the input per training forward (states are small)."""
+    def copy(a):
+        if a is None or not training:
+            return a
+        return tuple(map(copy, a)) if isinstance(a, (tuple, list)) else np.array(a)
+
+    return tuple(map(copy, arrays))
 
 
 def check_resets(resets, steps, batch):
@@ -227,7 +269,7 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
                            w_hr)
     ctx = None
     if training:
-        ctx = Context(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0, y=y,
+        ctx = Context(cell=cell, x=without_nonfinite_padding(x, lengths), w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0, y=y,
                       saved=saved, lengths=lengths, resets=resets)
     return y, h_n, c_n, ctx
 

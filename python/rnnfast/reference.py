@@ -127,6 +127,10 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, w_hr=None, l
     lengths = np.full(batch, steps_) if lengths is None else np.asarray(lengths)
     resets = np.zeros((steps_, batch), bool) if resets is None else np.asarray(resets, bool)
     c0 = None if cell != "lstm" else np.asarray(c0, dtype)
+    # The padding of x (steps t >= lengths[b]) reaches no result, as a packed sequence never
+    # reads it: set to 0 here, once, NaN or inf there cannot reach dW_ih as 0 * NaN.
+    padding = np.arange(steps_)[:, None] >= lengths  # [T, B]
+    x = np.where(padding[:, :, None], 0, x).astype(dtype, copy=False)
     h, c = h0, c0
     ys, steps = [], []
     for t in range(steps_):
