@@ -76,8 +76,8 @@ class _CellBase:
             raise TypeError(f"dtype must be float32 or float64, not {self.dtype}")
         self._params = {}
         self._packed = None
-        self.load_state_dict(init_params(self._param_shapes(), self.hidden_size, self.dtype,
-                                         np.random.default_rng(seed)))
+        self.load_state_dict(init_params(repr(self), self._param_shapes(), self.hidden_size,
+                                         self.dtype, np.random.default_rng(seed)))
 
     def _param_shapes(self):
         gh = GATES[self._cell] * self.hidden_size

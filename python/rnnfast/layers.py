@@ -60,8 +60,8 @@ class _RNNBase:
         self._ctx = None
         # One generator, seeded by `seed`, for the initial parameters and then the dropout masks.
         self._rng = np.random.default_rng(seed)
-        self._params = init_params(self._param_shapes(), self.hidden_size, self.dtype,
-                                   self._rng)
+        self._params = init_params(repr(self), self._param_shapes(), self.hidden_size,
+                                   self.dtype, self._rng)
 
     # ------------------------------------------------------------------ parameters
 
