@@ -204,6 +204,14 @@ def without_nonfinite_padding(x, lengths):
     return x
 
 
+def column_sums(a):
+    """The sums of the columns of ``a`` [T*B, G*H] (the bias gradients), accumulated in float64:
+    NumPy adds the rows one after the other, whose float32 error grows with T*B (at T = 1000 it
+    passed twice the reference's, which sums each step's rows first). Costs about 1.6x a
+    float32 sum, a pass over dzx."""
+    return a.sum(axis=0, dtype=np.float64).astype(a.dtype)
+
+
 def private_output(output, ctxs):
     """The array a forward returns to its caller as ``output``: itself, or a copy where it is
     (or views) memory that a backward reads (the y kept in one of ``ctxs``, the Contexts of a
@@ -315,7 +323,7 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
     _cpu.gemm(dzx, w_ih, dx.reshape(steps * batch, inputs))
     dw_ih = np.empty((gh, inputs), dtype)
     _cpu.gemm(dzx, x.reshape(steps * batch, inputs), dw_ih, trans_a=True)
-    db_ih = dzx.sum(axis=0)
+    db_ih = column_sums(dzx)
     grads = {
         "x": dx,
         "h0": dh0,
@@ -323,7 +331,7 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
         "w_ih": dw_ih,
         "w_hh": dw_hh,
         "b_ih": db_ih,
-        "b_hh": db_ih.copy() if dzh is dzx else dzh.sum(axis=0),
+        "b_hh": db_ih.copy() if dzh is dzx else column_sums(dzh),
     }
     if w_hr is not None:
         # dW_hr = sum_t dh_t^T m_t with m_t = o * tanh(c_t), from the saved o and c (the LSTM

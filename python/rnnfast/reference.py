@@ -46,7 +46,9 @@ def rnn_step(zx, zh, h_prev, nonlinearity):
 
 def rnn_step_backward(saved, dh, nonlinearity):
     h = saved["h"]
-    dz = dh * (1 - h * h) if nonlinearity == "tanh" else dh * (h > 0)
+    # relu's gradient is selected, not multiplied, as PyTorch's threshold_backward does (and
+    # the kernels): 0 where h <= 0 even if dh is NaN or inf.
+    dz = dh * (1 - h * h) if nonlinearity == "tanh" else np.where(h > 0, dh, 0).astype(h.dtype)
     # zx and zh enter as a sum: both get dz. The state has no direct path around the matmul.
     return dz, dz, np.zeros_like(dh)
 
