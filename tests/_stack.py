@@ -66,7 +66,9 @@ def run_both(layer, x, hx=None, lengths=None, resets=None, dy=None, grad_hx=None
     lengths = None if lengths is None else np.reshape(lengths, (batch,))
     results = []
     for dtype in (np.float64, layer.dtype):
-        cast = (lambda a: None if a is None else np.asarray(a, dtype))
+        def cast(a, dtype=dtype):
+            return None if a is None else np.asarray(a, dtype)
+
         params = {name: cast(value) for name, value in layer.state_dict().items()}
         y, h_n, c_n, cache = ref.forward_layers(
             layer._cell, cast(x_tm), params, layer.num_layers, layer.bidirectional, cast(h0),

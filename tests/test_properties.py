@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis")
+from _stack import accuracy_failures, make_layer, run_both  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from _stack import accuracy_failures, make_layer, run_both  # noqa: E402
 from _util import CELLS  # noqa: E402
 
 EXAMPLES = int(os.environ.get("RNNFAST_HYPOTHESIS_EXAMPLES", "200"))

@@ -6,7 +6,6 @@ Python threads, the reference's stacks checked by finite differences, long seque
 import copy
 import os
 import pickle
-import signal
 import subprocess
 import sys
 import textwrap
@@ -15,15 +14,21 @@ import time
 
 import numpy as np
 import pytest
+from _stack import accuracy_failures, make_layer, run_both
 
 import rnnfast
 from rnnfast import _cpu
 from rnnfast import functional as F
 from rnnfast import reference as ref
 
-from _stack import accuracy_failures, make_layer, run_both
 from _util import (
-    CELLS, DTYPES, FLOAT32_FLOOR, FLOAT64_TOL, make_problem, reference_results, rel_err, seed_of,
+    CELLS,
+    DTYPES,
+    FLOAT64_TOL,
+    make_problem,
+    reference_results,
+    rel_err,
+    seed_of,
 )
 
 DTYPE_IDS = ["f32", "f64"]

@@ -9,7 +9,8 @@ against (``rnnfast.reference``).
 import os as _os
 import re as _re
 import warnings as _warnings
-from importlib.metadata import PackageNotFoundError, version as _version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
 
 from . import _cpu, functional, reference
 from .cells import GRUCell, LSTMCell, RNNCell

@@ -277,8 +277,9 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
                            w_hr)
     ctx = None
     if training:
-        ctx = Context(cell=cell, x=without_nonfinite_padding(x, lengths), w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0, y=y,
-                      saved=saved, lengths=lengths, resets=resets)
+        ctx = Context(cell=cell, x=without_nonfinite_padding(x, lengths), w_ih=w_ih,
+                      w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0, y=y, saved=saved, lengths=lengths,
+                      resets=resets)
     return y, h_n, c_n, ctx
 
 

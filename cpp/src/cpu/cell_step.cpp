@@ -5,8 +5,8 @@
 #include <algorithm>
 
 #include "microkernel.h"
-#include "rnnfast/recurrence.h"
 #include "rnnfast/cells/cells.h"
+#include "rnnfast/recurrence.h"
 #include "tile_cell.h"
 
 namespace rnnfast {

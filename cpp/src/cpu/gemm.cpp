@@ -11,9 +11,9 @@
 #include <cstring>
 
 #include "microkernel.h"
-#include "rnnfast/recurrence.h"
 #include "rnnfast/aligned_buffer.h"
 #include "rnnfast/gemm.h"
+#include "rnnfast/recurrence.h"
 
 namespace rnnfast {
 namespace RNNFAST_ISA_NS {

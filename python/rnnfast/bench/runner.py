@@ -55,7 +55,10 @@ def reference_outputs(problem, dtype):
     from .. import reference
 
     r = problem.row
-    cast = (lambda a: None if a is None else np.asarray(a, dtype))
+
+    def cast(a):
+        return None if a is None else np.asarray(a, dtype)
+
     weights = {k: cast(v) for k, v in problem.weights.items()}
     y, h_n, c_n, cache = reference.forward_layers(
         r.cell, cast(problem.x), weights, r.layers, r.directions == 2, cast(problem.h0),
