@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import pathlib
 import sys
 
 import rnnfast
@@ -144,7 +145,7 @@ def check_cuda():
 def main(argv=None):
     args = parser().parse_args(argv)
     if args.compare:
-        old, new = (json.load(open(path)) for path in args.compare)
+        old, new = (json.loads(pathlib.Path(path).read_text()) for path in args.compare)
         print(report.format_compare(old, new))
         return 0
     if args.load:
