@@ -40,8 +40,11 @@ def _param_property(name):
 
 
 def _kernel_input(a):
-    """``a`` as the kernel reads it: itself if C-contiguous and aligned, else such a copy."""
-    return np.require(a, requirements=("C", "A")) if isinstance(a, np.ndarray) else a
+    """``a`` as the kernel reads it: itself if C-contiguous and aligned (or no array: the
+    kernel refuses it by name), else such a copy."""
+    if not isinstance(a, np.ndarray) or (a.flags.c_contiguous and a.flags.aligned):
+        return a
+    return np.require(a, requirements=("C", "A"))
 
 
 def _kernel_writable(a, dtype, shape):
@@ -55,8 +58,7 @@ def _kernel_writable(a, dtype, shape):
 
 def _check_no_overlap(outputs, inputs):
     """Each output (name, array) must not share memory with an input or another output: the
-    step reads the inputs while it writes. Checked here as well as in the kernel, which sees a
-    buffer in place of an output it cannot write in place."""
+    step reads the inputs while it writes (refused as the kernel refuses it)."""
     for name, target in outputs:
         for other_name, other in inputs + [pair for pair in outputs if pair[1] is not target]:
             if (isinstance(target, np.ndarray) and isinstance(other, np.ndarray)
@@ -122,7 +124,6 @@ class _CellBase:
         if x.ndim not in (1, 2):
             raise ValueError(f"input must be 1-D (unbatched) or 2-D (batch, input_size), "
                              f"not of shape {x.shape}")
-        x = _kernel_input(x)
         unbatched = x.ndim == 1
         state_shape = x.shape[:-1] + (self.hidden_size,)
         lstm = self._cell == "lstm"
@@ -131,12 +132,17 @@ class _CellBase:
         out = self._state(out, "out", parts, state_shape, zeros=False)
         # Any strides and alignment, as the layers take: inputs copied where the kernel cannot
         # read them in place, outputs written through a buffer where it cannot write them.
-        parts_of = (lambda name: (f"{name}[0]", f"{name}[1]")) if lstm else (lambda name: (name,))
-        _check_no_overlap(list(zip(parts_of("out"), out)),
-                          list(zip(parts_of("hx"), hx)) + [("input", x)])
-        hx = [_kernel_input(s) for s in hx]
+        given = [x, *hx, *out]
+        x, hx = _kernel_input(x), [_kernel_input(s) for s in hx]
         targets = [s if _kernel_writable(s, self.dtype, state_shape) else
                    np.empty(state_shape, self.dtype) for s in out]
+        if any(a is not b for a, b in zip([x, *hx, *targets], given)):
+            # A copy or a buffer hides an overlap from the kernel's own check: checked here
+            # (only then: a streaming loop's step pays nothing for it).
+            names = ("[0]", "[1]") if lstm else ("",)
+            _check_no_overlap([("out" + n, a) for n, a in zip(names, out)],
+                              [("hx" + n, a) for n, a in zip(names, given[1:1 + parts])]
+                              + [("input", given[0])])
         add_batch = (lambda a: a[None]) if unbatched else (lambda a: a)
         x, hx, views = add_batch(x), [add_batch(s) for s in hx], [add_batch(s) for s in targets]
         _cpu.cell_step(self._packed_weights(), x, hx[0], hx[1] if lstm else None,
