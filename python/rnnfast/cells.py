@@ -17,6 +17,8 @@ new ones (``cell.weight_hh = w``) or use ``load_state_dict``, and the cell packs
 The cells compute inference only; for training use the sequence layers.
 """
 
+import re
+
 import numpy as np
 
 from . import _cpu
@@ -56,9 +58,14 @@ def _kernel_writable(a, dtype, shape):
     return not a.flags.writeable or (a.flags.c_contiguous and a.flags.aligned)
 
 
+# The kernel's refusals of a layout that _step_any_layout handles (cpp/bindings/binding_util.h).
+_LAYOUT_ERROR = re.compile("must be C-contiguous|must be aligned to its element size")
+
+
 def _check_no_overlap(outputs, inputs):
     """Each output (name, array) must not share memory with an input or another output: the
-    step reads the inputs while it writes (refused as the kernel refuses it)."""
+    step reads the inputs while it writes (refused as the kernel refuses it, which sees copies
+    and buffers here)."""
     for name, target in outputs:
         for other_name, other in inputs + [pair for pair in outputs if pair[1] is not target]:
             if (isinstance(target, np.ndarray) and isinstance(other, np.ndarray)
@@ -130,27 +137,37 @@ class _CellBase:
         parts = 2 if lstm else 1
         hx = self._state(hx, "hx", parts, state_shape, zeros=True)
         out = self._state(out, "out", parts, state_shape, zeros=False)
-        # Any strides and alignment, as the layers take: inputs copied where the kernel cannot
-        # read them in place, outputs written through a buffer where it cannot write them.
-        given = [x, *hx, *out]
-        x, hx = _kernel_input(x), [_kernel_input(s) for s in hx]
+        try:
+            self._step(x, hx, out, unbatched)
+        except ValueError as error:
+            # Any strides and alignment, as the layers take: the kernel refuses them (the
+            # usual, contiguous call pays no check for them here), then this step runs again
+            # on copies of the inputs and writes through buffers into out.
+            if not _LAYOUT_ERROR.search(str(error)):
+                raise
+            self._step_any_layout(x, hx, out, unbatched, state_shape)
+        return tuple(out) if lstm else out[0]
+
+    def _step(self, x, hx, out, unbatched):
+        """The kernel's step on the arrays as they are (it checks every one of them)."""
+        if unbatched:
+            x, hx, out = x[None], [s[None] for s in hx], [s[None] for s in out]
+        lstm = self._cell == "lstm"
+        _cpu.cell_step(self._packed_weights(), x, hx[0], hx[1] if lstm else None,
+                       out[0], out[1] if lstm else None)
+
+    def _step_any_layout(self, x, hx, out, unbatched, state_shape):
+        """The step on inputs and outputs of any strides and alignment: inputs copied where the
+        kernel cannot read them in place, outputs written through buffers."""
+        names = ("[0]", "[1]") if self._cell == "lstm" else ("",)
+        _check_no_overlap([("out" + n, a) for n, a in zip(names, out)],
+                          [("hx" + n, a) for n, a in zip(names, hx)] + [("input", x)])
         targets = [s if _kernel_writable(s, self.dtype, state_shape) else
                    np.empty(state_shape, self.dtype) for s in out]
-        if any(a is not b for a, b in zip([x, *hx, *targets], given)):
-            # A copy or a buffer hides an overlap from the kernel's own check: checked here
-            # (only then: a streaming loop's step pays nothing for it).
-            names = ("[0]", "[1]") if lstm else ("",)
-            _check_no_overlap([("out" + n, a) for n, a in zip(names, out)],
-                              [("hx" + n, a) for n, a in zip(names, given[1:1 + parts])]
-                              + [("input", given[0])])
-        add_batch = (lambda a: a[None]) if unbatched else (lambda a: a)
-        x, hx, views = add_batch(x), [add_batch(s) for s in hx], [add_batch(s) for s in targets]
-        _cpu.cell_step(self._packed_weights(), x, hx[0], hx[1] if lstm else None,
-                       views[0], views[1] if lstm else None)
+        self._step(_kernel_input(x), [_kernel_input(s) for s in hx], targets, unbatched)
         for given, written in zip(out, targets):
             if given is not written:
                 given[...] = written
-        return tuple(out) if lstm else out[0]
 
     def _state(self, value, name, parts, shape, zeros):
         """hx or out as a list of `parts` arrays: new ones (zeros for hx) for None."""
