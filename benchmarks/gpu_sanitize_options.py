@@ -17,8 +17,9 @@ from rnnfast import _cuda
 
 TESTS = pathlib.Path(__file__).resolve().parents[1] / "tests"
 sys.path[:0] = [str(TESTS), str(next(TESTS.glob("**/test_cuda_kernels_emulated.py")).parent)]
-from _util import CELLS  # noqa: E402
 from test_cuda_kernels_emulated import compare_with_cpu  # noqa: E402
+
+from _util import CELLS  # noqa: E402
 
 
 def main():

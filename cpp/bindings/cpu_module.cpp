@@ -306,6 +306,19 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("activation", &activation_py, py::arg("name"), py::arg("x"), py::arg("out"),
         "out = the cells' exp, tanh or sigmoid of the 1-D array x, as the kernels compute it.");
   m.def("num_threads", &num_threads);
+  m.def(
+      "last_split",
+      [] {
+        const SplitRecord r = last_split();
+        py::dict d;
+        d["kernel"] = r.kernel;
+        d["threads"] = r.threads;
+        d["split"] = r.split;
+        return d;
+      },
+      "How the calling thread's last kernel call shared its work: a dict with kernel (its name), "
+      "threads (how many ran it) and split (what they divided: columns or rows of a step, "
+      "panels or rows of a GEMM, units of a cell step).");
   m.def("set_num_threads", [](int threads) {
     if (threads < 1 || threads > 4096) throw py::value_error("threads must be in [1, 4096]");
     py::gil_scoped_release release;  // waits for a running kernel to finish

@@ -8,6 +8,7 @@ against (``rnnfast.reference``).
 """
 
 import os as _os
+import re as _re
 import warnings as _warnings
 from importlib.metadata import PackageNotFoundError, version as _version
 
@@ -31,6 +32,14 @@ if _os.environ.get("RNNFAST_ISA"):
     except ValueError as _error:
         _warnings.warn(f"RNNFAST_ISA ignored: {_error}; using {_cpu.active_isa()}",
                        RuntimeWarning, stacklevel=2)
+
+# RNNFAST_NUM_THREADS is read by the thread pool (thread_pool.cpp), which keeps its default for a
+# value that is not an integer in [1, 4096] (strtol's syntax: optional blanks and sign, digits).
+_threads_env = _os.environ.get("RNNFAST_NUM_THREADS")
+if _threads_env and not (_re.fullmatch(r"[ \t\n\v\f\r]*[+-]?[0-9]+", _threads_env)
+                         and 1 <= int(_threads_env) <= 4096):
+    _warnings.warn(f"RNNFAST_NUM_THREADS={_threads_env!r} ignored: not an integer in [1, 4096]; "
+                   f"using {_cpu.num_threads()} threads", RuntimeWarning, stacklevel=2)
 
 
 def cpu_info() -> dict:

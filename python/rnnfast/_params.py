@@ -1,5 +1,8 @@
 """Parameters of the layers and cells: PyTorch's initialisation, and loading a state_dict."""
 
+import math
+import os
+
 import numpy as np
 
 
@@ -9,9 +12,25 @@ def positive_int(value, name):
     return int(value)
 
 
-def init_params(shapes, hidden_size, dtype, rng):
+def check_memory(owner, shapes, dtype):
+    """Raises MemoryError, naming ``owner`` (e.g. "LSTM(1099511627776, 8)") and the size, when
+    arrays of these ``shapes`` (a dict name -> shape) of ``dtype`` would take more than this
+    machine's memory: before anything is allocated, instead of NumPy trying."""
+    nbytes = sum(math.prod(shape) for shape in shapes.values()) * np.dtype(dtype).itemsize
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not known on this system
+        return
+    if nbytes > memory:
+        raise MemoryError(f"{owner}: its parameters would take {nbytes / 2**30:,.1f} GiB, more "
+                          f"than this machine's memory ({memory / 2**30:,.1f} GiB)")
+
+
+def init_params(owner, shapes, hidden_size, dtype, rng):
     """PyTorch's initialisation: every parameter uniform in [-1/sqrt(H), 1/sqrt(H)], drawn from
-    the numpy Generator ``rng`` in the order of ``shapes`` (a dict name -> shape)."""
+    the numpy Generator ``rng`` in the order of ``shapes`` (a dict name -> shape), after
+    check_memory(owner, ...)."""
+    check_memory(owner, shapes, dtype)
     bound = 1.0 / np.sqrt(hidden_size)
     return {name: rng.uniform(-bound, bound, shape).astype(dtype)
             for name, shape in shapes.items()}

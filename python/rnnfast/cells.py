@@ -19,6 +19,7 @@ The cells compute inference only; for training use the sequence layers.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,39 @@ def _param_property(name):
     return property(get, set, doc=f"{name}: a read-only array; assign a new one to change it")
 
 
+def _kernel_input(a):
+    """``a`` as the kernel reads it: itself if C-contiguous and aligned (or no array: the
+    kernel refuses it by name), else such a copy."""
+    if not isinstance(a, np.ndarray) or (a.flags.c_contiguous and a.flags.aligned):
+        return a
+    return np.require(a, requirements=("C", "A"))
+
+
+def _kernel_writable(a, dtype, shape):
+    """Whether the kernel can write a result into ``a`` in place, or must refuse it itself (by
+    name: not an array, another dtype or shape, read-only); else it writes to a buffer that is
+    copied into ``a`` (any strides and alignment)."""
+    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.shape != shape:
+        return True
+    return not a.flags.writeable or (a.flags.c_contiguous and a.flags.aligned)
+
+
+# The kernel's refusals of a layout that _step_any_layout handles (cpp/bindings/binding_util.h).
+_LAYOUT_ERROR = re.compile("must be C-contiguous|must be aligned to its element size")
+
+
+def _check_no_overlap(outputs, inputs):
+    """Each output (name, array) must not share memory with an input or another output: the
+    step reads the inputs while it writes (refused as the kernel refuses it, which sees copies
+    and buffers here)."""
+    for name, target in outputs:
+        for other_name, other in inputs + [pair for pair in outputs if pair[1] is not target]:
+            if (isinstance(target, np.ndarray) and isinstance(other, np.ndarray)
+                    and np.shares_memory(target, other)):
+                raise ValueError(f"{name} overlaps the memory of {other_name}; pass separate "
+                                 "arrays")
+
+
 class _CellBase:
     def __init__(self, cell, input_size, hidden_size, bias, dtype, seed):
         self._cell = cell
@@ -54,8 +88,8 @@ class _CellBase:
             raise TypeError(f"dtype must be float32 or float64, not {self.dtype}")
         self._params = {}
         self._packed = None
-        self.load_state_dict(init_params(self._param_shapes(), self.hidden_size, self.dtype,
-                                         np.random.default_rng(seed)))
+        self.load_state_dict(init_params(repr(self), self._param_shapes(), self.hidden_size,
+                                         self.dtype, np.random.default_rng(seed)))
 
     def _param_shapes(self):
         gh = spec(self._cell).gate_count * self.hidden_size
@@ -100,21 +134,43 @@ class _CellBase:
         if x.ndim not in (1, 2):
             raise ValueError(f"input must be 1-D (unbatched) or 2-D (batch, input_size), "
                              f"not of shape {x.shape}")
-        if not x.flags.c_contiguous:
-            x = np.ascontiguousarray(x)
         unbatched = x.ndim == 1
         state_shape = x.shape[:-1] + (self.hidden_size,)
         lstm = self._cell == "lstm"
         parts = 2 if lstm else 1
         hx = self._state(hx, "hx", parts, state_shape, zeros=True)
         out = self._state(out, "out", parts, state_shape, zeros=False)
-        if unbatched:
-            x, hx, out_views = x[None], [s[None] for s in hx], [s[None] for s in out]
-        else:
-            out_views = out
-        _cpu.cell_step(self._packed_weights(), x, hx[0], hx[1] if lstm else None,
-                       out_views[0], out_views[1] if lstm else None)
+        try:
+            self._step(x, hx, out, unbatched)
+        except ValueError as error:
+            # Any strides and alignment, as the layers take: the kernel refuses them (the
+            # usual, contiguous call pays no check for them here), then this step runs again
+            # on copies of the inputs and writes through buffers into out.
+            if not _LAYOUT_ERROR.search(str(error)):
+                raise
+            self._step_any_layout(x, hx, out, unbatched, state_shape)
         return tuple(out) if lstm else out[0]
+
+    def _step(self, x, hx, out, unbatched):
+        """The kernel's step on the arrays as they are (it checks every one of them)."""
+        if unbatched:
+            x, hx, out = x[None], [s[None] for s in hx], [s[None] for s in out]
+        lstm = self._cell == "lstm"
+        _cpu.cell_step(self._packed_weights(), x, hx[0], hx[1] if lstm else None,
+                       out[0], out[1] if lstm else None)
+
+    def _step_any_layout(self, x, hx, out, unbatched, state_shape):
+        """The step on inputs and outputs of any strides and alignment: inputs copied where the
+        kernel cannot read them in place, outputs written through buffers."""
+        names = ("[0]", "[1]") if self._cell == "lstm" else ("",)
+        _check_no_overlap([("out" + n, a) for n, a in zip(names, out)],
+                          [("hx" + n, a) for n, a in zip(names, hx)] + [("input", x)])
+        targets = [s if _kernel_writable(s, self.dtype, state_shape) else
+                   np.empty(state_shape, self.dtype) for s in out]
+        self._step(_kernel_input(x), [_kernel_input(s) for s in hx], targets, unbatched)
+        for given, written in zip(out, targets):
+            if given is not written:
+                given[...] = written
 
     def _state(self, value, name, parts, shape, zeros):
         """hx or out as a list of `parts` arrays: new ones (zeros for hx) for None."""
@@ -126,6 +182,18 @@ class _CellBase:
         if not isinstance(value, (tuple, list)) or len(value) != 2:
             raise TypeError(f"{name} must be None or a tuple (h, c) for the LSTM cell")
         return list(value)
+
+    # ------------------------------------------------------------------ copies
+
+    def __getstate__(self):
+        # The packed weights (a compiled object, in the layout of this machine's instruction
+        # set) are not pickled: the next step packs the parameters again.
+        return {**self.__dict__, "_packed": None}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        for value in self._params.values():  # read-only, as load_state_dict leaves them
+            value.flags.writeable = False
 
     def __repr__(self):
         bias = "" if self.bias else ", bias=False"

@@ -28,8 +28,10 @@ that h0, y and h_n have P features and ``w_hh`` is [4H, P], also inside the kern
 Every argument is checked here, once (types, dtypes, shapes, lengths, resets), with errors
 that name it; the bindings check only memory safety. Arrays may have any strides
 (non-contiguous ones are copied) and may be read-only; they are never written. A training
-forward keeps references to ``x`` and the weights for the backward: do not modify them in
-place between the two calls.
+forward keeps references to ``x``, the states, the weights and the y it returns for the
+backward: do not modify them in place between the two calls (the layers keep copies of what
+their caller can modify: ``private_inputs``, ``private_output``). Values of x past a
+sequence's length (padding) reach no result, NaN and inf included.
 """
 
 from __future__ import annotations
@@ -98,6 +100,59 @@ def check_lengths(lengths, steps: int, batch: int):
         raise ValueError(f"lengths must be in [0, {steps}] (the number of steps), not "
                          f"{arr.min()} to {arr.max()}")
     return arr.astype(np.int64, copy=False)
+
+
+def without_nonfinite_padding(xp, x, lengths):
+    """``x`` [T, B, I] as a training forward keeps it for the weight gradient dW_ih = dzx^T x:
+    itself, or, where its padding (steps t >= lengths[b], which no result may depend on) holds
+    NaN or inf, a copy with the padding set to 0. dzx is 0 on padding, but 0 * NaN is NaN. (The
+    kernels never read the padding's zx; only this GEMM multiplies it.) Checks the padding only:
+    finite padding, the usual case, costs no copy."""
+    if lengths is None:
+        return x
+    padding = xp.arange(x.shape[0])[:, None] >= lengths  # [T, B]
+    if not padding.any() or xp.isfinite(x[padding]).all():
+        return x
+    x = x.copy()
+    x[padding] = 0
+    return x
+
+
+def column_sums(xp, a):
+    """The sums of the columns of ``a`` [T*B, G*H] (the bias gradients), accumulated in float64:
+    NumPy adds the rows one after the other, whose float32 error grows with T*B (at T = 1000 it
+    passed twice the reference's, which sums each step's rows first). Costs about 1.6x a
+    float32 sum, a pass over dzx."""
+    return a.sum(axis=0, dtype=xp.float64).astype(a.dtype)
+
+
+def private_output(output, ctx):
+    """The array a forward returns to its caller as ``output``: itself, or a copy where it is
+    (or views) memory that a backward reads (the y kept by one of the Contexts of ``ctx``, a
+    training forward's LayersContext). The caller may then modify what it got, as PyTorch
+    allows, without changing the gradients. Costs one copy of the output in training mode, only
+    where the output is a layer's y as such (one direction, time-major)."""
+    if ctx is None:
+        return output
+    xp = ctx.contexts[0].layer.backend.xp
+    if any(xp.shares_memory(output, c.y) for c in ctx.contexts):
+        return output.copy()
+    return output
+
+
+def private_inputs(training, *arrays):
+    """The caller's arrays (input, hx: an array, a tuple of them, or None) as a training forward
+    should keep them for its backward: copies, so that the caller may change its arrays before
+    backward without changing the gradients (PyTorch raises there instead). In inference the
+    arrays themselves. Costs one copy of the input per training forward (states are small)."""
+    def copy(a):
+        if a is None or not training:
+            return a
+        if isinstance(a, (tuple, list)):
+            return tuple(map(copy, a))
+        return a.copy() if hasattr(a, "copy") else np.array(a)
+
+    return tuple(map(copy, arrays))
 
 
 def check_resets(resets, steps: int, batch: int, xp=np):
@@ -205,7 +260,10 @@ def _forward(layer: _Layer, lengths, resets, training):
              if training and per_unit else None)
     be.recurrent_forward(layer.spec.name, zx, layer.w_hh, layer.b_hh, layer.h0, layer.c0, y,
                          h_n, c_n, saved, lengths, resets, layer.w_hr)
-    ctx = Context(layer, y, saved, lengths, resets) if training else None
+    ctx = None
+    if training:
+        layer.x = without_nonfinite_padding(be.xp, layer.x, lengths)  # for dW_ih alone
+        ctx = Context(layer, y, saved, lengths, resets)
     return y, h_n, c_n, ctx
 
 
@@ -240,9 +298,9 @@ def _backward(ctx: Context, dy, dh_n, dc_n):
     be.gemm(dzx, layer.w_ih, dx.reshape(steps * batch, layer.inputs))
     dw_ih = be.empty((gh, layer.inputs), dtype)
     be.gemm(dzx, layer.x.reshape(steps * batch, layer.inputs), dw_ih, trans_a=True)
-    db_ih = dzx.sum(axis=0)
+    db_ih = column_sums(xp, dzx)
     grads = {"x": dx, "h0": dh0, "c0": dc0, "w_ih": dw_ih, "w_hh": dw_hh, "b_ih": db_ih,
-             "b_hh": db_ih.copy() if dzh is dzx else dzh.sum(axis=0)}
+             "b_hh": db_ih.copy() if dzh is dzx else column_sums(xp, dzh)}
     if layer.w_hr is not None:
         # dW_hr = sum_t dh_t^T m_t with m_t = o * tanh(c_t), from the saved o and c (zero on
         # padding, where dh_proj is zero too).

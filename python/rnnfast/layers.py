@@ -50,8 +50,8 @@ class _RNNBase:
         self._ctx = None
         # One generator, seeded by `seed`, for the initial parameters and then the dropout masks.
         self._rng = np.random.default_rng(seed)
-        self._params = init_params(self._param_shapes(), self.hidden_size, self.dtype,
-                                   self._rng)
+        self._params = init_params(repr(self), self._param_shapes(), self.hidden_size,
+                                   self.dtype, self._rng)
 
     # ------------------------------------------------------------------ parameters
 
@@ -129,8 +129,13 @@ class _RNNBase:
         seed: seeds this call's dropout masks (training mode, num_layers > 1, dropout > 0);
         None draws them from the layer's generator (seeded by the layer's ``seed``)."""
         rng = np.random.default_rng(seed) if seed is not None else self._rng
+        # Backward reads nothing the caller can modify: the input, hx and output it keeps are
+        # private (the torch adapter calls functional directly and has autograd check them).
+        input, hx = functional.private_inputs(self.training, input, hx)
         output, states, self._ctx = self._forward(self._params, self.training, rng, input, hx,
                                                   lengths, resets)
+        if self._ctx is not None:
+            output = functional.private_output(output, self._ctx[0])
         return output, states
 
     __call__ = forward

@@ -53,7 +53,9 @@ def rnn_step(zx, zh, h_prev, c_prev, nonlinearity):
 
 
 def rnn_step_backward(saved, h, h_prev, c_prev, dh, dc, nonlinearity):
-    dz = dh * (1 - h * h) if nonlinearity == "tanh" else dh * (h > 0)
+    # relu's gradient is selected, not multiplied, as PyTorch's threshold_backward does (and
+    # the kernels): 0 where h <= 0 even if dh is NaN or inf.
+    dz = dh * (1 - h * h) if nonlinearity == "tanh" else np.where(h > 0, dh, 0).astype(h.dtype)
     # zx and zh enter as a sum: both get dz. The state has no direct path around the matmul.
     return dz, dz, np.zeros_like(h_prev), None
 
@@ -138,6 +140,10 @@ def forward(cell, x, h0, w_ih, w_hh, *, b_ih=None, b_hh=None, c0=None, w_hr=None
     lengths = np.full(batch, steps_) if lengths is None else np.asarray(lengths)
     resets = np.zeros((steps_, batch), bool) if resets is None else np.asarray(resets, bool)
     c0 = np.asarray(c0, dtype) if spec(cell).has_cell_state else None
+    # The padding of x (steps t >= lengths[b]) reaches no result, as a packed sequence never
+    # reads it: set to 0 here, once, NaN or inf there cannot reach dW_ih as 0 * NaN.
+    padding = np.arange(steps_)[:, None] >= lengths  # [T, B]
+    x = np.where(padding[:, :, None], 0, x).astype(dtype, copy=False)
     h, c = h0, c0
     ys, records = [], []
     for t in range(steps_):

@@ -18,8 +18,7 @@ import time
 import numpy as np
 import pytest
 
-from rnnfast import _cpu
-from rnnfast import _cuda_emulated as emu
+from rnnfast import _cpu, _cuda_emulated as emu
 
 from _util import CELLS, DTYPES, GATES
 

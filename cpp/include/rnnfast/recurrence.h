@@ -101,4 +101,16 @@ void set_isa(const std::string& name);  // throws std::invalid_argument if not a
 int num_threads();
 void set_num_threads(int threads);  // throws std::invalid_argument unless threads >= 1
 
+// How the last kernel call made by the calling thread shared its work: the kernel's name
+// ("recurrent_forward", "recurrent_backward", "gemm", "cell_step"), the threads it ran on and
+// how they split it ("columns" or "rows" of a step, "panels" or "rows" of a GEMM, "units" of a
+// cell step). Per calling thread, so that tests can assert that a call really split.
+struct SplitRecord {
+  const char* kernel = "";
+  int threads = 0;
+  const char* split = "";
+};
+SplitRecord last_split();
+void record_split(const char* kernel, int threads, const char* split);
+
 }  // namespace rnnfast

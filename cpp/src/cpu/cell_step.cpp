@@ -6,6 +6,7 @@
 
 #include "microkernel.h"
 #include "rnnfast/cells/cells.h"
+#include "rnnfast/recurrence.h"
 #include "tile_cell.h"
 
 namespace rnnfast {
@@ -18,6 +19,7 @@ void step_impl(const PackedCell<T>& p, int64_t B, const T* x, const T* h, const 
   constexpr int G = C::kGates, kUnits = kForwardUnits<T, C>, kWidth = G * kUnits;
   const int64_t I = p.input, H = p.hidden, blocks = ceil_div(H, kUnits);
   const int threads = choose_threads(blocks, B * G * H * (I + H));
+  record_split("cell_step", threads, "units");
   ThreadPool::global().run(threads, [&](int index) {
     const BlockRange mine(blocks, index, threads);
     for (int64_t block = mine.first; block < mine.last; ++block) {

@@ -184,6 +184,16 @@ template void cell_step(const PackedCell<double>&, int64_t, const double*, const
 
 int num_threads() { return ThreadPool::global().num_threads(); }
 
+namespace {
+thread_local SplitRecord last_split_record;
+}  // namespace
+
+SplitRecord last_split() { return last_split_record; }
+
+void record_split(const char* kernel, int threads, const char* split) {
+  last_split_record = SplitRecord{kernel, threads, split};
+}
+
 void set_num_threads(int threads) {
   if (threads < 1) throw std::invalid_argument("threads must be >= 1");
   ThreadPool::global().set_num_threads(threads);

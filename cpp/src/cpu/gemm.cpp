@@ -13,6 +13,7 @@
 #include "microkernel.h"
 #include "rnnfast/aligned_buffer.h"
 #include "rnnfast/gemm.h"
+#include "rnnfast/recurrence.h"
 
 namespace rnnfast {
 namespace RNNFAST_ISA_NS {
@@ -65,6 +66,7 @@ void gemm_impl(const GemmArgs<T>& g) {
   const int64_t block_rows = ceil_div(ceil_div(g.m, row_blocks), kTileRows) * kTileRows;
   row_blocks = ceil_div(g.m, block_rows);
   AlignedBuffer<T> a_blocks(a_direct ? 0 : threads * block_rows * depth);
+  record_split("gemm", threads, split_rows ? "rows" : "panels");
   SpinBarrier barrier(threads);
   ThreadPool::global().run(threads, [&](int index) {
     const BlockRange pack_share(panels, index, threads);

@@ -102,6 +102,9 @@ struct StepSplit {
     return by_rows ? BlockRange(groups, index, threads) : BlockRange(1, 0, 1);
   }
   int64_t group_start(int64_t group) const { return batch * group / groups; }
+  void record(const char* kernel) const {
+    record_split(kernel, threads, by_rows ? "rows" : "columns");
+  }
 };
 
 // Per step: pass 1 over blocks of hidden units, the recurrent matmul with the cell's forward
@@ -142,6 +145,7 @@ void forward_impl(const ForwardArgs<T>& a) {
   const StepSplit split(B, blocks * R * kWidth * static_cast<int64_t>(sizeof(T)), !projected,
                         std::max(blocks, proj_blocks),
                         B * GH * R + (projected ? B * R * H : 0));
+  split.record("recurrent_forward");
   SpinBarrier barrier(split.threads);
   ThreadPool::global().run(split.threads, [&](int index) {
     const int threads = split.threads;
@@ -377,6 +381,7 @@ void backward_impl(const BackwardArgs<T>& a) {
 
   const StepSplit split(B, GH * R * static_cast<int64_t>(sizeof(T)), !projected,
                         std::max(blocks, cell_blocks), B * GH * R + (projected ? B * R * H : 0));
+  split.record("recurrent_backward");
   SpinBarrier barrier(split.threads);
   ThreadPool::global().run(split.threads, [&](int index) {
     const int threads = split.threads;

@@ -12,7 +12,7 @@ from ..cell_registry import CELLS
 from . import report
 from .grids import MODES, grid_path, load_grid, packaged_grids, product_rows
 from .peers import PEER_NAMES, PEERS
-from .runner import TOLERANCE, run_suite
+from .runner import RULE, run_suite
 
 
 def _shape(text):
@@ -175,7 +175,7 @@ def main(argv=None):
                     "device": args.device, "dtype": args.dtype, "threads": threads,
                     "repeats": args.repeats, "warmup": args.warmup, "budget_s": args.budget,
                     "settle_s": args.settle,
-                    "seed": args.seed, "tolerance": TOLERANCE[args.dtype]}
+                    "seed": args.seed, "check": RULE[args.dtype]}
         peak, records = run_suite(rows, peers, settings, quiet=args.quiet)
         result = {**report.environment(settings, peers, peak), "records": records}
     print(report.format_table(result))

@@ -6,7 +6,7 @@
 // activations on every instruction set from one source. Measured maximum errors against
 // float64, relative to |f(x)| (tests/test_activations.py checks them on a dense grid):
 //   float32: exp <= 2 ulp (2.4e-7); tanh, sigmoid <= 3e-7 (sigmoid for z >= -80; below, where
-//            sigmoid(z) < 2e-35, it returns a value in [0, 1e-37))
+//            sigmoid(z) < 2e-35, it returns a value in [0, 1e-37), and 0 below -88)
 //   float64: exp <= 2 ulp (4.4e-16); tanh, sigmoid <= 3 ulp (6.7e-16)
 // NaN in gives NaN out; +-inf and huge arguments saturate (tanh -> +-1, sigmoid -> 0 or 1).
 // exp_ clamps its argument to [-87, 88] (float) or [-708, 708] (double), where 2^n stays a
@@ -118,11 +118,14 @@ RNNFAST_HD V tanh_(V z) {
   return copysign(expm1 / (expm1 + V(2)), z);
 }
 
-// 1 / (1 + e^-z): e^-z saturates instead of overflowing, so this is 0 (denormal-small) for
-// very negative z, never NaN.
+// 1 / (1 + e^-z): e^-z saturates instead of overflowing, so this is tiny for very negative z,
+// never NaN; and exactly 0 below -kMax (true value < 1e-38 in float32), so that sigmoid(-inf)
+// is 0 as in IEEE arithmetic: a GRU's r = 0 times an infinite W_hn h is then NaN, as in
+// PyTorch and the reference, not a finite, wrong, value.
 template <class V>
 RNNFAST_HD V sigmoid(V z) {
-  return V(1) / (V(1) + exp_(-z));
+  const V s = V(1) / (V(1) + exp_(-z));
+  return z < -detail::ExpConstants<V>::kMax ? V(0) : s;
 }
 
 // max(z, 0) that propagates NaN (as PyTorch's relu does): NaN < 0 is false.
