@@ -43,7 +43,7 @@ def run_both(layer, x, hx=None, lengths=None, resets=None, dy=None, grad_hx=None
     lstm = layer._cell == "lstm"
     unbatched = x.ndim == 2
     output, states = layer(x, hx, lengths=lengths, resets=resets, seed=seed)
-    masks = layer._ctx[1]
+    masks = layer._ctx[0].masks  # the dropout masks the forward drew (its LayersContext)
     grad_input, grad_hx0 = layer.backward(dy, grad_hx)
     got = {"output": _time_major(layer, output, unbatched),
            "grad_input": _time_major(layer, grad_input, unbatched)}

@@ -88,8 +88,9 @@ class CpuBackend:
 
     @staticmethod
     def index(a, dtype):
-        """lengths (int64) or resets (bool) as a C-contiguous array the kernels read."""
-        return None if a is None else np.ascontiguousarray(a, dtype)
+        """lengths (int64) or resets (bool) as a C-contiguous, aligned array the kernels read
+        (a copy only where the caller's is not)."""
+        return None if a is None else np.require(a, dtype, ("C", "A"))
 
     @staticmethod
     def gemm(a, b, out, *, trans_a=False, trans_b=False, bias=None, accumulate=False):

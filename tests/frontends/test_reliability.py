@@ -5,6 +5,7 @@ Python threads, the reference's stacks checked by finite differences, long seque
 
 import copy
 import os
+import pathlib
 import pickle
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 from _stack import accuracy_failures, make_layer, run_both
 
 import rnnfast
-from rnnfast import _cpu, functional as F, reference as ref
+from rnnfast import _cpu, backends, functional as F, reference as ref
 
 from _util import (
     CELLS,
@@ -113,7 +114,7 @@ def test_nonfinite_argument_gives_the_references_nonfinite_results(isa, cell, ar
     target = {**inputs, **douts, **options}[argument]
     target.reshape(-1)[target.size // 2] = value
     y, h_n, c_n, ctx = F.forward(cell, inputs["x"], inputs["h0"], inputs["w_ih"],
-                                 inputs["w_hh"], inputs["b_ih"], inputs["b_hh"],
+                                 inputs["w_hh"], b_ih=inputs["b_ih"], b_hh=inputs["b_hh"],
                                  c0=inputs["c0"], training=True, **options)
     grads = F.backward(ctx, douts["dy"], douts["dh_n"], douts["dc_n"])
     got = {"y": y, "h_n": h_n, "c_n": c_n, **{"d" + k: v for k, v in grads.items()}}
@@ -352,10 +353,10 @@ def threads_restored():
 def _recurrence(cell, dtype, B, seed):
     """Arguments of _cpu.recurrent_forward/backward for T = 4, H = 100 (W_hh small enough for
     the row split in float64 too), with lengths and resets."""
-    from rnnfast.reference import GATES
+    from rnnfast.cell_registry import SPECS
 
     T, H = 4, 100
-    G, S = GATES[cell], _cpu.saved_per_unit(cell)
+    G, S = SPECS[cell].gate_count, _cpu.saved_per_unit(cell)
     rng = np.random.default_rng(seed)
     arrays = {"zx": rng.standard_normal((T, B, G * H)), "w_hh": rng.uniform(-0.1, 0.1, (G * H, H)),
               "b_hh": rng.standard_normal(G * H), "h0": rng.standard_normal((B, H)),
@@ -373,7 +374,7 @@ def _run_recurrence(cell, dtype, B, seed):
     T, H, G, S, a, lengths, resets = _recurrence(cell, dtype, B, seed)
     y, h_n = np.empty((T, B, H), dtype), np.empty((B, H), dtype)
     c_n = np.empty((B, H), dtype) if cell == "lstm" else None
-    saved = F._aligned_empty((T, B, S * H), dtype) if S else None
+    saved = backends.CPU.empty((T, B, S * H), dtype, aligned=True) if S else None
     _cpu.recurrent_forward(cell, a["zx"], a["w_hh"], a["b_hh"], a["h0"], a["c0"], y, h_n, c_n,
                            saved, lengths, resets)
     forward_split = _cpu.last_split()
@@ -541,7 +542,7 @@ PYTEST_THREAD_EXCEPTION = textwrap.dedent("""
 def test_exception_in_a_worker_thread_fails_the_test(tmp_path):
     """With this project's pytest configuration an exception in a thread a test starts fails
     that test (pytest only warns by default)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = pathlib.Path(__file__).resolve().parents[2]  # the repository
     (tmp_path / "test_thread.py").write_text(PYTEST_THREAD_EXCEPTION)
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                              "-c", os.path.join(root, "pyproject.toml"), "--rootdir",
