@@ -70,6 +70,12 @@ class ArgChecker {
                      const std::vector<int64_t>& shape) {
     return obj.is_none() ? nullptr : checked(obj, name, shape, true);
   }
+  // An input of another element type U than the lead's (the bfloat16 GEMM's operands).
+  template <typename U>
+  const U* input_of(const pybind11::handle& obj, const char* name,
+                    const std::vector<int64_t>& shape) {
+    return checked<U>(obj, name, shape, false);
+  }
   void require_none(const pybind11::handle& obj, const char* name, const char* why) {
     if (!obj.is_none()) throw pybind11::value_error(std::string(name) + " must be None " + why);
   }
@@ -89,9 +95,10 @@ class ArgChecker {
   const std::vector<Span>& spans() const { return spans_; }
 
  private:
-  T* checked(const pybind11::handle& obj, const char* name, const std::vector<int64_t>& shape,
+  template <typename U = T>
+  U* checked(const pybind11::handle& obj, const char* name, const std::vector<int64_t>& shape,
              bool is_output) {
-    const ArrayView a = Reader::template view<T>(obj, name);
+    const ArrayView a = Reader::template view<U>(obj, name);
     if (!a.dtype_ok)
       throw pybind11::type_error(std::string(name) + " has dtype " + a.dtype + ", expected " +
                                  a.expected_dtype + " (the dtype of " + lead_ + ")");
@@ -105,7 +112,7 @@ class ArgChecker {
       throw pybind11::value_error(std::string(name) +
                                   " is read-only; outputs must be writable");
     spans_.push_back({name, a.begin, a.end, is_output});
-    return reinterpret_cast<T*>(a.begin);
+    return reinterpret_cast<U*>(a.begin);
   }
 
   const char* lead_;

@@ -25,6 +25,23 @@ namespace {
 using bindings::parse_cell;
 using bindings::shape_str;
 
+// The NumPy dtype of T: bfloat16 is ml_dtypes.bfloat16 (imported only when an array of that
+// dtype is checked, so ml_dtypes has been imported already).
+template <typename T>
+py::dtype numpy_dtype() {
+  return py::dtype::of<T>();
+}
+template <>
+py::dtype numpy_dtype<Bf16>() {
+  static const py::handle dtype =
+      py::dtype::from_args(py::module_::import("ml_dtypes").attr("bfloat16")).release();
+  return py::reinterpret_borrow<py::dtype>(dtype);
+}
+
+bool is_bfloat16(const py::array& arr) {
+  return arr.dtype().itemsize() == 2 && std::string(py::str(arr.dtype())) == "bfloat16";
+}
+
 // NumPy arrays, for bindings::ArgChecker.
 struct NumpyReader {
   template <typename T>
@@ -36,11 +53,11 @@ struct NumpyReader {
     const auto begin = reinterpret_cast<uintptr_t>(arr.data());
     // Equality, not identity: an unpickled array has an equal but distinct dtype object. The
     // names are only for the error message: formatting them costs microseconds per array.
-    const bool dtype_ok = arr.dtype().equal(py::dtype::of<T>());
+    const bool dtype_ok = arr.dtype().equal(numpy_dtype<T>());
     auto dtype_name = [&](const py::dtype& d) {
       return dtype_ok ? std::string() : std::string(py::str(d));
     };
-    return {dtype_name(arr.dtype()), dtype_name(py::dtype::of<T>()), dtype_ok,
+    return {dtype_name(arr.dtype()), dtype_name(numpy_dtype<T>()), dtype_ok,
             (arr.flags() & py::array::c_style) != 0,
             (arr.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_) != 0,
             arr.writeable(),
@@ -192,44 +209,86 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
   });
 }
 
-// c [m, n] = op(a) op(b) + bias, or c += op(a) op(b) + bias with accumulate, where op(x) is x
-// or, with trans_x, x.T: op(a) [m, k], op(b) [k, n], bias [n] or None.
+// Fills args for c [m, n] = op(a) op(b) + bias, or c += op(a) op(b) + bias with accumulate,
+// where op(x) is x or, with trans_x, x.T: op(a) [m, k], op(b) [k, n], bias [n] or None. a's
+// elements are TA, b's TB, c's and bias's the checker's type.
+template <typename TA, typename TB, class Checker, class Args>
+void gemm_operands(Checker& check, Args& args, const py::object& a, const py::object& b,
+                   const py::object& c, bool trans_a, bool trans_b, const py::object& bias,
+                   bool accumulate) {
+  const auto shape_2d = [](const py::object& obj, const char* name) {
+    if (!py::isinstance<py::array>(obj))
+      throw py::type_error(std::string(name) + " must be a numpy.ndarray");
+    auto arr = py::reinterpret_borrow<py::array>(obj);
+    if (arr.ndim() != 2)
+      throw py::value_error(std::string(name) + " must be 2-D, not " +
+                            std::to_string(arr.ndim()) + "-D");
+    return std::pair<int64_t, int64_t>(arr.shape(0), arr.shape(1));
+  };
+  const auto [a0, a1] = shape_2d(a, "a");
+  const auto [b0, b1] = shape_2d(b, "b");
+  const int64_t m = trans_a ? a1 : a0, k = trans_a ? a0 : a1;
+  const int64_t n = trans_b ? b0 : b1;
+  args.m = m;
+  args.n = n;
+  args.k = k;
+  args.a = check.template input_of<TA>(a, "a", {a0, a1});
+  args.a_row = trans_a ? 1 : a1;
+  args.a_col = trans_a ? a1 : 1;
+  args.b = check.template input_of<TB>(
+      b, "b", trans_b ? std::vector<int64_t>{n, k} : std::vector<int64_t>{k, n});
+  args.b_row = trans_b ? 1 : n;
+  args.b_col = trans_b ? k : 1;
+  args.bias = check.optional_input(bias, "bias", {n});
+  args.c = check.output(c, "c", {m, n});
+  args.ldc = n;
+  args.accumulate = accumulate;
+  check.check_no_overlap();
+}
+
 void gemm_py(py::object a, py::object b, py::object c, bool trans_a, bool trans_b,
              py::object bias, bool accumulate) {
   dispatch_dtype(a, "a", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("a");
-    const auto shape_2d = [](const py::object& obj, const char* name) {
-      if (!py::isinstance<py::array>(obj))
-        throw py::type_error(std::string(name) + " must be a numpy.ndarray");
-      auto arr = py::reinterpret_borrow<py::array>(obj);
-      if (arr.ndim() != 2)
-        throw py::value_error(std::string(name) + " must be 2-D, not " +
-                              std::to_string(arr.ndim()) + "-D");
-      return std::pair<int64_t, int64_t>(arr.shape(0), arr.shape(1));
-    };
-    const auto [a0, a1] = shape_2d(a, "a");
-    const auto [b0, b1] = shape_2d(b, "b");
-    const int64_t m = trans_a ? a1 : a0, k = trans_a ? a0 : a1;
-    const int64_t n = trans_b ? b0 : b1;
     GemmArgs<T> args{};
-    args.m = m;
-    args.n = n;
-    args.k = k;
-    args.a = check.input(a, "a", {a0, a1});
-    args.a_row = trans_a ? 1 : a1;
-    args.a_col = trans_a ? a1 : 1;
-    args.b = check.input(b, "b", trans_b ? std::vector<int64_t>{n, k} : std::vector<int64_t>{k, n});
-    args.b_row = trans_b ? 1 : n;
-    args.b_col = trans_b ? k : 1;
-    args.bias = check.optional_input(bias, "bias", {n});
-    args.c = check.output(c, "c", {m, n});
-    args.ldc = n;
-    args.accumulate = accumulate;
-    check.check_no_overlap();
+    gemm_operands<T, T>(check, args, a, b, c, trans_a, trans_b, bias, accumulate);
     py::gil_scoped_release release;
     gemm(args);
   });
+}
+
+// f(float{}) or f(Bf16{}) for a gemm_bf16 operand of dtype float32 or bfloat16.
+template <class F>
+void with_operand_type(const py::object& obj, const char* name, Operand& type, F&& f) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray");
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  if (is_bfloat16(arr)) {
+    type = Operand::Bfloat16;
+    return f(Bf16{});
+  }
+  if (arr.dtype().equal(py::dtype::of<float>())) {
+    type = Operand::Float32;
+    return f(float{});
+  }
+  throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(arr.dtype())) +
+                       ", expected float32 or bfloat16");
+}
+
+// gemm with bfloat16 products: a and b float32 or bfloat16, c and bias float32.
+void gemm_bf16_py(py::object a, py::object b, py::object c, bool trans_a, bool trans_b,
+                  py::object bias, bool accumulate) {
+  ArgChecker<float> check("c, float32");
+  Bf16GemmArgs args{};
+  with_operand_type(a, "a", args.a_type, [&](auto ta) {
+    with_operand_type(b, "b", args.b_type, [&](auto tb) {
+      gemm_operands<decltype(ta), decltype(tb)>(check, args, a, b, c, trans_a, trans_b, bias,
+                                                accumulate);
+    });
+  });
+  py::gil_scoped_release release;
+  gemm_bf16(args);
 }
 
 // Packs a cell's weights for cell_step (PyTorch's names: weight_ih [G*H, I], weight_hh [G*H, H],
@@ -353,6 +412,12 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("trans_b") = false, py::arg("bias") = py::none(), py::arg("accumulate") = false,
         "c = op(a) op(b) + bias (c += ... with accumulate), op(x) = x.T where trans_x; on "
         "rnnfast's threads. a, b, c, bias: C-contiguous, one float dtype; c [m, n] is written.");
+  m.def("gemm_bf16", &gemm_bf16_py, py::arg("a"), py::arg("b"), py::arg("c"),
+        py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("bias") = py::none(),
+        py::arg("accumulate") = false,
+        "gemm with bfloat16 products and float32 sums: a and b float32 (rounded to bfloat16) or "
+        "bfloat16, c and bias float32; on AMX or AVX512-BF16 where the instruction set in use "
+        "has them.");
   m.def("pack_cell", &pack_cell_py, py::arg("cell"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"),
         "Packs a cell's weights for cell_step, in the layout of the instruction set in use.");

@@ -93,7 +93,9 @@ void recurrent_backward(const BackwardArgs<T>& args);
 
 // The CPU kernels are compiled for several instruction sets, named from the lowest:
 // "baseline" (any x86-64, or the target's default elsewhere), "avx2" (AVX2 + FMA), "avx512"
-// (AVX-512 F, BW, DQ, VL). The best one this CPU supports is used unless set_isa says otherwise.
+// (AVX-512 F, BW, DQ, VL), then for the bfloat16 GEMM "avx512_bf16" (AVX-512 + AVX512-BF16)
+// and "amx" (AVX512-BF16 + AMX-BF16, with the operating system's permission); their other
+// kernels are AVX-512's. The best one this CPU supports is used unless set_isa says otherwise.
 std::vector<std::string> compiled_isas();
 std::vector<std::string> available_isas();  // compiled and supported by this CPU
 std::string active_isa();
