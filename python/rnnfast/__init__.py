@@ -11,6 +11,7 @@ import warnings as _warnings
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import _cpu, functional, reference
+from ._dtypes import get_float32_matmul_precision, set_float32_matmul_precision
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
 
@@ -20,7 +21,8 @@ except PackageNotFoundError:  # imported from a source tree that was not install
     __version__ = "0+unknown"
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "reference", "cpu_info", "cuda_info",
-           "set_num_threads", "get_num_threads", "__version__"]
+           "set_num_threads", "get_num_threads", "set_float32_matmul_precision",
+           "get_float32_matmul_precision", "__version__"]
 
 # RNNFAST_ISA forces an instruction set (e.g. a lower one, to compare numerics or speed).
 if _os.environ.get("RNNFAST_ISA"):
@@ -34,8 +36,9 @@ if _os.environ.get("RNNFAST_ISA"):
 def cpu_info():
     """The CPU kernels' instruction sets, as a dict:
 
-    - "isa": the one in use ("baseline", "avx2" or "avx512"): the best of "available", or the
-      one the environment variable RNNFAST_ISA names (read at import);
+    - "isa": the one in use ("baseline", "avx2", "avx512", "avx512_bf16" or "amx"; the last two
+      differ from "avx512" in the bfloat16 GEMMs only): the best of "available", or the one
+      the environment variable RNNFAST_ISA names (read at import);
     - "available": compiled into this build and supported by this CPU, lowest first;
     - "compiled": compiled into this build;
     - "cpu_features": the CPU's instruction-set extensions that matter here;

@@ -21,6 +21,10 @@ state is put back to h0/c0 before step t where set), both handled inside the ker
 for the LSTM ``w_hr`` [P, H], PyTorch's projection (proj_size): h = (o * tanh(c)) W_hr^T, so
 that h0, y and h_n have P features and ``w_hh`` is [4H, P], also inside the kernels.
 
+dtypes: float32, float64, or bfloat16 (``ml_dtypes.bfloat16``), computed as ``rnnfast._dtypes``
+describes: bfloat16 products and float32 sums and gate math; y, h_n, c_n and the gradients of x,
+h0, c0 in bfloat16, the weight and bias gradients in float32.
+
 Arrays may have any strides (non-contiguous ones are copied) and may be read-only; they are
 never written. A training forward keeps references to ``x`` and the weights for the backward:
 do not modify them in place between the two calls.
@@ -30,10 +34,9 @@ import threading
 
 import numpy as np
 
-from . import _cpu
+from . import _cpu, _dtypes
+from ._dtypes import DTYPES
 from .reference import CELLS, GATES
-
-DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 # Per-thread buffers for the intermediate arrays that die within one call: the input
 # projection zx (forward) and dzx, dzh (backward). Kept between calls, each at the largest size
@@ -79,7 +82,7 @@ class Context:
     """
 
     __slots__ = ("cell", "x", "w_ih", "w_hh", "w_hr", "h0", "c0", "y", "saved", "lengths",
-                 "resets")
+                 "resets", "dtype")
 
     def __init__(self, **fields):
         for name, value in fields.items():
@@ -122,7 +125,7 @@ class LayerArgs:
         if not isinstance(x, kind.array_type):
             raise TypeError(f"x must be a {kind.type_name}, not {type(x).__name__}")
         if x.dtype not in DTYPES:
-            raise TypeError(f"x has dtype {x.dtype}, expected float32 or float64")
+            raise TypeError(f"x has dtype {x.dtype}, expected {_dtypes.DTYPE_NAMES}")
         if x.ndim != 3 or x.shape[0] < 1:
             raise ValueError(f"x must have shape (T, B, input_size) with T >= 1, not {x.shape}")
         if not isinstance(w_hh, kind.array_type) or w_hh.ndim != 2 or w_hh.shape[1] < 1:
@@ -160,7 +163,7 @@ def final_gradients(ctx, dy, dh_n, dc_n, kind=NUMPY):
     """backward's dy, dh_n, dc_n, checked against the forward that ``ctx`` holds."""
     steps, batch, out = ctx.y.shape
     hidden = ctx.w_hh.shape[0] // GATES[ctx.cell]
-    dtype = ctx.y.dtype
+    dtype = ctx.dtype
     dy = _as_array(dy, "dy", dtype, ctx.y.shape, kind)
     dh_n = _optional(dh_n, "dh_n", dtype, (batch, out), kind)
     if ctx.cell == "lstm":
@@ -206,17 +209,20 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
     ctx, the Context that ``backward`` needs (None unless ``training``); R = H, or P with w_hr.
     """
     args = LayerArgs(NUMPY, cell, x, h0, w_ih, w_hh, b_ih, b_hh, c0, w_hr)
-    steps, batch, inputs, hidden, out, gh, dtype = (
+    steps, batch, inputs, hidden, out, gh, storage = (
         args.steps, args.batch, args.inputs, args.hidden, args.out, args.gh, args.dtype)
-    x, w_ih, w_hh, w_hr, b_ih, b_hh, h0, c0 = (
-        args.x, args.w_ih, args.w_hh, args.w_hr, args.b_ih, args.b_hh, args.h0, args.c0)
+    # x and w_ih go to the GEMM as they are; the recurrence's operands in its dtype.
+    dtype, gemm = _dtypes.compute_dtype(storage), _dtypes.gemm_for(storage)
+    x, w_ih = args.x, args.w_ih
+    w_hh, w_hr, b_ih, b_hh, h0, c0 = (_dtypes.to_compute(a) for a in (
+        args.w_hh, args.w_hr, args.b_ih, args.b_hh, args.h0, args.c0))
     lengths = check_lengths(lengths, steps, batch)
     resets = check_resets(resets, steps, batch)
 
     # The input projection of all steps, b_ih included: one GEMM, outside the time loop.
     zx = _scratch_array("zx", (steps, batch, gh), dtype)
-    _cpu.gemm(x.reshape(steps * batch, inputs), w_ih, zx.reshape(steps * batch, gh),
-              trans_b=True, bias=b_ih)
+    gemm(x.reshape(steps * batch, inputs), w_ih, zx.reshape(steps * batch, gh), trans_b=True,
+         bias=b_ih)
     y = np.empty((steps, batch, out), dtype)
     h_n = np.empty((batch, out), dtype)
     c_n = np.empty((batch, hidden), dtype) if cell == "lstm" else None
@@ -228,8 +234,9 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
     ctx = None
     if training:
         ctx = Context(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0, y=y,
-                      saved=saved, lengths=lengths, resets=resets)
-    return y, h_n, c_n, ctx
+                      saved=saved, lengths=lengths, resets=resets, dtype=storage)
+    return (_dtypes.to_storage(y, storage), _dtypes.to_storage(h_n, storage),
+            _dtypes.to_storage(c_n, storage), ctx)
 
 
 def backward(ctx, dy, dh_n=None, dc_n=None):
@@ -238,7 +245,8 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
     dy [T, B, R]: gradient of the loss with respect to y; dh_n [B, R], dc_n [B, H]: with
     respect to h_n and c_n (None for zero). Returns a dict of gradients keyed x, h0, c0 (None
     unless LSTM), w_ih, w_hh, b_ih, b_hh (bias gradients are returned even for a forward
-    without biases), and w_hr for a forward with the projection.
+    without biases), and w_hr for a forward with the projection. For bfloat16, dy, dh_n, dc_n
+    are bfloat16; the gradients of x, h0, c0 are bfloat16, the others float32.
     """
     if not isinstance(ctx, Context):
         raise TypeError("ctx must be the Context returned by forward(..., training=True)")
@@ -246,8 +254,8 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
     steps, batch, out = y.shape
     inputs, gh = x.shape[2], w_hh.shape[0]
     hidden = gh // GATES[cell]
-    dtype = y.dtype
-    dy, dh_n, dc_n = final_gradients(ctx, dy, dh_n, dc_n)
+    storage, dtype, gemm = ctx.dtype, y.dtype, _dtypes.gemm_for(ctx.dtype)
+    dy, dh_n, dc_n = (_dtypes.to_compute(a) for a in final_gradients(ctx, dy, dh_n, dc_n))
 
     dzx = _scratch_array("dzx", (steps, batch, gh), dtype)
     # equal to dzx for the other cells
@@ -263,21 +271,21 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
     dzx = dzx.reshape(steps * batch, gh)
     dzh = dzx if dzh is None else dzh.reshape(steps * batch, gh)
     dw_hh = np.empty((gh, out), dtype)
-    _cpu.gemm(dzh[:batch], ctx.h0, dw_hh, trans_a=True)
+    gemm(dzh[:batch], ctx.h0, dw_hh, trans_a=True)
     if steps > 1:
         h_prev = y[:-1] if ctx.resets is None else np.where(ctx.resets[1:, :, None], ctx.h0,
                                                               y[:-1])
-        _cpu.gemm(dzh[batch:], h_prev.reshape((steps - 1) * batch, out), dw_hh, trans_a=True,
-                  accumulate=True)
+        gemm(dzh[batch:], h_prev.reshape((steps - 1) * batch, out), dw_hh, trans_a=True,
+             accumulate=True)
     dx = np.empty((steps, batch, inputs), dtype)
-    _cpu.gemm(dzx, w_ih, dx.reshape(steps * batch, inputs))
+    gemm(dzx, w_ih, dx.reshape(steps * batch, inputs))
     dw_ih = np.empty((gh, inputs), dtype)
-    _cpu.gemm(dzx, x.reshape(steps * batch, inputs), dw_ih, trans_a=True)
+    gemm(dzx, x.reshape(steps * batch, inputs), dw_ih, trans_a=True)
     db_ih = dzx.sum(axis=0)
     grads = {
-        "x": dx,
-        "h0": dh0,
-        "c0": dc0,
+        "x": _dtypes.to_storage(dx, storage),
+        "h0": _dtypes.to_storage(dh0, storage),
+        "c0": _dtypes.to_storage(dc0, storage),
         "w_ih": dw_ih,
         "w_hh": dw_hh,
         "b_ih": db_ih,

@@ -155,12 +155,16 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, w_hr=None, l
     return y, h, c, cache
 
 
-def backward(cache, dy, dh_n=None, dc_n=None):
+def backward(cache, dy, dh_n=None, dc_n=None, operand=None):
     """Backpropagation through time for ``forward``.
 
     dy: [T, B, R], the gradient of the loss with respect to y; dh_n [B, R], dc_n [B, H]: with
     respect to h_n and c_n, or None (zero). Returns a dict of gradients: x, h0, c0 (None unless
     LSTM), w_ih, w_hh, b_ih, b_hh, and w_hr when the forward had a projection.
+
+    operand: None, or a function applied to dzx, dzh and h_prev where they enter the input and
+    weight gradients' products (e.g. rounding to bfloat16, as a bfloat16 kernel does before
+    those products).
 
     It differentiates ``forward`` line by line: h = where(active, h_new, h) sends the gradient
     of h to h_new where the row is active and keeps it on the old h elsewhere; h_prev =
@@ -200,11 +204,13 @@ def backward(cache, dy, dh_n=None, dc_n=None):
             dzx, dzh, dh_direct = gru_step_backward(saved, dh_new)
         else:
             dzx, dzh, dh_direct = rnn_step_backward(saved, dh_new, cell[4:])
-        grads["x"][t] = dzx @ w_ih
-        grads["w_ih"] += dzx.T @ x[t]
         grads["b_ih"] += dzx.sum(axis=0)
-        grads["w_hh"] += dzh.T @ saved["h_prev"]
         grads["b_hh"] += dzh.sum(axis=0)
+        dzx_p, dzh_p, h_prev = ((dzx, dzh, saved["h_prev"]) if operand is None else
+                                (operand(dzx), operand(dzh), operand(saved["h_prev"])))
+        grads["x"][t] = dzx_p @ w_ih
+        grads["w_ih"] += dzx_p.T @ x[t]
+        grads["w_hh"] += dzh_p.T @ h_prev
         dh_prev = dh_direct + dzh @ w_hh
         dh0 += np.where(fresh, dh_prev, 0).astype(dtype)
         dh += np.where(fresh, 0, dh_prev).astype(dtype)
@@ -278,9 +284,10 @@ def forward_layers(cell, x, params, num_layers, bidirectional, h0, c0=None, leng
     return layer_in, np.stack(h_n), (np.stack(c_n) if cell == "lstm" else None), cache
 
 
-def backward_layers(cache, dy, dh_n=None, dc_n=None):
+def backward_layers(cache, dy, dh_n=None, dc_n=None, operand=None):
     """Backpropagation through ``forward_layers``. dy [T, B, D*R]; dh_n [L*D, B, R] and dc_n
-    [L*D, B, H], or None (zero). Returns (dx, dh0, dc0 or None, grads keyed like params)."""
+    [L*D, B, H], or None (zero); operand: as in ``backward``. Returns (dx, dh0, dc0 or None,
+    grads keyed like params)."""
     num_layers, bidirectional = cache["num_layers"], cache["bidirectional"]
     lengths, masks, caches = cache["lengths"], cache["masks"], cache["caches"]
     names = _direction_names(num_layers, bidirectional)
@@ -296,7 +303,8 @@ def backward_layers(cache, dy, dh_n=None, dc_n=None):
             i = k * dirs + d
             sfx = names[i][2]
             g = backward(caches[i], parts[d] if d == 0 else reverse_within(parts[d], lengths),
-                         None if dh_n is None else dh_n[i], None if dc_n is None else dc_n[i])
+                         None if dh_n is None else dh_n[i], None if dc_n is None else dc_n[i],
+                         operand)
             dx = dx + (g["x"] if d == 0 else reverse_within(g["x"], lengths))
             dh0[i], dc0[i] = g["h0"], g["c0"]
             for ours, theirs in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"),

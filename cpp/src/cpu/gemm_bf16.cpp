@@ -4,11 +4,13 @@
 // Under AMX and AVX512-BF16 both operands are packed as bfloat16 into the layout their
 // dot-product instructions read, two consecutive k side by side:
 //   B: [column tiles of 16][k / 2][16 columns][2]   all of B, once per call, threads sharing it
-//   A: [32 rows][depth]                             a block of rows per thread and pass
+//   A: [32 rows][depth]                             blocks of rows, per thread and pass
 // zeros past k, n and m. block_product sums a block of 32 rows x 32 columns of C (two column
 // tiles) over a pass's depth, and the epilogue adds it into C. Passes over the depth (at most
-// kMaxDepth each) add into C, so that B's slice of a pass stays in L2 while the row blocks run
-// past it. Below AVX512-BF16 the operands are rounded to bfloat16 values held in float32 and
+// kMaxDepth each) add into C. A thread packs kGroupBlocks blocks of A's rows at a time, then
+// runs them past B's slice, a chunk of columns at a time (kChunkBytes, kept in L2): each
+// value of A is packed once per pass, and AMX multiplies so fast that packing A once per
+// chunk would take longer than the products. Below AVX512-BF16 the operands are rounded to bfloat16 values held in float32 and
 // the float32 gemm multiplies them.
 #include <algorithm>
 #include <cstring>
@@ -66,7 +68,8 @@ void for_each_element(int64_t rows, int64_t cols, bool col_contiguous, Put&& put
 constexpr int64_t kBlockRows = 32, kTileCols = 16, kBlockCols = 2 * kTileCols;
 constexpr int64_t kDepthAlign = 32;   // an AMX A tile's row: 32 bfloat16 of depth
 constexpr int64_t kMaxDepth = 2048;   // per pass: B's slice of a block column 128 KB
-constexpr int64_t kChunkBytes = 512 << 10;  // B's slice of a pass that a row block sweeps
+constexpr int64_t kChunkBytes = 512 << 10;  // B's slice of a pass that a row group sweeps
+constexpr int64_t kGroupBlocks = 8;         // A's row blocks packed together (256 rows)
 
 // Column tile `tile` of B [k, n] (columns tile * 16 ..), all of k, into out [kp / 2][16][2].
 template <typename S>
@@ -181,7 +184,8 @@ void gemm_bf16_impl(const Bf16GemmArgs& g) {
   // Threads split the row blocks or the column blocks, whichever are more.
   const bool split_rows = row_blocks >= col_blocks;
   const int threads = choose_threads(std::max(row_blocks, col_blocks), g.m * g.n * g.k);
-  AlignedBuffer<Bf16> a_blocks(threads * kBlockRows * depth);
+  const int64_t group_size = kGroupBlocks * kBlockRows * depth;
+  AlignedBuffer<Bf16> a_groups(threads * group_size);
   SpinBarrier barrier(threads);
   ThreadPool::global().run(threads, [&](int index) {
     const BlockRange packs(col_tiles, index, threads);
@@ -196,29 +200,37 @@ void gemm_bf16_impl(const Bf16GemmArgs& g) {
                                           : BlockRange(col_blocks, index, threads);
     const BlockRange my_rows = split_rows ? BlockRange(row_blocks, index, threads)
                                           : BlockRange(row_blocks, 0, 1);
-    Bf16* a_block = a_blocks.data() + index * kBlockRows * depth;
+    Bf16* a_group = a_groups.data() + index * group_size;
     alignas(64) float acc[kBlockRows][kBlockCols];
     for (int64_t k0 = 0; k0 < kp; k0 += depth) {
       const int64_t dp = std::min(depth, kp - k0);
       const int64_t k_len = std::clamp<int64_t>(g.k - k0, 0, dp);
       const bool add = g.accumulate || k0 > 0;
       const float* bias = k0 == 0 ? g.bias : nullptr;
-      for (int64_t cb0 = my_cols.first; cb0 < my_cols.last; cb0 += chunk) {
-        const int64_t cb1 = std::min(cb0 + chunk, my_cols.last);
-        for (int64_t rb = my_rows.first; rb < my_rows.last; ++rb) {
-          const int64_t i0 = rb * kBlockRows, rows = std::min(kBlockRows, g.m - i0);
-          with_operand(g.a, g.a_type, g.a_row, g.a_col, [&](const auto& a) {
-            pack_a_block(a, i0, rows, k0, k_len, dp, a_block);
-          });
-          for (int64_t cb = cb0; cb < cb1; ++cb) {
-            const Bf16* b0 = packed.data() + (2 * cb * kp + k0) * kTileCols;
-            block_product(a_block, dp, b0, b0 + kp * kTileCols, acc);
-            const int64_t j0 = cb * kBlockCols, cols = std::min(kBlockCols, g.n - j0);
-            for (int64_t r = 0; r < rows; ++r) {
-              float* c = g.c + (i0 + r) * g.ldc + j0;
-              for (int64_t u = 0; u < cols; ++u) {
-                const float v = bias != nullptr ? acc[r][u] + bias[j0 + u] : acc[r][u];
-                c[u] = add ? c[u] + v : v;
+      for (int64_t rg0 = my_rows.first; rg0 < my_rows.last; rg0 += kGroupBlocks) {
+        const int64_t rg1 = std::min(rg0 + kGroupBlocks, my_rows.last);
+        with_operand(g.a, g.a_type, g.a_row, g.a_col, [&](const auto& a) {
+          for (int64_t rb = rg0; rb < rg1; ++rb) {
+            const int64_t i0 = rb * kBlockRows;
+            pack_a_block(a, i0, std::min(kBlockRows, g.m - i0), k0, k_len, dp,
+                         a_group + (rb - rg0) * kBlockRows * dp);
+          }
+        });
+        for (int64_t cb0 = my_cols.first; cb0 < my_cols.last; cb0 += chunk) {
+          const int64_t cb1 = std::min(cb0 + chunk, my_cols.last);
+          for (int64_t rb = rg0; rb < rg1; ++rb) {
+            const int64_t i0 = rb * kBlockRows, rows = std::min(kBlockRows, g.m - i0);
+            for (int64_t cb = cb0; cb < cb1; ++cb) {
+              const Bf16* b0 = packed.data() + (2 * cb * kp + k0) * kTileCols;
+              block_product(a_group + (rb - rg0) * kBlockRows * dp, dp, b0, b0 + kp * kTileCols,
+                            acc);
+              const int64_t j0 = cb * kBlockCols, cols = std::min(kBlockCols, g.n - j0);
+              for (int64_t r = 0; r < rows; ++r) {
+                float* c = g.c + (i0 + r) * g.ldc + j0;
+                for (int64_t u = 0; u < cols; ++u) {
+                  const float v = bias != nullptr ? acc[r][u] + bias[j0 + u] : acc[r][u];
+                  c[u] = add ? c[u] + v : v;
+                }
               }
             }
           }
@@ -233,6 +245,7 @@ void gemm_bf16_impl(const Bf16GemmArgs& g) {
 // out [rows, cols] row-major = the operand's values rounded to bfloat16, as float32.
 template <typename S>
 void widen(const View<S>& v, int64_t rows, int64_t cols, float* out) {
+  if (rows == 0 || cols == 0) return;
   const int threads = choose_threads(rows, rows * cols);
   ThreadPool::global().run(threads, [&](int index) {
     const BlockRange mine(rows, index, threads);
