@@ -17,7 +17,12 @@ from .peers import Unsupported, make_problem
 # the same math; they differ in summation order and activation approximations, whose effect
 # through a recurrence stays orders of magnitude below these, while a real mistake (a wrong gate,
 # a missing term) shows as an error of order one.
-TOLERANCE = {"float32": 1e-3, "float64": 1e-9}
+TOLERANCE = {"float32": 1e-3, "float64": 1e-9,
+             # bfloat16 keeps 8 significant bits: each rounding of a stored value costs up to
+             # 2^-9 (2e-3) of it, and the implementations round different values (PyTorch's
+             # oneDNN stores h in bfloat16 every step, rnnfast keeps the recurrence in float32)
+             # so their results differ by several such roundings carried through the steps.
+             "bfloat16": 5e-2}
 # Each implementation gets as many repeats as fit in the time budget (settings["budget_s"]),
 # judged by its last warm-up call, between MIN_REPEATS and settings["repeats"].
 MIN_REPEATS = 2
@@ -95,12 +100,41 @@ def time_implementation(fn, first_s, settings, timer):
     return repeats, warmup, time_calls(fn, repeats, timer)
 
 
-def measure_peak(device, timer, n=2048):
-    """The GEMM rate this machine reaches through its array library in GFLOP/s: NumPy's matmul
-    (CPU) or CuPy's (GPU) of n x n float32 matrices, median of 5 after 2 warm-up calls."""
+def peak_method(device, dtype, n=2048):
+    """How measure_peak measures: the library, and the matrices."""
+    if dtype == "bfloat16" and device == "cpu":
+        lib = "PyTorch matmul" if _has_torch() else "rnnfast _cpu.gemm_bf16 (no PyTorch here)"
+        return f"{lib} of {n}x{n} bfloat16 matrices, median of 5"
+    return (f"{'NumPy' if device == 'cpu' else 'CuPy'} matmul of {n}x{n} float32 matrices, "
+            "median of 5")
+
+
+def _has_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def measure_peak(device, timer, n=2048, dtype="float32"):
+    """The GEMM rate this machine reaches in GFLOP/s (see peak_method): NumPy's matmul (CPU) or
+    CuPy's (GPU) of n x n float32 matrices; for bfloat16 on the CPU, PyTorch's bfloat16 matmul
+    (oneDNN: AMX where the CPU has it). Median of 5 after 2 warm-up calls."""
     xp = np if device == "cpu" else __import__("cupy")
     a = xp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
     b = a.T.copy()
+    if dtype == "bfloat16" and device == "cpu":
+        if _has_torch():
+            import torch
+            a, b = (torch.from_numpy(m).to(torch.bfloat16) for m in (a, b))
+        else:
+            from .. import _cpu
+            c = np.empty((n, n), np.float32)
+            a, b = (m.astype(np.dtype("bfloat16")) for m in (a, b))
+            product = (lambda: _cpu.gemm_bf16(a, b, c))
+            time_calls(product, 2, timer)
+            return 2 * n**3 / statistics.median(time_calls(product, 5, timer)) / 1e9
     time_calls(lambda: a @ b, 2, timer)
     seconds = time_calls(lambda: a @ b, 5, timer)
     return 2 * n**3 / statistics.median(seconds) / 1e9
@@ -199,7 +233,7 @@ def run_suite(rows, peers, settings, quiet=False):
     """Runs the rows with the given implementations (rnnfast first). Returns the peak GEMM rate
     and the records."""
     timer = CudaTimer() if settings["device"] == "cuda" else CpuTimer()
-    peak = measure_peak(settings["device"], timer)
+    peak = measure_peak(settings["device"], timer, dtype=settings["dtype"])
     progress = Progress(len(rows), quiet)
     records = []
     for row in rows:
