@@ -6,8 +6,9 @@ on exactly the bfloat16 inputs; the kernel's error against it may be at most twi
 reference run at the kernel's precision: float32 arithmetic on the same bfloat16 inputs, with
 every value the kernel rounds to bfloat16 rounded there too. The kernels round: the results
 they return in bfloat16 (y, h_n, c_n and the gradients of x, h0, c0), and the operands of the
-post-loop gradient GEMMs (dzx, dzh, h_prev), which multiply in bfloat16. Within the
-recurrence, h, c and the gates stay float32, as in the reference.
+post-loop gradient GEMMs (dzx, dzh, h_prev), which multiply in bfloat16, and on the
+instruction set avx512_bf16 also those of the recurrent matmul (h_{t-1}, and dzh_t
+backward). Within the recurrence, h, c and the gates stay float32, as in the reference.
 """
 
 import numpy as np
@@ -44,6 +45,12 @@ def bf16_isa(request):
 def rounded(a):
     """a rounded to bfloat16, as float32 (None kept)."""
     return None if a is None else np.asarray(a).astype(BF16).astype(np.float32)
+
+
+def recurrent_rounding():
+    """What the recurrence rounds its matmul's operands with on the instruction set in use:
+    bfloat16 on avx512_bf16, nothing elsewhere (float32 products)."""
+    return rounded if _cpu.active_isa() == "avx512_bf16" else None
 
 
 def check(name, got, oracle, same_precision):
@@ -147,12 +154,15 @@ def bf16_problem(cell, T, B, I, H, seed, proj=0):
 
 
 def reference(cell, inputs, douts, options, dtype, operand=None, lengths=None, resets=None):
-    """Forward and backward of the reference in dtype; results keyed like the checks."""
+    """Forward and backward of the reference in dtype; results keyed like the checks. operand:
+    None, or the rounding of the gradient GEMMs' operands (and then that of the recurrence on
+    the instruction set in use)."""
     c = {k: (None if v is None else np.asarray(v).astype(dtype))
          for k, v in {**inputs, **douts, **options}.items()}
     y, h_n, c_n, cache = ref.forward(cell, c["x"], c["h0"], c["w_ih"], c["w_hh"], c["b_ih"],
                                      c["b_hh"], c0=c["c0"], w_hr=c.get("w_hr"),
-                                     lengths=lengths, resets=resets)
+                                     lengths=lengths, resets=resets,
+                                     operand=operand and recurrent_rounding())
     g = ref.backward(cache, c["dy"], c["dh_n"], c["dc_n"], operand=operand)
     out = {"y": y, "h_n": h_n, "c_n": c_n}
     out.update({"d" + k: v for k, v in g.items()})
@@ -232,6 +242,24 @@ def test_functional_does_not_depend_on_thread_count():
                                               err_msg=name)
 
 
+def test_recurrence_rounds_its_operands_on_avx512_bf16_only(bf16_isa):
+    """bf16_matmul: vdpbf16ps on avx512_bf16 (results differ from float32 products by the
+    rounding of h); elsewhere the flag changes nothing (see cpp/src/cpu/dispatch.cpp)."""
+    rng = np.random.default_rng(4)
+    T, B, H = 6, 5, 40
+    zx = rng.standard_normal((T, B, 4 * H)).astype(np.float32)
+    w_hh = rounded(rng.uniform(-0.2, 0.2, (4 * H, H)))
+    h0, c0 = (rng.standard_normal((B, H)).astype(np.float32) for _ in range(2))
+
+    def forward(bf16_matmul):
+        y, h_n, c_n = np.empty((T, B, H), np.float32), np.empty((B, H), np.float32), \
+            np.empty((B, H), np.float32)
+        _cpu.recurrent_forward("lstm", zx, w_hh, None, h0, c0, y, h_n, c_n, None,
+                               bf16_matmul=bf16_matmul)
+        return y
+    assert np.array_equal(forward(True), forward(False)) == (bf16_isa != "avx512_bf16")
+
+
 def test_functional_mixed_dtypes_raise():
     inputs, _, _ = bf16_problem("gru", 3, 2, 4, 5, seed=1)
     with pytest.raises(TypeError, match="w_hh has dtype float32"):
@@ -248,6 +276,7 @@ def reference_stack(cell, params, num_layers, bidirectional, x, dy, lengths, dty
     def of_layer(k, name):  # layer k's names as those of a single layer, and back
         return name.replace(f"_l{k}", "_l0")
     caches, layer_in = [], x.astype(dtype)
+    recurrent = recurrent_rounding() if dtype != np.float64 else None
     for k in range(num_layers):
         p = {of_layer(k, n): v.astype(dtype) for n, v in params.items() if f"_l{k}" in n}
         d = 2 if bidirectional else 1
@@ -255,7 +284,8 @@ def reference_stack(cell, params, num_layers, bidirectional, x, dy, lengths, dty
         h0 = np.zeros((d, x.shape[1], out), dtype)
         c0 = np.zeros((d, x.shape[1], p["weight_ih_l0"].shape[0] // 4), dtype)
         y, _, _, cache = ref.forward_layers(cell, layer_in, p, 1, bidirectional, h0,
-                                            c0 if cell == "lstm" else None, lengths)
+                                            c0 if cell == "lstm" else None, lengths,
+                                            operand=recurrent)
         caches.append(cache)
         layer_in = store(y)
     grads, grad = {}, dy.astype(dtype)
@@ -271,7 +301,7 @@ def reference_stack(cell, params, num_layers, bidirectional, x, dy, lengths, dty
     ("gru", dict(num_layers=3, batch_first=True)),
     ("rnn_tanh", dict(num_layers=2, bidirectional=True)),
 ])
-def test_layers_match_reference(cell, options):
+def test_layers_match_reference(bf16_isa, cell, options):
     """Stacks, directions, batch_first, lengths and the projection of a bfloat16 layer, by the
     rule of this file; its same-precision reference rounds between the layers as well."""
     kind = {"lstm": rnnfast.LSTM, "gru": rnnfast.GRU, "rnn_tanh": rnnfast.RNN}[cell]
@@ -327,27 +357,27 @@ def test_cell_step_matches_reference(cell):
 
 # ------------------------------------------------------------------ float32, "medium"
 
-def test_medium_precision_uses_bfloat16_products():
-    """float32 arrays in and out; the GEMMs' operands rounded to bfloat16: the input projection
-    of x then equals that of the bfloat16-rounded x and W_ih, and differs from float32's."""
-    inputs, douts = make_problem("gru", 4, 3, 40, 16, np.float32, seed=9)
-    args = (inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"], inputs["b_ih"],
-            inputs["b_hh"])
-    rounded_args = (rounded(inputs["x"]), inputs["h0"], rounded(inputs["w_ih"]),
-                    *args[3:])
+def test_medium_precision_rounds_matmul_operands(bf16_isa):
+    """float32 in and out, every matmul's operands rounded to bfloat16: by the rule of this file
+    against the reference on x, W_ih and W_hh rounded (results float32, not rounded)."""
+    cell = "gru"
+    inputs, douts = make_problem(cell, 4, 3, 40, 16, np.float32, seed=9)
     assert rnnfast.get_float32_matmul_precision() == "highest"
-    y_highest = F.forward("gru", *args)[0]
-    y_rounded = F.forward("gru", *rounded_args)[0]
+    highest = run(cell, inputs, douts, {})
     rnnfast.set_float32_matmul_precision("medium")
     try:
-        y, _, _, ctx = F.forward("gru", *args, training=True)
-        g = F.backward(ctx, douts["dy"])
+        got = run(cell, inputs, douts, {})
     finally:
         rnnfast.set_float32_matmul_precision("highest")
-    assert y.dtype == np.float32 and g["x"].dtype == np.float32 and g["w_ih"].dtype == np.float32
-    # same bfloat16 products, float32 sums possibly in another order
-    assert rel_err(y, y_rounded) < 1e-5
-    assert rel_err(y, y_highest) > 1e-4
+    matmul_in = {k: rounded(v) if k in ("x", "w_ih", "w_hh") else v for k, v in inputs.items()}
+    oracle = reference(cell, matmul_in, douts, {}, np.float64)
+    same = reference(cell, matmul_in, douts, {}, np.float32, operand=rounded)
+    for name, value in got.items():
+        if value is None:
+            continue
+        assert value.dtype == np.float32, name
+        check(name, value, oracle[name], same[name])
+    assert rel_err(got["y"], highest["y"]) > 1e-4  # not the float32 products
     with pytest.raises(ValueError, match="precision must be one of"):
         rnnfast.set_float32_matmul_precision("low")
 

@@ -165,7 +165,7 @@ Args args_with_sizes(Cell cell, const py::object& z, const char* z_name, const p
 void recurrent_forward_py(const std::string& cell_name, py::object zx, py::object w_hh,
                           py::object b_hh, py::object h0, py::object c0, py::object y,
                           py::object h_n, py::object c_n, py::object saved, py::object lengths,
-                          py::object resets, py::object w_hr) {
+                          py::object resets, py::object w_hr, bool bf16_matmul) {
   const Cell cell = parse_cell(cell_name);
   dispatch_dtype(zx, "zx", [&](auto type_tag) {
     using T = decltype(type_tag);
@@ -174,6 +174,7 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
     bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved);
     const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
     args.w_hr = check.optional_input(w_hr, "w_hr", {args.proj, H});
+    args.bf16_matmul = bf16_matmul;
     args.lengths = lengths_arg(lengths, T_, B);
     args.resets = resets_arg(resets, T_, B);
     check.check_no_overlap();
@@ -186,7 +187,8 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
                            py::object c0, py::object y, py::object saved, py::object dy,
                            py::object dh_n, py::object dc_n, py::object dzx, py::object dzh,
                            py::object dh0, py::object dc0, py::object lengths,
-                           py::object resets, py::object w_hr, py::object dh_proj) {
+                           py::object resets, py::object w_hr, py::object dh_proj,
+                           bool bf16_matmul) {
   const Cell cell = parse_cell(cell_name);
   dispatch_dtype(dzx, "dzx", [&](auto type_tag) {
     using T = decltype(type_tag);
@@ -201,6 +203,7 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
     } else {
       check.require_none(dh_proj, "dh_proj", "without the projection (w_hr None)");
     }
+    args.bf16_matmul = bf16_matmul;
     args.lengths = lengths_arg(lengths, T_, B);
     args.resets = resets_arg(resets, T_, B);
     check.check_no_overlap();
@@ -392,20 +395,25 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("w_hh"), py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"),
         py::arg("h_n"), py::arg("c_n"), py::arg("saved"), py::arg("lengths") = py::none(),
         py::arg("resets") = py::none(), py::arg("w_hr") = py::none(),
+        py::arg("bf16_matmul") = false,
         "Recurrence of one layer and direction. zx [T,B,G*H] = x W_ih^T + b_ih; writes y "
         "[T,B,R], h_n [B,R], c_n [B,H] (LSTM) and, when given, the training workspace saved "
         "[T,B,S*H]. Optional: lengths [B] int64 in [0, T] (steps past a sequence's length are "
         "padding: y 0, state kept), resets [T,B] bool (state put back to h0, c0 before step t), "
-        "w_hr [P,H] (LSTM projection h = (o*tanh(c)) W_hr^T; R = P, else R = H).");
+        "w_hr [P,H] (LSTM projection h = (o*tanh(c)) W_hr^T; R = P, else R = H). bf16_matmul "
+        "(float32): h_{t-1} and W_hh rounded to bfloat16 in the recurrent matmul, float32 sums, "
+        "on the instruction set avx512_bf16 (ignored on the others: see dispatch.cpp).");
   m.def("recurrent_backward", &recurrent_backward_py, py::arg("cell"), py::arg("w_hh"),
         py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("saved"), py::arg("dy"),
         py::arg("dh_n"), py::arg("dc_n"), py::arg("dzx"), py::arg("dzh"), py::arg("dh0"),
         py::arg("dc0"), py::arg("lengths") = py::none(), py::arg("resets") = py::none(),
         py::arg("w_hr") = py::none(), py::arg("dh_proj") = py::none(),
+        py::arg("bf16_matmul") = false,
         "Backward through time of recurrent_forward. Writes dzx [T,B,G*H], dzh [T,B,G*H] (GRU "
         "only: for the other cells it equals dzx and must be None), dh0 and dc0 [B,H]. "
         "lengths, resets, w_hr: those of the forward; with w_hr, writes dh_proj [T,B,P], the "
-        "gradient reaching each h_t.");
+        "gradient reaching each h_t. bf16_matmul: dzh_t and W_hh rounded to bfloat16 in the "
+        "recurrent matmul, as in recurrent_forward.");
   bind_packed_cell<float>(m, "PackedCellFloat32");
   bind_packed_cell<double>(m, "PackedCellFloat64");
   m.def("gemm", &gemm_py, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,

@@ -4,13 +4,16 @@
 - bfloat16 (``ml_dtypes.bfloat16``, the NumPy dtype JAX uses; optional: ``pip install
   rnnfast[bf16]``): stored in bfloat16, computed with bfloat16 products and float32 sums and gate
   math. The large GEMMs (input projection, input and weight gradients) multiply in bfloat16
-  (``_cpu.gemm_bf16``: AMX or AVX512-BF16 where the CPU has them); the recurrence runs the
+  (``_cpu.gemm_bf16``: AMX or AVX512-BF16 where the CPU has them). The recurrence runs the
   float32 kernels on the weights and states widened to float32, so that h, the LSTM's cell
-  state c and the gates stay float32 from step to step; y, h_n, c_n and the gradients of x, h0
-  and c0 are returned rounded to bfloat16, the weight and bias gradients in float32 (as oneDNN
+  state c and the gates stay float32 from step to step; its matmul (h_{t-1} W_hh^T, and dzh_t
+  W_hh backward) multiplies bfloat16-rounded operands with vdpbf16ps on the instruction set
+  "avx512_bf16" (AMD Zen 4), float32 ones on the others (on AMX machines vdpbf16ps is slower
+  than float32 FMA: see cpp/src/cpu/dispatch.cpp). y, h_n, c_n and the gradients of x, h0 and
+  c0 are returned rounded to bfloat16, the weight and bias gradients in float32 (as oneDNN
   returns them).
-- float32 with ``set_float32_matmul_precision("medium")``: float32 in and out, the large GEMMs'
-  products in bfloat16 as above (PyTorch's name for the same trade).
+- float32 with ``set_float32_matmul_precision("medium")``: float32 in and out, the matmuls'
+  operands rounded to bfloat16 as above (PyTorch's name for the same trade).
 """
 
 import numpy as np
@@ -54,12 +57,10 @@ def compute_dtype(dtype):
     return FLOAT32 if dtype == BFLOAT16 else dtype
 
 
-def gemm_for(dtype):
-    """_cpu.gemm, or _cpu.gemm_bf16 (bfloat16 products) for bfloat16 arrays and for float32
-    ones under set_float32_matmul_precision("medium")."""
-    if dtype == BFLOAT16 or (dtype == FLOAT32 and _matmul_precision == "medium"):
-        return _cpu.gemm_bf16
-    return _cpu.gemm
+def bf16_matmul(dtype):
+    """Whether arrays of ``dtype`` multiply in bfloat16: bfloat16 ones, and float32 ones under
+    set_float32_matmul_precision("medium")."""
+    return dtype == BFLOAT16 or (dtype == FLOAT32 and _matmul_precision == "medium")
 
 
 def to_compute(array):
@@ -67,6 +68,15 @@ def to_compute(array):
     if array is None or array.dtype != BFLOAT16:
         return array
     return array.astype(FLOAT32)
+
+
+def matmul_operand(array, dtype):
+    """A weight of the recurrent matmul as the kernels multiply it: rounded to bfloat16 values
+    (in float32) where bf16_matmul(dtype), so that every instruction set multiplies the same
+    weights (the ones without vdpbf16ps in float32)."""
+    if not bf16_matmul(dtype) or array.dtype == BFLOAT16:
+        return to_compute(array)
+    return array.astype(BFLOAT16).astype(FLOAT32)
 
 
 def to_storage(array, dtype):

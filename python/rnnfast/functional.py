@@ -82,7 +82,7 @@ class Context:
     """
 
     __slots__ = ("cell", "x", "w_ih", "w_hh", "w_hr", "h0", "c0", "y", "saved", "lengths",
-                 "resets", "dtype")
+                 "resets", "dtype", "bf16_matmul")
 
     def __init__(self, **fields):
         for name, value in fields.items():
@@ -212,10 +212,11 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
     steps, batch, inputs, hidden, out, gh, storage = (
         args.steps, args.batch, args.inputs, args.hidden, args.out, args.gh, args.dtype)
     # x and w_ih go to the GEMM as they are; the recurrence's operands in its dtype.
-    dtype, gemm = _dtypes.compute_dtype(storage), _dtypes.gemm_for(storage)
-    x, w_ih = args.x, args.w_ih
-    w_hh, w_hr, b_ih, b_hh, h0, c0 = (_dtypes.to_compute(a) for a in (
-        args.w_hh, args.w_hr, args.b_ih, args.b_hh, args.h0, args.c0))
+    dtype, bf16_matmul = _dtypes.compute_dtype(storage), _dtypes.bf16_matmul(storage)
+    gemm = _cpu.gemm_bf16 if bf16_matmul else _cpu.gemm
+    x, w_ih, w_hh = args.x, args.w_ih, _dtypes.matmul_operand(args.w_hh, storage)
+    w_hr, b_ih, b_hh, h0, c0 = (_dtypes.to_compute(a) for a in (
+        args.w_hr, args.b_ih, args.b_hh, args.h0, args.c0))
     lengths = check_lengths(lengths, steps, batch)
     resets = check_resets(resets, steps, batch)
 
@@ -230,11 +231,12 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, training=Fal
     saved = (_aligned_empty((steps, batch, per_unit * hidden), dtype) if training and per_unit
              else None)
     _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths, resets,
-                           w_hr)
+                           w_hr, bf16_matmul)
     ctx = None
     if training:
         ctx = Context(cell=cell, x=x, w_ih=w_ih, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0, y=y,
-                      saved=saved, lengths=lengths, resets=resets, dtype=storage)
+                      saved=saved, lengths=lengths, resets=resets, dtype=storage,
+                      bf16_matmul=bf16_matmul)
     return (_dtypes.to_storage(y, storage), _dtypes.to_storage(h_n, storage),
             _dtypes.to_storage(c_n, storage), ctx)
 
@@ -254,7 +256,9 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
     steps, batch, out = y.shape
     inputs, gh = x.shape[2], w_hh.shape[0]
     hidden = gh // GATES[cell]
-    storage, dtype, gemm = ctx.dtype, y.dtype, _dtypes.gemm_for(ctx.dtype)
+    # the forward's precision, whatever set_float32_matmul_precision says now
+    storage, dtype, bf16_matmul = ctx.dtype, y.dtype, ctx.bf16_matmul
+    gemm = _cpu.gemm_bf16 if bf16_matmul else _cpu.gemm
     dy, dh_n, dc_n = (_dtypes.to_compute(a) for a in final_gradients(ctx, dy, dh_n, dc_n))
 
     dzx = _scratch_array("dzx", (steps, batch, gh), dtype)
@@ -264,7 +268,8 @@ def backward(ctx, dy, dh_n=None, dc_n=None):
     dc0 = np.empty((batch, hidden), dtype) if cell == "lstm" else None
     dh_proj = None if w_hr is None else np.empty((steps, batch, out), dtype)
     _cpu.recurrent_backward(cell, w_hh, ctx.h0, ctx.c0, y, ctx.saved, dy, dh_n, dc_n,
-                            dzx, dzh, dh0, dc0, ctx.lengths, ctx.resets, w_hr, dh_proj)
+                            dzx, dzh, dh0, dc0, ctx.lengths, ctx.resets, w_hr, dh_proj,
+                            bf16_matmul)
 
     # The large GEMMs, after the loop. The state step t starts from is h0 for t = 0 and where
     # resets[t] is set, y[t-1] elsewhere (dzx and dzh are 0 on padding, whatever y holds there).

@@ -100,7 +100,7 @@ def gru_step_backward(saved, dh):
 
 
 def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, w_hr=None, lengths=None,
-            resets=None):
+            resets=None, operand=None):
     """Run one layer over a sequence, forward in time.
 
     x: [T, B, I]; h0: [B, R]; c0: [B, H] (for "lstm" only), where R = H, or P with a projection.
@@ -114,6 +114,9 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, w_hr=None, l
       are the state after its own last step (h0 and c0 for a length of 0).
     - resets [T, B] (bools), or None: where resets[t, b] is set, the state of sequence b is put
       back to (h0[b], c0[b]) before step t (at t = 0 it is there anyway).
+    - operand: None, or a function applied to h_{t-1} where it enters the recurrent product
+      (e.g. rounding to bfloat16, as a kernel with bfloat16 matmuls does), and by ``backward``
+      to dzh where it enters dzh W_hh.
     """
     if cell not in GATES:
         raise ValueError(f"cell must be one of {CELLS}, not {cell!r}")
@@ -134,7 +137,7 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, w_hr=None, l
         active = (t < lengths)[:, None]  # [B, 1]: rows whose sequence has a step t
         h_prev = np.where(fresh, h0, h)
         zx = x[t] @ w_ih.T + b_ih
-        zh = h_prev @ w_hh.T + b_hh
+        zh = (h_prev if operand is None else operand(h_prev)) @ w_hh.T + b_hh
         if cell == "lstm":
             h_new, c_new, saved = lstm_step(zx, zh, h_prev, np.where(fresh, c0, c))
             c = np.where(active, c_new, c)
@@ -151,7 +154,7 @@ def forward(cell, x, h0, w_ih, w_hh, b_ih=None, b_hh=None, c0=None, w_hr=None, l
         ys.append(np.where(active, h_new, 0).astype(dtype))
     y = np.stack(ys)
     cache = {"cell": cell, "x": x, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "steps": steps,
-             "h0": h0, "lengths": lengths, "resets": resets}
+             "h0": h0, "lengths": lengths, "resets": resets, "operand": operand}
     return y, h, c, cache
 
 
@@ -163,8 +166,8 @@ def backward(cache, dy, dh_n=None, dc_n=None, operand=None):
     LSTM), w_ih, w_hh, b_ih, b_hh, and w_hr when the forward had a projection.
 
     operand: None, or a function applied to dzx, dzh and h_prev where they enter the input and
-    weight gradients' products (e.g. rounding to bfloat16, as a bfloat16 kernel does before
-    those products).
+    weight gradients' products (e.g. rounding to bfloat16, as a kernel with bfloat16 GEMMs
+    does). The recurrent product dzh W_hh takes the forward's operand.
 
     It differentiates ``forward`` line by line: h = where(active, h_new, h) sends the gradient
     of h to h_new where the row is active and keeps it on the old h elsewhere; h_prev =
@@ -211,7 +214,8 @@ def backward(cache, dy, dh_n=None, dc_n=None, operand=None):
         grads["x"][t] = dzx_p @ w_ih
         grads["w_ih"] += dzx_p.T @ x[t]
         grads["w_hh"] += dzh_p.T @ h_prev
-        dh_prev = dh_direct + dzh @ w_hh
+        recurrent = cache.get("operand")
+        dh_prev = dh_direct + (dzh if recurrent is None else recurrent(dzh)) @ w_hh
         dh0 += np.where(fresh, dh_prev, 0).astype(dtype)
         dh += np.where(fresh, 0, dh_prev).astype(dtype)
     grads["h0"] = dh0 + dh
@@ -238,7 +242,7 @@ def _direction_names(num_layers, bidirectional):
 
 
 def forward_layers(cell, x, params, num_layers, bidirectional, h0, c0=None, lengths=None,
-                   resets=None, masks=None):
+                   resets=None, masks=None, operand=None):
     """A stack of layers as PyTorch's torch.nn.RNN/LSTM/GRU: layer k > 0 reads the outputs of
     layer k-1 (both directions concatenated on the feature axis, forward first).
 
@@ -249,7 +253,7 @@ def forward_layers(cell, x, params, num_layers, bidirectional, h0, c0=None, leng
     each sequence from its own last step to its first; it is reset before step t-1 where
     resets[t] is set (the same boundaries between episodes, crossed the other way). masks: for
     layers 0 .. L-2, the dropout mask [T, B, D*R] that multiplies the layer's output (already
-    scaled by 1 / (1 - p)), or None for no dropout.
+    scaled by 1 / (1 - p)), or None for no dropout. operand: as in ``forward``.
 
     Returns (y [T, B, D*R], h_n [L*D, B, R], c_n [L*D, B, H] or None, cache).
     """
@@ -270,7 +274,7 @@ def forward_layers(cell, x, params, num_layers, bidirectional, h0, c0=None, leng
         seq = layer_in if d == 0 else reverse_within(layer_in, lengths)
         y, h, c, cache = forward(cell, seq, h0[i], p["weight_ih"], p["weight_hh"],
                                  p["bias_ih"], p["bias_hh"], None if c0 is None else c0[i],
-                                 p["weight_hr"], lengths, resets_by_direction[d])
+                                 p["weight_hr"], lengths, resets_by_direction[d], operand)
         outputs.append(y if d == 0 else reverse_within(y, lengths))
         h_n.append(h)
         c_n.append(c)

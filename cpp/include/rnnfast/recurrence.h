@@ -56,6 +56,8 @@ struct ForwardArgs {
   const uint8_t* resets;   // [T, B], or nullptr: no resets
   int64_t proj;            // P, or 0: no projection (then w_hr is unused)
   const T* w_hr;           // [P, H], LSTM only
+  bool bf16_matmul;        // float32: the recurrent matmul's operands rounded to bfloat16,
+                           // float32 sums (vdpbf16ps), on the instruction set avx512_bf16
 };
 
 template <typename T>
@@ -81,6 +83,7 @@ struct BackwardArgs {
   const T* w_hr;           // [P, H], with proj
   T* dh_proj;              // [T, B, P] out, with proj: the gradient reaching each h_t, for
                            // dW_hr = sum_t dh_proj_t^T m_t (m_t = o * tanh(c_t), from saved)
+  bool bf16_matmul;        // as in ForwardArgs: dzh_t and W_hh rounded to bfloat16
 };
 
 // Run on the instruction set in use (see below) and the global thread pool's threads.

@@ -18,6 +18,8 @@
 #include <immintrin.h>
 #endif
 
+#include "rnnfast/aligned_buffer.h"
+#include "rnnfast/bfloat16.h"
 #include "thread_pool.h"
 
 #ifndef RNNFAST_ISA_NS
@@ -265,6 +267,74 @@ inline void tile_gemm(const T* __restrict a, int64_t lda, int64_t depth,
     }
 }
 
+#if defined(__AVX512BF16__)
+// tile_gemm with bfloat16 operands and float32 sums (vdpbf16ps): a [MR rows][depth] bfloat16
+// (row stride lda) and a panel of two depths side by side, [depth / 2][W][2] (see
+// interleave_pairs); depth even.
+template <int MR, int W>
+inline void tile_gemm(const Bf16* __restrict a, int64_t lda, int64_t depth,
+                      const Bf16* __restrict panel, const float* __restrict init, bool resume,
+                      float (&acc)[MR][W]) {
+  constexpr int NV = W / 16;
+  __m512 sum[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v)
+      sum[r][v] = resume ? _mm512_loadu_ps(&acc[r][v * 16])
+                  : init != nullptr ? _mm512_loadu_ps(init + v * 16) : _mm512_setzero_ps();
+  for (int64_t k = 0; k < depth; k += 2) {
+    __m512bh p[NV];
+    for (int v = 0; v < NV; ++v) p[v] = (__m512bh)_mm512_loadu_si512(panel + k * W + v * 32);
+    for (int r = 0; r < MR; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * lda + k, sizeof pair);
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+      for (int v = 0; v < NV; ++v) sum[r][v] = _mm512_dpbf16_ps(sum[r][v], x, p[v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(&acc[r][v * 16], sum[r][v]);
+}
+#endif
+
+// A packed panel [depth][W] of float32 as bfloat16 with two depths side by side, out
+// [depth_pairs][W][2]: the layout vdpbf16ps reads; zeros past depth.
+inline void interleave_pairs(const float* panel, int64_t depth, int64_t depth_pairs, int64_t w,
+                             Bf16* out) {
+  for (int64_t q = 0; q < depth_pairs; ++q)
+    for (int64_t u = 0; u < w; ++u)
+      for (int e = 0; e < 2; ++e) {
+        const int64_t k = 2 * q + e;
+        out[(q * w + u) * 2 + e] = k < depth ? to_bf16(panel[k * w + u]) : Bf16{0};
+      }
+}
+
+// pack_panel into the layout of interleave_pairs (depth rounded up to even).
+template <typename T>
+void pack_panel_pairs(int64_t block, int64_t gates, int64_t hidden, int64_t depth, int64_t units,
+                      const Strided<T>& src, Bf16* out) {
+  AlignedBuffer<T> panel(depth * gates * units);
+  pack_panel(block, gates, hidden, depth, units, src, panel.data());
+  interleave_pairs(panel.data(), depth, ceil_div(depth, 2), gates * units, out);
+}
+
+// rows [rows][n] of float32 (row stride ld) as bfloat16 rows of n rounded up to even, zeros
+// past n: the A operand of the bfloat16 tile_gemm.
+inline void round_rows(const float* rows_in, int64_t rows, int64_t n, int64_t ld, Bf16* out) {
+  const int64_t n_even = n + n % 2;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = rows_in + r * ld;
+    Bf16* o = out + r * n_even;
+    int64_t j = 0;
+#if defined(__AVX512BF16__)
+    for (; j + 32 <= n; j += 32)  // 32 at a time, rounded to nearest even as to_bf16
+      _mm512_storeu_si512(o + j, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(in + j + 16),
+                                                               _mm512_loadu_ps(in + j)));
+#endif
+    for (; j < n; ++j) o[j] = to_bf16(in[j]);
+    if (n_even != n) o[n] = Bf16{0};
+  }
+}
+
 // Calls tile(row0, std::integral_constant<int, MR>{}) for row tiles that cover [0, rows):
 // full tiles of kTileRows, then one shorter tile for the rest.
 template <int MR = kTileRows, class Tile>
@@ -289,21 +359,22 @@ inline void for_each_row_tile(int64_t rows, Tile&& tile) {
 // and each chunk runs the depth block by block: a block's slice of the panel (32 KB) stays in
 // L1 while every tile of the chunk reads it, and the chunk's accumulators wait in a stack
 // buffer between blocks.
-template <typename T, int W>
-constexpr int64_t kDepthBlock = 32768 / (W * static_cast<int64_t>(sizeof(T)));
+// (M: the operands' element type, T or, for the bfloat16 tile_gemm, Bf16: depth blocks even.)
+template <typename M, int W>
+constexpr int64_t kDepthBlock = 32768 / (W * static_cast<int64_t>(sizeof(M)));
 constexpr int64_t kChunkRows = 8 * kTileRows;
 
-// Multiplies all `rows` rows of a [rows, depth] (row stride lda) by one panel [depth, W], tile
-// by tile, and hands each tile to epilogue(row0, acc) where acc is T[MR][W] for rows row0 ..
+// Multiplies all `rows` rows of a [rows, depth] (row stride lda) by one panel [depth, W] (M
+// = Bf16: the bfloat16 operands of that tile_gemm, depth even), tile by tile, and hands each tile to epilogue(row0, acc) where acc is T[MR][W] for rows row0 ..
 // row0 + MR - 1, once its whole depth is summed. init: as in tile_gemm. The depth blocks depend
 // only on depth and W, so results do not depend on the thread count. prefetch(row0, rows) is
 // called before a tile's first depth block, to request the operands its epilogue will read and
 // write (see prefetch_span): spread tile by tile, the requests do not queue up, and with a deep
 // panel they have the rest of the chunk's blocks to arrive.
-template <typename T, int W, class Epilogue, class Prefetch>
-void gemm_panel(const T* a, int64_t rows, int64_t depth, int64_t lda, const T* panel,
+template <typename T, int W, typename M = T, class Epilogue, class Prefetch>
+void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* panel,
                 const T* init, Epilogue&& epilogue, Prefetch&& prefetch) {
-  const int64_t block = depth > kDepthBlock<T, W> ? kDepthBlock<T, W> : std::max<int64_t>(depth, 1);
+  const int64_t block = depth > kDepthBlock<M, W> ? kDepthBlock<M, W> : std::max<int64_t>(depth, 1);
   alignas(64) T chunk_acc[kChunkRows][W];
   for (int64_t chunk0 = 0; chunk0 < rows; chunk0 += kChunkRows) {
     const int64_t chunk_rows = std::min(kChunkRows, rows - chunk0);
@@ -313,8 +384,12 @@ void gemm_panel(const T* a, int64_t rows, int64_t depth, int64_t lda, const T* p
         constexpr int MR = decltype(mr)::value;
         if (k0 == 0) prefetch(chunk0 + r0, MR);
         auto& acc = *reinterpret_cast<T(*)[MR][W]>(&chunk_acc[r0][0]);
-        tile_gemm<T, MR, W>(a + (chunk0 + r0) * lda + k0, lda, k_len, panel + k0 * W, init,
-                            k0 > 0, acc);
+        if constexpr (std::is_same_v<M, T>)
+          tile_gemm<T, MR, W>(a + (chunk0 + r0) * lda + k0, lda, k_len, panel + k0 * W, init,
+                              k0 > 0, acc);
+        else
+          tile_gemm<MR, W>(a + (chunk0 + r0) * lda + k0, lda, k_len, panel + k0 * W, init,
+                           k0 > 0, acc);
         if (k0 + k_len >= depth) epilogue(chunk0 + r0, acc);
       });
     }
