@@ -11,6 +11,10 @@ instruction set avx512_bf16 also those of the recurrent matmul (h_{t-1}, and dzh
 backward). Within the recurrence, h, c and the gates stay float32, as in the reference.
 """
 
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -380,6 +384,21 @@ def test_medium_precision_rounds_matmul_operands(bf16_isa):
     assert rel_err(got["y"], highest["y"]) > 1e-4  # not the float32 products
     with pytest.raises(ValueError, match="precision must be one of"):
         rnnfast.set_float32_matmul_precision("low")
+
+
+# ------------------------------------------------------------------ scripts
+
+@pytest.mark.parametrize("script, args", [("bf16_cell_state.py", []),
+                                          ("bf16_torch_accuracy.py", ["1"])])
+def test_bfloat16_scripts_run(script, args):
+    """The bfloat16 measurements of benchmarks/ (not part of the package) still run."""
+    if script == "bf16_torch_accuracy.py":
+        pytest.importorskip("torch", reason="the script compares with PyTorch")
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / script
+    done = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "rnnfast" in done.stdout or "c float32" in done.stdout
 
 
 # ------------------------------------------------------------------ training
