@@ -7,7 +7,7 @@ reference run at the kernel's precision: float32 arithmetic on the same bfloat16
 every value the kernel rounds to bfloat16 rounded there too. The kernels round: the results
 they return in bfloat16 (y, h_n, c_n and the gradients of x, h0, c0), and the operands of the
 post-loop gradient GEMMs (dzx, dzh, h_prev), which multiply in bfloat16, and on the
-instruction set avx512_bf16 also those of the recurrent matmul (h_{t-1}, and dzh_t
+instruction sets avx512_bf16 and amx also those of the recurrent matmul (h_{t-1}, and dzh_t
 backward). Within the recurrence, h, c and the gates stay float32, as in the reference.
 """
 
@@ -27,6 +27,7 @@ from _util import CELLS, FLOAT32_FLOOR, make_problem, rel_err  # noqa: E402
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 ALL_ISAS = ("baseline", "avx2", "avx512", "avx512_bf16", "amx")
+BF16_RECURRENCE = ("avx512_bf16", "amx")  # where the recurrence multiplies in bfloat16
 WHY_MISSING = {
     "amx": "no AMX on this machine (or the operating system refused its tile state), or not "
            "compiled",
@@ -53,8 +54,8 @@ def rounded(a):
 
 def recurrent_rounding():
     """What the recurrence rounds its matmul's operands with on the instruction set in use:
-    bfloat16 on avx512_bf16, nothing elsewhere (float32 products)."""
-    return rounded if _cpu.active_isa() == "avx512_bf16" else None
+    bfloat16 on avx512_bf16 and amx, nothing elsewhere (float32 products)."""
+    return rounded if _cpu.active_isa() in BF16_RECURRENCE else None
 
 
 def check(name, got, oracle, same_precision):
@@ -246,11 +247,12 @@ def test_functional_does_not_depend_on_thread_count():
                                               err_msg=name)
 
 
-def test_recurrence_rounds_its_operands_on_avx512_bf16_only(bf16_isa):
-    """bf16_matmul: vdpbf16ps on avx512_bf16 (results differ from float32 products by the
+@pytest.mark.parametrize("shape", [(6, 5, 40), (3, 37, 70)], ids=["B5-H40", "B37-H70"])
+def test_recurrence_rounds_its_operands_on_bf16_isas_only(bf16_isa, shape):
+    """bf16_matmul: AMX tiles or vdpbf16ps (results differ from float32 products by the
     rounding of h); elsewhere the flag changes nothing (see cpp/src/cpu/dispatch.cpp)."""
     rng = np.random.default_rng(4)
-    T, B, H = 6, 5, 40
+    T, B, H = shape
     zx = rng.standard_normal((T, B, 4 * H)).astype(np.float32)
     w_hh = rounded(rng.uniform(-0.2, 0.2, (4 * H, H)))
     h0, c0 = (rng.standard_normal((B, H)).astype(np.float32) for _ in range(2))
@@ -261,7 +263,7 @@ def test_recurrence_rounds_its_operands_on_avx512_bf16_only(bf16_isa):
         _cpu.recurrent_forward("lstm", zx, w_hh, None, h0, c0, y, h_n, c_n, None,
                                bf16_matmul=bf16_matmul)
         return y
-    assert np.array_equal(forward(True), forward(False)) == (bf16_isa != "avx512_bf16")
+    assert np.array_equal(forward(True), forward(False)) == (bf16_isa not in BF16_RECURRENCE)
 
 
 def test_functional_mixed_dtypes_raise():

@@ -402,7 +402,7 @@ PYBIND11_MODULE(_cpu, m) {
         "padding: y 0, state kept), resets [T,B] bool (state put back to h0, c0 before step t), "
         "w_hr [P,H] (LSTM projection h = (o*tanh(c)) W_hr^T; R = P, else R = H). bf16_matmul "
         "(float32): h_{t-1} and W_hh rounded to bfloat16 in the recurrent matmul, float32 sums, "
-        "on the instruction set avx512_bf16 (ignored on the others: see dispatch.cpp).");
+        "on the instruction sets amx and avx512_bf16 (ignored on the others).");
   m.def("recurrent_backward", &recurrent_backward_py, py::arg("cell"), py::arg("w_hh"),
         py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("saved"), py::arg("dy"),
         py::arg("dh_n"), py::arg("dc_n"), py::arg("dzx"), py::arg("dzh"), py::arg("dh0"),

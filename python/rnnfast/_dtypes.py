@@ -7,9 +7,8 @@
   (``_cpu.gemm_bf16``: AMX or AVX512-BF16 where the CPU has them). The recurrence runs the
   float32 kernels on the weights and states widened to float32, so that h, the LSTM's cell
   state c and the gates stay float32 from step to step; its matmul (h_{t-1} W_hh^T, and dzh_t
-  W_hh backward) multiplies bfloat16-rounded operands with vdpbf16ps on the instruction set
-  "avx512_bf16" (AMD Zen 4), float32 ones on the others (on AMX machines vdpbf16ps is slower
-  than float32 FMA: see cpp/src/cpu/dispatch.cpp). y, h_n, c_n and the gradients of x, h0 and
+  W_hh backward) multiplies bfloat16-rounded operands on AMX tiles (instruction set "amx") or
+  with vdpbf16ps ("avx512_bf16", e.g. AMD Zen 4), float32 ones on the others. y, h_n, c_n and the gradients of x, h0 and
   c0 are returned rounded to bfloat16, the weight and bias gradients in float32 (as oneDNN
   returns them).
 - float32 with ``set_float32_matmul_precision("medium")``: float32 in and out, the matmuls'

@@ -57,7 +57,7 @@ struct ForwardArgs {
   int64_t proj;            // P, or 0: no projection (then w_hr is unused)
   const T* w_hr;           // [P, H], LSTM only
   bool bf16_matmul;        // float32: the recurrent matmul's operands rounded to bfloat16,
-                           // float32 sums (vdpbf16ps), on the instruction set avx512_bf16
+                           // float32 sums, on the instruction sets amx and avx512_bf16
 };
 
 template <typename T>

@@ -36,15 +36,18 @@ RNNFAST_DECLARE_ISA(isa_avx2)
 RNNFAST_DECLARE_ISA(isa_avx512)
 #endif
 #undef RNNFAST_DECLARE_ISA
-// The bfloat16 instruction sets have their own GEMM and (AVX512-BF16) the recurrence with
-// bfloat16 matmuls; their other kernels are AVX-512's.
+// The bfloat16 instruction sets have their own GEMM and recurrence (for bfloat16 matmuls);
+// their other kernels are AVX-512's.
 #if RNNFAST_BF16_TARGETS
-namespace isa_avx512_bf16 {
-void gemm_bf16(const Bf16GemmArgs&);
-template <typename T> void recurrent_forward(const ForwardArgs<T>&);
-template <typename T> void recurrent_backward(const BackwardArgs<T>&);
-}  // namespace isa_avx512_bf16
-namespace isa_amx { void gemm_bf16(const Bf16GemmArgs&); }
+#define RNNFAST_DECLARE_BF16_ISA(ns)                                     \
+  namespace ns {                                                         \
+  void gemm_bf16(const Bf16GemmArgs&);                                   \
+  template <typename T> void recurrent_forward(const ForwardArgs<T>&);   \
+  template <typename T> void recurrent_backward(const BackwardArgs<T>&); \
+  }
+RNNFAST_DECLARE_BF16_ISA(isa_avx512_bf16)
+RNNFAST_DECLARE_BF16_ISA(isa_amx)
+#undef RNNFAST_DECLARE_BF16_ISA
 #endif
 
 namespace {
@@ -176,32 +179,27 @@ void set_isa(const std::string& name) {
   throw std::invalid_argument("unknown instruction set '" + name + "'; compiled: " + known);
 }
 
-namespace {
-// Whether the recurrence runs its matmul in bfloat16 (bf16_matmul) on this instruction set:
-// on AVX512-BF16 (vdpbf16ps: twice float32's FMA rate on AMD Zen 4), not on AMX machines,
-// whose vdpbf16ps issues on one port: measured on an Emerald Rapids Xeon (LSTM forward
-// recurrence, T=100, B=64, H=512, 2 threads, same run), 30 GFLOP/s against float32 FMA's 55.
-// There the recurrence stays float32 until it has an AMX tile kernel.
-bool bf16_recurrence(bool bf16_matmul, Isa isa) {
-  return RNNFAST_BF16_TARGETS && bf16_matmul && isa == Isa::Avx512Bf16;
-}
-}  // namespace
+// The recurrence multiplies in bfloat16 (bf16_matmul) with AMX tiles (tile_product16) or, on
+// AVX512-BF16 alone, with vdpbf16ps (twice float32's FMA rate on AMD Zen 4; on an Emerald
+// Rapids Xeon, whose vdpbf16ps issues on one port, the LSTM forward recurrence at T=100, B=64,
+// H=512 ran at 30 GFLOP/s against float32 FMA's 55: there AMX does it). Below those, float32.
+#if RNNFAST_BF16_TARGETS
+#define RNNFAST_BF16_RECURRENCE(args, call)                                         \
+  if ((args).bf16_matmul && active().load() == Isa::Amx) return isa_amx::call;       \
+  if ((args).bf16_matmul && active().load() == Isa::Avx512Bf16) return isa_avx512_bf16::call
+#else
+#define RNNFAST_BF16_RECURRENCE(args, call) (void)0
+#endif
 
 template <typename T>
 void recurrent_forward(const ForwardArgs<T>& args) {
-#if RNNFAST_BF16_TARGETS
-  if (bf16_recurrence(args.bf16_matmul, active().load()))
-    return isa_avx512_bf16::recurrent_forward(args);
-#endif
+  RNNFAST_BF16_RECURRENCE(args, recurrent_forward(args));
   RNNFAST_ON_ACTIVE_ISA(recurrent_forward(args));
 }
 
 template <typename T>
 void recurrent_backward(const BackwardArgs<T>& args) {
-#if RNNFAST_BF16_TARGETS
-  if (bf16_recurrence(args.bf16_matmul, active().load()))
-    return isa_avx512_bf16::recurrent_backward(args);
-#endif
+  RNNFAST_BF16_RECURRENCE(args, recurrent_backward(args));
   RNNFAST_ON_ACTIVE_ISA(recurrent_backward(args));
 }
 

@@ -94,29 +94,6 @@ void pack_a_block(const View<S>& a, int64_t i0, int64_t rows, int64_t k0, int64_
 }
 
 #if defined(__AMX_BF16__)
-// The tile registers for block_product, configured on the calling thread for its lifetime:
-// tiles 0-3 the four 16 x 16 float32 quarters of C's block, 4 and 5 A's two 16-row halves
-// (16 rows x 32 depth), 6 and 7 the two column tiles of B (16 depth pairs x 16 columns x 2).
-class TileScope {
- public:
-  TileScope() {
-    struct {
-      uint8_t palette, start_row, reserved[14];
-      uint16_t colsb[16];
-      uint8_t rows[16];
-    } config{};
-    config.palette = 1;
-    for (int t = 0; t < 8; ++t) {
-      config.colsb[t] = 64;
-      config.rows[t] = 16;
-    }
-    _tile_loadconfig(&config);
-  }
-  ~TileScope() { _tile_release(); }
-  TileScope(const TileScope&) = delete;
-  TileScope& operator=(const TileScope&) = delete;
-};
-
 // c [32][32] = a [32][dp] times B's column tiles b0, b1 (each [dp / 2][16][2]).
 inline void block_product(const Bf16* a, int64_t dp, const Bf16* b0, const Bf16* b1,
                           float (&c)[kBlockRows][kBlockCols]) {
@@ -142,7 +119,6 @@ inline void block_product(const Bf16* a, int64_t dp, const Bf16* b0, const Bf16*
   _tile_stored(3, &c[16][16], kRowBytes);
 }
 #else
-struct TileScope {};  // AVX512-BF16: vector registers only
 
 // c [32][32] = a [32][dp] times B's column tiles b0, b1, 8 rows at a time: 16 accumulators,
 // each vdpbf16ps adding a depth pair of one row (broadcast) times 16 columns.

@@ -267,6 +267,102 @@ inline void tile_gemm(const T* __restrict a, int64_t lda, int64_t depth,
     }
 }
 
+// The AMX tile registers, configured on the calling thread for its lifetime: 8 tiles of 16
+// rows x 64 bytes. gemm_bf16's block_product: tiles 0-3 the four 16 x 16 float32 quarters of
+// C's block, 4 and 5 A's two 16-row halves (16 rows x 32 depth), 6 and 7 the two column tiles
+// of B (16 depth pairs x 16 columns x 2); tile_product16: 0-3 C, 4 A, 6 B.
+#if defined(__AMX_BF16__)
+class TileScope {
+ public:
+  TileScope() {
+    struct {
+      uint8_t palette, start_row, reserved[14];
+      uint16_t colsb[16];
+      uint8_t rows[16];
+    } config{};
+    config.palette = 1;
+    for (int t = 0; t < 8; ++t) {
+      config.colsb[t] = 64;
+      config.rows[t] = 16;
+    }
+    _tile_loadconfig(&config);
+  }
+  ~TileScope() { _tile_release(); }
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+};
+
+#else
+struct TileScope {};  // no tile registers to configure
+#endif
+// What a thread of a kernel whose matmul operands are M holds: the tiles for bfloat16.
+struct NoTiles {};
+template <typename M, typename T>
+using TilesFor = std::conditional_t<std::is_same_v<M, T>, NoTiles, TileScope>;
+
+// The bfloat16 operands' depth is padded with zeros to a multiple of kBf16DepthAlign (an AMX
+// A tile's row of 32, or a vdpbf16ps pair), and, under AMX, a step's A operand to a multiple
+// of kBf16RowAlign rows (a tile's 16).
+#if defined(__AMX_BF16__)
+constexpr int64_t kBf16DepthAlign = 32, kBf16RowAlign = 16;
+#else
+constexpr int64_t kBf16DepthAlign = 2, kBf16RowAlign = 1;
+#endif
+inline int64_t bf16_depth(int64_t depth) {
+  return ceil_div(depth, kBf16DepthAlign) * kBf16DepthAlign;
+}
+
+#if defined(__AMX_BF16__)
+// acc [16][W] = a [16 rows][depth] (row stride lda, depth a multiple of 32) times a panel
+// [depth / 2][W][2] (see interleave_pairs), W = 16, 32, 48 or 64, on the tiles of TileScope:
+// C's column tiles of 16 in tiles 0 .. W/16 - 1, per 32 of depth A in tile 4 and each column
+// tile of B in tile 6. (Tile numbers are immediates: hence one line per tile.)
+template <int W>
+inline void tile_product16(const Bf16* a, int64_t lda, int64_t depth, const Bf16* panel,
+                           float (&acc)[16][W]) {
+  constexpr int NC = W / 16;
+  static_assert(NC * 16 == W && NC >= 1 && NC <= 4, "W: 1 to 4 column tiles of 16");
+  constexpr int64_t kPanelRowBytes = W * 2 * sizeof(Bf16), kRowBytes = W * sizeof(float);
+  _tile_zero(0);
+  if constexpr (NC > 1) _tile_zero(1);
+  if constexpr (NC > 2) _tile_zero(2);
+  if constexpr (NC > 3) _tile_zero(3);
+  for (int64_t k = 0; k < depth; k += 32) {
+    const Bf16* b = panel + k * W;  // pair k / 2, column 0; column tile c at b + 32 c
+    _tile_loadd(4, a + k, lda * static_cast<int64_t>(sizeof(Bf16)));
+    _tile_loadd(6, b, kPanelRowBytes);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (NC > 1) {
+      _tile_loadd(6, b + 32, kPanelRowBytes);
+      _tile_dpbf16ps(1, 4, 6);
+    }
+    if constexpr (NC > 2) {
+      _tile_loadd(6, b + 64, kPanelRowBytes);
+      _tile_dpbf16ps(2, 4, 6);
+    }
+    if constexpr (NC > 3) {
+      _tile_loadd(6, b + 96, kPanelRowBytes);
+      _tile_dpbf16ps(3, 4, 6);
+    }
+  }
+  _tile_stored(0, &acc[0][0], kRowBytes);
+  if constexpr (NC > 1) _tile_stored(1, &acc[0][16], kRowBytes);
+  if constexpr (NC > 2) _tile_stored(2, &acc[0][32], kRowBytes);
+  if constexpr (NC > 3) _tile_stored(3, &acc[0][48], kRowBytes);
+}
+
+// f(std::integral_constant<int, n>{}) for a run-time n in [1, MR].
+template <int MR = 16, class F>
+inline void with_rows(int64_t n, F&& f) {
+  if constexpr (MR > 0) {
+    if (n == MR)
+      f(std::integral_constant<int, MR>{});
+    else
+      with_rows<MR - 1>(n, f);
+  }
+}
+#endif
+
 #if defined(__AVX512BF16__)
 // tile_gemm with bfloat16 operands and float32 sums (vdpbf16ps): a [MR rows][depth] bfloat16
 // (row stride lda) and a panel of two depths side by side, [depth / 2][W][2] (see
@@ -308,19 +404,19 @@ inline void interleave_pairs(const float* panel, int64_t depth, int64_t depth_pa
       }
 }
 
-// pack_panel into the layout of interleave_pairs (depth rounded up to even).
+// pack_panel into the layout of interleave_pairs (depth padded to bf16_depth).
 template <typename T>
 void pack_panel_pairs(int64_t block, int64_t gates, int64_t hidden, int64_t depth, int64_t units,
                       const Strided<T>& src, Bf16* out) {
   AlignedBuffer<T> panel(depth * gates * units);
   pack_panel(block, gates, hidden, depth, units, src, panel.data());
-  interleave_pairs(panel.data(), depth, ceil_div(depth, 2), gates * units, out);
+  interleave_pairs(panel.data(), depth, bf16_depth(depth) / 2, gates * units, out);
 }
 
-// rows [rows][n] of float32 (row stride ld) as bfloat16 rows of n rounded up to even, zeros
-// past n: the A operand of the bfloat16 tile_gemm.
+// rows [rows][n] of float32 (row stride ld) as bfloat16 rows of bf16_depth(n), zeros past n:
+// the A operand of the bfloat16 products.
 inline void round_rows(const float* rows_in, int64_t rows, int64_t n, int64_t ld, Bf16* out) {
-  const int64_t n_even = n + n % 2;
+  const int64_t n_even = bf16_depth(n);
   for (int64_t r = 0; r < rows; ++r) {
     const float* in = rows_in + r * ld;
     Bf16* o = out + r * n_even;
@@ -331,7 +427,7 @@ inline void round_rows(const float* rows_in, int64_t rows, int64_t n, int64_t ld
                                                                _mm512_loadu_ps(in + j)));
 #endif
     for (; j < n; ++j) o[j] = to_bf16(in[j]);
-    if (n_even != n) o[n] = Bf16{0};
+    std::fill(o + n, o + n_even, Bf16{0});
   }
 }
 
@@ -374,6 +470,22 @@ constexpr int64_t kChunkRows = 8 * kTileRows;
 template <typename T, int W, typename M = T, class Epilogue, class Prefetch>
 void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* panel,
                 const T* init, Epilogue&& epilogue, Prefetch&& prefetch) {
+#if defined(__AMX_BF16__)
+  if constexpr (!std::is_same_v<M, T>) {  // AMX: 16 rows a tile, the whole depth at once
+    alignas(64) float acc[16][W];
+    for (int64_t row0 = 0; row0 < rows; row0 += 16) {
+      const int64_t n = std::min<int64_t>(16, rows - row0);
+      prefetch(row0, n);
+      tile_product16(a + row0 * lda, lda, depth, panel, acc);
+      for (int64_t r = 0; r < n && init != nullptr; ++r)
+        for (int w = 0; w < W; ++w) acc[r][w] += init[w];
+      with_rows(n, [&](auto mr) {
+        epilogue(row0, *reinterpret_cast<float(*)[decltype(mr)::value][W]>(&acc[0][0]));
+      });
+    }
+    return;
+  }
+#endif
   const int64_t block = depth > kDepthBlock<M, W> ? kDepthBlock<M, W> : std::max<int64_t>(depth, 1);
   alignas(64) T chunk_acc[kChunkRows][W];
   for (int64_t chunk0 = 0; chunk0 < rows; chunk0 += kChunkRows) {

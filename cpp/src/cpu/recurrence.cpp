@@ -105,12 +105,18 @@ struct StepSplit {
 };
 
 // The recurrent matmul's operands have element type M: T, or Bf16 (args.bf16_matmul, on the
-// instruction sets with vdpbf16ps) for bfloat16 products with float32 sums. Then the packed
-// weights hold two depths side by side (pack_panel_pairs, depth rounded up to even), and each
-// step's A operand is rounded into a per-thread buffer first (step_operand).
+// instruction sets avx512_bf16 and amx) for bfloat16 products with float32 sums. Then the
+// packed weights hold two depths side by side (pack_panel_pairs, depth padded to bf16_depth),
+// and each step's A operand is rounded into a per-thread buffer first (step_operand), of
+// operand_rows rows (whole AMX tiles, zeros past the batch).
 template <typename M, typename T>
-constexpr int64_t operand_depth(int64_t depth) {
-  return std::is_same_v<M, T> ? depth : depth + depth % 2;
+int64_t operand_depth(int64_t depth) {
+  return std::is_same_v<M, T> ? depth : bf16_depth(depth);
+}
+
+template <typename M, typename T>
+int64_t operand_rows(int64_t rows) {
+  return std::is_same_v<M, T> ? 0 : ceil_div(rows, kBf16RowAlign) * kBf16RowAlign;
 }
 
 template <typename M, typename T>
@@ -175,9 +181,12 @@ void forward_impl(const ForwardArgs<T>& a) {
   const StepSplit split(B, blocks * depth * kWidth * static_cast<int64_t>(sizeof(M)), !projected,
                         std::max(blocks, proj_blocks),
                         B * GH * R + (projected ? B * R * H : 0));
-  AlignedBuffer<M> rounded(std::is_same_v<M, T> ? 0 : split.threads * B * depth);
+  const int64_t rounded_size = operand_rows<M, T>(B) * depth;
+  AlignedBuffer<M> rounded(split.threads * rounded_size);
+  std::fill(rounded.data(), rounded.data() + split.threads * rounded_size, M{});
   SpinBarrier barrier(split.threads);
   ThreadPool::global().run(split.threads, [&](int index) {
+    [[maybe_unused]] const TilesFor<M, T> tiles;
     const int threads = split.threads;
     const BlockRange packs(blocks, index, threads), mine_proj(proj_blocks, index, threads);
     for (int64_t block = packs.first; block < packs.last; ++block) {
@@ -199,7 +208,7 @@ void forward_impl(const ForwardArgs<T>& a) {
       T* h_t = a.y + t * B * R;
       T* cell_h = projected ? m.data() : h_t;  // [B, H]: the cell's output
       const auto [h_op, ld] =
-          step_operand<M>(h_prev, rows0, rows1, R, rounded.data() + index * B * depth);
+          step_operand<M>(h_prev, rows0, rows1, R, rounded.data() + index * rounded_size);
       for (int64_t block = mine.first; block < mine.last; ++block) {
         const int64_t j0 = block * kUnits;
         const int64_t units = std::min<int64_t>(kUnits, H - j0);
@@ -418,9 +427,12 @@ void backward_impl(const BackwardArgs<T>& a) {
 
   const StepSplit split(B, depth * R * static_cast<int64_t>(sizeof(M)), !projected,
                         std::max(blocks, cell_blocks), B * GH * R + (projected ? B * R * H : 0));
-  AlignedBuffer<M> rounded(std::is_same_v<M, T> ? 0 : split.threads * B * depth);
+  const int64_t rounded_size = operand_rows<M, T>(B) * depth;
+  AlignedBuffer<M> rounded(split.threads * rounded_size);
+  std::fill(rounded.data(), rounded.data() + split.threads * rounded_size, M{});
   SpinBarrier barrier(split.threads);
   ThreadPool::global().run(split.threads, [&](int index) {
+    [[maybe_unused]] const TilesFor<M, T> tiles;
     const int threads = split.threads;
     const BlockRange packs(blocks, index, threads), mine_cell(cell_blocks, index, threads);
     for (int64_t block = packs.first; block < packs.last; ++block)
@@ -459,7 +471,7 @@ void backward_impl(const BackwardArgs<T>& a) {
       const int64_t s = t - 1;
       const auto [dzh_op, ld] =
           t < T_ ? step_operand<M>(a.dzh + t * B * GH, r0, r1, GH,
-                                   rounded.data() + index * B * depth)
+                                   rounded.data() + index * rounded_size)
                  : std::pair<const M*, int64_t>{nullptr, 0};
       for (int64_t block = mine.first; block < mine.last; ++block) {
         const int64_t j0 = block * kUnits, units = std::min<int64_t>(kUnits, R - j0);
