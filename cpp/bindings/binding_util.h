@@ -89,6 +89,12 @@ class ArgChecker {
                                   " elements");
     return checked<T>(obj, name, a.shape, true);
   }
+  // An input of another element type U than the lead's (the bfloat16 GEMM's operands).
+  template <typename U>
+  const U* input_of(const pybind11::handle& obj, const char* name,
+                    const std::vector<int64_t>& shape) {
+    return checked<U>(obj, name, shape, false);
+  }
   void require_none(const pybind11::handle& obj, const char* name, const char* why) {
     if (!obj.is_none()) throw pybind11::value_error(std::string(name) + " must be None " + why);
   }
@@ -108,7 +114,7 @@ class ArgChecker {
   const std::vector<Span>& spans() const { return spans_; }
 
  private:
-  template <typename U>
+  template <typename U = T>
   U* checked(const pybind11::handle& obj, const char* name, const std::vector<int64_t>& shape,
              bool is_output) {
     const ArrayView a = Reader::template view<U>(obj, name);

@@ -27,6 +27,11 @@ using bindings::parse_cell;
 using bindings::shape_str;
 
 using bindings::NumpyReader;
+using bindings::numpy_dtype;
+
+bool is_bfloat16(const py::array& arr) {
+  return arr.dtype().itemsize() == 2 && std::string(py::str(arr.dtype())) == "bfloat16";
+}
 
 template <typename T>
 using ArgChecker = bindings::ArgChecker<T, NumpyReader>;
@@ -86,7 +91,7 @@ decltype(auto) dispatch_dtype(const py::handle& lead, const char* name, F&& f) {
 void recurrent_forward_py(const std::string& cell_name, py::object zx, py::object w_hh,
                           py::object b_hh, py::object h0, py::object c0, py::object y,
                           py::object h_n, py::object c_n, py::object saved, py::object lengths,
-                          py::object resets, py::object w_hr) {
+                          py::object resets, py::object w_hr, bool bf16_matmul) {
   const Cell cell = parse_cell(cell_name);
   dispatch_dtype(zx, "zx", [&](auto type_tag) {
     using T = decltype(type_tag);
@@ -95,6 +100,7 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
     bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved,
                                    w_hr);
     const int64_t T_ = args.steps, B = args.batch;
+    args.bf16_matmul = bf16_matmul;
     args.lengths = lengths_arg(lengths, T_, B);
     args.resets = resets_arg(resets, T_, B);
     check.check_no_overlap();
@@ -107,7 +113,8 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
                            py::object c0, py::object y, py::object saved, py::object dy,
                            py::object dh_n, py::object dc_n, py::object dzx, py::object dzh,
                            py::object dh0, py::object dc0, py::object lengths,
-                           py::object resets, py::object w_hr, py::object dh_proj) {
+                           py::object resets, py::object w_hr, py::object dh_proj,
+                           bool bf16_matmul) {
   const Cell cell = parse_cell(cell_name);
   dispatch_dtype(dzx, "dzx", [&](auto type_tag) {
     using T = decltype(type_tag);
@@ -117,6 +124,7 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
     bindings::check_backward_arrays(check, args, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx,
                                     dzh, dh0, dc0, w_hr, dh_proj);
     const int64_t T_ = args.steps, B = args.batch;
+    args.bf16_matmul = bf16_matmul;
     args.lengths = lengths_arg(lengths, T_, B);
     args.resets = resets_arg(resets, T_, B);
     check.check_no_overlap();
@@ -125,44 +133,86 @@ void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::ob
   });
 }
 
-// c [m, n] = op(a) op(b) + bias, or c += op(a) op(b) + bias with accumulate, where op(x) is x
-// or, with trans_x, x.T: op(a) [m, k], op(b) [k, n], bias [n] or None.
+// Fills args for c [m, n] = op(a) op(b) + bias, or c += op(a) op(b) + bias with accumulate,
+// where op(x) is x or, with trans_x, x.T: op(a) [m, k], op(b) [k, n], bias [n] or None. a's
+// elements are TA, b's TB, c's and bias's the checker's type.
+template <typename TA, typename TB, class Checker, class Args>
+void gemm_operands(Checker& check, Args& args, const py::object& a, const py::object& b,
+                   const py::object& c, bool trans_a, bool trans_b, const py::object& bias,
+                   bool accumulate) {
+  const auto shape_2d = [](const py::object& obj, const char* name) {
+    if (!py::isinstance<py::array>(obj))
+      throw py::type_error(std::string(name) + " must be a numpy.ndarray");
+    auto arr = py::reinterpret_borrow<py::array>(obj);
+    if (arr.ndim() != 2)
+      throw py::value_error(std::string(name) + " must be 2-D, not " +
+                            std::to_string(arr.ndim()) + "-D");
+    return std::pair<int64_t, int64_t>(arr.shape(0), arr.shape(1));
+  };
+  const auto [a0, a1] = shape_2d(a, "a");
+  const auto [b0, b1] = shape_2d(b, "b");
+  const int64_t m = trans_a ? a1 : a0, k = trans_a ? a0 : a1;
+  const int64_t n = trans_b ? b0 : b1;
+  args.m = m;
+  args.n = n;
+  args.k = k;
+  args.a = check.template input_of<TA>(a, "a", {a0, a1});
+  args.a_row = trans_a ? 1 : a1;
+  args.a_col = trans_a ? a1 : 1;
+  args.b = check.template input_of<TB>(
+      b, "b", trans_b ? std::vector<int64_t>{n, k} : std::vector<int64_t>{k, n});
+  args.b_row = trans_b ? 1 : n;
+  args.b_col = trans_b ? k : 1;
+  args.bias = check.optional_input(bias, "bias", {n});
+  args.c = check.output(c, "c", {m, n});
+  args.ldc = n;
+  args.accumulate = accumulate;
+  check.check_no_overlap();
+}
+
 void gemm_py(py::object a, py::object b, py::object c, bool trans_a, bool trans_b,
              py::object bias, bool accumulate) {
   dispatch_dtype(a, "a", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("a");
-    const auto shape_2d = [](const py::object& obj, const char* name) {
-      if (!py::isinstance<py::array>(obj))
-        throw py::type_error(std::string(name) + " must be a numpy.ndarray");
-      auto arr = py::reinterpret_borrow<py::array>(obj);
-      if (arr.ndim() != 2)
-        throw py::value_error(std::string(name) + " must be 2-D, not " +
-                              std::to_string(arr.ndim()) + "-D");
-      return std::pair<int64_t, int64_t>(arr.shape(0), arr.shape(1));
-    };
-    const auto [a0, a1] = shape_2d(a, "a");
-    const auto [b0, b1] = shape_2d(b, "b");
-    const int64_t m = trans_a ? a1 : a0, k = trans_a ? a0 : a1;
-    const int64_t n = trans_b ? b0 : b1;
     GemmArgs<T> args{};
-    args.m = m;
-    args.n = n;
-    args.k = k;
-    args.a = check.input(a, "a", {a0, a1});
-    args.a_row = trans_a ? 1 : a1;
-    args.a_col = trans_a ? a1 : 1;
-    args.b = check.input(b, "b", trans_b ? std::vector<int64_t>{n, k} : std::vector<int64_t>{k, n});
-    args.b_row = trans_b ? 1 : n;
-    args.b_col = trans_b ? k : 1;
-    args.bias = check.optional_input(bias, "bias", {n});
-    args.c = check.output(c, "c", {m, n});
-    args.ldc = n;
-    args.accumulate = accumulate;
-    check.check_no_overlap();
+    gemm_operands<T, T>(check, args, a, b, c, trans_a, trans_b, bias, accumulate);
     py::gil_scoped_release release;
     gemm(args);
   });
+}
+
+// f(float{}) or f(Bf16{}) for a gemm_bf16 operand of dtype float32 or bfloat16.
+template <class F>
+void with_operand_type(const py::object& obj, const char* name, Operand& type, F&& f) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string(name) + " must be a numpy.ndarray");
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  if (is_bfloat16(arr)) {
+    type = Operand::Bfloat16;
+    return f(Bf16{});
+  }
+  if (arr.dtype().equal(py::dtype::of<float>())) {
+    type = Operand::Float32;
+    return f(float{});
+  }
+  throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(arr.dtype())) +
+                       ", expected float32 or bfloat16");
+}
+
+// gemm with bfloat16 products: a and b float32 or bfloat16, c and bias float32.
+void gemm_bf16_py(py::object a, py::object b, py::object c, bool trans_a, bool trans_b,
+                  py::object bias, bool accumulate) {
+  ArgChecker<float> check("c, float32");
+  Bf16GemmArgs args{};
+  with_operand_type(a, "a", args.a_type, [&](auto ta) {
+    with_operand_type(b, "b", args.b_type, [&](auto tb) {
+      gemm_operands<decltype(ta), decltype(tb)>(check, args, a, b, c, trans_a, trans_b, bias,
+                                                accumulate);
+    });
+  });
+  py::gil_scoped_release release;
+  gemm_bf16(args);
 }
 
 // Packs a cell's weights for cell_step (PyTorch's names: weight_ih [G*H, I], weight_hh [G*H, H],
@@ -266,26 +316,37 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("w_hh"), py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"),
         py::arg("h_n"), py::arg("c_n"), py::arg("saved"), py::arg("lengths") = py::none(),
         py::arg("resets") = py::none(), py::arg("w_hr") = py::none(),
+        py::arg("bf16_matmul") = false,
         "Recurrence of one layer and direction. zx [T,B,G*H] = x W_ih^T + b_ih; writes y "
         "[T,B,R], h_n [B,R], c_n [B,H] (LSTM) and, when given, the training workspace saved "
         "[T,B,S*H]. Optional: lengths [B] int64 in [0, T] (steps past a sequence's length are "
         "padding: y 0, state kept), resets [T,B] bool (state put back to h0, c0 before step t), "
-        "w_hr [P,H] (LSTM projection h = (o*tanh(c)) W_hr^T; R = P, else R = H).");
+        "w_hr [P,H] (LSTM projection h = (o*tanh(c)) W_hr^T; R = P, else R = H). bf16_matmul "
+        "(float32): h_{t-1} and W_hh rounded to bfloat16 in the recurrent matmul, float32 sums, "
+        "on the instruction sets amx and avx512_bf16 (ignored on the others).");
   m.def("recurrent_backward", &recurrent_backward_py, py::arg("cell"), py::arg("w_hh"),
         py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("saved"), py::arg("dy"),
         py::arg("dh_n"), py::arg("dc_n"), py::arg("dzx"), py::arg("dzh"), py::arg("dh0"),
         py::arg("dc0"), py::arg("lengths") = py::none(), py::arg("resets") = py::none(),
         py::arg("w_hr") = py::none(), py::arg("dh_proj") = py::none(),
+        py::arg("bf16_matmul") = false,
         "Backward through time of recurrent_forward. Writes dzx [T,B,G*H], dzh [T,B,G*H] (GRU "
         "only: for the other cells it equals dzx and must be None), dh0 and dc0 [B,H]. "
         "lengths, resets, w_hr: those of the forward; with w_hr, writes dh_proj [T,B,P], the "
-        "gradient reaching each h_t.");
+        "gradient reaching each h_t. bf16_matmul: dzh_t and W_hh rounded to bfloat16 in the "
+        "recurrent matmul, as in recurrent_forward.");
   bind_packed_cell<float>(m, "PackedCellFloat32");
   bind_packed_cell<double>(m, "PackedCellFloat64");
   m.def("gemm", &gemm_py, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
         py::arg("trans_b") = false, py::arg("bias") = py::none(), py::arg("accumulate") = false,
         "c = op(a) op(b) + bias (c += ... with accumulate), op(x) = x.T where trans_x; on "
         "rnnfast's threads. a, b, c, bias: C-contiguous, one float dtype; c [m, n] is written.");
+  m.def("gemm_bf16", &gemm_bf16_py, py::arg("a"), py::arg("b"), py::arg("c"),
+        py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("bias") = py::none(),
+        py::arg("accumulate") = false,
+        "gemm with bfloat16 products and float32 sums: a and b float32 (rounded to bfloat16) or "
+        "bfloat16, c and bias float32; on AMX or AVX512-BF16 where the instruction set in use "
+        "has them.");
   m.def("pack_cell", &pack_cell_py, py::arg("cell"), py::arg("w_ih"), py::arg("w_hh"),
         py::arg("b_ih"), py::arg("b_hh"),
         "Packs a cell's weights for cell_step, in the layout of the instruction set in use.");

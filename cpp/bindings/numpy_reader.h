@@ -10,8 +10,23 @@
 #include <vector>
 
 #include "binding_util.h"
+#include "rnnfast/bfloat16.h"
 
 namespace rnnfast::bindings {
+
+// The NumPy dtype of T: bfloat16 is ml_dtypes.bfloat16 (imported only when an array of that
+// dtype is checked, so ml_dtypes has been imported already).
+template <typename T>
+pybind11::dtype numpy_dtype() {
+  return pybind11::dtype::of<T>();
+}
+template <>
+inline pybind11::dtype numpy_dtype<Bf16>() {
+  static const pybind11::handle dtype =
+      pybind11::dtype::from_args(pybind11::module_::import("ml_dtypes").attr("bfloat16"))
+          .release();
+  return pybind11::reinterpret_borrow<pybind11::dtype>(dtype);
+}
 
 struct NumpyReader {
   static pybind11::array array(const pybind11::handle& obj, const char* name) {
@@ -40,12 +55,12 @@ struct NumpyReader {
     // Equality, not identity: an unpickled array has an equal but distinct dtype object. The
     // names are only for the error message: formatting them costs microseconds per array.
     constexpr bool kBoolToo = std::is_same_v<T, uint8_t>;
-    const bool dtype_ok = arr.dtype().equal(pybind11::dtype::of<T>()) ||
+    const bool dtype_ok = arr.dtype().equal(numpy_dtype<T>()) ||
                           (kBoolToo && arr.dtype().equal(pybind11::dtype::of<bool>()));
     std::string dtype, expected;
     if (!dtype_ok) {
       dtype = std::string(pybind11::str(arr.dtype()));
-      expected = kBoolToo ? "bool or uint8" : std::string(pybind11::str(pybind11::dtype::of<T>()));
+      expected = kBoolToo ? "bool or uint8" : std::string(pybind11::str(numpy_dtype<T>()));
     }
     return {dtype, expected, dtype_ok,
             (arr.flags() & pybind11::array::c_style) != 0,

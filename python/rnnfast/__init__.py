@@ -13,6 +13,7 @@ import warnings as _warnings
 from importlib.metadata import PackageNotFoundError, version as _version
 
 from . import _cpu, backends, cell_registry, functional, reference, training
+from ._dtypes import get_float32_matmul_precision, set_float32_matmul_precision
 from .cells import GRUCell, LSTMCell, RNNCell
 from .layers import GRU, LSTM, RNN
 
@@ -23,7 +24,8 @@ except PackageNotFoundError:  # imported from a source tree that was not install
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "functional", "reference",
            "backends", "cell_registry", "training", "cpu_info", "cuda_info", "set_num_threads",
-           "get_num_threads", "__version__"]
+           "get_num_threads", "set_float32_matmul_precision", "get_float32_matmul_precision",
+           "__version__"]
 
 # RNNFAST_ISA forces an instruction set (e.g. a lower one, to compare numerics or speed).
 if _os.environ.get("RNNFAST_ISA"):
@@ -45,8 +47,9 @@ if _threads_env and not (_re.fullmatch(r"[ \t\n\v\f\r]*[+-]?[0-9]+", _threads_en
 def cpu_info() -> dict:
     """The CPU kernels' instruction sets, as a dict:
 
-    - "isa": the one in use ("baseline", "avx2" or "avx512"): the best of "available", or the
-      one the environment variable RNNFAST_ISA names (read at import);
+    - "isa": the one in use ("baseline", "avx2", "avx512", "avx512_bf16" or "amx"; the last two
+      differ from "avx512" in the bfloat16 GEMMs only): the best of "available", or the one
+      the environment variable RNNFAST_ISA names (read at import);
     - "available": compiled into this build and supported by this CPU, lowest first;
     - "compiled": compiled into this build;
     - "cpu_features": the CPU's instruction-set extensions that matter here;

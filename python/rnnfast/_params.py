@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from ._dtypes import DTYPES
+
 
 def positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -51,7 +53,7 @@ def load_params(owner, expected, state_dict, dtype):
         value = np.asarray(state_dict[name])
         if value.shape != shape:
             raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, expected {shape}")
-        if not np.issubdtype(value.dtype, np.floating):
+        if not (np.issubdtype(value.dtype, np.floating) or value.dtype in DTYPES):
             raise TypeError(f"state_dict[{name!r}] has dtype {value.dtype}, expected floats")
         loaded[name] = np.array(value, dtype=dtype)
     return loaded

@@ -93,19 +93,22 @@ class CpuBackend:
         return None if a is None else np.require(a, dtype, ("C", "A"))
 
     @staticmethod
-    def gemm(a, b, out, *, trans_a=False, trans_b=False, bias=None, accumulate=False):
+    def gemm(a, b, out, *, trans_a=False, trans_b=False, bias=None, accumulate=False,
+             bf16=False):
         """out = op(a) op(b) (+ bias) (out += ... with accumulate), op(x) = x.T where trans_x:
         on rnnfast's threads, not NumPy's BLAS, whose worker threads keep spinning after each
-        call and would take the cores from the recurrence that follows."""
-        _cpu.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b, bias=bias, accumulate=accumulate)
+        call and would take the cores from the recurrence that follows. bf16: bfloat16
+        products, float32 sums (rnnfast._dtypes)."""
+        (_cpu.gemm_bf16 if bf16 else _cpu.gemm)(a, b, out, trans_a=trans_a, trans_b=trans_b,
+                                                 bias=bias, accumulate=accumulate)
 
     @staticmethod
-    def recurrent_forward(*args):
-        _cpu.recurrent_forward(*args)
+    def recurrent_forward(*args, bf16=False):
+        _cpu.recurrent_forward(*args, bf16)
 
     @staticmethod
-    def recurrent_backward(*args):
-        _cpu.recurrent_backward(*args)
+    def recurrent_backward(*args, bf16=False):
+        _cpu.recurrent_backward(*args, bf16)
 
 
 class CudaBackend:
@@ -132,7 +135,9 @@ class CudaBackend:
     def index(self, a, dtype):
         return None if a is None else self.xp.ascontiguousarray(self.xp.asarray(a), dtype)
 
-    def gemm(self, a, b, out, *, trans_a=False, trans_b=False, bias=None, accumulate=False):
+    def gemm(self, a, b, out, *, trans_a=False, trans_b=False, bias=None, accumulate=False,
+             bf16=False):
+        assert not bf16, "no bfloat16 on this backend (functional refuses it before)"
         product = (a.T if trans_a else a) @ (b.T if trans_b else b)
         if bias is not None:
             product += bias
@@ -146,7 +151,7 @@ class CudaBackend:
         return self.xp.empty(size, dtype) if size else None
 
     def recurrent_forward(self, cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths,
-                          resets, w_hr):
+                          resets, w_hr, bf16=False):
         hidden = c_n.shape[1] if c_n is not None else w_hh.shape[1]
         proj = 0 if w_hr is None else w_hr.shape[0]
         self._module.recurrent_forward(
@@ -155,7 +160,7 @@ class CudaBackend:
             stream=self._stream())
 
     def recurrent_backward(self, cell, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh, dh0,
-                           dc0, lengths, resets, w_hr, dh_proj):
+                           dc0, lengths, resets, w_hr, dh_proj, bf16=False):
         hidden = dc0.shape[1] if dc0 is not None else w_hh.shape[1]
         proj = 0 if w_hr is None else w_hr.shape[0]
         self._module.recurrent_backward(

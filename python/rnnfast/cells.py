@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from . import _cpu
+from . import _cpu, _dtypes
+from ._dtypes import DTYPES
 from ._params import init_params, load_params, positive_int
 from .cell_registry import spec
-from .functional import DTYPES
 
 _NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
@@ -85,7 +85,7 @@ class _CellBase:
         self.bias = bool(bias)
         self.dtype = np.dtype(dtype)
         if self.dtype not in DTYPES:
-            raise TypeError(f"dtype must be float32 or float64, not {self.dtype}")
+            raise TypeError(f"dtype must be {_dtypes.DTYPE_NAMES}, not {self.dtype}")
         self._params = {}
         self._packed = None
         self.load_state_dict(init_params(repr(self), self._param_shapes(), self.hidden_size,
@@ -119,8 +119,8 @@ class _CellBase:
         # Packed in the layout of the instruction set in use; again if that changed.
         if self._packed is None or self._packed.isa != _cpu.active_isa():
             p = self._params
-            self._packed = _cpu.pack_cell(self._cell, p["weight_ih"], p["weight_hh"],
-                                          p.get("bias_ih"), p.get("bias_hh"))
+            self._packed = _cpu.pack_cell(self._cell, *(_dtypes.to_compute(p.get(name))
+                                                        for name in _NAMES))
         return self._packed
 
     # ------------------------------------------------------------------ the step
@@ -156,8 +156,22 @@ class _CellBase:
         if unbatched:
             x, hx, out = x[None], [s[None] for s in hx], [s[None] for s in out]
         lstm = self._cell == "lstm"
+        compute = _dtypes.compute_dtype(self.dtype)
+        results = out
+        if compute != self.dtype:  # bfloat16: the step in float32, the state rounded after it
+            names = ("input", "hx[0]", "hx[1]", "out[0]", "out[1]") if lstm else (
+                "input", "hx", "out")
+            for name, value in zip(names, [x, *hx, *out]):
+                if not isinstance(value, np.ndarray) or value.dtype != self.dtype:
+                    raise TypeError(f"{name} must be a numpy.ndarray of the cell's dtype "
+                                    f"{self.dtype}, not {getattr(value, 'dtype', type(value))}")
+            x, hx = x.astype(compute), [h.astype(compute) for h in hx]
+            results = [np.empty(o.shape, compute) for o in out]
         _cpu.cell_step(self._packed_weights(), x, hx[0], hx[1] if lstm else None,
-                       out[0], out[1] if lstm else None)
+                       results[0], results[1] if lstm else None)
+        if results is not out:
+            for view, result in zip(out, results):
+                view[...] = result
 
     def _step_any_layout(self, x, hx, out, unbatched, state_shape):
         """The step on inputs and outputs of any strides and alignment: inputs copied where the

@@ -25,6 +25,10 @@ state is put back to h0/c0 before step t where set), both handled inside the ker
 for the LSTM ``w_hr`` [P, H], PyTorch's projection (proj_size): h = (o * tanh(c)) W_hr^T, so
 that h0, y and h_n have P features and ``w_hh`` is [4H, P], also inside the kernels.
 
+dtypes: float32, float64, or bfloat16 (``ml_dtypes.bfloat16``, CPU backend), computed as
+``rnnfast._dtypes`` describes: bfloat16 products and float32 sums and gate math; y, h_n, c_n and
+the gradients of x, h0, c0 in bfloat16, the weight and bias gradients in float32.
+
 Every argument is checked here, once (types, dtypes, shapes, lengths, resets), with errors
 that name it; the bindings check only memory safety. Arrays may have any strides
 (non-contiguous ones are copied) and may be read-only; they are never written. A training
@@ -40,10 +44,9 @@ from typing import Any
 
 import numpy as np
 
-from . import backends
+from . import _dtypes, backends
+from ._dtypes import DTYPES
 from .cell_registry import spec
-
-DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def free_scratch() -> None:
@@ -80,7 +83,7 @@ def _check_sequence(x, name):
     """The backend and dtype of a [T, B, I] input with T >= 1."""
     backend = backends.for_array(x, name)
     if x.dtype not in DTYPES:
-        raise TypeError(f"{name} has dtype {x.dtype}, expected float32 or float64")
+        raise TypeError(f"{name} has dtype {x.dtype}, expected {_dtypes.DTYPE_NAMES}")
     if x.ndim != 3 or x.shape[0] < 1:
         raise ValueError(f"{name} must have shape (T, B, input_size) with T >= 1, not "
                          f"{x.shape}")
@@ -237,21 +240,39 @@ class Context:
     checked arguments, y, the training workspace ``saved`` (T*B*S*H values, S the cell's
     saved slots: 5 for the LSTM, 4 for the GRU, 0 for the RNN), lengths and resets."""
 
-    __slots__ = ("layer", "y", "saved", "lengths", "resets")
+    __slots__ = ("layer", "y", "saved", "lengths", "resets", "bf16")
 
-    def __init__(self, layer, y, saved, lengths, resets):
-        self.layer, self.y, self.saved, self.lengths, self.resets = (
-            layer, y, saved, lengths, resets)
+    def __init__(self, layer, y, saved, lengths, resets, bf16):
+        self.layer, self.y, self.saved, self.lengths, self.resets, self.bf16 = (
+            layer, y, saved, lengths, resets, bf16)
+
+
+def _precision(layer):
+    """(compute dtype, bf16) of a layer's call: the dtype the recurrence computes in, and
+    whether the matmuls multiply in bfloat16 (rnnfast._dtypes). Widens the layer's states and
+    biases to the compute dtype, and rounds W_hh as the recurrent matmul multiplies it."""
+    storage, bf16 = layer.dtype, _dtypes.bf16_matmul(layer.dtype)
+    if bf16 and layer.backend is not backends.CPU:
+        if storage == _dtypes.BFLOAT16:
+            raise TypeError(f"bfloat16 arrays run on the CPU backend only, not on "
+                            f"{layer.backend.name}")
+        bf16 = False  # set_float32_matmul_precision("medium") is the CPU's
+    if bf16 or storage == _dtypes.BFLOAT16:
+        layer.w_hh = _dtypes.matmul_operand(layer.w_hh, storage)
+        layer.w_hr, layer.b_ih, layer.b_hh, layer.h0, layer.c0 = map(_dtypes.to_compute, (
+            layer.w_hr, layer.b_ih, layer.b_hh, layer.h0, layer.c0))
+    return _dtypes.compute_dtype(storage), bf16
 
 
 def _forward(layer: _Layer, lengths, resets, training):
     """The forward of checked arguments (h0 and, for the LSTM, c0 given): (y, h_n, c_n, ctx)."""
-    be, steps, batch, gh, out, hidden, dtype = (layer.backend, layer.steps, layer.batch,
-                                                layer.gh, layer.out, layer.hidden, layer.dtype)
+    be, steps, batch, gh, out, hidden, storage = (layer.backend, layer.steps, layer.batch,
+                                                  layer.gh, layer.out, layer.hidden, layer.dtype)
+    dtype, bf16 = _precision(layer)
     # The input projection of all steps, b_ih included: one GEMM, outside the time loop.
     zx = be.scratch("zx", (steps, batch, gh), dtype)
     be.gemm(layer.x.reshape(steps * batch, layer.inputs), layer.w_ih,
-            zx.reshape(steps * batch, gh), trans_b=True, bias=layer.b_ih)
+            zx.reshape(steps * batch, gh), trans_b=True, bias=layer.b_ih, bf16=bf16)
     y = be.empty((steps, batch, out), dtype)
     h_n = be.empty((batch, out), dtype)
     c_n = be.empty((batch, hidden), dtype) if layer.spec.has_cell_state else None
@@ -259,19 +280,22 @@ def _forward(layer: _Layer, lengths, resets, training):
     saved = (be.empty((steps, batch, per_unit * hidden), dtype, aligned=True)
              if training and per_unit else None)
     be.recurrent_forward(layer.spec.name, zx, layer.w_hh, layer.b_hh, layer.h0, layer.c0, y,
-                         h_n, c_n, saved, lengths, resets, layer.w_hr)
+                         h_n, c_n, saved, lengths, resets, layer.w_hr, bf16=bf16)
     ctx = None
     if training:
         layer.x = without_nonfinite_padding(be.xp, layer.x, lengths)  # for dW_ih alone
-        ctx = Context(layer, y, saved, lengths, resets)
-    return y, h_n, c_n, ctx
+        ctx = Context(layer, y, saved, lengths, resets, bf16)
+    return (_dtypes.to_storage(y, storage), _dtypes.to_storage(h_n, storage),
+            _dtypes.to_storage(c_n, storage), ctx)
 
 
 def _backward(ctx: Context, dy, dh_n, dc_n):
     """The backward of checked arguments: the dict of ``backward``."""
-    layer, y = ctx.layer, ctx.y
-    be, steps, batch, gh, out, hidden, dtype = (layer.backend, layer.steps, layer.batch,
-                                                layer.gh, layer.out, layer.hidden, layer.dtype)
+    layer, y, bf16 = ctx.layer, ctx.y, ctx.bf16
+    be, steps, batch, gh, out, hidden, storage = (layer.backend, layer.steps, layer.batch,
+                                                  layer.gh, layer.out, layer.hidden, layer.dtype)
+    dtype = y.dtype  # the forward's compute dtype (float32 for bfloat16)
+    dy, dh_n, dc_n = map(_dtypes.to_compute, (dy, dh_n, dc_n))
     gru = layer.spec.name == "gru"  # the only cell whose dzh differs from dzx
     dzx = be.scratch("dzx", (steps, batch, gh), dtype)
     dzh = be.scratch("dzh", (steps, batch, gh), dtype) if gru else None
@@ -280,7 +304,7 @@ def _backward(ctx: Context, dy, dh_n, dc_n):
     dh_proj = None if layer.w_hr is None else be.empty((steps, batch, out), dtype)
     be.recurrent_backward(layer.spec.name, layer.w_hh, layer.h0, layer.c0, y, ctx.saved, dy,
                           dh_n, dc_n, dzx, dzh, dh0, dc0, ctx.lengths, ctx.resets, layer.w_hr,
-                          dh_proj)
+                          dh_proj, bf16=bf16)
 
     # The large GEMMs, after the loop. The state step t starts from is h0 for t = 0 and where
     # resets[t] is set, y[t-1] elsewhere (dzx and dzh are 0 on padding, whatever y holds there).
@@ -288,18 +312,19 @@ def _backward(ctx: Context, dy, dh_n, dc_n):
     dzx = dzx.reshape(steps * batch, gh)
     dzh = dzx if dzh is None else dzh.reshape(steps * batch, gh)
     dw_hh = be.empty((gh, out), dtype)
-    be.gemm(dzh[:batch], layer.h0, dw_hh, trans_a=True)
+    be.gemm(dzh[:batch], layer.h0, dw_hh, trans_a=True, bf16=bf16)
     if steps > 1:
         h_prev = y[:-1] if ctx.resets is None else xp.where(ctx.resets[1:, :, None], layer.h0,
                                                              y[:-1])
         be.gemm(dzh[batch:], be.contiguous(h_prev).reshape((steps - 1) * batch, out), dw_hh,
-                trans_a=True, accumulate=True)
+                trans_a=True, accumulate=True, bf16=bf16)
     dx = be.empty((steps, batch, layer.inputs), dtype)
-    be.gemm(dzx, layer.w_ih, dx.reshape(steps * batch, layer.inputs))
+    be.gemm(dzx, layer.w_ih, dx.reshape(steps * batch, layer.inputs), bf16=bf16)
     dw_ih = be.empty((gh, layer.inputs), dtype)
-    be.gemm(dzx, layer.x.reshape(steps * batch, layer.inputs), dw_ih, trans_a=True)
+    be.gemm(dzx, layer.x.reshape(steps * batch, layer.inputs), dw_ih, trans_a=True, bf16=bf16)
     db_ih = column_sums(xp, dzx)
-    grads = {"x": dx, "h0": dh0, "c0": dc0, "w_ih": dw_ih, "w_hh": dw_hh, "b_ih": db_ih,
+    grads = {"x": _dtypes.to_storage(dx, storage), "h0": _dtypes.to_storage(dh0, storage),
+             "c0": _dtypes.to_storage(dc0, storage), "w_ih": dw_ih, "w_hh": dw_hh, "b_ih": db_ih,
              "b_hh": db_ih.copy() if dzh is dzx else column_sums(xp, dzh)}
     if layer.w_hr is not None:
         # dW_hr = sum_t dh_t^T m_t with m_t = o * tanh(c_t), from the saved o and c (zero on
@@ -308,6 +333,7 @@ def _backward(ctx: Context, dy, dh_n, dc_n):
         c = ctx.saved[:, :, layer.spec.saved_slot("c", hidden)]
         m = (o * xp.tanh(c)).reshape(steps * batch, hidden)
         grads["w_hr"] = be.empty((out, hidden), dtype)
+        # float32 products here even for bfloat16 (m and dh_proj are never stored in bfloat16)
         be.gemm(dh_proj.reshape(steps * batch, out), m, grads["w_hr"], trans_a=True)
     return grads
 
@@ -353,7 +379,8 @@ def backward(ctx: Context, dy, dh_n=None, dc_n=None) -> dict[str, Any]:
     dy [T, B, R]: gradient of the loss with respect to y; dh_n [B, R], dc_n [B, H]: with
     respect to h_n and c_n (None for zero). Returns a dict of gradients keyed x, h0, c0 (None
     unless LSTM), w_ih, w_hh, b_ih, b_hh (bias gradients are returned even for a forward
-    without biases), and w_hr for a forward with the projection.
+    without biases), and w_hr for a forward with the projection. For bfloat16, dy, dh_n, dc_n
+    are bfloat16; the gradients of x, h0, c0 are bfloat16, the others float32.
     """
     if not isinstance(ctx, Context):
         raise TypeError("ctx must be the Context returned by forward(..., training=True)")

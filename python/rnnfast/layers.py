@@ -12,7 +12,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import functional
+from . import _dtypes, functional
 from ._params import init_params, load_params, positive_int
 from .cell_registry import spec
 
@@ -39,7 +39,7 @@ class _RNNBase:
         self.proj_size = int(proj_size)
         self.dtype = np.dtype(dtype)
         if self.dtype not in functional.DTYPES:
-            raise TypeError(f"dtype must be float32 or float64, not {self.dtype}")
+            raise TypeError(f"dtype must be {_dtypes.DTYPE_NAMES}, not {self.dtype}")
         self.seed = seed
         if self.dropout > 0 and self.num_layers == 1:
             # As PyTorch: dropout acts between layers, so a single layer has none.

@@ -114,7 +114,7 @@ assert set(STEPS) == set(CELLS), "every cell of the registry needs its reference
 
 
 def forward(cell, x, h0, w_ih, w_hh, *, b_ih=None, b_hh=None, c0=None, w_hr=None, lengths=None,
-            resets=None):
+            resets=None, operand=None):
     """Run one layer over a sequence, forward in time.
 
     x: [T, B, I]; h0: [B, R]; c0: [B, H] (for "lstm" only), where R = H, or P with a projection.
@@ -128,6 +128,9 @@ def forward(cell, x, h0, w_ih, w_hh, *, b_ih=None, b_hh=None, c0=None, w_hr=None
       are the state after its own last step (h0 and c0 for a length of 0).
     - resets [T, B] (bools), or None: where resets[t, b] is set, the state of sequence b is put
       back to (h0[b], c0[b]) before step t (at t = 0 it is there anyway).
+    - operand: None, or a function applied to h_{t-1} where it enters the recurrent product
+      (e.g. rounding to bfloat16, as a kernel with bfloat16 matmuls does), and by ``backward``
+      to dzh where it enters dzh W_hh.
     """
     step = STEPS[spec(cell).name][0]
     dtype = x.dtype
@@ -152,7 +155,7 @@ def forward(cell, x, h0, w_ih, w_hh, *, b_ih=None, b_hh=None, c0=None, w_hr=None
         h_prev = np.where(fresh, h0, h)
         c_prev = None if c is None else np.where(fresh, c0, c)
         zx = x[t] @ w_ih.T + b_ih
-        zh = h_prev @ w_hh.T + b_hh
+        zh = (h_prev if operand is None else operand(h_prev)) @ w_hh.T + b_hh
         m, c_new, saved = step(zx, zh, h_prev, c_prev)
         if c is not None:
             c = np.where(active, c_new, c)
@@ -163,16 +166,21 @@ def forward(cell, x, h0, w_ih, w_hh, *, b_ih=None, b_hh=None, c0=None, w_hr=None
         ys.append(np.where(active, h_new, 0).astype(dtype))
     y = np.stack(ys)
     cache = {"cell": cell, "x": x, "w_ih": w_ih, "w_hh": w_hh, "w_hr": w_hr, "steps": records,
-             "h0": h0, "c0": c0, "lengths": lengths, "resets": resets}
+             "h0": h0, "c0": c0, "lengths": lengths, "resets": resets,
+             "operand": operand}
     return y, h, c, cache
 
 
-def backward(cache, dy, dh_n=None, dc_n=None):
+def backward(cache, dy, dh_n=None, dc_n=None, operand=None):
     """Backpropagation through time for ``forward``.
 
     dy: [T, B, R], the gradient of the loss with respect to y; dh_n [B, R], dc_n [B, H]: with
     respect to h_n and c_n, or None (zero). Returns a dict of gradients: x, h0, c0 (None unless
     LSTM), w_ih, w_hh, b_ih, b_hh, and w_hr when the forward had a projection.
+
+    operand: None, or a function applied to dzx, dzh and h_prev where they enter the input and
+    weight gradients' products (e.g. rounding to bfloat16, as a kernel with bfloat16 GEMMs
+    does). The recurrent product dzh W_hh takes the forward's operand.
 
     It differentiates ``forward`` line by line: h = where(active, h_new, h) sends the gradient
     of h to h_new where the row is active and keeps it on the old h elsewhere; h_prev =
@@ -212,12 +220,15 @@ def backward(cache, dy, dh_n=None, dc_n=None):
         if dc is not None:
             dc0 += np.where(fresh, dc_prev, 0).astype(dtype)
             dc += np.where(fresh, 0, dc_prev).astype(dtype)
-        grads["x"][t] = dzx @ w_ih
-        grads["w_ih"] += dzx.T @ x[t]
+        dzx_p, dzh_p, h_prev = ((dzx, dzh, record["h_prev"]) if operand is None else
+                                (operand(dzx), operand(dzh), operand(record["h_prev"])))
+        grads["x"][t] = dzx_p @ w_ih
+        grads["w_ih"] += dzx_p.T @ x[t]
         grads["b_ih"] += dzx.sum(axis=0)
-        grads["w_hh"] += dzh.T @ record["h_prev"]
+        grads["w_hh"] += dzh_p.T @ h_prev
         grads["b_hh"] += dzh.sum(axis=0)
-        dh_prev = dh_direct + dzh @ w_hh
+        recurrent = cache.get("operand")
+        dh_prev = dh_direct + (dzh if recurrent is None else recurrent(dzh)) @ w_hh
         dh0 += np.where(fresh, dh_prev, 0).astype(dtype)
         dh += np.where(fresh, 0, dh_prev).astype(dtype)
     grads["h0"] = dh0 + dh
@@ -244,7 +255,7 @@ def _direction_names(num_layers, bidirectional):
 
 
 def forward_layers(cell, x, params, num_layers, bidirectional, h0, c0=None, lengths=None,
-                   resets=None, masks=None):
+                   resets=None, masks=None, operand=None):
     """A stack of layers as PyTorch's torch.nn.RNN/LSTM/GRU: layer k > 0 reads the outputs of
     layer k-1 (both directions concatenated on the feature axis, forward first).
 
@@ -255,7 +266,7 @@ def forward_layers(cell, x, params, num_layers, bidirectional, h0, c0=None, leng
     each sequence from its own last step to its first; it is reset before step t-1 where
     resets[t] is set (the same boundaries between episodes, crossed the other way). masks: for
     layers 0 .. L-2, the dropout mask [T, B, D*R] that multiplies the layer's output (already
-    scaled by 1 / (1 - p)), or None for no dropout.
+    scaled by 1 / (1 - p)), or None for no dropout. operand: as in ``forward``.
 
     Returns (y [T, B, D*R], h_n [L*D, B, R], c_n [L*D, B, H] or None, cache).
     """
@@ -277,7 +288,7 @@ def forward_layers(cell, x, params, num_layers, bidirectional, h0, c0=None, leng
         y, h, c, cache = forward(cell, seq, h0[i], p["weight_ih"], p["weight_hh"],
                                  b_ih=p["bias_ih"], b_hh=p["bias_hh"],
                                  c0=None if c0 is None else c0[i], w_hr=p["weight_hr"],
-                                 lengths=lengths, resets=resets_by_direction[d])
+                                 lengths=lengths, resets=resets_by_direction[d], operand=operand)
         outputs.append(y if d == 0 else reverse_within(y, lengths))
         h_n.append(h)
         c_n.append(c)
@@ -292,9 +303,10 @@ def forward_layers(cell, x, params, num_layers, bidirectional, h0, c0=None, leng
     return layer_in, np.stack(h_n), c_n, cache
 
 
-def backward_layers(cache, dy, dh_n=None, dc_n=None):
+def backward_layers(cache, dy, dh_n=None, dc_n=None, operand=None):
     """Backpropagation through ``forward_layers``. dy [T, B, D*R]; dh_n [L*D, B, R] and dc_n
-    [L*D, B, H], or None (zero). Returns (dx, dh0, dc0 or None, grads keyed like params)."""
+    [L*D, B, H], or None (zero); operand: as in ``backward``. Returns (dx, dh0, dc0 or None,
+    grads keyed like params)."""
     num_layers, bidirectional = cache["num_layers"], cache["bidirectional"]
     lengths, masks, caches = cache["lengths"], cache["masks"], cache["caches"]
     names = _direction_names(num_layers, bidirectional)
@@ -310,7 +322,8 @@ def backward_layers(cache, dy, dh_n=None, dc_n=None):
             i = k * dirs + d
             sfx = names[i][2]
             g = backward(caches[i], parts[d] if d == 0 else reverse_within(parts[d], lengths),
-                         None if dh_n is None else dh_n[i], None if dc_n is None else dc_n[i])
+                         None if dh_n is None else dh_n[i], None if dc_n is None else dc_n[i],
+                         operand)
             dx = dx + (g["x"] if d == 0 else reverse_within(g["x"], lengths))
             dh0[i], dc0[i] = g["h0"], g["c0"]
             for ours, theirs in (("w_ih", "weight_ih"), ("w_hh", "weight_hh"),

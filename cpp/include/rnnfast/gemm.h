@@ -14,6 +14,8 @@
 
 #include <cstdint>
 
+#include "rnnfast/bfloat16.h"
+
 namespace rnnfast {
 
 template <typename T>
@@ -31,5 +33,29 @@ struct GemmArgs {
 
 template <typename T>
 void gemm(const GemmArgs<T>& args);
+
+// The same product with bfloat16 multiplications and float32 sums: C [m, n] float32 =
+// A B + bias (or C += with accumulate), where A and B are each float32 (rounded to the
+// nearest bfloat16 as they are packed) or bfloat16, strided as in GemmArgs. On AMX the tiles
+// multiply (tdpbf16ps), on AVX512-BF16 the vectors (vdpbf16ps); below those, the operands are
+// converted and the float32 gemm runs. The sums' order depends on k and the instruction set
+// alone, so the result does not depend on the thread count.
+enum class Operand : int { Float32, Bfloat16 };
+
+struct Bf16GemmArgs {
+  int64_t m, n, k;
+  const void* a;
+  Operand a_type;
+  int64_t a_row, a_col;
+  const void* b;
+  Operand b_type;
+  int64_t b_row, b_col;
+  const float* bias;  // [n], or nullptr
+  float* c;
+  int64_t ldc;
+  bool accumulate;
+};
+
+void gemm_bf16(const Bf16GemmArgs& args);
 
 }  // namespace rnnfast

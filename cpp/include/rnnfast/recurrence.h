@@ -54,6 +54,8 @@ struct ForwardArgs {
   const uint8_t* resets;   // [T, B], or nullptr: no resets
   int64_t proj;            // P, or 0: no projection (then w_hr is unused)
   const T* w_hr;           // [P, H], LSTM only
+  bool bf16_matmul;        // float32: the recurrent matmul's operands rounded to bfloat16,
+                           // float32 sums, on the instruction sets amx and avx512_bf16
 };
 
 template <typename T>
@@ -79,6 +81,7 @@ struct BackwardArgs {
   const T* w_hr;           // [P, H], with proj
   T* dh_proj;              // [T, B, P] out, with proj: the gradient reaching each h_t, for
                            // dW_hr = sum_t dh_proj_t^T m_t (m_t = o * tanh(c_t), from saved)
+  bool bf16_matmul;        // as in ForwardArgs: dzh_t and W_hh rounded to bfloat16
 };
 
 // Run on the instruction set in use (see below) and the global thread pool's threads.
@@ -91,7 +94,9 @@ void recurrent_backward(const BackwardArgs<T>& args);
 
 // The CPU kernels are compiled for several instruction sets, named from the lowest:
 // "baseline" (any x86-64, or the target's default elsewhere), "avx2" (AVX2 + FMA), "avx512"
-// (AVX-512 F, BW, DQ, VL). The best one this CPU supports is used unless set_isa says otherwise.
+// (AVX-512 F, BW, DQ, VL), then for the bfloat16 GEMM "avx512_bf16" (AVX-512 + AVX512-BF16)
+// and "amx" (AVX512-BF16 + AMX-BF16, with the operating system's permission); their other
+// kernels are AVX-512's. The best one this CPU supports is used unless set_isa says otherwise.
 std::vector<std::string> compiled_isas();
 std::vector<std::string> available_isas();  // compiled and supported by this CPU
 std::string active_isa();

@@ -15,6 +15,9 @@ std::vector<std::string> cpu_features() {
   if (__builtin_cpu_supports("avx512bw")) found.push_back("avx512bw");
   if (__builtin_cpu_supports("avx512vl")) found.push_back("avx512vl");
   if (__builtin_cpu_supports("avx512dq")) found.push_back("avx512dq");
+  if (__builtin_cpu_supports("avx512bf16")) found.push_back("avx512bf16");
+  if (__builtin_cpu_supports("amx-tile")) found.push_back("amx-tile");
+  if (__builtin_cpu_supports("amx-bf16")) found.push_back("amx-bf16");
 #endif
   return found;
 }

@@ -3,6 +3,11 @@
 #include <atomic>
 #include <stdexcept>
 
+#if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 #include "rnnfast/activations_cpu.h"
 #include "rnnfast/cell_step.h"
 #include "rnnfast/cpu_features.h"
@@ -23,6 +28,7 @@ namespace rnnfast {
   void pack_cell(PackedCell<T>&, const T*, const T*, const T*, const T*);              \
   template <typename T>                                                                \
   void cell_step(const PackedCell<T>&, int64_t, const T*, const T*, const T*, T*, T*); \
+  void gemm_bf16(const Bf16GemmArgs&);                                                 \
   }
 RNNFAST_DECLARE_ISA(isa_baseline)
 #if RNNFAST_X86_TARGETS
@@ -30,6 +36,19 @@ RNNFAST_DECLARE_ISA(isa_avx2)
 RNNFAST_DECLARE_ISA(isa_avx512)
 #endif
 #undef RNNFAST_DECLARE_ISA
+// The bfloat16 instruction sets have their own GEMM and recurrence (for bfloat16 matmuls);
+// their other kernels are AVX-512's.
+#if RNNFAST_BF16_TARGETS
+#define RNNFAST_DECLARE_BF16_ISA(ns)                                     \
+  namespace ns {                                                         \
+  void gemm_bf16(const Bf16GemmArgs&);                                   \
+  template <typename T> void recurrent_forward(const ForwardArgs<T>&);   \
+  template <typename T> void recurrent_backward(const BackwardArgs<T>&); \
+  }
+RNNFAST_DECLARE_BF16_ISA(isa_avx512_bf16)
+RNNFAST_DECLARE_BF16_ISA(isa_amx)
+#undef RNNFAST_DECLARE_BF16_ISA
+#endif
 
 namespace {
 
@@ -37,6 +56,8 @@ namespace {
 #if RNNFAST_X86_TARGETS
 #define RNNFAST_ON_ISA(isa, call)              \
   switch (isa) {                               \
+    case Isa::Amx:                             \
+    case Isa::Avx512Bf16:                      \
     case Isa::Avx512: return isa_avx512::call; \
     case Isa::Avx2: return isa_avx2::call;     \
     case Isa::Baseline: break;                 \
@@ -47,7 +68,9 @@ namespace {
 #endif
 #define RNNFAST_ON_ACTIVE_ISA(call) RNNFAST_ON_ISA(active().load(), call)
 
-enum class Isa : int { Baseline = 0, Avx2 = 1, Avx512 = 2 };
+// Above AVX-512: AVX512-BF16 (vdpbf16ps) and AMX (tdpbf16ps), which only the bfloat16 GEMM
+// uses; every other kernel runs AVX-512's code on them.
+enum class Isa : int { Baseline = 0, Avx2 = 1, Avx512 = 2, Avx512Bf16 = 3, Amx = 4 };
 
 bool has(const std::vector<std::string>& features, const char* name) {
   for (const std::string& f : features)
@@ -55,24 +78,54 @@ bool has(const std::vector<std::string>& features, const char* name) {
   return false;
 }
 
+// Whether this process may use the AMX tile registers. Linux enables them for a process only
+// once it asks (arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)); asked once, the answer
+// holds for all its threads. Refused (an old kernel, a sandbox), AMX is not available.
+bool amx_permitted() {
+#if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
+  static const bool permitted = [] {
+    constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+    return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+  }();
+  return permitted;
+#else
+  return false;
+#endif
+}
+
 bool supported(Isa isa) {
   if (isa == Isa::Baseline) return true;
 #if RNNFAST_X86_TARGETS
   static const std::vector<std::string> f = cpu_features();
   if (isa == Isa::Avx2) return has(f, "avx2") && has(f, "fma");
-  return has(f, "avx512f") && has(f, "avx512bw") && has(f, "avx512dq") && has(f, "avx512vl");
+  const bool avx512 =
+      has(f, "avx512f") && has(f, "avx512bw") && has(f, "avx512dq") && has(f, "avx512vl");
+  if (isa == Isa::Avx512) return avx512;
+  const bool bf16 = avx512 && has(f, "avx512bf16");
+  if (isa == Isa::Avx512Bf16) return bf16;
+  return bf16 && has(f, "amx-tile") && has(f, "amx-bf16") && amx_permitted();
 #else
   return false;
 #endif
 }
 
 const char* isa_name(Isa isa) {
-  return isa == Isa::Avx512 ? "avx512" : isa == Isa::Avx2 ? "avx2" : "baseline";
+  switch (isa) {
+    case Isa::Amx: return "amx";
+    case Isa::Avx512Bf16: return "avx512_bf16";
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx2: return "avx2";
+    case Isa::Baseline: break;
+  }
+  return "baseline";
 }
 
 constexpr Isa kCompiled[] = {Isa::Baseline,
 #if RNNFAST_X86_TARGETS
-                             Isa::Avx2, Isa::Avx512
+                             Isa::Avx2, Isa::Avx512,
+#endif
+#if RNNFAST_BF16_TARGETS
+                             Isa::Avx512Bf16, Isa::Amx
 #endif
 };
 
@@ -126,19 +179,44 @@ void set_isa(const std::string& name) {
   throw std::invalid_argument("unknown instruction set '" + name + "'; compiled: " + known);
 }
 
+// The recurrence multiplies in bfloat16 (bf16_matmul) with AMX tiles (tile_product16) or, on
+// AVX512-BF16 alone, with vdpbf16ps (twice float32's FMA rate on AMD Zen 4; on an Emerald
+// Rapids Xeon, whose vdpbf16ps issues on one port, the LSTM forward recurrence at T=100, B=64,
+// H=512 ran at 30 GFLOP/s against float32 FMA's 55: there AMX does it). Below those, float32.
+#if RNNFAST_BF16_TARGETS
+#define RNNFAST_BF16_RECURRENCE(args, call)                                         \
+  if ((args).bf16_matmul && active().load() == Isa::Amx) return isa_amx::call;       \
+  if ((args).bf16_matmul && active().load() == Isa::Avx512Bf16) return isa_avx512_bf16::call
+#else
+#define RNNFAST_BF16_RECURRENCE(args, call) (void)0
+#endif
+
 template <typename T>
 void recurrent_forward(const ForwardArgs<T>& args) {
+  RNNFAST_BF16_RECURRENCE(args, recurrent_forward(args));
   RNNFAST_ON_ACTIVE_ISA(recurrent_forward(args));
 }
 
 template <typename T>
 void recurrent_backward(const BackwardArgs<T>& args) {
+  RNNFAST_BF16_RECURRENCE(args, recurrent_backward(args));
   RNNFAST_ON_ACTIVE_ISA(recurrent_backward(args));
 }
 
 template <typename T>
 void gemm(const GemmArgs<T>& args) {
   RNNFAST_ON_ACTIVE_ISA(gemm(args));
+}
+
+void gemm_bf16(const Bf16GemmArgs& args) {
+#if RNNFAST_BF16_TARGETS
+  switch (active().load()) {
+    case Isa::Amx: return isa_amx::gemm_bf16(args);
+    case Isa::Avx512Bf16: return isa_avx512_bf16::gemm_bf16(args);
+    default: break;
+  }
+#endif
+  RNNFAST_ON_ACTIVE_ISA(gemm_bf16(args));
 }
 
 template <typename T>

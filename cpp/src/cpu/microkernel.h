@@ -18,6 +18,8 @@
 #include <immintrin.h>
 #endif
 
+#include "rnnfast/aligned_buffer.h"
+#include "rnnfast/bfloat16.h"
 #include "thread_pool.h"
 
 #ifndef RNNFAST_ISA_NS
@@ -265,6 +267,170 @@ inline void tile_gemm(const T* __restrict a, int64_t lda, int64_t depth,
     }
 }
 
+// The AMX tile registers, configured on the calling thread for its lifetime: 8 tiles of 16
+// rows x 64 bytes. gemm_bf16's block_product: tiles 0-3 the four 16 x 16 float32 quarters of
+// C's block, 4 and 5 A's two 16-row halves (16 rows x 32 depth), 6 and 7 the two column tiles
+// of B (16 depth pairs x 16 columns x 2); tile_product16: 0-3 C, 4 A, 6 B.
+#if defined(__AMX_BF16__)
+class TileScope {
+ public:
+  TileScope() {
+    struct {
+      uint8_t palette, start_row, reserved[14];
+      uint16_t colsb[16];
+      uint8_t rows[16];
+    } config{};
+    config.palette = 1;
+    for (int t = 0; t < 8; ++t) {
+      config.colsb[t] = 64;
+      config.rows[t] = 16;
+    }
+    _tile_loadconfig(&config);
+  }
+  ~TileScope() { _tile_release(); }
+  TileScope(const TileScope&) = delete;
+  TileScope& operator=(const TileScope&) = delete;
+};
+
+#else
+struct TileScope {};  // no tile registers to configure
+#endif
+// What a thread of a kernel whose matmul operands are M holds: the tiles for bfloat16.
+struct NoTiles {};
+template <typename M, typename T>
+using TilesFor = std::conditional_t<std::is_same_v<M, T>, NoTiles, TileScope>;
+
+// The bfloat16 operands' depth is padded with zeros to a multiple of kBf16DepthAlign (an AMX
+// A tile's row of 32, or a vdpbf16ps pair), and, under AMX, a step's A operand to a multiple
+// of kBf16RowAlign rows (a tile's 16).
+#if defined(__AMX_BF16__)
+constexpr int64_t kBf16DepthAlign = 32, kBf16RowAlign = 16;
+#else
+constexpr int64_t kBf16DepthAlign = 2, kBf16RowAlign = 1;
+#endif
+inline int64_t bf16_depth(int64_t depth) {
+  return ceil_div(depth, kBf16DepthAlign) * kBf16DepthAlign;
+}
+
+#if defined(__AMX_BF16__)
+// acc [16][W] = a [16 rows][depth] (row stride lda, depth a multiple of 32) times a panel
+// [depth / 2][W][2] (see interleave_pairs), W = 16, 32, 48 or 64, on the tiles of TileScope:
+// C's column tiles of 16 in tiles 0 .. W/16 - 1, per 32 of depth A in tile 4 and each column
+// tile of B in tile 6. (Tile numbers are immediates: hence one line per tile.)
+template <int W>
+inline void tile_product16(const Bf16* a, int64_t lda, int64_t depth, const Bf16* panel,
+                           float (&acc)[16][W]) {
+  constexpr int NC = W / 16;
+  static_assert(NC * 16 == W && NC >= 1 && NC <= 4, "W: 1 to 4 column tiles of 16");
+  constexpr int64_t kPanelRowBytes = W * 2 * sizeof(Bf16), kRowBytes = W * sizeof(float);
+  _tile_zero(0);
+  if constexpr (NC > 1) _tile_zero(1);
+  if constexpr (NC > 2) _tile_zero(2);
+  if constexpr (NC > 3) _tile_zero(3);
+  for (int64_t k = 0; k < depth; k += 32) {
+    const Bf16* b = panel + k * W;  // pair k / 2, column 0; column tile c at b + 32 c
+    _tile_loadd(4, a + k, lda * static_cast<int64_t>(sizeof(Bf16)));
+    _tile_loadd(6, b, kPanelRowBytes);
+    _tile_dpbf16ps(0, 4, 6);
+    if constexpr (NC > 1) {
+      _tile_loadd(6, b + 32, kPanelRowBytes);
+      _tile_dpbf16ps(1, 4, 6);
+    }
+    if constexpr (NC > 2) {
+      _tile_loadd(6, b + 64, kPanelRowBytes);
+      _tile_dpbf16ps(2, 4, 6);
+    }
+    if constexpr (NC > 3) {
+      _tile_loadd(6, b + 96, kPanelRowBytes);
+      _tile_dpbf16ps(3, 4, 6);
+    }
+  }
+  _tile_stored(0, &acc[0][0], kRowBytes);
+  if constexpr (NC > 1) _tile_stored(1, &acc[0][16], kRowBytes);
+  if constexpr (NC > 2) _tile_stored(2, &acc[0][32], kRowBytes);
+  if constexpr (NC > 3) _tile_stored(3, &acc[0][48], kRowBytes);
+}
+
+// f(std::integral_constant<int, n>{}) for a run-time n in [1, MR].
+template <int MR = 16, class F>
+inline void with_rows(int64_t n, F&& f) {
+  if constexpr (MR > 0) {
+    if (n == MR)
+      f(std::integral_constant<int, MR>{});
+    else
+      with_rows<MR - 1>(n, f);
+  }
+}
+#endif
+
+#if defined(__AVX512BF16__)
+// tile_gemm with bfloat16 operands and float32 sums (vdpbf16ps): a [MR rows][depth] bfloat16
+// (row stride lda) and a panel of two depths side by side, [depth / 2][W][2] (see
+// interleave_pairs); depth even.
+template <int MR, int W>
+inline void tile_gemm(const Bf16* __restrict a, int64_t lda, int64_t depth,
+                      const Bf16* __restrict panel, const float* __restrict init, bool resume,
+                      float (&acc)[MR][W]) {
+  constexpr int NV = W / 16;
+  __m512 sum[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v)
+      sum[r][v] = resume ? _mm512_loadu_ps(&acc[r][v * 16])
+                  : init != nullptr ? _mm512_loadu_ps(init + v * 16) : _mm512_setzero_ps();
+  for (int64_t k = 0; k < depth; k += 2) {
+    __m512bh p[NV];
+    for (int v = 0; v < NV; ++v) p[v] = (__m512bh)_mm512_loadu_si512(panel + k * W + v * 32);
+    for (int r = 0; r < MR; ++r) {
+      int32_t pair;
+      std::memcpy(&pair, a + r * lda + k, sizeof pair);
+      const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
+      for (int v = 0; v < NV; ++v) sum[r][v] = _mm512_dpbf16_ps(sum[r][v], x, p[v]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(&acc[r][v * 16], sum[r][v]);
+}
+#endif
+
+// A packed panel [depth][W] of float32 as bfloat16 with two depths side by side, out
+// [depth_pairs][W][2]: the layout vdpbf16ps reads; zeros past depth.
+inline void interleave_pairs(const float* panel, int64_t depth, int64_t depth_pairs, int64_t w,
+                             Bf16* out) {
+  for (int64_t q = 0; q < depth_pairs; ++q)
+    for (int64_t u = 0; u < w; ++u)
+      for (int e = 0; e < 2; ++e) {
+        const int64_t k = 2 * q + e;
+        out[(q * w + u) * 2 + e] = k < depth ? to_bf16(panel[k * w + u]) : Bf16{0};
+      }
+}
+
+// pack_panel into the layout of interleave_pairs (depth padded to bf16_depth).
+template <typename T>
+void pack_panel_pairs(int64_t block, int64_t gates, int64_t hidden, int64_t depth, int64_t units,
+                      const Strided<T>& src, Bf16* out) {
+  AlignedBuffer<T> panel(depth * gates * units);
+  pack_panel(block, gates, hidden, depth, units, src, panel.data());
+  interleave_pairs(panel.data(), depth, bf16_depth(depth) / 2, gates * units, out);
+}
+
+// rows [rows][n] of float32 (row stride ld) as bfloat16 rows of bf16_depth(n), zeros past n:
+// the A operand of the bfloat16 products.
+inline void round_rows(const float* rows_in, int64_t rows, int64_t n, int64_t ld, Bf16* out) {
+  const int64_t n_even = bf16_depth(n);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* in = rows_in + r * ld;
+    Bf16* o = out + r * n_even;
+    int64_t j = 0;
+#if defined(__AVX512BF16__)
+    for (; j + 32 <= n; j += 32)  // 32 at a time, rounded to nearest even as to_bf16
+      _mm512_storeu_si512(o + j, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(in + j + 16),
+                                                               _mm512_loadu_ps(in + j)));
+#endif
+    for (; j < n; ++j) o[j] = to_bf16(in[j]);
+    std::fill(o + n, o + n_even, Bf16{0});
+  }
+}
+
 // Calls tile(row0, std::integral_constant<int, MR>{}) for row tiles that cover [0, rows):
 // full tiles of kTileRows, then one shorter tile for the rest.
 template <int MR = kTileRows, class Tile>
@@ -289,21 +455,38 @@ inline void for_each_row_tile(int64_t rows, Tile&& tile) {
 // and each chunk runs the depth block by block: a block's slice of the panel (32 KB) stays in
 // L1 while every tile of the chunk reads it, and the chunk's accumulators wait in a stack
 // buffer between blocks.
-template <typename T, int W>
-constexpr int64_t kDepthBlock = 32768 / (W * static_cast<int64_t>(sizeof(T)));
+// (M: the operands' element type, T or, for the bfloat16 tile_gemm, Bf16: depth blocks even.)
+template <typename M, int W>
+constexpr int64_t kDepthBlock = 32768 / (W * static_cast<int64_t>(sizeof(M)));
 constexpr int64_t kChunkRows = 8 * kTileRows;
 
-// Multiplies all `rows` rows of a [rows, depth] (row stride lda) by one panel [depth, W], tile
-// by tile, and hands each tile to epilogue(row0, acc) where acc is T[MR][W] for rows row0 ..
+// Multiplies all `rows` rows of a [rows, depth] (row stride lda) by one panel [depth, W] (M
+// = Bf16: the bfloat16 operands of that tile_gemm, depth even), tile by tile, and hands each tile to epilogue(row0, acc) where acc is T[MR][W] for rows row0 ..
 // row0 + MR - 1, once its whole depth is summed. init: as in tile_gemm. The depth blocks depend
 // only on depth and W, so results do not depend on the thread count. prefetch(row0, rows) is
 // called before a tile's first depth block, to request the operands its epilogue will read and
 // write (see prefetch_span): spread tile by tile, the requests do not queue up, and with a deep
 // panel they have the rest of the chunk's blocks to arrive.
-template <typename T, int W, class Epilogue, class Prefetch>
-void gemm_panel(const T* a, int64_t rows, int64_t depth, int64_t lda, const T* panel,
+template <typename T, int W, typename M = T, class Epilogue, class Prefetch>
+void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* panel,
                 const T* init, Epilogue&& epilogue, Prefetch&& prefetch) {
-  const int64_t block = depth > kDepthBlock<T, W> ? kDepthBlock<T, W> : std::max<int64_t>(depth, 1);
+#if defined(__AMX_BF16__)
+  if constexpr (!std::is_same_v<M, T>) {  // AMX: 16 rows a tile, the whole depth at once
+    alignas(64) float acc[16][W];
+    for (int64_t row0 = 0; row0 < rows; row0 += 16) {
+      const int64_t n = std::min<int64_t>(16, rows - row0);
+      prefetch(row0, n);
+      tile_product16(a + row0 * lda, lda, depth, panel, acc);
+      for (int64_t r = 0; r < n && init != nullptr; ++r)
+        for (int w = 0; w < W; ++w) acc[r][w] += init[w];
+      with_rows(n, [&](auto mr) {
+        epilogue(row0, *reinterpret_cast<float(*)[decltype(mr)::value][W]>(&acc[0][0]));
+      });
+    }
+    return;
+  }
+#endif
+  const int64_t block = depth > kDepthBlock<M, W> ? kDepthBlock<M, W> : std::max<int64_t>(depth, 1);
   alignas(64) T chunk_acc[kChunkRows][W];
   for (int64_t chunk0 = 0; chunk0 < rows; chunk0 += kChunkRows) {
     const int64_t chunk_rows = std::min(kChunkRows, rows - chunk0);
@@ -313,8 +496,12 @@ void gemm_panel(const T* a, int64_t rows, int64_t depth, int64_t lda, const T* p
         constexpr int MR = decltype(mr)::value;
         if (k0 == 0) prefetch(chunk0 + r0, MR);
         auto& acc = *reinterpret_cast<T(*)[MR][W]>(&chunk_acc[r0][0]);
-        tile_gemm<T, MR, W>(a + (chunk0 + r0) * lda + k0, lda, k_len, panel + k0 * W, init,
-                            k0 > 0, acc);
+        if constexpr (std::is_same_v<M, T>)
+          tile_gemm<T, MR, W>(a + (chunk0 + r0) * lda + k0, lda, k_len, panel + k0 * W, init,
+                              k0 > 0, acc);
+        else
+          tile_gemm<MR, W>(a + (chunk0 + r0) * lda + k0, lda, k_len, panel + k0 * W, init,
+                           k0 > 0, acc);
         if (k0 + k_len >= depth) epilogue(chunk0 + r0, acc);
       });
     }

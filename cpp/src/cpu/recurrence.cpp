@@ -107,10 +107,47 @@ struct StepSplit {
   }
 };
 
+// The recurrent matmul's operands have element type M: T, or Bf16 (args.bf16_matmul, on the
+// instruction sets avx512_bf16 and amx) for bfloat16 products with float32 sums. Then the
+// packed weights hold two depths side by side (pack_panel_pairs, depth padded to bf16_depth),
+// and each step's A operand is rounded into a per-thread buffer first (step_operand), of
+// operand_rows rows (whole AMX tiles, zeros past the batch).
+template <typename M, typename T>
+int64_t operand_depth(int64_t depth) {
+  return std::is_same_v<M, T> ? depth : bf16_depth(depth);
+}
+
+template <typename M, typename T>
+int64_t operand_rows(int64_t rows) {
+  return std::is_same_v<M, T> ? 0 : ceil_div(rows, kBf16RowAlign) * kBf16RowAlign;
+}
+
+template <typename M, typename T>
+void pack_operand_panel(int64_t block, int64_t gates, int64_t hidden, int64_t depth,
+                        int64_t units, const Strided<T>& src, M* out) {
+  if constexpr (std::is_same_v<M, T>)
+    pack_panel(block, gates, hidden, depth, units, src, out);
+  else
+    pack_panel_pairs(block, gates, hidden, depth, units, src, out);
+}
+
+// The A operand of a step's matmul for rows first .. last - 1 of src [., n] (row stride n):
+// (pointer to row `first`, row stride), src itself or those rows rounded into buf.
+template <typename M, typename T>
+std::pair<const M*, int64_t> step_operand(const T* src, int64_t first, int64_t last, int64_t n,
+                                          M* buf) {
+  if constexpr (std::is_same_v<M, T>) {
+    return {src + first * n, n};
+  } else {
+    round_rows(src + first * n, last - first, n, n, buf);
+    return {buf, operand_depth<M, T>(n)};
+  }
+}
+
 // Per step: pass 1 over blocks of hidden units, the recurrent matmul with the cell's forward
 // in its epilogue; with the projection, after a barrier, pass 2 over blocks of h's units:
 // h_t = m_t W_hr^T, where m_t = o * tanh(c_t) [B, H] is what the cell produced in pass 1.
-template <typename T, class C, bool kTraining>
+template <typename T, class C, bool kTraining, typename M = T>
 void forward_impl(const ForwardArgs<T>& a) {
   constexpr int G = C::kGates, S = C::kSaved;
   constexpr int kUnits = kForwardUnits<T, C>, kWidth = G * kUnits;
@@ -126,7 +163,9 @@ void forward_impl(const ForwardArgs<T>& a) {
                              H * static_cast<int64_t>(sizeof(T)) % kVectorBytes == 0;
 
   // W_hh and b_hh in panels of kUnits units, each packed by the thread that owns the block.
-  AlignedBuffer<T> panels(blocks * R * kWidth), bias(blocks * kWidth);
+  const int64_t depth = operand_depth<M, T>(R);
+  AlignedBuffer<M> panels(blocks * depth * kWidth);
+  AlignedBuffer<T> bias(blocks * kWidth);
   // The projection: m [B, H] of the step at hand, and W_hr [R, H] in panels of its rows.
   AlignedBuffer<T> m(projected ? B * H : 0), proj_panels(proj_blocks * H * kProjUnits);
 
@@ -142,17 +181,21 @@ void forward_impl(const ForwardArgs<T>& a) {
     if constexpr (C::kHasCellState) std::memcpy(a.c_n + b * H, a.c0 + b * H, sizeof(T) * H);
   }
 
-  const StepSplit split(B, blocks * R * kWidth * static_cast<int64_t>(sizeof(T)), !projected,
+  const StepSplit split(B, blocks * depth * kWidth * static_cast<int64_t>(sizeof(M)), !projected,
                         std::max(blocks, proj_blocks),
                         B * GH * R + (projected ? B * R * H : 0));
   split.record("recurrent_forward");
+  const int64_t rounded_size = operand_rows<M, T>(B) * depth;
+  AlignedBuffer<M> rounded(split.threads * rounded_size);
+  std::fill(rounded.data(), rounded.data() + split.threads * rounded_size, M{});
   SpinBarrier barrier(split.threads);
   ThreadPool::global().run(split.threads, [&](int index) {
+    [[maybe_unused]] const TilesFor<M, T> tiles;
     const int threads = split.threads;
     const BlockRange packs(blocks, index, threads), mine_proj(proj_blocks, index, threads);
     for (int64_t block = packs.first; block < packs.last; ++block) {
-      pack_panel(block, G, H, R, kUnits, weight_rows(a.w_hh, H, R),
-                 panels.data() + block * R * kWidth);
+      pack_operand_panel(block, G, H, R, kUnits, weight_rows(a.w_hh, H, R),
+                         panels.data() + block * depth * kWidth);
       pack_panel(block, G, H, 1, kUnits, bias_rows(a.b_hh, H), bias.data() + block * kWidth);
     }
     for (int64_t block = mine_proj.first; block < mine_proj.last; ++block)
@@ -160,18 +203,24 @@ void forward_impl(const ForwardArgs<T>& a) {
                  proj_panels.data() + block * H * kProjUnits);
     if (split.by_rows) barrier.wait(index);  // every panel packed before any thread reads it
     const BlockRange mine = split.blocks_of(blocks, index), my_groups = split.groups_of(index);
+    // This thread's rows (its groups are consecutive).
+    const int64_t rows0 = split.group_start(my_groups.first);
+    const int64_t rows1 = split.group_start(my_groups.last);
     for (int64_t t = 0; t < a.steps; ++t) {
       const T* h_prev = t == 0 ? a.h0 : a.y + (t - 1) * B * R;
       const T* zx_t = a.zx + t * B * GH;
       T* h_t = a.y + t * B * R;
       T* cell_h = projected ? m.data() : h_t;  // [B, H]: the cell's output
+      const auto [h_op, ld] =
+          step_operand<M>(h_prev, rows0, rows1, R, rounded.data() + index * rounded_size);
       for (int64_t block = mine.first; block < mine.last; ++block) {
         const int64_t j0 = block * kUnits;
         const int64_t units = std::min<int64_t>(kUnits, H - j0);
         for (int64_t group = my_groups.first; group < my_groups.last; ++group) {
           const int64_t r0 = split.group_start(group), r1 = split.group_start(group + 1);
-          gemm_panel<T, kWidth>(h_prev + r0 * R, r1 - r0, R, R, panels.data() + block * R * kWidth,
-                                bias.data() + block * kWidth, [&](int64_t row0, auto& acc) {
+          gemm_panel<T, kWidth, M>(h_op + (r0 - rows0) * ld, r1 - r0, depth, ld,
+                                   panels.data() + block * depth * kWidth,
+                                   bias.data() + block * kWidth, [&](int64_t row0, auto& acc) {
             constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
             for (int r = 0; r < MR; ++r) {
               const int64_t b = r0 + row0 + r, bh = b * H, length = length_of(a, b);
@@ -288,7 +337,7 @@ __attribute__((noinline)) void backward_epilogue(
 // the projection, dh_{t-1} goes to dh_proj, and after a barrier pass 2 over blocks of hidden
 // units computes dm_{t-1} = dh_{t-1} W_hr (the gradient reaching o * tanh(c_{t-1})) with the
 // cell's backward in its epilogue.
-template <typename T, class C>
+template <typename T, class C, typename M = T>
 void backward_impl(const BackwardArgs<T>& a) {
   constexpr int G = C::kGates, S = C::kSaved;
   constexpr int kUnits = kTileWidth<T>;
@@ -299,7 +348,8 @@ void backward_impl(const BackwardArgs<T>& a) {
   // dh_{t-1}[b, j] = sum_k dzh_t[b, k] W_hh[k, j]: panels of W_hh's columns, depth G*H; and
   // dm[b, j] = sum_k dh[b, k] W_hr[k, j]: panels of W_hr's columns, depth R. Each block is
   // packed by the thread that owns it.
-  AlignedBuffer<T> panels(blocks * GH * kUnits);
+  const int64_t depth = operand_depth<M, T>(GH);
+  AlignedBuffer<M> panels(blocks * depth * kUnits);
   AlignedBuffer<T> proj_panels(projected ? cell_blocks * R * kUnits : 0);
 
   // The running gradients between steps [B, H] (see backward_epilogue). dh0 and dc0
@@ -379,16 +429,20 @@ void backward_impl(const BackwardArgs<T>& a) {
     cell_step(s, b, j0, units, dh, dc);
   };
 
-  const StepSplit split(B, GH * R * static_cast<int64_t>(sizeof(T)), !projected,
+  const StepSplit split(B, depth * R * static_cast<int64_t>(sizeof(M)), !projected,
                         std::max(blocks, cell_blocks), B * GH * R + (projected ? B * R * H : 0));
   split.record("recurrent_backward");
+  const int64_t rounded_size = operand_rows<M, T>(B) * depth;
+  AlignedBuffer<M> rounded(split.threads * rounded_size);
+  std::fill(rounded.data(), rounded.data() + split.threads * rounded_size, M{});
   SpinBarrier barrier(split.threads);
   ThreadPool::global().run(split.threads, [&](int index) {
+    [[maybe_unused]] const TilesFor<M, T> tiles;
     const int threads = split.threads;
     const BlockRange packs(blocks, index, threads), mine_cell(cell_blocks, index, threads);
     for (int64_t block = packs.first; block < packs.last; ++block)
-      pack_panel(block, 1, R, GH, kUnits, Strided<T>{a.w_hh, 0, 1, R},
-                 panels.data() + block * GH * kUnits);
+      pack_operand_panel(block, 1, R, GH, kUnits, Strided<T>{a.w_hh, 0, 1, R},
+                         panels.data() + block * depth * kUnits);
     for (int64_t block = mine_cell.first; block < mine_cell.last && projected; ++block)
       pack_panel(block, 1, H, R, kUnits, Strided<T>{a.w_hr, 0, 1, H},
                  proj_panels.data() + block * R * kUnits);
@@ -420,6 +474,10 @@ void backward_impl(const BackwardArgs<T>& a) {
 
     for (int64_t t = T_; t >= 0; --t) {
       const int64_t s = t - 1;
+      const auto [dzh_op, ld] =
+          t < T_ ? step_operand<M>(a.dzh + t * B * GH, r0, r1, GH,
+                                   rounded.data() + index * rounded_size)
+                 : std::pair<const M*, int64_t>{nullptr, 0};
       for (int64_t block = mine.first; block < mine.last; ++block) {
         const int64_t j0 = block * kUnits, units = std::min<int64_t>(kUnits, R - j0);
         if (t == T_) {
@@ -428,9 +486,9 @@ void backward_impl(const BackwardArgs<T>& a) {
         }
         for (int64_t group = my_groups.first; group < my_groups.last; ++group) {
           const int64_t g0 = split.group_start(group), g1 = split.group_start(group + 1);
-          gemm_panel<T, kUnits>(a.dzh + (t * B + g0) * GH, g1 - g0, GH, GH,
-                                panels.data() + block * GH * kUnits, nullptr,
-                                [&](int64_t row0, auto& acc) {
+          gemm_panel<T, kUnits, M>(dzh_op + (g0 - r0) * ld, g1 - g0, depth, ld,
+                                   panels.data() + block * depth * kUnits, nullptr,
+                                   [&](int64_t row0, auto& acc) {
             constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
             for (int r = 0; r < MR; ++r) pass1_row(t, g0 + row0 + r, j0, units, acc[r]);
           }, [&](int64_t row0, int64_t rows) {  // what the cell's backward of step s reads, writes
@@ -478,21 +536,39 @@ void backward_impl(const BackwardArgs<T>& a) {
 
 }  // namespace
 
+// f(T{}), or f(Bf16{}) for float32 with bf16_matmul on an instruction set with vdpbf16ps.
+template <typename T, class F>
+void with_operand_type(bool bf16_matmul, F&& f) {
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, float>)
+    if (bf16_matmul) return f(Bf16{});
+#endif
+  (void)bf16_matmul;
+  f(T{});
+}
+
 template <typename T>
 void recurrent_forward(const ForwardArgs<T>& args) {
   if (args.batch == 0) return;
   cells::visit_cell(args.cell, [&](auto c) {
-    if (args.saved != nullptr)
-      forward_impl<T, decltype(c), true>(args);
-    else
-      forward_impl<T, decltype(c), false>(args);
+    with_operand_type<T>(args.bf16_matmul, [&](auto m) {
+      using M = decltype(m);
+      if (args.saved != nullptr)
+        forward_impl<T, decltype(c), true, M>(args);
+      else
+        forward_impl<T, decltype(c), false, M>(args);
+    });
   });
 }
 
 template <typename T>
 void recurrent_backward(const BackwardArgs<T>& args) {
   if (args.batch == 0) return;
-  cells::visit_cell(args.cell, [&](auto c) { backward_impl<T, decltype(c)>(args); });
+  cells::visit_cell(args.cell, [&](auto c) {
+    with_operand_type<T>(args.bf16_matmul, [&](auto m) {
+      backward_impl<T, decltype(c), decltype(m)>(args);
+    });
+  });
 }
 
 template void recurrent_forward<float>(const ForwardArgs<float>&);

@@ -57,7 +57,9 @@ def parser():
     g.add_argument("--layers", nargs="+", type=_positive(int), help="stacked layers (default 1)")
     g.add_argument("--directions", nargs="+", type=int, choices=(1, 2),
                    help="1: unidirectional, 2: bidirectional (default 1)")
-    g.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    g.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16"),
+                   help="bfloat16 needs ml_dtypes (rnnfast[bf16]); its peak is PyTorch's "
+                        "bfloat16 matmul")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     g.add_argument("--peers", nargs="+", choices=PEER_NAMES,
                    help="only these peers (default: every installed one)")
@@ -155,6 +157,8 @@ def main(argv=None):
             parser().error("--warmup must be >= 0")
         if args.settle < 0:
             parser().error("--settle must be >= 0")
+        if args.dtype == "bfloat16" and rnnfast._dtypes.BFLOAT16 is None:
+            parser().error("--dtype bfloat16 needs ml_dtypes: pip install 'rnnfast[bf16]'")
         if args.device == "cuda" and (why := check_cuda()):
             print(f"rnnfast-bench: --device cuda: {why}", file=sys.stderr)
             return 2

@@ -196,6 +196,8 @@ class NumpyReferencePeer(Peer):
         r = p.row
         if (r.layers, r.directions) != (1, 1):
             raise Unsupported("the reference runs one layer in one direction")
+        if p.dtype.name == "bfloat16":
+            raise Unsupported("the reference computes in float32 or float64")
         w = [p.weights[f"{n}_l0"] for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
         h0, c0 = p.h0[0], (p.c0[0] if p.lstm else None)
 
@@ -245,10 +247,17 @@ class TorchPeer(Peer):
         import torch
 
         r = p.row
-        dtype = {"float32": torch.float32, "float64": torch.float64}[p.dtype.name]
+        dtype = {"float32": torch.float32, "float64": torch.float64,
+                 "bfloat16": torch.bfloat16}[p.dtype.name]
 
-        def tensor(a):
+        def tensor(a):  # bfloat16: the same bits, NumPy's ml_dtypes.bfloat16 as torch's
+            if a.dtype.name == "bfloat16":
+                return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(p.device)
             return torch.from_numpy(a).to(p.device)
+
+        def numpy(t):  # bfloat16 to float32, exactly (NumPy has no torch.bfloat16)
+            t = t.detach().cpu()
+            return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
         x, dy = tensor(p.x), tensor(p.dy)
         hx = (tensor(p.h0), tensor(p.c0)) if p.lstm else tensor(p.h0)
@@ -266,8 +275,8 @@ class TorchPeer(Peer):
                 for t in range(r.T):
                     state = cell(x[t], state)
                 if collect:
-                    return _states(("h_T", "c_T"), tuple(s.cpu().numpy() for s in state)
-                                   if p.lstm else state.cpu().numpy())
+                    return _states(("h_T", "c_T"), tuple(numpy(s) for s in state)
+                                   if p.lstm else numpy(state))
             return run
 
         module = _constructor(r.cell, torch.nn)(r.I, r.H, num_layers=r.layers,
@@ -286,13 +295,11 @@ class TorchPeer(Peer):
                 if r.mode == "train":
                     y.backward(dy)
             if collect:
-                h_n = tuple(h.detach().cpu().numpy() for h in h_n) if p.lstm \
-                    else h_n.detach().cpu().numpy()
-                out = {"y": y.detach().cpu().numpy(), **_states(("h_n", "c_n"), h_n)}
+                h_n = tuple(numpy(h) for h in h_n) if p.lstm else numpy(h_n)
+                out = {"y": numpy(y), **_states(("h_n", "c_n"), h_n)}
                 if r.mode == "train":
-                    out["grad_input"] = x.grad.cpu().numpy()
-                    out.update({f"grad_{k}": v.grad.cpu().numpy()
-                                for k, v in module.named_parameters()})
+                    out["grad_input"] = numpy(x.grad)
+                    out.update({f"grad_{k}": numpy(v.grad) for k, v in module.named_parameters()})
                 return out
         return run
 

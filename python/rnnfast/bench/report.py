@@ -13,6 +13,8 @@ import numpy as np
 
 import rnnfast
 
+from .runner import peak_method
+
 SCHEMA = 1
 # The columns of the CSV file, in order: every field a record can have.
 FIELDS = ("cell", "mode", "T", "B", "I", "H", "layers", "directions", "dtype", "device",
@@ -84,8 +86,7 @@ def environment(settings, peers, peak):
         "commit_source": commit_source,
         "peers": [p.name for p in peers if p.name != "rnnfast"],
         "peak_gflops": peak,
-        "peak_method": ("NumPy matmul" if settings["device"] == "cpu" else "CuPy matmul")
-        + " of 2048x2048 float32 matrices, median of 5",
+        "peak_method": peak_method(settings["device"], settings["dtype"]),
         "settings": settings,
     }
 

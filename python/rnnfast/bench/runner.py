@@ -20,9 +20,14 @@ from .peers import Unsupported, make_problem
 # approximations); in float64 by FLOOR (a few ulps times the depth of the recurrence). A real
 # mistake (a wrong gate, a missing term) shows as an error of order one; NaN, or an output
 # missing or of the wrong shape, fails.
-FLOOR = {"float32": 2e-6, "float64": 1e-10}
+# In bfloat16 (8 significant bits) each rounding of a stored value costs up to 2^-9 (2e-3) of
+# it, and an implementation rounds many values on the way (PyTorch's oneDNN stores h in
+# bfloat16 every step; rnnfast keeps the recurrence in float32): 5e-2 of the largest output,
+# a fixed bound.
+FLOOR = {"float32": 2e-6, "float64": 1e-10, "bfloat16": 5e-2}
 RULE = {"float32": f"max rel err <= 2 x the float32 reference's + {FLOOR['float32']:.0e}",
-        "float64": f"max rel err <= {FLOOR['float64']:.0e}"}
+        "float64": f"max rel err <= {FLOOR['float64']:.0e}",
+        "bfloat16": f"max rel err <= {FLOOR['bfloat16']:.0e}"}
 # Each implementation gets as many repeats as fit in the time budget (settings["budget_s"]),
 # judged by its last warm-up call, between MIN_REPEATS and settings["repeats"].
 MIN_REPEATS = 2
@@ -148,12 +153,43 @@ def time_implementation(fn, first_s, settings, timer):
     return repeats, warmup, time_calls(fn, repeats, timer)
 
 
-def measure_peak(device, timer, n=2048):
-    """The GEMM rate this machine reaches through its array library in GFLOP/s: NumPy's matmul
-    (CPU) or CuPy's (GPU) of n x n float32 matrices, median of 5 after 2 warm-up calls."""
+def peak_method(device, dtype, n=2048):
+    """How measure_peak measures: the library, and the matrices."""
+    if dtype == "bfloat16" and device == "cpu":
+        lib = "PyTorch matmul" if _has_torch() else "rnnfast _cpu.gemm_bf16 (no PyTorch here)"
+        return f"{lib} of {n}x{n} bfloat16 matrices, median of 5"
+    return (f"{'NumPy' if device == 'cpu' else 'CuPy'} matmul of {n}x{n} float32 matrices, "
+            "median of 5")
+
+
+def _has_torch():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def measure_peak(device, timer, n=2048, dtype="float32"):
+    """The GEMM rate this machine reaches in GFLOP/s (see peak_method): NumPy's matmul (CPU) or
+    CuPy's (GPU) of n x n float32 matrices; for bfloat16 on the CPU, PyTorch's bfloat16 matmul
+    (oneDNN: AMX where the CPU has it). Median of 5 after 2 warm-up calls."""
     xp = np if device == "cpu" else __import__("cupy")
     a = xp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
     b = a.T.copy()
+    if dtype == "bfloat16" and device == "cpu":
+        if _has_torch():
+            import torch
+            a, b = (torch.from_numpy(m).to(torch.bfloat16) for m in (a, b))
+        else:
+            from .. import _cpu
+            c = np.empty((n, n), np.float32)
+            a, b = (m.astype(np.dtype("bfloat16")) for m in (a, b))
+            def product():
+                _cpu.gemm_bf16(a, b, c)
+
+            time_calls(product, 2, timer)
+            return 2 * n**3 / statistics.median(time_calls(product, 5, timer)) / 1e9
     time_calls(lambda: a @ b, 2, timer)
     seconds = time_calls(lambda: a @ b, 5, timer)
     return 2 * n**3 / statistics.median(seconds) / 1e9
@@ -243,7 +279,7 @@ def run_suite(rows, peers, settings, quiet=False):
     """Runs the rows with the given implementations (rnnfast first). Returns the peak GEMM rate
     and the records."""
     timer = CudaTimer() if settings["device"] == "cuda" else CpuTimer()
-    peak = measure_peak(settings["device"], timer)
+    peak = measure_peak(settings["device"], timer, dtype=settings["dtype"])
     progress = Progress(len(rows), quiet)
     records = []
     for row in rows:

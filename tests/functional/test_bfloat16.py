@@ -1,0 +1,432 @@
+"""bfloat16 (ml_dtypes.bfloat16): the bfloat16 GEMM on every instruction set, the functional API,
+the layers and cells, the float32 "medium" matmul precision, and a training loop.
+
+Tolerance (the flash-attention rule, DESIGN.md section 7): the oracle is the float64 reference
+on exactly the bfloat16 inputs; the kernel's error against it may be at most twice that of the
+reference run at the kernel's precision: float32 arithmetic on the same bfloat16 inputs, with
+every value the kernel rounds to bfloat16 rounded there too. The kernels round: the results
+they return in bfloat16 (y, h_n, c_n and the gradients of x, h0, c0), and the operands of the
+post-loop gradient GEMMs (dzx, dzh, h_prev), which multiply in bfloat16, and on the
+instruction sets avx512_bf16 and amx also those of the recurrent matmul (h_{t-1}, and dzh_t
+backward). Within the recurrence, h, c and the gates stay float32, as in the reference.
+"""
+
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (rnnfast[bf16])")
+
+import rnnfast  # noqa: E402
+from rnnfast import _cpu, functional as F, reference as ref  # noqa: E402
+
+from _util import CELLS, FLOAT32_FLOOR, make_problem, rel_err  # noqa: E402
+
+BF16 = np.dtype(ml_dtypes.bfloat16)
+ALL_ISAS = ("baseline", "avx2", "avx512", "avx512_bf16", "amx")
+BF16_RECURRENCE = ("avx512_bf16", "amx")  # where the recurrence multiplies in bfloat16
+WHY_MISSING = {
+    "amx": "no AMX on this machine (or the operating system refused its tile state), or not "
+           "compiled",
+    "avx512_bf16": "no AVX512-BF16 on this machine, or not compiled",
+}
+
+
+@pytest.fixture(params=ALL_ISAS)
+def bf16_isa(request):
+    """Each instruction set in turn where this machine has it; skipped with the reason where it
+    does not. Restores the one in use."""
+    if request.param not in _cpu.available_isas():
+        pytest.skip(WHY_MISSING.get(request.param, f"{request.param} not available here"))
+    before = _cpu.active_isa()
+    _cpu.set_isa(request.param)
+    yield request.param
+    _cpu.set_isa(before)
+
+
+def rounded(a):
+    """a rounded to bfloat16, as float32 (None kept)."""
+    return None if a is None else np.asarray(a).astype(BF16).astype(np.float32)
+
+
+def recurrent_rounding():
+    """What the recurrence rounds its matmul's operands with on the instruction set in use:
+    bfloat16 on avx512_bf16 and amx, nothing elsewhere (float32 products)."""
+    return rounded if _cpu.active_isa() in BF16_RECURRENCE else None
+
+
+def check(name, got, oracle, same_precision):
+    """The rule of this file for one array."""
+    err, err_ref = rel_err(got, oracle), rel_err(same_precision, oracle)
+    bound = 2 * err_ref + FLOAT32_FLOOR
+    assert err <= bound, f"{name}: rel err {err:.3e} > 2 * {err_ref:.3e} + floor"
+
+
+# ------------------------------------------------------------------ the GEMM
+
+# (m, n, k): tails of every block (32 rows, 16 and 32 columns, 32 deep), a depth of several
+# passes (2048 each), and sizes of 1.
+GEMM_SHAPES = [(5, 7, 3), (33, 70, 65), (100, 40, 2100), (64, 1, 1), (1, 130, 4500), (40, 33, 0)]
+
+
+@pytest.mark.parametrize("shape", GEMM_SHAPES, ids=lambda s: "m%d-n%d-k%d" % s)
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True)])
+@pytest.mark.parametrize("types", ["bf16-bf16", "f32-bf16", "bf16-f32"])
+def test_gemm_bf16_matches_rounded_product(bf16_isa, shape, trans_a, trans_b, types):
+    m, n, k = shape
+    rng = np.random.default_rng(m * 7 + n + k)
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(np.float32)
+    a_type, b_type = types.split("-")
+    a_in = a.astype(BF16) if a_type == "bf16" else a
+    b_in = b.astype(BF16) if b_type == "bf16" else b
+    bias = rng.standard_normal(n).astype(np.float32)
+    op_a = rounded(a.T if trans_a else a)
+    op_b = rounded(b.T if trans_b else b)
+    oracle = op_a.astype(np.float64) @ op_b.astype(np.float64) + bias
+    same_precision = op_a @ op_b + bias  # float32 sums of the same bfloat16 products
+    c = np.empty((m, n), np.float32)
+    _cpu.gemm_bf16(a_in, b_in, c, trans_a=trans_a, trans_b=trans_b, bias=bias)
+    check("c", c, oracle, same_precision)
+    start = rng.standard_normal((m, n)).astype(np.float32)
+    c = start.copy()
+    _cpu.gemm_bf16(a_in, b_in, c, trans_a=trans_a, trans_b=trans_b, bias=bias, accumulate=True)
+    check("c (accumulate)", c, oracle + start, same_precision + start)
+
+
+def test_gemm_bf16_paths_agree_with_each_other_closely():
+    """Every instruction set sums the same bfloat16 products in float32: they differ only by
+    the order of the sums (a few float32 ulps of the largest partial sum)."""
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((70, 300)).astype(BF16)
+    b = rng.standard_normal((300, 50)).astype(BF16)
+    results = {}
+    for isa in _cpu.available_isas():
+        _cpu.set_isa(isa)
+        results[isa] = np.empty((70, 50), np.float32)
+        _cpu.gemm_bf16(a, b, results[isa])
+    _cpu.set_isa(_cpu.available_isas()[-1])
+    scale = np.abs(a.astype(np.float64)) @ np.abs(b.astype(np.float64))
+    for isa, c in results.items():
+        assert np.max(np.abs(c - results["baseline"]) / scale) < 1e-5, isa
+
+
+def test_gemm_bf16_bad_arguments_raise():
+    a = np.ones((4, 3), BF16)
+    with pytest.raises(TypeError, match="a has dtype float64"):
+        _cpu.gemm_bf16(np.ones((4, 3)), a.T.copy(), np.empty((4, 4), np.float32))
+    with pytest.raises(TypeError, match="c has dtype bfloat16"):
+        _cpu.gemm_bf16(a, a.T.copy(), np.empty((4, 4), BF16))
+    with pytest.raises(ValueError, match="b has shape"):
+        _cpu.gemm_bf16(a, a, np.empty((4, 4), np.float32))
+
+
+def test_gemm_bf16_does_not_depend_on_thread_count():
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((300, 700)).astype(BF16)
+    b = rng.standard_normal((300, 90)).astype(np.float32)
+    before = rnnfast.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            rnnfast.set_num_threads(threads)
+            c = np.empty((700, 90), np.float32)
+            _cpu.gemm_bf16(a, b, c, trans_a=True)
+            results.append(c)
+    finally:
+        rnnfast.set_num_threads(before)
+    for c in results[1:]:
+        np.testing.assert_array_equal(c, results[0])
+
+
+# ------------------------------------------------------------------ one layer
+
+def bf16_problem(cell, T, B, I, H, seed, proj=0):
+    inputs, douts = make_problem(cell, T, B, I, H, BF16, seed=seed)
+    options = {}
+    if proj:
+        rng = np.random.default_rng(seed + 1)
+        k = 1.0 / np.sqrt(H)
+        inputs["w_hh"] = rng.uniform(-k, k, (4 * H, proj)).astype(BF16)
+        inputs["h0"] = rng.standard_normal((B, proj)).astype(BF16)
+        douts["dy"] = rng.standard_normal((T, B, proj)).astype(BF16)
+        douts["dh_n"] = rng.standard_normal((B, proj)).astype(BF16)
+        options["w_hr"] = rng.uniform(-k, k, (proj, H)).astype(BF16)
+    return inputs, douts, options
+
+
+def reference(cell, inputs, douts, options, dtype, operand=None, lengths=None, resets=None):
+    """Forward and backward of the reference in dtype; results keyed like the checks. operand:
+    None, or the rounding of the gradient GEMMs' operands (and then that of the recurrence on
+    the instruction set in use)."""
+    c = {k: (None if v is None else np.asarray(v).astype(dtype))
+         for k, v in {**inputs, **douts, **options}.items()}
+    y, h_n, c_n, cache = ref.forward(cell, c["x"], c["h0"], c["w_ih"], c["w_hh"],
+                                     b_ih=c["b_ih"], b_hh=c["b_hh"], c0=c["c0"], w_hr=c.get("w_hr"),
+                                     lengths=lengths, resets=resets,
+                                     operand=operand and recurrent_rounding())
+    g = ref.backward(cache, c["dy"], c["dh_n"], c["dc_n"], operand=operand)
+    out = {"y": y, "h_n": h_n, "c_n": c_n}
+    out.update({"d" + k: v for k, v in g.items()})
+    return out
+
+
+# What the kernels return in bfloat16 (the rest: float32).
+BF16_RESULTS = ("y", "h_n", "c_n", "dx", "dh0", "dc0")
+
+
+def check_layer(cell, inputs, douts, options, got, lengths=None, resets=None):
+    oracle = reference(cell, inputs, douts, options, np.float64, lengths=lengths, resets=resets)
+    same = reference(cell, inputs, douts, options, np.float32, operand=rounded,
+                     lengths=lengths, resets=resets)
+    failures = []
+    for name, value in got.items():
+        if oracle[name] is None:
+            assert value is None, name
+            continue
+        want = BF16 if name in BF16_RESULTS else np.float32
+        assert value.dtype == want, f"{name}: dtype {value.dtype}, expected {want}"
+        same_precision = rounded(same[name]) if name in BF16_RESULTS else same[name]
+        try:
+            check(name, value, oracle[name], same_precision)
+        except AssertionError as e:
+            failures.append(str(e))
+    assert not failures, f"{cell}: " + "; ".join(failures)
+
+
+def run(cell, inputs, douts, options, lengths=None, resets=None):
+    y, h_n, c_n, ctx = F.forward(cell, inputs["x"], inputs["h0"], inputs["w_ih"],
+                                 inputs["w_hh"], b_ih=inputs["b_ih"], b_hh=inputs["b_hh"],
+                                 c0=inputs["c0"], training=True, lengths=lengths, resets=resets,
+                                 w_hr=options.get("w_hr"))
+    g = F.backward(ctx, douts["dy"], douts["dh_n"], douts["dc_n"])
+    return {"y": y, "h_n": h_n, "c_n": c_n, **{"d" + k: v for k, v in g.items()}}
+
+
+LAYER_SHAPES = [(5, 3, 7, 33), (4, 1, 1, 1), (3, 37, 40, 20), (1, 2, 130, 7)]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("shape", LAYER_SHAPES, ids=lambda s: "T%d-B%d-I%d-H%d" % s)
+def test_functional_matches_reference(bf16_isa, cell, shape):
+    inputs, douts, options = bf16_problem(cell, *shape, seed=sum(shape))
+    check_layer(cell, inputs, douts, options, run(cell, inputs, douts, options))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_functional_lengths_resets_projection(bf16_isa, cell):
+    T, B = 6, 5
+    proj = 9 if cell == "lstm" else 0
+    inputs, douts, options = bf16_problem(cell, T, B, 11, 20, seed=7, proj=proj)
+    lengths = np.array([6, 0, 3, 1, 5])
+    resets = np.random.default_rng(1).random((T, B)) < 0.3
+    got = run(cell, inputs, douts, options, lengths=lengths, resets=resets)
+    check_layer(cell, inputs, douts, options, got, lengths=lengths, resets=resets)
+
+
+def test_functional_does_not_depend_on_thread_count():
+    inputs, douts, options = bf16_problem("lstm", 9, 40, 70, 48, seed=11)
+    before = rnnfast.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2, 3):
+            rnnfast.set_num_threads(threads)
+            results.append(run("lstm", inputs, douts, options))
+    finally:
+        rnnfast.set_num_threads(before)
+    for got in results[1:]:
+        for name, value in got.items():
+            if value is not None:
+                np.testing.assert_array_equal(value.view(np.uint16) if value.dtype == BF16
+                                              else value,
+                                              results[0][name].view(np.uint16)
+                                              if value.dtype == BF16 else results[0][name],
+                                              err_msg=name)
+
+
+@pytest.mark.parametrize("shape", [(6, 5, 40), (3, 37, 70)], ids=["B5-H40", "B37-H70"])
+def test_recurrence_rounds_its_operands_on_bf16_isas_only(bf16_isa, shape):
+    """bf16_matmul: AMX tiles or vdpbf16ps (results differ from float32 products by the
+    rounding of h); elsewhere the flag changes nothing (see cpp/src/cpu/dispatch.cpp)."""
+    rng = np.random.default_rng(4)
+    T, B, H = shape
+    zx = rng.standard_normal((T, B, 4 * H)).astype(np.float32)
+    w_hh = rounded(rng.uniform(-0.2, 0.2, (4 * H, H)))
+    h0, c0 = (rng.standard_normal((B, H)).astype(np.float32) for _ in range(2))
+
+    def forward(bf16_matmul):
+        y, h_n, c_n = np.empty((T, B, H), np.float32), np.empty((B, H), np.float32), \
+            np.empty((B, H), np.float32)
+        _cpu.recurrent_forward("lstm", zx, w_hh, None, h0, c0, y, h_n, c_n, None,
+                               bf16_matmul=bf16_matmul)
+        return y
+    assert np.array_equal(forward(True), forward(False)) == (bf16_isa not in BF16_RECURRENCE)
+
+
+def test_functional_mixed_dtypes_raise():
+    inputs, _, _ = bf16_problem("gru", 3, 2, 4, 5, seed=1)
+    with pytest.raises(TypeError, match="w_hh has dtype float32"):
+        F.forward("gru", inputs["x"], inputs["h0"], inputs["w_ih"],
+                  inputs["w_hh"].astype(np.float32))
+
+
+# ------------------------------------------------------------------ layers and cells
+
+def reference_stack(cell, params, num_layers, bidirectional, x, dy, lengths, dtype, store):
+    """The reference layers in dtype, one layer at a time, with store() applied where a
+    bfloat16 layer rounds to bfloat16: each layer's output and input gradient (operand=store
+    rounds the gradient GEMMs' operands within each layer). Returns (y, dx, grads)."""
+    def of_layer(k, name):  # layer k's names as those of a single layer, and back
+        return name.replace(f"_l{k}", "_l0")
+    caches, layer_in = [], x.astype(dtype)
+    recurrent = recurrent_rounding() if dtype != np.float64 else None
+    for k in range(num_layers):
+        p = {of_layer(k, n): v.astype(dtype) for n, v in params.items() if f"_l{k}" in n}
+        d = 2 if bidirectional else 1
+        out = p["weight_hh_l0"].shape[1]
+        h0 = np.zeros((d, x.shape[1], out), dtype)
+        c0 = np.zeros((d, x.shape[1], p["weight_ih_l0"].shape[0] // 4), dtype)
+        y, _, _, cache = ref.forward_layers(cell, layer_in, p, 1, bidirectional, h0,
+                                            c0 if cell == "lstm" else None, lengths,
+                                            operand=recurrent)
+        caches.append(cache)
+        layer_in = store(y)
+    grads, grad = {}, dy.astype(dtype)
+    for k in reversed(range(num_layers)):
+        grad, _, _, g = ref.backward_layers(caches[k], grad, operand=store)
+        grad = store(grad)
+        grads.update({n.replace("_l0", f"_l{k}"): v for n, v in g.items()})
+    return layer_in, grad, grads
+
+
+@pytest.mark.parametrize("cell,options", [
+    ("lstm", dict(num_layers=2, bidirectional=True, proj_size=5)),
+    ("gru", dict(num_layers=3, batch_first=True)),
+    ("rnn_tanh", dict(num_layers=2, bidirectional=True)),
+])
+def test_layers_match_reference(bf16_isa, cell, options):
+    """Stacks, directions, batch_first, lengths and the projection of a bfloat16 layer, by the
+    rule of this file; its same-precision reference rounds between the layers as well."""
+    kind = {"lstm": rnnfast.LSTM, "gru": rnnfast.GRU, "rnn_tanh": rnnfast.RNN}[cell]
+    layer = kind(6, 12, dtype="bfloat16", seed=4, **options)
+    rng = np.random.default_rng(2)
+    T, B = 5, 3
+    x = rng.standard_normal((T, B, 6)).astype(BF16)
+    features = (2 if layer.bidirectional else 1) * (layer.proj_size or layer.hidden_size)
+    dy = rng.standard_normal((T, B, features)).astype(BF16)
+    lengths = np.array([5, 2, 4])
+
+    def edge(a):  # time-major <-> the layer's layout
+        return a.transpose(1, 0, 2) if layer.batch_first else a
+    out, _ = layer(edge(x), lengths=lengths)
+    dx, _ = layer.backward(edge(dy))
+    got = {"y": edge(out), "dx": edge(dx), **layer.grads}
+    args = (cell, layer.state_dict(), layer.num_layers, layer.bidirectional, x, dy, lengths)
+    results = {}
+    for name, dtype, store in (("oracle", np.float64, lambda a: a),
+                               ("same", np.float32, rounded)):
+        y, grad, grads = reference_stack(*args, dtype, store)
+        results[name] = {"y": y, "dx": grad, **grads}
+    for key, value in got.items():
+        assert value.dtype == (BF16 if key in ("y", "dx") else np.float32), key
+        check(key, value, results["oracle"][key], results["same"][key])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
+def test_cell_step_matches_reference(cell):
+    kind = {"lstm": rnnfast.LSTMCell, "gru": rnnfast.GRUCell}.get(cell)
+    c = kind(7, 9, dtype="bfloat16", seed=1) if kind else rnnfast.RNNCell(
+        7, 9, nonlinearity="relu", dtype="bfloat16", seed=1)
+    p = c.state_dict()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 7)).astype(BF16)
+    hx = tuple(rng.standard_normal((4, 9)).astype(BF16) for _ in range(2 if cell == "lstm"
+                                                                       else 1))
+    out = c(x, hx if cell == "lstm" else hx[0])
+    out = out if cell == "lstm" else (out,)
+
+    def step(dtype):
+        r = ref.forward(cell, x[None].astype(dtype), hx[0].astype(dtype),
+                        p["weight_ih"].astype(dtype), p["weight_hh"].astype(dtype),
+                        b_ih=p["bias_ih"].astype(dtype), b_hh=p["bias_hh"].astype(dtype),
+                        c0=hx[1].astype(dtype) if cell == "lstm" else None)
+        return (r[1], r[2]) if cell == "lstm" else (r[1],)
+    for got, oracle, same in zip(out, step(np.float64), step(np.float32)):
+        assert got.dtype == BF16
+        check("state", got, oracle, rounded(same))
+    with pytest.raises(TypeError, match="input must be a numpy.ndarray of the cell's dtype"):
+        c(x.astype(np.float32), hx if cell == "lstm" else hx[0])
+
+
+# ------------------------------------------------------------------ float32, "medium"
+
+def test_medium_precision_rounds_matmul_operands(bf16_isa):
+    """float32 in and out, every matmul's operands rounded to bfloat16: by the rule of this file
+    against the reference on x, W_ih and W_hh rounded (results float32, not rounded)."""
+    cell = "gru"
+    inputs, douts = make_problem(cell, 4, 3, 40, 16, np.float32, seed=9)
+    assert rnnfast.get_float32_matmul_precision() == "highest"
+    highest = run(cell, inputs, douts, {})
+    rnnfast.set_float32_matmul_precision("medium")
+    try:
+        got = run(cell, inputs, douts, {})
+    finally:
+        rnnfast.set_float32_matmul_precision("highest")
+    matmul_in = {k: rounded(v) if k in ("x", "w_ih", "w_hh") else v for k, v in inputs.items()}
+    oracle = reference(cell, matmul_in, douts, {}, np.float64)
+    same = reference(cell, matmul_in, douts, {}, np.float32, operand=rounded)
+    for name, value in got.items():
+        if value is None:
+            continue
+        assert value.dtype == np.float32, name
+        check(name, value, oracle[name], same[name])
+    assert rel_err(got["y"], highest["y"]) > 1e-4  # not the float32 products
+    with pytest.raises(ValueError, match="precision must be one of"):
+        rnnfast.set_float32_matmul_precision("low")
+
+
+# ------------------------------------------------------------------ scripts
+
+@pytest.mark.parametrize("script, args", [("bf16_cell_state.py", []),
+                                          ("bf16_torch_accuracy.py", ["1"])])
+def test_bfloat16_scripts_run(script, args):
+    """The bfloat16 measurements of benchmarks/ (not part of the package) still run."""
+    if script == "bf16_torch_accuracy.py":
+        pytest.importorskip("torch", reason="the script compares with PyTorch")
+    path = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / script
+    done = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "rnnfast" in done.stdout or "c float32" in done.stdout
+
+
+# ------------------------------------------------------------------ training
+
+def train(dtype, steps=300):
+    """SGD on an LSTM (2 layers) regressing a fixed random target; returns the losses. The
+    parameters are kept and updated in float32 (master weights, as mixed-precision training
+    does) and loaded into the layer in its dtype before each step."""
+    layer = rnnfast.LSTM(8, 32, num_layers=2, dtype=dtype, seed=0)
+    master = {k: v.astype(np.float32) for k, v in layer.state_dict().items()}
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((12, 16, 8)).astype(dtype)
+    target = np.tanh(np.cumsum(rng.standard_normal((12, 16, 32)), axis=0) / 4)
+    losses = []
+    for _ in range(steps):
+        out, _ = layer(x)
+        diff = out.astype(np.float64) - target
+        losses.append(float(np.mean(diff ** 2)))
+        layer.backward((2 * diff / diff.size * 100).astype(dtype))
+        master = {k: v - 0.5 * layer.grads[k] for k, v in master.items()}
+        layer.load_state_dict(master)
+    return losses
+
+
+def test_training_loss_falls_as_in_float32():
+    bf16, f32 = train(BF16), train(np.float32)
+    assert bf16[-1] < 0.5 * bf16[0] and f32[-1] < 0.5 * f32[0]
+    # The same descent up to bfloat16's rounding of the parameters at every update.
+    assert bf16[-1] <= 1.1 * f32[-1] + 0.01 * f32[0], (bf16[-1], f32[-1])
