@@ -34,9 +34,9 @@ namespace rnnfast::cuda {
 
 // One copy per block, wherever the block runs (never a plain __shared__: see emulator.h). The
 // static's address identifies the declaration (one per instantiation of a template).
-#define RNNFAST_SHARED(Type, name)                                                              \
-  static char name##_site;                                                                      \
-  Type& name = *static_cast<Type*>(                                                             \
+#define RNNFAST_SHARED(Type, name)  \
+  static char name##_site;          \
+  Type& name = *static_cast<Type*>( \
       ::rnnfast::cuda::emulator::block_shared(&name##_site, sizeof(Type), alignof(Type)))
 
 namespace detail {
@@ -62,8 +62,8 @@ cudaError_t launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t /*st
 }
 
 template <auto kernel, class... Args>
-cudaError_t launch_cooperative(dim3 grid, dim3 block, size_t shared_bytes,
-                               cudaStream_t /*stream*/, const Args&... args) {
+cudaError_t launch_cooperative(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t /*stream*/,
+                               const Args&... args) {
   return emulator::run(detail::kernel_name<kernel>(), grid, block, shared_bytes, true,
                        [&] { kernel(args...); });
 }
@@ -92,11 +92,13 @@ cudaError_t launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block,
                                size_t shared_bytes, cudaStream_t stream, const Args&... args) {
   // The arguments converted to the kernel's parameter types, and their addresses.
   auto params = std::tuple<Params...>(args...);
-  return std::apply([&](auto&... p) {
-    void* addresses[] = {static_cast<void*>(&p)...};
-    return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block,
-                                       addresses, shared_bytes, stream);
-  }, params);
+  return std::apply(
+      [&](auto&... p) {
+        void* addresses[] = {static_cast<void*>(&p)...};
+        return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block,
+                                           addresses, shared_bytes, stream);
+      },
+      params);
 }
 }  // namespace detail
 

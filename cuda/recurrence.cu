@@ -38,11 +38,11 @@
 namespace rnnfast::cuda {
 namespace {
 
-constexpr int kUnits = 32;          // output units per block: the lanes of a warp
-constexpr int kRowThreads = 4;      // threads along the batch (blockDim.y)
-constexpr int kRowsPerThread = 4;   // batch rows per thread (register tile)
+constexpr int kUnits = 32;                           // output units per block: the lanes of a warp
+constexpr int kRowThreads = 4;                       // threads along the batch (blockDim.y)
+constexpr int kRowsPerThread = 4;                    // batch rows per thread (register tile)
 constexpr int kRows = kRowThreads * kRowsPerThread;  // batch rows per block
-constexpr int kDepth = 32;          // depth of one shared-memory tile of the matmul
+constexpr int kDepth = 32;  // depth of one shared-memory tile of the matmul
 constexpr int kThreads = kUnits * kRowThreads;
 // Blocks per SM that every kernel's registers must allow (__launch_bounds__): at most 128
 // registers a thread. Without it ptxas chose fewer for some kernels and spilled (12-24 bytes in
@@ -121,10 +121,10 @@ __device__ void tile_matmul(Acc (&acc)[kRowsPerThread][G], const Rows<T>& a, int
       const int gu = kTransposed ? i / kDepth : i % kUnits;
       const int g = gu / kUnits;
       const int64_t unit = j0 + gu % kUnits, k = k0 + kk;
-      w_tile[kk][gu] = unit < n && k < depth
-                           ? static_cast<Acc>(kTransposed ? w[(g * n + unit) * depth + k]
-                                                          : w[k * n + unit])
-                           : Acc(0);
+      w_tile[kk][gu] =
+          unit < n && k < depth
+              ? static_cast<Acc>(kTransposed ? w[(g * n + unit) * depth + k] : w[k * n + unit])
+              : Acc(0);
     }
     __syncthreads();
     for (int kk = 0; kk < kDepth; ++kk) {
@@ -144,8 +144,8 @@ __device__ void tile_matmul(Acc (&acc)[kRowsPerThread][G], const Rows<T>& a, int
 // (a W)[b_r, g, j] (tile_matmul, skipped where !multiply, which must be the same for the whole
 // block), then epilogue(b, j, acc[r]) for each of its rows b < batch, where its unit j < n.
 template <int G, bool kTransposed, typename Acc, typename T, class Epilogue>
-__device__ void step_tiles(const Rows<T>& a, int64_t batch, bool multiply, const T* w,
-                           int64_t n, int64_t depth, const typename Rows<T>::Element* bias,
+__device__ void step_tiles(const Rows<T>& a, int64_t batch, bool multiply, const T* w, int64_t n,
+                           int64_t depth, const typename Rows<T>::Element* bias,
                            Epilogue&& epilogue) {
   const int64_t j0 = blockIdx.x * int64_t(kUnits), j = j0 + threadIdx.x;
   for (int64_t tile = blockIdx.y; tile < ceil_div(batch, kRows); tile += gridDim.y) {
@@ -179,35 +179,35 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const Rows<T> h_prev = t == 0 ? Rows<T>{a.h0, R}
                                 : Rows<T>{a.y + (t - 1) * B * R, R, a.h0,
                                           a.resets != nullptr ? a.resets + t * B : nullptr};
-  step_tiles<G, true, Acc>(h_prev, B, true, a.w_hh, H, R, a.b_hh,
-                           [&](int64_t b, int64_t j, const Acc* zh) {
-    const int64_t bj = b * H + j, tb = t * B + b;
-    T* saved_bt = C::kSaved > 0 && a.saved != nullptr ? a.saved + tb * C::kSaved * H : nullptr;
-    const int64_t length = length_of(a, b);
-    if (t >= length) {  // padding: output 0 (also after the projection), state kept
-      cell_h[bj] = T(0);
-      if (saved_bt != nullptr)
-        for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = T(0);
-      if (t == 0) {  // a sequence of length 0 ends where it starts
-        if (!projected) a.h_n[bj] = a.h0[bj];
-        if constexpr (C::kHasCellState) a.c_n[bj] = a.c0[bj];
-      }
-      return;
-    }
-    const bool fresh = starts_fresh(a, t, b);
-    Acc zx[G], saved[S], h;
-    for (int g = 0; g < G; ++g) zx[g] = static_cast<Acc>(a.zx[tb * GH + g * H + j]);
-    Acc c = Acc(0), h_prev_j = Acc(0);
-    if constexpr (C::kHasCellState) c = static_cast<Acc>(fresh ? a.c0[bj] : a.c_n[bj]);
-    if constexpr (C::kReadsHPrev)
-      h_prev_j = static_cast<Acc>(fresh ? a.h0[b * R + j] : a.y[(tb - B) * R + j]);
-    C::forward(zx, zh, h_prev_j, c, h, saved);
-    cell_h[bj] = static_cast<T>(h);
-    if (!projected && t == length - 1) a.h_n[bj] = static_cast<T>(h);
-    if constexpr (C::kHasCellState) a.c_n[bj] = static_cast<T>(c);
-    if (saved_bt != nullptr)
-      for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = static_cast<T>(saved[s]);
-  });
+  step_tiles<G, true, Acc>(
+      h_prev, B, true, a.w_hh, H, R, a.b_hh, [&](int64_t b, int64_t j, const Acc* zh) {
+        const int64_t bj = b * H + j, tb = t * B + b;
+        T* saved_bt = C::kSaved > 0 && a.saved != nullptr ? a.saved + tb * C::kSaved * H : nullptr;
+        const int64_t length = length_of(a, b);
+        if (t >= length) {  // padding: output 0 (also after the projection), state kept
+          cell_h[bj] = T(0);
+          if (saved_bt != nullptr)
+            for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = T(0);
+          if (t == 0) {  // a sequence of length 0 ends where it starts
+            if (!projected) a.h_n[bj] = a.h0[bj];
+            if constexpr (C::kHasCellState) a.c_n[bj] = a.c0[bj];
+          }
+          return;
+        }
+        const bool fresh = starts_fresh(a, t, b);
+        Acc zx[G], saved[S], h;
+        for (int g = 0; g < G; ++g) zx[g] = static_cast<Acc>(a.zx[tb * GH + g * H + j]);
+        Acc c = Acc(0), h_prev_j = Acc(0);
+        if constexpr (C::kHasCellState) c = static_cast<Acc>(fresh ? a.c0[bj] : a.c_n[bj]);
+        if constexpr (C::kReadsHPrev)
+          h_prev_j = static_cast<Acc>(fresh ? a.h0[b * R + j] : a.y[(tb - B) * R + j]);
+        C::forward(zx, zh, h_prev_j, c, h, saved);
+        cell_h[bj] = static_cast<T>(h);
+        if (!projected && t == length - 1) a.h_n[bj] = static_cast<T>(h);
+        if constexpr (C::kHasCellState) a.c_n[bj] = static_cast<T>(c);
+        if (saved_bt != nullptr)
+          for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = static_cast<T>(saved[s]);
+      });
 }
 
 // The projection of step t: y[t] = m W_hr^T [B, P] for every row (m is 0 on padding, so y is),
@@ -219,12 +219,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const int64_t B = a.batch, P = a.proj;
   step_tiles<1, true, Acc>(Rows<T>{m, a.hidden}, B, true, a.w_hr, P, a.hidden, nullptr,
                            [&](int64_t b, int64_t j, const Acc* acc) {
-    const int64_t bj = b * P + j, length = length_of(a, b);
-    const T h = static_cast<T>(acc[0]);
-    a.y[t * B * P + bj] = h;
-    if (t == length - 1) a.h_n[bj] = h;
-    if (t == 0 && length == 0) a.h_n[bj] = a.h0[bj];
-  });
+                             const int64_t bj = b * P + j, length = length_of(a, b);
+                             const T h = static_cast<T>(acc[0]);
+                             a.y[t * B * P + bj] = h;
+                             if (t == length - 1) a.h_n[bj] = h;
+                             if (t == 0 && length == 0) a.h_n[bj] = a.h0[bj];
+                           });
 }
 
 // The gradient d (one unit of row b) reaching the state that step t-1 left, routed: where step
@@ -247,8 +247,7 @@ __device__ Acc route(const Args& a, int64_t t, int64_t b, Acc d, T* d0, const T*
 // The gradient reaching c_{t-1} (row b, unit j): what the cell's backward of step t left in
 // dc_run [B, H] (nothing at t = T), routed. 0 for cells without a cell state.
 template <class C, typename Acc, typename T>
-__device__ Acc grad_c(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j,
-                      const T* dc_run) {
+__device__ Acc grad_c(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j, const T* dc_run) {
   if constexpr (!C::kHasCellState) {
     return Acc(0);
   } else {
@@ -285,8 +284,8 @@ __device__ void cell_backward(const BackwardArgs<T>& a, int64_t s, int64_t b, in
     for (int q = 0; q < C::kSaved; ++q)
       saved[q] = static_cast<Acc>(a.saved[sb * C::kSaved * H + q * H + j]);
   if constexpr (C::kHasCellState)  // c0, or the c that step s-1 saved
-    c_prev = static_cast<Acc>(
-        fresh ? a.c0[bj] : a.saved[(sb - B) * C::kSaved * H + C::kSavedC * H + j]);
+    c_prev =
+        static_cast<Acc>(fresh ? a.c0[bj] : a.saved[(sb - B) * C::kSaved * H + C::kSavedC * H + j]);
   if constexpr (C::kBackwardReadsH) h = static_cast<Acc>(a.y[sb * R + j]);
   if constexpr (C::kReadsHPrev)
     h_prev = static_cast<Acc>(fresh ? a.h0[b * R + j] : a.y[(sb - B) * R + j]);
@@ -311,23 +310,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const int64_t B = a.batch, GH = C::kGates * a.hidden, R = state_size(a), s = t - 1;
   const bool projected = a.proj > 0, first = t == a.steps;
   // Nothing flows from step T.
-  step_tiles<1, false, Acc>(Rows<T>{a.dzh + t * B * GH, GH}, B, !first, a.w_hh, R, GH, nullptr,
-                            [&](int64_t b, int64_t j, const Acc* acc) {
-    const int64_t bj = b * R + j;
-    Acc dh = acc[0] + (!first && !projected ? static_cast<Acc>(dh_run[bj]) : Acc(0));
-    dh = route(a, t, b, dh, a.dh0 + bj, a.dh_n != nullptr ? a.dh_n + bj : nullptr);
-    if (s < 0) {
-      if (!projected) grad_c<C, Acc>(a, t, b, j, dc_run);  // routes the rest to dc0
-      return;
-    }
-    if (s < length_of(a, b)) dh += static_cast<Acc>(a.dy[s * B * R + bj]);
-    if (projected) {
-      a.dh_proj[s * B * R + bj] = static_cast<T>(dh);
-      return;
-    }
-    const Acc dc = grad_c<C, Acc>(a, t, b, j, dc_run);
-    cell_backward<T, C>(a, s, b, j, dh, dc, dh_run, dc_run);
-  });
+  step_tiles<1, false, Acc>(
+      Rows<T>{a.dzh + t * B * GH, GH}, B, !first, a.w_hh, R, GH, nullptr,
+      [&](int64_t b, int64_t j, const Acc* acc) {
+        const int64_t bj = b * R + j;
+        Acc dh = acc[0] + (!first && !projected ? static_cast<Acc>(dh_run[bj]) : Acc(0));
+        dh = route(a, t, b, dh, a.dh0 + bj, a.dh_n != nullptr ? a.dh_n + bj : nullptr);
+        if (s < 0) {
+          if (!projected) grad_c<C, Acc>(a, t, b, j, dc_run);  // routes the rest to dc0
+          return;
+        }
+        if (s < length_of(a, b)) dh += static_cast<Acc>(a.dy[s * B * R + bj]);
+        if (projected) {
+          a.dh_proj[s * B * R + bj] = static_cast<T>(dh);
+          return;
+        }
+        const Acc dc = grad_c<C, Acc>(a, t, b, j, dc_run);
+        cell_backward<T, C>(a, s, b, j, dh, dc, dh_run, dc_run);
+      });
 }
 
 // With the projection, after backward_step's launch t: the gradient reaching m_{t-1} [B, H],
@@ -338,11 +338,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     backward_projected_cell(BackwardArgs<T> a, int64_t t, T* dc_run) {
   using Acc = typename AccumulatorOf<T>::type;
   const int64_t B = a.batch, H = a.hidden, P = a.proj, s = t - 1;
-  step_tiles<1, false, Acc>(Rows<T>{s >= 0 ? a.dh_proj + s * B * P : nullptr, P}, B, s >= 0,
-                            a.w_hr, H, P, nullptr, [&](int64_t b, int64_t j, const Acc* dm) {
-    const Acc dc = grad_c<C, Acc>(a, t, b, j, dc_run);
-    if (s >= 0) cell_backward<T, C>(a, s, b, j, dm[0], dc, nullptr, dc_run);
-  });
+  step_tiles<1, false, Acc>(Rows<T>{s >= 0 ? a.dh_proj + s * B * P : nullptr, P}, B, s >= 0, a.w_hr,
+                            H, P, nullptr, [&](int64_t b, int64_t j, const Acc* dm) {
+                              const Acc dc = grad_c<C, Acc>(a, t, b, j, dc_run);
+                              if (s >= 0)
+                                cell_backward<T, C>(a, s, b, j, dm[0], dc, nullptr, dc_run);
+                            });
 }
 
 // `units` output units along x, batch row tiles along y (more tiles than gridDim.y loop
@@ -364,9 +365,8 @@ cudaError_t recurrent_forward(const ForwardArgs<T>& a, T* workspace, cudaStream_
     using C = decltype(cell);
     const dim3 block(kUnits, kRowThreads);
     for (int64_t t = 0; t < a.steps; ++t) {
-      cudaError_t status =
-          launch<forward_step<T, C>>(step_grid(a.batch, a.hidden), block, 0, stream, a, t,
-                                     workspace);
+      cudaError_t status = launch<forward_step<T, C>>(step_grid(a.batch, a.hidden), block, 0,
+                                                      stream, a, t, workspace);
       if (status == cudaSuccess && a.proj > 0)
         status = launch<projection_step<T>>(step_grid(a.batch, a.proj), block, 0, stream, a, t,
                                             static_cast<const T*>(workspace));
@@ -387,8 +387,8 @@ cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStrea
     T* dh_run = projected ? nullptr : workspace;
     T* dc_run = projected ? workspace : workspace + a.batch * a.hidden;
     for (int64_t t = a.steps; t >= 0; --t) {
-      cudaError_t status = launch<backward_step<T, C>>(step_grid(a.batch, state_size(a)), block,
-                                                       0, stream, a, t, dh_run, dc_run);
+      cudaError_t status = launch<backward_step<T, C>>(step_grid(a.batch, state_size(a)), block, 0,
+                                                       stream, a, t, dh_run, dc_run);
       if (status == cudaSuccess && projected)
         status = launch<backward_projected_cell<T, C>>(step_grid(a.batch, a.hidden), block, 0,
                                                        stream, a, t, dc_run);
@@ -399,11 +399,8 @@ cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStrea
 }
 
 template cudaError_t recurrent_forward<float>(const ForwardArgs<float>&, float*, cudaStream_t);
-template cudaError_t recurrent_forward<double>(const ForwardArgs<double>&, double*,
-                                               cudaStream_t);
-template cudaError_t recurrent_backward<float>(const BackwardArgs<float>&, float*,
-                                               cudaStream_t);
-template cudaError_t recurrent_backward<double>(const BackwardArgs<double>&, double*,
-                                                cudaStream_t);
+template cudaError_t recurrent_forward<double>(const ForwardArgs<double>&, double*, cudaStream_t);
+template cudaError_t recurrent_backward<float>(const BackwardArgs<float>&, float*, cudaStream_t);
+template cudaError_t recurrent_backward<double>(const BackwardArgs<double>&, double*, cudaStream_t);
 
 }  // namespace rnnfast::cuda

@@ -57,8 +57,7 @@ class ArgChecker {
 
   // Required input: a C-contiguous array of dtype U with exactly this shape.
   template <typename U = T>
-  const U* input(const pybind11::handle& obj, const char* name,
-                 const std::vector<int64_t>& shape) {
+  const U* input(const pybind11::handle& obj, const char* name, const std::vector<int64_t>& shape) {
     return checked<U>(obj, name, shape, false);
   }
   // Optional input: None gives nullptr.
@@ -119,11 +118,9 @@ class ArgChecker {
              bool is_output) {
     const ArrayView a = Reader::template view<U>(obj, name);
     if (!a.dtype_ok)
-      throw pybind11::type_error(std::string(name) + " has dtype " + a.dtype + ", expected " +
-                                 a.expected_dtype +
-                                 (std::is_same_v<U, T> ? std::string(" (the dtype of ") + lead_ +
-                                                             ")"
-                                                       : std::string()));
+      throw pybind11::type_error(
+          std::string(name) + " has dtype " + a.dtype + ", expected " + a.expected_dtype +
+          (std::is_same_v<U, T> ? std::string(" (the dtype of ") + lead_ + ")" : std::string()));
     if (a.shape != shape)
       throw pybind11::value_error(std::string(name) + " has shape " + shape_str(a.shape) +
                                   ", expected " + shape_str(shape));
@@ -131,8 +128,7 @@ class ArgChecker {
     if (!a.aligned)
       throw pybind11::value_error(std::string(name) + " must be aligned to its element size");
     if (is_output && !a.writable)
-      throw pybind11::value_error(std::string(name) +
-                                  " is read-only; outputs must be writable");
+      throw pybind11::value_error(std::string(name) + " is read-only; outputs must be writable");
     spans_.push_back({name, a.begin, a.end, is_output});
     return reinterpret_cast<U*>(a.begin);
   }
@@ -153,8 +149,7 @@ Args args_with_sizes(Cell cell, const pybind11::handle& z, const char* z_name,
   Args args{};
   if (!w_hr.is_none()) {
     if (cell != Cell::Lstm)
-      throw pybind11::value_error(
-          "w_hr must be None for this cell (the projection is the LSTM's)");
+      throw pybind11::value_error("w_hr must be None for this cell (the projection is the LSTM's)");
     const std::vector<int64_t> p = Reader::shape(w_hr, "w_hr");
     if (p.size() != 2 || p[0] < 1 || p[1] < 1)
       throw pybind11::value_error("w_hr has shape " + shape_str(p) +
@@ -172,8 +167,7 @@ Args args_with_sizes(Cell cell, const pybind11::handle& z, const char* z_name,
   }
   const std::vector<int64_t> zs = Reader::shape(z, z_name);
   if (zs.size() != 3 || zs[0] < 1)
-    throw pybind11::value_error(std::string(z_name) +
-                                " must have shape (T, B, G*H) with T >= 1");
+    throw pybind11::value_error(std::string(z_name) + " must have shape (T, B, G*H) with T >= 1");
   args.cell = cell;
   args.steps = zs[0];
   args.batch = zs[1];

@@ -26,8 +26,8 @@ namespace {
 using bindings::parse_cell;
 using bindings::shape_str;
 
-using bindings::NumpyReader;
 using bindings::numpy_dtype;
+using bindings::NumpyReader;
 
 bool is_bfloat16(const py::array& arr) {
   return arr.dtype().itemsize() == 2 && std::string(py::str(arr.dtype())) == "bfloat16";
@@ -71,8 +71,7 @@ const uint8_t* resets_arg(const py::handle& obj, int64_t steps, int64_t batch) {
   if (actual != std::vector<int64_t>{steps, batch})
     throw py::value_error("resets has shape " + shape_str(actual) + ", expected " +
                           shape_str({steps, batch}));
-  if (!(arr.flags() & py::array::c_style))
-    throw py::value_error("resets must be C-contiguous");
+  if (!(arr.flags() & py::array::c_style)) throw py::value_error("resets must be C-contiguous");
   return static_cast<const uint8_t*>(arr.data());
 }
 
@@ -97,8 +96,7 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
     using T = decltype(type_tag);
     ArgChecker<T> check("zx");
     auto args = bindings::args_with_sizes<ForwardArgs<T>, NumpyReader>(cell, zx, "zx", w_hh, w_hr);
-    bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved,
-                                   w_hr);
+    bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, w_hr);
     const int64_t T_ = args.steps, B = args.batch;
     args.bf16_matmul = bf16_matmul;
     args.lengths = lengths_arg(lengths, T_, B);
@@ -112,17 +110,16 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
 void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::object h0,
                            py::object c0, py::object y, py::object saved, py::object dy,
                            py::object dh_n, py::object dc_n, py::object dzx, py::object dzh,
-                           py::object dh0, py::object dc0, py::object lengths,
-                           py::object resets, py::object w_hr, py::object dh_proj,
-                           bool bf16_matmul) {
+                           py::object dh0, py::object dc0, py::object lengths, py::object resets,
+                           py::object w_hr, py::object dh_proj, bool bf16_matmul) {
   const Cell cell = parse_cell(cell_name);
   dispatch_dtype(dzx, "dzx", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("dzx");
     auto args =
         bindings::args_with_sizes<BackwardArgs<T>, NumpyReader>(cell, dzx, "dzx", w_hh, w_hr);
-    bindings::check_backward_arrays(check, args, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx,
-                                    dzh, dh0, dc0, w_hr, dh_proj);
+    bindings::check_backward_arrays(check, args, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh,
+                                    dh0, dc0, w_hr, dh_proj);
     const int64_t T_ = args.steps, B = args.batch;
     args.bf16_matmul = bf16_matmul;
     args.lengths = lengths_arg(lengths, T_, B);
@@ -145,8 +142,8 @@ void gemm_operands(Checker& check, Args& args, const py::object& a, const py::ob
       throw py::type_error(std::string(name) + " must be a numpy.ndarray");
     auto arr = py::reinterpret_borrow<py::array>(obj);
     if (arr.ndim() != 2)
-      throw py::value_error(std::string(name) + " must be 2-D, not " +
-                            std::to_string(arr.ndim()) + "-D");
+      throw py::value_error(std::string(name) + " must be 2-D, not " + std::to_string(arr.ndim()) +
+                            "-D");
     return std::pair<int64_t, int64_t>(arr.shape(0), arr.shape(1));
   };
   const auto [a0, a1] = shape_2d(a, "a");
@@ -170,8 +167,8 @@ void gemm_operands(Checker& check, Args& args, const py::object& a, const py::ob
   check.check_no_overlap();
 }
 
-void gemm_py(py::object a, py::object b, py::object c, bool trans_a, bool trans_b,
-             py::object bias, bool accumulate) {
+void gemm_py(py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias,
+             bool accumulate) {
   dispatch_dtype(a, "a", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("a");
@@ -282,18 +279,23 @@ void cell_step_py(const py::object& packed, const py::object& x, const py::objec
 template <typename T>
 void bind_packed_cell(py::module_& m, const char* name) {
   py::class_<PackedCell<T>>(m, name, "A cell's weights packed by pack_cell (opaque).")
-      .def_property_readonly("isa", [](const PackedCell<T>& p) { return p.isa; },
-                             "The instruction set whose layout the panels have.")
+      .def_property_readonly(
+          "isa", [](const PackedCell<T>& p) { return p.isa; },
+          "The instruction set whose layout the panels have.")
       .def_property_readonly("input_size", [](const PackedCell<T>& p) { return p.input; })
       .def_property_readonly("hidden_size", [](const PackedCell<T>& p) { return p.hidden; });
 }
 
 void activation_py(const std::string& name, py::object x, py::object out) {
   Activation f;
-  if (name == "exp") f = Activation::Exp;
-  else if (name == "tanh") f = Activation::Tanh;
-  else if (name == "sigmoid") f = Activation::Sigmoid;
-  else throw py::value_error("activation must be 'exp', 'tanh' or 'sigmoid', not '" + name + "'");
+  if (name == "exp")
+    f = Activation::Exp;
+  else if (name == "tanh")
+    f = Activation::Tanh;
+  else if (name == "sigmoid")
+    f = Activation::Sigmoid;
+  else
+    throw py::value_error("activation must be 'exp', 'tanh' or 'sigmoid', not '" + name + "'");
   dispatch_dtype(x, "x", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("x");
@@ -312,11 +314,10 @@ void activation_py(const std::string& name, py::object x, py::object out) {
 PYBIND11_MODULE(_cpu, m) {
   using namespace rnnfast;
   m.doc() = "rnnfast CPU kernels (low level; use rnnfast.functional or the layers)";
-  m.def("recurrent_forward", &recurrent_forward_py, py::arg("cell"), py::arg("zx"),
-        py::arg("w_hh"), py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"),
-        py::arg("h_n"), py::arg("c_n"), py::arg("saved"), py::arg("lengths") = py::none(),
-        py::arg("resets") = py::none(), py::arg("w_hr") = py::none(),
-        py::arg("bf16_matmul") = false,
+  m.def("recurrent_forward", &recurrent_forward_py, py::arg("cell"), py::arg("zx"), py::arg("w_hh"),
+        py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"), py::arg("c_n"),
+        py::arg("saved"), py::arg("lengths") = py::none(), py::arg("resets") = py::none(),
+        py::arg("w_hr") = py::none(), py::arg("bf16_matmul") = false,
         "Recurrence of one layer and direction. zx [T,B,G*H] = x W_ih^T + b_ih; writes y "
         "[T,B,R], h_n [B,R], c_n [B,H] (LSTM) and, when given, the training workspace saved "
         "[T,B,S*H]. Optional: lengths [B] int64 in [0, T] (steps past a sequence's length are "
@@ -357,13 +358,16 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("compiled_isas", &compiled_isas, "Instruction sets the CPU kernels were compiled for.");
   m.def("available_isas", &available_isas, "Compiled instruction sets this CPU supports.");
   m.def("active_isa", &active_isa, "The instruction set the CPU kernels use now.");
-  m.def("set_isa", [](const std::string& name) {
-    try {
-      set_isa(name);
-    } catch (const std::invalid_argument& e) {
-      throw py::value_error(e.what());
-    }
-  }, py::arg("name"), "Use this instruction set (one of available_isas()).");
+  m.def(
+      "set_isa",
+      [](const std::string& name) {
+        try {
+          set_isa(name);
+        } catch (const std::invalid_argument& e) {
+          throw py::value_error(e.what());
+        }
+      },
+      py::arg("name"), "Use this instruction set (one of available_isas()).");
   m.def("activation", &activation_py, py::arg("name"), py::arg("x"), py::arg("out"),
         "out = the cells' exp, tanh or sigmoid of the 1-D array x, as the kernels compute it.");
   m.def("num_threads", &num_threads);
@@ -380,15 +384,20 @@ PYBIND11_MODULE(_cpu, m) {
       "How the calling thread's last kernel call shared its work: a dict with kernel (its name), "
       "threads (how many ran it) and split (what they divided: columns or rows of a step, "
       "panels or rows of a GEMM, units of a cell step).");
-  m.def("set_num_threads", [](int threads) {
-    if (threads < 1 || threads > 4096) throw py::value_error("threads must be in [1, 4096]");
-    py::gil_scoped_release release;  // waits for a running kernel to finish
-    set_num_threads(threads);
-  }, py::arg("threads"));
+  m.def(
+      "set_num_threads",
+      [](int threads) {
+        if (threads < 1 || threads > 4096) throw py::value_error("threads must be in [1, 4096]");
+        py::gil_scoped_release release;  // waits for a running kernel to finish
+        set_num_threads(threads);
+      },
+      py::arg("threads"));
   m.def("cpu_features", &cpu_features,
         "Instruction-set extensions of this CPU that rnnfast can use.");
-  m.def("gate_count", [](const std::string& cell) { return gate_count(parse_cell(cell)); },
-        py::arg("cell"));
-  m.def("saved_per_unit", [](const std::string& cell) { return saved_per_unit(parse_cell(cell)); },
-        py::arg("cell"), "Values per hidden unit and step in the training workspace.");
+  m.def(
+      "gate_count", [](const std::string& cell) { return gate_count(parse_cell(cell)); },
+      py::arg("cell"));
+  m.def(
+      "saved_per_unit", [](const std::string& cell) { return saved_per_unit(parse_cell(cell)); },
+      py::arg("cell"), "Values per hidden unit and step in the training workspace.");
 }

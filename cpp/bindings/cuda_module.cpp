@@ -113,7 +113,8 @@ DeviceArray read_interface(const py::handle& obj, const char* name) {
   if (!py::hasattr(obj, "__cuda_array_interface__"))
     throw py::type_error(std::string(name) +
                          " must be a CUDA array (a cupy.ndarray, or any object with "
-                         "__cuda_array_interface__), not " + type_name(obj));
+                         "__cuda_array_interface__), not " +
+                         type_name(obj));
   const py::object interface = obj.attr("__cuda_array_interface__");
   const std::string malformed = std::string(name) + " has a malformed __cuda_array_interface__";
   if (!py::isinstance<py::dict>(interface)) throw py::type_error(malformed + " (not a dict)");
@@ -128,14 +129,16 @@ DeviceArray read_interface(const py::handle& obj, const char* name) {
     a.shape = d["shape"].cast<std::vector<int64_t>>();
     const py::object strides = d.contains("strides") ? py::object(d["strides"]) : py::none();
     const py::object mask = d.contains("mask") ? py::object(d["mask"]) : py::none();
-    if (!mask.is_none()) throw py::value_error(std::string(name) + ": masked arrays are not supported");
+    if (!mask.is_none())
+      throw py::value_error(std::string(name) + ": masked arrays are not supported");
     if (!strides.is_none()) {
       a.strides = strides.cast<std::vector<int64_t>>();
       if (a.strides.size() != a.shape.size()) throw py::type_error("");
     }
   } catch (const py::value_error&) {
     throw;
-  } catch (const std::exception&) {  // missing keys, wrong types (py::cast_error, py::error_already_set)
+  } catch (
+      const std::exception&) {  // missing keys, wrong types (py::cast_error, py::error_already_set)
     throw py::type_error(malformed);
   }
   return a;
@@ -159,9 +162,14 @@ struct Reader {
     constexpr bool kBoolToo = std::is_same_v<T, uint8_t>;
     const bool dtype_ok = a.typestr == typestr<T>() || (kBoolToo && a.typestr == "|b1");
     return {typestr_name(a.typestr),
-            kBoolToo ? "bool or uint8" : typestr_name(typestr<T>()), dtype_ok,
-            a.c_contiguous(sizeof(T)), a.data % sizeof(T) == 0, !a.readonly, a.shape,
-            a.data, a.data + bytes};
+            kBoolToo ? "bool or uint8" : typestr_name(typestr<T>()),
+            dtype_ok,
+            a.c_contiguous(sizeof(T)),
+            a.data % sizeof(T) == 0,
+            !a.readonly,
+            a.shape,
+            a.data,
+            a.data + bytes};
   }
 
   // Every non-empty array the checker saw must be device (or managed) memory of the current
@@ -179,8 +187,8 @@ struct Reader {
         throw py::value_error(std::string(span.name) + " is not in device memory");
       if (attributes.device != device)
         throw py::value_error(std::string(span.name) + " is on device " +
-                              std::to_string(attributes.device) +
-                              ", but the current device is " + std::to_string(device));
+                              std::to_string(attributes.device) + ", but the current device is " +
+                              std::to_string(device));
     }
   }
 };
@@ -196,14 +204,15 @@ void dispatch_dtype(const py::handle& lead, const char* name, F&& f) {
   const std::string dtype = Reader::dtype_name(lead, name);
   if (dtype == "float32") return f(float{});
   if (dtype == "float64") return f(double{});
-  throw py::type_error(std::string(name) + " has dtype " + dtype +
-                       ", expected float32 or float64");
+  throw py::type_error(std::string(name) + " has dtype " + dtype + ", expected float32 or float64");
 }
 
 cudaStream_t parse_stream(const py::handle& stream) {
   if (!py::isinstance<py::int_>(stream) || py::isinstance<py::bool_>(stream))
-    throw py::type_error("stream must be an integer handle (cupy.cuda.get_current_stream().ptr), "
-                         "not " + type_name(stream));
+    throw py::type_error(
+        "stream must be an integer handle (cupy.cuda.get_current_stream().ptr), "
+        "not " +
+        type_name(stream));
   if (stream.cast<py::int_>() < py::int_(0))
     throw py::value_error("stream must be a non-negative integer handle");
   return reinterpret_cast<cudaStream_t>(stream.cast<uintptr_t>());
@@ -241,12 +250,11 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
     using T = decltype(type_tag);
     ArgChecker<T> check("zx");
     auto args = bindings::args_with_sizes<ForwardArgs<T>, Reader>(cell, zx, "zx", w_hh, w_hr);
-    bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved,
-                                   w_hr);
+    bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, w_hr);
     bindings::check_sequence_options(check, args, lengths, resets);
-    T* scratch = check.scratch(workspace, "workspace",
-                               workspace_size(Direction::Forward, cell, args.batch, args.hidden,
-                                              args.proj));
+    T* scratch =
+        check.scratch(workspace, "workspace",
+                      workspace_size(Direction::Forward, cell, args.batch, args.hidden, args.proj));
     launch_checked(check, args.batch, "rnnfast recurrent_forward",
                    [&] { return recurrent_forward(args, scratch, cuda_stream); });
   });
@@ -255,22 +263,21 @@ void recurrent_forward_py(const std::string& cell_name, py::object zx, py::objec
 void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::object h0,
                            py::object c0, py::object y, py::object saved, py::object dy,
                            py::object dh_n, py::object dc_n, py::object dzx, py::object dzh,
-                           py::object dh0, py::object dc0, py::object lengths,
-                           py::object resets, py::object w_hr, py::object dh_proj,
-                           py::object workspace, py::object stream) {
+                           py::object dh0, py::object dc0, py::object lengths, py::object resets,
+                           py::object w_hr, py::object dh_proj, py::object workspace,
+                           py::object stream) {
   const Cell cell = parse_cell(cell_name);
   const cudaStream_t cuda_stream = parse_stream(stream);
   dispatch_dtype(dzx, "dzx", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("dzx");
-    auto args =
-        bindings::args_with_sizes<BackwardArgs<T>, Reader>(cell, dzx, "dzx", w_hh, w_hr);
-    bindings::check_backward_arrays(check, args, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx,
-                                    dzh, dh0, dc0, w_hr, dh_proj);
+    auto args = bindings::args_with_sizes<BackwardArgs<T>, Reader>(cell, dzx, "dzx", w_hh, w_hr);
+    bindings::check_backward_arrays(check, args, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh,
+                                    dh0, dc0, w_hr, dh_proj);
     bindings::check_sequence_options(check, args, lengths, resets);
-    T* scratch = check.scratch(workspace, "workspace",
-                               workspace_size(Direction::Backward, cell, args.batch,
-                                              args.hidden, args.proj));
+    T* scratch = check.scratch(
+        workspace, "workspace",
+        workspace_size(Direction::Backward, cell, args.batch, args.hidden, args.proj));
     launch_checked(check, args.batch, "rnnfast recurrent_backward",
                    [&] { return recurrent_backward(args, scratch, cuda_stream); });
   });
@@ -283,8 +290,9 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
   using namespace rnnfast::cuda;
   using rnnfast::bindings::parse_cell;
 #if defined(RNNFAST_CUDA_EMULATED)
-  m.doc() = "rnnfast's CUDA kernels compiled for the host and run by its CUDA emulator, over "
-            "NumPy arrays (low level; the interface of rnnfast._cuda)";
+  m.doc() =
+      "rnnfast's CUDA kernels compiled for the host and run by its CUDA emulator, over "
+      "NumPy arrays (low level; the interface of rnnfast._cuda)";
   m.attr("emulated") = true;
   m.attr("compiled_architectures") = "host";
   const char* arrays = "NumPy arrays";
@@ -294,26 +302,31 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
   m.attr("compiled_architectures") = RNNFAST_CUDA_ARCHITECTURES;
   const char* arrays = "CUDA arrays (__cuda_array_interface__)";
 #endif
-  m.def("device_info", [] {
-    const DeviceInfo info = device_info();
-    py::dict d;
-    d["runtime_version"] = info.runtime_version;
-    d["driver_version"] = info.driver_version;
-    d["devices"] = info.devices;
-    d["error"] = info.error.empty() ? py::object(py::none()) : py::object(py::str(info.error));
-    return d;
-  }, "CUDA runtime and driver versions, the visible devices, and why none is usable if so.");
-  m.def("recurrent_forward", &recurrent_forward_py, py::arg("cell"), py::arg("zx"),
-        py::arg("w_hh"), py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"),
-        py::arg("h_n"), py::arg("c_n"), py::arg("saved"), py::arg("lengths") = py::none(),
-        py::arg("resets") = py::none(), py::arg("w_hr") = py::none(), py::kw_only(),
-        py::arg("workspace") = py::none(), py::arg("stream") = 0,
+  m.def(
+      "device_info",
+      [] {
+        const DeviceInfo info = device_info();
+        py::dict d;
+        d["runtime_version"] = info.runtime_version;
+        d["driver_version"] = info.driver_version;
+        d["devices"] = info.devices;
+        d["error"] = info.error.empty() ? py::object(py::none()) : py::object(py::str(info.error));
+        return d;
+      },
+      "CUDA runtime and driver versions, the visible devices, and why none is usable if so.");
+  m.def("recurrent_forward", &recurrent_forward_py, py::arg("cell"), py::arg("zx"), py::arg("w_hh"),
+        py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"), py::arg("c_n"),
+        py::arg("saved"), py::arg("lengths") = py::none(), py::arg("resets") = py::none(),
+        py::arg("w_hr") = py::none(), py::kw_only(), py::arg("workspace") = py::none(),
+        py::arg("stream") = 0,
         (std::string("Recurrence of one layer and direction, enqueued on `stream`: the "
                      "arguments and results of rnnfast._cpu.recurrent_forward, as ") +
-         arrays + " (lengths int64 [B], resets bool or uint8 [T, B]). lengths must lie in "
+         arrays +
+         " (lengths int64 [B], resets bool or uint8 [T, B]). lengths must lie in "
          "[0, T]: the kernels do not check it (the caller must). workspace: a 1-D array of the "
          "data's dtype with at least workspace_size('forward', cell, B, H, P) elements (None "
-         "where that is 0); its contents are undefined afterwards.").c_str());
+         "where that is 0); its contents are undefined afterwards.")
+            .c_str());
   m.def("recurrent_backward", &recurrent_backward_py, py::arg("cell"), py::arg("w_hh"),
         py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("saved"), py::arg("dy"),
         py::arg("dh_n"), py::arg("dc_n"), py::arg("dzx"), py::arg("dzh"), py::arg("dh0"),
@@ -322,61 +335,74 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
         py::arg("workspace") = py::none(), py::arg("stream") = 0,
         (std::string("Backward through time of recurrent_forward, enqueued on `stream`: the "
                      "arguments and results of rnnfast._cpu.recurrent_backward, as ") +
-         arrays + ". lengths must lie in [0, T] (unchecked). workspace: at least "
-         "workspace_size('backward', cell, B, H, P) elements (None where that is 0).").c_str());
-  m.def("workspace_size",
-        [](const std::string& direction, const std::string& cell, int64_t batch, int64_t hidden,
-           int64_t proj) {
-          if (batch < 0 || hidden < 1 || proj < 0)
-            throw py::value_error("workspace_size needs batch >= 0, hidden >= 1, proj >= 0");
-          return workspace_size(parse_direction(direction), parse_cell(cell), batch, hidden,
-                                proj);
-        },
-        py::arg("direction"), py::arg("cell"), py::arg("batch"), py::arg("hidden"),
-        py::arg("proj") = 0,
-        "Elements of the workspace that recurrent_forward (direction 'forward') or "
-        "recurrent_backward ('backward') needs; proj: the LSTM's projection size, 0 for none.");
-  m.def("saved_per_unit",
-        [](const std::string& cell) { return rnnfast::saved_per_unit(parse_cell(cell)); },
-        py::arg("cell"), "Values per hidden unit and step in the training workspace.");
-  m.def("gate_count", [](const std::string& cell) { return rnnfast::gate_count(parse_cell(cell)); },
-        py::arg("cell"), "Gates per hidden unit (rows of W_hh per unit).");
+         arrays +
+         ". lengths must lie in [0, T] (unchecked). workspace: at least "
+         "workspace_size('backward', cell, B, H, P) elements (None where that is 0).")
+            .c_str());
+  m.def(
+      "workspace_size",
+      [](const std::string& direction, const std::string& cell, int64_t batch, int64_t hidden,
+         int64_t proj) {
+        if (batch < 0 || hidden < 1 || proj < 0)
+          throw py::value_error("workspace_size needs batch >= 0, hidden >= 1, proj >= 0");
+        return workspace_size(parse_direction(direction), parse_cell(cell), batch, hidden, proj);
+      },
+      py::arg("direction"), py::arg("cell"), py::arg("batch"), py::arg("hidden"),
+      py::arg("proj") = 0,
+      "Elements of the workspace that recurrent_forward (direction 'forward') or "
+      "recurrent_backward ('backward') needs; proj: the LSTM's projection size, 0 for none.");
+  m.def(
+      "saved_per_unit",
+      [](const std::string& cell) { return rnnfast::saved_per_unit(parse_cell(cell)); },
+      py::arg("cell"), "Values per hidden unit and step in the training workspace.");
+  m.def(
+      "gate_count", [](const std::string& cell) { return rnnfast::gate_count(parse_cell(cell)); },
+      py::arg("cell"), "Gates per hidden unit (rows of W_hh per unit).");
 #if defined(RNNFAST_CUDA_EMULATED)
-  m.def("set_timeout", [](double seconds) {
-    if (!(seconds > 0)) throw py::value_error("seconds must be a positive number");
-    emulator::set_timeout(seconds);
-  }, py::arg("seconds"),
-        "The longest an emulated thread waits at a barrier before its launch fails with "
-        "RuntimeError (default: RNNFAST_EMULATOR_TIMEOUT seconds, else 60).");
+  m.def(
+      "set_timeout",
+      [](double seconds) {
+        if (!(seconds > 0)) throw py::value_error("seconds must be a positive number");
+        emulator::set_timeout(seconds);
+      },
+      py::arg("seconds"),
+      "The longest an emulated thread waits at a barrier before its launch fails with "
+      "RuntimeError (default: RNNFAST_EMULATOR_TIMEOUT seconds, else 60).");
   m.def("timeout", &emulator::timeout, "The emulator's barrier timeout in seconds.");
-  m.def("self_test_divergent_barrier", [](int threads, int waiting) {
-    if (threads < 1 || threads > 1024 || waiting < 1 || waiting > threads)
-      throw py::value_error("needs 1 <= waiting <= threads <= 1024");
-    cudaError_t status;
-    {
-      py::gil_scoped_release release;
-      status = emulator::self_test::divergent_barrier(threads, waiting);
-    }
-    check_cuda(status, "self_test_divergent_barrier");
-  }, py::arg("threads"), py::arg("waiting"),
-        "The emulator's own test: one block of `threads` threads, of which the first `waiting` "
-        "wait at a __syncthreads that the others never reach. With waiting < threads it must "
-        "raise RuntimeError once the timeout has passed.");
-  m.def("self_test_grid_sync", [](int blocks, int threads) {
-    if (blocks < 1 || threads < 1 || threads > 1024)
-      throw py::value_error("needs blocks >= 1 and 1 <= threads <= 1024");
-    std::vector<int64_t> seen(static_cast<size_t>(blocks) * threads);
-    cudaError_t status;
-    {
-      py::gil_scoped_release release;
-      status = emulator::self_test::grid_sync_exchange(blocks, threads, seen.data());
-    }
-    check_cuda(status, "self_test_grid_sync");
-    return seen;
-  }, py::arg("blocks"), py::arg("threads"),
-        "The emulator's own test: a cooperative launch where thread t of block b writes "
-        "b * threads + t, meets every other thread at grid_sync(), then reads what thread t of "
-        "block (b + 1) % blocks wrote. Returns what each thread read, block by block (-1 where "
-        "its block's shared memory was not its own).");
+  m.def(
+      "self_test_divergent_barrier",
+      [](int threads, int waiting) {
+        if (threads < 1 || threads > 1024 || waiting < 1 || waiting > threads)
+          throw py::value_error("needs 1 <= waiting <= threads <= 1024");
+        cudaError_t status;
+        {
+          py::gil_scoped_release release;
+          status = emulator::self_test::divergent_barrier(threads, waiting);
+        }
+        check_cuda(status, "self_test_divergent_barrier");
+      },
+      py::arg("threads"), py::arg("waiting"),
+      "The emulator's own test: one block of `threads` threads, of which the first `waiting` "
+      "wait at a __syncthreads that the others never reach. With waiting < threads it must "
+      "raise RuntimeError once the timeout has passed.");
+  m.def(
+      "self_test_grid_sync",
+      [](int blocks, int threads) {
+        if (blocks < 1 || threads < 1 || threads > 1024)
+          throw py::value_error("needs blocks >= 1 and 1 <= threads <= 1024");
+        std::vector<int64_t> seen(static_cast<size_t>(blocks) * threads);
+        cudaError_t status;
+        {
+          py::gil_scoped_release release;
+          status = emulator::self_test::grid_sync_exchange(blocks, threads, seen.data());
+        }
+        check_cuda(status, "self_test_grid_sync");
+        return seen;
+      },
+      py::arg("blocks"), py::arg("threads"),
+      "The emulator's own test: a cooperative launch where thread t of block b writes "
+      "b * threads + t, meets every other thread at grid_sync(), then reads what thread t of "
+      "block (b + 1) % blocks wrote. Returns what each thread read, block by block (-1 where "
+      "its block's shared memory was not its own).");
 #endif
 }

@@ -23,8 +23,7 @@ pybind11::dtype numpy_dtype() {
 template <>
 inline pybind11::dtype numpy_dtype<Bf16>() {
   static const pybind11::handle dtype =
-      pybind11::dtype::from_args(pybind11::module_::import("ml_dtypes").attr("bfloat16"))
-          .release();
+      pybind11::dtype::from_args(pybind11::module_::import("ml_dtypes").attr("bfloat16")).release();
   return pybind11::reinterpret_borrow<pybind11::dtype>(dtype);
 }
 
@@ -62,7 +61,9 @@ struct NumpyReader {
       dtype = std::string(pybind11::str(arr.dtype()));
       expected = kBoolToo ? "bool or uint8" : std::string(pybind11::str(numpy_dtype<T>()));
     }
-    return {dtype, expected, dtype_ok,
+    return {dtype,
+            expected,
+            dtype_ok,
             (arr.flags() & pybind11::array::c_style) != 0,
             (arr.flags() & pybind11::detail::npy_api::NPY_ARRAY_ALIGNED_) != 0,
             arr.writeable(),

@@ -3,8 +3,8 @@
 // The layer around it (Python, rnnfast.functional) does the large GEMMs that need no
 // recurrence: the input projection zx = x W_ih^T + b_ih for all T steps before the forward,
 // and dW_ih = dzx^T x, dx = dzx W_ih, dW_hh = dzh^T h_prev, db = column sums, after the backward
-// (ARCHITECTURE.md, One orchestration). What stays here is the loop over time, with the recurrent matmul and
-// the cell's gate math fused in one pass per step.
+// (ARCHITECTURE.md, One orchestration). What stays here is the loop over time, with the recurrent
+// matmul and the cell's gate math fused in one pass per step.
 //
 // Shapes (row-major, C-contiguous; G = gate_count(cell); S = saved_per_unit(cell); R = H, or
 // P = proj with the LSTM's projection):
@@ -41,21 +41,21 @@ template <typename T>
 struct ForwardArgs {
   Cell cell;
   int64_t steps, batch, hidden;  // T, B, H
-  const T* zx;    // [T, B, G*H] input projection, b_ih included
-  const T* w_hh;  // [G*H, R]
-  const T* b_hh;  // [G*H], or nullptr for no bias
-  const T* h0;    // [B, R]
-  const T* c0;    // [B, H], LSTM only
-  T* y;           // [T, B, R] out: h_t of every step
-  T* h_n;         // [B, R] out
-  T* c_n;         // [B, H] out, LSTM only
-  T* saved;       // [T, B, S*H] out, training; nullptr for inference (nothing saved)
-  const int64_t* lengths;  // [B], or nullptr: every sequence has T steps
-  const uint8_t* resets;   // [T, B], or nullptr: no resets
-  int64_t proj;            // P, or 0: no projection (then w_hr is unused)
-  const T* w_hr;           // [P, H], LSTM only
-  bool bf16_matmul;        // float32: the recurrent matmul's operands rounded to bfloat16,
-                           // float32 sums, on the instruction sets amx and avx512_bf16
+  const T* zx;                   // [T, B, G*H] input projection, b_ih included
+  const T* w_hh;                 // [G*H, R]
+  const T* b_hh;                 // [G*H], or nullptr for no bias
+  const T* h0;                   // [B, R]
+  const T* c0;                   // [B, H], LSTM only
+  T* y;                          // [T, B, R] out: h_t of every step
+  T* h_n;                        // [B, R] out
+  T* c_n;                        // [B, H] out, LSTM only
+  T* saved;                      // [T, B, S*H] out, training; nullptr for inference (nothing saved)
+  const int64_t* lengths;        // [B], or nullptr: every sequence has T steps
+  const uint8_t* resets;         // [T, B], or nullptr: no resets
+  int64_t proj;                  // P, or 0: no projection (then w_hr is unused)
+  const T* w_hr;                 // [P, H], LSTM only
+  bool bf16_matmul;              // float32: the recurrent matmul's operands rounded to bfloat16,
+                                 // float32 sums, on the instruction sets amx and avx512_bf16
 };
 
 template <typename T>

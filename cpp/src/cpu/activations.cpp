@@ -1,7 +1,7 @@
 // The cells' activations applied to an array, compiled per instruction set like the kernels
 // (same vectorized code as in the kernels' loops), so that tests can measure their error.
-#include "rnnfast/activations_cpu.h"
 #include "rnnfast/cells/activations.h"
+#include "rnnfast/activations_cpu.h"
 
 #ifndef RNNFAST_ISA_NS
 #error "compile with -DRNNFAST_ISA_NS=<namespace of this instruction set>"

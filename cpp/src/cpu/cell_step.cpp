@@ -35,9 +35,8 @@ void step_impl(const PackedCell<T>& p, int64_t B, const T* x, const T* h, const 
         for (int r = 0; r < MR; ++r) {
           const int64_t at = (row0 + r) * H + j0;  // unit j0 of this row in [B, H]
           tile_forward<T, C, kUnits>(zx[r], zh[r], C::kReadsHPrev ? h + at : nullptr,
-                                     c != nullptr ? c + at : nullptr,
-                                     h_out + at, c_out != nullptr ? c_out + at : nullptr,
-                                     nullptr, 0, units);
+                                     c != nullptr ? c + at : nullptr, h_out + at,
+                                     c_out != nullptr ? c_out + at : nullptr, nullptr, 0, units);
         }
       });
     }
@@ -64,22 +63,21 @@ void pack_cell(PackedCell<T>& p, const T* w_ih, const T* w_hh, const T* b_ih, co
 }
 
 template <typename T>
-void cell_step(const PackedCell<T>& p, int64_t batch, const T* x, const T* h, const T* c,
-               T* h_out, T* c_out) {
+void cell_step(const PackedCell<T>& p, int64_t batch, const T* x, const T* h, const T* c, T* h_out,
+               T* c_out) {
   if (batch == 0) return;
-  cells::visit_cell(p.cell, [&](auto cell) {
-    step_impl<T, decltype(cell)>(p, batch, x, h, c, h_out, c_out);
-  });
+  cells::visit_cell(
+      p.cell, [&](auto cell) { step_impl<T, decltype(cell)>(p, batch, x, h, c, h_out, c_out); });
 }
 
 template void pack_cell<float>(PackedCell<float>&, const float*, const float*, const float*,
                                const float*);
-template void pack_cell<double>(PackedCell<double>&, const double*, const double*,
-                                const double*, const double*);
+template void pack_cell<double>(PackedCell<double>&, const double*, const double*, const double*,
+                                const double*);
 template void cell_step<float>(const PackedCell<float>&, int64_t, const float*, const float*,
                                const float*, float*, float*);
-template void cell_step<double>(const PackedCell<double>&, int64_t, const double*,
-                                const double*, const double*, double*, double*);
+template void cell_step<double>(const PackedCell<double>&, int64_t, const double*, const double*,
+                                const double*, double*, double*);
 
 }  // namespace RNNFAST_ISA_NS
 }  // namespace rnnfast

@@ -20,10 +20,14 @@ namespace rnnfast {
 // The per-instruction-set copies of the kernels (one namespace each).
 #define RNNFAST_DECLARE_ISA(ns)                                                        \
   namespace ns {                                                                       \
-  template <typename T> void recurrent_forward(const ForwardArgs<T>&);                 \
-  template <typename T> void recurrent_backward(const BackwardArgs<T>&);               \
-  template <typename T> void gemm(const GemmArgs<T>&);                                 \
-  template <typename T> void apply_activation(Activation, const T*, T*, int64_t);      \
+  template <typename T>                                                                \
+  void recurrent_forward(const ForwardArgs<T>&);                                       \
+  template <typename T>                                                                \
+  void recurrent_backward(const BackwardArgs<T>&);                                     \
+  template <typename T>                                                                \
+  void gemm(const GemmArgs<T>&);                                                       \
+  template <typename T>                                                                \
+  void apply_activation(Activation, const T*, T*, int64_t);                            \
   template <typename T>                                                                \
   void pack_cell(PackedCell<T>&, const T*, const T*, const T*, const T*);              \
   template <typename T>                                                                \
@@ -39,11 +43,13 @@ RNNFAST_DECLARE_ISA(isa_avx512)
 // The bfloat16 instruction sets have their own GEMM and recurrence (for bfloat16 matmuls);
 // their other kernels are AVX-512's.
 #if RNNFAST_BF16_TARGETS
-#define RNNFAST_DECLARE_BF16_ISA(ns)                                     \
-  namespace ns {                                                         \
-  void gemm_bf16(const Bf16GemmArgs&);                                   \
-  template <typename T> void recurrent_forward(const ForwardArgs<T>&);   \
-  template <typename T> void recurrent_backward(const BackwardArgs<T>&); \
+#define RNNFAST_DECLARE_BF16_ISA(ns)               \
+  namespace ns {                                   \
+  void gemm_bf16(const Bf16GemmArgs&);             \
+  template <typename T>                            \
+  void recurrent_forward(const ForwardArgs<T>&);   \
+  template <typename T>                            \
+  void recurrent_backward(const BackwardArgs<T>&); \
   }
 RNNFAST_DECLARE_BF16_ISA(isa_avx512_bf16)
 RNNFAST_DECLARE_BF16_ISA(isa_amx)
@@ -54,14 +60,17 @@ namespace {
 
 // Returns isa_<isa>::call, and isa_<active instruction set>::call.
 #if RNNFAST_X86_TARGETS
-#define RNNFAST_ON_ISA(isa, call)              \
-  switch (isa) {                               \
-    case Isa::Amx:                             \
-    case Isa::Avx512Bf16:                      \
-    case Isa::Avx512: return isa_avx512::call; \
-    case Isa::Avx2: return isa_avx2::call;     \
-    case Isa::Baseline: break;                 \
-  }                                            \
+#define RNNFAST_ON_ISA(isa, call) \
+  switch (isa) {                  \
+    case Isa::Amx:                \
+    case Isa::Avx512Bf16:         \
+    case Isa::Avx512:             \
+      return isa_avx512::call;    \
+    case Isa::Avx2:               \
+      return isa_avx2::call;      \
+    case Isa::Baseline:           \
+      break;                      \
+  }                               \
   return isa_baseline::call
 #else
 #define RNNFAST_ON_ISA(isa, call) return isa_baseline::call
@@ -111,11 +120,16 @@ bool supported(Isa isa) {
 
 const char* isa_name(Isa isa) {
   switch (isa) {
-    case Isa::Amx: return "amx";
-    case Isa::Avx512Bf16: return "avx512_bf16";
-    case Isa::Avx512: return "avx512";
-    case Isa::Avx2: return "avx2";
-    case Isa::Baseline: break;
+    case Isa::Amx:
+      return "amx";
+    case Isa::Avx512Bf16:
+      return "avx512_bf16";
+    case Isa::Avx512:
+      return "avx512";
+    case Isa::Avx2:
+      return "avx2";
+    case Isa::Baseline:
+      break;
   }
   return "baseline";
 }
@@ -184,8 +198,8 @@ void set_isa(const std::string& name) {
 // Rapids Xeon, whose vdpbf16ps issues on one port, the LSTM forward recurrence at T=100, B=64,
 // H=512 ran at 30 GFLOP/s against float32 FMA's 55: there AMX does it). Below those, float32.
 #if RNNFAST_BF16_TARGETS
-#define RNNFAST_BF16_RECURRENCE(args, call)                                         \
-  if ((args).bf16_matmul && active().load() == Isa::Amx) return isa_amx::call;       \
+#define RNNFAST_BF16_RECURRENCE(args, call)                                    \
+  if ((args).bf16_matmul && active().load() == Isa::Amx) return isa_amx::call; \
   if ((args).bf16_matmul && active().load() == Isa::Avx512Bf16) return isa_avx512_bf16::call
 #else
 #define RNNFAST_BF16_RECURRENCE(args, call) (void)0
@@ -211,9 +225,12 @@ void gemm(const GemmArgs<T>& args) {
 void gemm_bf16(const Bf16GemmArgs& args) {
 #if RNNFAST_BF16_TARGETS
   switch (active().load()) {
-    case Isa::Amx: return isa_amx::gemm_bf16(args);
-    case Isa::Avx512Bf16: return isa_avx512_bf16::gemm_bf16(args);
-    default: break;
+    case Isa::Amx:
+      return isa_amx::gemm_bf16(args);
+    case Isa::Avx512Bf16:
+      return isa_avx512_bf16::gemm_bf16(args);
+    default:
+      break;
   }
 #endif
   RNNFAST_ON_ACTIVE_ISA(gemm_bf16(args));
@@ -255,8 +272,8 @@ template PackedCell<float> pack_cell(Cell, int64_t, int64_t, const float*, const
                                      const float*, const float*);
 template PackedCell<double> pack_cell(Cell, int64_t, int64_t, const double*, const double*,
                                       const double*, const double*);
-template void cell_step(const PackedCell<float>&, int64_t, const float*, const float*,
-                        const float*, float*, float*);
+template void cell_step(const PackedCell<float>&, int64_t, const float*, const float*, const float*,
+                        float*, float*);
 template void cell_step(const PackedCell<double>&, int64_t, const double*, const double*,
                         const double*, double*, double*);
 

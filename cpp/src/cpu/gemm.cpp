@@ -75,10 +75,10 @@ void gemm_impl(const GemmArgs<T>& g) {
                  packed.data() + p * g.k * W);
     barrier.wait(index);  // every panel packed
 
-    const BlockRange my_panels = split_rows ? BlockRange(panels, 0, 1)
-                                            : BlockRange(panels, index, threads);
-    const BlockRange my_blocks = split_rows ? BlockRange(row_blocks, index, threads)
-                                            : BlockRange(row_blocks, 0, 1);
+    const BlockRange my_panels =
+        split_rows ? BlockRange(panels, 0, 1) : BlockRange(panels, index, threads);
+    const BlockRange my_blocks =
+        split_rows ? BlockRange(row_blocks, index, threads) : BlockRange(row_blocks, 0, 1);
     T* a_block = a_direct ? nullptr : a_blocks.data() + index * block_rows * depth;
     for (int64_t k0 = 0; k0 < g.k || k0 == 0; k0 += depth) {
       const int64_t k_len = std::min(depth, g.k - k0);
@@ -91,20 +91,23 @@ void gemm_impl(const GemmArgs<T>& g) {
         for (int64_t p = my_panels.first; p < my_panels.last; ++p) {
           const int64_t j0 = p * W, units = std::min<int64_t>(W, g.n - j0);
           T* c = g.c + i0 * g.ldc + j0;
-          gemm_panel<T, W>(a, rows, k_len, lda, packed.data() + (p * g.k + k0) * W,
-                           g.bias != nullptr && k0 == 0 ? bias.data() + p * W : nullptr,
-                           [&](int64_t row0, auto& acc) {
-            constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
-            for (int r = 0; r < MR; ++r) {
-              T* c_row = c + (row0 + r) * g.ldc;
-              if (add)
-                for (int64_t u = 0; u < units; ++u) c_row[u] += acc[r][u];
-              else
-                copy_short(c_row, acc[r], units);
-            }
-          }, [&](int64_t row0, int64_t tile_rows) {  // the tile's rows of C
-            for (int64_t r = row0; r < row0 + tile_rows; ++r) prefetch_span(c + r * g.ldc, units);
-          });
+          gemm_panel<T, W>(
+              a, rows, k_len, lda, packed.data() + (p * g.k + k0) * W,
+              g.bias != nullptr && k0 == 0 ? bias.data() + p * W : nullptr,
+              [&](int64_t row0, auto& acc) {
+                constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+                for (int r = 0; r < MR; ++r) {
+                  T* c_row = c + (row0 + r) * g.ldc;
+                  if (add)
+                    for (int64_t u = 0; u < units; ++u) c_row[u] += acc[r][u];
+                  else
+                    copy_short(c_row, acc[r], units);
+                }
+              },
+              [&](int64_t row0, int64_t tile_rows) {  // the tile's rows of C
+                for (int64_t r = row0; r < row0 + tile_rows; ++r)
+                  prefetch_span(c + r * g.ldc, units);
+              });
         }
       }
     }

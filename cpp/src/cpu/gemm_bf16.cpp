@@ -10,8 +10,8 @@
 // kMaxDepth each) add into C. A thread packs kGroupBlocks blocks of A's rows at a time, then
 // runs them past B's slice, a chunk of columns at a time (kChunkBytes, kept in L2): each
 // value of A is packed once per pass, and AMX multiplies so fast that packing A once per
-// chunk would take longer than the products. Below AVX512-BF16 the operands are rounded to bfloat16 values held in float32 and
-// the float32 gemm multiplies them.
+// chunk would take longer than the products. Below AVX512-BF16 the operands are rounded to bfloat16
+// values held in float32 and the float32 gemm multiplies them.
 #include <algorithm>
 #include <cstring>
 
@@ -37,7 +37,10 @@ struct View {
   int64_t row, col;
   Bf16 at(int64_t i, int64_t j) const {
     const S v = data[i * row + j * col];
-    if constexpr (std::is_same_v<S, Bf16>) return v; else return to_bf16(v);
+    if constexpr (std::is_same_v<S, Bf16>)
+      return v;
+    else
+      return to_bf16(v);
   }
 };
 
@@ -66,8 +69,8 @@ void for_each_element(int64_t rows, int64_t cols, bool col_contiguous, Put&& put
 #if defined(__AVX512BF16__)
 
 constexpr int64_t kBlockRows = 32, kTileCols = 16, kBlockCols = 2 * kTileCols;
-constexpr int64_t kDepthAlign = 32;   // an AMX A tile's row: 32 bfloat16 of depth
-constexpr int64_t kMaxDepth = 2048;   // per pass: B's slice of a block column 128 KB
+constexpr int64_t kDepthAlign = 32;         // an AMX A tile's row: 32 bfloat16 of depth
+constexpr int64_t kMaxDepth = 2048;         // per pass: B's slice of a block column 128 KB
 constexpr int64_t kChunkBytes = 512 << 10;  // B's slice of a pass that a row group sweeps
 constexpr int64_t kGroupBlocks = 8;         // A's row blocks packed together (256 rows)
 
@@ -84,13 +87,12 @@ void pack_b_tile(const View<S>& b, int64_t k, int64_t n, int64_t kp, int64_t til
 // Rows i0 .. i0 + rows - 1 and depth k0 .. k0 + k_len - 1 of A [m, k] into out [32][dp], zeros
 // past them.
 template <typename S>
-void pack_a_block(const View<S>& a, int64_t i0, int64_t rows, int64_t k0, int64_t k_len,
-                  int64_t dp, Bf16* out) {
+void pack_a_block(const View<S>& a, int64_t i0, int64_t rows, int64_t k0, int64_t k_len, int64_t dp,
+                  Bf16* out) {
   for (int64_t r = 0; r < kBlockRows; ++r)
     std::fill(out + r * dp + (r < rows ? k_len : 0), out + (r + 1) * dp, Bf16{0});
-  for_each_element(rows, k_len, a.col == 1, [&](int64_t r, int64_t p) {
-    out[r * dp + p] = a.at(i0 + r, k0 + p);
-  });
+  for_each_element(rows, k_len, a.col == 1,
+                   [&](int64_t r, int64_t p) { out[r * dp + p] = a.at(i0 + r, k0 + p); });
 }
 
 #if defined(__AMX_BF16__)
@@ -172,10 +174,10 @@ void gemm_bf16_impl(const Bf16GemmArgs& g) {
     barrier.wait(index);  // all of B packed
 
     [[maybe_unused]] const TileScope tiles;  // AMX: this thread's tile configuration
-    const BlockRange my_cols = split_rows ? BlockRange(col_blocks, 0, 1)
-                                          : BlockRange(col_blocks, index, threads);
-    const BlockRange my_rows = split_rows ? BlockRange(row_blocks, index, threads)
-                                          : BlockRange(row_blocks, 0, 1);
+    const BlockRange my_cols =
+        split_rows ? BlockRange(col_blocks, 0, 1) : BlockRange(col_blocks, index, threads);
+    const BlockRange my_rows =
+        split_rows ? BlockRange(row_blocks, index, threads) : BlockRange(row_blocks, 0, 1);
     Bf16* a_group = a_groups.data() + index * group_size;
     alignas(64) float acc[kBlockRows][kBlockCols];
     for (int64_t k0 = 0; k0 < kp; k0 += depth) {
@@ -233,14 +235,12 @@ void widen(const View<S>& v, int64_t rows, int64_t cols, float* out) {
 
 void gemm_bf16_impl(const Bf16GemmArgs& g) {
   AlignedBuffer<float> a(g.m * g.k), b(g.k * g.n);
-  with_operand(g.a, g.a_type, g.a_row, g.a_col, [&](const auto& v) {
-    widen(v, g.m, g.k, a.data());
-  });
-  with_operand(g.b, g.b_type, g.b_row, g.b_col, [&](const auto& v) {
-    widen(v, g.k, g.n, b.data());
-  });
-  RNNFAST_ISA_NS::gemm(GemmArgs<float>{g.m, g.n, g.k, a.data(), g.k, 1, b.data(), g.n, 1,
-                                       g.bias, g.c, g.ldc, g.accumulate});
+  with_operand(g.a, g.a_type, g.a_row, g.a_col,
+               [&](const auto& v) { widen(v, g.m, g.k, a.data()); });
+  with_operand(g.b, g.b_type, g.b_row, g.b_col,
+               [&](const auto& v) { widen(v, g.k, g.n, b.data()); });
+  RNNFAST_ISA_NS::gemm(GemmArgs<float>{g.m, g.n, g.k, a.data(), g.k, 1, b.data(), g.n, 1, g.bias,
+                                       g.c, g.ldc, g.accumulate});
 }
 
 #endif

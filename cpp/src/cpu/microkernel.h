@@ -79,11 +79,20 @@ inline void copy_short(T* dst, const T* src, int64_t n) {
 template <typename T>
 inline void stream_vector(T* p, typename Simd<T>::Vec v) {
 #if defined(__AVX512F__)
-  if constexpr (sizeof(T) == 4) _mm512_stream_ps(p, v); else _mm512_stream_pd(p, v);
+  if constexpr (sizeof(T) == 4)
+    _mm512_stream_ps(p, v);
+  else
+    _mm512_stream_pd(p, v);
 #elif defined(__AVX__)
-  if constexpr (sizeof(T) == 4) _mm256_stream_ps(p, v); else _mm256_stream_pd(p, v);
+  if constexpr (sizeof(T) == 4)
+    _mm256_stream_ps(p, v);
+  else
+    _mm256_stream_pd(p, v);
 #else
-  if constexpr (sizeof(T) == 4) _mm_stream_ps(p, v); else _mm_stream_pd(p, v);
+  if constexpr (sizeof(T) == 4)
+    _mm_stream_ps(p, v);
+  else
+    _mm_stream_pd(p, v);
 #endif
 }
 #endif
@@ -197,8 +206,8 @@ void pack_panel(int64_t block, int64_t gates, int64_t hidden, int64_t depth, int
 
 // All blocks: out[block][k][g][u], one panel after the other.
 template <typename T>
-void pack_panels(int64_t gates, int64_t hidden, int64_t depth, int64_t units,
-                 const Strided<T>& src, T* out) {
+void pack_panels(int64_t gates, int64_t hidden, int64_t depth, int64_t units, const Strided<T>& src,
+                 T* out) {
   for (int64_t block = 0; block < ceil_div(hidden, units); ++block)
     pack_panel(block, gates, hidden, depth, units, src, out + block * depth * gates * units);
 }
@@ -225,9 +234,8 @@ Strided<T> bias_rows(const T* b, int64_t hidden) {
 // hide the FMA latency (about 16 with two 4-cycle FMA pipes); the split is fixed by MR and W,
 // so results never depend on the thread count.
 template <typename T, int MR, int W>
-inline void tile_gemm(const T* __restrict a, int64_t lda, int64_t depth,
-                      const T* __restrict panel, const T* __restrict init, bool resume,
-                      T (&acc)[MR][W]) {
+inline void tile_gemm(const T* __restrict a, int64_t lda, int64_t depth, const T* __restrict panel,
+                      const T* __restrict init, bool resume, T (&acc)[MR][W]) {
   using S = Simd<T>;
   using V = typename S::Vec;
   constexpr int NV = W / S::kLanes;
@@ -375,8 +383,9 @@ inline void tile_gemm(const Bf16* __restrict a, int64_t lda, int64_t depth,
   __m512 sum[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v)
-      sum[r][v] = resume ? _mm512_loadu_ps(&acc[r][v * 16])
-                  : init != nullptr ? _mm512_loadu_ps(init + v * 16) : _mm512_setzero_ps();
+      sum[r][v] = resume            ? _mm512_loadu_ps(&acc[r][v * 16])
+                  : init != nullptr ? _mm512_loadu_ps(init + v * 16)
+                                    : _mm512_setzero_ps();
   for (int64_t k = 0; k < depth; k += 2) {
     __m512bh p[NV];
     for (int v = 0; v < NV; ++v) p[v] = (__m512bh)_mm512_loadu_si512(panel + k * W + v * 32);
@@ -424,7 +433,7 @@ inline void round_rows(const float* rows_in, int64_t rows, int64_t n, int64_t ld
 #if defined(__AVX512BF16__)
     for (; j + 32 <= n; j += 32)  // 32 at a time, rounded to nearest even as to_bf16
       _mm512_storeu_si512(o + j, (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(in + j + 16),
-                                                               _mm512_loadu_ps(in + j)));
+                                                              _mm512_loadu_ps(in + j)));
 #endif
     for (; j < n; ++j) o[j] = to_bf16(in[j]);
     std::fill(o + n, o + n_even, Bf16{0});
@@ -438,9 +447,8 @@ inline void for_each_row_tile(int64_t rows, Tile&& tile) {
   if constexpr (MR == kTileRows) {
     int64_t row0 = 0;
     for (; row0 + MR <= rows; row0 += MR) tile(row0, std::integral_constant<int, MR>{});
-    if (rows - row0 > 0) for_each_row_tile<MR - 1>(rows - row0, [&](int64_t r, auto mr) {
-      tile(row0 + r, mr);
-    });
+    if (rows - row0 > 0)
+      for_each_row_tile<MR - 1>(rows - row0, [&](int64_t r, auto mr) { tile(row0 + r, mr); });
   } else if constexpr (MR > 0) {
     if (rows == MR)
       tile(int64_t{0}, std::integral_constant<int, MR>{});
@@ -461,15 +469,16 @@ constexpr int64_t kDepthBlock = 32768 / (W * static_cast<int64_t>(sizeof(M)));
 constexpr int64_t kChunkRows = 8 * kTileRows;
 
 // Multiplies all `rows` rows of a [rows, depth] (row stride lda) by one panel [depth, W] (M
-// = Bf16: the bfloat16 operands of that tile_gemm, depth even), tile by tile, and hands each tile to epilogue(row0, acc) where acc is T[MR][W] for rows row0 ..
-// row0 + MR - 1, once its whole depth is summed. init: as in tile_gemm. The depth blocks depend
-// only on depth and W, so results do not depend on the thread count. prefetch(row0, rows) is
-// called before a tile's first depth block, to request the operands its epilogue will read and
-// write (see prefetch_span): spread tile by tile, the requests do not queue up, and with a deep
-// panel they have the rest of the chunk's blocks to arrive.
+// = Bf16: the bfloat16 operands of that tile_gemm, depth even), tile by tile, and hands each tile
+// to epilogue(row0, acc) where acc is T[MR][W] for rows row0 .. row0 + MR - 1, once its whole depth
+// is summed. init: as in tile_gemm. The depth blocks depend only on depth and W, so results do not
+// depend on the thread count. prefetch(row0, rows) is called before a tile's first depth block, to
+// request the operands its epilogue will read and write (see prefetch_span): spread tile by tile,
+// the requests do not queue up, and with a deep panel they have the rest of the chunk's blocks to
+// arrive.
 template <typename T, int W, typename M = T, class Epilogue, class Prefetch>
-void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* panel,
-                const T* init, Epilogue&& epilogue, Prefetch&& prefetch) {
+void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* panel, const T* init,
+                Epilogue&& epilogue, Prefetch&& prefetch) {
 #if defined(__AMX_BF16__)
   if constexpr (!std::is_same_v<M, T>) {  // AMX: 16 rows a tile, the whole depth at once
     alignas(64) float acc[16][W];
@@ -480,7 +489,7 @@ void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* p
       for (int64_t r = 0; r < n && init != nullptr; ++r)
         for (int w = 0; w < W; ++w) acc[r][w] += init[w];
       with_rows(n, [&](auto mr) {
-        epilogue(row0, *reinterpret_cast<float(*)[decltype(mr)::value][W]>(&acc[0][0]));
+        epilogue(row0, *reinterpret_cast<float (*)[decltype(mr)::value][W]>(&acc[0][0]));
       });
     }
     return;
@@ -500,8 +509,8 @@ void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* p
           tile_gemm<T, MR, W>(a + (chunk0 + r0) * lda + k0, lda, k_len, panel + k0 * W, init,
                               k0 > 0, acc);
         else
-          tile_gemm<MR, W>(a + (chunk0 + r0) * lda + k0, lda, k_len, panel + k0 * W, init,
-                           k0 > 0, acc);
+          tile_gemm<MR, W>(a + (chunk0 + r0) * lda + k0, lda, k_len, panel + k0 * W, init, k0 > 0,
+                           acc);
         if (k0 + k_len >= depth) epilogue(chunk0 + r0, acc);
       });
     }
@@ -537,8 +546,7 @@ inline void prefetch_span(const T* p, int64_t n) {
 inline int choose_threads(int64_t blocks, int64_t macs) {
   constexpr int64_t kMinMacsPerThread = 16384;
   const int64_t useful = std::max<int64_t>(1, macs / kMinMacsPerThread);
-  return static_cast<int>(
-      std::min<int64_t>({ThreadPool::global().num_threads(), blocks, useful}));
+  return static_cast<int>(std::min<int64_t>({ThreadPool::global().num_threads(), blocks, useful}));
 }
 
 // The range [first, last) of blocks that thread `index` of `threads` owns, for every step.

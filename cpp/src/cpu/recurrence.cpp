@@ -123,8 +123,8 @@ int64_t operand_rows(int64_t rows) {
 }
 
 template <typename M, typename T>
-void pack_operand_panel(int64_t block, int64_t gates, int64_t hidden, int64_t depth,
-                        int64_t units, const Strided<T>& src, M* out) {
+void pack_operand_panel(int64_t block, int64_t gates, int64_t hidden, int64_t depth, int64_t units,
+                        const Strided<T>& src, M* out) {
   if constexpr (std::is_same_v<M, T>)
     pack_panel(block, gates, hidden, depth, units, src, out);
   else
@@ -182,8 +182,7 @@ void forward_impl(const ForwardArgs<T>& a) {
   }
 
   const StepSplit split(B, blocks * depth * kWidth * static_cast<int64_t>(sizeof(M)), !projected,
-                        std::max(blocks, proj_blocks),
-                        B * GH * R + (projected ? B * R * H : 0));
+                        std::max(blocks, proj_blocks), B * GH * R + (projected ? B * R * H : 0));
   split.record("recurrent_forward");
   const int64_t rounded_size = operand_rows<M, T>(B) * depth;
   AlignedBuffer<M> rounded(split.threads * rounded_size);
@@ -218,48 +217,51 @@ void forward_impl(const ForwardArgs<T>& a) {
         const int64_t units = std::min<int64_t>(kUnits, H - j0);
         for (int64_t group = my_groups.first; group < my_groups.last; ++group) {
           const int64_t r0 = split.group_start(group), r1 = split.group_start(group + 1);
-          gemm_panel<T, kWidth, M>(h_op + (r0 - rows0) * ld, r1 - r0, depth, ld,
-                                   panels.data() + block * depth * kWidth,
-                                   bias.data() + block * kWidth, [&](int64_t row0, auto& acc) {
-            constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
-            for (int r = 0; r < MR; ++r) {
-              const int64_t b = r0 + row0 + r, bh = b * H, length = length_of(a, b);
-              T* saved_bt = kTraining && S > 0 ? a.saved + (t * B + b) * S * H : nullptr;
-              if (t >= length) {  // padding: output 0 (also after the projection), state kept
-                std::fill(cell_h + bh + j0, cell_h + bh + j0 + units, T(0));
-                for (int s = 0; saved_bt != nullptr && s < S; ++s)
-                  std::fill(saved_bt + s * H + j0, saved_bt + s * H + j0 + units, T(0));
-                continue;
-              }
-              const bool fresh = starts_fresh(a, t, b);
-              const T* zh = acc[r];
-              if (a.resets != nullptr) {
-                T* zh0_b = zh0.data() + (block * B + b) * kWidth;
-                if (t == 0)
-                  std::copy(acc[r], acc[r] + kWidth, zh0_b);
-                else if (fresh)
-                  zh = zh0_b;
-              }
-              T* c_b = C::kHasCellState ? c_run.data() + bh : nullptr;
-              const T* c_prev_b = C::kHasCellState ? (fresh ? a.c0 + bh : c_b) : nullptr;
-              const T* h_prev_b = C::kReadsHPrev ? (fresh ? a.h0 : h_prev) + b * R : nullptr;
-              forward_epilogue<T, C, kUnits>(zh, zx_t + b * GH, h_prev_b, c_prev_b, cell_h + bh,
-                                             c_b, saved_bt, H, j0, units);
-              if (t == length - 1) {  // the sequence's last step: its final state
-                if (!projected) std::copy(h_t + bh + j0, h_t + bh + j0 + units, a.h_n + bh + j0);
-                if constexpr (C::kHasCellState)
-                  std::copy(c_b + j0, c_b + j0 + units, a.c_n + bh + j0);
-              }
-            }
-          }, [&](int64_t row0, int64_t rows) {  // the epilogue's rows of zx, h, c and saved
-            for (int64_t b = r0 + row0; b < r0 + row0 + rows; ++b) {
-              for (int g = 0; g < G; ++g) prefetch_span(zx_t + b * GH + g * H + j0, units);
-              prefetch_span(cell_h + b * H + j0, units);
-              if constexpr (C::kHasCellState) prefetch_span(c_run.data() + b * H + j0, units);
-              for (int s = 0; kTraining && !saved_streams && s < S; ++s)
-                prefetch_span(a.saved + ((t * B + b) * S + s) * H + j0, units);
-            }
-          });
+          gemm_panel<T, kWidth, M>(
+              h_op + (r0 - rows0) * ld, r1 - r0, depth, ld, panels.data() + block * depth * kWidth,
+              bias.data() + block * kWidth,
+              [&](int64_t row0, auto& acc) {
+                constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+                for (int r = 0; r < MR; ++r) {
+                  const int64_t b = r0 + row0 + r, bh = b * H, length = length_of(a, b);
+                  T* saved_bt = kTraining && S > 0 ? a.saved + (t * B + b) * S * H : nullptr;
+                  if (t >= length) {  // padding: output 0 (also after the projection), state kept
+                    std::fill(cell_h + bh + j0, cell_h + bh + j0 + units, T(0));
+                    for (int s = 0; saved_bt != nullptr && s < S; ++s)
+                      std::fill(saved_bt + s * H + j0, saved_bt + s * H + j0 + units, T(0));
+                    continue;
+                  }
+                  const bool fresh = starts_fresh(a, t, b);
+                  const T* zh = acc[r];
+                  if (a.resets != nullptr) {
+                    T* zh0_b = zh0.data() + (block * B + b) * kWidth;
+                    if (t == 0)
+                      std::copy(acc[r], acc[r] + kWidth, zh0_b);
+                    else if (fresh)
+                      zh = zh0_b;
+                  }
+                  T* c_b = C::kHasCellState ? c_run.data() + bh : nullptr;
+                  const T* c_prev_b = C::kHasCellState ? (fresh ? a.c0 + bh : c_b) : nullptr;
+                  const T* h_prev_b = C::kReadsHPrev ? (fresh ? a.h0 : h_prev) + b * R : nullptr;
+                  forward_epilogue<T, C, kUnits>(zh, zx_t + b * GH, h_prev_b, c_prev_b, cell_h + bh,
+                                                 c_b, saved_bt, H, j0, units);
+                  if (t == length - 1) {  // the sequence's last step: its final state
+                    if (!projected)
+                      std::copy(h_t + bh + j0, h_t + bh + j0 + units, a.h_n + bh + j0);
+                    if constexpr (C::kHasCellState)
+                      std::copy(c_b + j0, c_b + j0 + units, a.c_n + bh + j0);
+                  }
+                }
+              },
+              [&](int64_t row0, int64_t rows) {  // the epilogue's rows of zx, h, c and saved
+                for (int64_t b = r0 + row0; b < r0 + row0 + rows; ++b) {
+                  for (int g = 0; g < G; ++g) prefetch_span(zx_t + b * GH + g * H + j0, units);
+                  prefetch_span(cell_h + b * H + j0, units);
+                  if constexpr (C::kHasCellState) prefetch_span(c_run.data() + b * H + j0, units);
+                  for (int s = 0; kTraining && !saved_streams && s < S; ++s)
+                    prefetch_span(a.saved + ((t * B + b) * S + s) * H + j0, units);
+                }
+              });
         }
       }
       if (projected) {
@@ -269,14 +271,15 @@ void forward_impl(const ForwardArgs<T>& a) {
           const int64_t units = std::min<int64_t>(kProjUnits, R - j0);
           gemm_panel<T, kProjUnits>(m.data(), B, H, proj_panels.data() + block * H * kProjUnits,
                                     nullptr, [&](int64_t row0, auto& acc) {
-            constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
-            for (int r = 0; r < MR; ++r) {
-              const int64_t b = row0 + r;
-              std::copy(acc[r], acc[r] + units, h_t + b * R + j0);
-              if (t == length_of(a, b) - 1)
-                std::copy(acc[r], acc[r] + units, a.h_n + b * R + j0);
-            }
-          });
+                                      constexpr int MR =
+                                          std::extent_v<std::remove_reference_t<decltype(acc)>>;
+                                      for (int r = 0; r < MR; ++r) {
+                                        const int64_t b = row0 + r;
+                                        std::copy(acc[r], acc[r] + units, h_t + b * R + j0);
+                                        if (t == length_of(a, b) - 1)
+                                          std::copy(acc[r], acc[r] + units, a.h_n + b * R + j0);
+                                      }
+                                    });
         }
       }
       if (!split.by_rows) barrier.wait(index);  // h_t complete before any thread reads it
@@ -294,15 +297,16 @@ void forward_impl(const ForwardArgs<T>& a) {
 // and dc_run, the gradient reaching c_{t-1}. Staged through local arrays like
 // forward_epilogue, so that the math vectorizes; out of line for the reason tile_forward is.
 template <typename T, class C, int kUnits>
-__attribute__((noinline)) void backward_epilogue(
-    const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j0, int64_t units, const T* h_row,
-    const T* h_prev_row, const T* c_prev_row, const T* dh_t, const T* dc_t, T* dh_run,
-    T* dc_run) {
+__attribute__((noinline)) void backward_epilogue(const BackwardArgs<T>& a, int64_t t, int64_t b,
+                                                 int64_t j0, int64_t units, const T* h_row,
+                                                 const T* h_prev_row, const T* c_prev_row,
+                                                 const T* dh_t, const T* dc_t, T* dh_run,
+                                                 T* dc_run) {
   constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
   const int64_t B = a.batch, H = a.hidden, GH = G * H;
   const int64_t row = b * H + j0;  // offset of unit j0 of row b in [B, H] arrays
-  alignas(64) T saved_l[S][kUnits], h_l[kUnits], h_prev_l[kUnits], c_prev_l[kUnits],
-      dc_l[kUnits], dzx_l[G][kUnits], dzh_l[G][kUnits], dh_direct_l[kUnits];
+  alignas(64) T saved_l[S][kUnits], h_l[kUnits], h_prev_l[kUnits], c_prev_l[kUnits], dc_l[kUnits],
+      dzx_l[G][kUnits], dzh_l[G][kUnits], dh_direct_l[kUnits];
   // Rows that this cell does not read (nullptr) stage as zeros.
   const T* saved_bt = C::kSaved > 0 ? a.saved + (t * B + b) * C::kSaved * H + j0 : nullptr;
   for (int s = 0; s < S; ++s)
@@ -359,8 +363,7 @@ void backward_impl(const BackwardArgs<T>& a) {
   // d [units] holds the gradient that step t sends to the state after step t-1 (row b, from
   // offset `row` of a [B, .] array). Where step t started from the initial state it goes to
   // d0 instead; d_n is added where step t-1 is the row's last; at t = 0 the rest goes to d0.
-  auto route = [&](int64_t t, int64_t b, int64_t row, int64_t units, T* d0, const T* d_n,
-                   T* d) {
+  auto route = [&](int64_t t, int64_t b, int64_t row, int64_t units, T* d0, const T* d_n, T* d) {
     if (t < T_ && starts_fresh(a, t, b)) {
       for (int64_t u = 0; u < units; ++u) {
         d0[row + u] += d[u];
@@ -381,8 +384,7 @@ void backward_impl(const BackwardArgs<T>& a) {
   };
   // The cell's backward of step s for cell units j0 .., given the gradients reaching its h and
   // c; zero gradients and nothing passed on where s is padding.
-  auto cell_step = [&](int64_t s, int64_t b, int64_t j0, int64_t units, const T* dh,
-                       const T* dc) {
+  auto cell_step = [&](int64_t s, int64_t b, int64_t j0, int64_t units, const T* dh, const T* dc) {
     const int64_t row = b * H + j0;
     if (s >= length_of(a, b)) {
       for (int g = 0; g < G; ++g) {
@@ -398,8 +400,9 @@ void backward_impl(const BackwardArgs<T>& a) {
     }
     const bool fresh = starts_fresh(a, s, b);
     const T* h_row = C::kBackwardReadsH ? a.y + (s * B + b) * H : nullptr;
-    const T* h_prev_row =
-        !C::kReadsHPrev ? nullptr : fresh ? a.h0 + b * H : a.y + ((s - 1) * B + b) * H;
+    const T* h_prev_row = !C::kReadsHPrev ? nullptr
+                          : fresh         ? a.h0 + b * H
+                                          : a.y + ((s - 1) * B + b) * H;
     const T* c_prev_row = nullptr;
     if constexpr (C::kHasCellState)  // c0, or the c that step s-1 saved
       c_prev_row = fresh ? a.c0 + b * H : a.saved + ((s - 1) * B + b) * S * H + C::kSavedC * H;
@@ -474,10 +477,9 @@ void backward_impl(const BackwardArgs<T>& a) {
 
     for (int64_t t = T_; t >= 0; --t) {
       const int64_t s = t - 1;
-      const auto [dzh_op, ld] =
-          t < T_ ? step_operand<M>(a.dzh + t * B * GH, r0, r1, GH,
-                                   rounded.data() + index * rounded_size)
-                 : std::pair<const M*, int64_t>{nullptr, 0};
+      const auto [dzh_op, ld] = t < T_ ? step_operand<M>(a.dzh + t * B * GH, r0, r1, GH,
+                                                         rounded.data() + index * rounded_size)
+                                       : std::pair<const M*, int64_t>{nullptr, 0};
       for (int64_t block = mine.first; block < mine.last; ++block) {
         const int64_t j0 = block * kUnits, units = std::min<int64_t>(kUnits, R - j0);
         if (t == T_) {
@@ -486,27 +488,29 @@ void backward_impl(const BackwardArgs<T>& a) {
         }
         for (int64_t group = my_groups.first; group < my_groups.last; ++group) {
           const int64_t g0 = split.group_start(group), g1 = split.group_start(group + 1);
-          gemm_panel<T, kUnits, M>(dzh_op + (g0 - r0) * ld, g1 - g0, depth, ld,
-                                   panels.data() + block * depth * kUnits, nullptr,
-                                   [&](int64_t row0, auto& acc) {
-            constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
-            for (int r = 0; r < MR; ++r) pass1_row(t, g0 + row0 + r, j0, units, acc[r]);
-          }, [&](int64_t row0, int64_t rows) {  // what the cell's backward of step s reads, writes
-            if (s < 0 || projected) return;
-            for (int64_t b = g0 + row0; b < g0 + row0 + rows; ++b) {
-              const int64_t sb = s * B + b;
-              for (int k = 0; k < S; ++k) prefetch_span(a.saved + (sb * S + k) * H + j0, units);
-              if constexpr (C::kHasCellState)  // c_{s-1}, saved by step s-1
-                if (s > 0) prefetch_span(a.saved + ((sb - B) * S + C::kSavedC) * H + j0, units);
-              prefetch_span(a.dy + sb * R + j0, units);
-              if (C::kBackwardReadsH) prefetch_span(a.y + sb * R + j0, units);
-              if (C::kReadsHPrev && s > 0) prefetch_span(a.y + (sb - B) * R + j0, units);
-              for (int g = 0; g < G; ++g) {
-                prefetch_span(a.dzx + sb * GH + g * H + j0, units);
-                if (a.dzh != a.dzx) prefetch_span(a.dzh + sb * GH + g * H + j0, units);
-              }
-            }
-          });
+          gemm_panel<T, kUnits, M>(
+              dzh_op + (g0 - r0) * ld, g1 - g0, depth, ld, panels.data() + block * depth * kUnits,
+              nullptr,
+              [&](int64_t row0, auto& acc) {
+                constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+                for (int r = 0; r < MR; ++r) pass1_row(t, g0 + row0 + r, j0, units, acc[r]);
+              },
+              [&](int64_t row0, int64_t rows) {  // what the cell's backward of step s reads, writes
+                if (s < 0 || projected) return;
+                for (int64_t b = g0 + row0; b < g0 + row0 + rows; ++b) {
+                  const int64_t sb = s * B + b;
+                  for (int k = 0; k < S; ++k) prefetch_span(a.saved + (sb * S + k) * H + j0, units);
+                  if constexpr (C::kHasCellState)  // c_{s-1}, saved by step s-1
+                    if (s > 0) prefetch_span(a.saved + ((sb - B) * S + C::kSavedC) * H + j0, units);
+                  prefetch_span(a.dy + sb * R + j0, units);
+                  if (C::kBackwardReadsH) prefetch_span(a.y + sb * R + j0, units);
+                  if (C::kReadsHPrev && s > 0) prefetch_span(a.y + (sb - B) * R + j0, units);
+                  for (int g = 0; g < G; ++g) {
+                    prefetch_span(a.dzx + sb * GH + g * H + j0, units);
+                    if (a.dzh != a.dzx) prefetch_span(a.dzh + sb * GH + g * H + j0, units);
+                  }
+                }
+              });
         }
       }
       if (projected) {
@@ -518,15 +522,15 @@ void backward_impl(const BackwardArgs<T>& a) {
             for (int64_t b = 0; b < B; ++b) grad_c(t, b, j0, units, dc);
             continue;
           }
-          gemm_panel<T, kUnits>(a.dh_proj + s * B * R, B, R,
-                                proj_panels.data() + block * R * kUnits, nullptr,
-                                [&](int64_t row0, auto& acc) {
-            constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
-            for (int r = 0; r < MR; ++r) {
-              grad_c(t, row0 + r, j0, units, dc);
-              cell_step(s, row0 + r, j0, units, acc[r], dc);
-            }
-          });
+          gemm_panel<T, kUnits>(
+              a.dh_proj + s * B * R, B, R, proj_panels.data() + block * R * kUnits, nullptr,
+              [&](int64_t row0, auto& acc) {
+                constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+                for (int r = 0; r < MR; ++r) {
+                  grad_c(t, row0 + r, j0, units, dc);
+                  cell_step(s, row0 + r, j0, units, acc[r], dc);
+                }
+              });
         }
       }
       if (t > 0 && !split.by_rows) barrier.wait(index);  // dzh_{t-1} complete
@@ -565,9 +569,8 @@ template <typename T>
 void recurrent_backward(const BackwardArgs<T>& args) {
   if (args.batch == 0) return;
   cells::visit_cell(args.cell, [&](auto c) {
-    with_operand_type<T>(args.bf16_matmul, [&](auto m) {
-      backward_impl<T, decltype(c), decltype(m)>(args);
-    });
+    with_operand_type<T>(args.bf16_matmul,
+                         [&](auto m) { backward_impl<T, decltype(c), decltype(m)>(args); });
   });
 }
 

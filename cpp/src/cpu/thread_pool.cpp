@@ -160,9 +160,8 @@ void ThreadPool::worker_loop(int index, unsigned seen) {
     const std::function<void(int)>* job;
     // Back-to-back runs (a layer's GEMM then its recurrence; a streaming loop of cell steps)
     // find the worker still spinning: no futex wake-up, which costs tens of microseconds.
-    spin_until(kIdleSpinTime, [&] {
-      return job_generation_.load(std::memory_order_acquire) != seen;
-    });
+    spin_until(kIdleSpinTime,
+               [&] { return job_generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stopping_ || job_generation_.load() != seen; });

@@ -75,8 +75,7 @@ __attribute__((noinline)) void tile_forward(const T* zx, const T* zh, const T* h
   copy_units<kUnits>(h, h_l, units);
   if constexpr (C::kHasCellState) copy_units<kUnits>(c, c_l, units);
   if (saved != nullptr)
-    for (int s = 0; s < C::kSaved; ++s)
-      stream_short(saved + s * saved_stride, saved_l[s], units);
+    for (int s = 0; s < C::kSaved; ++s) stream_short(saved + s * saved_stride, saved_l[s], units);
 }
 
 }  // namespace

@@ -12,10 +12,14 @@ namespace rnnfast::cells {
 template <class F>
 decltype(auto) visit_cell(Cell cell, F&& f) {
   switch (cell) {
-    case Cell::RnnTanh: return f(RnnTanh{});
-    case Cell::RnnRelu: return f(RnnRelu{});
-    case Cell::Lstm: return f(Lstm{});
-    case Cell::Gru: break;
+    case Cell::RnnTanh:
+      return f(RnnTanh{});
+    case Cell::RnnRelu:
+      return f(RnnRelu{});
+    case Cell::Lstm:
+      return f(Lstm{});
+    case Cell::Gru:
+      break;
   }
   return f(Gru{});
 }

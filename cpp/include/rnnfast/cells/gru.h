@@ -32,8 +32,8 @@ struct Gru {
   }
 
   template <class V>
-  RNNFAST_HD static void backward(const V* saved, V /*h*/, V h_prev, V /*c_prev*/, V dh,
-                                  V& /*dc*/, V* dzx, V* dzh, V& dh_direct) {
+  RNNFAST_HD static void backward(const V* saved, V /*h*/, V h_prev, V /*c_prev*/, V dh, V& /*dc*/,
+                                  V* dzx, V* dzh, V& dh_direct) {
     const V r = saved[kSavedR], z = saved[kSavedZ], n = saved[kSavedN], zh_n = saved[kSavedHn];
     const V dn = dh * (V(1) - z) * (V(1) - n * n);  // gradient of n's pre-activation
     const V dr = dn * zh_n * r * (V(1) - r);
