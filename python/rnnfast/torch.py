@@ -25,9 +25,11 @@ This module imports torch; ``import rnnfast`` does not import it.
 """
 
 
+import functools
+import types
+
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import functional
@@ -42,96 +44,216 @@ def _numpy(tensor):
     return None if tensor is None else tensor.detach().numpy()
 
 
-def _tensor(array):
-    """A tensor on a NumPy array's memory (no copy); None stays None."""
-    return None if array is None else torch.from_numpy(array)
+# The recurrent ops of torch._VF that torch.nn's forward calls, and the cell ops with the cell
+# they run.
+_CELL_OPS = {"rnn_tanh_cell": "rnn_tanh", "rnn_relu_cell": "rnn_relu", "lstm_cell": "lstm",
+             "gru_cell": "gru"}
 
 
-class _LayerFunction(torch.autograd.Function):
-    """``rnnfast.functional.forward_layers`` as an autograd Function: input x [T, B, I],
-    initial states h0, c0 (None: zeros; c0 only for the LSTM), the parameters ``weights``
-    under PyTorch's ``names``; ``options``: forward_layers's cell and keyword arguments (the
-    stack, dropout, generator, training: save what backward needs). Returns (output, h_n), or
-    (output, h_n, c_n) for the LSTM."""
+class _Call:
+    """One call of a recurrent op of torch._VF (``torch._VF.lstm`` & co., with the arguments
+    torch.nn's forward gives it), split into its tensors, ``(x, *states, *weights)``, and the
+    rest. ``save``: keep what backward needs (a gradient may be asked for)."""
+
+    def __init__(self, op, args, save):
+        self.op, self.save = op, save
+        # Two overloads: (input, hx, params, has_biases, num_layers, dropout, train,
+        # bidirectional, batch_first) and, packed, (data, batch_sizes, hx, params, ...).
+        self.packed = isinstance(args[3], (list, tuple))
+        if self.packed:
+            (x, self.batch_sizes, hx, weights, self.has_biases, self.num_layers, self.dropout,
+             self.train, self.bidirectional) = args
+            self.batch_first = False
+        else:
+            (x, hx, weights, self.has_biases, self.num_layers, self.dropout, self.train,
+             self.bidirectional, self.batch_first) = args
+        states = tuple(hx) if isinstance(hx, (list, tuple)) else (hx,)
+        self.state_count = len(states)
+        self.tensors = (x, *states, *weights)
+
+    def torch_args(self, tensors):
+        """The arguments of torch._VF's op, with ``tensors`` in place of the call's own."""
+        x, states = tensors[0], tensors[1:1 + self.state_count]
+        weights = list(tensors[1 + self.state_count:])
+        hx = states if self.state_count == 2 else states[0]
+        rest = (weights, self.has_biases, self.num_layers, self.dropout, self.train,
+                self.bidirectional)
+        return (x, self.batch_sizes, hx, *rest) if self.packed else (x, hx, *rest,
+                                                                      self.batch_first)
+
+    def dropout_between_layers(self):
+        return self.dropout if self.train and self.num_layers > 1 else 0.0
+
+    def param_names(self):
+        """PyTorch's names of the weights, in torch.nn's _flat_weights order."""
+        directions = ("", "_reverse") if self.bidirectional else ("",)
+        per_direction = (len(self.tensors) - 1 - self.state_count) // (
+            self.num_layers * len(directions))
+        kinds = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.has_biases else [])
+        kinds += ["weight_hr"] if per_direction > len(kinds) else []
+        return [f"{kind}_l{k}{d}" for k in range(self.num_layers) for d in directions
+                for kind in kinds]
+
+
+def _run_kernels(call):
+    """rnnfast.functional.forward_layers on the call's tensors (NumPy views of their memory):
+    returns the op's outputs as torch._VF's (output, h_n[, c_n]) and the training context."""
+    x, lengths = call.tensors[0], None
+    if call.packed:  # padded [T, B, I], sorted by decreasing length as the batch_sizes are
+        x, lengths = pad_packed_sequence(PackedSequence(x, call.batch_sizes))
+        lengths = lengths.numpy()
+    elif call.batch_first:
+        x = x.transpose(0, 1)
+    states = tuple(map(_numpy, call.tensors[1:1 + call.state_count]))
+    weights = call.tensors[1 + call.state_count:]
+    dropout = call.dropout_between_layers()
+    # Dropout masks come from a numpy generator seeded by PyTorch's default generator.
+    generator = (np.random.default_rng(int(torch.randint(2**62, (), dtype=torch.int64)))
+                 if dropout > 0 else None)
+    out, h_n, c_n, saved = functional.forward_layers(
+        call.op, _numpy(x),
+        dict(zip(call.param_names(), map(_numpy, weights))),
+        hx=states if len(states) == 2 else states[0], lengths=lengths,
+        num_layers=call.num_layers, bidirectional=call.bidirectional, dropout=dropout,
+        generator=generator, training=call.save)
+    out = torch.from_numpy(out)
+    if call.packed:  # back to the packed layout: the valid steps, time-major
+        out = out[torch.arange(out.shape[1]) < call.batch_sizes[:, None]]
+    elif call.batch_first:
+        out = out.transpose(0, 1)
+    return (out, *(torch.from_numpy(a) for a in (h_n, c_n) if a is not None)), saved
+
+
+def _kernel_backward(call, saved, grad_out, grad_states):
+    """rnnfast.functional.backward_layers, in the layouts of the call: the gradients of
+    (x, *states, *weights)."""
+    if call.packed:
+        grad_out = pad_packed_sequence(PackedSequence(grad_out, call.batch_sizes))[0]
+    elif call.batch_first:
+        grad_out = grad_out.transpose(0, 1)
+    grad_hx = tuple(map(_numpy, grad_states))
+    grad_x, grad_h0, grad_c0, grads = functional.backward_layers(
+        saved, _numpy(grad_out), grad_hx if len(grad_hx) == 2 else grad_hx[0])
+    grad_x = torch.from_numpy(grad_x)
+    if call.packed:
+        grad_x = grad_x[torch.arange(grad_x.shape[1]) < call.batch_sizes[:, None]]
+    elif call.batch_first:
+        grad_x = grad_x.transpose(0, 1)
+    states = (grad_h0, grad_c0)[:call.state_count]
+    return (grad_x, *map(torch.from_numpy, states),
+            *(torch.from_numpy(grads[name]) for name in call.param_names()))
+
+
+def _differentiable_backward(call, tensors, grads, needs_grad):
+    """The gradients of (x, *states, *weights) as differentiable torch operations, for a
+    double backward (create_graph=True): torch's own op run again on the same tensors, and
+    torch.autograd.grad through it with create_graph."""
+    if call.dropout_between_layers() > 0:
+        # torch's op would draw other dropout masks than the forward's.
+        raise RuntimeError("rnnfast.torch cannot differentiate twice through dropout between "
+                           "layers; use dropout=0 or eval mode for a double backward")
+    with torch.enable_grad():
+        outputs = getattr(torch._VF, call.op)(*call.torch_args(tensors))
+    wanted = [t for t, needed in zip(tensors, needs_grad) if needed]
+    got = iter(torch.autograd.grad(outputs, wanted, grads, create_graph=True,
+                                   allow_unused=True))
+    return tuple(next(got) if needed else None for needed in needs_grad)
+
+
+class _Recurrence(torch.autograd.Function):
+    """A recurrent op of torch._VF on rnnfast's kernels, as an autograd Function of the call's
+    tensors: the fused backward kernels, or with create_graph=True a backward made of
+    differentiable torch operations."""
 
     @staticmethod
-    def forward(ctx, options, names, lengths, x, h0, c0, *weights):
-        cell, options = options
-        hx = None if h0 is None else (_numpy(h0), _numpy(c0)) if c0 is not None else _numpy(h0)
-        params = dict(zip(names, map(_numpy, weights)))
-        out, h_n, c_n, saved = functional.forward_layers(cell, _numpy(x), params, hx=hx,
-                                                         lengths=lengths, **options)
-        outputs = tuple(torch.from_numpy(a) for a in (out, h_n, c_n) if a is not None)
-        ctx.saved, ctx.names, ctx.has_hx = saved, names, h0 is not None
+    def forward(ctx, call, *tensors):
+        outputs, ctx.saved = _run_kernels(call)
+        ctx.call = call
         # The kernels keep views of x, the weights and the output for backward: saving them
-        # here too makes autograd refuse a backward after one of them was modified in place.
-        ctx.save_for_backward(x, outputs[0], *weights)
+        # here too makes autograd refuse a backward after one of them was modified in place,
+        # and gives a double backward the tensors to run torch's op on.
+        ctx.save_for_backward(*tensors, outputs[0])
         return outputs
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_out, *grad_states):
-        ctx.saved_tensors  # noqa: B018  (raises if something saved was modified in place)
-        grad_hx = tuple(map(_numpy, grad_states))
-        grad_x, grad_h0, grad_c0, grads = functional.backward_layers(
-            ctx.saved, _numpy(grad_out), grad_hx if len(grad_hx) == 2 else grad_hx[0])
-        if not ctx.has_hx:
-            grad_h0 = grad_c0 = None
-        return (None, None, None, _tensor(grad_x), _tensor(grad_h0), _tensor(grad_c0),
-                *(torch.from_numpy(grads[name]) for name in ctx.names))
+        tensors = ctx.saved_tensors[:-1]  # (raises if something saved was modified in place)
+        if torch.is_grad_enabled():  # create_graph=True
+            return None, *_differentiable_backward(ctx.call, tensors, (grad_out, *grad_states),
+                                                   ctx.needs_input_grad[1:])
+        return None, *_kernel_backward(ctx.call, ctx.saved, grad_out, grad_states)
 
 
-def _check_tensors(input, h0, c0, weights):
-    """The dtype and device checks of the adapter, naming the argument at fault."""
-    for name, tensor in (("input", input), ("hx", h0), ("hx", c0), ("parameters", weights[0])):
-        if tensor is not None and tensor.device.type != "cpu":
+def _check_device_and_dtype(tensors):
+    """What rnnfast's kernels need beyond torch's own checks: CPU tensors of float32 or
+    float64, all of one dtype."""
+    for tensor in tensors:
+        if tensor.device.type != "cpu":
             raise NotImplementedError(
-                f"{name} is on {tensor.device}: rnnfast.torch runs on CPU tensors only for "
+                f"a tensor is on {tensor.device}: rnnfast.torch runs on CPU tensors only for "
                 "now (the CUDA backend is not merged yet); use torch.nn's module on the GPU")
-    if weights[0].dtype not in _NUMPY_DTYPES:
-        raise TypeError(f"rnnfast computes in float32 or float64, not in {weights[0].dtype}: "
-                        "convert the module with .float() or .double()")
-    if input.dtype != weights[0].dtype:
-        raise TypeError(f"input has dtype {input.dtype}, but the module's parameters are "
-                        f"{weights[0].dtype}")
+    dtype = tensors[-1].dtype  # a weight's
+    if dtype not in _NUMPY_DTYPES:
+        raise TypeError(f"rnnfast computes in float32 or float64, not in {dtype}: convert the "
+                        "module with .float() or .double()")
+    for tensor in tensors:
+        if tensor.dtype != dtype:  # torch raises a RuntimeError from its matrix products
+            raise RuntimeError(f"expected every input and state to have the parameters' dtype "
+                               f"{dtype}, but one is {tensor.dtype}")
 
 
-class _Kernels:
-    """What the modules share: the call of rnnfast.functional.forward_layers through
-    _LayerFunction, with the module's options (read at every call)."""
-
-    def _run(self, x, hx, lengths, names, weights, num_layers=1, bidirectional=False,
-             dropout=0.0):
-        """The kernels on time-major batched x [T, B, I] and hx (a tensor, an LSTM's tuple, or
-        None): returns (output, h_n) or (output, (h_n, c_n))."""
-        h0, c0 = hx if isinstance(hx, tuple) else (hx, None)
-        _check_tensors(x, h0, c0, weights)
-        dropout = dropout if self.training and num_layers > 1 else 0.0
-        # Dropout masks come from a numpy generator seeded by PyTorch's default generator.
-        generator = (np.random.default_rng(int(torch.randint(2**62, (), dtype=torch.int64)))
-                     if dropout > 0 else None)
-        # What backward needs is saved only when a gradient may be asked for (in eval mode
-        # too, as torch.nn); not under torch.no_grad().
-        tensors = [t for t in (x, h0, c0, *weights) if t is not None]
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        options = (self._rnnfast_cell(), {
-            "num_layers": num_layers, "bidirectional": bidirectional, "dropout": dropout,
-            "generator": generator, "training": needs_grad})
-        out, *states = _LayerFunction.apply(options, names, lengths, x, h0, c0, *weights)
-        return out, tuple(states) if len(states) == 2 else states[0]
-
-    def _rnnfast_cell(self):
-        """The rnnfast.cell_registry name of this module's cell."""
-        if isinstance(self, (torch.nn.LSTM, torch.nn.LSTMCell)):
-            return "lstm"
-        if isinstance(self, (torch.nn.GRU, torch.nn.GRUCell)):
-            return "gru"
-        return "rnn_" + self.nonlinearity
+def _recurrent(op, *args):
+    """torch._VF's recurrent op ``op`` (lstm, gru, rnn_tanh, rnn_relu) on rnnfast's kernels:
+    called with torch._VF's arguments, returns what it returns."""
+    tensors = _Call(op, args, save=False).tensors
+    if min(t.numel() for t in tensors) == 0:
+        # Empty inputs or states: torch's op (its errors, and its empty results).
+        return getattr(torch._VF, op)(*args)
+    _check_device_and_dtype(tensors)
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return _Recurrence.apply(_Call(op, args, save), *tensors)
 
 
-def _map_hx(hx, fn):
-    """fn applied to hx, a tensor or an LSTM's tuple of two (None stays None)."""
-    return None if hx is None else tuple(map(fn, hx)) if isinstance(hx, tuple) else fn(hx)
+def _check_cell_sizes(op, input, states, weight_ih, weight_hh):
+    """The checks of PyTorch's cell ops (aten/src/ATen/native/RNN.cpp), in their order, with
+    their messages."""
+    if op == "lstm_cell" and len(states) != 2:
+        raise RuntimeError("lstm_cell expects two hidden states")
+    if input.size(1) != weight_ih.size(1):
+        raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected "
+                           f"{weight_ih.size(1)}")
+    for label, state in enumerate(states):
+        if input.size(0) != state.size(0):
+            raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{label} "
+                               f"batch size {state.size(0)}")
+        if state.size(1) != weight_hh.size(1):
+            raise RuntimeError(f"hidden{label} has inconsistent hidden_size: got "
+                               f"{state.size(1)}, expected {weight_hh.size(1)}")
+
+
+def _cell(op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
+    """torch._VF's cell op ``op`` on rnnfast's kernels: one step of a one-layer op of T = 1,
+    with the cell's parameters as that layer's."""
+    states = tuple(hx) if isinstance(hx, (list, tuple)) else (hx,)
+    _check_cell_sizes(op, input, states, weight_ih, weight_hh)
+    if input.numel() == 0 or weight_hh.numel() == 0:  # an empty batch, hidden_size=0
+        return getattr(torch._VF, op)(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    weights = [w for w in (weight_ih, weight_hh, bias_ih, bias_hh) if w is not None]
+    step = [s.unsqueeze(0) for s in states]
+    _, *final = _recurrent(_CELL_OPS[op], input.unsqueeze(0),
+                           step if len(step) == 2 else step[0], weights, bias_ih is not None,
+                           1, 0.0, False, False, False)
+    return (final[0][0], final[1][0]) if len(final) == 2 else final[0][0]
+
+
+class _VF:
+    """What torch.nn's forward methods call as ``_VF``, on rnnfast's kernels."""
+
+
+for _op in ("rnn_tanh", "rnn_relu", "lstm", "gru"):
+    setattr(_VF, _op, staticmethod(functools.partial(_recurrent, _op)))
+for _op in _CELL_OPS:
+    setattr(_VF, _op, staticmethod(functools.partial(_cell, _op)))
 
 
 def _doc(torch_class):
@@ -139,70 +261,23 @@ def _doc(torch_class):
             f"{torch_class.__doc__}")
 
 
-class _Recurrent(_Kernels):
-    """forward of RNN, LSTM and GRU, over torch.nn.RNNBase's attributes."""
-
-    def _stack(self):
-        return {"num_layers": self.num_layers, "bidirectional": self.bidirectional,
-                "dropout": self.dropout}
-
-    def forward(self, input, hx=None):
-        """As torch.nn's forward (input a Tensor or a PackedSequence), on rnnfast's kernels."""
-        weights = [getattr(self, name) for name in self._flat_weights_names]
-        if isinstance(input, PackedSequence):
-            # Padded with lengths, in the original batch order (as hx and h_n are).
-            x, lengths = pad_packed_sequence(input)
-            out, states = self._run(x, hx, lengths.numpy(), self._flat_weights_names, weights,
-                                    **self._stack())
-            # Packed back with the input's own batch_sizes and indices, as torch.nn does.
-            if input.sorted_indices is not None:
-                out = out.index_select(1, input.sorted_indices)
-            valid = torch.arange(out.shape[1]) < input.batch_sizes[:, None]  # [T, B]
-            return PackedSequence(out[valid], input.batch_sizes, input.sorted_indices,
-                                  input.unsorted_indices), states
-        if input.dim() not in (2, 3):
-            raise ValueError(f"input must be 2-D (unbatched) or 3-D, not of shape "
-                             f"{tuple(input.shape)}")
-        if input.dim() == 2:  # unbatched: a batch of one
-            out, states = self._run(input.unsqueeze(1), _map_hx(hx, lambda h: h.unsqueeze(1)),
-                                    None, self._flat_weights_names, weights, **self._stack())
-            return out.squeeze(1), _map_hx(states, lambda h: h.squeeze(1))
-        x = input.transpose(0, 1) if self.batch_first else input
-        out, states = self._run(x, hx, None, self._flat_weights_names, weights, **self._stack())
-        return out.transpose(0, 1) if self.batch_first else out, states
+def _subclass(torch_class):
+    """The rnnfast class of a torch.nn class: a subclass of it whose forward is torch.nn's own
+    code (its argument checks, errors, defaults and layouts, line for line) with rnnfast's _VF
+    in place of torch._VF, the module where that code finds its kernels."""
+    forward = torch_class.forward
+    ours = types.FunctionType(forward.__code__, {**forward.__globals__, "_VF": _VF},
+                              forward.__name__, forward.__defaults__, forward.__closure__)
+    ours.__doc__ = f"As torch.nn.{torch_class.__name__}.forward, on rnnfast's kernels."
+    return type(torch_class.__name__, (torch_class,),
+                {"forward": ours, "__doc__": _doc(torch_class), "__module__": __name__})
 
 
-class _Cell(_Kernels):
-    """forward of the cells: one step (T = 1) of a one-layer rnnfast layer whose parameters
-    are the cell's (the cell's weight_ih is the layer's weight_ih_l0, and so on)."""
-
-    def forward(self, input, hx=None):
-        """As torch.nn's cell: input [B, input_size] or [input_size] (unbatched), on
-        rnnfast's kernels."""
-        if input.dim() not in (1, 2):
-            raise ValueError(f"input must be 1-D (unbatched) or 2-D, not of shape "
-                             f"{tuple(input.shape)}")
-        names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
-        batched = input.dim() == 2
-        # To the layer's shapes: x [1, B, I], states [1, B, H] (B = 1 when unbatched).
-        grow = lambda t: (t if batched else t.unsqueeze(0)).unsqueeze(0)  # noqa: E731
-        _, states = self._run(grow(input), _map_hx(hx, grow), None,
-                              [name + "_l0" for name in names],
-                              [getattr(self, name) for name in names])
-        return _map_hx(states, lambda t: t[0] if batched else t[0, 0])
-
-
-def _subclass(forward, torch_class):
-    """The rnnfast class of a torch.nn class: a subclass of it whose forward is ``forward``'s."""
-    return type(torch_class.__name__, (forward, torch_class),
-                {"__doc__": _doc(torch_class), "__module__": __name__})
-
-
-RNN, LSTM, GRU = (_subclass(_Recurrent, c) for c in (torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU))
-RNNCell, LSTMCell, GRUCell = (_subclass(_Cell, c) for c in (torch.nn.RNNCell, torch.nn.LSTMCell,
-                                                            torch.nn.GRUCell))
+RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell = map(_subclass, (
+    torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU, torch.nn.RNNCell, torch.nn.LSTMCell,
+    torch.nn.GRUCell))
 # torch.nn class -> its rnnfast subclass, for convert()
-_REPLACEMENTS = {cls.__bases__[1]: cls for cls in (RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell)}
+_REPLACEMENTS = {cls.__bases__[0]: cls for cls in (RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell)}
 
 
 def convert(model):
