@@ -211,7 +211,12 @@ def _recurrent(op, *args):
         return getattr(torch._VF, op)(*args)
     _check_device_and_dtype(tensors)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    return _Recurrence.apply(_Call(op, args, save), *tensors)
+    try:
+        return _Recurrence.apply(_Call(op, args, save), *tensors)
+    except (ValueError, TypeError) as error:
+        # rnnfast.functional's argument checks (what torch.nn's forward leaves to torch._VF,
+        # such as hx's batch with a PackedSequence): torch._VF raises RuntimeErrors.
+        raise RuntimeError(str(error)) from error
 
 
 def _check_cell_sizes(op, input, states, weight_ih, weight_hh):
