@@ -26,7 +26,10 @@ This module imports torch; ``import rnnfast`` does not import it.
 
 
 import functools
+import itertools
 import types
+import typing
+import weakref
 
 import numpy as np
 import torch
@@ -44,144 +47,186 @@ def _numpy(tensor):
     return None if tensor is None else tensor.detach().numpy()
 
 
-# The recurrent ops of torch._VF that torch.nn's forward calls, and the cell ops with the cell
-# they run.
+# The cell ops of torch._VF, with the recurrent op (of torch._VF and rnnfast's) of their cell.
 _CELL_OPS = {"rnn_tanh_cell": "rnn_tanh", "rnn_relu_cell": "rnn_relu", "lstm_cell": "lstm",
              "gru_cell": "gru"}
 
 
-class _Call:
-    """One call of a recurrent op of torch._VF (``torch._VF.lstm`` & co., with the arguments
-    torch.nn's forward gives it), split into its tensors, ``(x, *states, *weights)``, and the
-    rest. ``save``: keep what backward needs (a gradient may be asked for)."""
+class _Call(typing.NamedTuple):
+    """What a call of a recurrent op of torch._VF (``torch._VF.lstm`` & co.) passes besides its
+    tensors (x, *states, *weights); the same as the arguments of the custom ops below."""
 
-    def __init__(self, op, args, save):
-        self.op, self.save = op, save
+    op: str
+    state_count: int
+    batch_sizes: torch.Tensor | None  # of a PackedSequence (then x is its data)
+    has_biases: bool
+    num_layers: int
+    dropout: float
+    train: bool
+    bidirectional: bool
+    batch_first: bool
+
+    @classmethod
+    def parse(cls, op, args):
+        """(call, tensors) of torch._VF's ``op`` called with ``args``."""
         # Two overloads: (input, hx, params, has_biases, num_layers, dropout, train,
         # bidirectional, batch_first) and, packed, (data, batch_sizes, hx, params, ...).
-        self.packed = isinstance(args[3], (list, tuple))
-        if self.packed:
-            (x, self.batch_sizes, hx, weights, self.has_biases, self.num_layers, self.dropout,
-             self.train, self.bidirectional) = args
-            self.batch_first = False
+        if isinstance(args[3], (list, tuple)):
+            x, batch_sizes, hx, weights, *rest = args
+            rest.append(False)
         else:
-            (x, hx, weights, self.has_biases, self.num_layers, self.dropout, self.train,
-             self.bidirectional, self.batch_first) = args
+            x, hx, weights, *rest = args
+            batch_sizes = None
         states = tuple(hx) if isinstance(hx, (list, tuple)) else (hx,)
-        self.state_count = len(states)
-        self.tensors = (x, *states, *weights)
+        return cls(op, len(states), batch_sizes, *rest), [x, *states, *weights]
 
     def torch_args(self, tensors):
         """The arguments of torch._VF's op, with ``tensors`` in place of the call's own."""
         x, states = tensors[0], tensors[1:1 + self.state_count]
         weights = list(tensors[1 + self.state_count:])
-        hx = states if self.state_count == 2 else states[0]
+        hx = tuple(states) if self.state_count == 2 else states[0]
         rest = (weights, self.has_biases, self.num_layers, self.dropout, self.train,
                 self.bidirectional)
-        return (x, self.batch_sizes, hx, *rest) if self.packed else (x, hx, *rest,
-                                                                      self.batch_first)
+        if self.batch_sizes is not None:
+            return (x, self.batch_sizes, hx, *rest)
+        return (x, hx, *rest, self.batch_first)
 
     def dropout_between_layers(self):
         return self.dropout if self.train and self.num_layers > 1 else 0.0
 
-    def param_names(self):
+    def param_names(self, weight_count):
         """PyTorch's names of the weights, in torch.nn's _flat_weights order."""
         directions = ("", "_reverse") if self.bidirectional else ("",)
-        per_direction = (len(self.tensors) - 1 - self.state_count) // (
-            self.num_layers * len(directions))
         kinds = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.has_biases else [])
-        kinds += ["weight_hr"] if per_direction > len(kinds) else []
+        if weight_count > len(kinds) * self.num_layers * len(directions):
+            kinds.append("weight_hr")
         return [f"{kind}_l{k}{d}" for k in range(self.num_layers) for d in directions
                 for kind in kinds]
 
 
-def _run_kernels(call):
-    """rnnfast.functional.forward_layers on the call's tensors (NumPy views of their memory):
-    returns the op's outputs as torch._VF's (output, h_n[, c_n]) and the training context."""
-    x, lengths = call.tensors[0], None
-    if call.packed:  # padded [T, B, I], sorted by decreasing length as the batch_sizes are
-        x, lengths = pad_packed_sequence(PackedSequence(x, call.batch_sizes))
-        lengths = lengths.numpy()
-    elif call.batch_first:
-        x = x.transpose(0, 1)
-    states = tuple(map(_numpy, call.tensors[1:1 + call.state_count]))
-    weights = call.tensors[1 + call.state_count:]
+def _to_padded(call, a):
+    """A tensor in the call's layout (packed data, batch-first) as time-major [T, B, F]."""
+    if call.batch_sizes is not None:
+        return pad_packed_sequence(PackedSequence(a, call.batch_sizes))[0]
+    return a.transpose(0, 1) if call.batch_first else a
+
+
+def _from_padded(call, a):
+    """A time-major [T, B, F] tensor in the call's layout, contiguous (as the fake
+    implementations say)."""
+    if call.batch_sizes is not None:  # the valid steps, time-major
+        return a[torch.arange(a.shape[1]) < call.batch_sizes[:, None]]
+    return a.transpose(0, 1).contiguous() if call.batch_first else a
+
+
+# The training contexts of rnnfast.functional (Python objects, which a custom op cannot
+# return), under the key that the forward op returns as a tensor (a "workspace handle") and the
+# backward op takes; an entry goes when its handle tensor is freed, as saved tensors are.
+_WORKSPACES = {}
+_workspace_keys = itertools.count()
+
+
+@torch.library.custom_op("rnnfast::recurrent", mutates_args=())
+def _recurrent_op(tensors: list[torch.Tensor], op: str, state_count: int,
+                  batch_sizes: torch.Tensor | None, has_biases: bool, num_layers: int,
+                  dropout: float, train: bool, bidirectional: bool, batch_first: bool,
+                  save: bool) -> list[torch.Tensor]:
+    """torch._VF's recurrent op on rnnfast.functional.forward_layers (NumPy views of the
+    tensors' memory): [output, h_n(, c_n)], and with ``save`` the workspace handle."""
+    call = _Call(op, state_count, batch_sizes, has_biases, num_layers, dropout, train,
+                 bidirectional, batch_first)
+    x, states, weights = tensors[0], tensors[1:1 + state_count], tensors[1 + state_count:]
+    lengths = None if batch_sizes is None else (batch_sizes[None] > torch.arange(
+        batch_sizes[0])[:, None]).sum(1).numpy()
     dropout = call.dropout_between_layers()
     # Dropout masks come from a numpy generator seeded by PyTorch's default generator.
     generator = (np.random.default_rng(int(torch.randint(2**62, (), dtype=torch.int64)))
                  if dropout > 0 else None)
+    hx = tuple(map(_numpy, states))
     out, h_n, c_n, saved = functional.forward_layers(
-        call.op, _numpy(x),
-        dict(zip(call.param_names(), map(_numpy, weights))),
-        hx=states if len(states) == 2 else states[0], lengths=lengths,
-        num_layers=call.num_layers, bidirectional=call.bidirectional, dropout=dropout,
-        generator=generator, training=call.save)
-    out = torch.from_numpy(out)
-    if call.packed:  # back to the packed layout: the valid steps, time-major
-        out = out[torch.arange(out.shape[1]) < call.batch_sizes[:, None]]
-    elif call.batch_first:
-        out = out.transpose(0, 1)
-    return (out, *(torch.from_numpy(a) for a in (h_n, c_n) if a is not None)), saved
+        op, _numpy(_to_padded(call, x)),
+        dict(zip(call.param_names(len(weights)), map(_numpy, weights))),
+        hx=hx if state_count == 2 else hx[0], lengths=lengths, num_layers=num_layers,
+        bidirectional=bidirectional, dropout=dropout, generator=generator, training=save)
+    outputs = [_from_padded(call, torch.from_numpy(out)),
+               *(torch.from_numpy(a) for a in (h_n, c_n) if a is not None)]
+    if save:
+        key = next(_workspace_keys)
+        _WORKSPACES[key] = saved
+        outputs.append(torch.tensor(key))
+        weakref.finalize(outputs[-1], _WORKSPACES.pop, key, None)
+    return outputs
 
 
-def _kernel_backward(call, saved, grad_out, grad_states):
-    """rnnfast.functional.backward_layers, in the layouts of the call: the gradients of
-    (x, *states, *weights)."""
-    if call.packed:
-        grad_out = pad_packed_sequence(PackedSequence(grad_out, call.batch_sizes))[0]
-    elif call.batch_first:
-        grad_out = grad_out.transpose(0, 1)
-    grad_hx = tuple(map(_numpy, grad_states))
-    grad_x, grad_h0, grad_c0, grads = functional.backward_layers(
-        saved, _numpy(grad_out), grad_hx if len(grad_hx) == 2 else grad_hx[0])
-    grad_x = torch.from_numpy(grad_x)
-    if call.packed:
-        grad_x = grad_x[torch.arange(grad_x.shape[1]) < call.batch_sizes[:, None]]
-    elif call.batch_first:
-        grad_x = grad_x.transpose(0, 1)
-    states = (grad_h0, grad_c0)[:call.state_count]
-    return (grad_x, *map(torch.from_numpy, states),
-            *(torch.from_numpy(grads[name]) for name in call.param_names()))
+@_recurrent_op.register_fake
+def _(tensors, op, state_count, batch_sizes, has_biases, num_layers, dropout, train,
+      bidirectional, batch_first, save):
+    x, states = tensors[0], tensors[1:1 + state_count]
+    features = (2 if bidirectional else 1) * states[0].shape[-1]
+    outputs = [x.new_empty((*x.shape[:-1], features)), *(s.new_empty(s.shape) for s in states)]
+    return outputs + [x.new_empty((), dtype=torch.int64)] if save else outputs
 
 
-def _differentiable_backward(call, tensors, grads, needs_grad):
+@torch.library.custom_op("rnnfast::recurrent_backward", mutates_args=())
+def _recurrent_backward_op(handle: torch.Tensor, grads: list[torch.Tensor],
+                           tensors: list[torch.Tensor], op: str, state_count: int,
+                           batch_sizes: torch.Tensor | None, has_biases: bool, num_layers: int,
+                           dropout: float, train: bool, bidirectional: bool,
+                           batch_first: bool) -> list[torch.Tensor]:
+    """rnnfast.functional.backward_layers for the forward op whose workspace handle is
+    ``handle``: the gradients of ``tensors`` (the forward's) from those of its outputs."""
+    call = _Call(op, state_count, batch_sizes, has_biases, num_layers, dropout, train,
+                 bidirectional, batch_first)
+    grad_hx = tuple(map(_numpy, grads[1:]))
+    grad_x, grad_h0, grad_c0, weight_grads = functional.backward_layers(
+        _WORKSPACES[int(handle)], _numpy(_to_padded(call, grads[0])),
+        grad_hx if state_count == 2 else grad_hx[0])
+    names = call.param_names(len(tensors) - 1 - state_count)
+    return [_from_padded(call, torch.from_numpy(grad_x)),
+            *map(torch.from_numpy, (grad_h0, grad_c0)[:state_count]),
+            *(torch.from_numpy(weight_grads[name]) for name in names)]
+
+
+@_recurrent_backward_op.register_fake
+def _(handle, grads, tensors, *call):
+    return [t.new_empty(t.shape) for t in tensors]
+
+
+def _setup_context(ctx, inputs, output):
+    tensors, *call, save = inputs
+    ctx.call = _Call(*call)
+    # Saving the inputs makes autograd refuse a backward after one of them was modified in
+    # place (the kernels' workspace holds views of x and the weights), and gives a double
+    # backward the tensors to run torch's op on.
+    ctx.save_for_backward(*tensors, output[-1] if save else None)
+
+
+def _backward(ctx, grads):
+    *tensors, handle = ctx.saved_tensors
+    state_count = ctx.call.state_count
+    grads = grads[:1 + state_count]  # not the handle's
+    if torch.is_grad_enabled():  # create_graph=True: differentiable operations
+        return _differentiable_backward(ctx.call, tensors, grads), *(None,) * 10
+    return _recurrent_backward_op(handle, grads, tensors, *ctx.call), *(None,) * 10
+
+
+def _differentiable_backward(call, tensors, grads):
     """The gradients of (x, *states, *weights) as differentiable torch operations, for a
-    double backward (create_graph=True): torch's own op run again on the same tensors, and
-    torch.autograd.grad through it with create_graph."""
+    double backward: torch's own op run again on the same tensors, and torch.autograd.grad
+    through it with create_graph."""
     if call.dropout_between_layers() > 0:
         # torch's op would draw other dropout masks than the forward's.
         raise RuntimeError("rnnfast.torch cannot differentiate twice through dropout between "
                            "layers; use dropout=0 or eval mode for a double backward")
     with torch.enable_grad():
         outputs = getattr(torch._VF, call.op)(*call.torch_args(tensors))
-    wanted = [t for t, needed in zip(tensors, needs_grad) if needed]
+    wanted = [t for t in tensors if t.requires_grad]
     got = iter(torch.autograd.grad(outputs, wanted, grads, create_graph=True,
                                    allow_unused=True))
-    return tuple(next(got) if needed else None for needed in needs_grad)
+    return [next(got) if t.requires_grad else None for t in tensors]
 
 
-class _Recurrence(torch.autograd.Function):
-    """A recurrent op of torch._VF on rnnfast's kernels, as an autograd Function of the call's
-    tensors: the fused backward kernels, or with create_graph=True a backward made of
-    differentiable torch operations."""
-
-    @staticmethod
-    def forward(ctx, call, *tensors):
-        outputs, ctx.saved = _run_kernels(call)
-        ctx.call = call
-        # The kernels keep views of x, the weights and the output for backward: saving them
-        # here too makes autograd refuse a backward after one of them was modified in place,
-        # and gives a double backward the tensors to run torch's op on.
-        ctx.save_for_backward(*tensors, outputs[0])
-        return outputs
-
-    @staticmethod
-    def backward(ctx, grad_out, *grad_states):
-        tensors = ctx.saved_tensors[:-1]  # (raises if something saved was modified in place)
-        if torch.is_grad_enabled():  # create_graph=True
-            return None, *_differentiable_backward(ctx.call, tensors, (grad_out, *grad_states),
-                                                   ctx.needs_input_grad[1:])
-        return None, *_kernel_backward(ctx.call, ctx.saved, grad_out, grad_states)
+_recurrent_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check_device_and_dtype(tensors):
@@ -205,18 +250,19 @@ def _check_device_and_dtype(tensors):
 def _recurrent(op, *args):
     """torch._VF's recurrent op ``op`` (lstm, gru, rnn_tanh, rnn_relu) on rnnfast's kernels:
     called with torch._VF's arguments, returns what it returns."""
-    tensors = _Call(op, args, save=False).tensors
+    call, tensors = _Call.parse(op, args)
     if min(t.numel() for t in tensors) == 0:
         # Empty inputs or states: torch's op (its errors, and its empty results).
         return getattr(torch._VF, op)(*args)
     _check_device_and_dtype(tensors)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     try:
-        return _Recurrence.apply(_Call(op, args, save), *tensors)
+        outputs = _recurrent_op(tensors, *call, save)
     except (ValueError, TypeError) as error:
         # rnnfast.functional's argument checks (what torch.nn's forward leaves to torch._VF,
         # such as hx's batch with a PackedSequence): torch._VF raises RuntimeErrors.
         raise RuntimeError(str(error)) from error
+    return tuple(outputs[:1 + call.state_count])
 
 
 def _check_cell_sizes(op, input, states, weight_ih, weight_hh):
@@ -268,11 +314,14 @@ def _doc(torch_class):
 
 def _subclass(torch_class):
     """The rnnfast class of a torch.nn class: a subclass of it whose forward is torch.nn's own
-    code (its argument checks, errors, defaults and layouts, line for line) with rnnfast's _VF
-    in place of torch._VF, the module where that code finds its kernels."""
+    code (its argument checks, errors, defaults and layouts, line for line) run in this
+    module's globals: its ``_VF`` (where that code finds its kernels) is rnnfast's, and its
+    other globals (torch, PackedSequence) are the same objects as in torch.nn.modules.rnn.
+    Tools that read a function's globals by its module (torch.compile's guards) find them
+    here too."""
     forward = torch_class.forward
-    ours = types.FunctionType(forward.__code__, {**forward.__globals__, "_VF": _VF},
-                              forward.__name__, forward.__defaults__, forward.__closure__)
+    ours = types.FunctionType(forward.__code__, globals(), forward.__name__,
+                              forward.__defaults__, forward.__closure__)
     ours.__doc__ = f"As torch.nn.{torch_class.__name__}.forward, on rnnfast's kernels."
     return type(torch_class.__name__, (torch_class,),
                 {"forward": ours, "__doc__": _doc(torch_class), "__module__": __name__})
@@ -283,6 +332,33 @@ RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell = map(_subclass, (
     torch.nn.GRUCell))
 # torch.nn class -> its rnnfast subclass, for convert()
 _REPLACEMENTS = {cls.__bases__[0]: cls for cls in (RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell)}
+
+
+def _let_dynamo_trace_these_modules():
+    """torch.compile's Dynamo refuses every instance of torch.nn.RNN, LSTM and GRU (ours too,
+    since they are subclasses) unless ``torch._dynamo.config.allow_rnn`` is set: its support
+    for torch's own RNN kernels is experimental. Ours need no such support: their forward is
+    plain Python around the rnnfast::recurrent custom op, which Dynamo records as one node. So
+    this lets Dynamo wrap rnnfast's modules as if allow_rnn were set, for them only: a
+    user's own torch.nn modules compile (or are refused) as before, and allow_rnn keeps its
+    meaning for them. (A wrapper of Dynamo's VariableBuilder.wrap_module, the one place that
+    makes the check; torch has no public way to exempt a class.)"""
+    from torch._dynamo import config
+    from torch._dynamo.variables.builder import VariableBuilder
+
+    wrap_module = VariableBuilder.wrap_module
+
+    @functools.wraps(wrap_module)
+    def wrap_rnnfast_modules_too(self, value):
+        if type(value) in _REPLACEMENTS.values():
+            with config.patch(allow_rnn=True):
+                return wrap_module(self, value)
+        return wrap_module(self, value)
+
+    VariableBuilder.wrap_module = wrap_rnnfast_modules_too
+
+
+_let_dynamo_trace_these_modules()
 
 
 def convert(model):
