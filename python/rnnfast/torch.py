@@ -2,23 +2,27 @@
 
 ``rnnfast.torch.LSTM`` is a ``torch.nn.LSTM`` (a subclass: the same constructor arguments and
 defaults, parameter names, shapes, initialisation, ``state_dict`` and repr) whose ``forward``
-runs ``rnnfast.functional.forward_layers`` on the parameter tensors' own memory, through a
-``torch.autograd.Function`` that gives the gradients for the input, hx and every parameter.
-Likewise ``GRU``, ``RNN``, ``LSTMCell``, ``GRUCell`` and ``RNNCell``; ``convert(model)`` switches
-the ``torch.nn`` ones inside a model over in place::
+is torch.nn's own code run with this module's ``_VF`` in place of ``torch._VF``: torch.nn's
+checks, errors, defaults and layouts, and rnnfast's kernels where torch.nn calls torch's
+(``rnnfast.functional.forward_layers`` on the tensors' own memory). Likewise ``GRU``, ``RNN``,
+``LSTMCell``, ``GRUCell`` and ``RNNCell`` (a cell runs as a one-step layer); ``convert(model)``
+switches the ``torch.nn`` ones inside a model over in place::
 
     import rnnfast.torch
     model = rnnfast.torch.convert(model)   # the same weights, now on rnnfast's kernels
 
-- ``forward(input, hx=None)`` takes what the ``torch.nn`` class takes (a Tensor, batched or
-  unbatched, batch_first or not, or a ``PackedSequence``) and returns the same outputs.
+- The kernels are the custom operators ``rnnfast::recurrent`` and ``rnnfast::recurrent_backward``
+  (fake implementations, registered autograd), so that torch.compile (fullgraph) and
+  torch.export record them as single nodes.
 - CPU tensors of float32 or float64 only. CUDA tensors raise ``NotImplementedError``: the CUDA
-  backend is not merged yet.
+  backend is not merged yet. Empty inputs and states (a batch of 0, hidden_size=0) go to
+  torch's own op.
 - Dropout (training mode, between stacked layers, as ``torch.nn``) draws its masks with
   rnnfast's generator, seeded from PyTorch's (so ``torch.manual_seed`` makes it reproducible),
   but not the same masks as ``torch.nn`` draws: results with dropout match torch.nn in
   distribution, not bit for bit.
-- Double backward is not supported: differentiating the gradients raises a RuntimeError.
+- A double backward (create_graph=True), batched gradients and torch.func transforms run
+  torch's own op (differentiable, batchable) for that part; through dropout they raise.
 - The module's hyper-parameters (num_layers, dropout, ...) are read at every call.
 
 This module imports torch; ``import rnnfast`` does not import it.
@@ -205,23 +209,28 @@ def _backward(ctx, grads):
     *tensors, handle = ctx.saved_tensors
     state_count = ctx.call.state_count
     grads = grads[:1 + state_count]  # not the handle's
-    if torch.is_grad_enabled():  # create_graph=True: differentiable operations
+    # With create_graph=True, or batched gradients (autograd.grad's is_grads_batched, which
+    # batches with vmap's legacy implementation: it has no rules for custom operators), the
+    # gradients by torch's operations, which support both.
+    if torch.is_grad_enabled() or any(map(torch._C._functorch.is_legacy_batchedtensor, grads)):
         return _differentiable_backward(ctx.call, tensors, grads), *(None,) * 10
     return _recurrent_backward_op(handle, grads, tensors, *ctx.call), *(None,) * 10
 
 
 def _differentiable_backward(call, tensors, grads):
-    """The gradients of (x, *states, *weights) as differentiable torch operations, for a
-    double backward: torch's own op run again on the same tensors, and torch.autograd.grad
-    through it with create_graph."""
+    """The gradients of (x, *states, *weights) by torch's own op run again on the same
+    tensors, and torch.autograd.grad through it (with create_graph when grad mode is on: a
+    double backward)."""
     if call.dropout_between_layers() > 0:
         # torch's op would draw other dropout masks than the forward's.
-        raise RuntimeError("rnnfast.torch cannot differentiate twice through dropout between "
-                           "layers; use dropout=0 or eval mode for a double backward")
+        raise RuntimeError("rnnfast.torch cannot differentiate twice or with batched "
+                           "gradients through dropout between layers; use dropout=0 or eval "
+                           "mode for that")
+    create_graph = torch.is_grad_enabled()
     with torch.enable_grad():
         outputs = getattr(torch._VF, call.op)(*call.torch_args(tensors))
     wanted = [t for t in tensors if t.requires_grad]
-    got = iter(torch.autograd.grad(outputs, wanted, grads, create_graph=True,
+    got = iter(torch.autograd.grad(outputs, wanted, grads, create_graph=create_graph,
                                    allow_unused=True))
     return [next(got) if t.requires_grad else None for t in tensors]
 
@@ -247,12 +256,21 @@ def _check_device_and_dtype(tensors):
                                f"{dtype}, but one is {tensor.dtype}")
 
 
+def _in_torch_func():
+    """Whether a torch.func transform is running (not asked while torch.compile traces, where
+    Dynamo would answer for the traced program, not for this call)."""
+    return (not torch.compiler.is_compiling()
+            and torch._C._functorch.peek_interpreter_stack() is not None)
+
+
 def _recurrent(op, *args):
     """torch._VF's recurrent op ``op`` (lstm, gru, rnn_tanh, rnn_relu) on rnnfast's kernels:
     called with torch._VF's arguments, returns what it returns."""
     call, tensors = _Call.parse(op, args)
-    if min(t.numel() for t in tensors) == 0:
-        # Empty inputs or states: torch's op (its errors, and its empty results).
+    if min(t.numel() for t in tensors) == 0 or _in_torch_func():
+        # Empty inputs or states: torch's op (its errors, and its empty results). Inside
+        # torch.func's transforms (vmap, grad, jacrev, ...), which custom operators with a
+        # registered autograd do not support: torch's op too, as torch.nn would run.
         return getattr(torch._VF, op)(*args)
     _check_device_and_dtype(tensors)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)

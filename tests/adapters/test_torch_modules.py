@@ -193,3 +193,39 @@ def test_double_backward_matches_torch_and_keeps_the_graph():
         penalties.append(torch.autograd.grad(grad.square().sum(), list(module.parameters())))
     for want, got in zip(*penalties):
         assert rel_err(got, want) <= FLOAT64_TOL
+
+
+# ------------------------------------------------------------------ batched gradients, torch.func
+
+
+def test_batched_gradients_and_jacrev_as_torch():
+    theirs, ours = pair("LSTM", 2, 3, num_layers=2, bidirectional=True, dtype=D)
+    x = r(4, 2, 2, dtype=D).requires_grad_()
+    results = []
+    for module in (theirs, ours):
+        out = module(x)[0]
+        basis = torch.eye(out.numel(), dtype=D).reshape(-1, *out.shape)
+        (batched,) = torch.autograd.grad(out, x, basis, is_grads_batched=True)
+        jacobian = torch.func.jacrev(lambda x, module=module: module(x)[0])(x.detach())
+        results.append((batched, jacobian.detach()))  # (which depends on the parameters)
+    for got, want in zip(results[1], results[0]):
+        assert rel_err(got, want) <= FLOAT64_TOL
+    assert rel_err(results[1][0].reshape(results[1][1].shape), results[1][1]) <= FLOAT64_TOL
+
+
+def test_vmap_over_the_module_as_torch():
+    """torch.nn has no batching rule for its recurrent ops; rnnfast.torch raises the same."""
+    theirs, ours = pair("GRU", 2, 3)
+    x = r(5, 4, 1, 2)
+    want, got = (outcome(torch.func.vmap(lambda x, m=m: m(x)[0]), (x,)) for m in (theirs, ours))
+    assert isinstance(want, RuntimeError) and type(got) is type(want)
+
+
+def test_training_workspaces_are_freed_with_the_graph():
+    module = rt.GRU(2, 3, num_layers=2)
+    x = r(4, 2, 2).requires_grad_()
+    module(x)[0].sum().backward()  # freed by the backward
+    out = module(x)[0]
+    assert len(rt._WORKSPACES) == 1
+    del out  # freed with the graph, without a backward
+    assert not rt._WORKSPACES
