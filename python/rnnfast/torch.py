@@ -30,7 +30,10 @@ This module imports torch; ``import rnnfast`` does not import it.
 
 
 import functools
+import importlib.abc
+import importlib.machinery
 import itertools
+import sys
 import types
 import typing
 import weakref
@@ -123,8 +126,69 @@ def _from_padded(call, a):
     return a.transpose(0, 1).contiguous() if call.batch_first else a
 
 
-# The training contexts of rnnfast.functional (Python objects, which a custom op cannot
-# return), under the key that the forward op returns as a tensor (a "workspace handle") and the
+def _forward_kernels(call, tensors, save):
+    """torch._VF's recurrent op on rnnfast.functional.forward_layers (NumPy views of the
+    tensors' memory): ([output, h_n(, c_n)], the training context, or None unless ``save``)."""
+    x, states = tensors[0], tensors[1:1 + call.state_count]
+    weights = tensors[1 + call.state_count:]
+    lengths = None if call.batch_sizes is None else (call.batch_sizes[None] > torch.arange(
+        call.batch_sizes[0])[:, None]).sum(1).numpy()
+    dropout = call.dropout_between_layers()
+    # Dropout masks come from a numpy generator seeded by PyTorch's default generator.
+    generator = (np.random.default_rng(int(torch.randint(2**62, (), dtype=torch.int64)))
+                 if dropout > 0 else None)
+    hx = tuple(map(_numpy, states))
+    out, h_n, c_n, saved = functional.forward_layers(
+        call.op, _numpy(_to_padded(call, x)),
+        dict(zip(call.param_names(len(weights)), map(_numpy, weights))),
+        hx=hx if call.state_count == 2 else hx[0], lengths=lengths,
+        num_layers=call.num_layers, bidirectional=call.bidirectional, dropout=dropout,
+        generator=generator, training=save)
+    return [_from_padded(call, torch.from_numpy(out)),
+            *(torch.from_numpy(a) for a in (h_n, c_n) if a is not None)], saved
+
+
+def _backward_kernels(call, saved, grads, weight_count):
+    """rnnfast.functional.backward_layers on the training context ``saved``: the gradients of
+    the forward's tensors (x, *states, *weights) from those of its outputs."""
+    grad_hx = tuple(map(_numpy, grads[1:]))
+    grad_x, grad_h0, grad_c0, weight_grads = functional.backward_layers(
+        saved, _numpy(_to_padded(call, grads[0])),
+        grad_hx if call.state_count == 2 else grad_hx[0])
+    return [_from_padded(call, torch.from_numpy(grad_x)),
+            *map(torch.from_numpy, (grad_h0, grad_c0)[:call.state_count]),
+            *(torch.from_numpy(weight_grads[name]) for name in call.param_names(weight_count))]
+
+
+def _needs_torch_backward(grads):
+    """Whether a backward must be made of torch's operations: with create_graph=True, or
+    with batched gradients (autograd.grad's is_grads_batched, which batches with vmap's
+    legacy implementation: it has no rules for custom operators)."""
+    return torch.is_grad_enabled() or any(map(torch._C._functorch.is_legacy_batchedtensor,
+                                              grads))
+
+
+def _differentiable_backward(call, tensors, grads):
+    """The gradients of (x, *states, *weights) by torch's own op run again on the same
+    tensors, and torch.autograd.grad through it (with create_graph when grad mode is on: a
+    double backward)."""
+    if call.dropout_between_layers() > 0:
+        # torch's op would draw other dropout masks than the forward's.
+        raise RuntimeError("rnnfast.torch cannot differentiate twice or with batched "
+                           "gradients through dropout between layers; use dropout=0 or eval "
+                           "mode for that")
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        outputs = getattr(torch._VF, call.op)(*call.torch_args(tensors))
+    wanted = [t for t in tensors if t.requires_grad]
+    got = iter(torch.autograd.grad(outputs, wanted, grads, create_graph=create_graph,
+                                   allow_unused=True))
+    return [next(got) if t.requires_grad else None for t in tensors]
+
+
+# The custom operators, for torch.compile and torch.export. The training context of
+# rnnfast.functional is a Python object, which a custom operator cannot return: the forward op
+# keeps it here under a key that it returns as a tensor (a "workspace handle"), which the
 # backward op takes; an entry goes when its handle tensor is freed, as saved tensors are.
 _WORKSPACES = {}
 _workspace_keys = itertools.count()
@@ -135,25 +199,11 @@ def _recurrent_op(tensors: list[torch.Tensor], op: str, state_count: int,
                   batch_sizes: torch.Tensor | None, has_biases: bool, num_layers: int,
                   dropout: float, train: bool, bidirectional: bool, batch_first: bool,
                   save: bool) -> list[torch.Tensor]:
-    """torch._VF's recurrent op on rnnfast.functional.forward_layers (NumPy views of the
-    tensors' memory): [output, h_n(, c_n)], and with ``save`` the workspace handle."""
+    """torch._VF's recurrent op on rnnfast's kernels: [output, h_n(, c_n)], and with ``save``
+    the workspace handle."""
     call = _Call(op, state_count, batch_sizes, has_biases, num_layers, dropout, train,
                  bidirectional, batch_first)
-    x, states, weights = tensors[0], tensors[1:1 + state_count], tensors[1 + state_count:]
-    lengths = None if batch_sizes is None else (batch_sizes[None] > torch.arange(
-        batch_sizes[0])[:, None]).sum(1).numpy()
-    dropout = call.dropout_between_layers()
-    # Dropout masks come from a numpy generator seeded by PyTorch's default generator.
-    generator = (np.random.default_rng(int(torch.randint(2**62, (), dtype=torch.int64)))
-                 if dropout > 0 else None)
-    hx = tuple(map(_numpy, states))
-    out, h_n, c_n, saved = functional.forward_layers(
-        op, _numpy(_to_padded(call, x)),
-        dict(zip(call.param_names(len(weights)), map(_numpy, weights))),
-        hx=hx if state_count == 2 else hx[0], lengths=lengths, num_layers=num_layers,
-        bidirectional=bidirectional, dropout=dropout, generator=generator, training=save)
-    outputs = [_from_padded(call, torch.from_numpy(out)),
-               *(torch.from_numpy(a) for a in (h_n, c_n) if a is not None)]
+    outputs, saved = _forward_kernels(call, tensors, save)
     if save:
         key = next(_workspace_keys)
         _WORKSPACES[key] = saved
@@ -177,18 +227,12 @@ def _recurrent_backward_op(handle: torch.Tensor, grads: list[torch.Tensor],
                            batch_sizes: torch.Tensor | None, has_biases: bool, num_layers: int,
                            dropout: float, train: bool, bidirectional: bool,
                            batch_first: bool) -> list[torch.Tensor]:
-    """rnnfast.functional.backward_layers for the forward op whose workspace handle is
-    ``handle``: the gradients of ``tensors`` (the forward's) from those of its outputs."""
+    """The backward of the forward op whose workspace handle is ``handle``: the gradients of
+    ``tensors`` (the forward's) from those of its outputs, ``grads``."""
     call = _Call(op, state_count, batch_sizes, has_biases, num_layers, dropout, train,
                  bidirectional, batch_first)
-    grad_hx = tuple(map(_numpy, grads[1:]))
-    grad_x, grad_h0, grad_c0, weight_grads = functional.backward_layers(
-        _WORKSPACES[int(handle)], _numpy(_to_padded(call, grads[0])),
-        grad_hx if state_count == 2 else grad_hx[0])
-    names = call.param_names(len(tensors) - 1 - state_count)
-    return [_from_padded(call, torch.from_numpy(grad_x)),
-            *map(torch.from_numpy, (grad_h0, grad_c0)[:state_count]),
-            *(torch.from_numpy(weight_grads[name]) for name in names)]
+    return _backward_kernels(call, _WORKSPACES[int(handle)], grads,
+                             len(tensors) - 1 - state_count)
 
 
 @_recurrent_backward_op.register_fake
@@ -207,35 +251,35 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grads):
     *tensors, handle = ctx.saved_tensors
-    state_count = ctx.call.state_count
-    grads = grads[:1 + state_count]  # not the handle's
-    # With create_graph=True, or batched gradients (autograd.grad's is_grads_batched, which
-    # batches with vmap's legacy implementation: it has no rules for custom operators), the
-    # gradients by torch's operations, which support both.
-    if torch.is_grad_enabled() or any(map(torch._C._functorch.is_legacy_batchedtensor, grads)):
+    grads = grads[:1 + ctx.call.state_count]  # not the handle's
+    if _needs_torch_backward(grads):
         return _differentiable_backward(ctx.call, tensors, grads), *(None,) * 10
     return _recurrent_backward_op(handle, grads, tensors, *ctx.call), *(None,) * 10
 
 
-def _differentiable_backward(call, tensors, grads):
-    """The gradients of (x, *states, *weights) by torch's own op run again on the same
-    tensors, and torch.autograd.grad through it (with create_graph when grad mode is on: a
-    double backward)."""
-    if call.dropout_between_layers() > 0:
-        # torch's op would draw other dropout masks than the forward's.
-        raise RuntimeError("rnnfast.torch cannot differentiate twice or with batched "
-                           "gradients through dropout between layers; use dropout=0 or eval "
-                           "mode for that")
-    create_graph = torch.is_grad_enabled()
-    with torch.enable_grad():
-        outputs = getattr(torch._VF, call.op)(*call.torch_args(tensors))
-    wanted = [t for t in tensors if t.requires_grad]
-    got = iter(torch.autograd.grad(outputs, wanted, grads, create_graph=create_graph,
-                                   allow_unused=True))
-    return [next(got) if t.requires_grad else None for t in tensors]
-
-
 _recurrent_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerRecurrence(torch.autograd.Function):
+    """rnnfast::recurrent with its autograd, called directly, without PyTorch's dispatcher:
+    the same kernels and backward, for eager mode, where the dispatch of a custom operator
+    (the flattening and checking of its arguments, twice per training step) costs about 0.3 ms
+    per call on a 2-core machine, as long as a small layer's whole forward and backward."""
+
+    @staticmethod
+    def forward(ctx, call, *tensors):
+        outputs, ctx.workspace = _forward_kernels(call, tensors, save=True)
+        ctx.call = call
+        ctx.save_for_backward(*tensors)  # as _setup_context
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        tensors = ctx.saved_tensors
+        if _needs_torch_backward(grads):
+            return None, *_differentiable_backward(ctx.call, tensors, grads)
+        return None, *_backward_kernels(ctx.call, ctx.workspace, grads,
+                                        len(tensors) - 1 - ctx.call.state_count)
 
 
 def _check_device_and_dtype(tensors):
@@ -275,12 +319,17 @@ def _recurrent(op, *args):
     _check_device_and_dtype(tensors)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     try:
-        outputs = _recurrent_op(tensors, *call, save)
+        if torch.compiler.is_compiling():  # torch.compile, torch.export: the custom op
+            outputs = _recurrent_op(tensors, *call, save)[:1 + call.state_count]
+        elif save:
+            outputs = _EagerRecurrence.apply(call, *tensors)
+        else:
+            outputs = _forward_kernels(call, tensors, save=False)[0]
     except (ValueError, TypeError) as error:
         # rnnfast.functional's argument checks (what torch.nn's forward leaves to torch._VF,
         # such as hx's batch with a PackedSequence): torch._VF raises RuntimeErrors.
         raise RuntimeError(str(error)) from error
-    return tuple(outputs[:1 + call.state_count])
+    return tuple(outputs)
 
 
 def _check_cell_sizes(op, input, states, weight_ih, weight_hh):
@@ -352,19 +401,19 @@ RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell = map(_subclass, (
 _REPLACEMENTS = {cls.__bases__[0]: cls for cls in (RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell)}
 
 
-def _let_dynamo_trace_these_modules():
+def _let_dynamo_trace_these_modules(builder):
     """torch.compile's Dynamo refuses every instance of torch.nn.RNN, LSTM and GRU (ours too,
     since they are subclasses) unless ``torch._dynamo.config.allow_rnn`` is set: its support
     for torch's own RNN kernels is experimental. Ours need no such support: their forward is
     plain Python around the rnnfast::recurrent custom op, which Dynamo records as one node. So
     this lets Dynamo wrap rnnfast's modules as if allow_rnn were set, for them only: a
     user's own torch.nn modules compile (or are refused) as before, and allow_rnn keeps its
-    meaning for them. (A wrapper of Dynamo's VariableBuilder.wrap_module, the one place that
-    makes the check; torch has no public way to exempt a class.)"""
+    meaning for them. (A wrapper of VariableBuilder.wrap_module in ``builder``, Dynamo's
+    torch._dynamo.variables.builder, the one place that makes the check; torch has no public
+    way to exempt a class.)"""
     from torch._dynamo import config
-    from torch._dynamo.variables.builder import VariableBuilder
 
-    wrap_module = VariableBuilder.wrap_module
+    wrap_module = builder.VariableBuilder.wrap_module
 
     @functools.wraps(wrap_module)
     def wrap_rnnfast_modules_too(self, value):
@@ -373,10 +422,35 @@ def _let_dynamo_trace_these_modules():
                 return wrap_module(self, value)
         return wrap_module(self, value)
 
-    VariableBuilder.wrap_module = wrap_rnnfast_modules_too
+    builder.VariableBuilder.wrap_module = wrap_rnnfast_modules_too
 
 
-_let_dynamo_trace_these_modules()
+class _WhenDynamoLoads(importlib.abc.MetaPathFinder):
+    """Runs _let_dynamo_trace_these_modules when Dynamo's builder module is imported: importing
+    Dynamo here instead would add seconds to ``import rnnfast.torch`` (and made the spawned
+    processes of the DDP example hang now and then)."""
+
+    name = "torch._dynamo.variables.builder"
+
+    def find_spec(self, name, path, target=None):
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        exec_module = spec.loader.exec_module
+
+        def exec_then_patch(module):
+            exec_module(module)
+            _let_dynamo_trace_these_modules(module)
+
+        spec.loader.exec_module = exec_then_patch
+        return spec
+
+
+if _WhenDynamoLoads.name in sys.modules:
+    _let_dynamo_trace_these_modules(sys.modules[_WhenDynamoLoads.name])
+else:
+    sys.meta_path.insert(0, _WhenDynamoLoads())
 
 
 def convert(model):

@@ -71,6 +71,7 @@ def test_compiled_training_and_inference_equal_eager(backend, monkeypatch):
         calls.clear()
         got = loss_and_grads(compiled, x)
     assert calls.count("forward_layers") == calls.count("backward_layers") == 4
+    assert not rt._WORKSPACES  # the training contexts went with the graph
     assert all(rel_err(g, w) <= FLOAT64_TOL for g, w in zip(got, want))
     with torch.no_grad():
         assert rel_err(compiled(x), want[0]) <= FLOAT64_TOL
@@ -110,3 +111,16 @@ def test_export_round_trip_equals_eager():
     # the exported program on another input of the same shape
     x = torch.randn(4, 6, 3, dtype=torch.float64)
     assert rel_err(exported.module()(x).detach(), model(x).detach()) <= FLOAT64_TOL
+
+
+def test_workspaces_of_the_custom_op_are_freed_with_the_graph():
+    """The exported program calls rnnfast::recurrent through PyTorch's dispatcher, which keeps
+    each training context under a workspace handle until the handle is freed."""
+    module = rt.GRU(2, 3, num_layers=2)
+    x = torch.randn(4, 2, 2)
+    run = torch.export.export(module, (x,)).module()
+    run(x)[0].sum().backward()  # freed by the backward
+    out = run(x)[0]
+    assert len(rt._WORKSPACES) == 1
+    del out  # freed with the graph, without a backward
+    assert not rt._WORKSPACES
