@@ -2,32 +2,44 @@
 
 ``rnnfast.torch.LSTM`` is a ``torch.nn.LSTM`` (a subclass: the same constructor arguments and
 defaults, parameter names, shapes, initialisation, ``state_dict`` and repr) whose ``forward``
-runs ``rnnfast.functional.forward_layers`` on the parameter tensors' own memory, through a
-``torch.autograd.Function`` that gives the gradients for the input, hx and every parameter.
-Likewise ``GRU``, ``RNN``, ``LSTMCell``, ``GRUCell`` and ``RNNCell``; ``convert(model)`` switches
-the ``torch.nn`` ones inside a model over in place::
+is torch.nn's own code run with this module's ``_VF`` in place of ``torch._VF``: torch.nn's
+checks, errors, defaults and layouts, and rnnfast's kernels where torch.nn calls torch's
+(``rnnfast.functional.forward_layers`` on the tensors' own memory). Likewise ``GRU``, ``RNN``,
+``LSTMCell``, ``GRUCell`` and ``RNNCell`` (a cell runs as a one-step layer); ``convert(model)``
+switches the ``torch.nn`` ones inside a model over in place::
 
     import rnnfast.torch
     model = rnnfast.torch.convert(model)   # the same weights, now on rnnfast's kernels
 
-- ``forward(input, hx=None)`` takes what the ``torch.nn`` class takes (a Tensor, batched or
-  unbatched, batch_first or not, or a ``PackedSequence``) and returns the same outputs.
+- The kernels are the custom operators ``rnnfast::recurrent`` and ``rnnfast::recurrent_backward``
+  (fake implementations, registered autograd), so that torch.compile (fullgraph) and
+  torch.export record them as single nodes.
 - CPU tensors of float32 or float64 only. CUDA tensors raise ``NotImplementedError``: the CUDA
-  backend is not merged yet.
+  backend is not merged yet. Empty inputs and states (a batch of 0, hidden_size=0) go to
+  torch's own op.
 - Dropout (training mode, between stacked layers, as ``torch.nn``) draws its masks with
   rnnfast's generator, seeded from PyTorch's (so ``torch.manual_seed`` makes it reproducible),
   but not the same masks as ``torch.nn`` draws: results with dropout match torch.nn in
   distribution, not bit for bit.
-- Double backward is not supported: differentiating the gradients raises a RuntimeError.
+- A double backward (create_graph=True), batched gradients and torch.func transforms run
+  torch's own op (differentiable, batchable) for that part; through dropout they raise.
 - The module's hyper-parameters (num_layers, dropout, ...) are read at every call.
 
 This module imports torch; ``import rnnfast`` does not import it.
 """
 
 
+import functools
+import importlib.abc
+import importlib.machinery
+import itertools
+import sys
+import types
+import typing
+import weakref
+
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from . import functional
@@ -42,96 +54,324 @@ def _numpy(tensor):
     return None if tensor is None else tensor.detach().numpy()
 
 
-def _tensor(array):
-    """A tensor on a NumPy array's memory (no copy); None stays None."""
-    return None if array is None else torch.from_numpy(array)
+# The cell ops of torch._VF, with the recurrent op (of torch._VF and rnnfast's) of their cell.
+_CELL_OPS = {"rnn_tanh_cell": "rnn_tanh", "rnn_relu_cell": "rnn_relu", "lstm_cell": "lstm",
+             "gru_cell": "gru"}
 
 
-class _LayerFunction(torch.autograd.Function):
-    """``rnnfast.functional.forward_layers`` as an autograd Function: input x [T, B, I],
-    initial states h0, c0 (None: zeros; c0 only for the LSTM), the parameters ``weights``
-    under PyTorch's ``names``; ``options``: forward_layers's cell and keyword arguments (the
-    stack, dropout, generator, training: save what backward needs). Returns (output, h_n), or
-    (output, h_n, c_n) for the LSTM."""
+class _Call(typing.NamedTuple):
+    """What a call of a recurrent op of torch._VF (``torch._VF.lstm`` & co.) passes besides its
+    tensors (x, *states, *weights); the same as the arguments of the custom ops below."""
+
+    op: str
+    state_count: int
+    batch_sizes: torch.Tensor | None  # of a PackedSequence (then x is its data)
+    has_biases: bool
+    num_layers: int
+    dropout: float
+    train: bool
+    bidirectional: bool
+    batch_first: bool
+
+    @classmethod
+    def parse(cls, op, args):
+        """(call, tensors) of torch._VF's ``op`` called with ``args``."""
+        # Two overloads: (input, hx, params, has_biases, num_layers, dropout, train,
+        # bidirectional, batch_first) and, packed, (data, batch_sizes, hx, params, ...).
+        if isinstance(args[3], (list, tuple)):
+            x, batch_sizes, hx, weights, *rest = args
+            rest.append(False)
+        else:
+            x, hx, weights, *rest = args
+            batch_sizes = None
+        states = tuple(hx) if isinstance(hx, (list, tuple)) else (hx,)
+        return cls(op, len(states), batch_sizes, *rest), [x, *states, *weights]
+
+    def torch_args(self, tensors):
+        """The arguments of torch._VF's op, with ``tensors`` in place of the call's own."""
+        x, states = tensors[0], tensors[1:1 + self.state_count]
+        weights = list(tensors[1 + self.state_count:])
+        hx = tuple(states) if self.state_count == 2 else states[0]
+        rest = (weights, self.has_biases, self.num_layers, self.dropout, self.train,
+                self.bidirectional)
+        if self.batch_sizes is not None:
+            return (x, self.batch_sizes, hx, *rest)
+        return (x, hx, *rest, self.batch_first)
+
+    def dropout_between_layers(self):
+        return self.dropout if self.train and self.num_layers > 1 else 0.0
+
+    def param_names(self, weight_count):
+        """PyTorch's names of the weights, in torch.nn's _flat_weights order."""
+        directions = ("", "_reverse") if self.bidirectional else ("",)
+        kinds = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.has_biases else [])
+        if weight_count > len(kinds) * self.num_layers * len(directions):
+            kinds.append("weight_hr")
+        return [f"{kind}_l{k}{d}" for k in range(self.num_layers) for d in directions
+                for kind in kinds]
+
+
+def _to_padded(call, a):
+    """A tensor in the call's layout (packed data, batch-first) as time-major [T, B, F]."""
+    if call.batch_sizes is not None:
+        return pad_packed_sequence(PackedSequence(a, call.batch_sizes))[0]
+    return a.transpose(0, 1) if call.batch_first else a
+
+
+def _from_padded(call, a):
+    """A time-major [T, B, F] tensor in the call's layout, contiguous (as the fake
+    implementations say)."""
+    if call.batch_sizes is not None:  # the valid steps, time-major
+        return a[torch.arange(a.shape[1]) < call.batch_sizes[:, None]]
+    return a.transpose(0, 1).contiguous() if call.batch_first else a
+
+
+def _forward_kernels(call, tensors, save):
+    """torch._VF's recurrent op on rnnfast.functional.forward_layers (NumPy views of the
+    tensors' memory): ([output, h_n(, c_n)], the training context, or None unless ``save``)."""
+    x, states = tensors[0], tensors[1:1 + call.state_count]
+    weights = tensors[1 + call.state_count:]
+    lengths = None if call.batch_sizes is None else (call.batch_sizes[None] > torch.arange(
+        call.batch_sizes[0])[:, None]).sum(1).numpy()
+    dropout = call.dropout_between_layers()
+    # Dropout masks come from a numpy generator seeded by PyTorch's default generator.
+    generator = (np.random.default_rng(int(torch.randint(2**62, (), dtype=torch.int64)))
+                 if dropout > 0 else None)
+    hx = tuple(map(_numpy, states))
+    out, h_n, c_n, saved = functional.forward_layers(
+        call.op, _numpy(_to_padded(call, x)),
+        dict(zip(call.param_names(len(weights)), map(_numpy, weights))),
+        hx=hx if call.state_count == 2 else hx[0], lengths=lengths,
+        num_layers=call.num_layers, bidirectional=call.bidirectional, dropout=dropout,
+        generator=generator, training=save)
+    return [_from_padded(call, torch.from_numpy(out)),
+            *(torch.from_numpy(a) for a in (h_n, c_n) if a is not None)], saved
+
+
+def _backward_kernels(call, saved, grads, weight_count):
+    """rnnfast.functional.backward_layers on the training context ``saved``: the gradients of
+    the forward's tensors (x, *states, *weights) from those of its outputs."""
+    grad_hx = tuple(map(_numpy, grads[1:]))
+    grad_x, grad_h0, grad_c0, weight_grads = functional.backward_layers(
+        saved, _numpy(_to_padded(call, grads[0])),
+        grad_hx if call.state_count == 2 else grad_hx[0])
+    return [_from_padded(call, torch.from_numpy(grad_x)),
+            *map(torch.from_numpy, (grad_h0, grad_c0)[:call.state_count]),
+            *(torch.from_numpy(weight_grads[name]) for name in call.param_names(weight_count))]
+
+
+def _needs_torch_backward(grads):
+    """Whether a backward must be made of torch's operations: with create_graph=True, or
+    with batched gradients (autograd.grad's is_grads_batched, which batches with vmap's
+    legacy implementation: it has no rules for custom operators)."""
+    return torch.is_grad_enabled() or any(map(torch._C._functorch.is_legacy_batchedtensor,
+                                              grads))
+
+
+def _differentiable_backward(call, tensors, grads):
+    """The gradients of (x, *states, *weights) by torch's own op run again on the same
+    tensors, and torch.autograd.grad through it (with create_graph when grad mode is on: a
+    double backward)."""
+    if call.dropout_between_layers() > 0:
+        # torch's op would draw other dropout masks than the forward's.
+        raise RuntimeError("rnnfast.torch cannot differentiate twice or with batched "
+                           "gradients through dropout between layers; use dropout=0 or eval "
+                           "mode for that")
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        outputs = getattr(torch._VF, call.op)(*call.torch_args(tensors))
+    wanted = [t for t in tensors if t.requires_grad]
+    got = iter(torch.autograd.grad(outputs, wanted, grads, create_graph=create_graph,
+                                   allow_unused=True))
+    return [next(got) if t.requires_grad else None for t in tensors]
+
+
+# The custom operators, for torch.compile and torch.export. The training context of
+# rnnfast.functional is a Python object, which a custom operator cannot return: the forward op
+# keeps it here under a key that it returns as a tensor (a "workspace handle"), which the
+# backward op takes; an entry goes when its handle tensor is freed, as saved tensors are.
+_WORKSPACES = {}
+_workspace_keys = itertools.count()
+
+
+@torch.library.custom_op("rnnfast::recurrent", mutates_args=())
+def _recurrent_op(tensors: list[torch.Tensor], op: str, state_count: int,
+                  batch_sizes: torch.Tensor | None, has_biases: bool, num_layers: int,
+                  dropout: float, train: bool, bidirectional: bool, batch_first: bool,
+                  save: bool) -> list[torch.Tensor]:
+    """torch._VF's recurrent op on rnnfast's kernels: [output, h_n(, c_n)], and with ``save``
+    the workspace handle."""
+    call = _Call(op, state_count, batch_sizes, has_biases, num_layers, dropout, train,
+                 bidirectional, batch_first)
+    outputs, saved = _forward_kernels(call, tensors, save)
+    if save:
+        key = next(_workspace_keys)
+        _WORKSPACES[key] = saved
+        outputs.append(torch.tensor(key))
+        weakref.finalize(outputs[-1], _WORKSPACES.pop, key, None)
+    return outputs
+
+
+@_recurrent_op.register_fake
+def _(tensors, op, state_count, batch_sizes, has_biases, num_layers, dropout, train,
+      bidirectional, batch_first, save):
+    x, states = tensors[0], tensors[1:1 + state_count]
+    features = (2 if bidirectional else 1) * states[0].shape[-1]
+    outputs = [x.new_empty((*x.shape[:-1], features)), *(s.new_empty(s.shape) for s in states)]
+    return outputs + [x.new_empty((), dtype=torch.int64)] if save else outputs
+
+
+@torch.library.custom_op("rnnfast::recurrent_backward", mutates_args=())
+def _recurrent_backward_op(handle: torch.Tensor, grads: list[torch.Tensor],
+                           tensors: list[torch.Tensor], op: str, state_count: int,
+                           batch_sizes: torch.Tensor | None, has_biases: bool, num_layers: int,
+                           dropout: float, train: bool, bidirectional: bool,
+                           batch_first: bool) -> list[torch.Tensor]:
+    """The backward of the forward op whose workspace handle is ``handle``: the gradients of
+    ``tensors`` (the forward's) from those of its outputs, ``grads``."""
+    call = _Call(op, state_count, batch_sizes, has_biases, num_layers, dropout, train,
+                 bidirectional, batch_first)
+    return _backward_kernels(call, _WORKSPACES[int(handle)], grads,
+                             len(tensors) - 1 - state_count)
+
+
+@_recurrent_backward_op.register_fake
+def _(handle, grads, tensors, *call):
+    return [t.new_empty(t.shape) for t in tensors]
+
+
+def _setup_context(ctx, inputs, output):
+    tensors, *call, save = inputs
+    ctx.call = _Call(*call)
+    # Saving the inputs makes autograd refuse a backward after one of them was modified in
+    # place (the kernels' workspace holds views of x and the weights), and gives a double
+    # backward the tensors to run torch's op on.
+    ctx.save_for_backward(*tensors, output[-1] if save else None)
+
+
+def _backward(ctx, grads):
+    *tensors, handle = ctx.saved_tensors
+    grads = grads[:1 + ctx.call.state_count]  # not the handle's
+    if _needs_torch_backward(grads):
+        return _differentiable_backward(ctx.call, tensors, grads), *(None,) * 10
+    return _recurrent_backward_op(handle, grads, tensors, *ctx.call), *(None,) * 10
+
+
+_recurrent_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _EagerRecurrence(torch.autograd.Function):
+    """rnnfast::recurrent with its autograd, called directly, without PyTorch's dispatcher:
+    the same kernels and backward, for eager mode, where the dispatch of a custom operator
+    (the flattening and checking of its arguments, twice per training step) costs about 0.3 ms
+    per call on a 2-core machine, as long as a small layer's whole forward and backward."""
 
     @staticmethod
-    def forward(ctx, options, names, lengths, x, h0, c0, *weights):
-        cell, options = options
-        hx = None if h0 is None else (_numpy(h0), _numpy(c0)) if c0 is not None else _numpy(h0)
-        params = dict(zip(names, map(_numpy, weights)))
-        out, h_n, c_n, saved = functional.forward_layers(cell, _numpy(x), params, hx=hx,
-                                                         lengths=lengths, **options)
-        outputs = tuple(torch.from_numpy(a) for a in (out, h_n, c_n) if a is not None)
-        ctx.saved, ctx.names, ctx.has_hx = saved, names, h0 is not None
-        # The kernels keep views of x, the weights and the output for backward: saving them
-        # here too makes autograd refuse a backward after one of them was modified in place.
-        ctx.save_for_backward(x, outputs[0], *weights)
-        return outputs
+    def forward(ctx, call, *tensors):
+        outputs, ctx.workspace = _forward_kernels(call, tensors, save=True)
+        ctx.call = call
+        ctx.save_for_backward(*tensors)  # as _setup_context
+        return tuple(outputs)
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out, *grad_states):
-        ctx.saved_tensors  # noqa: B018  (raises if something saved was modified in place)
-        grad_hx = tuple(map(_numpy, grad_states))
-        grad_x, grad_h0, grad_c0, grads = functional.backward_layers(
-            ctx.saved, _numpy(grad_out), grad_hx if len(grad_hx) == 2 else grad_hx[0])
-        if not ctx.has_hx:
-            grad_h0 = grad_c0 = None
-        return (None, None, None, _tensor(grad_x), _tensor(grad_h0), _tensor(grad_c0),
-                *(torch.from_numpy(grads[name]) for name in ctx.names))
+    def backward(ctx, *grads):
+        tensors = ctx.saved_tensors
+        if _needs_torch_backward(grads):
+            return None, *_differentiable_backward(ctx.call, tensors, grads)
+        return None, *_backward_kernels(ctx.call, ctx.workspace, grads,
+                                        len(tensors) - 1 - ctx.call.state_count)
 
 
-def _check_tensors(input, h0, c0, weights):
-    """The dtype and device checks of the adapter, naming the argument at fault."""
-    for name, tensor in (("input", input), ("hx", h0), ("hx", c0), ("parameters", weights[0])):
-        if tensor is not None and tensor.device.type != "cpu":
+def _check_device_and_dtype(tensors):
+    """What rnnfast's kernels need beyond torch's own checks: CPU tensors of float32 or
+    float64, all of one dtype."""
+    for tensor in tensors:
+        if tensor.device.type != "cpu":
             raise NotImplementedError(
-                f"{name} is on {tensor.device}: rnnfast.torch runs on CPU tensors only for "
+                f"a tensor is on {tensor.device}: rnnfast.torch runs on CPU tensors only for "
                 "now (the CUDA backend is not merged yet); use torch.nn's module on the GPU")
-    if weights[0].dtype not in _NUMPY_DTYPES:
-        raise TypeError(f"rnnfast computes in float32 or float64, not in {weights[0].dtype}: "
-                        "convert the module with .float() or .double()")
-    if input.dtype != weights[0].dtype:
-        raise TypeError(f"input has dtype {input.dtype}, but the module's parameters are "
-                        f"{weights[0].dtype}")
+    dtype = tensors[-1].dtype  # a weight's
+    if dtype not in _NUMPY_DTYPES:
+        raise TypeError(f"rnnfast computes in float32 or float64, not in {dtype}: convert the "
+                        "module with .float() or .double()")
+    for tensor in tensors:
+        if tensor.dtype != dtype:  # torch raises a RuntimeError from its matrix products
+            raise RuntimeError(f"expected every input and state to have the parameters' dtype "
+                               f"{dtype}, but one is {tensor.dtype}")
 
 
-class _Kernels:
-    """What the modules share: the call of rnnfast.functional.forward_layers through
-    _LayerFunction, with the module's options (read at every call)."""
-
-    def _run(self, x, hx, lengths, names, weights, num_layers=1, bidirectional=False,
-             dropout=0.0):
-        """The kernels on time-major batched x [T, B, I] and hx (a tensor, an LSTM's tuple, or
-        None): returns (output, h_n) or (output, (h_n, c_n))."""
-        h0, c0 = hx if isinstance(hx, tuple) else (hx, None)
-        _check_tensors(x, h0, c0, weights)
-        dropout = dropout if self.training and num_layers > 1 else 0.0
-        # Dropout masks come from a numpy generator seeded by PyTorch's default generator.
-        generator = (np.random.default_rng(int(torch.randint(2**62, (), dtype=torch.int64)))
-                     if dropout > 0 else None)
-        # What backward needs is saved only when a gradient may be asked for (in eval mode
-        # too, as torch.nn); not under torch.no_grad().
-        tensors = [t for t in (x, h0, c0, *weights) if t is not None]
-        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        options = (self._rnnfast_cell(), {
-            "num_layers": num_layers, "bidirectional": bidirectional, "dropout": dropout,
-            "generator": generator, "training": needs_grad})
-        out, *states = _LayerFunction.apply(options, names, lengths, x, h0, c0, *weights)
-        return out, tuple(states) if len(states) == 2 else states[0]
-
-    def _rnnfast_cell(self):
-        """The rnnfast.cell_registry name of this module's cell."""
-        if isinstance(self, (torch.nn.LSTM, torch.nn.LSTMCell)):
-            return "lstm"
-        if isinstance(self, (torch.nn.GRU, torch.nn.GRUCell)):
-            return "gru"
-        return "rnn_" + self.nonlinearity
+def _in_torch_func():
+    """Whether a torch.func transform is running (not asked while torch.compile traces, where
+    Dynamo would answer for the traced program, not for this call)."""
+    return (not torch.compiler.is_compiling()
+            and torch._C._functorch.peek_interpreter_stack() is not None)
 
 
-def _map_hx(hx, fn):
-    """fn applied to hx, a tensor or an LSTM's tuple of two (None stays None)."""
-    return None if hx is None else tuple(map(fn, hx)) if isinstance(hx, tuple) else fn(hx)
+def _recurrent(op, *args):
+    """torch._VF's recurrent op ``op`` (lstm, gru, rnn_tanh, rnn_relu) on rnnfast's kernels:
+    called with torch._VF's arguments, returns what it returns."""
+    call, tensors = _Call.parse(op, args)
+    if min(t.numel() for t in tensors) == 0 or _in_torch_func():
+        # Empty inputs or states: torch's op (its errors, and its empty results). Inside
+        # torch.func's transforms (vmap, grad, jacrev, ...), which custom operators with a
+        # registered autograd do not support: torch's op too, as torch.nn would run.
+        return getattr(torch._VF, op)(*args)
+    _check_device_and_dtype(tensors)
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    try:
+        if torch.compiler.is_compiling():  # torch.compile, torch.export: the custom op
+            outputs = _recurrent_op(tensors, *call, save)[:1 + call.state_count]
+        elif save:
+            outputs = _EagerRecurrence.apply(call, *tensors)
+        else:
+            outputs = _forward_kernels(call, tensors, save=False)[0]
+    except (ValueError, TypeError) as error:
+        # rnnfast.functional's argument checks (what torch.nn's forward leaves to torch._VF,
+        # such as hx's batch with a PackedSequence): torch._VF raises RuntimeErrors.
+        raise RuntimeError(str(error)) from error
+    return tuple(outputs)
+
+
+def _check_cell_sizes(op, input, states, weight_ih, weight_hh):
+    """The checks of PyTorch's cell ops (aten/src/ATen/native/RNN.cpp), in their order, with
+    their messages."""
+    if op == "lstm_cell" and len(states) != 2:
+        raise RuntimeError("lstm_cell expects two hidden states")
+    if input.size(1) != weight_ih.size(1):
+        raise RuntimeError(f"input has inconsistent input_size: got {input.size(1)} expected "
+                           f"{weight_ih.size(1)}")
+    for label, state in enumerate(states):
+        if input.size(0) != state.size(0):
+            raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{label} "
+                               f"batch size {state.size(0)}")
+        if state.size(1) != weight_hh.size(1):
+            raise RuntimeError(f"hidden{label} has inconsistent hidden_size: got "
+                               f"{state.size(1)}, expected {weight_hh.size(1)}")
+
+
+def _cell(op, input, hx, weight_ih, weight_hh, bias_ih, bias_hh):
+    """torch._VF's cell op ``op`` on rnnfast's kernels: one step of a one-layer op of T = 1,
+    with the cell's parameters as that layer's."""
+    states = tuple(hx) if isinstance(hx, (list, tuple)) else (hx,)
+    _check_cell_sizes(op, input, states, weight_ih, weight_hh)
+    if input.numel() == 0 or weight_hh.numel() == 0:  # an empty batch, hidden_size=0
+        return getattr(torch._VF, op)(input, hx, weight_ih, weight_hh, bias_ih, bias_hh)
+    weights = [w for w in (weight_ih, weight_hh, bias_ih, bias_hh) if w is not None]
+    step = [s.unsqueeze(0) for s in states]
+    _, *final = _recurrent(_CELL_OPS[op], input.unsqueeze(0),
+                           step if len(step) == 2 else step[0], weights, bias_ih is not None,
+                           1, 0.0, False, False, False)
+    return (final[0][0], final[1][0]) if len(final) == 2 else final[0][0]
+
+
+class _VF:
+    """What torch.nn's forward methods call as ``_VF``, on rnnfast's kernels."""
+
+
+for _op in ("rnn_tanh", "rnn_relu", "lstm", "gru"):
+    setattr(_VF, _op, staticmethod(functools.partial(_recurrent, _op)))
+for _op in _CELL_OPS:
+    setattr(_VF, _op, staticmethod(functools.partial(_cell, _op)))
 
 
 def _doc(torch_class):
@@ -139,70 +379,78 @@ def _doc(torch_class):
             f"{torch_class.__doc__}")
 
 
-class _Recurrent(_Kernels):
-    """forward of RNN, LSTM and GRU, over torch.nn.RNNBase's attributes."""
-
-    def _stack(self):
-        return {"num_layers": self.num_layers, "bidirectional": self.bidirectional,
-                "dropout": self.dropout}
-
-    def forward(self, input, hx=None):
-        """As torch.nn's forward (input a Tensor or a PackedSequence), on rnnfast's kernels."""
-        weights = [getattr(self, name) for name in self._flat_weights_names]
-        if isinstance(input, PackedSequence):
-            # Padded with lengths, in the original batch order (as hx and h_n are).
-            x, lengths = pad_packed_sequence(input)
-            out, states = self._run(x, hx, lengths.numpy(), self._flat_weights_names, weights,
-                                    **self._stack())
-            # Packed back with the input's own batch_sizes and indices, as torch.nn does.
-            if input.sorted_indices is not None:
-                out = out.index_select(1, input.sorted_indices)
-            valid = torch.arange(out.shape[1]) < input.batch_sizes[:, None]  # [T, B]
-            return PackedSequence(out[valid], input.batch_sizes, input.sorted_indices,
-                                  input.unsorted_indices), states
-        if input.dim() not in (2, 3):
-            raise ValueError(f"input must be 2-D (unbatched) or 3-D, not of shape "
-                             f"{tuple(input.shape)}")
-        if input.dim() == 2:  # unbatched: a batch of one
-            out, states = self._run(input.unsqueeze(1), _map_hx(hx, lambda h: h.unsqueeze(1)),
-                                    None, self._flat_weights_names, weights, **self._stack())
-            return out.squeeze(1), _map_hx(states, lambda h: h.squeeze(1))
-        x = input.transpose(0, 1) if self.batch_first else input
-        out, states = self._run(x, hx, None, self._flat_weights_names, weights, **self._stack())
-        return out.transpose(0, 1) if self.batch_first else out, states
+def _subclass(torch_class):
+    """The rnnfast class of a torch.nn class: a subclass of it whose forward is torch.nn's own
+    code (its argument checks, errors, defaults and layouts, line for line) run in this
+    module's globals: its ``_VF`` (where that code finds its kernels) is rnnfast's, and its
+    other globals (torch, PackedSequence) are the same objects as in torch.nn.modules.rnn.
+    Tools that read a function's globals by its module (torch.compile's guards) find them
+    here too."""
+    forward = torch_class.forward
+    ours = types.FunctionType(forward.__code__, globals(), forward.__name__,
+                              forward.__defaults__, forward.__closure__)
+    ours.__doc__ = f"As torch.nn.{torch_class.__name__}.forward, on rnnfast's kernels."
+    return type(torch_class.__name__, (torch_class,),
+                {"forward": ours, "__doc__": _doc(torch_class), "__module__": __name__})
 
 
-class _Cell(_Kernels):
-    """forward of the cells: one step (T = 1) of a one-layer rnnfast layer whose parameters
-    are the cell's (the cell's weight_ih is the layer's weight_ih_l0, and so on)."""
-
-    def forward(self, input, hx=None):
-        """As torch.nn's cell: input [B, input_size] or [input_size] (unbatched), on
-        rnnfast's kernels."""
-        if input.dim() not in (1, 2):
-            raise ValueError(f"input must be 1-D (unbatched) or 2-D, not of shape "
-                             f"{tuple(input.shape)}")
-        names = ("weight_ih", "weight_hh") + (("bias_ih", "bias_hh") if self.bias else ())
-        batched = input.dim() == 2
-        # To the layer's shapes: x [1, B, I], states [1, B, H] (B = 1 when unbatched).
-        grow = lambda t: (t if batched else t.unsqueeze(0)).unsqueeze(0)  # noqa: E731
-        _, states = self._run(grow(input), _map_hx(hx, grow), None,
-                              [name + "_l0" for name in names],
-                              [getattr(self, name) for name in names])
-        return _map_hx(states, lambda t: t[0] if batched else t[0, 0])
-
-
-def _subclass(forward, torch_class):
-    """The rnnfast class of a torch.nn class: a subclass of it whose forward is ``forward``'s."""
-    return type(torch_class.__name__, (forward, torch_class),
-                {"__doc__": _doc(torch_class), "__module__": __name__})
-
-
-RNN, LSTM, GRU = (_subclass(_Recurrent, c) for c in (torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU))
-RNNCell, LSTMCell, GRUCell = (_subclass(_Cell, c) for c in (torch.nn.RNNCell, torch.nn.LSTMCell,
-                                                            torch.nn.GRUCell))
+RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell = map(_subclass, (
+    torch.nn.RNN, torch.nn.LSTM, torch.nn.GRU, torch.nn.RNNCell, torch.nn.LSTMCell,
+    torch.nn.GRUCell))
 # torch.nn class -> its rnnfast subclass, for convert()
-_REPLACEMENTS = {cls.__bases__[1]: cls for cls in (RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell)}
+_REPLACEMENTS = {cls.__bases__[0]: cls for cls in (RNN, LSTM, GRU, RNNCell, LSTMCell, GRUCell)}
+
+
+def _let_dynamo_trace_these_modules(builder):
+    """torch.compile's Dynamo refuses every instance of torch.nn.RNN, LSTM and GRU (ours too,
+    since they are subclasses) unless ``torch._dynamo.config.allow_rnn`` is set: its support
+    for torch's own RNN kernels is experimental. Ours need no such support: their forward is
+    plain Python around the rnnfast::recurrent custom op, which Dynamo records as one node. So
+    this lets Dynamo wrap rnnfast's modules as if allow_rnn were set, for them only: a
+    user's own torch.nn modules compile (or are refused) as before, and allow_rnn keeps its
+    meaning for them. (A wrapper of VariableBuilder.wrap_module in ``builder``, Dynamo's
+    torch._dynamo.variables.builder, the one place that makes the check; torch has no public
+    way to exempt a class.)"""
+    from torch._dynamo import config
+
+    wrap_module = builder.VariableBuilder.wrap_module
+
+    @functools.wraps(wrap_module)
+    def wrap_rnnfast_modules_too(self, value):
+        if type(value) in _REPLACEMENTS.values():
+            with config.patch(allow_rnn=True):
+                return wrap_module(self, value)
+        return wrap_module(self, value)
+
+    builder.VariableBuilder.wrap_module = wrap_rnnfast_modules_too
+
+
+class _WhenDynamoLoads(importlib.abc.MetaPathFinder):
+    """Runs _let_dynamo_trace_these_modules when Dynamo's builder module is imported: importing
+    Dynamo here instead would add seconds to ``import rnnfast.torch`` (and made the spawned
+    processes of the DDP example hang now and then)."""
+
+    name = "torch._dynamo.variables.builder"
+
+    def find_spec(self, name, path, target=None):
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        exec_module = spec.loader.exec_module
+
+        def exec_then_patch(module):
+            exec_module(module)
+            _let_dynamo_trace_these_modules(module)
+
+        spec.loader.exec_module = exec_then_patch
+        return spec
+
+
+if _WhenDynamoLoads.name in sys.modules:
+    _let_dynamo_trace_these_modules(sys.modules[_WhenDynamoLoads.name])
+else:
+    sys.meta_path.insert(0, _WhenDynamoLoads())
 
 
 def convert(model):

@@ -291,26 +291,21 @@ def test_convert_keeps_weights_outputs_and_gradients():
 # ------------------------------------------------------------------ errors
 
 
-def test_double_backward_raises():
-    module = rt.GRU(2, 3, dtype=torch.float64)
+def test_double_backward_through_dropout_raises():
+    module = rt.GRU(2, 3, num_layers=2, dropout=0.5, dtype=torch.float64)
     x = torch.randn(3, 2, 2, dtype=torch.float64, requires_grad=True)
-    (grad,) = torch.autograd.grad(module(x)[0].square().sum(), x, create_graph=True)
-    with pytest.raises(RuntimeError, match="differentiate twice"):
-        grad.sum().backward()
+    with pytest.raises(RuntimeError, match="differentiate twice or with batched gradients"):
+        torch.autograd.grad(module(x)[0].square().sum(), x, create_graph=True)
 
 
 def test_other_devices_and_dtypes_raise():
     module = rt.LSTM(2, 3)
     with pytest.raises(NotImplementedError, match="CUDA backend is not merged"):
         module(torch.zeros(3, 2, 2, device="meta"))
-    with pytest.raises(NotImplementedError, match="hx is on meta"):
+    with pytest.raises(NotImplementedError, match="a tensor is on meta"):
         module(torch.zeros(3, 2, 2), (torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, device="meta")))
-    with pytest.raises(TypeError, match="input has dtype torch.float64"):
-        module(torch.zeros(3, 2, 2, dtype=torch.float64))
     with pytest.raises(TypeError, match="float32 or float64"):
         module.half()(torch.zeros(3, 2, 2, dtype=torch.float16))
-    with pytest.raises(ValueError, match="input must be 2-D"):
-        module.float()(torch.zeros(3, 2, 2, 1))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda is not available")
