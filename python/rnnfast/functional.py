@@ -80,7 +80,8 @@ def _check_optional(backend, value, name, dtype, shape, lead):
 
 
 def _check_sequence(x, name):
-    """The backend and dtype of a [T, B, I] input with T >= 1."""
+    """The backend of a [T, B, I] input with T >= 1 and a supported dtype, or an error naming
+    it."""
     backend = backends.for_array(x, name)
     if x.dtype not in DTYPES:
         raise TypeError(f"{name} has dtype {x.dtype}, expected {_dtypes.DTYPE_NAMES}")
