@@ -459,7 +459,8 @@ def assert_matches_cpu(cell, inputs, douts, got, dtype):
     assert not failures, f"{cell} {np.dtype(dtype)}: " + "; ".join(failures)
 
 
-# (T, B, I, H): those of tests/functional/test_functional.py (I, H in {1, 7, 33, 130}; B of 1 and 3; T of 1 and 5),
+# (T, B, I, H): those of tests/functional/test_functional.py (I, H in {1, 7, 33, 130};
+# B of 1 and 3; T of 1 and 5),
 # plus shapes that cross the CUDA tiles (32 units, 16 batch rows, depth 32 per block): B = 37
 # (three row tiles, a 5-row tail), H = 70 (three unit tiles, depth tail), long sequences.
 SHAPES = [
