@@ -463,8 +463,8 @@ FORK_SCRIPT = textwrap.dedent("""
     def run():
         return F.forward("gru", x, h0, w_ih[:192], w_hh[:192])[0]
 
-    # The pool is not constructed yet: this thread's first call constructs it and starts its
-    # workers while the main thread forks.
+    # The pool's workers are not started yet: this thread's first call starts them while the
+    # main thread forks.
     worker = threading.Thread(target=lambda: [run() for _ in range(30)])
     worker.start()
     children = []
@@ -481,15 +481,9 @@ FORK_SCRIPT = textwrap.dedent("""
 """)
 
 
-# Not fixed: a fork while another thread constructs the pool (the function-local static in
-# ThreadPool::global()) can leave the child waiting on that static's guard; CI saw a child
-# killed by the test's alarm once (status 14). Kept running, as a known failure, until the pool
-# is constructed without a lazy guard.
-@pytest.mark.xfail(reason="fork during the thread pool's construction can deadlock the child "
-                          "(ThreadPool::global()'s static guard)", strict=False)
 def test_fork_while_the_thread_pool_starts():
-    """Another thread's first kernel call constructs the pool and starts its workers while the
-    main thread forks: every child runs a kernel on several threads and exits (no deadlock on
+    """Another thread's first kernel call starts the pool's workers while the main thread
+    forks: every child runs a kernel on several threads and exits (no deadlock on
     a lock or an initialisation guard held by a thread that does not exist in the child)."""
     for _ in range(3):
         result = subprocess.run([sys.executable, "-c", FORK_SCRIPT], capture_output=True,

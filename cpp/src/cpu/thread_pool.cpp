@@ -93,23 +93,17 @@ int ThreadPool::default_num_threads() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
-namespace {
-// The pool once constructed, for the fork handler: it must not go through global()'s static
-// initialisation, whose guard a fork during that initialisation (another thread's first kernel
-// call) leaves held in the child by a thread that does not exist there.
-std::atomic<ThreadPool*> constructed_pool{nullptr};
-}  // namespace
+// Constructed when the library is loaded (the module's import, which a fork cannot interrupt:
+// Python holds the import lock across os.fork), never lazily: a fork while another thread ran a
+// lazy construction would leave the child waiting on the initialisation guard of a thread that
+// does not exist there. Never destroyed: worker threads must not outlive the pool at exit.
+ThreadPool* const ThreadPool::global_ = [] {
+  auto* pool = new ThreadPool();
+  pthread_atfork(nullptr, nullptr, &ThreadPool::after_fork_in_child);
+  return pool;
+}();
 
-ThreadPool& ThreadPool::global() {
-  // Never destroyed: worker threads must not outlive the pool at interpreter exit.
-  static ThreadPool* pool = [] {
-    auto* p = new ThreadPool();
-    constructed_pool.store(p);
-    pthread_atfork(nullptr, nullptr, &ThreadPool::after_fork_in_child);
-    return p;
-  }();
-  return *pool;
-}
+ThreadPool& ThreadPool::global() { return *global_; }
 
 ThreadPool::ThreadPool()
     : num_threads_(default_num_threads()), workers_(new std::vector<std::thread>()) {}
@@ -117,7 +111,7 @@ ThreadPool::ThreadPool()
 void ThreadPool::after_fork_in_child() {
   // Only the forking thread exists in the child: forget the parent's workers (their handles
   // are leaked, not joined) and start afresh; workers are started again on first use.
-  ThreadPool& pool = *constructed_pool.load();
+  ThreadPool& pool = *global_;
   new (&pool.run_mutex_) std::mutex();
   new (&pool.mutex_) std::mutex();
   new (&pool.wake_) std::condition_variable();

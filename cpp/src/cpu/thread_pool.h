@@ -62,6 +62,7 @@ class ThreadPool {
   void stop_workers();
   void worker_loop(int index, unsigned seen_generation);
   static void after_fork_in_child();
+  static ThreadPool* const global_;  // see thread_pool.cpp: built at load, never lazily
 
   std::atomic<int> num_threads_;
   std::mutex run_mutex_;  // one run at a time
