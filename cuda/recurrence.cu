@@ -346,11 +346,31 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
                             });
 }
 
+// The step kernels' blocks: kUnits units along x, kRowThreads threads over rows along y.
+const dim3 kStepBlock(kUnits, kRowThreads);
+
 // `units` output units along x, batch row tiles along y (more tiles than gridDim.y loop
 // inside the kernel).
 dim3 step_grid(int64_t batch, int64_t units) {
   return dim3(static_cast<unsigned>(ceil_div(units, kUnits)),
               static_cast<unsigned>(std::min(ceil_div(batch, kRows), kMaxGridY)));
+}
+
+}  // namespace
+
+namespace {
+
+// The launches of one call, step by step: for t = first, first + stride, ... (count steps),
+// step(t) and then, with the projection, projected(t); the first failed launch ends the call.
+template <class Step, class Projected>
+cudaError_t launch_steps(int64_t first, int64_t count, int64_t stride, bool projection, Step&& step,
+                         Projected&& projected) {
+  for (int64_t i = 0, t = first; i < count; ++i, t += stride) {
+    cudaError_t status = step(t);
+    if (status == cudaSuccess && projection) status = projected(t);
+    if (status != cudaSuccess) return status;
+  }
+  return cudaSuccess;
 }
 
 }  // namespace
@@ -363,38 +383,38 @@ cudaError_t recurrent_forward(const ForwardArgs<T>& a, T* workspace, cudaStream_
   if (a.batch == 0) return cudaSuccess;
   return cells::visit_cell(a.cell, [&](auto cell) {
     using C = decltype(cell);
-    const dim3 block(kUnits, kRowThreads);
-    for (int64_t t = 0; t < a.steps; ++t) {
-      cudaError_t status = launch<forward_step<T, C>>(step_grid(a.batch, a.hidden), block, 0,
-                                                      stream, a, t, workspace);
-      if (status == cudaSuccess && a.proj > 0)
-        status = launch<projection_step<T>>(step_grid(a.batch, a.proj), block, 0, stream, a, t,
+    return launch_steps(
+        0, a.steps, 1, a.proj > 0,
+        [&](int64_t t) {
+          return launch<forward_step<T, C>>(step_grid(a.batch, a.hidden), kStepBlock, 0, stream, a,
+                                            t, workspace);
+        },
+        [&](int64_t t) {
+          return launch<projection_step<T>>(step_grid(a.batch, a.proj), kStepBlock, 0, stream, a, t,
                                             static_cast<const T*>(workspace));
-      if (status != cudaSuccess) return status;
-    }
-    return cudaSuccess;
+        });
   });
 }
 
 template <typename T>
 cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStream_t stream) {
   if (a.batch == 0) return cudaSuccess;
+  // The workspace (workspace_size): dh_run [B, H] without the projection, then dc_run [B, H].
+  const bool projected = a.proj > 0;
+  T* dh_run = projected ? nullptr : workspace;
+  T* dc_run = projected ? workspace : workspace + a.batch * a.hidden;
   return cells::visit_cell(a.cell, [&](auto cell) {
     using C = decltype(cell);
-    const dim3 block(kUnits, kRowThreads);
-    const bool projected = a.proj > 0;
-    // The workspace (workspace_size): dh_run [B, H] without the projection, then dc_run [B, H].
-    T* dh_run = projected ? nullptr : workspace;
-    T* dc_run = projected ? workspace : workspace + a.batch * a.hidden;
-    for (int64_t t = a.steps; t >= 0; --t) {
-      cudaError_t status = launch<backward_step<T, C>>(step_grid(a.batch, state_size(a)), block, 0,
-                                                       stream, a, t, dh_run, dc_run);
-      if (status == cudaSuccess && projected)
-        status = launch<backward_projected_cell<T, C>>(step_grid(a.batch, a.hidden), block, 0,
+    return launch_steps(
+        a.steps, a.steps + 1, -1, projected,
+        [&](int64_t t) {
+          return launch<backward_step<T, C>>(step_grid(a.batch, state_size(a)), kStepBlock, 0,
+                                             stream, a, t, dh_run, dc_run);
+        },
+        [&](int64_t t) {
+          return launch<backward_projected_cell<T, C>>(step_grid(a.batch, a.hidden), kStepBlock, 0,
                                                        stream, a, t, dc_run);
-      if (status != cudaSuccess) return status;
-    }
-    return cudaSuccess;
+        });
   });
 }
 

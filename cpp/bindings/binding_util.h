@@ -21,6 +21,9 @@ inline Cell parse_cell(const std::string& name) {
                               name + "'");
 }
 
+// An argument as the bindings take it: any Python object, read by a backend's Reader.
+using Handle = pybind11::handle;
+
 // "(2, 3)", "(5,)": as Python prints a shape.
 inline std::string shape_str(const std::vector<int64_t>& shape) {
   std::string s = "(";
@@ -51,6 +54,9 @@ class ArgChecker {
     uintptr_t begin, end;
     bool is_output;
   };
+
+  using Element = T;
+  using ArrayReader = Reader;
 
   // lead: the argument whose dtype chose T, named in dtype errors.
   explicit ArgChecker(const char* lead) : lead_(lead) {}
@@ -87,12 +93,6 @@ class ArgChecker {
                                   ", expected a 1-D array of at least " + std::to_string(size) +
                                   " elements");
     return checked<T>(obj, name, a.shape, true);
-  }
-  // An input of another element type U than the lead's (the bfloat16 GEMM's operands).
-  template <typename U>
-  const U* input_of(const pybind11::handle& obj, const char* name,
-                    const std::vector<int64_t>& shape) {
-    return checked<U>(obj, name, shape, false);
   }
   void require_none(const pybind11::handle& obj, const char* name, const char* why) {
     if (!obj.is_none()) throw pybind11::value_error(std::string(name) + " must be None " + why);
@@ -137,13 +137,23 @@ class ArgChecker {
   std::vector<Span> spans_;
 };
 
-// ForwardArgs or BackwardArgs with the cell and the sizes filled in: T, B from z [T, B, G*H]
-// (zx or dzx); H from w_hh [G*H, H], or with the LSTM's projection H and P from w_hr [P, H]
-// (then w_hh is [G*H, P]). Reader::shape(obj, name) reads an array's shape (TypeError if it is
-// no array).
+// Calls f(T{}) with T the lead array's element type, float or double (Reader::is_dtype<T>);
+// every other array of the call must have the same (ArgChecker<T> refuses another).
+template <class Reader, class F>
+decltype(auto) dispatch_dtype(const pybind11::handle& lead, const char* name, F&& f) {
+  if (Reader::template is_dtype<float>(lead, name)) return f(float{});
+  if (Reader::template is_dtype<double>(lead, name)) return f(double{});
+  throw pybind11::type_error(std::string(name) + " has dtype " + Reader::dtype_name(lead, name) +
+                             ", expected float32 or float64");
+}
+
+// Args (ForwardArgs or BackwardArgs) with the cell and the sizes filled in: T, B from z
+// [T, B, G*H] (zx or dzx); H from w_hh [G*H, H], or with the LSTM's projection H and P from
+// w_hr [P, H] (then w_hh is [G*H, P]).
 template <class Args, class Reader>
-Args args_with_sizes(Cell cell, const pybind11::handle& z, const char* z_name,
+Args args_with_sizes(const std::string& cell_name, const pybind11::handle& z, const char* z_name,
                      const pybind11::handle& w_hh, const pybind11::handle& w_hr) {
+  const Cell cell = parse_cell(cell_name);
   const std::vector<int64_t> w = Reader::shape(w_hh, "w_hh");
   const int64_t gates = gate_count(cell);
   Args args{};
@@ -174,98 +184,140 @@ Args args_with_sizes(Cell cell, const pybind11::handle& z, const char* z_name,
   return args;
 }
 
-// The arrays every backend's recurrent_forward takes, checked into args (whose cell, sizes and
-// proj are set by args_with_sizes; h has size proj, or H without the projection). lengths and
-// resets: check_sequence_options.
-template <typename T, class Checker>
-void check_forward_arrays(Checker& check, ForwardArgs<T>& args, const pybind11::handle& zx,
-                          const pybind11::handle& w_hh, const pybind11::handle& b_hh,
-                          const pybind11::handle& h0, const pybind11::handle& c0,
-                          const pybind11::handle& y, const pybind11::handle& h_n,
-                          const pybind11::handle& c_n, const pybind11::handle& saved,
-                          const pybind11::handle& w_hr) {
-  const Cell cell = args.cell;
-  const int64_t G = gate_count(cell), S = saved_per_unit(cell);
-  const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
-  const int64_t R = args.proj > 0 ? args.proj : H;  // size of h
-  args.zx = check.input(zx, "zx", {T_, B, G * H});
-  args.w_hh = check.input(w_hh, "w_hh", {G * H, R});
-  args.b_hh = check.optional_input(b_hh, "b_hh", {G * H});
-  args.h0 = check.input(h0, "h0", {B, R});
-  args.y = check.output(y, "y", {T_, B, R});
-  args.h_n = check.output(h_n, "h_n", {B, R});
-  if (cell == Cell::Lstm) {
-    args.c0 = check.input(c0, "c0", {B, H});
-    args.c_n = check.output(c_n, "c_n", {B, H});
-  } else {
-    check.require_none(c0, "c0", "for this cell (only the LSTM has a cell state)");
-    check.require_none(c_n, "c_n", "for this cell (only the LSTM has a cell state)");
-  }
-  if (S > 0)
-    args.saved = check.optional_output(saved, "saved", {T_, B, S * H});
-  else
-    check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
-  args.w_hr = check.optional_input(w_hr, "w_hr", {args.proj, H});
-}
+// The shapes of one recurrence's arrays: G gates, S saved values per unit, T steps, B batch,
+// H units, R the size of h (P with the projection, else H), P the projection.
+struct Dims {
+  int64_t G, S, T, B, H, R, P;
 
-// The same for recurrent_backward.
-template <typename T, class Checker>
-void check_backward_arrays(Checker& check, BackwardArgs<T>& args, const pybind11::handle& w_hh,
-                           const pybind11::handle& h0, const pybind11::handle& c0,
-                           const pybind11::handle& y, const pybind11::handle& saved,
-                           const pybind11::handle& dy, const pybind11::handle& dh_n,
-                           const pybind11::handle& dc_n, const pybind11::handle& dzx,
-                           const pybind11::handle& dzh, const pybind11::handle& dh0,
-                           const pybind11::handle& dc0, const pybind11::handle& w_hr,
-                           const pybind11::handle& dh_proj) {
-  const Cell cell = args.cell;
-  const int64_t G = gate_count(cell), S = saved_per_unit(cell);
-  const int64_t T_ = args.steps, B = args.batch, H = args.hidden;
-  const int64_t R = args.proj > 0 ? args.proj : H;  // size of h
-  args.w_hh = check.input(w_hh, "w_hh", {G * H, R});
-  args.h0 = check.input(h0, "h0", {B, R});
-  args.y = check.input(y, "y", {T_, B, R});
-  if (S > 0)
-    args.saved = check.input(saved, "saved", {T_, B, S * H});
-  else
-    check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
-  args.dy = check.input(dy, "dy", {T_, B, R});
-  args.dh_n = check.optional_input(dh_n, "dh_n", {B, R});
-  args.dzx = check.output(dzx, "dzx", {T_, B, G * H});
-  if (cell == Cell::Gru) {
-    args.dzh = check.output(dzh, "dzh", {T_, B, G * H});
-  } else {
-    check.require_none(dzh, "dzh", "for this cell (its dzh equals dzx)");
-    args.dzh = args.dzx;
-  }
-  args.dh0 = check.output(dh0, "dh0", {B, R});
-  if (cell == Cell::Lstm) {
-    args.c0 = check.input(c0, "c0", {B, H});
-    args.dc_n = check.optional_input(dc_n, "dc_n", {B, H});
-    args.dc0 = check.output(dc0, "dc0", {B, H});
-  } else {
-    const char* why = "for this cell (only the LSTM has a cell state)";
-    check.require_none(c0, "c0", why);
-    check.require_none(dc_n, "dc_n", why);
-    check.require_none(dc0, "dc0", why);
-  }
-  if (args.proj > 0) {
-    args.w_hr = check.input(w_hr, "w_hr", {args.proj, H});
-    args.dh_proj = check.output(dh_proj, "dh_proj", {T_, B, args.proj});
-  } else {
-    check.require_none(dh_proj, "dh_proj", "without the projection (w_hr None)");
-  }
+  template <class Args>
+  explicit Dims(const Args& args)
+      : G(gate_count(args.cell)),
+        S(saved_per_unit(args.cell)),
+        T(args.steps),
+        B(args.batch),
+        H(args.hidden),
+        R(args.proj > 0 ? args.proj : args.hidden),
+        P(args.proj) {}
+};
+
+// Calls f(check, args, dims) for a call whose lead array z (zx or dzx) chose the element type T
+// (dispatch_dtype): an ArgChecker<T, Reader>, ArgsOf<T> from args_with_sizes, and its Dims.
+template <template <typename> class ArgsOf, class Reader, class F>
+void with_sized_args(const std::string& cell, Handle z, const char* z_name, Handle w_hh,
+                     Handle w_hr, F&& f) {
+  dispatch_dtype<Reader>(z, z_name, [&](auto type_tag) {
+    using T = decltype(type_tag);
+    ArgChecker<T, Reader> check(z_name);
+    auto args = args_with_sizes<ArgsOf<T>, Reader>(cell, z, z_name, w_hh, w_hr);
+    f(check, args, Dims(args));
+  });
 }
 
 // lengths [B] (int64) and resets [T, B] (bool or uint8), each optional (None: nullptr), checked
-// like every other array into args (ForwardArgs or BackwardArgs). Their values are not read
-// here: the kernels stay within memory whatever they are, and lengths outside [0, T] are the
-// caller's to refuse where the binding cannot read them (device memory).
-template <class Args, class Checker>
+// like every other array. Their values are not read here: the kernels stay within memory
+// whatever they are; lengths outside [0, T] are refused by the backend that can read them and
+// are the caller's to refuse otherwise (device memory).
+template <class Checker, class Args>
 void check_sequence_options(Checker& check, Args& args, const pybind11::handle& lengths,
                             const pybind11::handle& resets) {
   args.lengths = check.template optional_input<int64_t>(lengths, "lengths", {args.batch});
   args.resets = check.template optional_input<uint8_t>(resets, "resets", {args.steps, args.batch});
+}
+
+// The recurrent_forward of every backend's module: checks every argument (the arrays through
+// Backend::Reader) into ForwardArgs, then Backend::run(check, args, options...) checks what is
+// the backend's own (its keyword-only `options`) and runs the kernels.
+template <class Backend, class... Options>
+void forward_binding(const std::string& cell, Handle zx, Handle w_hh, Handle b_hh, Handle h0,
+                     Handle c0, Handle y, Handle h_n, Handle c_n, Handle saved, Handle lengths,
+                     Handle resets, Handle w_hr, Options... options) {
+  with_sized_args<ForwardArgs, typename Backend::Reader>(
+      cell, zx, "zx", w_hh, w_hr, [&](auto& check, auto& args, const Dims& d) {
+        args.zx = check.input(zx, "zx", {d.T, d.B, d.G * d.H});
+        args.w_hh = check.input(w_hh, "w_hh", {d.G * d.H, d.R});
+        args.b_hh = check.optional_input(b_hh, "b_hh", {d.G * d.H});
+        args.h0 = check.input(h0, "h0", {d.B, d.R});
+        args.y = check.output(y, "y", {d.T, d.B, d.R});
+        args.h_n = check.output(h_n, "h_n", {d.B, d.R});
+        if (args.cell == Cell::Lstm) {
+          args.c0 = check.input(c0, "c0", {d.B, d.H});
+          args.c_n = check.output(c_n, "c_n", {d.B, d.H});
+        } else {
+          check.require_none(c0, "c0", "for this cell (only the LSTM has a cell state)");
+          check.require_none(c_n, "c_n", "for this cell (only the LSTM has a cell state)");
+        }
+        if (d.S > 0)
+          args.saved = check.optional_output(saved, "saved", {d.T, d.B, d.S * d.H});
+        else
+          check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
+        args.w_hr = check.optional_input(w_hr, "w_hr", {d.P, d.H});
+        check_sequence_options(check, args, lengths, resets);
+        Backend::run(check, args, options...);
+      });
+}
+
+// The same for recurrent_backward, into BackwardArgs.
+template <class Backend, class... Options>
+void backward_binding(const std::string& cell, Handle w_hh, Handle h0, Handle c0, Handle y,
+                      Handle saved, Handle dy, Handle dh_n, Handle dc_n, Handle dzx, Handle dzh,
+                      Handle dh0, Handle dc0, Handle lengths, Handle resets, Handle w_hr,
+                      Handle dh_proj, Options... options) {
+  with_sized_args<BackwardArgs, typename Backend::Reader>(
+      cell, dzx, "dzx", w_hh, w_hr, [&](auto& check, auto& args, const Dims& d) {
+        args.w_hh = check.input(w_hh, "w_hh", {d.G * d.H, d.R});
+        args.h0 = check.input(h0, "h0", {d.B, d.R});
+        args.y = check.input(y, "y", {d.T, d.B, d.R});
+        if (d.S > 0)
+          args.saved = check.input(saved, "saved", {d.T, d.B, d.S * d.H});
+        else
+          check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
+        args.dy = check.input(dy, "dy", {d.T, d.B, d.R});
+        args.dh_n = check.optional_input(dh_n, "dh_n", {d.B, d.R});
+        args.dzx = check.output(dzx, "dzx", {d.T, d.B, d.G * d.H});
+        if (args.cell == Cell::Gru) {
+          args.dzh = check.output(dzh, "dzh", {d.T, d.B, d.G * d.H});
+        } else {
+          check.require_none(dzh, "dzh", "for this cell (its dzh equals dzx)");
+          args.dzh = args.dzx;
+        }
+        args.dh0 = check.output(dh0, "dh0", {d.B, d.R});
+        if (args.cell == Cell::Lstm) {
+          args.c0 = check.input(c0, "c0", {d.B, d.H});
+          args.dc_n = check.optional_input(dc_n, "dc_n", {d.B, d.H});
+          args.dc0 = check.output(dc0, "dc0", {d.B, d.H});
+        } else {
+          const char* why = "for this cell (only the LSTM has a cell state)";
+          check.require_none(c0, "c0", why);
+          check.require_none(dc_n, "dc_n", why);
+          check.require_none(dc0, "dc0", why);
+        }
+        if (d.P > 0) {
+          args.w_hr = check.input(w_hr, "w_hr", {d.P, d.H});
+          args.dh_proj = check.output(dh_proj, "dh_proj", {d.T, d.B, d.P});
+        } else {
+          check.require_none(dh_proj, "dh_proj", "without the projection (w_hr None)");
+        }
+        check_sequence_options(check, args, lengths, resets);
+        Backend::run(check, args, options...);
+      });
+}
+
+// Defines m.recurrent_forward and m.recurrent_backward of Backend: the parameters that every
+// backend shares, then its keyword-only options, of types Options (`keywords`: their
+// pybind11::arg with defaults).
+template <class Backend, class... Options, class... Keywords>
+void def_recurrent(pybind11::module_& m, const std::string& forward_doc,
+                   const std::string& backward_doc, Keywords&&... keywords) {
+  using pybind11::arg;
+  m.def("recurrent_forward", &forward_binding<Backend, Options...>, arg("cell"), arg("zx"),
+        arg("w_hh"), arg("b_hh"), arg("h0"), arg("c0"), arg("y"), arg("h_n"), arg("c_n"),
+        arg("saved"), arg("lengths") = pybind11::none(), arg("resets") = pybind11::none(),
+        arg("w_hr") = pybind11::none(), pybind11::kw_only(), keywords..., forward_doc.c_str());
+  m.def("recurrent_backward", &backward_binding<Backend, Options...>, arg("cell"), arg("w_hh"),
+        arg("h0"), arg("c0"), arg("y"), arg("saved"), arg("dy"), arg("dh_n"), arg("dc_n"),
+        arg("dzx"), arg("dzh"), arg("dh0"), arg("dc0"), arg("lengths") = pybind11::none(),
+        arg("resets") = pybind11::none(), arg("w_hr") = pybind11::none(),
+        arg("dh_proj") = pybind11::none(), pybind11::kw_only(), keywords..., backward_doc.c_str());
 }
 
 }  // namespace rnnfast::bindings

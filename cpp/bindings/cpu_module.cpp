@@ -36,99 +36,28 @@ bool is_bfloat16(const py::array& arr) {
 template <typename T>
 using ArgChecker = bindings::ArgChecker<T, NumpyReader>;
 
-// lengths [B] (int64, values in [0, steps]) and resets [T, B] (bool or uint8), each optional:
-// None gives nullptr. They are inputs, so they may share memory with other inputs only.
-const int64_t* lengths_arg(const py::handle& obj, int64_t steps, int64_t batch) {
-  if (obj.is_none()) return nullptr;
-  if (!py::isinstance<py::array>(obj)) throw py::type_error("lengths must be a numpy.ndarray");
-  auto arr = py::reinterpret_borrow<py::array>(obj);
-  if (!arr.dtype().equal(py::dtype::of<int64_t>()))
-    throw py::value_error("lengths has dtype " + std::string(py::str(arr.dtype())) +
-                          ", expected int64");
-  if (arr.ndim() != 1 || arr.shape(0) != batch)
-    throw py::value_error("lengths has shape " +
-                          shape_str(std::vector<int64_t>(arr.shape(), arr.shape() + arr.ndim())) +
-                          ", expected " + shape_str({batch}));
-  if (!(arr.flags() & py::array::c_style) ||
-      !(arr.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-    throw py::value_error("lengths must be C-contiguous and aligned");
-  const auto* data = static_cast<const int64_t*>(arr.data());
-  for (int64_t b = 0; b < batch; ++b)
-    if (data[b] < 0 || data[b] > steps)
-      throw py::value_error("lengths[" + std::to_string(b) + "] = " + std::to_string(data[b]) +
-                            " is outside [0, " + std::to_string(steps) + "]");
-  return data;
-}
+// The CPU backend of bindings::def_recurrent. run: once every argument is checked, refuses
+// lengths outside [0, T] (the kernels index the sequences by them) and overlapping outputs,
+// then runs the kernel without the GIL; its option: bf16_matmul.
+struct CpuRecurrence {
+  using Reader = NumpyReader;
 
-const uint8_t* resets_arg(const py::handle& obj, int64_t steps, int64_t batch) {
-  if (obj.is_none()) return nullptr;
-  if (!py::isinstance<py::array>(obj)) throw py::type_error("resets must be a numpy.ndarray");
-  auto arr = py::reinterpret_borrow<py::array>(obj);
-  if (!arr.dtype().equal(py::dtype::of<bool>()) && !arr.dtype().equal(py::dtype::of<uint8_t>()))
-    throw py::value_error("resets has dtype " + std::string(py::str(arr.dtype())) +
-                          ", expected bool or uint8");
-  std::vector<int64_t> actual(arr.shape(), arr.shape() + arr.ndim());
-  if (actual != std::vector<int64_t>{steps, batch})
-    throw py::value_error("resets has shape " + shape_str(actual) + ", expected " +
-                          shape_str({steps, batch}));
-  if (!(arr.flags() & py::array::c_style)) throw py::value_error("resets must be C-contiguous");
-  return static_cast<const uint8_t*>(arr.data());
-}
-
-// zx's dtype picks the kernel's type; every other array must have the same.
-template <class F>
-decltype(auto) dispatch_dtype(const py::handle& lead, const char* name, F&& f) {
-  if (!py::isinstance<py::array>(lead))
-    throw py::type_error(std::string(name) + " must be a numpy.ndarray");
-  auto dtype = py::reinterpret_borrow<py::array>(lead).dtype();
-  if (dtype.equal(py::dtype::of<float>())) return f(float{});
-  if (dtype.equal(py::dtype::of<double>())) return f(double{});
-  throw py::type_error(std::string(name) + " has dtype " + std::string(py::str(dtype)) +
-                       ", expected float32 or float64");
-}
-
-void recurrent_forward_py(const std::string& cell_name, py::object zx, py::object w_hh,
-                          py::object b_hh, py::object h0, py::object c0, py::object y,
-                          py::object h_n, py::object c_n, py::object saved, py::object lengths,
-                          py::object resets, py::object w_hr, bool bf16_matmul) {
-  const Cell cell = parse_cell(cell_name);
-  dispatch_dtype(zx, "zx", [&](auto type_tag) {
-    using T = decltype(type_tag);
-    ArgChecker<T> check("zx");
-    auto args = bindings::args_with_sizes<ForwardArgs<T>, NumpyReader>(cell, zx, "zx", w_hh, w_hr);
-    bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, w_hr);
-    const int64_t T_ = args.steps, B = args.batch;
-    args.bf16_matmul = bf16_matmul;
-    args.lengths = lengths_arg(lengths, T_, B);
-    args.resets = resets_arg(resets, T_, B);
+  template <class Checker, class Args>
+  static void run(const Checker& check, Args& args, bool bf16_matmul) {
+    for (int64_t b = 0; args.lengths && b < args.batch; ++b)
+      if (args.lengths[b] < 0 || args.lengths[b] > args.steps)
+        throw py::value_error("lengths[" + std::to_string(b) +
+                              "] = " + std::to_string(args.lengths[b]) + " is outside [0, " +
+                              std::to_string(args.steps) + "]");
     check.check_no_overlap();
-    py::gil_scoped_release release;
-    recurrent_forward(args);
-  });
-}
-
-void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::object h0,
-                           py::object c0, py::object y, py::object saved, py::object dy,
-                           py::object dh_n, py::object dc_n, py::object dzx, py::object dzh,
-                           py::object dh0, py::object dc0, py::object lengths, py::object resets,
-                           py::object w_hr, py::object dh_proj, bool bf16_matmul) {
-  const Cell cell = parse_cell(cell_name);
-  dispatch_dtype(dzx, "dzx", [&](auto type_tag) {
-    using T = decltype(type_tag);
-    ArgChecker<T> check("dzx");
-    auto args =
-        bindings::args_with_sizes<BackwardArgs<T>, NumpyReader>(cell, dzx, "dzx", w_hh, w_hr);
-    bindings::check_backward_arrays(check, args, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh,
-                                    dh0, dc0, w_hr, dh_proj);
-    const int64_t T_ = args.steps, B = args.batch;
     args.bf16_matmul = bf16_matmul;
-    args.lengths = lengths_arg(lengths, T_, B);
-    args.resets = resets_arg(resets, T_, B);
-    check.check_no_overlap();
     py::gil_scoped_release release;
-    recurrent_backward(args);
-  });
-}
+    if constexpr (std::is_same_v<Args, ForwardArgs<typename Checker::Element>>)
+      recurrent_forward(args);
+    else
+      recurrent_backward(args);
+  }
+};
 
 // Fills args for c [m, n] = op(a) op(b) + bias, or c += op(a) op(b) + bias with accumulate,
 // where op(x) is x or, with trans_x, x.T: op(a) [m, k], op(b) [k, n], bias [n] or None. a's
@@ -153,10 +82,10 @@ void gemm_operands(Checker& check, Args& args, const py::object& a, const py::ob
   args.m = m;
   args.n = n;
   args.k = k;
-  args.a = check.template input_of<TA>(a, "a", {a0, a1});
+  args.a = check.template input<TA>(a, "a", {a0, a1});
   args.a_row = trans_a ? 1 : a1;
   args.a_col = trans_a ? a1 : 1;
-  args.b = check.template input_of<TB>(
+  args.b = check.template input<TB>(
       b, "b", trans_b ? std::vector<int64_t>{n, k} : std::vector<int64_t>{k, n});
   args.b_row = trans_b ? 1 : n;
   args.b_col = trans_b ? k : 1;
@@ -169,7 +98,7 @@ void gemm_operands(Checker& check, Args& args, const py::object& a, const py::ob
 
 void gemm_py(py::object a, py::object b, py::object c, bool trans_a, bool trans_b, py::object bias,
              bool accumulate) {
-  dispatch_dtype(a, "a", [&](auto type_tag) {
+  bindings::dispatch_dtype<NumpyReader>(a, "a", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("a");
     GemmArgs<T> args{};
@@ -217,7 +146,7 @@ void gemm_bf16_py(py::object a, py::object b, py::object c, bool trans_a, bool t
 py::object pack_cell_py(const std::string& cell_name, py::object w_ih, py::object w_hh,
                         py::object b_ih, py::object b_hh) {
   const Cell cell = parse_cell(cell_name);
-  return dispatch_dtype(w_ih, "weight_ih", [&](auto type_tag) -> py::object {
+  return bindings::dispatch_dtype<NumpyReader>(w_ih, "weight_ih", [&](auto type_tag) -> py::object {
     using T = decltype(type_tag);
     ArgChecker<T> check("weight_ih");
     const auto w = w_ih.cast<py::array>();
@@ -296,7 +225,7 @@ void activation_py(const std::string& name, py::object x, py::object out) {
     f = Activation::Sigmoid;
   else
     throw py::value_error("activation must be 'exp', 'tanh' or 'sigmoid', not '" + name + "'");
-  dispatch_dtype(x, "x", [&](auto type_tag) {
+  bindings::dispatch_dtype<NumpyReader>(x, "x", [&](auto type_tag) {
     using T = decltype(type_tag);
     ArgChecker<T> check("x");
     const int64_t n = x.cast<py::array>().size();
@@ -314,28 +243,21 @@ void activation_py(const std::string& name, py::object x, py::object out) {
 PYBIND11_MODULE(_cpu, m) {
   using namespace rnnfast;
   m.doc() = "rnnfast CPU kernels (low level; use rnnfast.functional or the layers)";
-  m.def("recurrent_forward", &recurrent_forward_py, py::arg("cell"), py::arg("zx"), py::arg("w_hh"),
-        py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"), py::arg("c_n"),
-        py::arg("saved"), py::arg("lengths") = py::none(), py::arg("resets") = py::none(),
-        py::arg("w_hr") = py::none(), py::arg("bf16_matmul") = false,
-        "Recurrence of one layer and direction. zx [T,B,G*H] = x W_ih^T + b_ih; writes y "
-        "[T,B,R], h_n [B,R], c_n [B,H] (LSTM) and, when given, the training workspace saved "
-        "[T,B,S*H]. Optional: lengths [B] int64 in [0, T] (steps past a sequence's length are "
-        "padding: y 0, state kept), resets [T,B] bool (state put back to h0, c0 before step t), "
-        "w_hr [P,H] (LSTM projection h = (o*tanh(c)) W_hr^T; R = P, else R = H). bf16_matmul "
-        "(float32): h_{t-1} and W_hh rounded to bfloat16 in the recurrent matmul, float32 sums, "
-        "on the instruction sets amx and avx512_bf16 (ignored on the others).");
-  m.def("recurrent_backward", &recurrent_backward_py, py::arg("cell"), py::arg("w_hh"),
-        py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("saved"), py::arg("dy"),
-        py::arg("dh_n"), py::arg("dc_n"), py::arg("dzx"), py::arg("dzh"), py::arg("dh0"),
-        py::arg("dc0"), py::arg("lengths") = py::none(), py::arg("resets") = py::none(),
-        py::arg("w_hr") = py::none(), py::arg("dh_proj") = py::none(),
-        py::arg("bf16_matmul") = false,
-        "Backward through time of recurrent_forward. Writes dzx [T,B,G*H], dzh [T,B,G*H] (GRU "
-        "only: for the other cells it equals dzx and must be None), dh0 and dc0 [B,H]. "
-        "lengths, resets, w_hr: those of the forward; with w_hr, writes dh_proj [T,B,P], the "
-        "gradient reaching each h_t. bf16_matmul: dzh_t and W_hh rounded to bfloat16 in the "
-        "recurrent matmul, as in recurrent_forward.");
+  bindings::def_recurrent<CpuRecurrence, bool>(
+      m,
+      "Recurrence of one layer and direction. zx [T,B,G*H] = x W_ih^T + b_ih; writes y [T,B,R], "
+      "h_n [B,R], c_n [B,H] (LSTM) and, when given, the training workspace saved [T,B,S*H]. "
+      "Optional: lengths [B] int64 in [0, T] (steps past a sequence's length are padding: y 0, "
+      "state kept), resets [T,B] bool (state put back to h0, c0 before step t), w_hr [P,H] "
+      "(LSTM projection h = (o*tanh(c)) W_hr^T; R = P, else R = H). bf16_matmul (float32): "
+      "h_{t-1} and W_hh rounded to bfloat16 in the recurrent matmul, float32 sums, on the "
+      "instruction sets amx and avx512_bf16 (ignored on the others).",
+      "Backward through time of recurrent_forward. Writes dzx [T,B,G*H], dzh [T,B,G*H] (GRU "
+      "only: for the other cells it equals dzx and must be None), dh0 and dc0 [B,H]. lengths, "
+      "resets, w_hr: those of the forward; with w_hr, writes dh_proj [T,B,P], the gradient "
+      "reaching each h_t. bf16_matmul: dzh_t and W_hh rounded to bfloat16 in the recurrent "
+      "matmul, as in recurrent_forward.",
+      py::arg("bf16_matmul") = false);
   bind_packed_cell<float>(m, "PackedCellFloat32");
   bind_packed_cell<double>(m, "PackedCellFloat64");
   m.def("gemm", &gemm_py, py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false,
@@ -375,11 +297,8 @@ PYBIND11_MODULE(_cpu, m) {
       "last_split",
       [] {
         const SplitRecord r = last_split();
-        py::dict d;
-        d["kernel"] = r.kernel;
-        d["threads"] = r.threads;
-        d["split"] = r.split;
-        return d;
+        return py::dict(py::arg("kernel") = r.kernel, py::arg("threads") = r.threads,
+                        py::arg("split") = r.split);
       },
       "How the calling thread's last kernel call shared its work: a dict with kernel (its name), "
       "threads (how many ran it) and split (what they divided: columns or rows of a step, "

@@ -155,6 +155,11 @@ struct Reader {
   }
 
   template <typename T>
+  static bool is_dtype(const py::handle& obj, const char* name) {
+    return read_interface(obj, name).typestr == typestr<T>();
+  }
+
+  template <typename T>
   static bindings::ArrayView view(const py::handle& obj, const char* name) {
     const DeviceArray a = read_interface(obj, name);
     uintptr_t bytes = sizeof(T);
@@ -198,15 +203,6 @@ struct Reader {
 template <typename T>
 using ArgChecker = bindings::ArgChecker<T, Reader>;
 
-// The lead array's dtype picks the kernel's type; every other array must have the same.
-template <class F>
-void dispatch_dtype(const py::handle& lead, const char* name, F&& f) {
-  const std::string dtype = Reader::dtype_name(lead, name);
-  if (dtype == "float32") return f(float{});
-  if (dtype == "float64") return f(double{});
-  throw py::type_error(std::string(name) + " has dtype " + dtype + ", expected float32 or float64");
-}
-
 cudaStream_t parse_stream(const py::handle& stream) {
   if (!py::isinstance<py::int_>(stream) || py::isinstance<py::bool_>(stream))
     throw py::type_error(
@@ -224,64 +220,34 @@ Direction parse_direction(const std::string& name) {
   throw py::value_error("direction must be 'forward' or 'backward', not '" + name + "'");
 }
 
-// Once every argument is checked: refuses overlapping outputs, does nothing for B = 0, else
-// checks where the arrays are and runs launch() (which returns the CUDA status) without the GIL.
-template <class Checker, class Launch>
-void launch_checked(const Checker& check, int64_t batch, const char* what, Launch&& launch) {
-  check.check_no_overlap();
-  if (batch == 0) return;
-  Reader::check_memory(check);
-  cudaError_t status;
-  {
-    py::gil_scoped_release release;
-    status = launch();
-  }
-  check_cuda(status, what);
-}
+// The CUDA backend of bindings::def_recurrent. run: once every argument is checked, takes the
+// workspace, refuses overlapping outputs, does nothing for B = 0, else checks where the arrays
+// are and enqueues the kernels on the stream without the GIL; its options: workspace, stream.
+struct CudaRecurrence {
+  using Reader = cuda::Reader;
 
-void recurrent_forward_py(const std::string& cell_name, py::object zx, py::object w_hh,
-                          py::object b_hh, py::object h0, py::object c0, py::object y,
-                          py::object h_n, py::object c_n, py::object saved, py::object lengths,
-                          py::object resets, py::object w_hr, py::object workspace,
-                          py::object stream) {
-  const Cell cell = parse_cell(cell_name);
-  const cudaStream_t cuda_stream = parse_stream(stream);
-  dispatch_dtype(zx, "zx", [&](auto type_tag) {
-    using T = decltype(type_tag);
-    ArgChecker<T> check("zx");
-    auto args = bindings::args_with_sizes<ForwardArgs<T>, Reader>(cell, zx, "zx", w_hh, w_hr);
-    bindings::check_forward_arrays(check, args, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, w_hr);
-    bindings::check_sequence_options(check, args, lengths, resets);
-    T* scratch =
+  template <class Checker, class Args>
+  static void run(Checker& check, const Args& args, py::object workspace, py::object stream) {
+    const cudaStream_t cuda_stream = parse_stream(stream);
+    constexpr bool kForward = std::is_same_v<Args, ForwardArgs<typename Checker::Element>>;
+    const Direction direction = kForward ? Direction::Forward : Direction::Backward;
+    auto* scratch =
         check.scratch(workspace, "workspace",
-                      workspace_size(Direction::Forward, cell, args.batch, args.hidden, args.proj));
-    launch_checked(check, args.batch, "rnnfast recurrent_forward",
-                   [&] { return recurrent_forward(args, scratch, cuda_stream); });
-  });
-}
-
-void recurrent_backward_py(const std::string& cell_name, py::object w_hh, py::object h0,
-                           py::object c0, py::object y, py::object saved, py::object dy,
-                           py::object dh_n, py::object dc_n, py::object dzx, py::object dzh,
-                           py::object dh0, py::object dc0, py::object lengths, py::object resets,
-                           py::object w_hr, py::object dh_proj, py::object workspace,
-                           py::object stream) {
-  const Cell cell = parse_cell(cell_name);
-  const cudaStream_t cuda_stream = parse_stream(stream);
-  dispatch_dtype(dzx, "dzx", [&](auto type_tag) {
-    using T = decltype(type_tag);
-    ArgChecker<T> check("dzx");
-    auto args = bindings::args_with_sizes<BackwardArgs<T>, Reader>(cell, dzx, "dzx", w_hh, w_hr);
-    bindings::check_backward_arrays(check, args, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh,
-                                    dh0, dc0, w_hr, dh_proj);
-    bindings::check_sequence_options(check, args, lengths, resets);
-    T* scratch = check.scratch(
-        workspace, "workspace",
-        workspace_size(Direction::Backward, cell, args.batch, args.hidden, args.proj));
-    launch_checked(check, args.batch, "rnnfast recurrent_backward",
-                   [&] { return recurrent_backward(args, scratch, cuda_stream); });
-  });
-}
+                      workspace_size(direction, args.cell, args.batch, args.hidden, args.proj));
+    check.check_no_overlap();
+    if (args.batch == 0) return;
+    Reader::check_memory(check);
+    cudaError_t status;
+    {
+      py::gil_scoped_release release;
+      if constexpr (kForward)
+        status = recurrent_forward(args, scratch, cuda_stream);
+      else
+        status = recurrent_backward(args, scratch, cuda_stream);
+    }
+    check_cuda(status, kForward ? "rnnfast recurrent_forward" : "rnnfast recurrent_backward");
+  }
+};
 
 }  // namespace
 }  // namespace rnnfast::cuda
@@ -306,39 +272,28 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
       "device_info",
       [] {
         const DeviceInfo info = device_info();
-        py::dict d;
-        d["runtime_version"] = info.runtime_version;
-        d["driver_version"] = info.driver_version;
-        d["devices"] = info.devices;
-        d["error"] = info.error.empty() ? py::object(py::none()) : py::object(py::str(info.error));
-        return d;
+        return py::dict(py::arg("runtime_version") = info.runtime_version,
+                        py::arg("driver_version") = info.driver_version,
+                        py::arg("devices") = info.devices,
+                        py::arg("error") = info.error.empty() ? py::object(py::none())
+                                                              : py::object(py::str(info.error)));
       },
       "CUDA runtime and driver versions, the visible devices, and why none is usable if so.");
-  m.def("recurrent_forward", &recurrent_forward_py, py::arg("cell"), py::arg("zx"), py::arg("w_hh"),
-        py::arg("b_hh"), py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("h_n"), py::arg("c_n"),
-        py::arg("saved"), py::arg("lengths") = py::none(), py::arg("resets") = py::none(),
-        py::arg("w_hr") = py::none(), py::kw_only(), py::arg("workspace") = py::none(),
-        py::arg("stream") = 0,
-        (std::string("Recurrence of one layer and direction, enqueued on `stream`: the "
-                     "arguments and results of rnnfast._cpu.recurrent_forward, as ") +
-         arrays +
-         " (lengths int64 [B], resets bool or uint8 [T, B]). lengths must lie in "
-         "[0, T]: the kernels do not check it (the caller must). workspace: a 1-D array of the "
-         "data's dtype with at least workspace_size('forward', cell, B, H, P) elements (None "
-         "where that is 0); its contents are undefined afterwards.")
-            .c_str());
-  m.def("recurrent_backward", &recurrent_backward_py, py::arg("cell"), py::arg("w_hh"),
-        py::arg("h0"), py::arg("c0"), py::arg("y"), py::arg("saved"), py::arg("dy"),
-        py::arg("dh_n"), py::arg("dc_n"), py::arg("dzx"), py::arg("dzh"), py::arg("dh0"),
-        py::arg("dc0"), py::arg("lengths") = py::none(), py::arg("resets") = py::none(),
-        py::arg("w_hr") = py::none(), py::arg("dh_proj") = py::none(), py::kw_only(),
-        py::arg("workspace") = py::none(), py::arg("stream") = 0,
-        (std::string("Backward through time of recurrent_forward, enqueued on `stream`: the "
-                     "arguments and results of rnnfast._cpu.recurrent_backward, as ") +
-         arrays +
-         ". lengths must lie in [0, T] (unchecked). workspace: at least "
-         "workspace_size('backward', cell, B, H, P) elements (None where that is 0).")
-            .c_str());
+  rnnfast::bindings::def_recurrent<CudaRecurrence, py::object, py::object>(
+      m,
+      std::string("Recurrence of one layer and direction, enqueued on `stream`: the arguments "
+                  "and results of rnnfast._cpu.recurrent_forward, as ") +
+          arrays +
+          " (lengths int64 [B], resets bool or uint8 [T, B]). lengths must lie in [0, T]: the "
+          "kernels do not check it (the caller must). workspace: a 1-D array of the data's "
+          "dtype with at least workspace_size('forward', cell, B, H, P) elements (None where "
+          "that is 0); its contents are undefined afterwards.",
+      std::string("Backward through time of recurrent_forward, enqueued on `stream`: the "
+                  "arguments and results of rnnfast._cpu.recurrent_backward, as ") +
+          arrays +
+          ". lengths must lie in [0, T] (unchecked). workspace: at least "
+          "workspace_size('backward', cell, B, H, P) elements (None where that is 0).",
+      py::arg("workspace") = py::none(), py::arg("stream") = 0);
   m.def(
       "workspace_size",
       [](const std::string& direction, const std::string& cell, int64_t batch, int64_t hidden,

@@ -41,6 +41,11 @@ struct NumpyReader {
     return std::vector<int64_t>(arr.shape(), arr.shape() + arr.ndim());
   }
 
+  template <typename T>
+  static bool is_dtype(const pybind11::handle& obj, const char* name) {
+    return array(obj, name).dtype().equal(numpy_dtype<T>());
+  }
+
   // NumPy's name of the dtype ("float32").
   static std::string dtype_name(const pybind11::handle& obj, const char* name) {
     return std::string(pybind11::str(array(obj, name).dtype()));

@@ -13,46 +13,18 @@ emulated: bool
 compiled_architectures: str
 
 def device_info() -> dict[str, Any]: ...
-def recurrent_forward(
-    cell: Cell,
-    zx: Array,
-    w_hh: Array,
-    b_hh: Optional[Array],
-    h0: Array,
-    c0: Optional[Array],
-    y: Array,
-    h_n: Array,
-    c_n: Optional[Array],
-    saved: Optional[Array],
-    lengths: Optional[Array] = None,
-    resets: Optional[Array] = None,
-    w_hr: Optional[Array] = None,
-    *,
-    workspace: Optional[Array] = None,
-    stream: int = 0,
-) -> None: ...
-def recurrent_backward(
-    cell: Cell,
-    w_hh: Array,
-    h0: Array,
-    c0: Optional[Array],
-    y: Array,
-    saved: Optional[Array],
-    dy: Array,
-    dh_n: Optional[Array],
-    dc_n: Optional[Array],
-    dzx: Array,
-    dzh: Optional[Array],
-    dh0: Array,
-    dc0: Optional[Array],
-    lengths: Optional[Array] = None,
-    resets: Optional[Array] = None,
-    w_hr: Optional[Array] = None,
-    dh_proj: Optional[Array] = None,
-    *,
-    workspace: Optional[Array] = None,
-    stream: int = 0,
-) -> None: ...
+def recurrent_forward(cell: Cell, zx: Array, w_hh: Array, b_hh: Optional[Array], h0: Array,
+                      c0: Optional[Array], y: Array, h_n: Array, c_n: Optional[Array],
+                      saved: Optional[Array], lengths: Optional[Array] = None,
+                      resets: Optional[Array] = None, w_hr: Optional[Array] = None, *,
+                      workspace: Optional[Array] = None, stream: int = 0) -> None: ...
+def recurrent_backward(cell: Cell, w_hh: Array, h0: Array, c0: Optional[Array], y: Array,
+                       saved: Optional[Array], dy: Array, dh_n: Optional[Array],
+                       dc_n: Optional[Array], dzx: Array, dzh: Optional[Array], dh0: Array,
+                       dc0: Optional[Array], lengths: Optional[Array] = None,
+                       resets: Optional[Array] = None, w_hr: Optional[Array] = None,
+                       dh_proj: Optional[Array] = None, *, workspace: Optional[Array] = None,
+                       stream: int = 0) -> None: ...
 def workspace_size(
     direction: Literal["forward", "backward"], cell: Cell, batch: int, hidden: int, proj: int = 0
 ) -> int: ...

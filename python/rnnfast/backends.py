@@ -104,11 +104,11 @@ class CpuBackend:
 
     @staticmethod
     def recurrent_forward(*args, bf16=False):
-        _cpu.recurrent_forward(*args, bf16)
+        _cpu.recurrent_forward(*args, bf16_matmul=bf16)
 
     @staticmethod
     def recurrent_backward(*args, bf16=False):
-        _cpu.recurrent_backward(*args, bf16)
+        _cpu.recurrent_backward(*args, bf16_matmul=bf16)
 
 
 class CudaBackend:
@@ -146,27 +146,26 @@ class CudaBackend:
         else:
             out[...] = product
 
-    def _workspace(self, direction, cell, zx_or_dzx, hidden, proj, dtype):
+    def _workspace(self, direction, cell, zx_or_dzx, w_hh, w_hr):
+        """The kernels' workspace for a call: its size from B (zx or dzx [T, B, G*H]) and H, P
+        (w_hh [G*H, H], or with the projection w_hr [P, H])."""
+        hidden, proj = (w_hh.shape[1], 0) if w_hr is None else (w_hr.shape[1], w_hr.shape[0])
         size = self._module.workspace_size(direction, cell, zx_or_dzx.shape[1], hidden, proj)
-        return self.xp.empty(size, dtype) if size else None
+        return self.xp.empty(size, zx_or_dzx.dtype) if size else None
 
     def recurrent_forward(self, cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths,
                           resets, w_hr, bf16=False):
-        hidden = c_n.shape[1] if c_n is not None else w_hh.shape[1]
-        proj = 0 if w_hr is None else w_hr.shape[0]
         self._module.recurrent_forward(
             cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths, resets, w_hr,
-            workspace=self._workspace("forward", cell, zx, hidden, proj, zx.dtype),
+            workspace=self._workspace("forward", cell, zx, w_hh, w_hr),
             stream=self._stream())
 
     def recurrent_backward(self, cell, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh, dh0,
                            dc0, lengths, resets, w_hr, dh_proj, bf16=False):
-        hidden = dc0.shape[1] if dc0 is not None else w_hh.shape[1]
-        proj = 0 if w_hr is None else w_hr.shape[0]
         self._module.recurrent_backward(
             cell, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh, dh0, dc0, lengths, resets,
             w_hr, dh_proj,
-            workspace=self._workspace("backward", cell, dzx, hidden, proj, dzx.dtype),
+            workspace=self._workspace("backward", cell, dzx, w_hh, w_hr),
             stream=self._stream())
 
 

@@ -197,25 +197,27 @@ def test_zero_batch_runs():
 
 
 # lengths [B] int64 in [0, T], resets [T, B] bool/uint8, w_hr [P, H] (LSTM only) with w_hh
-# [4H, P], and dh_proj [T, B, P] exactly when w_hr is given.
+# [4H, P], and dh_proj [T, B, P] exactly when w_hr is given. A wrong dtype is a TypeError, as
+# for every other array; a wrong shape or value a ValueError.
 BAD_OPTIONS = {
-    "lengths_range": ("lengths", lambda: {"lengths": np.array([T + 1, 0], np.int64)}),
-    "lengths_negative": ("lengths", lambda: {"lengths": np.array([-1, 0], np.int64)}),
-    "lengths_dtype": ("lengths", lambda: {"lengths": np.array([1, 0], np.int32)}),
-    "lengths_shape": ("lengths", lambda: {"lengths": np.array([1, 0, 1], np.int64)}),
-    "resets_shape": ("resets", lambda: {"resets": np.zeros((B, T), bool)}),
-    "resets_dtype": ("resets", lambda: {"resets": np.zeros((T, B), np.int64)}),
-    "w_hr_shape": ("w_hh", lambda: {"w_hr": np.zeros((3, H), np.float32)}),
-    "w_hr_gru": ("w_hr", lambda: {"cell": "gru", "w_hr": np.zeros((3, H), np.float32)}),
+    "lengths_range": (ValueError, "lengths", lambda: {"lengths": np.array([T + 1, 0], np.int64)}),
+    "lengths_negative": (ValueError, "lengths", lambda: {"lengths": np.array([-1, 0], np.int64)}),
+    "lengths_dtype": (TypeError, "lengths", lambda: {"lengths": np.array([1, 0], np.int32)}),
+    "lengths_shape": (ValueError, "lengths", lambda: {"lengths": np.array([1, 0, 1], np.int64)}),
+    "resets_shape": (ValueError, "resets", lambda: {"resets": np.zeros((B, T), bool)}),
+    "resets_dtype": (TypeError, "resets", lambda: {"resets": np.zeros((T, B), np.int64)}),
+    "w_hr_shape": (ValueError, "w_hh", lambda: {"w_hr": np.zeros((3, H), np.float32)}),
+    "w_hr_gru": (ValueError, "w_hr",
+                 lambda: {"cell": "gru", "w_hr": np.zeros((3, H), np.float32)}),
 }
 
 
 @pytest.mark.parametrize("case", list(BAD_OPTIONS))
 def test_bad_options_name_the_argument(case):
-    word, make = BAD_OPTIONS[case]
+    error, word, make = BAD_OPTIONS[case]
     options = make()
     args = {**forward_args(options.get("cell", "lstm")), **options}
-    with pytest.raises(ValueError, match=word):
+    with pytest.raises(error, match=word):
         _cpu.recurrent_forward(**args)
 
 

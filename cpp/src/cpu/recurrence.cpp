@@ -131,6 +131,21 @@ void pack_operand_panel(int64_t block, int64_t gates, int64_t hidden, int64_t de
     pack_panel_pairs(block, gates, hidden, depth, units, src, out);
 }
 
+// Runs job(index, operand_buf) on split's threads (recorded under `kernel`), each with the tile
+// registers set up for M and a buffer of its own for its rounded step operands: operand_rows(B)
+// rows of `depth` elements, zeroed (past the batch they stay zero); empty unless M is Bf16.
+template <typename M, typename T, class Job>
+void run_steps(const char* kernel, const StepSplit& split, int64_t depth, Job&& job) {
+  split.record(kernel);
+  const int64_t size = operand_rows<M, T>(split.batch) * depth;
+  AlignedBuffer<M> operands(split.threads * size);
+  std::fill(operands.data(), operands.data() + split.threads * size, M{});
+  ThreadPool::global().run(split.threads, [&](int index) {
+    [[maybe_unused]] const TilesFor<M, T> tiles;
+    job(index, operands.data() + index * size);
+  });
+}
+
 // The A operand of a step's matmul for rows first .. last - 1 of src [., n] (row stride n):
 // (pointer to row `first`, row stride), src itself or those rows rounded into buf.
 template <typename M, typename T>
@@ -183,13 +198,8 @@ void forward_impl(const ForwardArgs<T>& a) {
 
   const StepSplit split(B, blocks * depth * kWidth * static_cast<int64_t>(sizeof(M)), !projected,
                         std::max(blocks, proj_blocks), B * GH * R + (projected ? B * R * H : 0));
-  split.record("recurrent_forward");
-  const int64_t rounded_size = operand_rows<M, T>(B) * depth;
-  AlignedBuffer<M> rounded(split.threads * rounded_size);
-  std::fill(rounded.data(), rounded.data() + split.threads * rounded_size, M{});
   SpinBarrier barrier(split.threads);
-  ThreadPool::global().run(split.threads, [&](int index) {
-    [[maybe_unused]] const TilesFor<M, T> tiles;
+  run_steps<M, T>("recurrent_forward", split, depth, [&](int index, M* operand_buf) {
     const int threads = split.threads;
     const BlockRange packs(blocks, index, threads), mine_proj(proj_blocks, index, threads);
     for (int64_t block = packs.first; block < packs.last; ++block) {
@@ -210,8 +220,7 @@ void forward_impl(const ForwardArgs<T>& a) {
       const T* zx_t = a.zx + t * B * GH;
       T* h_t = a.y + t * B * R;
       T* cell_h = projected ? m.data() : h_t;  // [B, H]: the cell's output
-      const auto [h_op, ld] =
-          step_operand<M>(h_prev, rows0, rows1, R, rounded.data() + index * rounded_size);
+      const auto [h_op, ld] = step_operand<M>(h_prev, rows0, rows1, R, operand_buf);
       for (int64_t block = mine.first; block < mine.last; ++block) {
         const int64_t j0 = block * kUnits;
         const int64_t units = std::min<int64_t>(kUnits, H - j0);
@@ -434,13 +443,8 @@ void backward_impl(const BackwardArgs<T>& a) {
 
   const StepSplit split(B, depth * R * static_cast<int64_t>(sizeof(M)), !projected,
                         std::max(blocks, cell_blocks), B * GH * R + (projected ? B * R * H : 0));
-  split.record("recurrent_backward");
-  const int64_t rounded_size = operand_rows<M, T>(B) * depth;
-  AlignedBuffer<M> rounded(split.threads * rounded_size);
-  std::fill(rounded.data(), rounded.data() + split.threads * rounded_size, M{});
   SpinBarrier barrier(split.threads);
-  ThreadPool::global().run(split.threads, [&](int index) {
-    [[maybe_unused]] const TilesFor<M, T> tiles;
+  run_steps<M, T>("recurrent_backward", split, depth, [&](int index, M* operand_buf) {
     const int threads = split.threads;
     const BlockRange packs(blocks, index, threads), mine_cell(cell_blocks, index, threads);
     for (int64_t block = packs.first; block < packs.last; ++block)
@@ -477,9 +481,9 @@ void backward_impl(const BackwardArgs<T>& a) {
 
     for (int64_t t = T_; t >= 0; --t) {
       const int64_t s = t - 1;
-      const auto [dzh_op, ld] = t < T_ ? step_operand<M>(a.dzh + t * B * GH, r0, r1, GH,
-                                                         rounded.data() + index * rounded_size)
-                                       : std::pair<const M*, int64_t>{nullptr, 0};
+      const auto [dzh_op, ld] = t < T_
+                                    ? step_operand<M>(a.dzh + t * B * GH, r0, r1, GH, operand_buf)
+                                    : std::pair<const M*, int64_t>{nullptr, 0};
       for (int64_t block = mine.first; block < mine.last; ++block) {
         const int64_t j0 = block * kUnits, units = std::min<int64_t>(kUnits, R - j0);
         if (t == T_) {
