@@ -205,9 +205,12 @@ void cell_step_py(const py::object& packed, const py::object& x, const py::objec
   throw py::type_error("packed must be the result of pack_cell");
 }
 
+// Module-local: the type is rnnfast._cpu's own, so another build of rnnfast loaded in the same
+// process (the benchmark's --baseline) registers its PackedCell without a clash.
 template <typename T>
 void bind_packed_cell(py::module_& m, const char* name) {
-  py::class_<PackedCell<T>>(m, name, "A cell's weights packed by pack_cell (opaque).")
+  py::class_<PackedCell<T>>(m, name, "A cell's weights packed by pack_cell (opaque).",
+                            py::module_local())
       .def_property_readonly(
           "isa", [](const PackedCell<T>& p) { return p.isa; },
           "The instruction set whose layout the panels have.")

@@ -5,6 +5,7 @@ without a usable GPU; the ONNX model of stacked and bidirectional networks."""
 import csv
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -199,6 +200,30 @@ def test_time_budget_sets_repeats(tmp_path, budget):
             assert (r["repeats"], r["warmup"]) == (2, 0)
         else:
             assert r["repeats"] == 4 and r["warmup"] > 1
+
+
+def test_baseline_build_is_timed_in_the_same_run(tmp_path):
+    """--baseline DIR: the rnnfast package in DIR (here a copy of this one, compiled modules
+    included) is imported beside rnnfast and timed as the peer rnnfast@baseline, every mode,
+    its outputs checked like any peer's."""
+    shutil.copytree(pathlib.Path(rnnfast.__file__).parent, tmp_path / "base" / "rnnfast",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    assert main(["--shapes", "3,2,5,4", "--cells", "lstm", "gru", "--modes", "inference",
+                 "train", "step", "--peers", "numpy", "--repeats", "2", "--warmup", "0",
+                 "--quiet", "--baseline", str(tmp_path / "base"),
+                 "--json", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["peers"][0] == "rnnfast@baseline"
+    baseline = [r for r in result["records"] if r["peer"] == "rnnfast@baseline"]
+    assert {(r["cell"], r["mode"]) for r in baseline} == {
+        (c, m) for c in ("lstm", "gru") for m in ("inference", "train", "step")}
+    assert all(r["status"] == "ok" and r["ratio"] > 0 for r in baseline)
+
+
+def test_baseline_without_a_package_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--shapes", "3,2,5,4", "--baseline", str(tmp_path)])
+    assert "--baseline: no rnnfast package" in capsys.readouterr().err
 
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks"

@@ -11,7 +11,7 @@ import rnnfast
 from ..cell_registry import CELLS
 from . import report
 from .grids import MODES, grid_path, load_grid, packaged_grids, product_rows
-from .peers import PEER_NAMES, PEERS
+from .peers import PEER_NAMES, PEERS, RnnfastPeer, baseline_peer
 from .runner import RULE, run_suite
 
 
@@ -65,6 +65,9 @@ def parser():
                    help="only these peers (default: every installed one)")
     g.add_argument("--skip-peers", nargs="+", choices=PEER_NAMES, default=[],
                    help="leave these peers out")
+    g.add_argument("--baseline", metavar="DIR",
+                   help="also time the rnnfast package DIR/rnnfast (an earlier build's, copied "
+                        "from its site-packages) as the peer rnnfast@baseline, in the same run")
     m = p.add_argument_group("method")
     m.add_argument("--threads", type=_positive(int),
                    help="threads of rnnfast, PyTorch and ONNX Runtime (default: rnnfast's "
@@ -170,7 +173,14 @@ def main(argv=None):
             parser().error("no rows selected")
         threads = args.threads or rnnfast.get_num_threads()
         peers = select_peers(args)
-        rnnfast.set_num_threads(threads)
+        if args.baseline:
+            try:
+                peers.insert(1, baseline_peer(args.baseline))
+            except FileNotFoundError as error:
+                parser().error(f"--baseline: no rnnfast package at {error}")
+        for peer in peers:
+            if isinstance(peer, RnnfastPeer):
+                peer.package.set_num_threads(threads)
         if any(p.name == "torch" for p in peers):
             import torch
 

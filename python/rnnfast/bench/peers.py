@@ -17,6 +17,8 @@ import functools
 import importlib
 import importlib.metadata
 import importlib.util
+import pathlib
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -117,14 +119,17 @@ class Peer:
 
 class RnnfastPeer(Peer):
     """rnnfast itself, through its public layers (and cells in mode "step"): the baseline every
-    peer is compared with."""
+    peer is compared with. ``package``: the rnnfast package to time (another build of it, for
+    baseline_peer)."""
 
-    name = "rnnfast"
     module = "rnnfast"
     devices = ("cpu", "cuda")
 
+    def __init__(self, package=rnnfast, name="rnnfast"):
+        self.package, self.name = package, name
+
     def version(self):
-        return rnnfast.__version__
+        return self.package.__version__
 
     def build(self, p):
         r = p.row
@@ -133,7 +138,7 @@ class RnnfastPeer(Peer):
         if r.mode == "step":
             return self._build_step(p, xp)
         host = _host_copier(xp)
-        make = _constructor(r.cell, rnnfast)
+        make = _constructor(r.cell, self.package)
         try:
             layer = make(r.I, r.H, num_layers=r.layers, bidirectional=r.directions == 2,
                          dtype=p.dtype.name)
@@ -157,12 +162,11 @@ class RnnfastPeer(Peer):
                 return {k: host(v) for k, v in out.items()}
         return run
 
-    @staticmethod
-    def _build_step(p, xp):
+    def _build_step(self, p, xp):
         r = p.row
-        if not hasattr(rnnfast, "LSTMCell"):
+        if not hasattr(self.package, "LSTMCell"):
             raise Unsupported("rnnfast cells not available in this version")
-        make = _constructor(r.cell, rnnfast, "Cell")
+        make = _constructor(r.cell, self.package, "Cell")
         cell = make(r.I, r.H, dtype=p.dtype.name)
         cell.load_state_dict({k: p.weights[f"{k}_l0"]
                               for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
@@ -181,6 +185,21 @@ class RnnfastPeer(Peer):
             if collect:  # copies: the buffers are overwritten by the next call
                 return {k: host(v) for k, v in _states(("h_T", "c_T"), state).items()}
         return run
+
+
+def baseline_peer(directory):
+    """The peer "rnnfast@baseline": the rnnfast package in ``directory``/rnnfast (a copy of an
+    earlier build's installed package), imported under another name, so that a change is timed
+    against the code before it in the same run."""
+    init = pathlib.Path(directory) / "rnnfast" / "__init__.py"
+    if not init.is_file():
+        raise FileNotFoundError(init)
+    spec = importlib.util.spec_from_file_location(
+        "rnnfast_baseline", init, submodule_search_locations=[str(init.parent)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = package  # its relative imports resolve through sys.modules
+    spec.loader.exec_module(package)
+    return RnnfastPeer(package, "rnnfast@baseline")
 
 
 class NumpyReferencePeer(Peer):
