@@ -14,7 +14,9 @@ switches the ``torch.nn`` ones inside a model over in place::
 - The kernels are the custom operators ``rnnfast::recurrent`` and ``rnnfast::recurrent_backward``
   (fake implementations, registered autograd), so that torch.compile (fullgraph) and
   torch.export record them as single nodes.
-- CPU tensors of float32 or float64 only. CUDA tensors raise ``NotImplementedError``: the CUDA
+- CPU tensors of float32, float64 or bfloat16 (``module.bfloat16()``; needs ml_dtypes:
+  ``rnnfast[bf16]``): bfloat16 products with float32 sums and float32 gate math, as
+  ``rnnfast.LSTM(dtype="bfloat16")``. CUDA tensors raise ``NotImplementedError``: the CUDA
   backend is not merged yet. Empty inputs and states (a batch of 0, hidden_size=0) go to
   torch's own op.
 - Dropout (training mode, between stacked layers, as ``torch.nn``) draws its masks with
@@ -42,16 +44,33 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import functional
+from . import _dtypes, functional
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert"]
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+if _dtypes.BFLOAT16 is not None:  # ml_dtypes (rnnfast[bf16]) installed
+    _NUMPY_DTYPES[torch.bfloat16] = _dtypes.BFLOAT16
 
 
 def _numpy(tensor):
-    """A NumPy view of a CPU tensor's memory (no copy); None stays None."""
-    return None if tensor is None else tensor.detach().numpy()
+    """A NumPy view of a CPU tensor's memory (no copy; bfloat16 as ml_dtypes.bfloat16); None
+    stays None."""
+    if tensor is None:
+        return None
+    if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16 of its own: same bits
+        return tensor.detach().view(torch.int16).numpy().view(_dtypes.BFLOAT16)
+    return tensor.detach().numpy()
+
+
+def _tensor(array, dtype):
+    """A tensor of ``dtype`` from a NumPy array: its memory where the dtypes agree, else
+    converted (the float32 weight gradients of bfloat16 weights)."""
+    if array.dtype == _dtypes.BFLOAT16:
+        tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
+    else:
+        tensor = torch.from_numpy(array)
+    return tensor.to(dtype)
 
 
 # The cell ops of torch._VF, with the recurrent op (of torch._VF and rnnfast's) of their cell.
@@ -144,8 +163,9 @@ def _forward_kernels(call, tensors, save):
         hx=hx if call.state_count == 2 else hx[0], lengths=lengths,
         num_layers=call.num_layers, bidirectional=call.bidirectional, dropout=dropout,
         generator=generator, training=save)
-    return [_from_padded(call, torch.from_numpy(out)),
-            *(torch.from_numpy(a) for a in (h_n, c_n) if a is not None)], saved
+    dtype = x.dtype
+    return [_from_padded(call, _tensor(out, dtype)),
+            *(_tensor(a, dtype) for a in (h_n, c_n) if a is not None)], saved
 
 
 def _backward_kernels(call, saved, grads, weight_count):
@@ -155,9 +175,10 @@ def _backward_kernels(call, saved, grads, weight_count):
     grad_x, grad_h0, grad_c0, weight_grads = functional.backward_layers(
         saved, _numpy(_to_padded(call, grads[0])),
         grad_hx if call.state_count == 2 else grad_hx[0])
-    return [_from_padded(call, torch.from_numpy(grad_x)),
-            *map(torch.from_numpy, (grad_h0, grad_c0)[:call.state_count]),
-            *(torch.from_numpy(weight_grads[name]) for name in call.param_names(weight_count))]
+    dtype = grads[0].dtype  # every tensor's (_check_device_and_dtype)
+    return [_from_padded(call, _tensor(grad_x, dtype)),
+            *(_tensor(g, dtype) for g in (grad_h0, grad_c0)[:call.state_count]),
+            *(_tensor(weight_grads[name], dtype) for name in call.param_names(weight_count))]
 
 
 def _needs_torch_backward(grads):
@@ -283,8 +304,8 @@ class _EagerRecurrence(torch.autograd.Function):
 
 
 def _check_device_and_dtype(tensors):
-    """What rnnfast's kernels need beyond torch's own checks: CPU tensors of float32 or
-    float64, all of one dtype."""
+    """What rnnfast's kernels need beyond torch's own checks: CPU tensors of float32, float64
+    or bfloat16 (with ml_dtypes), all of one dtype."""
     for tensor in tensors:
         if tensor.device.type != "cpu":
             raise NotImplementedError(
@@ -292,8 +313,8 @@ def _check_device_and_dtype(tensors):
                 "now (the CUDA backend is not merged yet); use torch.nn's module on the GPU")
     dtype = tensors[-1].dtype  # a weight's
     if dtype not in _NUMPY_DTYPES:
-        raise TypeError(f"rnnfast computes in float32 or float64, not in {dtype}: convert the "
-                        "module with .float() or .double()")
+        raise TypeError(f"rnnfast computes in {_dtypes.DTYPE_NAMES}, not in {dtype}: convert "
+                        "the module with .float() or .double()")
     for tensor in tensors:
         if tensor.dtype != dtype:  # torch raises a RuntimeError from its matrix products
             raise RuntimeError(f"expected every input and state to have the parameters' dtype "

@@ -1,0 +1,110 @@
+"""rnnfast.torch in bfloat16 (``module.bfloat16()``), against torch.nn.
+
+The oracle is torch.nn in float64 on the same bfloat16-rounded inputs and weights. rnnfast's
+bfloat16 results (outputs, final states, the gradients of the input, hx and every parameter)
+must lie within twice the error of torch.nn's own bfloat16 run (the reference at that
+precision) plus a floor of 2**-8 (bfloat16's unit roundoff, for values where torch.nn happens
+to be exact). Results and gradients come back in bfloat16, as torch.nn's.
+"""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("ml_dtypes")  # rnnfast's bfloat16 arrays
+
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+
+import rnnfast.torch as rt  # noqa: E402
+
+from _util import rel_err  # noqa: E402
+
+pytestmark = [pytest.mark.torch,
+              pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")]
+
+FLOOR = 2.0**-8
+MODULES = {"lstm": ("LSTM", {}), "gru": ("GRU", {}), "rnn_tanh": ("RNN", {}),
+           "rnn_relu": ("RNN", {"nonlinearity": "relu"})}
+OPTIONS = {
+    "plain": {},
+    "stacked_bidirectional_batch_first": {"num_layers": 2, "bidirectional": True,
+                                          "batch_first": True},
+    "packed": {"packed": True},
+}
+
+
+def results(module, x, hx, packed_lengths):
+    """Outputs, final states and the gradients of x, hx and every parameter, as float64
+    tensors, from a forward and a backward of sum(output * weights) + sum(h_n * 0.5)."""
+    x = x.detach().requires_grad_()
+    states = tuple(s.detach().requires_grad_() for s in hx)
+    given = x if packed_lengths is None else pack_padded_sequence(x, packed_lengths,
+                                                                  enforce_sorted=False)
+    out, h_n = module(given, states if len(states) == 2 else states[0])
+    out = out if packed_lengths is None else out.data
+    h_n = h_n if isinstance(h_n, tuple) else (h_n,)
+    weights = torch.linspace(-1, 1, out.numel(), dtype=torch.float64).reshape(out.shape)
+    loss = (out.double() * weights).sum() + sum(h.double().sum() * 0.5 for h in h_n)
+    loss.backward()
+    found = {"output": out, **{f"h_n[{i}]": h for i, h in enumerate(h_n)}, "grad_x": x.grad,
+             **{f"grad_hx[{i}]": s.grad for i, s in enumerate(states)},
+             **{f"grad_{name}": p.grad for name, p in module.named_parameters()}}
+    return {name: t.detach() for name, t in found.items()}
+
+
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("cell", list(MODULES))
+def test_bfloat16_modules_within_twice_torch_nn_bfloat16_error(cell, option):
+    class_name, cell_options = MODULES[cell]
+    options = dict(OPTIONS[option])
+    packed = options.pop("packed", False)
+    torch.manual_seed(0)
+    make = getattr(torch.nn, class_name)
+    oracle = make(12, 16, **cell_options, **options).bfloat16().double()
+    torch_bf16 = make(12, 16, **cell_options, **options).bfloat16()
+    ours = rt.convert(make(12, 16, **cell_options, **options)).bfloat16()
+    for module in (torch_bf16, ours):
+        module.load_state_dict(oracle.state_dict())
+    directions = 2 if options.get("bidirectional") else 1
+    layers = options.get("num_layers", 1)
+    shape = (3, 20, 12) if options.get("batch_first") else (20, 3, 12)
+    x = torch.randn(shape).bfloat16()
+    hx = tuple(torch.randn(layers * directions, 3, 16).bfloat16()
+               for _ in range(2 if cell == "lstm" else 1))
+    lengths = torch.tensor([20, 7, 13]) if packed else None
+
+    want = results(oracle, x.double(), tuple(h.double() for h in hx), lengths)
+    theirs = results(torch_bf16, x, hx, lengths)
+    got = results(ours, x, hx, lengths)
+    assert set(got) == set(want)
+    for name, value in got.items():
+        assert value.dtype == torch.bfloat16, name
+        bound = 2 * rel_err(theirs[name].double().numpy(), want[name].numpy()) + FLOOR
+        err = rel_err(value.double().numpy(), want[name].numpy())
+        assert err <= bound, f"{name}: {err:.3g} > {bound:.3g}"
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell"])
+def test_bfloat16_cells_within_twice_torch_nn_bfloat16_error(cell):
+    torch.manual_seed(1)
+    make = getattr(torch.nn, cell)
+    oracle = make(12, 16).bfloat16().double()
+    torch_bf16, ours = make(12, 16).bfloat16(), rt.convert(make(12, 16)).bfloat16()
+    for module in (torch_bf16, ours):
+        module.load_state_dict(oracle.state_dict())
+    x = torch.randn(5, 12).bfloat16()
+    hx = tuple(torch.randn(5, 16).bfloat16() for _ in range(2 if cell == "LSTMCell" else 1))
+
+    def run(module, dtype):
+        xs = x.to(dtype).requires_grad_()
+        states = tuple(h.to(dtype).requires_grad_() for h in hx)
+        out = module(xs, states if len(states) == 2 else states[0])
+        out = out if isinstance(out, tuple) else (out,)
+        sum(o.double().sum() * (i + 1) for i, o in enumerate(out)).backward()
+        return [*out, xs.grad, *(s.grad for s in states), *(p.grad for p in module.parameters())]
+
+    want, theirs, got = (run(oracle, torch.float64), run(torch_bf16, torch.bfloat16),
+                         run(ours, torch.bfloat16))
+    for i, (w, t, g) in enumerate(zip(want, theirs, got)):
+        assert g.dtype == torch.bfloat16
+        bound = 2 * rel_err(t.detach().double().numpy(), w.detach().numpy()) + FLOOR
+        assert rel_err(g.detach().double().numpy(), w.detach().numpy()) <= bound, i
