@@ -317,6 +317,18 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("cpu_features", &cpu_features,
         "Instruction-set extensions of this CPU that rnnfast can use.");
   m.def(
+      "cpu_tuning",
+      [] {
+        const CpuCaches& c = cpu_caches();
+        py::dict d;
+        d["l1d_bytes"] = c.l1d;
+        d["l2_bytes"] = c.l2;
+        d["l3_bytes"] = c.l3;
+        d["row_split_panel_bytes"] = cpu_tuning().row_split_panel_bytes;
+        return d;
+      },
+      "The caches read at run time (bytes, 0: unknown) and the parameters derived from them.");
+  m.def(
       "gate_count", [](const std::string& cell) { return gate_count(parse_cell(cell)); },
       py::arg("cell"));
   m.def(

@@ -53,11 +53,19 @@ def cpu_info() -> dict:
     - "available": compiled into this build and supported by this CPU, lowest first;
     - "compiled": compiled into this build;
     - "cpu_features": the CPU's instruction-set extensions that matter here;
-    - "num_threads": the threads the CPU kernels use.
+    - "num_threads": the threads the CPU kernels use;
+    - "caches": the data caches read from the CPU at run time, in bytes ("l1d", "l2" per core,
+      "l3"; 0 where unknown; the environment variable RNNFAST_L2_CACHE_BYTES replaces "l2");
+    - "tuning": the kernels' parameters derived from them, which change speed only, never a
+      result: "row_split_panel_bytes", the largest packed W_hh for which the recurrence splits
+      a step's batch rows (of 7 to 12) between the threads instead of W_hh's columns.
     """
+    tuning = _cpu.cpu_tuning()
     return {"isa": _cpu.active_isa(), "available": _cpu.available_isas(),
             "compiled": _cpu.compiled_isas(), "cpu_features": _cpu.cpu_features(),
-            "num_threads": _cpu.num_threads()}
+            "num_threads": _cpu.num_threads(),
+            "caches": {level: tuning[f"{level}_bytes"] for level in ("l1d", "l2", "l3")},
+            "tuning": {"row_split_panel_bytes": tuning["row_split_panel_bytes"]}}
 
 
 def set_num_threads(threads: int) -> None:

@@ -82,3 +82,78 @@ def test_many_threads_large_problem_bitwise_equal():
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert np.array_equal(a, b)
+
+
+# ------------------------------------------------------------------ cache-derived tuning
+
+
+def test_cpu_info_reports_caches_and_tuning():
+    info = rnnfast.cpu_info()
+    assert set(info["caches"]) == {"l1d", "l2", "l3"}
+    assert all(isinstance(v, int) and v >= 0 for v in info["caches"].values())
+    l2 = info["caches"]["l2"] or 1 << 20  # unknown: counted as 1 MB
+    assert info["tuning"] == {"row_split_panel_bytes": l2 // 2}
+
+
+# The recurrence forward (training) and backward on 1 and 2 threads at batches of 3 to 12 (two
+# row tiles, where the split may go by rows, are 3-4, 4-6 and 7-12 rows on the instruction sets
+# with tiles of 2, 3 and 6 rows), for every cell and dtype: per case, the split of each kernel
+# on 2 threads and a digest of every result.
+_SPLIT_SCRIPT = """
+import hashlib, numpy as np, rnnfast
+from rnnfast import _cpu
+from rnnfast.backends import CPU
+T, H = 5, 70  # H: 2 threads even for the RNN at B = 7
+for dtype in (np.float32, np.float64):
+    for cell in ("lstm", "gru", "rnn_tanh"):
+        for B in range(3, 13):
+            G, S = _cpu.gate_count(cell), _cpu.saved_per_unit(cell)
+            rng = np.random.default_rng(B)
+            zx, dy = (rng.standard_normal((T, B, n)).astype(dtype) for n in (G * H, H))
+            w_hh = rng.uniform(-0.3, 0.3, (G * H, H)).astype(dtype)
+            b_hh = rng.standard_normal(G * H).astype(dtype)
+            h0, c0 = (rng.standard_normal((B, H)).astype(dtype) for _ in "hc")
+            c0 = c0 if cell == "lstm" else None
+            digests, splits = set(), []
+            for threads in (1, 2):
+                rnnfast.set_num_threads(threads)
+                y, h_n = np.empty((T, B, H), dtype), np.empty((B, H), dtype)
+                c_n = np.empty((B, H), dtype) if c0 is not None else None
+                saved = CPU.empty((T, B, S * H), dtype, aligned=True) if S else None
+                _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved)
+                forward = _cpu.last_split()["split"]
+                dzx = np.empty((T, B, G * H), dtype)
+                dzh = np.empty_like(dzx) if cell == "gru" else None
+                dh0 = np.empty((B, H), dtype)
+                dc0 = np.empty((B, H), dtype) if c0 is not None else None
+                _cpu.recurrent_backward(cell, w_hh, h0, c0, y, saved, dy, None, None, dzx, dzh,
+                                        dh0, dc0)
+                splits = [forward, _cpu.last_split()["split"]]
+                digest = hashlib.sha256()
+                for r in (y, h_n, c_n, saved, dzx, dzh, dh0, dc0):
+                    if r is not None:
+                        digest.update(r.tobytes())
+                digests.add(digest.hexdigest())
+            assert len(digests) == 1, (cell, B, "thread counts disagree")
+            print(np.dtype(dtype).name, cell, B, *splits, digests.pop())
+"""
+
+
+@pytest.mark.parametrize("name", _cpu.available_isas())
+def test_row_split_threshold_changes_speed_only(name):
+    """The L2 size sets which recurrences split a step's rows between the threads: an L2 of 1
+    byte (never) and of 1 GB (whenever the batch is two row tiles) give other splits and the
+    same results, bit for bit, on 1 and 2 threads."""
+    runs = {}
+    for l2 in ("1", str(1 << 30)):
+        out = subprocess.run([sys.executable, "-c", _SPLIT_SCRIPT], capture_output=True,
+                             text=True, check=True,
+                             env={**os.environ, "RNNFAST_ISA": name,
+                                  "RNNFAST_L2_CACHE_BYTES": l2})
+        runs[l2] = [line.split() for line in out.stdout.splitlines()]
+    never, always = runs["1"], runs[str(1 << 30)]
+    assert len(never) == len(always) == 60
+    for n, a in zip(never, always):
+        assert n[:3] == a[:3] and n[-1] == a[-1], (n, a)  # same case, same results
+        assert n[3:5] == ["columns", "columns"], n
+    assert sum(a[3:5] == ["rows", "rows"] for a in always) >= 12, always  # 2 batches or more

@@ -1,5 +1,12 @@
 #include "rnnfast/cpu_features.h"
 
+#include <cerrno>
+#include <cstdlib>
+
+#if defined(__linux__)
+#include <unistd.h>
+#endif
+
 namespace rnnfast {
 
 std::vector<std::string> cpu_features() {
@@ -21,5 +28,49 @@ std::vector<std::string> cpu_features() {
 #endif
   return found;
 }
+
+namespace {
+
+#if defined(__linux__) && defined(_SC_LEVEL1_DCACHE_SIZE)
+// sysconf's cache size `name` (glibc: from cpuid, leaf 4 on Intel, 0x8000001D on AMD); 0 where
+// unknown (sysconf answers 0 or -1 then).
+int64_t cache_bytes(int name) {
+  const long bytes = sysconf(name);
+  return bytes > 0 ? bytes : 0;
+}
+#endif
+
+// RNNFAST_L2_CACHE_BYTES as a positive integer, else 0.
+int64_t l2_override() {
+  const char* text = std::getenv("RNNFAST_L2_CACHE_BYTES");
+  if (text == nullptr) return 0;
+  char* end = nullptr;
+  errno = 0;
+  const long long bytes = std::strtoll(text, &end, 10);
+  return errno == 0 && end != text && *end == '\0' && bytes > 0 ? bytes : 0;
+}
+
+CpuCaches read_caches() {
+#if defined(__linux__) && defined(_SC_LEVEL1_DCACHE_SIZE)
+  CpuCaches c{cache_bytes(_SC_LEVEL1_DCACHE_SIZE), cache_bytes(_SC_LEVEL2_CACHE_SIZE),
+              cache_bytes(_SC_LEVEL3_CACHE_SIZE)};
+#else
+  CpuCaches c{0, 0, 0};
+#endif
+  if (const int64_t l2 = l2_override()) c.l2 = l2;
+  return c;
+}
+
+// Both read when the library is loaded (the module's import), never lazily: a fork while
+// another thread ran a lazy initialisation would leave the child waiting on its guard (see
+// ThreadPool::global_). The tuning from the caches (defined after them: initialised after).
+const CpuCaches caches_at_load = read_caches();
+const CpuTuning tuning_at_load{(caches_at_load.l2 > 0 ? caches_at_load.l2 : int64_t{1} << 20) / 2};
+
+}  // namespace
+
+const CpuCaches& cpu_caches() { return caches_at_load; }
+
+const CpuTuning& cpu_tuning() { return tuning_at_load; }
 
 }  // namespace rnnfast

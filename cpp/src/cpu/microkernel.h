@@ -457,6 +457,22 @@ inline void for_each_row_tile(int64_t rows, Tile&& tile) {
   }
 }
 
+// Asks for the cache lines of p[0 .. n) into L2. The epilogues' rows (a few dozen bytes of
+// each gate's row, rows and gates kilobytes apart) are too scattered for the hardware
+// prefetchers, and at large sizes each step's rows come from memory. Written in assembly:
+// GCC 12 emitted nothing for __builtin_prefetch here (seen with objdump).
+template <typename T>
+inline void prefetch_span(const T* p, int64_t n) {
+  const uintptr_t end = reinterpret_cast<uintptr_t>(p + n);
+  for (uintptr_t line = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63}; line < end; line += 64) {
+#if defined(__x86_64__) || defined(__i386__)
+    asm volatile("prefetcht1 %0" : : "m"(*reinterpret_cast<const char*>(line)));
+#else
+    __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 2);
+#endif
+  }
+}
+
 // Cache blocking of gemm_panel. A panel is read once per row tile; streamed from L2 its
 // vectors would cost more than the multiply-adds they feed (4 vectors for 24 FMAs under
 // AVX-512). So when a panel is deeper than a block, the rows go in chunks of kChunkRows (8 tiles),
@@ -501,9 +517,19 @@ void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* p
     const int64_t chunk_rows = std::min(kChunkRows, rows - chunk0);
     for (int64_t k0 = 0; k0 < depth || k0 == 0; k0 += block) {
       const int64_t k_len = std::min(block, depth - k0);
+      // The panel's next depth block, requested into L2 a share per tile while this block's
+      // tiles run: a panel too large for L2 beside the rows comes from L3 for each chunk.
+      const M* next = panel + (k0 + k_len) * W;
+      const int64_t next_len = std::min(block, depth - k0 - k_len) * W;
+      const int64_t share = ceil_div(next_len, ceil_div(chunk_rows, kTileRows));
+      int64_t requested = 0;
       for_each_row_tile(chunk_rows, [&](int64_t r0, auto mr) {
         constexpr int MR = decltype(mr)::value;
         if (k0 == 0) prefetch(chunk0 + r0, MR);
+        if (requested < next_len) {
+          prefetch_span(next + requested, std::min(share, next_len - requested));
+          requested += share;
+        }
         auto& acc = *reinterpret_cast<T(*)[MR][W]>(&chunk_acc[r0][0]);
         if constexpr (std::is_same_v<M, T>)
           tile_gemm<T, MR, W>(a + (chunk0 + r0) * lda + k0, lda, k_len, panel + k0 * W, init,
@@ -522,22 +548,6 @@ template <typename T, int W, class Epilogue>
 void gemm_panel(const T* a, int64_t rows, int64_t depth, const T* panel, const T* init,
                 Epilogue&& epilogue) {
   gemm_panel<T, W>(a, rows, depth, depth, panel, init, epilogue, [](int64_t, int64_t) {});
-}
-
-// Asks for the cache lines of p[0 .. n) into L2. The epilogues' rows (a few dozen bytes of
-// each gate's row, rows and gates kilobytes apart) are too scattered for the hardware
-// prefetchers, and at large sizes each step's rows come from memory. Written in assembly:
-// GCC 12 emitted nothing for __builtin_prefetch here (seen with objdump).
-template <typename T>
-inline void prefetch_span(const T* p, int64_t n) {
-  const uintptr_t end = reinterpret_cast<uintptr_t>(p + n);
-  for (uintptr_t line = reinterpret_cast<uintptr_t>(p) & ~uintptr_t{63}; line < end; line += 64) {
-#if defined(__x86_64__) || defined(__i386__)
-    asm volatile("prefetcht1 %0" : : "m"(*reinterpret_cast<const char*>(line)));
-#else
-    __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 2);
-#endif
-  }
 }
 
 // ------------------------------------------------------------------ threads and memory

@@ -22,6 +22,7 @@
 #include "microkernel.h"
 #include "rnnfast/aligned_buffer.h"
 #include "rnnfast/cells/cells.h"
+#include "rnnfast/cpu_features.h"
 #include "rnnfast/recurrence.h"
 #include "tile_cell.h"
 
@@ -67,17 +68,18 @@ int64_t state_size(const Args& a) {
 
 // How the threads share the steps. By default they split each step's columns (blocks of
 // units) over all batch rows, and meet at a barrier every step. When W_hh's panels fit in
-// every thread's L2 (kRowSplitPanelBytes) and the batch is two row tiles, they split the
-// batch rows instead: rows never exchange values, so each thread runs its rows through every
-// step and every block with no barrier and no data from another core. The rows go in groups
-// fixed by B alone (balanced row tiles, one matmul call each), so that every row is tiled and
-// summed the same way whatever the thread count; the column split has one group, all rows.
-// More tiles would give a thread several groups, each streaming the panels again (a loss at
-// B=24). Measured (benchmarks/time_recurrence.py, T=1000, B=8, H=128, 2 threads, three runs):
-// backward LSTM 12.4-13.6 -> 6.4-6.5 ms, GRU 14.1-15.4 -> 5.3-6.6; forward LSTM 7.3-8.7 ->
-// 6.6-7.0, RNN 2.3-2.4 -> 1.6-1.8.
+// every thread's L2 (cpu_tuning().row_split_panel_bytes, from the L2 size read at run time)
+// and the batch is two row tiles, they split the batch rows instead: rows never exchange
+// values, so each thread runs its rows through every step and every block with no barrier and
+// no data from another core. The rows go in groups fixed by B alone (at two row tiles,
+// balanced tiles, one matmul call each; else one group, all rows), so that every row is tiled
+// and summed the same way whatever the split and the thread count. More tiles would give a
+// thread several groups, each streaming the panels again (a loss at B=24). Measured
+// (benchmarks/time_recurrence.py, T=1000, B=8, H=128, 2 threads, three runs): backward
+// LSTM 12.4-13.6 -> 6.4-6.5 ms, GRU 14.1-15.4 -> 5.3-6.6; forward LSTM 7.3-8.7 -> 6.6-7.0,
+// RNN 2.3-2.4 -> 1.6-1.8.
 struct StepSplit {
-  static constexpr int64_t kRowSplitPanelBytes = 512 * 1024, kRowSplitMaxTiles = 2;
+  static constexpr int64_t kRowSplitMaxTiles = 2;
   bool by_rows;
   int64_t batch, groups;
   int threads;
@@ -89,9 +91,8 @@ struct StepSplit {
             int64_t macs)
       : batch(batch_) {
     const int64_t row_tiles = ceil_div(batch, kTileRows);
-    by_rows = row_split_allowed && row_tiles > 1 && row_tiles <= kRowSplitMaxTiles &&
-              panel_bytes <= kRowSplitPanelBytes;
-    groups = by_rows ? row_tiles : 1;
+    groups = row_tiles > 1 && row_tiles <= kRowSplitMaxTiles ? row_tiles : 1;
+    by_rows = row_split_allowed && groups > 1 && panel_bytes <= cpu_tuning().row_split_panel_bytes;
     threads = choose_threads(by_rows ? groups : column_blocks, macs);
   }
   // Thread `index`'s blocks of `blocks` column blocks and its groups of rows.
@@ -99,7 +100,7 @@ struct StepSplit {
     return by_rows ? BlockRange(blocks, 0, 1) : BlockRange(blocks, index, threads);
   }
   BlockRange groups_of(int index) const {
-    return by_rows ? BlockRange(groups, index, threads) : BlockRange(1, 0, 1);
+    return by_rows ? BlockRange(groups, index, threads) : BlockRange(groups, 0, 1);
   }
   int64_t group_start(int64_t group) const { return batch * group / groups; }
   void record(const char* kernel) const {
@@ -132,12 +133,13 @@ void pack_operand_panel(int64_t block, int64_t gates, int64_t hidden, int64_t de
 }
 
 // Runs job(index, operand_buf) on split's threads (recorded under `kernel`), each with the tile
-// registers set up for M and a buffer of its own for its rounded step operands: operand_rows(B)
+// registers set up for M and a buffer of its own for its rounded step operands: whole tiles of
 // rows of `depth` elements, zeroed (past the batch they stay zero); empty unless M is Bf16.
 template <typename M, typename T, class Job>
 void run_steps(const char* kernel, const StepSplit& split, int64_t depth, Job&& job) {
   split.record(kernel);
-  const int64_t size = operand_rows<M, T>(split.batch) * depth;
+  // (A second group's whole tiles start at its first row, and may read a tile past B.)
+  const int64_t size = operand_rows<M, T>(split.batch + (split.groups - 1) * kBf16RowAlign) * depth;
   AlignedBuffer<M> operands(split.threads * size);
   std::fill(operands.data(), operands.data() + split.threads * size, M{});
   ThreadPool::global().run(split.threads, [&](int index) {
