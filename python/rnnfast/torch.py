@@ -24,6 +24,12 @@ switches the ``torch.nn`` ones inside a model over in place::
 - A double backward (create_graph=True), batched gradients and torch.func transforms run
   torch's own op (differentiable, batchable) for that part; through dropout they raise.
 - The module's hyper-parameters (num_layers, dropout, ...) are read at every call.
+- Threads: rnnfast's kernels run on rnnfast's threads (``rnnfast.set_num_threads``,
+  ``RNNFAST_NUM_THREADS``), torch's ops around them on torch's OpenMP threads, which spin for
+  a while after each parallel op on the cores rnnfast's threads then need. In a training loop
+  on 2 cores that costs rnnfast.torch 8-33% of a step; ``OMP_WAIT_POLICY=PASSIVE`` in the
+  environment before Python starts (libgomp reads it once, when torch loads it) removes it
+  and costs torch's own ops 6-17% (benchmarks/torch_training_loop.py, and the README).
 
 This module imports torch; ``import rnnfast`` does not import it.
 """
