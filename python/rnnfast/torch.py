@@ -129,7 +129,11 @@ def _from_padded(call, a):
     implementations say)."""
     if call.batch_sizes is not None:  # the valid steps, time-major
         return a[torch.arange(a.shape[1]) < call.batch_sizes[:, None]]
-    return a.transpose(0, 1).contiguous() if call.batch_first else a
+    if call.batch_first:
+        # Copied by NumPy on this thread: a copy by torch would wake torch's OpenMP threads,
+        # which then spin on the cores that rnnfast's next kernel needs (README, Speed).
+        return torch.from_numpy(np.ascontiguousarray(_numpy(a).transpose(1, 0, 2)))
+    return a
 
 
 def _forward_kernels(call, tensors, save):
