@@ -27,9 +27,9 @@ switches the ``torch.nn`` ones inside a model over in place::
 - Threads: rnnfast's kernels run on rnnfast's threads (``rnnfast.set_num_threads``,
   ``RNNFAST_NUM_THREADS``), torch's ops around them on torch's OpenMP threads, which spin for
   a while after each parallel op on the cores rnnfast's threads then need. In a training loop
-  on 2 cores that costs rnnfast.torch 8-33% of a step; ``OMP_WAIT_POLICY=PASSIVE`` in the
+  on 2 cores that costs rnnfast.torch 8-32% of a step; ``OMP_WAIT_POLICY=PASSIVE`` in the
   environment before Python starts (libgomp reads it once, when torch loads it) removes it
-  and costs torch's own ops 6-17% (benchmarks/torch_training_loop.py, and the README).
+  and slows torch's own back-to-back ops (benchmarks/torch_training_loop.py; the README).
 
 This module imports torch; ``import rnnfast`` does not import it.
 """
@@ -129,11 +129,7 @@ def _from_padded(call, a):
     implementations say)."""
     if call.batch_sizes is not None:  # the valid steps, time-major
         return a[torch.arange(a.shape[1]) < call.batch_sizes[:, None]]
-    if call.batch_first:
-        # Copied by NumPy on this thread: a copy by torch would wake torch's OpenMP threads,
-        # which then spin on the cores that rnnfast's next kernel needs (README, Speed).
-        return torch.from_numpy(np.ascontiguousarray(_numpy(a).transpose(1, 0, 2)))
-    return a
+    return a.transpose(0, 1).contiguous() if call.batch_first else a
 
 
 def _forward_kernels(call, tensors, save):
