@@ -26,6 +26,12 @@ switches the ``torch.nn`` ones inside a model over in place::
 - A double backward (create_graph=True), batched gradients and torch.func transforms run
   torch's own op (differentiable, batchable) for that part; through dropout they raise.
 - The module's hyper-parameters (num_layers, dropout, ...) are read at every call.
+- Threads: rnnfast's kernels run on rnnfast's threads (``rnnfast.set_num_threads``,
+  ``RNNFAST_NUM_THREADS``), torch's ops around them on torch's OpenMP threads, which spin for
+  a while after each parallel op on the cores rnnfast's threads then need. In a training loop
+  on 2 cores that costs rnnfast.torch 8-32% of a step; ``OMP_WAIT_POLICY=PASSIVE`` in the
+  environment before Python starts (libgomp reads it once, when torch loads it) removes it
+  and slows torch's own back-to-back ops (benchmarks/torch_training_loop.py; the README).
 
 This module imports torch; ``import rnnfast`` does not import it.
 """
@@ -328,11 +334,23 @@ def _in_torch_func():
             and torch._C._functorch.peek_interpreter_stack() is not None)
 
 
+def _any_empty(tensors):
+    """Whether one of ``tensors`` has no elements. Under torch.compile, a size that depends on
+    data (the batch of the states torch.nn makes for a PackedSequence: its batch_sizes[0], at
+    least 1) counts as not empty instead of stopping the trace."""
+    if torch.compiler.is_compiling():
+        # (imported here: loaded by torch.compile, 0.4 s to import otherwise)
+        from torch.fx.experimental.symbolic_shapes import guard_or_false
+
+        return any(guard_or_false(t.numel() == 0) for t in tensors)
+    return min(t.numel() for t in tensors) == 0
+
+
 def _recurrent(op, *args):
     """torch._VF's recurrent op ``op`` (lstm, gru, rnn_tanh, rnn_relu) on rnnfast's kernels:
     called with torch._VF's arguments, returns what it returns."""
     call, tensors = _Call.parse(op, args)
-    if min(t.numel() for t in tensors) == 0 or _in_torch_func():
+    if _any_empty(tensors) or _in_torch_func():
         # Empty inputs or states: torch's op (its errors, and its empty results). Inside
         # torch.func's transforms (vmap, grad, jacrev, ...), which custom operators with a
         # registered autograd do not support: torch's op too, as torch.nn would run.

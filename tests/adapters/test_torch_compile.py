@@ -7,6 +7,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
+
 import rnnfast.functional  # noqa: E402
 import rnnfast.torch as rt  # noqa: E402
 
@@ -124,3 +126,40 @@ def test_workspaces_of_the_custom_op_are_freed_with_the_graph():
     assert len(rt._WORKSPACES) == 1
     del out  # freed with the graph, without a backward
     assert not rt._WORKSPACES
+
+
+def test_compiled_lstm_on_packed_sequences_equals_eager():
+    """A PackedSequence given to a compiled LSTM (fullgraph, training): the batch of the zero
+    states torch.nn's forward makes for it depends on the data (batch_sizes[0]), which the
+    trace keeps symbolic. (torch.nn's GRU and RNN forward compare that batch with hx's, which
+    Dynamo cannot decide; packing inside the compiled code is refused by Dynamo itself.)"""
+    torch.manual_seed(0)
+    module = rt.LSTM(2, 3, num_layers=2, bidirectional=True, dtype=torch.float64)
+    compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+    x = torch.randn(4, 3, 2, dtype=torch.float64)
+
+    def loss_and_grads(run, lengths):
+        out, (h, c) = run(pack_padded_sequence(x, lengths, enforce_sorted=False))
+        loss = out.data.square().sum() + h.sum() + c.tanh().sum()
+        return [loss.detach(), *torch.autograd.grad(loss, list(module.parameters()))]
+
+    for lengths in ([2, 4, 1], [3, 3, 4]):  # the second run reuses the compiled graph
+        got, want = (loss_and_grads(run, torch.tensor(lengths)) for run in (compiled, module))
+        assert all(rel_err(g, w) <= FLOAT64_TOL for g, w in zip(got, want))
+
+
+@pytest.mark.parametrize("make", [lambda: torch.nn.Linear(2, 3), lambda: rt.GRU(2, 3)],
+                         ids=["torch.nn.Linear", "rnnfast.GRU"])
+def test_double_backward_under_compile_raises_as_for_torch_modules(make):
+    """torch.compile's AOTAutograd supports no double backward, for any module: a gradient
+    penalty through a compiled rnnfast module raises as through a compiled torch.nn.Linear,
+    instead of dropping the penalty's graph. (Which of AOTAutograd's two refusals comes
+    depends on whether the compiled backward donates its buffers. Eager double backward:
+    test_torch_modules.py.)"""
+    module = make().double()
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    out = torch.compile(module, fullgraph=True, backend="aot_eager")(x)
+    out = out[0] if isinstance(out, tuple) else out
+    with pytest.raises(RuntimeError, match="support double backward|requires create_graph=False"):
+        (grad,) = torch.autograd.grad(out.tanh().sum(), x, create_graph=True)
+        torch.autograd.grad(grad.square().sum(), list(module.parameters()))

@@ -1,10 +1,11 @@
-"""rnnfast.torch's modules behave as torch.nn's: the same exceptions for the same bad inputs,
-hidden_size=0, hyper-parameters changed after construction, higher-order gradients.
-
-PyTorch's own ModuleInfo error inputs (torch.testing._internal.common_modules) need the
-expecttest package, which is not a dependency: the bad inputs here are written out, each run
-through torch.nn and rnnfast.torch with the same weights.
+"""rnnfast.torch's modules behave as torch.nn's: on PyTorch's own test material for these
+modules (the ModuleInfo samples and error inputs of torch.testing._internal.common_modules),
+the same exceptions for the same bad inputs, hidden_size=0, hyper-parameters changed after
+construction, higher-order gradients.
 """
+
+import copy
+import re
 
 import pytest
 
@@ -12,9 +13,14 @@ torch = pytest.importorskip("torch")
 
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
+# PyTorch's test material (it imports expecttest, from the test extra)
+from torch.testing._internal.common_modules import ModuleErrorEnum, module_db  # noqa: E402
+from torch.testing._internal.common_utils import gradcheck, gradgradcheck  # noqa: E402
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_map, tree_unflatten  # noqa: E402
+
 import rnnfast.torch as rt  # noqa: E402
 
-from _util import FLOAT64_TOL, rel_err  # noqa: E402
+from _util import FLOAT32_FLOOR, FLOAT64_TOL, rel_err  # noqa: E402
 
 pytestmark = [pytest.mark.torch,
               pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning"),
@@ -29,10 +35,10 @@ def pair(name, *args, dtype=torch.float32, **options):
     return theirs, ours
 
 
-def outcome(module, args):
-    """The module's result on ``args``, or the exception it raised."""
+def outcome(function, *args, **kwargs):
+    """``function(*args, **kwargs)``, or the exception it raised."""
     try:
-        return module(*args)
+        return function(*args, **kwargs)
     except Exception as error:  # noqa: BLE001  (any exception is an outcome to compare)
         return error
 
@@ -49,6 +55,133 @@ def flat(result):
 def r(*shape, dtype=torch.float32):
     return torch.randn(*shape, dtype=dtype)
 
+
+# ------------------------------------------------------------------ PyTorch's ModuleInfo material
+
+NAMES = ("RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell")
+MODULE_INFOS = {name: next(info for info in module_db if info.module_cls is getattr(torch.nn, name))
+                for name in NAMES}
+
+
+def module_info_samples(name, dtype, training):
+    """PyTorch's ModuleInfo samples of torch.nn's ``name`` (drawn from a fixed seed), packed
+    sequences included, as PyTorch's own RNN module tests ask for them."""
+    info = MODULE_INFOS[name]
+    torch.manual_seed(0)
+    return list(info.module_inputs_func(info, device="cpu", dtype=dtype, requires_grad=True,
+                                        training=training, with_packed_sequence=True))
+
+
+def module_info_error_inputs(name, dtype):
+    info = MODULE_INFOS[name]
+    torch.manual_seed(0)
+    return info.module_error_inputs_func(info, device="cpu", dtype=dtype, requires_grad=False,
+                                         training=True)
+
+
+def outputs_and_gradients(module, args):
+    """Every tensor of the module's result on ``args`` (a PackedSequence's fields included), then
+    the gradients of a fixed random linear function of its floating outputs with respect to
+    every input tensor that requires grad and every parameter, in that order."""
+    outputs = [t for t in tree_leaves(module(*args)) if t is not None]
+    gen = torch.Generator().manual_seed(1)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.dtype)).sum()
+               for o in outputs if o.is_floating_point())
+    wrt = [t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor) and t.requires_grad]
+    return [o.detach() for o in outputs] + list(torch.autograd.grad(
+        loss, wrt + list(module.parameters())))
+
+
+def in_float64(tensor):
+    """A float64 leaf of a floating tensor's values (with its requires_grad); others as they
+    are."""
+    if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+        return tensor
+    return tensor.detach().double().requires_grad_(tensor.requires_grad)
+
+
+SAMPLES = [(name, index) for name in NAMES
+           for index in range(len(module_info_samples(name, torch.float32, True)))]
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name, index", SAMPLES, ids=[f"{n}-{i}" for n, i in SAMPLES])
+def test_module_info_samples_match_torch(name, index, dtype, training):
+    """Outputs, states and the gradients of the inputs and of every parameter, by the tolerance
+    rule of _util.py (the oracle: torch.nn in float64 on the same values)."""
+    sample = module_info_samples(name, dtype, training)[index]
+    args, kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
+    torch.manual_seed(index)
+    theirs = getattr(torch.nn, name)(*args, **kwargs).to(dtype).train(training)
+    ours = getattr(rt, name)(*args, **kwargs).to(dtype).train(training)
+    ours.load_state_dict(theirs.state_dict())
+    oracle = copy.deepcopy(theirs).double()
+    inputs = sample.forward_input.args
+    assert not sample.forward_input.kwargs  # (none of these samples has any)
+    got = outputs_and_gradients(ours, inputs)
+    want = outputs_and_gradients(oracle, tree_map(in_float64, inputs))
+    torch32 = outputs_and_gradients(theirs, inputs) if dtype == torch.float32 else None
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want)):
+        assert g.dtype == (dtype if w.is_floating_point() else w.dtype), i
+        if not w.is_floating_point():  # PackedSequence's batch sizes and indices
+            assert torch.equal(g, w), i
+            continue
+        bound = (FLOAT64_TOL if dtype == torch.float64 else
+                 2 * rel_err(torch32[i], w) + FLOAT32_FLOOR)
+        assert rel_err(g, w) <= bound, i
+
+
+@pytest.mark.parametrize("check", [gradcheck, pytest.param(gradgradcheck, marks=pytest.mark.slow)],
+                         ids=["gradcheck", "gradgradcheck"])
+@pytest.mark.parametrize("name, index", SAMPLES, ids=[f"{n}-{i}" for n, i in SAMPLES])
+def test_module_info_samples_gradcheck(name, index, check):
+    """PyTorch's gradcheck and gradgradcheck (its test wrappers: fast mode, batched gradients
+    checked too) of rnnfast.torch's module in float64, by the inputs and the parameters, as
+    PyTorch's own module tests run them."""
+    sample = module_info_samples(name, torch.float64, True)[index]
+    module = getattr(rt, name)(*sample.constructor_input.args,
+                               **sample.constructor_input.kwargs).double()
+    names = [name for name, _ in module.named_parameters()]
+    leaves, spec = tree_flatten((sample.forward_input.args, tuple(module.parameters())))
+
+    def f(*leaves):
+        inputs, parameters = tree_unflatten(list(leaves), spec)
+        result = torch.func.functional_call(module, dict(zip(names, parameters)), inputs)
+        return tuple(t for t in tree_leaves(result) if t is not None and t.is_floating_point())
+
+    assert check(f, leaves)
+
+
+ERROR_INPUTS = [(name, index) for name in NAMES
+                for index in range(len(module_info_error_inputs(name, torch.float32)))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("name, index", ERROR_INPUTS, ids=[f"{n}-{i}" for n, i in ERROR_INPUTS])
+def test_module_info_error_inputs_raise_as_torch(name, index, dtype):
+    """The exception PyTorch's test expects (type and message), from torch.nn and rnnfast.torch
+    alike, at construction or in forward."""
+    error_input = module_info_error_inputs(name, dtype)[index]
+    sample = error_input.module_error_input
+    args, kwargs = sample.constructor_input.args, sample.constructor_input.kwargs
+    if error_input.error_on == ModuleErrorEnum.CONSTRUCTION_ERROR:
+        raised = [outcome(getattr(namespace, name), *args, **kwargs)
+                  for namespace in (torch.nn, rt)]
+    else:
+        theirs = getattr(torch.nn, name)(*args, **kwargs)
+        ours = getattr(rt, name)(*args, **kwargs)
+        ours.load_state_dict(theirs.state_dict())
+        inputs = sample.forward_input.args
+        raised = [outcome(module, *inputs) for module in (theirs, ours)]
+    for who, error in zip(("torch.nn", "rnnfast.torch"), raised):
+        assert isinstance(error, error_input.error_type), f"{who}: {error!r}"
+        assert re.search(error_input.error_regex, str(error)), f"{who}: {error!r}"
+    assert type(raised[1]) is type(raised[0])
+
+
+# ------------------------------------------------------------------ more bad inputs
 
 D = torch.float64
 # (module, constructor arguments, forward arguments): bad inputs, and the corner cases next to
@@ -94,7 +227,7 @@ def test_same_exceptions_as_torch(name, args, inputs):
     theirs, ours = pair(name, *args)
     torch.manual_seed(0)
     inputs = inputs()
-    want, got = outcome(theirs, inputs), outcome(ours, inputs)
+    want, got = outcome(theirs, *inputs), outcome(ours, *inputs)
     if isinstance(want, Exception):
         assert type(got) is type(want), f"torch.nn raised {want!r}, rnnfast.torch {got!r}"
         return
@@ -106,7 +239,7 @@ def test_packed_sequence_with_hx_of_another_batch_raises_as_torch():
     theirs, ours = pair("LSTM", 3, 5)
     x = pack_padded_sequence(r(4, 3, 3), torch.tensor([4, 2, 1]))
     hx = (r(1, 2, 5), r(1, 2, 5))
-    assert type(outcome(ours, (x, hx))) is type(outcome(theirs, (x, hx))) is RuntimeError
+    assert type(outcome(ours, x, hx)) is type(outcome(theirs, x, hx)) is RuntimeError
 
 
 @pytest.mark.parametrize("name", ["RNNCell", "LSTMCell", "GRUCell"])
@@ -217,5 +350,5 @@ def test_vmap_over_the_module_as_torch():
     """torch.nn has no batching rule for its recurrent ops; rnnfast.torch raises the same."""
     theirs, ours = pair("GRU", 2, 3)
     x = r(5, 4, 1, 2)
-    want, got = (outcome(torch.func.vmap(lambda x, m=m: m(x)[0]), (x,)) for m in (theirs, ours))
+    want, got = (outcome(torch.func.vmap(lambda x, m=m: m(x)[0]), x) for m in (theirs, ours))
     assert isinstance(want, RuntimeError) and type(got) is type(want)

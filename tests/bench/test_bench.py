@@ -241,3 +241,15 @@ def test_profiling_scripts_run(script, args):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "GFLOP/s" in done.stdout
+
+
+@pytest.mark.torch
+def test_torch_training_loop_script_runs():
+    """benchmarks/torch_training_loop.py, with its phases, on a tiny model."""
+    pytest.importorskip("torch")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "torch_training_loop.py"), "--T", "3",
+                           "--B", "2", "--I", "2", "--H", "4", "--steps", "1", "--repeats", "1",
+                           "--phases"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "rnnfast.torch, layer alone" in done.stdout
+    assert "speedup of rnnfast.torch" in done.stdout
