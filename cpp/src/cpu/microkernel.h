@@ -518,9 +518,12 @@ void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* p
     for (int64_t k0 = 0; k0 < depth || k0 == 0; k0 += block) {
       const int64_t k_len = std::min(block, depth - k0);
       // The panel's next depth block, requested into L2 a share per tile while this block's
-      // tiles run: a panel too large for L2 beside the rows comes from L3 for each chunk.
+      // tiles run: a panel too large for L2 beside the rows comes from L3 for each chunk. Not
+      // for a chunk of one tile: there a prefetch per cache line would cost as much as the
+      // tile's multiply-adds on that line (measured: the recurrence at B = 1, H = 256 took
+      // 1.3-3 us more per step with it, its W_hh in L2 anyway).
       const M* next = panel + (k0 + k_len) * W;
-      const int64_t next_len = std::min(block, depth - k0 - k_len) * W;
+      const int64_t next_len = chunk_rows > kTileRows ? std::min(block, depth - k0 - k_len) * W : 0;
       const int64_t share = ceil_div(next_len, ceil_div(chunk_rows, kTileRows));
       int64_t requested = 0;
       for_each_row_tile(chunk_rows, [&](int64_t r0, auto mr) {
