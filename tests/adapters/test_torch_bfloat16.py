@@ -95,8 +95,10 @@ def test_bfloat16_cells_within_twice_torch_nn_bfloat16_error(cell):
     hx = tuple(torch.randn(5, 16).bfloat16() for _ in range(2 if cell == "LSTMCell" else 1))
 
     def run(module, dtype):
-        xs = x.to(dtype).requires_grad_()
-        states = tuple(h.to(dtype).requires_grad_() for h in hx)
+        # Fresh leaves every run (x.to(bfloat16) is x itself: its .grad would accumulate
+        # across the runs).
+        xs = x.to(dtype).detach().clone().requires_grad_()
+        states = tuple(h.to(dtype).detach().clone().requires_grad_() for h in hx)
         out = module(xs, states if len(states) == 2 else states[0])
         out = out if isinstance(out, tuple) else (out,)
         sum(o.double().sum() * (i + 1) for i, o in enumerate(out)).backward()
