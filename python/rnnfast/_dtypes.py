@@ -29,6 +29,14 @@ DTYPES = (FLOAT32, FLOAT64) + ((BFLOAT16,) if BFLOAT16 is not None else ())
 DTYPE_NAMES = "float32, float64" + (" or bfloat16" if BFLOAT16 is not None else
                                     " (bfloat16 needs ml_dtypes: pip install rnnfast[bf16])")
 
+
+
+def is_bfloat16(dtype):
+    """Whether ``dtype`` is ml_dtypes' bfloat16. (Never ``dtype == BFLOAT16`` directly: without
+    ml_dtypes BFLOAT16 is None, and NumPy takes None for float64.)"""
+    return BFLOAT16 is not None and dtype == BFLOAT16
+
+
 _PRECISIONS = ("highest", "high", "medium")
 _matmul_precision = "highest"
 
@@ -51,18 +59,18 @@ def get_float32_matmul_precision():
 
 def compute_dtype(dtype):
     """The dtype the recurrence computes and the weight gradients are returned in."""
-    return FLOAT32 if dtype == BFLOAT16 else dtype
+    return FLOAT32 if is_bfloat16(dtype) else dtype
 
 
 def bf16_matmul(dtype):
     """Whether arrays of ``dtype`` multiply in bfloat16: bfloat16 ones, and float32 ones under
     set_float32_matmul_precision("medium")."""
-    return dtype == BFLOAT16 or (dtype == FLOAT32 and _matmul_precision == "medium")
+    return is_bfloat16(dtype) or (dtype == FLOAT32 and _matmul_precision == "medium")
 
 
 def to_compute(array):
     """``array`` in the dtype its computation runs in (a float32 copy of bfloat16; None kept)."""
-    if array is None or array.dtype != BFLOAT16:
+    if array is None or not is_bfloat16(array.dtype):
         return array
     return array.astype(FLOAT32)
 
@@ -71,7 +79,7 @@ def matmul_operand(array, dtype):
     """A weight of the recurrent matmul as the kernels multiply it: rounded to bfloat16 values
     (in float32) where bf16_matmul(dtype), so that every instruction set multiplies the same
     weights (the ones without vdpbf16ps in float32)."""
-    if not bf16_matmul(dtype) or array.dtype == BFLOAT16:
+    if not bf16_matmul(dtype) or is_bfloat16(array.dtype):
         return to_compute(array)
     return array.astype(BFLOAT16).astype(FLOAT32)
 

@@ -254,11 +254,11 @@ def _precision(layer):
     biases to the compute dtype, and rounds W_hh as the recurrent matmul multiplies it."""
     storage, bf16 = layer.dtype, _dtypes.bf16_matmul(layer.dtype)
     if bf16 and layer.backend is not backends.CPU:
-        if storage == _dtypes.BFLOAT16:
+        if _dtypes.is_bfloat16(storage):
             raise TypeError(f"bfloat16 arrays run on the CPU backend only, not on "
                             f"{layer.backend.name}")
         bf16 = False  # set_float32_matmul_precision("medium") is the CPU's
-    if bf16 or storage == _dtypes.BFLOAT16:
+    if bf16 or _dtypes.is_bfloat16(storage):
         layer.w_hh = _dtypes.matmul_operand(layer.w_hh, storage)
         layer.w_hr, layer.b_ih, layer.b_hh, layer.h0, layer.c0 = map(_dtypes.to_compute, (
             layer.w_hr, layer.b_ih, layer.b_hh, layer.h0, layer.c0))

@@ -72,7 +72,7 @@ def _numpy(tensor):
 def _tensor(array, dtype):
     """A tensor of ``dtype`` from a NumPy array: its memory where the dtypes agree, else
     converted (the float32 weight gradients of bfloat16 weights)."""
-    if array.dtype == _dtypes.BFLOAT16:
+    if _dtypes.is_bfloat16(array.dtype):
         tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     else:
         tensor = torch.from_numpy(array)
