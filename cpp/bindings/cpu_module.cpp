@@ -314,6 +314,12 @@ PYBIND11_MODULE(_cpu, m) {
         set_num_threads(threads);
       },
       py::arg("threads"));
+  m.def("share_openmp_threads", &share_openmp_threads, py::arg("path"),
+        "Run the kernels' parallel work on the threads of the OpenMP runtime at path, a shared "
+        "library this process has loaded (\"\": rnnfast's own threads again). False, changing "
+        "nothing, where it is not loaded or is not an OpenMP runtime.");
+  m.def("openmp_library", &openmp_library,
+        "The library given to share_openmp_threads, or \"\" for rnnfast's own threads.");
   m.def("cpu_features", &cpu_features,
         "Instruction-set extensions of this CPU that rnnfast can use.");
   m.def(

@@ -29,8 +29,10 @@ double initial_timeout() {
     char* end = nullptr;
     const double seconds = std::strtod(text, &end);
     if (end != text && *end == '\0' && seconds > 0) return seconds;
-    std::fprintf(stderr, "rnnfast emulator: RNNFAST_EMULATOR_TIMEOUT='%s' is not a positive "
-                 "number of seconds; using 60\n", text);
+    std::fprintf(stderr,
+                 "rnnfast emulator: RNNFAST_EMULATOR_TIMEOUT='%s' is not a positive "
+                 "number of seconds; using 60\n",
+                 text);
   }
   return 60.0;
 }
@@ -104,7 +106,10 @@ struct Block {
 // One launch: its threads' shared state and how it ends.
 struct Launch {
   Launch(const char* kernel_, dim3 grid_, dim3 block_, bool cooperative_)
-      : kernel(kernel_), grid(grid_), block(block_), cooperative(cooperative_),
+      : kernel(kernel_),
+        grid(grid_),
+        block(block_),
+        cooperative(cooperative_),
         grid_barrier(cooperative_ ? grid_.x * grid_.y * grid_.z * block_.x * block_.y * block_.z
                                   : 0) {}
 
@@ -127,7 +132,7 @@ struct Launch {
   Barrier grid_barrier;
   std::atomic<bool> failed{false};
   std::atomic<unsigned long long> progress{0};  // barriers passed and threads finished
-  std::mutex mutex;  // guards the rest
+  std::mutex mutex;                             // guards the rest
   std::condition_variable done;
   unsigned running = 0;  // threads started and not finished
   cudaError_t status = cudaSuccess;
@@ -141,8 +146,7 @@ struct Context {
 thread_local Context context;
 
 std::string coordinates(dim3 d) {
-  return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) +
-         ")";
+  return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
 }
 
 void Barrier::wait(Launch& launch, const char* what) {
@@ -166,10 +170,10 @@ void Barrier::wait(Launch& launch, const char* what) {
       lock.unlock();
       launch.fail(cudaErrorLaunchTimeout,
                   std::string("kernel ") + launch.kernel + ": " + what + " timed out after " +
-                      timeout_text() + " with " +
-                      std::to_string(arrived) + " of " + std::to_string(count_) +
-                      " threads arrived (block " + coordinates(blockIdx) + ", thread " +
-                      coordinates(threadIdx) + " waiting): a barrier that not every thread "
+                      timeout_text() + " with " + std::to_string(arrived) + " of " +
+                      std::to_string(count_) + " threads arrived (block " + coordinates(blockIdx) +
+                      ", thread " + coordinates(threadIdx) +
+                      " waiting): a barrier that not every thread "
                       "reaches");
       throw Aborted{};
     }
@@ -295,20 +299,21 @@ void wait_for_threads(Launch& launch) {
   std::unique_lock<std::mutex> lock(launch.mutex);
   for (;;) {
     const unsigned long long progress = launch.progress.load();
-    if (launch.done.wait_for(lock, timeout_duration(), [&] {
-          return launch.running == 0 || launch.status != cudaSuccess;
-        }))
+    if (launch.done.wait_for(lock, timeout_duration(),
+                             [&] { return launch.running == 0 || launch.status != cudaSuccess; }))
       break;
     if (launch.progress.load() != progress) continue;
     lock.unlock();
-    launch.fail(cudaErrorLaunchTimeout,
-                std::string("kernel ") + launch.kernel + ": no thread finished or passed a "
-                "barrier for " + timeout_text());
+    launch.fail(cudaErrorLaunchTimeout, std::string("kernel ") + launch.kernel +
+                                            ": no thread finished or passed a "
+                                            "barrier for " +
+                                            timeout_text());
     lock.lock();
   }
   if (launch.running == 0) return;
   if (!launch.done.wait_for(lock, 2 * timeout_duration(), [&] { return launch.running == 0; })) {
-    std::fprintf(stderr, "rnnfast emulator: %s\nrnnfast emulator: %u threads of kernel %s "
+    std::fprintf(stderr,
+                 "rnnfast emulator: %s\nrnnfast emulator: %u threads of kernel %s "
                  "neither finished nor reached a barrier after that; ending the process\n",
                  launch.message.c_str(), launch.running, launch.kernel);
     std::abort();
@@ -342,10 +347,9 @@ cudaError_t run(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, 
   const unsigned long long blocks = 1ull * grid.x * grid.y * grid.z;
   const unsigned long long threads = 1ull * block.x * block.y * block.z;
   if (blocks == 0 || threads == 0 || threads > 1024)
-    return finish(cudaErrorInvalidValue, std::string("kernel ") + kernel +
-                                             ": invalid launch configuration (grid " +
-                                             coordinates(grid) + ", block " +
-                                             coordinates(block) + ")");
+    return finish(cudaErrorInvalidValue,
+                  std::string("kernel ") + kernel + ": invalid launch configuration (grid " +
+                      coordinates(grid) + ", block " + coordinates(block) + ")");
   if (cooperative && blocks * threads > kMaxCooperativeThreads)
     return finish(cudaErrorCooperativeLaunchTooLarge,
                   std::string("kernel ") + kernel + ": a cooperative launch of " +
@@ -357,8 +361,8 @@ cudaError_t run(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, 
   auto run_blocks = [&](const std::vector<dim3>& indices) {
     running.clear();
     for (dim3 index : indices)
-      running.push_back(std::make_unique<Block>(index, static_cast<unsigned>(threads),
-                                                shared_bytes));
+      running.push_back(
+          std::make_unique<Block>(index, static_cast<unsigned>(threads), shared_bytes));
     {
       std::lock_guard<std::mutex> lock(launch.mutex);
       launch.blocks.clear();
@@ -421,10 +425,14 @@ const char* cudaGetErrorString(cudaError_t status) {
   if (status == cudaSuccess) return "no error";
   if (status == failed_status) return failed_message.c_str();
   switch (status) {
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorLaunchTimeout: return "the launch timed out";
-    case cudaErrorCooperativeLaunchTooLarge: return "too many blocks in cooperative launch";
-    default: return "unspecified launch failure";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorLaunchTimeout:
+      return "the launch timed out";
+    case cudaErrorCooperativeLaunchTooLarge:
+      return "too many blocks in cooperative launch";
+    default:
+      return "unspecified launch failure";
   }
 }
 

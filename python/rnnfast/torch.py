@@ -26,12 +26,12 @@ switches the ``torch.nn`` ones inside a model over in place::
 - A double backward (create_graph=True), batched gradients and torch.func transforms run
   torch's own op (differentiable, batchable) for that part; through dropout they raise.
 - The module's hyper-parameters (num_layers, dropout, ...) are read at every call.
-- Threads: rnnfast's kernels run on rnnfast's threads (``rnnfast.set_num_threads``,
-  ``RNNFAST_NUM_THREADS``), torch's ops around them on torch's OpenMP threads, which spin for
-  a while after each parallel op on the cores rnnfast's threads then need. In a training loop
-  on 2 cores that costs rnnfast.torch 8-32% of a step; ``OMP_WAIT_POLICY=PASSIVE`` in the
-  environment before Python starts (libgomp reads it once, when torch loads it) removes it
-  and slows torch's own back-to-back ops (benchmarks/torch_training_loop.py; the README).
+- Threads: once this module is imported, rnnfast's kernels run on torch's OpenMP threads
+  (``share_torch_threads``), as torch's own parallel ops do, with rnnfast's thread count
+  (``rnnfast.set_num_threads``, ``RNNFAST_NUM_THREADS``). Its own threads would compete for
+  the cores with torch's, which busy-wait for a while after each of torch's parallel ops: on 2
+  cores that cost a training loop 8-32% of a step (benchmarks/torch_training_loop.py; the
+  README).
 
 This module imports torch; ``import rnnfast`` does not import it.
 """
@@ -41,6 +41,7 @@ import functools
 import importlib.abc
 import importlib.machinery
 import itertools
+import os
 import sys
 import types
 import typing
@@ -50,9 +51,10 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import _dtypes, functional
+from . import _cpu, _dtypes, functional
 
-__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert"]
+__all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert",
+           "share_torch_threads"]
 
 _NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
 if _dtypes.BFLOAT16 is not None:  # ml_dtypes (rnnfast[bf16]) installed
@@ -504,3 +506,37 @@ def convert(model):
         if type(module) in _REPLACEMENTS:
             module.__class__ = _REPLACEMENTS[type(module)]
     return model
+
+
+def _torch_openmp_library():
+    """The path of the OpenMP runtime that torch's CPU ops run on, as this process loaded it
+    (from /proc/self/maps; torch's own copy first), or None: torch built with another parallel
+    backend, or no /proc."""
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split(maxsplit=5)[-1].strip() for line in maps}
+    except OSError:
+        return None
+    runtimes = sorted(path for path in paths
+                      if os.path.basename(path).startswith(("libgomp", "libiomp5", "libomp")))
+    torch_lib = os.path.dirname(torch.__file__)
+    runtimes.sort(key=lambda path: not path.startswith(torch_lib))
+    return runtimes[0] if runtimes else None
+
+
+def share_torch_threads(enabled: bool = True) -> bool:
+    """Whether rnnfast's CPU kernels run on torch's OpenMP threads (``enabled``, the default
+    since this module's import) or on rnnfast's own (``False``). Returns whether they now share
+    torch's: False where torch's runtime cannot be found (a build of torch without OpenMP).
+
+    Sharing changes no result: only which threads run the same work. rnnfast keeps its own
+    thread count (``rnnfast.set_num_threads``); torch's threads are the ones that run torch's
+    parallel ops, so they are awake when rnnfast's kernels follow one, instead of busy-waiting on
+    the cores that rnnfast's threads need."""
+    library = _torch_openmp_library() if enabled else None
+    return _cpu.share_openmp_threads(library or "") and library is not None
+
+
+share_torch_threads()

@@ -105,6 +105,11 @@ void set_isa(const std::string& name);  // throws std::invalid_argument if not a
 // Threads of the CPU kernels (a persistent pool; the caller's thread counts as one).
 int num_threads();
 void set_num_threads(int threads);  // throws std::invalid_argument unless threads >= 1
+// Whether the kernels' parallel work runs on the threads of an OpenMP runtime already loaded in
+// the process (the shared library at `path`; "" for rnnfast's own threads): see
+// ThreadPool::share_openmp_threads. False where the library cannot be used.
+bool share_openmp_threads(const std::string& path);
+std::string openmp_library();  // the library in use, or ""
 
 // How the last kernel call made by the calling thread shared its work: the kernel's name
 // ("recurrent_forward", "recurrent_backward", "gemm", "cell_step"), the threads it ran on and

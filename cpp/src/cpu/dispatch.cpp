@@ -294,4 +294,10 @@ void set_num_threads(int threads) {
   ThreadPool::global().set_num_threads(threads);
 }
 
+bool share_openmp_threads(const std::string& path) {
+  return ThreadPool::global().share_openmp_threads(path);
+}
+
+std::string openmp_library() { return ThreadPool::global().openmp_library(); }
+
 }  // namespace rnnfast

@@ -1,5 +1,6 @@
 #include "thread_pool.h"
 
+#include <dlfcn.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <sched.h>
@@ -120,6 +121,9 @@ void ThreadPool::after_fork_in_child() {
   pool.job_ = nullptr;
   pool.pending_ = 0;
   pool.stopping_ = false;
+  // An OpenMP runtime's threads do not survive a fork either, and libgomp's do not come back
+  // in the child: its runs go to rnnfast's own workers.
+  pool.openmp_.store(nullptr);
 }
 
 void ThreadPool::set_num_threads(int threads) {
@@ -172,12 +176,71 @@ void ThreadPool::worker_loop(int index, unsigned seen) {
   }
 }
 
+// The entry points of an OpenMP runtime: GNU's ABI (GOMP_parallel, what GCC compiles
+// `#pragma omp parallel` to), which libgomp and LLVM's and Intel's runtimes all export.
+struct ThreadPool::OpenMp {
+  std::string library;
+  void (*parallel)(void (*body)(void*), void* data, unsigned threads, unsigned flags);
+  int (*thread_num)();
+  int (*team_size)();
+};
+
+bool ThreadPool::share_openmp_threads(const std::string& path) {
+  OpenMp* runtime = nullptr;
+  if (!path.empty()) {
+    // RTLD_NOLOAD: only a library the process has loaded already (its threads are the ones
+    // worth sharing); the handle is kept, so it stays loaded.
+    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_NOLOAD);
+    if (handle == nullptr) return false;
+    runtime = new OpenMp{
+        path, reinterpret_cast<decltype(OpenMp::parallel)>(dlsym(handle, "GOMP_parallel")),
+        reinterpret_cast<int (*)()>(dlsym(handle, "omp_get_thread_num")),
+        reinterpret_cast<int (*)()>(dlsym(handle, "omp_get_num_threads"))};
+    if (!runtime->parallel || !runtime->thread_num || !runtime->team_size) {
+      delete runtime;
+      dlclose(handle);
+      return false;
+    }
+  }
+  openmp_.store(runtime);  // the previous one is leaked: a run may still be using it
+  return true;
+}
+
+std::string ThreadPool::openmp_library() const {
+  const OpenMp* runtime = openmp_.load();
+  return runtime != nullptr ? runtime->library : std::string();
+}
+
+bool ThreadPool::run_on_openmp(const OpenMp& runtime, int threads,
+                               const std::function<void(int)>& job) {
+  struct Region {
+    const OpenMp& runtime;
+    const std::function<void(int)>& job;
+    int threads;
+    std::atomic<bool> short_team{false};
+  } region{runtime, job, threads};
+  // Every thread of the team checks its size first: a job meets its threads at barriers, so it
+  // must run on all `threads` of them or on none.
+  const auto body = [](void* data) {
+    Region& r = *static_cast<Region*>(data);
+    if (r.runtime.team_size() != r.threads) {
+      r.short_team.store(true, std::memory_order_relaxed);
+      return;
+    }
+    r.job(r.runtime.thread_num());
+  };
+  region.runtime.parallel(body, &region, static_cast<unsigned>(threads), 0);
+  return !region.short_team.load(std::memory_order_relaxed);
+}
+
 void ThreadPool::run(int threads, const std::function<void(int)>& job) {
   if (threads <= 1) {
     job(0);
     return;
   }
   std::lock_guard<std::mutex> run_lock(run_mutex_);
+  const OpenMp* runtime = openmp_.load();
+  if (runtime != nullptr && run_on_openmp(*runtime, threads, job)) return;
   start_workers(threads - 1);
   {
     std::lock_guard<std::mutex> lock(mutex_);

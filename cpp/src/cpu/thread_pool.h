@@ -10,6 +10,7 @@
 #include <condition_variable>
 #include <functional>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -56,6 +57,18 @@ class ThreadPool {
   // take turns.
   void run(int threads, const std::function<void(int)>& job);
 
+  // From now on, runs go to the threads of an OpenMP runtime that the process has already
+  // loaded (the shared library at `path`, e.g. PyTorch's libgomp), instead of rnnfast's own
+  // workers; an empty path goes back to them. Two libraries that alternate parallel work on the
+  // same cores then share one set of threads: OpenMP's threads busy-wait for a while after each
+  // parallel region, and rnnfast's workers would otherwise compete with them for the cores.
+  // Returns false, changing nothing, where `path` is not loaded or lacks OpenMP's entry points.
+  // A run whose OpenMP team comes out smaller than asked (inside another parallel region, an
+  // OMP_THREAD_LIMIT) runs on rnnfast's workers instead.
+  bool share_openmp_threads(const std::string& path);
+  // The library given to share_openmp_threads, or "" where runs use rnnfast's own workers.
+  std::string openmp_library() const;
+
  private:
   ThreadPool();
   void start_workers(int count);  // with run_mutex_ held
@@ -63,6 +76,9 @@ class ThreadPool {
   void worker_loop(int index, unsigned seen_generation);
   static void after_fork_in_child();
   static ThreadPool* const global_;  // see thread_pool.cpp: built at load, never lazily
+  struct OpenMp;                     // an OpenMP runtime's entry points (thread_pool.cpp)
+  static bool run_on_openmp(const OpenMp& runtime, int threads,
+                            const std::function<void(int)>& job);
 
   std::atomic<int> num_threads_;
   std::mutex run_mutex_;  // one run at a time
@@ -78,6 +94,7 @@ class ThreadPool {
   std::atomic<unsigned> job_generation_{0};  // bumped (release) once a run's fields are set
   std::atomic<int> pending_{0};              // workers still running the current job
   bool stopping_ = false;
+  std::atomic<OpenMp*> openmp_{nullptr};  // replaced, never freed (a few pointers)
 };
 
 }  // namespace rnnfast
