@@ -7,12 +7,12 @@
 #    with `pip install --no-build-isolation` (the build tools must be installed: pybind11,
 #    scikit-build-core, cmake, ninja, CuPy, pytest; nothing is downloaded),
 # 2. runs tests/kernels/test_cuda.py and tests/kernels/test_cuda_kernels_emulated.py, then the whole test suite,
-# 3. runs compute-sanitizer (memcheck, racecheck; initcheck for information) on a small forward
+# 3. runs compute-sanitizer (memcheck, racecheck, synccheck; initcheck for information) on a small forward
 #    and backward of each cell (benchmarks/gpu_sanitize_case.py), and on the kernels with
 #    lengths, resets and the projection (benchmarks/gpu_sanitize_options.py).
 # Eight logs go to $OUT (or ./gpu_check_logs; the device tool returns at most eight files); a
 # summary is printed last. Exit status 0 only if the
-# build, the tests and the memcheck and racecheck runs all passed.
+# build, the tests and the memcheck, racecheck and synccheck runs all passed.
 set -u -o pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$REPO/gpu_check_logs}
@@ -48,10 +48,13 @@ run_tests() {  # name, pytest arguments...
 run_tests pytest_cuda "$REPO/tests/kernels/test_cuda.py" "$REPO/tests/kernels/test_cuda_kernels_emulated.py"
 run_tests pytest_all "$REPO/tests"
 
-for tool in memcheck racecheck initcheck; do
-  log="$OUT/sanitizer_$tool.log"
+rm -f "$OUT"/sanitizer_*.log
+for tool in memcheck racecheck synccheck initcheck; do
+  # synccheck's output goes into racecheck's log: both check the kernels' barriers and shared
+  # memory, and the device tool returns at most eight files.
+  log="$OUT/sanitizer_${tool/synccheck/racecheck}.log"
   if compute-sanitizer --tool "$tool" --error-exitcode 99 \
-       "$PY" "$REPO/benchmarks/gpu_sanitize_case.py" >"$log" 2>&1 &&
+       "$PY" "$REPO/benchmarks/gpu_sanitize_case.py" >>"$log" 2>&1 &&
      compute-sanitizer --tool "$tool" --error-exitcode 99 \
        "$PY" "$REPO/benchmarks/gpu_sanitize_options.py" >>"$log" 2>&1; then
     result "$tool" "clean ($(grep -h 'ERROR SUMMARY' "$log" | tail -1))"
@@ -62,7 +65,8 @@ done
 
 status=0
 printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.log"
-grep -q -E '^(pytest_cuda|pytest_all|memcheck|racecheck): (FAILED|ERRORS)' "$OUT/summary.log" \
+grep -q -E '^(pytest_cuda|pytest_all|memcheck|racecheck|synccheck): (FAILED|ERRORS)' \
+  "$OUT/summary.log" \
   && status=1
 echo "logs: $OUT"
 exit $status

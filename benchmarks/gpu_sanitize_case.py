@@ -1,7 +1,9 @@
-"""A small forward + backward of every cell on the GPU, for compute-sanitizer (gpu_check.sh).
+"""A small forward + backward of every cell on the GPU, on both recurrence paths (standard and
+persistent: rnnfast.backends.cuda_recurrence), for compute-sanitizer (gpu_check.sh).
 
 Run: compute-sanitizer --tool memcheck python benchmarks/gpu_sanitize_case.py [cell ...]
-Shapes cross every tile boundary of the kernels (32 units, 16 batch rows, depth 32) with tails.
+Shapes cross every tile boundary of the standard kernels (32 units, 16 batch rows, depth 32)
+with tails, and give the persistent kernels a last block with fewer units than the others.
 Exits non-zero if a result is NaN (the numerics themselves are checked by tests/test_cuda.py).
 """
 
@@ -10,7 +12,7 @@ import sys
 import cupy
 import numpy as np
 
-from rnnfast import functional as F
+from rnnfast import backends, functional as F
 from rnnfast.cell_registry import CELLS, SPECS
 
 
@@ -36,11 +38,14 @@ def run(cell, dtype, steps=3, batch=19, inputs=7, hidden=37, seed=0):
 def main():
     cells = sys.argv[1:] or list(CELLS)
     ok = True
-    for cell in cells:
-        for dtype in (np.float32, np.float64):
-            finite = run(cell, dtype)
-            print(f"{cell} {np.dtype(dtype).name}: {'finite' if finite else 'NaN/inf in results'}")
-            ok &= finite
+    for path in ("standard", "persistent"):
+        for cell in cells:
+            for dtype in (np.float32, np.float64):
+                with backends.cuda_recurrence(path):
+                    finite = run(cell, dtype)
+                print(f"{path} {cell} {np.dtype(dtype).name}: "
+                      f"{'finite' if finite else 'NaN/inf in results'}")
+                ok &= finite
     sys.exit(0 if ok else 1)
 
 

@@ -1,6 +1,8 @@
-"""rnnfast's CUDA standard path timed against PyTorch's cuDNN, one layer, float32.
+"""rnnfast's CUDA paths timed against PyTorch's cuDNN, one layer, float32.
 
-What it measures: for each cell (lstm, gru), shape (T, B, H) with input size I = H, and mode
+What it measures: for each cell (lstm, gru), shape (T, B, H) with input size I = H, rnnfast's
+recurrence path (--paths: standard, persistent; ``rnnfast.backends.cuda_recurrence``; the
+row's "path" field) and mode
 
 - ``inference``: ``rnnfast.functional.forward(..., training=False)`` against
   ``torch.nn.LSTM`` / ``torch.nn.GRU`` (cuDNN) in eval mode under ``torch.no_grad()``,
@@ -33,7 +35,7 @@ module installed (run it from outside the source tree so that the installed pack
 
     python benchmarks/gpu_timing.py --json gpu_timing.json --commit $(git rev-parse --short HEAD)
 
-Options: --cells, --modes, --shapes "T,B,H;T,B,H", --seed, --warmup, --min-repeats,
+Options: --cells, --paths, --modes, --shapes "T,B,H;T,B,H", --seed, --warmup, --min-repeats,
 --max-repeats, --budget (seconds of timed calls per implementation and row). The default grid
 is sized to take well under 4 minutes on an H100. Exit status 1 when a row mismatches or fails.
 """
@@ -56,12 +58,14 @@ from rnnfast.cell_registry import SPECS
 
 SHAPES = [(100, 64, 512), (100, 256, 1024), (50, 128, 1024), (1024, 16, 768), (100, 1, 512)]
 CELLS = ("lstm", "gru")
+PATHS = ("standard", "persistent")
 MODES = ("inference", "train")
 TOLERANCE = 1e-3
 
 # The libraries, as module globals (imported in main()).
 cp = None   # cupy
 CF = None   # rnnfast.functional (on CuPy arrays: the CUDA backend)
+CUDA_PATH = None  # rnnfast.backends.cuda_recurrence
 torch = None
 TORCH_DEVICE = "cuda"
 
@@ -123,22 +127,25 @@ def make_problem(cell, T, B, H, seed):
     return p
 
 
-def build_rnnfast(cell, mode, p):
-    """fn() running one call; collect() -> dict of host arrays from a fresh call."""
+def build_rnnfast(cell, mode, p, path):
+    """fn() running one call on the recurrence `path`; collect() -> dict of host arrays from a
+    fresh call."""
     d = {k: (cp.asarray(v) if v is not None else None) for k, v in p.items()}
     args = (cell, d["x"], d["h0"], d["w_ih"], d["w_hh"])
     biases = {"b_ih": d["b_ih"], "b_hh": d["b_hh"]}
 
     if mode == "inference":
         def fn():
-            return CF.forward(*args, **biases, c0=d["c0"], training=False)[0]
+            with CUDA_PATH(path):
+                return CF.forward(*args, **biases, c0=d["c0"], training=False)[0]
 
         def collect():
             return {"y": cp.asnumpy(fn())}
     else:
         def fn():
-            y, _, _, ctx = CF.forward(*args, **biases, c0=d["c0"], training=True)
-            return y, CF.backward(ctx, d["dy"])
+            with CUDA_PATH(path):
+                y, _, _, ctx = CF.forward(*args, **biases, c0=d["c0"], training=True)
+                return y, CF.backward(ctx, d["dy"])
 
         def collect():
             y, g = fn()
@@ -148,7 +155,7 @@ def build_rnnfast(cell, mode, p):
     return fn, collect
 
 
-def build_torch(cell, mode, p):
+def build_torch(cell, mode, p, path=None):
     T, B, H = p["dy"].shape
     module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](
         H, H, num_layers=1, bias=True, batch_first=False, bidirectional=False,
@@ -194,17 +201,17 @@ def build_torch(cell, mode, p):
     return fn, collect
 
 
-def run_row(cell, mode, T, B, H, args):
+def run_row(cell, path, mode, T, B, H, args):
     """One row's record: the check, then each implementation timed on its own."""
     build = {"rnnfast": build_rnnfast, "torch": build_torch}
     timer = {"rnnfast": cupy_time_ms, "torch": torch_time_ms}
-    row = {"cell": cell, "mode": mode, "T": T, "B": B, "I": H, "H": H,
+    row = {"cell": cell, "path": path, "mode": mode, "T": T, "B": B, "I": H, "H": H,
            "flops": Row(cell, mode, T, B, H, H).flops(), "status": "ok"}
     p = make_problem(cell, T, B, H, args.seed)
     fns, outs = {}, {}
     for name in ("rnnfast", "torch"):
         try:
-            fns[name], collect = build[name](cell, mode, p)
+            fns[name], collect = build[name](cell, mode, p, path)
             outs[name] = collect()  # the first call, checked below
         except Exception as error:  # noqa: BLE001 - one failing row must not end the run
             row[f"{name}_error"] = f"{type(error).__name__}: {error}"
@@ -239,7 +246,7 @@ def run_row(cell, mode, T, B, H, args):
 
 # --- report -------------------------------------------------------------------------------------
 
-COLUMNS = ("cell", "mode", "T", "B", "H", "rnnfast ms", "torch ms", "ratio", "TFLOP/s",
+COLUMNS = ("cell", "path", "mode", "T", "B", "H", "rnnfast ms", "torch ms", "ratio", "TFLOP/s",
            "rel err y", "grad err", "status")
 
 
@@ -249,7 +256,8 @@ def fmt(value, spec):
 
 
 def table_line(row):
-    return (f"{row['cell']:<5} {row['mode']:<9} {row['T']:>5} {row['B']:>4} {row['H']:>5} "
+    return (f"{row['cell']:<5} {row['path']:<10} {row['mode']:<9} {row['T']:>5} {row['B']:>4} "
+            f"{row['H']:>5} "
             f"{fmt(row.get('rnnfast_ms'), '11.3f')} {fmt(row.get('torch_ms'), '9.3f')} "
             f"{fmt(row.get('ratio'), '6.2f')} {fmt(row.get('rnnfast_tflops'), '8.2f')} "
             f"{fmt(row.get('rel_err_y'), '10.1e')} {fmt(row.get('rel_err_grad'), '9.1e')} "
@@ -257,7 +265,7 @@ def table_line(row):
 
 
 def table_header():
-    return (f"{'cell':<5} {'mode':<9} {'T':>5} {'B':>4} {'H':>5} {'rnnfast ms':>11} "
+    return (f"{'cell':<5} {'path':<10} {'mode':<9} {'T':>5} {'B':>4} {'H':>5} {'rnnfast ms':>11} "
             f"{'torch ms':>9} {'ratio':>6} {'TFLOP/s':>8} {'rel err y':>10} {'grad err':>9} "
             f"status")
 
@@ -314,6 +322,7 @@ def parse_args(argv=None):
     ap.add_argument("--json", help="write the header and rows to this JSON file")
     ap.add_argument("--commit", default="unknown", help="rnnfast's git commit, for the header")
     ap.add_argument("--cells", nargs="+", default=list(CELLS), choices=CELLS)
+    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--shapes", type=parse_shapes, default=SHAPES, help='"T,B,H;T,B,H"')
     ap.add_argument("--seed", type=int, default=0)
@@ -326,16 +335,16 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    global cp, CF, torch
+    global cp, CF, CUDA_PATH, torch
     args = parse_args(argv)
     if os.environ.get("CUPY_TF32") not in (None, "", "0"):
         sys.exit("gpu_timing.py: CUPY_TF32 is set; unset it to time float32 without TF32")
     import cupy
     import torch as torch_module
 
-    from rnnfast import cuda_functional
+    from rnnfast import backends, functional
 
-    cp, CF, torch = cupy, cuda_functional, torch_module
+    cp, CF, CUDA_PATH, torch = cupy, functional, backends.cuda_recurrence, torch_module
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     if not torch.backends.cudnn.is_available():
@@ -358,15 +367,16 @@ def main(argv=None):
     rows, bad = [], False
     for cell in args.cells:
         for T, B, H in args.shapes:
-            for mode in args.modes:
-                row = run_row(cell, mode, T, B, H, args)
-                rows.append(row)
-                print(table_line(row))
-                for name in ("rnnfast", "torch"):
-                    if f"{name}_error" in row:
-                        print(f"  {name} failed: {row[f'{name}_error']}")
-                bad |= row["status"] != "ok"
-                write_json(args.json, header, rows)  # rewritten after each row
+            for path in args.paths:
+                for mode in args.modes:
+                    row = run_row(cell, path, mode, T, B, H, args)
+                    rows.append(row)
+                    print(table_line(row))
+                    for name in ("rnnfast", "torch"):
+                        if f"{name}_error" in row:
+                            print(f"  {name} failed: {row[f'{name}_error']}")
+                    bad |= row["status"] != "ok"
+                    write_json(args.json, header, rows)  # rewritten after each row
     header["total_s"] = time.perf_counter() - started
     write_json(args.json, header, rows)
     print(f"total {header['total_s']:.1f} s")

@@ -90,6 +90,13 @@ namespace detail {
 template <class... Params, class... Args>
 cudaError_t launch_cooperative(void (*kernel)(Params...), dim3 grid, dim3 block,
                                size_t shared_bytes, cudaStream_t stream, const Args&... args) {
+  // Dynamic shared memory beyond the default 48 KiB a block must be asked for.
+  if (shared_bytes > 48 * 1024) {
+    const cudaError_t status = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                                    cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                    static_cast<int>(shared_bytes));
+    if (status != cudaSuccess) return status;
+  }
   // The arguments converted to the kernel's parameter types, and their addresses.
   auto params = std::tuple<Params...>(args...);
   return std::apply(

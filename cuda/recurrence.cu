@@ -30,6 +30,7 @@
 // double; float for 16-bit storage once it is added).
 #include <algorithm>
 #include <cstdint>
+#include <string>
 
 #include "launch.cuh"
 #include "recurrence.cuh"
@@ -165,49 +166,63 @@ __device__ void step_tiles(const Rows<T>& a, int64_t batch, bool multiply, const
   }
 }
 
-// One forward step t for every batch row and the units j of block x: writes the cell's output
-// (y[t], or m [B, H] with the projection), c_n (the LSTM's running cell state), the training
-// workspace and, without the projection, h_n at each row's last step.
-template <typename T, class C>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
-    forward_step(ForwardArgs<T> a, int64_t t, T* m) {
-  using Acc = typename AccumulatorOf<T>::type;
+// The h that step t starts from, as the left operand of its recurrent matmul: h0 at t = 0,
+// else y[t-1] with reset rows reading h0.
+template <typename T>
+__device__ Rows<T> previous_h(const ForwardArgs<T>& a, int64_t t) {
+  const int64_t R = state_size(a);
+  return t == 0 ? Rows<T>{a.h0, R}
+                : Rows<T>{a.y + (t - 1) * a.batch * R, R, a.h0,
+                          a.resets != nullptr ? a.resets + t * a.batch : nullptr};
+}
+
+// The cell's forward of step t for row b, unit j, given zh = b_hh + h_{t-1} W_hh^T of its G
+// gates: writes the cell's output (y[t], or m [B, H] with the projection), c_n (the LSTM's
+// running cell state), the training workspace and, without the projection, h_n at the row's
+// last step.
+template <typename T, class C, typename Acc>
+__device__ void forward_cell(const ForwardArgs<T>& a, int64_t t, T* m, int64_t b, int64_t j,
+                             const Acc* zh) {
   constexpr int G = C::kGates, S = C::kSaved > 0 ? C::kSaved : 1;
   const int64_t B = a.batch, H = a.hidden, GH = G * H, R = state_size(a);
   const bool projected = a.proj > 0;
   T* cell_h = projected ? m : a.y + t * B * R;  // [B, H]
-  const Rows<T> h_prev = t == 0 ? Rows<T>{a.h0, R}
-                                : Rows<T>{a.y + (t - 1) * B * R, R, a.h0,
-                                          a.resets != nullptr ? a.resets + t * B : nullptr};
-  step_tiles<G, true, Acc>(
-      h_prev, B, true, a.w_hh, H, R, a.b_hh, [&](int64_t b, int64_t j, const Acc* zh) {
-        const int64_t bj = b * H + j, tb = t * B + b;
-        T* saved_bt = C::kSaved > 0 && a.saved != nullptr ? a.saved + tb * C::kSaved * H : nullptr;
-        const int64_t length = length_of(a, b);
-        if (t >= length) {  // padding: output 0 (also after the projection), state kept
-          cell_h[bj] = T(0);
-          if (saved_bt != nullptr)
-            for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = T(0);
-          if (t == 0) {  // a sequence of length 0 ends where it starts
-            if (!projected) a.h_n[bj] = a.h0[bj];
-            if constexpr (C::kHasCellState) a.c_n[bj] = a.c0[bj];
-          }
-          return;
-        }
-        const bool fresh = starts_fresh(a, t, b);
-        Acc zx[G], saved[S], h;
-        for (int g = 0; g < G; ++g) zx[g] = static_cast<Acc>(a.zx[tb * GH + g * H + j]);
-        Acc c = Acc(0), h_prev_j = Acc(0);
-        if constexpr (C::kHasCellState) c = static_cast<Acc>(fresh ? a.c0[bj] : a.c_n[bj]);
-        if constexpr (C::kReadsHPrev)
-          h_prev_j = static_cast<Acc>(fresh ? a.h0[b * R + j] : a.y[(tb - B) * R + j]);
-        C::forward(zx, zh, h_prev_j, c, h, saved);
-        cell_h[bj] = static_cast<T>(h);
-        if (!projected && t == length - 1) a.h_n[bj] = static_cast<T>(h);
-        if constexpr (C::kHasCellState) a.c_n[bj] = static_cast<T>(c);
-        if (saved_bt != nullptr)
-          for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = static_cast<T>(saved[s]);
-      });
+  const int64_t bj = b * H + j, tb = t * B + b;
+  T* saved_bt = C::kSaved > 0 && a.saved != nullptr ? a.saved + tb * C::kSaved * H : nullptr;
+  const int64_t length = length_of(a, b);
+  if (t >= length) {  // padding: output 0 (also after the projection), state kept
+    cell_h[bj] = T(0);
+    if (saved_bt != nullptr)
+      for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = T(0);
+    if (t == 0) {  // a sequence of length 0 ends where it starts
+      if (!projected) a.h_n[bj] = a.h0[bj];
+      if constexpr (C::kHasCellState) a.c_n[bj] = a.c0[bj];
+    }
+    return;
+  }
+  const bool fresh = starts_fresh(a, t, b);
+  Acc zx[G], saved[S], h;
+  for (int g = 0; g < G; ++g) zx[g] = static_cast<Acc>(a.zx[tb * GH + g * H + j]);
+  Acc c = Acc(0), h_prev_j = Acc(0);
+  if constexpr (C::kHasCellState) c = static_cast<Acc>(fresh ? a.c0[bj] : a.c_n[bj]);
+  if constexpr (C::kReadsHPrev)
+    h_prev_j = static_cast<Acc>(fresh ? a.h0[b * R + j] : a.y[(tb - B) * R + j]);
+  C::forward(zx, zh, h_prev_j, c, h, saved);
+  cell_h[bj] = static_cast<T>(h);
+  if (!projected && t == length - 1) a.h_n[bj] = static_cast<T>(h);
+  if constexpr (C::kHasCellState) a.c_n[bj] = static_cast<T>(c);
+  if (saved_bt != nullptr)
+    for (int s = 0; s < C::kSaved; ++s) saved_bt[s * H + j] = static_cast<T>(saved[s]);
+}
+
+// One forward step t for every batch row and the units j of block x (forward_cell).
+template <typename T, class C>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    forward_step(ForwardArgs<T> a, int64_t t, T* m) {
+  using Acc = typename AccumulatorOf<T>::type;
+  step_tiles<C::kGates, true, Acc>(
+      previous_h(a, t), a.batch, true, a.w_hh, a.hidden, state_size(a), a.b_hh,
+      [&](int64_t b, int64_t j, const Acc* zh) { forward_cell<T, C>(a, t, m, b, j, zh); });
 }
 
 // The projection of step t: y[t] = m W_hr^T [B, P] for every row (m is 0 on padding, so y is),
@@ -299,35 +314,41 @@ __device__ void cell_backward(const BackwardArgs<T>& a, int64_t s, int64_t b, in
   if constexpr (C::kHasCellState) dc_run[bj] = static_cast<T>(dc);
 }
 
-// Backward launch t (T down to 0) for every row and h's units j of block x: the gradient
-// reaching h_{t-1} (see the top of the file), then, without the projection, the cell's backward
-// of step t-1; with it, that gradient goes to dh_proj[t-1]. dh_run and dc_run [B, H]: the
-// running gradients (see cell_backward).
+// Backward launch t's work for row b and h's unit j, given dh_next = sum_k dzh_t[b, k] W_hh[k, j]
+// (0 at t = T): the gradient reaching h_{t-1} (see the top of the file), then, without the
+// projection, the cell's backward of step t-1; with it, that gradient goes to dh_proj[t-1].
+// dh_run and dc_run [B, H]: the running gradients (see cell_backward).
+template <typename T, class C, typename Acc>
+__device__ void backward_unit(const BackwardArgs<T>& a, int64_t t, int64_t b, int64_t j,
+                              Acc dh_next, T* dh_run, T* dc_run) {
+  const int64_t B = a.batch, R = state_size(a), s = t - 1, bj = b * R + j;
+  const bool projected = a.proj > 0, first = t == a.steps;
+  Acc dh = dh_next + (!first && !projected ? static_cast<Acc>(dh_run[bj]) : Acc(0));
+  dh = route(a, t, b, dh, a.dh0 + bj, a.dh_n != nullptr ? a.dh_n + bj : nullptr);
+  if (s < 0) {
+    if (!projected) grad_c<C, Acc>(a, t, b, j, dc_run);  // routes the rest to dc0
+    return;
+  }
+  if (s < length_of(a, b)) dh += static_cast<Acc>(a.dy[s * B * R + bj]);
+  if (projected) {
+    a.dh_proj[s * B * R + bj] = static_cast<T>(dh);
+    return;
+  }
+  const Acc dc = grad_c<C, Acc>(a, t, b, j, dc_run);
+  cell_backward<T, C>(a, s, b, j, dh, dc, dh_run, dc_run);
+}
+
+// Backward launch t (T down to 0) for every row and h's units j of block x (backward_unit).
 template <typename T, class C>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     backward_step(BackwardArgs<T> a, int64_t t, T* dh_run, T* dc_run) {
   using Acc = typename AccumulatorOf<T>::type;
-  const int64_t B = a.batch, GH = C::kGates * a.hidden, R = state_size(a), s = t - 1;
-  const bool projected = a.proj > 0, first = t == a.steps;
+  const int64_t GH = C::kGates * a.hidden;
   // Nothing flows from step T.
-  step_tiles<1, false, Acc>(
-      Rows<T>{a.dzh + t * B * GH, GH}, B, !first, a.w_hh, R, GH, nullptr,
-      [&](int64_t b, int64_t j, const Acc* acc) {
-        const int64_t bj = b * R + j;
-        Acc dh = acc[0] + (!first && !projected ? static_cast<Acc>(dh_run[bj]) : Acc(0));
-        dh = route(a, t, b, dh, a.dh0 + bj, a.dh_n != nullptr ? a.dh_n + bj : nullptr);
-        if (s < 0) {
-          if (!projected) grad_c<C, Acc>(a, t, b, j, dc_run);  // routes the rest to dc0
-          return;
-        }
-        if (s < length_of(a, b)) dh += static_cast<Acc>(a.dy[s * B * R + bj]);
-        if (projected) {
-          a.dh_proj[s * B * R + bj] = static_cast<T>(dh);
-          return;
-        }
-        const Acc dc = grad_c<C, Acc>(a, t, b, j, dc_run);
-        cell_backward<T, C>(a, s, b, j, dh, dc, dh_run, dc_run);
-      });
+  step_tiles<1, false, Acc>(Rows<T>{a.dzh + t * a.batch * GH, GH}, a.batch, t != a.steps, a.w_hh,
+                            state_size(a), GH, nullptr, [&](int64_t b, int64_t j, const Acc* acc) {
+                              backward_unit<T, C>(a, t, b, j, acc[0], dh_run, dc_run);
+                            });
 }
 
 // With the projection, after backward_step's launch t: the gradient reaching m_{t-1} [B, H],
@@ -344,6 +365,92 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
                               if (s >= 0)
                                 cell_backward<T, C>(a, s, b, j, dm[0], dc, nullptr, dc_run);
                             });
+}
+
+// The persistent path (recurrence.cuh): one cooperative launch for all T steps (T + 1
+// backward). Block x owns `units` consecutive hidden units and keeps their slice of W_hh in
+// shared memory, as Acc, for the whole call; each step's h (forward) or dzh (backward) goes
+// through global memory (L2) to every block, with one grid-wide barrier per step. The epilogues
+// are the standard path's (forward_cell, backward_unit) and each sum runs over k in the same
+// order from the same start, so both paths compute the same values.
+//   forward slice:  w[(g * owned + u) * H + k] = W_hh[g*H + j0 + u, k]   [G * owned, H]
+//   backward slice: w[u * G*H + k] = W_hh[k, j0 + u]                    [owned, G * H]
+// (j0 = the block's first unit, owned = its units). A thread computes whole (row, unit) items:
+// all G gates of one unit of one row, the row of h or dzh read from global memory. SIMT in Acc; the
+// tensor-core version and the tuning of this layout need a GPU to be measured on.
+constexpr int kPersistentThreads = 128;
+
+// Units of hidden that block x owns: [j0, j0 + owned) (`units`, fewer in the last block).
+// owned <= kPersistentThreads always (persistent_plan's bound on the shared memory implies it).
+__device__ int owned_units(int64_t hidden, int units, int64_t j0) {
+  return j0 + units <= hidden ? units : static_cast<int>(hidden - j0);
+}
+
+// This thread's items (b, u): u = threadIdx.x % owned for rows b = threadIdx.x / owned, then
+// every (kPersistentThreads / owned)-th (no division in the loops: 64-bit divisions are calls
+// on the GPU).
+template <class Item>
+__device__ void for_each_item(int64_t batch, int owned, Item&& item) {
+  const int u = threadIdx.x % owned, row_stride = kPersistentThreads / owned;
+  for (int64_t b = threadIdx.x / owned; b < batch; b += row_stride) item(b, u);
+}
+
+template <typename T, class C>
+__global__ void __launch_bounds__(kPersistentThreads)
+    forward_persistent(ForwardArgs<T> a, int units) {
+  using Acc = typename AccumulatorOf<T>::type;
+  constexpr int G = C::kGates;
+  const int64_t H = a.hidden, j0 = blockIdx.x * int64_t(units);
+  const int owned = owned_units(H, units, j0);
+  Acc* w = dynamic_shared<Acc>();
+  for (int gu = 0; gu < G * owned; ++gu) {
+    const T* row = a.w_hh + ((gu / owned) * H + j0 + gu % owned) * H;
+    for (int64_t k = threadIdx.x; k < H; k += kPersistentThreads)
+      w[gu * H + k] = static_cast<Acc>(row[k]);
+  }
+  __syncthreads();
+  for (int64_t t = 0; t < a.steps; ++t) {
+    const Rows<T> h_prev = previous_h(a, t);
+    for_each_item(a.batch, owned, [&](int64_t b, int u) {
+      const int64_t j = j0 + u;
+      Acc zh[G];
+      for (int g = 0; g < G; ++g)
+        zh[g] = a.b_hh != nullptr ? static_cast<Acc>(a.b_hh[g * H + j]) : Acc(0);
+      const T* h = h_prev.row(b);
+      for (int64_t k = 0; k < H; ++k) {
+        const Acc hk = static_cast<Acc>(h[k]);
+        for (int g = 0; g < G; ++g) zh[g] += hk * w[(g * owned + u) * H + k];
+      }
+      forward_cell<T, C>(a, t, static_cast<T*>(nullptr), b, j, zh);
+    });
+    grid_sync();  // y[t] complete before any block reads it
+  }
+}
+
+template <typename T, class C>
+__global__ void __launch_bounds__(kPersistentThreads)
+    backward_persistent(BackwardArgs<T> a, int units, T* dh_run, T* dc_run) {
+  using Acc = typename AccumulatorOf<T>::type;
+  const int64_t H = a.hidden, GH = C::kGates * H, j0 = blockIdx.x * int64_t(units);
+  const int owned = owned_units(H, units, j0);
+  Acc* w = dynamic_shared<Acc>();
+  for (int u = 0; u < owned; ++u)
+    for (int64_t k = threadIdx.x; k < GH; k += kPersistentThreads)
+      w[u * GH + k] = static_cast<Acc>(a.w_hh[k * H + j0 + u]);
+  __syncthreads();
+  for (int64_t t = a.steps; t >= 0; --t) {
+    for_each_item(a.batch, owned, [&](int64_t b, int u) {
+      Acc dh_next = Acc(0);  // nothing flows from step T
+      if (t < a.steps) {
+        const T* dzh = a.dzh + (t * a.batch + b) * GH;
+        const Acc* w_u = w + u * GH;
+#pragma unroll 4  // left to itself, ptxas spilled 4 bytes here (float RNN, sm_90)
+        for (int64_t k = 0; k < GH; ++k) dh_next += static_cast<Acc>(dzh[k]) * w_u[k];
+      }
+      backward_unit<T, C>(a, t, b, j0 + u, dh_next, dh_run, dc_run);
+    });
+    grid_sync();  // dzh[t-1] complete before any block reads it
+  }
 }
 
 // The step kernels' blocks: kUnits units along x, kRowThreads threads over rows along y.
@@ -375,14 +482,71 @@ cudaError_t launch_steps(int64_t first, int64_t count, int64_t stride, bool proj
 
 }  // namespace
 
-// TODO(launch overhead): T (forward) and T + 1 (backward) launches per call, twice that with the
-// projection; capture them in a CUDA graph or run several steps per launch (grid-wide barrier)
-// and measure the difference.
+// The persistent path's launch for `hidden` units on the current device: units per block so
+// that one block per SM covers them all (a block per SM is always resident: 128 threads, and
+// shared memory within the per-block limit), and the bytes of its W_hh slice.
+struct PersistentPlan {
+  int blocks = 0, units = 0;
+  size_t shared_bytes = 0;
+  std::string refusal;  // why the path cannot run the call ("" where it can)
+};
+
 template <typename T>
-cudaError_t recurrent_forward(const ForwardArgs<T>& a, T* workspace, cudaStream_t stream) {
+PersistentPlan persistent_plan(Cell cell, int64_t hidden, int64_t proj) {
+  PersistentPlan plan;
+  if (proj > 0) {
+    plan.refusal = "the persistent path has no LSTM projection (proj_size > 0)";
+    return plan;
+  }
+  int device = 0, sms = 0, max_shared = 0;
+  cudaError_t status = cudaGetDevice(&device);
+  if (status == cudaSuccess)
+    status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (status == cudaSuccess)
+    status = cudaDeviceGetAttribute(&max_shared, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  if (status != cudaSuccess) {
+    cudaGetLastError();  // clear the error state where it is not sticky
+    plan.refusal =
+        std::string("the device's properties cannot be read: ") + cudaGetErrorString(status);
+    return plan;
+  }
+  using Acc = typename AccumulatorOf<T>::type;
+  const int64_t units = ceil_div(hidden, sms);
+  const int64_t bytes = gate_count(cell) * units * hidden * int64_t(sizeof(Acc));
+  if (bytes > max_shared) {
+    plan.refusal = "hidden_size " + std::to_string(hidden) + " does not fit on this device's " +
+                   std::to_string(sms) + " SMs: each block's slice of W_hh (" +
+                   std::to_string(units) + " units) takes " + std::to_string(bytes) +
+                   " bytes of shared memory, more than the " + std::to_string(max_shared) +
+                   " a block may have";
+    return plan;
+  }
+  plan.units = static_cast<int>(units);
+  plan.blocks = static_cast<int>(ceil_div(hidden, units));
+  plan.shared_bytes = static_cast<size_t>(bytes);
+  return plan;
+}
+
+template <typename T>
+std::string persistent_refusal(Cell cell, int64_t hidden, int64_t proj) {
+  return persistent_plan<T>(cell, hidden, proj).refusal;
+}
+
+// TODO(launch overhead): on the standard path, T (forward) and T + 1 (backward) launches per
+// call, twice that with the projection; capture them in a CUDA graph and measure the difference
+// (the persistent path makes one launch).
+template <typename T>
+cudaError_t recurrent_forward(const ForwardArgs<T>& a, T* workspace, cudaStream_t stream,
+                              Path path) {
   if (a.batch == 0) return cudaSuccess;
   return cells::visit_cell(a.cell, [&](auto cell) {
     using C = decltype(cell);
+    if (path == Path::Persistent) {
+      const PersistentPlan plan = persistent_plan<T>(a.cell, a.hidden, a.proj);
+      if (!plan.refusal.empty()) return cudaErrorInvalidValue;
+      return launch_cooperative<forward_persistent<T, C>>(
+          dim3(plan.blocks), dim3(kPersistentThreads), plan.shared_bytes, stream, a, plan.units);
+    }
     return launch_steps(
         0, a.steps, 1, a.proj > 0,
         [&](int64_t t) {
@@ -397,7 +561,8 @@ cudaError_t recurrent_forward(const ForwardArgs<T>& a, T* workspace, cudaStream_
 }
 
 template <typename T>
-cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStream_t stream) {
+cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStream_t stream,
+                               Path path) {
   if (a.batch == 0) return cudaSuccess;
   // The workspace (workspace_size): dh_run [B, H] without the projection, then dc_run [B, H].
   const bool projected = a.proj > 0;
@@ -405,6 +570,13 @@ cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStrea
   T* dc_run = projected ? workspace : workspace + a.batch * a.hidden;
   return cells::visit_cell(a.cell, [&](auto cell) {
     using C = decltype(cell);
+    if (path == Path::Persistent) {
+      const PersistentPlan plan = persistent_plan<T>(a.cell, a.hidden, a.proj);
+      if (!plan.refusal.empty()) return cudaErrorInvalidValue;
+      return launch_cooperative<backward_persistent<T, C>>(
+          dim3(plan.blocks), dim3(kPersistentThreads), plan.shared_bytes, stream, a, plan.units,
+          dh_run, dc_run);
+    }
     return launch_steps(
         a.steps, a.steps + 1, -1, projected,
         [&](int64_t t) {
@@ -418,9 +590,12 @@ cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStrea
   });
 }
 
-template cudaError_t recurrent_forward<float>(const ForwardArgs<float>&, float*, cudaStream_t);
-template cudaError_t recurrent_forward<double>(const ForwardArgs<double>&, double*, cudaStream_t);
-template cudaError_t recurrent_backward<float>(const BackwardArgs<float>&, float*, cudaStream_t);
-template cudaError_t recurrent_backward<double>(const BackwardArgs<double>&, double*, cudaStream_t);
+#define RNNFAST_INSTANTIATE(T)                                                              \
+  template std::string persistent_refusal<T>(Cell, int64_t, int64_t);                       \
+  template cudaError_t recurrent_forward<T>(const ForwardArgs<T>&, T*, cudaStream_t, Path); \
+  template cudaError_t recurrent_backward<T>(const BackwardArgs<T>&, T*, cudaStream_t, Path);
+RNNFAST_INSTANTIATE(float)
+RNNFAST_INSTANTIATE(double)
+#undef RNNFAST_INSTANTIATE
 
 }  // namespace rnnfast::cuda

@@ -12,12 +12,19 @@
 // kernels do not check it (other values give unspecified results, but no access outside the
 // arrays).
 //
-// Not yet here (later steps of the CUDA backend): launch overhead cut by CUDA graphs or several
-// steps per launch, the persistent kernel that keeps W_hh on chip, tensor cores, float16 and
-// bfloat16 storage.
+// Two paths compute the same values (each sum over k in the same order):
+//   Path::Standard    one fused launch per step (two with the LSTM projection); any size.
+//   Path::Persistent  one cooperative launch for the whole call: each block keeps its units'
+//                     slice of W_hh in shared memory for all T steps, and the blocks meet at a
+//                     grid-wide barrier once per step. Not with the LSTM projection, and only
+//                     where the slices fit on the device's SMs: persistent_refusal says why
+//                     not (the launchers then return cudaErrorInvalidValue).
+// Not yet here (later steps of the CUDA backend): the standard path's launch overhead cut by a
+// CUDA graph, tensor cores, float16 and bfloat16 storage.
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "launch.cuh"
 #include "rnnfast/common.h"
@@ -38,10 +45,19 @@ inline int64_t workspace_size(Direction direction, Cell cell, int64_t batch, int
   return (proj > 0 ? 0 : batch * hidden) + (cell == Cell::Lstm ? batch * hidden : 0);
 }
 
+enum class Path { Standard, Persistent };
+
+// Why Path::Persistent cannot run a call with these sizes on the current device, with T
+// storage; "" where it can.
 template <typename T>
-cudaError_t recurrent_forward(const ForwardArgs<T>& args, T* workspace, cudaStream_t stream);
+std::string persistent_refusal(Cell cell, int64_t hidden, int64_t proj);
 
 template <typename T>
-cudaError_t recurrent_backward(const BackwardArgs<T>& args, T* workspace, cudaStream_t stream);
+cudaError_t recurrent_forward(const ForwardArgs<T>& args, T* workspace, cudaStream_t stream,
+                              Path path = Path::Standard);
+
+template <typename T>
+cudaError_t recurrent_backward(const BackwardArgs<T>& args, T* workspace, cudaStream_t stream,
+                               Path path = Path::Standard);
 
 }  // namespace rnnfast::cuda

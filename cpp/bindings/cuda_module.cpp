@@ -220,30 +220,45 @@ Direction parse_direction(const std::string& name) {
   throw py::value_error("direction must be 'forward' or 'backward', not '" + name + "'");
 }
 
+Path parse_path(const std::string& name) {
+  if (name == "standard") return Path::Standard;
+  if (name == "persistent") return Path::Persistent;
+  throw py::value_error("path must be 'standard' or 'persistent', not '" + name + "'");
+}
+
 // The CUDA backend of bindings::def_recurrent. run: once every argument is checked, takes the
-// workspace, refuses overlapping outputs, does nothing for B = 0, else checks where the arrays
-// are and enqueues the kernels on the stream without the GIL; its options: workspace, stream.
+// workspace, refuses overlapping outputs and a persistent path that cannot run the call, does
+// nothing for B = 0, else checks where the arrays are and enqueues the kernels on the stream
+// without the GIL; its options: workspace, stream, path.
 struct CudaRecurrence {
   using Reader = cuda::Reader;
 
   template <class Checker, class Args>
-  static void run(Checker& check, const Args& args, py::object workspace, py::object stream) {
+  static void run(Checker& check, const Args& args, py::object workspace, py::object stream,
+                  const std::string& path_name) {
+    using T = typename Checker::Element;
     const cudaStream_t cuda_stream = parse_stream(stream);
-    constexpr bool kForward = std::is_same_v<Args, ForwardArgs<typename Checker::Element>>;
+    const Path path = parse_path(path_name);
+    constexpr bool kForward = std::is_same_v<Args, ForwardArgs<T>>;
     const Direction direction = kForward ? Direction::Forward : Direction::Backward;
     auto* scratch =
         check.scratch(workspace, "workspace",
                       workspace_size(direction, args.cell, args.batch, args.hidden, args.proj));
     check.check_no_overlap();
+    if (path == Path::Persistent) {
+      const std::string refusal = persistent_refusal<T>(args.cell, args.hidden, args.proj);
+      if (!refusal.empty())
+        throw py::value_error("path='persistent' cannot run this call: " + refusal);
+    }
     if (args.batch == 0) return;
     Reader::check_memory(check);
     cudaError_t status;
     {
       py::gil_scoped_release release;
       if constexpr (kForward)
-        status = recurrent_forward(args, scratch, cuda_stream);
+        status = recurrent_forward(args, scratch, cuda_stream, path);
       else
-        status = recurrent_backward(args, scratch, cuda_stream);
+        status = recurrent_backward(args, scratch, cuda_stream, path);
     }
     check_cuda(status, kForward ? "rnnfast recurrent_forward" : "rnnfast recurrent_backward");
   }
@@ -279,7 +294,7 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
                                                               : py::object(py::str(info.error)));
       },
       "CUDA runtime and driver versions, the visible devices, and why none is usable if so.");
-  rnnfast::bindings::def_recurrent<CudaRecurrence, py::object, py::object>(
+  rnnfast::bindings::def_recurrent<CudaRecurrence, py::object, py::object, std::string>(
       m,
       std::string("Recurrence of one layer and direction, enqueued on `stream`: the arguments "
                   "and results of rnnfast._cpu.recurrent_forward, as ") +
@@ -293,7 +308,7 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
           arrays +
           ". lengths must lie in [0, T] (unchecked). workspace: at least "
           "workspace_size('backward', cell, B, H, P) elements (None where that is 0).",
-      py::arg("workspace") = py::none(), py::arg("stream") = 0);
+      py::arg("workspace") = py::none(), py::arg("stream") = 0, py::arg("path") = "standard");
   m.def(
       "workspace_size",
       [](const std::string& direction, const std::string& cell, int64_t batch, int64_t hidden,
@@ -306,6 +321,19 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
       py::arg("proj") = 0,
       "Elements of the workspace that recurrent_forward (direction 'forward') or "
       "recurrent_backward ('backward') needs; proj: the LSTM's projection size, 0 for none.");
+  m.def(
+      "persistent_refusal",
+      [](const std::string& cell, int64_t hidden, int64_t proj, const std::string& dtype) {
+        if (hidden < 1 || proj < 0)
+          throw py::value_error("persistent_refusal needs hidden >= 1, proj >= 0");
+        if (dtype == "float32") return persistent_refusal<float>(parse_cell(cell), hidden, proj);
+        if (dtype == "float64") return persistent_refusal<double>(parse_cell(cell), hidden, proj);
+        throw py::value_error("dtype must be 'float32' or 'float64', not '" + dtype + "'");
+      },
+      py::arg("cell"), py::arg("hidden"), py::arg("proj") = 0, py::arg("dtype") = "float32",
+      "Why path='persistent' cannot run a layer of this cell and sizes on the current device "
+      "('' where it can): the LSTM projection, or a W_hh too large for the device's shared "
+      "memory.");
   m.def(
       "saved_per_unit",
       [](const std::string& cell) { return rnnfast::saved_per_unit(parse_cell(cell)); },

@@ -69,6 +69,15 @@ cudaError_t cudaRuntimeGetVersion(int* version);  // 0: no CUDA runtime
 cudaError_t cudaDriverGetVersion(int* version);   // 0: no driver
 cudaError_t cudaGetDeviceCount(int* count);       // 1: the emulator
 cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device);
+cudaError_t cudaGetDevice(int* device);  // 0
+// The emulated device's attributes, as the persistent path asks them: a small GPU (8 SMs, so
+// that a cooperative launch of one block per SM stays within kMaxCooperativeThreads) with an
+// H100's shared memory per block (227 KiB).
+enum cudaDeviceAttr {
+  cudaDevAttrMultiProcessorCount = 16,
+  cudaDevAttrMaxSharedMemoryPerBlockOptin = 97,
+};
+cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attribute, int device);
 
 void __syncthreads();
 

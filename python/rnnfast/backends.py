@@ -27,6 +27,8 @@ import numpy as np
 from . import _cpu
 
 _emulating = contextvars.ContextVar("rnnfast_emulate_cuda", default=False)
+_cuda_path = contextvars.ContextVar("rnnfast_cuda_path", default="auto")
+CUDA_PATHS = ("auto", "standard", "persistent")
 
 
 @contextlib.contextmanager
@@ -38,6 +40,24 @@ def emulate_cuda(enabled: bool = True):
         yield
     finally:
         _emulating.reset(token)
+
+
+@contextlib.contextmanager
+def cuda_recurrence(path: str):
+    """Within this block (in this thread or task), the CUDA backends run the recurrence on
+    ``path``: "standard" (one fused kernel launch per step; every size and option),
+    "persistent" (one cooperative launch for all steps, each block keeping its slice of W_hh
+    in shared memory; no LSTM projection, and only where W_hh fits on the device's SMs: a
+    call it cannot run raises ValueError saying why) or "auto" (the default: the standard path,
+    until the persistent one has been checked and timed on a GPU). Both compute the same
+    values. No effect on the CPU backend."""
+    if path not in CUDA_PATHS:
+        raise ValueError(f"path must be one of {CUDA_PATHS}, not {path!r}")
+    token = _cuda_path.set(path)
+    try:
+        yield
+    finally:
+        _cuda_path.reset(token)
 
 
 class CpuBackend:
@@ -153,12 +173,17 @@ class CudaBackend:
         size = self._module.workspace_size(direction, cell, zx_or_dzx.shape[1], hidden, proj)
         return self.xp.empty(size, zx_or_dzx.dtype) if size else None
 
+    @staticmethod
+    def _path():
+        path = _cuda_path.get()
+        return "standard" if path == "auto" else path
+
     def recurrent_forward(self, cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths,
                           resets, w_hr, bf16=False):
         self._module.recurrent_forward(
             cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths, resets, w_hr,
             workspace=self._workspace("forward", cell, zx, w_hh, w_hr),
-            stream=self._stream())
+            stream=self._stream(), path=self._path())
 
     def recurrent_backward(self, cell, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh, dh0,
                            dc0, lengths, resets, w_hr, dh_proj, bf16=False):
@@ -166,7 +191,7 @@ class CudaBackend:
             cell, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh, dh0, dc0, lengths, resets,
             w_hr, dh_proj,
             workspace=self._workspace("backward", cell, dzx, w_hh, w_hr),
-            stream=self._stream())
+            stream=self._stream(), path=self._path())
 
 
 CPU = CpuBackend()

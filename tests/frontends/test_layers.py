@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import rnnfast
+from rnnfast import backends
 from rnnfast.cell_registry import SPECS
 
 from _util import (
@@ -716,3 +717,40 @@ def test_unpickled_and_unaligned_input_accepted():
     assert not raw.flags.aligned
     got, _ = layer(raw)
     assert np.array_equal(got, expected)
+
+
+def _train_on_cuda_path(layer, x, lengths, path):
+    """Forward and backward of `layer` on the emulated CUDA backend's `path`: every result and
+    gradient, by name."""
+    with backends.emulate_cuda(), backends.cuda_recurrence(path):
+        output, states = layer(x, lengths=lengths)
+        dx, dhx = layer.backward(np.ones_like(output))
+    states = states if isinstance(states, tuple) else (states,)
+    dhx = dhx if isinstance(dhx, tuple) else (dhx,)
+    return {"output": output, "dx": dx, **{f"state{i}": s for i, s in enumerate(states)},
+            **{f"dstate{i}": d for i, d in enumerate(dhx)}, **layer.grads}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, kwargs, cell", LAYERS)
+def test_cuda_paths_give_the_same_layers(kind, kwargs, cell):
+    # A stacked bidirectional layer with lengths (and so reversed sequences and per-row ends):
+    # the persistent path (one launch for all steps) computes what the standard one does.
+    layer = new_layer(kind, kwargs, 5, 9, seed=3, num_layers=2, bidirectional=True)
+    x = np.random.default_rng(3).standard_normal((6, 4, 5)).astype(np.float32)
+    lengths = np.array([6, 0, 3, 5])
+    standard = _train_on_cuda_path(layer, x, lengths, "standard")
+    persistent = _train_on_cuda_path(layer, x, lengths, "persistent")
+    assert standard.keys() == persistent.keys()
+    for name, value in standard.items():
+        np.testing.assert_array_equal(persistent[name], value, err_msg=name)
+
+
+def test_cuda_path_errors():
+    with pytest.raises(ValueError, match="path must be one of"):
+        with backends.cuda_recurrence("fastest"):
+            pass
+    layer = rnnfast.LSTM(3, 6, proj_size=2, seed=0)
+    with backends.emulate_cuda(), backends.cuda_recurrence("persistent"):
+        with pytest.raises(ValueError, match="persistent.*projection"):
+            layer(np.zeros((2, 1, 3), np.float32))

@@ -39,11 +39,13 @@ def _identity(a):
     return a
 
 
-def _run(module, cell, dtype, x, d, options, to_device=_identity, to_host=_identity):
+def _run(module, cell, dtype, x, d, options, to_device=_identity, to_host=_identity,
+         path="standard"):
     """Forward then backward through the CPU kernels or CUDA ones (module: rnnfast._cpu,
-    _cuda_emulated or _cuda), all outputs poisoned first. x: inputs of the forward; d: dy, dh_n,
-    dc_n; options: lengths, resets, w_hr (or None each); all NumPy arrays. to_device makes the
-    module's arrays of NumPy ones, to_host the reverse. Returns the outputs as NumPy arrays."""
+    _cuda_emulated or _cuda; path: the CUDA path), all outputs poisoned first. x: inputs of the
+    forward; d: dy, dh_n, dc_n; options: lengths, resets, w_hr (or None each); all NumPy arrays.
+    to_device makes the module's arrays of NumPy ones, to_host the reverse. Returns the outputs
+    as NumPy arrays."""
     T_, B, GH = x["zx"].shape
     H = GH // GATES[cell]
     w_hr = options["w_hr"]
@@ -61,10 +63,11 @@ def _run(module, cell, dtype, x, d, options, to_device=_identity, to_host=_ident
     x, d = {k: dev(v) for k, v in x.items()}, {k: dev(v) for k, v in d.items()}
     seq = {k: dev(options[k]) for k in ("lengths", "resets", "w_hr")}
 
-    def workspace(direction):  # the CUDA modules' scratch memory, poisoned too
+    def workspace(direction):  # the CUDA modules' scratch memory, poisoned too, and the path
         if module is _cpu:
             return {}
-        return {"workspace": dev(_nan(module.workspace_size(direction, cell, B, H, P), dtype))}
+        return {"workspace": dev(_nan(module.workspace_size(direction, cell, B, H, P), dtype)),
+                "path": path}
 
     module.recurrent_forward(cell, x["zx"], x["w_hh"], x["b_hh"], x["h0"], x["c0"], out["y"],
                              out["h_n"], out["c_n"], out["saved"], **seq,
@@ -77,10 +80,11 @@ def _run(module, cell, dtype, x, d, options, to_device=_identity, to_host=_ident
 
 
 def compare_with_cpu(module, cell, dtype, shape, optional, lengths=False, resets=False,
-                     proj=False, to_device=_identity, to_host=_identity):
-    """A CUDA module's kernels against the CPU's on one random problem (see _run). optional:
-    b_hh, dh_n and dc_n given (else None); lengths: every length from 0 to T, the first row T
-    and the last 0; resets: about 30% of the steps; proj: the LSTM projection, P = 2H/3."""
+                     proj=False, to_device=_identity, to_host=_identity, path="standard"):
+    """A CUDA module's kernels (on `path`) against the CPU's on one random problem (see _run).
+    optional: b_hh, dh_n and dc_n given (else None); lengths: every length from 0 to T, the
+    first row T and the last 0; resets: about 30% of the steps; proj: the LSTM projection,
+    P = 2H/3. Returns the CUDA module's outputs."""
     T_, B, H = shape
     G, lstm = GATES[cell], cell == "lstm"
     rng = np.random.default_rng(
@@ -101,7 +105,7 @@ def compare_with_cpu(module, cell, dtype, shape, optional, lengths=False, resets
     if resets:
         options["resets"] = rng.random((T_, B)) < 0.3
     cpu = _run(_cpu, cell, dtype, x, d, options)
-    got = _run(module, cell, dtype, x, d, options, to_device, to_host)
+    got = _run(module, cell, dtype, x, d, options, to_device, to_host, path)
     failures = []
     for name, expected in cpu.items():
         if expected is None:
@@ -113,6 +117,7 @@ def compare_with_cpu(module, cell, dtype, shape, optional, lengths=False, resets
         if not err <= TOL[dtype]:
             failures.append(f"{name}: rel err {err:.2e} > {TOL[dtype]:.0e}")
     assert not failures, "; ".join(failures)
+    return got
 
 
 def _ids(shapes):
@@ -145,6 +150,42 @@ PROJ_SHAPES = [(1, 1, 1), (5, 3, 7), (3, 17, 33), (2, 37, 70), (2, 3, 130)]
 def test_emulated_projection_matches_cpu(dtype, shape, options):
     sequence = options == "lengths-resets" and shape[1] > 1
     compare_with_cpu(emu, "lstm", dtype, shape, options != "none", sequence, sequence, proj=True)
+
+
+# The persistent path (one cooperative launch, W_hh on chip; the emulated device has 8 SMs): tails
+# of its units per block (H = 33: 5 units, the last block 3; H = 130: 17 and 11), B = 1 and 3,
+# every sequence option; against the CPU kernels, and equal to the standard path, whose sums
+# run in the same order.
+PERSISTENT_SHAPES = [(1, 1, 1), (4, 3, 7), (3, 1, 33), (5, 3, 33), (2, 3, 130)]
+
+
+@pytest.mark.parametrize("options", ["none", "given", "lengths", "resets", "both"])
+@pytest.mark.parametrize("shape", PERSISTENT_SHAPES, ids=_ids(PERSISTENT_SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_persistent_path_matches_cpu_and_standard(cell, dtype, shape, options):
+    sequence = dict(lengths=options in ("lengths", "both") and shape[1] > 1,
+                    resets=options in ("resets", "both"))
+    args = (emu, cell, dtype, shape, options != "none")
+    persistent = compare_with_cpu(*args, **sequence, path="persistent")
+    standard = compare_with_cpu(*args, **sequence)
+    for name, value in standard.items():
+        if value is not None:
+            np.testing.assert_array_equal(persistent[name], value, err_msg=name)
+
+
+def test_persistent_path_refuses_what_it_cannot_run():
+    assert emu.persistent_refusal("lstm", 130) == ""
+    assert "projection" in emu.persistent_refusal("lstm", 130, proj=20)
+    # 8 SMs of 227 KiB: an LSTM of H = 256 in float32 needs 32 units x 4 gates x 256 x 4 bytes
+    # = 128 KiB a block; H = 384, 48 units: 288 KiB.
+    assert emu.persistent_refusal("lstm", 256) == ""
+    assert "shared memory" in emu.persistent_refusal("lstm", 384)
+    assert "shared memory" in emu.persistent_refusal("lstm", 256, dtype="float64")
+    with pytest.raises(ValueError, match="projection"):
+        compare_with_cpu(emu, "lstm", np.float32, (2, 3, 7), True, proj=True, path="persistent")
+    with pytest.raises(ValueError, match="path must be"):
+        compare_with_cpu(emu, "gru", np.float32, (2, 3, 7), True, path="fast")
 
 
 @pytest.mark.parametrize("cell", CELLS)
