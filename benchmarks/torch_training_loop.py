@@ -64,7 +64,11 @@ def main(argv=None):
         parser.add_argument(f"--{name}", type=int, default=default)
     parser.add_argument("--phases", action="store_true",
                         help="time the parts of a step and the layer alone too")
+    parser.add_argument("--own-threads", action="store_true",
+                        help="run rnnfast's kernels on rnnfast's own threads, not on torch's "
+                             "OpenMP threads (rnnfast.torch.share_torch_threads(False))")
     args = parser.parse_args(argv)
+    shared = rnnfast.torch.share_torch_threads(not args.own_threads)
     runs = {}
     for name, namespace in (("rnnfast.torch", rnnfast.torch), ("torch.nn", torch.nn)):
         step, layer_alone = make_steps(namespace, args)
@@ -84,7 +88,8 @@ def main(argv=None):
     median = {name: np.median(t, axis=0) for name, t in times.items()}
     print(f"LSTM T={args.T} B={args.B} I={args.I} H={args.H} layers={args.layers}, "
           f"threads: torch {torch.get_num_threads()}, rnnfast {rnnfast.get_num_threads()} "
-          f"({rnnfast.cpu_info()['isa']}), load average {os.getloadavg()[0]:.1f}")
+          f"({rnnfast.cpu_info()['isa']}; {'on torch' if shared else 'own'} threads), "
+          f"load average {os.getloadavg()[0]:.1f}")
     if args.phases:
         print(f"  {'ms':27s} {'whole':>8s}" + "".join(f" {p:>13s}" for p in PHASES))
     for name, t in median.items():
