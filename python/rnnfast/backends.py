@@ -12,8 +12,9 @@ runs on, chosen from the arrays it is given (ARCHITECTURE.md, "One orchestration
 A backend is the seam the orchestration is written against: ``xp`` (the array namespace,
 NumPy or CuPy: the orchestration's array operations are the ones both have), ``empty``,
 ``scratch`` (a buffer reused between calls), ``gemm``, ``recurrent_forward`` /
-``recurrent_backward`` (the arguments of ``rnnfast._cpu``'s functions of those names), and
-``index`` (lengths and resets as arrays the kernels read).
+``recurrent_backward`` (the arguments of ``rnnfast._cpu``'s functions of those names; these
+three take the ``rounding`` of ``rnnfast._dtypes.matmul_rounding``, which reads the backend's
+``cuda``), and ``index`` (lengths and resets as arrays the kernels read).
 """
 
 from __future__ import annotations
