@@ -87,7 +87,8 @@ def matmul_rounding(dtype, cuda):
     multiplying them with float32 sums: BFLOAT16 or FLOAT16 (the storage type; also bfloat16
     for float32 under "medium" on the CPU), TF32 (float32 under "high" or "medium" on a CUDA
     backend, ``cuda``: for the large GEMMs only) or None (exact products in the compute
-    dtype)."""
+    dtype). Without ml_dtypes, which the rounding to bfloat16 needs, "medium" on the CPU is
+    "highest"."""
     if is_16bit(dtype):
         return dtype
     if dtype != FLOAT32 or _matmul_precision == "highest":

@@ -482,6 +482,27 @@ def test_tf32_rounding_matches_the_tests():
     assert np.isnan(_dtypes.round_operand(np.array([np.nan], np.float32), _dtypes.TF32)).all()
 
 
+def test_cuda_gemm_leaves_tf32_to_cublas_on_the_gpu():
+    """The CUDA backend's GEMM over an array library other than NumPy (CuPy on a GPU; here
+    NumPy under another name, as no GPU is needed) rounds 16-bit operands itself but leaves
+    TF32 to cuBLAS (CuPy's process-wide switch): exact float32 products; the emulator (NumPy)
+    rounds to TF32."""
+    import types
+
+    gpu_like = types.SimpleNamespace(ndarray=np.ndarray)
+    backend = backends.CudaBackend("gpu-like", gpu_like, None, "numpy.ndarray", lambda: 0)
+    emulated = backends.CudaBackend(EMULATED, np, None, "numpy.ndarray", lambda: 0)
+    rng = np.random.default_rng(6)
+    a, b = (rng.standard_normal((9, 20)).astype(np.float32) for _ in range(2))
+    for be, rounding, operand in ((backend, _dtypes.TF32, lambda v: v),
+                                  (emulated, _dtypes.TF32, tf32),
+                                  (backend, _dtypes.FLOAT16, functools.partial(rounded,
+                                                                               dtype=F16))):
+        out = np.empty((9, 9), np.float32)
+        be.gemm(a, b, out, trans_b=True, rounding=rounding)
+        np.testing.assert_allclose(out, operand(a) @ operand(b).T, rtol=1e-6, atol=1e-6)
+
+
 # ------------------------------------------------------------------ scripts
 
 @pytest.mark.parametrize("script, args", [("bf16_cell_state.py", []),
