@@ -1,18 +1,29 @@
-"""The dtypes the CPU layers take, and how each one computes.
+"""The dtypes the layers take, and how each one computes.
 
 - float32, float64: computed in that dtype throughout.
 - bfloat16 (``ml_dtypes.bfloat16``, the NumPy dtype JAX uses; optional: ``pip install
-  rnnfast[bf16]``): stored in bfloat16, computed with bfloat16 products and float32 sums and gate
-  math. The large GEMMs (input projection, input and weight gradients) multiply in bfloat16
-  (``_cpu.gemm_bf16``: AMX or AVX512-BF16 where the CPU has them). The recurrence runs the
-  float32 kernels on the weights and states widened to float32, so that h, the LSTM's cell
-  state c and the gates stay float32 from step to step; its matmul (h_{t-1} W_hh^T, and dzh_t
-  W_hh backward) multiplies bfloat16-rounded operands on AMX tiles (instruction set "amx") or
-  with vdpbf16ps ("avx512_bf16", e.g. AMD Zen 4), float32 ones on the others. y, h_n, c_n and
-  the gradients of x, h0 and c0 are returned rounded to bfloat16, the weight and bias gradients
-  in float32 (as oneDNN returns them).
-- float32 with ``set_float32_matmul_precision("medium")``: float32 in and out, the matmuls'
-  operands rounded to bfloat16 as above (PyTorch's name for the same trade).
+  rnnfast[bf16]``) and float16 (``numpy.float16``): stored in the 16-bit type, computed with
+  products of operands rounded to it, float32 sums and float32 gate math. The large GEMMs
+  (input projection, input and weight gradients) multiply operands rounded to the 16-bit type
+  (``matmul_rounding``). The recurrence runs the float32 kernels on the weights and states
+  widened to float32, so that h, the LSTM's cell state c and the gates stay float32 from step
+  to step; its W_hh is the 16-bit one widened (``matmul_operand``), and h_{t-1} enters its
+  matmul in float32, except for bfloat16 on the CPU instruction sets "amx" and "avx512_bf16",
+  whose AMX tiles and vdpbf16ps round it to bfloat16. y, h_n, c_n and the gradients of x, h0
+  and c0 are returned rounded to the 16-bit type, the weight and bias gradients in float32 (as
+  oneDNN returns them).
+
+  Per backend: on the CPU, bfloat16's GEMMs are ``_cpu.gemm_bf16`` (AMX or AVX512-BF16 where
+  the CPU has them) and float16's the float32 ``_cpu.gemm`` on operands rounded to float16 (a
+  product of two 16-bit values is exact in float32, so rounding the operands and multiplying
+  in float32 gives the 16-bit products with float32 sums); on the CUDA backends both are
+  float32 GEMMs on rounded operands. CuPy has no bfloat16 dtype: bfloat16 reaches the CUDA
+  backend on NumPy arrays (the emulator) only, and will on the GPU through the PyTorch adapter;
+  CuPy's float16 is numpy.float16.
+- float32 under ``set_float32_matmul_precision``: "highest" (the default): float32 products.
+  "medium" on the CPU: the matmuls' operands rounded to bfloat16 as above, the recurrence's
+  included (inputs and results stay float32). "high" and "medium" on CUDA: TF32 (PyTorch's
+  allow_tf32) for the large GEMMs, the recurrence in float32 (see ``matmul_rounding``).
 """
 
 import numpy as np
@@ -24,11 +35,14 @@ except ImportError:  # bfloat16 is optional
 else:
     BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
 
-FLOAT32, FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
-DTYPES = (FLOAT32, FLOAT64) + ((BFLOAT16,) if BFLOAT16 is not None else ())
-DTYPE_NAMES = "float32, float64" + (" or bfloat16" if BFLOAT16 is not None else
-                                    " (bfloat16 needs ml_dtypes: pip install rnnfast[bf16])")
-
+FLOAT16, FLOAT32, FLOAT64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
+DTYPES = (FLOAT32, FLOAT64, FLOAT16) + ((BFLOAT16,) if BFLOAT16 is not None else ())
+DTYPE_NAMES = "float32, float64, float16" + (" or bfloat16" if BFLOAT16 is not None else
+                                             " (bfloat16 needs ml_dtypes: pip install "
+                                             "rnnfast[bf16])")
+# The rounding of float32 GEMM operands to TensorFloat-32 (8 exponent bits, 10 mantissa bits):
+# what CUDA's tensor cores multiply under "high". Not a NumPy dtype: see round_operand.
+TF32 = "tf32"
 
 
 def is_bfloat16(dtype):
@@ -37,15 +51,21 @@ def is_bfloat16(dtype):
     return BFLOAT16 is not None and dtype == BFLOAT16
 
 
+def is_16bit(dtype):
+    """Whether ``dtype`` is a 16-bit storage type (bfloat16 or float16), computed in float32."""
+    return dtype == FLOAT16 or is_bfloat16(dtype)
+
+
 _PRECISIONS = ("highest", "high", "medium")
 _matmul_precision = "highest"
 
 
 def set_float32_matmul_precision(precision):
-    """How the layers' large GEMMs multiply float32 arrays: "highest" (the default) and "high" in
-    float32; "medium" in bfloat16 with float32 sums (inputs and results stay float32; the
-    recurrence stays float32). PyTorch's names; rnnfast has no TF32-like middle ground on the
-    CPU, so "high" is "highest"."""
+    """How the layers' large GEMMs multiply float32 arrays (PyTorch's names): "highest" (the
+    default) in float32; "high" in TF32 on CUDA (tensor cores; the emulated CUDA backend rounds
+    the operands to TF32), float32 on the CPU, which has no TF32-like middle ground; "medium"
+    in bfloat16 with float32 sums on the CPU (the recurrence's matmul too), TF32 on CUDA. Inputs
+    and results stay float32; h, c and the gates stay float32."""
     global _matmul_precision
     if precision not in _PRECISIONS:
         raise ValueError(f"precision must be one of {_PRECISIONS}, not {precision!r}")
@@ -59,29 +79,55 @@ def get_float32_matmul_precision():
 
 def compute_dtype(dtype):
     """The dtype the recurrence computes and the weight gradients are returned in."""
-    return FLOAT32 if is_bfloat16(dtype) else dtype
+    return FLOAT32 if is_16bit(dtype) else dtype
 
 
-def bf16_matmul(dtype):
-    """Whether arrays of ``dtype`` multiply in bfloat16: bfloat16 ones, and float32 ones under
-    set_float32_matmul_precision("medium")."""
-    return is_bfloat16(dtype) or (dtype == FLOAT32 and _matmul_precision == "medium")
+def matmul_rounding(dtype, cuda):
+    """What the matmuls of a call on arrays of ``dtype`` round their operands to before
+    multiplying them with float32 sums: BFLOAT16 or FLOAT16 (the storage type; also bfloat16
+    for float32 under "medium" on the CPU), TF32 (float32 under "high" or "medium" on a CUDA
+    backend, ``cuda``: for the large GEMMs only) or None (exact products in the compute
+    dtype). Without ml_dtypes, which the rounding to bfloat16 needs, "medium" on the CPU is
+    "highest"."""
+    if is_16bit(dtype):
+        return dtype
+    if dtype != FLOAT32 or _matmul_precision == "highest":
+        return None
+    if cuda:
+        return TF32
+    return BFLOAT16 if _matmul_precision == "medium" else None
+
+
+def round_operand(array, rounding):
+    """A GEMM operand (float32, or 16-bit storage) as float32 values rounded to ``rounding``
+    (a value of matmul_rounding, not None), to nearest even; in the array's own library (NumPy
+    or CuPy). TF32 keeps 10 of float32's 23 mantissa bits: the bits are rounded in place, and
+    inf and NaN kept as they are (the carry would overflow their exponent)."""
+    if rounding is not TF32:
+        return array.astype(rounding).astype(FLOAT32)
+    bits = array.astype(FLOAT32).view(np.uint32)
+    kept = (bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1))) \
+        & np.uint32(0xFFFFE000)
+    finite = (bits & np.uint32(0x7F800000)) != np.uint32(0x7F800000)
+    return (kept * finite + bits * ~finite).view(FLOAT32)
 
 
 def to_compute(array):
-    """``array`` in the dtype its computation runs in (a float32 copy of bfloat16; None kept)."""
-    if array is None or not is_bfloat16(array.dtype):
+    """``array`` in the dtype its computation runs in (a float32 copy of a 16-bit array; None
+    kept)."""
+    if array is None or not is_16bit(array.dtype):
         return array
     return array.astype(FLOAT32)
 
 
-def matmul_operand(array, dtype):
-    """A weight of the recurrent matmul as the kernels multiply it: rounded to bfloat16 values
-    (in float32) where bf16_matmul(dtype), so that every instruction set multiplies the same
-    weights (the ones without vdpbf16ps in float32)."""
-    if not bf16_matmul(dtype) or is_bfloat16(array.dtype):
+def matmul_operand(array, rounding):
+    """A weight of the recurrent matmul as the kernels multiply it: in float32, its values
+    rounded to ``rounding`` where that is a 16-bit type (so that every instruction set
+    multiplies the same weights, the ones without vdpbf16ps in float32). Under TF32 the
+    recurrence multiplies in float32 (its matmul is not a cuBLAS GEMM)."""
+    if rounding is None or rounding is TF32 or is_16bit(array.dtype):
         return to_compute(array)
-    return array.astype(BFLOAT16).astype(FLOAT32)
+    return round_operand(array, rounding)
 
 
 def to_storage(array, dtype):

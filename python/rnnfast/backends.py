@@ -12,8 +12,9 @@ runs on, chosen from the arrays it is given (ARCHITECTURE.md, "One orchestration
 A backend is the seam the orchestration is written against: ``xp`` (the array namespace,
 NumPy or CuPy: the orchestration's array operations are the ones both have), ``empty``,
 ``scratch`` (a buffer reused between calls), ``gemm``, ``recurrent_forward`` /
-``recurrent_backward`` (the arguments of ``rnnfast._cpu``'s functions of those names), and
-``index`` (lengths and resets as arrays the kernels read).
+``recurrent_backward`` (the arguments of ``rnnfast._cpu``'s functions of those names; these
+three take the ``rounding`` of ``rnnfast._dtypes.matmul_rounding``, which reads the backend's
+``cuda``), and ``index`` (lengths and resets as arrays the kernels read).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import threading
 
 import numpy as np
 
-from . import _cpu
+from . import _cpu, _dtypes
 
 _emulating = contextvars.ContextVar("rnnfast_emulate_cuda", default=False)
 _cuda_path = contextvars.ContextVar("rnnfast_cuda_path", default="auto")
@@ -64,6 +65,7 @@ class CpuBackend:
     """NumPy arrays on the CPU kernels."""
 
     name = "cpu"
+    cuda = False  # for rnnfast._dtypes.matmul_rounding
     xp = np
     array_type = np.ndarray
     type_name = "numpy.ndarray"
@@ -114,21 +116,28 @@ class CpuBackend:
 
     @staticmethod
     def gemm(a, b, out, *, trans_a=False, trans_b=False, bias=None, accumulate=False,
-             bf16=False):
+             rounding=None):
         """out = op(a) op(b) (+ bias) (out += ... with accumulate), op(x) = x.T where trans_x:
         on rnnfast's threads, not NumPy's BLAS, whose worker threads keep spinning after each
-        call and would take the cores from the recurrence that follows. bf16: bfloat16
-        products, float32 sums (rnnfast._dtypes)."""
-        (_cpu.gemm_bf16 if bf16 else _cpu.gemm)(a, b, out, trans_a=trans_a, trans_b=trans_b,
-                                                 bias=bias, accumulate=accumulate)
+        call and would take the cores from the recurrence that follows. rounding: that of
+        rnnfast._dtypes.matmul_rounding (bfloat16 products: _cpu.gemm_bf16; float16 ones: the
+        float32 GEMM on operands rounded to float16, exact products), float32 sums."""
+        if _dtypes.is_bfloat16(rounding):
+            _cpu.gemm_bf16(a, b, out, trans_a=trans_a, trans_b=trans_b, bias=bias,
+                           accumulate=accumulate)
+            return
+        if rounding is not None:
+            a, b = _dtypes.round_operand(a, rounding), _dtypes.round_operand(b, rounding)
+        _cpu.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b, bias=bias,
+                  accumulate=accumulate)
 
     @staticmethod
-    def recurrent_forward(*args, bf16=False):
-        _cpu.recurrent_forward(*args, bf16_matmul=bf16)
+    def recurrent_forward(*args, rounding=None):
+        _cpu.recurrent_forward(*args, bf16_matmul=_dtypes.is_bfloat16(rounding))
 
     @staticmethod
-    def recurrent_backward(*args, bf16=False):
-        _cpu.recurrent_backward(*args, bf16_matmul=bf16)
+    def recurrent_backward(*args, rounding=None):
+        _cpu.recurrent_backward(*args, bf16_matmul=_dtypes.is_bfloat16(rounding))
 
 
 class CudaBackend:
@@ -138,6 +147,7 @@ class CudaBackend:
     def __init__(self, name, xp, module, type_name, stream):
         self.name, self.xp, self._module, self.type_name = name, xp, module, type_name
         self.array_type = xp.ndarray
+        self.cuda = True  # for rnnfast._dtypes.matmul_rounding
         self._stream = stream  # () -> the stream handle the kernels are enqueued on
 
     def scratch(self, slot, shape, dtype):
@@ -156,8 +166,15 @@ class CudaBackend:
         return None if a is None else self.xp.ascontiguousarray(self.xp.asarray(a), dtype)
 
     def gemm(self, a, b, out, *, trans_a=False, trans_b=False, bias=None, accumulate=False,
-             bf16=False):
-        assert not bf16, "no bfloat16 on this backend (functional refuses it before)"
+             rounding=None):
+        """As CpuBackend.gemm, in the array library's GEMM (cuBLAS for CuPy) in float32: a 16-bit
+        rounding rounds the operands first (the products of two 16-bit values are exact in
+        float32). TF32 is the tensor cores' on a GPU; the emulator (NumPy) rounds the operands
+        to TF32 instead, so that its results have TF32's precision. On CuPy rnnfast does not
+        switch TF32 on: CuPy's only switch is process-wide (CUPY_TF32=1, read at its first
+        float32 matmul), so these GEMMs follow it whatever the precision setting."""
+        if rounding is not None and (rounding is not _dtypes.TF32 or self.xp is np):
+            a, b = _dtypes.round_operand(a, rounding), _dtypes.round_operand(b, rounding)
         product = (a.T if trans_a else a) @ (b.T if trans_b else b)
         if bias is not None:
             product += bias
@@ -179,14 +196,14 @@ class CudaBackend:
         return "standard" if path == "auto" else path
 
     def recurrent_forward(self, cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths,
-                          resets, w_hr, bf16=False):
+                          resets, w_hr, rounding=None):
         self._module.recurrent_forward(
             cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths, resets, w_hr,
             workspace=self._workspace("forward", cell, zx, w_hh, w_hr),
             stream=self._stream(), path=self._path())
 
     def recurrent_backward(self, cell, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh, dh0,
-                           dc0, lengths, resets, w_hr, dh_proj, bf16=False):
+                           dc0, lengths, resets, w_hr, dh_proj, rounding=None):
         self._module.recurrent_backward(
             cell, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh, dh0, dc0, lengths, resets,
             w_hr, dh_proj,

@@ -184,7 +184,7 @@ class _CellBase:
         lstm = self._cell == "lstm"
         compute = _dtypes.compute_dtype(self.dtype)
         results = out
-        if compute != self.dtype:  # bfloat16: the step in float32, the state rounded after it
+        if compute != self.dtype:  # 16-bit types: the step in float32, the state rounded after
             names = ("input", "hx[0]", "hx[1]", "out[0]", "out[1]") if lstm else (
                 "input", "hx", "out")
             for name, value in zip(names, [x, *hx, *out]):

@@ -25,9 +25,10 @@ state is put back to h0/c0 before step t where set), both handled inside the ker
 for the LSTM ``w_hr`` [P, H], PyTorch's projection (proj_size): h = (o * tanh(c)) W_hr^T, so
 that h0, y and h_n have P features and ``w_hh`` is [4H, P], also inside the kernels.
 
-dtypes: float32, float64, or bfloat16 (``ml_dtypes.bfloat16``, CPU backend), computed as
-``rnnfast._dtypes`` describes: bfloat16 products and float32 sums and gate math; y, h_n, c_n and
-the gradients of x, h0, c0 in bfloat16, the weight and bias gradients in float32.
+dtypes: float32, float64, float16 or bfloat16 (``ml_dtypes.bfloat16``), on every backend,
+computed as ``rnnfast._dtypes`` describes: for the 16-bit types, products of operands rounded to
+the type, float32 sums and gate math; y, h_n, c_n and the gradients of x, h0, c0 in the 16-bit
+type, the weight and bias gradients in float32.
 
 Every argument is checked here, once (types, dtypes, shapes, lengths, resets), with errors
 that name it; the bindings check only memory safety. Arrays may have any strides
@@ -239,41 +240,39 @@ def _check_layer(backend, cell_spec, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, na
 class Context:
     """What a training forward of one layer and direction keeps for its backward: the
     checked arguments, y, the training workspace ``saved`` (T*B*S*H values, S the cell's
-    saved slots: 5 for the LSTM, 4 for the GRU, 0 for the RNN), lengths and resets."""
+    saved slots: 5 for the LSTM, 4 for the GRU, 0 for the RNN), lengths and resets, and the
+    rounding of the matmuls' operands."""
 
-    __slots__ = ("layer", "y", "saved", "lengths", "resets", "bf16")
+    __slots__ = ("layer", "y", "saved", "lengths", "resets", "rounding")
 
-    def __init__(self, layer, y, saved, lengths, resets, bf16):
-        self.layer, self.y, self.saved, self.lengths, self.resets, self.bf16 = (
-            layer, y, saved, lengths, resets, bf16)
+    def __init__(self, layer, y, saved, lengths, resets, rounding):
+        self.layer, self.y, self.saved, self.lengths, self.resets, self.rounding = (
+            layer, y, saved, lengths, resets, rounding)
 
 
 def _precision(layer):
-    """(compute dtype, bf16) of a layer's call: the dtype the recurrence computes in, and
-    whether the matmuls multiply in bfloat16 (rnnfast._dtypes). Widens the layer's states and
-    biases to the compute dtype, and rounds W_hh as the recurrent matmul multiplies it."""
-    storage, bf16 = layer.dtype, _dtypes.bf16_matmul(layer.dtype)
-    if bf16 and layer.backend is not backends.CPU:
-        if _dtypes.is_bfloat16(storage):
-            raise TypeError(f"bfloat16 arrays run on the CPU backend only, not on "
-                            f"{layer.backend.name}")
-        bf16 = False  # set_float32_matmul_precision("medium") is the CPU's
-    if bf16 or _dtypes.is_bfloat16(storage):
-        layer.w_hh = _dtypes.matmul_operand(layer.w_hh, storage)
+    """(compute dtype, rounding) of a layer's call: the dtype the recurrence computes in, and
+    what the matmuls round their operands to (rnnfast._dtypes.matmul_rounding). Widens the
+    layer's states and biases to the compute dtype, and rounds W_hh as the recurrent matmul
+    multiplies it."""
+    storage = layer.dtype
+    rounding = _dtypes.matmul_rounding(storage, layer.backend.cuda)
+    if rounding is not None:
+        layer.w_hh = _dtypes.matmul_operand(layer.w_hh, rounding)
         layer.w_hr, layer.b_ih, layer.b_hh, layer.h0, layer.c0 = map(_dtypes.to_compute, (
             layer.w_hr, layer.b_ih, layer.b_hh, layer.h0, layer.c0))
-    return _dtypes.compute_dtype(storage), bf16
+    return _dtypes.compute_dtype(storage), rounding
 
 
 def _forward(layer: _Layer, lengths, resets, training):
     """The forward of checked arguments (h0 and, for the LSTM, c0 given): (y, h_n, c_n, ctx)."""
     be, steps, batch, gh, out, hidden, storage = (layer.backend, layer.steps, layer.batch,
                                                   layer.gh, layer.out, layer.hidden, layer.dtype)
-    dtype, bf16 = _precision(layer)
+    dtype, rounding = _precision(layer)
     # The input projection of all steps, b_ih included: one GEMM, outside the time loop.
     zx = be.scratch("zx", (steps, batch, gh), dtype)
     be.gemm(layer.x.reshape(steps * batch, layer.inputs), layer.w_ih,
-            zx.reshape(steps * batch, gh), trans_b=True, bias=layer.b_ih, bf16=bf16)
+            zx.reshape(steps * batch, gh), trans_b=True, bias=layer.b_ih, rounding=rounding)
     y = be.empty((steps, batch, out), dtype)
     h_n = be.empty((batch, out), dtype)
     c_n = be.empty((batch, hidden), dtype) if layer.spec.has_cell_state else None
@@ -281,21 +280,23 @@ def _forward(layer: _Layer, lengths, resets, training):
     saved = (be.empty((steps, batch, per_unit * hidden), dtype, aligned=True)
              if training and per_unit else None)
     be.recurrent_forward(layer.spec.name, zx, layer.w_hh, layer.b_hh, layer.h0, layer.c0, y,
-                         h_n, c_n, saved, lengths, resets, layer.w_hr, bf16=bf16)
+                         h_n, c_n, saved, lengths, resets, layer.w_hr, rounding=rounding)
     ctx = None
     if training:
         layer.x = without_nonfinite_padding(be.xp, layer.x, lengths)  # for dW_ih alone
-        ctx = Context(layer, y, saved, lengths, resets, bf16)
+        ctx = Context(layer, y, saved, lengths, resets, rounding)
     return (_dtypes.to_storage(y, storage), _dtypes.to_storage(h_n, storage),
             _dtypes.to_storage(c_n, storage), ctx)
 
 
-def _backward(ctx: Context, dy, dh_n, dc_n):
-    """The backward of checked arguments: the dict of ``backward``."""
-    layer, y, bf16 = ctx.layer, ctx.y, ctx.bf16
+def _backward(ctx: Context, dy, dh_n, dc_n, store_dx=True):
+    """The backward of checked arguments: the dict of ``backward``; with ``store_dx`` False its
+    "x" in the compute dtype, not rounded to a 16-bit storage dtype (backward_layers adds the
+    two directions' before it rounds the sum once)."""
+    layer, y, rounding = ctx.layer, ctx.y, ctx.rounding
     be, steps, batch, gh, out, hidden, storage = (layer.backend, layer.steps, layer.batch,
                                                   layer.gh, layer.out, layer.hidden, layer.dtype)
-    dtype = y.dtype  # the forward's compute dtype (float32 for bfloat16)
+    dtype = y.dtype  # the forward's compute dtype (float32 for the 16-bit types)
     dy, dh_n, dc_n = map(_dtypes.to_compute, (dy, dh_n, dc_n))
     gru = layer.spec.name == "gru"  # the only cell whose dzh differs from dzx
     dzx = be.scratch("dzx", (steps, batch, gh), dtype)
@@ -305,7 +306,7 @@ def _backward(ctx: Context, dy, dh_n, dc_n):
     dh_proj = None if layer.w_hr is None else be.empty((steps, batch, out), dtype)
     be.recurrent_backward(layer.spec.name, layer.w_hh, layer.h0, layer.c0, y, ctx.saved, dy,
                           dh_n, dc_n, dzx, dzh, dh0, dc0, ctx.lengths, ctx.resets, layer.w_hr,
-                          dh_proj, bf16=bf16)
+                          dh_proj, rounding=rounding)
 
     # The large GEMMs, after the loop. The state step t starts from is h0 for t = 0 and where
     # resets[t] is set, y[t-1] elsewhere (dzx and dzh are 0 on padding, whatever y holds there).
@@ -313,19 +314,21 @@ def _backward(ctx: Context, dy, dh_n, dc_n):
     dzx = dzx.reshape(steps * batch, gh)
     dzh = dzx if dzh is None else dzh.reshape(steps * batch, gh)
     dw_hh = be.empty((gh, out), dtype)
-    be.gemm(dzh[:batch], layer.h0, dw_hh, trans_a=True, bf16=bf16)
+    be.gemm(dzh[:batch], layer.h0, dw_hh, trans_a=True, rounding=rounding)
     if steps > 1:
         h_prev = y[:-1] if ctx.resets is None else xp.where(ctx.resets[1:, :, None], layer.h0,
                                                              y[:-1])
         be.gemm(dzh[batch:], be.contiguous(h_prev).reshape((steps - 1) * batch, out), dw_hh,
-                trans_a=True, accumulate=True, bf16=bf16)
+                trans_a=True, accumulate=True, rounding=rounding)
     dx = be.empty((steps, batch, layer.inputs), dtype)
-    be.gemm(dzx, layer.w_ih, dx.reshape(steps * batch, layer.inputs), bf16=bf16)
+    be.gemm(dzx, layer.w_ih, dx.reshape(steps * batch, layer.inputs), rounding=rounding)
     dw_ih = be.empty((gh, layer.inputs), dtype)
-    be.gemm(dzx, layer.x.reshape(steps * batch, layer.inputs), dw_ih, trans_a=True, bf16=bf16)
+    be.gemm(dzx, layer.x.reshape(steps * batch, layer.inputs), dw_ih, trans_a=True,
+            rounding=rounding)
     db_ih = column_sums(xp, dzx)
-    grads = {"x": _dtypes.to_storage(dx, storage), "h0": _dtypes.to_storage(dh0, storage),
-             "c0": _dtypes.to_storage(dc0, storage), "w_ih": dw_ih, "w_hh": dw_hh, "b_ih": db_ih,
+    grads = {"x": _dtypes.to_storage(dx, storage) if store_dx else dx,
+             "h0": _dtypes.to_storage(dh0, storage), "c0": _dtypes.to_storage(dc0, storage),
+             "w_ih": dw_ih, "w_hh": dw_hh, "b_ih": db_ih,
              "b_hh": db_ih.copy() if dzh is dzx else column_sums(xp, dzh)}
     if layer.w_hr is not None:
         # dW_hr = sum_t dh_t^T m_t with m_t = o * tanh(c_t), from the saved o and c (zero on
@@ -334,7 +337,7 @@ def _backward(ctx: Context, dy, dh_n, dc_n):
         c = ctx.saved[:, :, layer.spec.saved_slot("c", hidden)]
         m = (o * xp.tanh(c)).reshape(steps * batch, hidden)
         grads["w_hr"] = be.empty((out, hidden), dtype)
-        # float32 products here even for bfloat16 (m and dh_proj are never stored in bfloat16)
+        # float32 products here even for 16-bit types (m and dh_proj are never stored in them)
         be.gemm(dh_proj.reshape(steps * batch, out), m, grads["w_hr"], trans_a=True)
     return grads
 
@@ -380,8 +383,9 @@ def backward(ctx: Context, dy, dh_n=None, dc_n=None) -> dict[str, Any]:
     dy [T, B, R]: gradient of the loss with respect to y; dh_n [B, R], dc_n [B, H]: with
     respect to h_n and c_n (None for zero). Returns a dict of gradients keyed x, h0, c0 (None
     unless LSTM), w_ih, w_hh, b_ih, b_hh (bias gradients are returned even for a forward
-    without biases), and w_hr for a forward with the projection. For bfloat16, dy, dh_n, dc_n
-    are bfloat16; the gradients of x, h0, c0 are bfloat16, the others float32.
+    without biases), and w_hr for a forward with the projection. For a 16-bit dtype (bfloat16,
+    float16), dy, dh_n, dc_n are of that dtype, and so are the gradients of x, h0, c0; the
+    others are float32.
     """
     if not isinstance(ctx, Context):
         raise TypeError("ctx must be the Context returned by forward(..., training=True)")
@@ -568,11 +572,11 @@ def backward_layers(ctx: LayersContext, grad_output, grad_hx=None):
             part = dy[:, :, d * out:(d + 1) * out]
             part = be.contiguous(part if d == 0 else _gather(xp, part, ctx.order))
             g = _backward(ctx.contexts[i], part, None if dh_n is None else dh_n[i],
-                          None if dc_n is None else dc_n[i])
+                          None if dc_n is None else dc_n[i], store_dx=False)
             dx = dx + (g["x"] if d == 0 else _gather(xp, g["x"], ctx.order))
             dh0[i], dc0[i] = g["h0"], g["c0"]
             grads.update({theirs: g[ours] for ours, theirs in ctx.names[i].items()})
-        dy = dx
+        dy = _dtypes.to_storage(dx, first.dtype)  # 16-bit types: rounded once, after the sum
     ordered = [name for n in ctx.names for name in n.values()]
     grads = {name: grads[name] for name in ordered}
     return dy, xp.stack(dh0), xp.stack(dc0) if ctx.spec.has_cell_state else None, grads

@@ -321,8 +321,12 @@ def _check_device_and_dtype(tensors):
                 "now (the CUDA backend is not merged yet); use torch.nn's module on the GPU")
     dtype = tensors[-1].dtype  # a weight's
     if dtype not in _NUMPY_DTYPES:
-        raise TypeError(f"rnnfast computes in {_dtypes.DTYPE_NAMES}, not in {dtype}: convert "
-                        "the module with .float() or .double()")
+        names = ", ".join(str(d).removeprefix("torch.") for d in _NUMPY_DTYPES)
+        hint = "" if _dtypes.BFLOAT16 is not None else (
+            "; bfloat16 needs ml_dtypes: pip install rnnfast[bf16]")
+        raise TypeError(f"rnnfast.torch computes in {names}, not in {dtype} (float16 runs in "
+                        f"rnnfast's own layers only, for now{hint}): convert the module with "
+                        ".float() or .double()")
     for tensor in tensors:
         if tensor.dtype != dtype:  # torch raises a RuntimeError from its matrix products
             raise RuntimeError(f"expected every input and state to have the parameters' dtype "

@@ -710,7 +710,7 @@ WITHOUT_ML_DTYPES = textwrap.dedent("""
     assert rnnfast._dtypes.BFLOAT16 is None
     rng = np.random.default_rng(0)
     results = []
-    for dtype in ("float64", "float32"):
+    for dtype in ("float64", "float32", "float16"):
         layer = rnnfast.LSTM(3, 5, num_layers=2, dtype=dtype, seed=0)
         out, (h, c) = layer(rng.standard_normal((4, 2, 3)).astype(dtype))
         grad_x, _ = layer.backward(np.ones_like(out))
@@ -720,8 +720,8 @@ WITHOUT_ML_DTYPES = textwrap.dedent("""
 
 
 def test_float64_stays_float64_without_ml_dtypes(tmp_path):
-    """Without ml_dtypes (an optional dependency), float64 and float32 layers compute exactly
-    as with it: bitwise the results of this process. (NumPy takes a dtype compared with None
+    """Without ml_dtypes (an optional dependency), float64, float32 and float16 layers compute
+    exactly as with it: bitwise the results of this process. (NumPy takes a dtype compared with None
     for float64: a test for bfloat16 written as ``dtype == BFLOAT16`` would take float64 for
     bfloat16 when BFLOAT16 is None.)"""
     subprocess.run([sys.executable, "-c", WITHOUT_ML_DTYPES, str(tmp_path / "r.npz")],
@@ -729,7 +729,7 @@ def test_float64_stays_float64_without_ml_dtypes(tmp_path):
     got = np.load(tmp_path / "r.npz")
     rng = np.random.default_rng(0)
     want = []
-    for dtype in ("float64", "float32"):
+    for dtype in ("float64", "float32", "float16"):
         layer = rnnfast.LSTM(3, 5, num_layers=2, dtype=dtype, seed=0)
         out, (h, c) = layer(rng.standard_normal((4, 2, 3)).astype(dtype))
         grad_x, _ = layer.backward(np.ones_like(out))

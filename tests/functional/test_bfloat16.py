@@ -1,16 +1,21 @@
-"""bfloat16 (ml_dtypes.bfloat16): the bfloat16 GEMM on every instruction set, the functional API,
-the layers and cells, the float32 "medium" matmul precision, and a training loop.
+"""The 16-bit types, bfloat16 (ml_dtypes.bfloat16) and float16: the bfloat16 GEMM on every
+instruction set; the functional API, the layers and cells in both types on every backend NumPy
+arrays reach (the CPU on every instruction set, and the emulated CUDA backend: the ``target``
+fixture); the float32 matmul precisions "medium" (bfloat16 on the CPU) and "high" (TF32 on
+CUDA); and a training loop.
 
-Tolerance (the flash-attention rule, DESIGN.md section 7): the oracle is the float64 reference
-on exactly the bfloat16 inputs; the kernel's error against it may be at most twice that of the
-reference run at the kernel's precision: float32 arithmetic on the same bfloat16 inputs, with
-every value the kernel rounds to bfloat16 rounded there too. The kernels round: the results
-they return in bfloat16 (y, h_n, c_n and the gradients of x, h0, c0), and the operands of the
-post-loop gradient GEMMs (dzx, dzh, h_prev), which multiply in bfloat16, and on the
-instruction sets avx512_bf16 and amx also those of the recurrent matmul (h_{t-1}, and dzh_t
-backward). Within the recurrence, h, c and the gates stay float32, as in the reference.
+Tolerance (the flash-attention rule): the oracle is the float64 reference on exactly the
+16-bit inputs; the kernel's error against it may be at most twice that of the reference run at
+the kernel's precision: float32 arithmetic on the same 16-bit inputs, with every value the
+kernel rounds to the 16-bit type rounded there too. The kernels round: the results they return
+in the 16-bit type (y, h_n, c_n and the gradients of x, h0, c0), and the operands of the
+post-loop gradient GEMMs (dzx, dzh, h_prev), which multiply 16-bit values, and for bfloat16 on
+the CPU instruction sets avx512_bf16 and amx also those of the recurrent matmul (h_{t-1}, and
+dzh_t backward). Within the recurrence, h, c and the gates stay float32, as in the reference.
 """
 
+import contextlib
+import functools
 import pathlib
 import subprocess
 import sys
@@ -21,11 +26,13 @@ import pytest
 ml_dtypes = pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes (rnnfast[bf16])")
 
 import rnnfast  # noqa: E402
-from rnnfast import _cpu, functional as F, reference as ref  # noqa: E402
+from rnnfast import _cpu, _dtypes, backends, functional as F, reference as ref  # noqa: E402
 
 from _util import CELLS, FLOAT32_FLOOR, make_problem, rel_err  # noqa: E402
 
-BF16 = np.dtype(ml_dtypes.bfloat16)
+BF16, F16 = np.dtype(ml_dtypes.bfloat16), np.dtype(np.float16)
+TYPES16 = [pytest.param(BF16, id="bf16"), pytest.param(F16, id="f16")]
+EMULATED = "cuda-emulated"
 ALL_ISAS = ("baseline", "avx2", "avx512", "avx512_bf16", "amx")
 BF16_RECURRENCE = ("avx512_bf16", "amx")  # where the recurrence multiplies in bfloat16
 WHY_MISSING = {
@@ -35,27 +42,54 @@ WHY_MISSING = {
 }
 
 
+@contextlib.contextmanager
+def isa_in_use(isa):
+    """The CPU kernels on ``isa`` within the block, where this machine has it (else the test is
+    skipped with the reason); then the one in use before."""
+    if isa not in _cpu.available_isas():
+        pytest.skip(WHY_MISSING.get(isa, f"{isa} not available here"))
+    before = _cpu.active_isa()
+    _cpu.set_isa(isa)
+    try:
+        yield isa
+    finally:
+        _cpu.set_isa(before)
+
+
 @pytest.fixture(params=ALL_ISAS)
 def bf16_isa(request):
-    """Each instruction set in turn where this machine has it; skipped with the reason where it
-    does not. Restores the one in use."""
-    if request.param not in _cpu.available_isas():
-        pytest.skip(WHY_MISSING.get(request.param, f"{request.param} not available here"))
-    before = _cpu.active_isa()
-    _cpu.set_isa(request.param)
-    yield request.param
-    _cpu.set_isa(before)
+    """Each instruction set of the CPU in turn (isa_in_use)."""
+    with isa_in_use(request.param):
+        yield request.param
 
 
-def rounded(a):
-    """a rounded to bfloat16, as float32 (None kept)."""
-    return None if a is None else np.asarray(a).astype(BF16).astype(np.float32)
+@pytest.fixture(params=[*ALL_ISAS, pytest.param(EMULATED, marks=pytest.mark.slow)])
+def target(request):
+    """Where NumPy arrays run: the CPU backend on each instruction set in turn (as bf16_isa),
+    then the emulated CUDA backend (slow, as the ``backend`` fixture of conftest.py marks it).
+    Yields the instruction set's name or "cuda-emulated"."""
+    with backends.emulate_cuda() if request.param == EMULATED else isa_in_use(request.param):
+        yield request.param
 
 
-def recurrent_rounding():
-    """What the recurrence rounds its matmul's operands with on the instruction set in use:
-    bfloat16 on avx512_bf16 and amx, nothing elsewhere (float32 products)."""
-    return rounded if _cpu.active_isa() in BF16_RECURRENCE else None
+@pytest.fixture(params=TYPES16)
+def dtype16(request):
+    return request.param
+
+
+def rounded(a, dtype=BF16):
+    """a rounded to ``dtype`` (a 16-bit type), as float32 (None kept)."""
+    return None if a is None else np.asarray(a).astype(dtype).astype(np.float32)
+
+
+def recurrent_rounding(dtype):
+    """What the recurrence rounds its matmul's operands with, for arrays of ``dtype`` on the
+    backend and instruction set in use: bfloat16 for bfloat16 on the CPU's avx512_bf16 and amx,
+    nothing elsewhere (float32 products: float16 everywhere, the emulated CUDA kernels)."""
+    on_cpu = backends.for_array(np.empty(0)) is backends.CPU
+    if dtype == BF16 and on_cpu and _cpu.active_isa() in BF16_RECURRENCE:
+        return rounded
+    return None
 
 
 def check(name, got, oracle, same_precision):
@@ -144,52 +178,55 @@ def test_gemm_bf16_does_not_depend_on_thread_count():
 
 # ------------------------------------------------------------------ one layer
 
-def bf16_problem(cell, T, B, I, H, seed, proj=0):
-    inputs, douts = make_problem(cell, T, B, I, H, BF16, seed=seed)
+def problem16(cell, T, B, I, H, seed, dtype=BF16, proj=0):
+    inputs, douts = make_problem(cell, T, B, I, H, dtype, seed=seed)
     options = {}
     if proj:
         rng = np.random.default_rng(seed + 1)
         k = 1.0 / np.sqrt(H)
-        inputs["w_hh"] = rng.uniform(-k, k, (4 * H, proj)).astype(BF16)
-        inputs["h0"] = rng.standard_normal((B, proj)).astype(BF16)
-        douts["dy"] = rng.standard_normal((T, B, proj)).astype(BF16)
-        douts["dh_n"] = rng.standard_normal((B, proj)).astype(BF16)
-        options["w_hr"] = rng.uniform(-k, k, (proj, H)).astype(BF16)
+        inputs["w_hh"] = rng.uniform(-k, k, (4 * H, proj)).astype(dtype)
+        inputs["h0"] = rng.standard_normal((B, proj)).astype(dtype)
+        douts["dy"] = rng.standard_normal((T, B, proj)).astype(dtype)
+        douts["dh_n"] = rng.standard_normal((B, proj)).astype(dtype)
+        options["w_hr"] = rng.uniform(-k, k, (proj, H)).astype(dtype)
     return inputs, douts, options
 
 
-def reference(cell, inputs, douts, options, dtype, operand=None, lengths=None, resets=None):
+def reference(cell, inputs, douts, options, dtype, operand=None, lengths=None, resets=None,
+              recurrent=None):
     """Forward and backward of the reference in dtype; results keyed like the checks. operand:
-    None, or the rounding of the gradient GEMMs' operands (and then that of the recurrence on
-    the instruction set in use)."""
+    None, or the rounding of the gradient GEMMs' operands; recurrent: that of the recurrent
+    matmul's (recurrent_rounding)."""
     c = {k: (None if v is None else np.asarray(v).astype(dtype))
          for k, v in {**inputs, **douts, **options}.items()}
     y, h_n, c_n, cache = ref.forward(cell, c["x"], c["h0"], c["w_ih"], c["w_hh"],
                                      b_ih=c["b_ih"], b_hh=c["b_hh"], c0=c["c0"], w_hr=c.get("w_hr"),
-                                     lengths=lengths, resets=resets,
-                                     operand=operand and recurrent_rounding())
+                                     lengths=lengths, resets=resets, operand=recurrent)
     g = ref.backward(cache, c["dy"], c["dh_n"], c["dc_n"], operand=operand)
     out = {"y": y, "h_n": h_n, "c_n": c_n}
     out.update({"d" + k: v for k, v in g.items()})
     return out
 
 
-# What the kernels return in bfloat16 (the rest: float32).
-BF16_RESULTS = ("y", "h_n", "c_n", "dx", "dh0", "dc0")
+# What the kernels return in the 16-bit type (the rest: float32).
+RESULTS16 = ("y", "h_n", "c_n", "dx", "dh0", "dc0")
 
 
 def check_layer(cell, inputs, douts, options, got, lengths=None, resets=None):
+    """got (run's results on inputs of a 16-bit type) by the rule of this file."""
+    store = inputs["x"].dtype
+    to_store = functools.partial(rounded, dtype=store)
     oracle = reference(cell, inputs, douts, options, np.float64, lengths=lengths, resets=resets)
-    same = reference(cell, inputs, douts, options, np.float32, operand=rounded,
-                     lengths=lengths, resets=resets)
+    same = reference(cell, inputs, douts, options, np.float32, operand=to_store,
+                     lengths=lengths, resets=resets, recurrent=recurrent_rounding(store))
     failures = []
     for name, value in got.items():
         if oracle[name] is None:
             assert value is None, name
             continue
-        want = BF16 if name in BF16_RESULTS else np.float32
+        want = store if name in RESULTS16 else np.float32
         assert value.dtype == want, f"{name}: dtype {value.dtype}, expected {want}"
-        same_precision = rounded(same[name]) if name in BF16_RESULTS else same[name]
+        same_precision = to_store(same[name]) if name in RESULTS16 else same[name]
         try:
             check(name, value, oracle[name], same_precision)
         except AssertionError as e:
@@ -211,24 +248,24 @@ LAYER_SHAPES = [(5, 3, 7, 33), (4, 1, 1, 1), (3, 37, 40, 20), (1, 2, 130, 7)]
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("shape", LAYER_SHAPES, ids=lambda s: "T%d-B%d-I%d-H%d" % s)
-def test_functional_matches_reference(bf16_isa, cell, shape):
-    inputs, douts, options = bf16_problem(cell, *shape, seed=sum(shape))
+def test_functional_matches_reference(target, dtype16, cell, shape):
+    inputs, douts, options = problem16(cell, *shape, seed=sum(shape), dtype=dtype16)
     check_layer(cell, inputs, douts, options, run(cell, inputs, douts, options))
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_functional_lengths_resets_projection(bf16_isa, cell):
+def test_functional_lengths_resets_projection(target, dtype16, cell):
     T, B = 6, 5
     proj = 9 if cell == "lstm" else 0
-    inputs, douts, options = bf16_problem(cell, T, B, 11, 20, seed=7, proj=proj)
+    inputs, douts, options = problem16(cell, T, B, 11, 20, seed=7, dtype=dtype16, proj=proj)
     lengths = np.array([6, 0, 3, 1, 5])
     resets = np.random.default_rng(1).random((T, B)) < 0.3
     got = run(cell, inputs, douts, options, lengths=lengths, resets=resets)
     check_layer(cell, inputs, douts, options, got, lengths=lengths, resets=resets)
 
 
-def test_functional_does_not_depend_on_thread_count():
-    inputs, douts, options = bf16_problem("lstm", 9, 40, 70, 48, seed=11)
+def test_functional_does_not_depend_on_thread_count(dtype16):
+    inputs, douts, options = problem16("lstm", 9, 40, 70, 48, seed=11, dtype=dtype16)
     before = rnnfast.get_num_threads()
     results = []
     try:
@@ -240,10 +277,10 @@ def test_functional_does_not_depend_on_thread_count():
     for got in results[1:]:
         for name, value in got.items():
             if value is not None:
-                np.testing.assert_array_equal(value.view(np.uint16) if value.dtype == BF16
+                np.testing.assert_array_equal(value.view(np.uint16) if value.dtype == dtype16
                                               else value,
                                               results[0][name].view(np.uint16)
-                                              if value.dtype == BF16 else results[0][name],
+                                              if value.dtype == dtype16 else results[0][name],
                                               err_msg=name)
 
 
@@ -266,23 +303,40 @@ def test_recurrence_rounds_its_operands_on_bf16_isas_only(bf16_isa, shape):
     assert np.array_equal(forward(True), forward(False)) == (bf16_isa not in BF16_RECURRENCE)
 
 
-def test_functional_mixed_dtypes_raise():
-    inputs, _, _ = bf16_problem("gru", 3, 2, 4, 5, seed=1)
-    with pytest.raises(TypeError, match="w_hh has dtype float32"):
-        F.forward("gru", inputs["x"], inputs["h0"], inputs["w_ih"],
-                  inputs["w_hh"].astype(np.float32))
+def test_functional_mixed_and_bad_dtypes_raise(backend, dtype16):
+    """On every backend: an argument of another dtype than x's is a TypeError naming it, and so
+    is an x of a dtype rnnfast does not compute in."""
+    inputs, douts, _ = problem16("lstm", 3, 2, 4, 5, seed=1, dtype=dtype16)
+    other = F16 if dtype16 == BF16 else BF16
+    for name in ("h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh"):
+        args = {**inputs, name: inputs[name].astype(np.float32)}
+        with pytest.raises(TypeError, match=f"{name} has dtype float32, expected {dtype16}"):
+            F.forward("lstm", args["x"], args["h0"], args["w_ih"], args["w_hh"],
+                      b_ih=args["b_ih"], b_hh=args["b_hh"], c0=args["c0"])
+    with pytest.raises(TypeError, match=f"w_hh has dtype {other}, expected {dtype16}"):
+        F.forward("lstm", inputs["x"], inputs["h0"], inputs["w_ih"],
+                  inputs["w_hh"].astype(other), c0=inputs["c0"])
+    _, _, _, ctx = F.forward("lstm", inputs["x"], inputs["h0"], inputs["w_ih"], inputs["w_hh"],
+                             c0=inputs["c0"], training=True)
+    with pytest.raises(TypeError, match=f"dy has dtype float32, expected {dtype16}"):
+        F.backward(ctx, douts["dy"].astype(np.float32))
+    for bad in (np.int16, np.complex64):
+        with pytest.raises(TypeError, match=f"x has dtype {np.dtype(bad)}, expected float32"):
+            F.forward("lstm", inputs["x"].astype(bad), inputs["h0"], inputs["w_ih"],
+                      inputs["w_hh"], c0=inputs["c0"])
 
 
 # ------------------------------------------------------------------ layers and cells
 
-def reference_stack(cell, params, num_layers, bidirectional, x, dy, lengths, dtype, store):
+def reference_stack(cell, params, num_layers, bidirectional, x, dy, lengths, dtype, store,
+                    recurrent=None):
     """The reference layers in dtype, one layer at a time, with store() applied where a
-    bfloat16 layer rounds to bfloat16: each layer's output and input gradient (operand=store
-    rounds the gradient GEMMs' operands within each layer). Returns (y, dx, grads)."""
+    16-bit layer rounds to its type: each layer's output and input gradient (operand=store
+    rounds the gradient GEMMs' operands within each layer; recurrent: the recurrent matmul's
+    operand, as recurrent_rounding). Returns (y, dx, grads)."""
     def of_layer(k, name):  # layer k's names as those of a single layer, and back
         return name.replace(f"_l{k}", "_l0")
     caches, layer_in = [], x.astype(dtype)
-    recurrent = recurrent_rounding() if dtype != np.float64 else None
     for k in range(num_layers):
         p = {of_layer(k, n): v.astype(dtype) for n, v in params.items() if f"_l{k}" in n}
         d = 2 if bidirectional else 1
@@ -307,16 +361,16 @@ def reference_stack(cell, params, num_layers, bidirectional, x, dy, lengths, dty
     ("gru", dict(num_layers=3, batch_first=True)),
     ("rnn_tanh", dict(num_layers=2, bidirectional=True)),
 ])
-def test_layers_match_reference(bf16_isa, cell, options):
-    """Stacks, directions, batch_first, lengths and the projection of a bfloat16 layer, by the
+def test_layers_match_reference(target, dtype16, cell, options):
+    """Stacks, directions, batch_first, lengths and the projection of a 16-bit layer, by the
     rule of this file; its same-precision reference rounds between the layers as well."""
     kind = {"lstm": rnnfast.LSTM, "gru": rnnfast.GRU, "rnn_tanh": rnnfast.RNN}[cell]
-    layer = kind(6, 12, dtype="bfloat16", seed=4, **options)
+    layer = kind(6, 12, dtype=dtype16.name, seed=4, **options)
     rng = np.random.default_rng(2)
     T, B = 5, 3
-    x = rng.standard_normal((T, B, 6)).astype(BF16)
+    x = rng.standard_normal((T, B, 6)).astype(dtype16)
     features = (2 if layer.bidirectional else 1) * (layer.proj_size or layer.hidden_size)
-    dy = rng.standard_normal((T, B, features)).astype(BF16)
+    dy = rng.standard_normal((T, B, features)).astype(dtype16)
     lengths = np.array([5, 2, 4])
 
     def edge(a):  # time-major <-> the layer's layout
@@ -326,25 +380,29 @@ def test_layers_match_reference(bf16_isa, cell, options):
     got = {"y": edge(out), "dx": edge(dx), **layer.grads}
     args = (cell, layer.state_dict(), layer.num_layers, layer.bidirectional, x, dy, lengths)
     results = {}
-    for name, dtype, store in (("oracle", np.float64, lambda a: a),
-                               ("same", np.float32, rounded)):
-        y, grad, grads = reference_stack(*args, dtype, store)
+    to_store = functools.partial(rounded, dtype=dtype16)
+    for name, dtype, store, recurrent in (
+            ("oracle", np.float64, lambda a: a, None),
+            ("same", np.float32, to_store, recurrent_rounding(dtype16))):
+        y, grad, grads = reference_stack(*args, dtype, store, recurrent)
         results[name] = {"y": y, "dx": grad, **grads}
     for key, value in got.items():
-        assert value.dtype == (BF16 if key in ("y", "dx") else np.float32), key
+        assert value.dtype == (dtype16 if key in ("y", "dx") else np.float32), key
         check(key, value, results["oracle"][key], results["same"][key])
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
-def test_cell_step_matches_reference(cell):
+def test_cell_step_matches_reference(dtype16, cell):
+    """The cells (CPU only): the step in float32 on the widened weights and state, the new
+    state rounded to the cell's 16-bit type."""
     kind = {"lstm": rnnfast.LSTMCell, "gru": rnnfast.GRUCell}.get(cell)
-    c = kind(7, 9, dtype="bfloat16", seed=1) if kind else rnnfast.RNNCell(
-        7, 9, nonlinearity="relu", dtype="bfloat16", seed=1)
+    c = kind(7, 9, dtype=dtype16.name, seed=1) if kind else rnnfast.RNNCell(
+        7, 9, nonlinearity="relu", dtype=dtype16.name, seed=1)
     p = c.state_dict()
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((4, 7)).astype(BF16)
-    hx = tuple(rng.standard_normal((4, 9)).astype(BF16) for _ in range(2 if cell == "lstm"
-                                                                       else 1))
+    x = rng.standard_normal((4, 7)).astype(dtype16)
+    hx = tuple(rng.standard_normal((4, 9)).astype(dtype16) for _ in range(2 if cell == "lstm"
+                                                                          else 1))
     out = c(x, hx if cell == "lstm" else hx[0])
     out = out if cell == "lstm" else (out,)
 
@@ -355,37 +413,94 @@ def test_cell_step_matches_reference(cell):
                         c0=hx[1].astype(dtype) if cell == "lstm" else None)
         return (r[1], r[2]) if cell == "lstm" else (r[1],)
     for got, oracle, same in zip(out, step(np.float64), step(np.float32)):
-        assert got.dtype == BF16
-        check("state", got, oracle, rounded(same))
+        assert got.dtype == dtype16
+        check("state", got, oracle, rounded(same, dtype16))
     with pytest.raises(TypeError, match="input must be a numpy.ndarray of the cell's dtype"):
         c(x.astype(np.float32), hx if cell == "lstm" else hx[0])
 
 
-# ------------------------------------------------------------------ float32, "medium"
+# ------------------------------------------------------------------ float32, "medium" and "high"
 
-def test_medium_precision_rounds_matmul_operands(bf16_isa):
-    """float32 in and out, every matmul's operands rounded to bfloat16: by the rule of this file
-    against the reference on x, W_ih and W_hh rounded (results float32, not rounded)."""
+def tf32(a):
+    """a rounded to TF32 (float32's exponent, 10 mantissa bits; to nearest even), as float32."""
+    mantissa, exponent = np.frexp(np.asarray(a, np.float64))  # mantissa in [0.5, 1)
+    return (np.round(mantissa * 2.0 ** 11) * 2.0 ** (exponent - 11)).astype(np.float32)
+
+
+# What each float32 precision rounds the matmuls' operands to, per backend (None: nothing).
+FLOAT32_ROUNDING = {("cpu", "medium"): rounded, ("cpu", "high"): None,
+                    (EMULATED, "medium"): tf32, (EMULATED, "high"): tf32}
+
+
+@pytest.mark.parametrize("precision", ["medium", "high"])
+def test_float32_matmul_precision_rounds_matmul_operands(target, precision):
+    """float32 in and out, the matmuls' operands rounded: on the CPU under "medium" to bfloat16
+    (every matmul, the recurrence's included), on CUDA under "medium" and "high" to TF32 (the
+    large GEMMs only; the emulator rounds their operands, a GPU's tensor cores do). By the rule
+    of this file against the reference on the rounded operands (results float32, not rounded).
+    "high" on the CPU is "highest"."""
     cell = "gru"
     inputs, douts = make_problem(cell, 4, 3, 40, 16, np.float32, seed=9)
     assert rnnfast.get_float32_matmul_precision() == "highest"
     highest = run(cell, inputs, douts, {})
-    rnnfast.set_float32_matmul_precision("medium")
+    rnnfast.set_float32_matmul_precision(precision)
     try:
         got = run(cell, inputs, douts, {})
     finally:
         rnnfast.set_float32_matmul_precision("highest")
-    matmul_in = {k: rounded(v) if k in ("x", "w_ih", "w_hh") else v for k, v in inputs.items()}
+    operand = FLOAT32_ROUNDING[EMULATED if target == EMULATED else "cpu", precision]
+    if operand is None:
+        for name, value in got.items():
+            np.testing.assert_array_equal(value, highest[name], err_msg=name)
+        return
+    rounded_in = ("x", "w_ih") if operand is tf32 else ("x", "w_ih", "w_hh")
+    matmul_in = {k: operand(v) if k in rounded_in else v for k, v in inputs.items()}
     oracle = reference(cell, matmul_in, douts, {}, np.float64)
-    same = reference(cell, matmul_in, douts, {}, np.float32, operand=rounded)
+    same = reference(cell, matmul_in, douts, {}, np.float32, operand=operand,
+                     recurrent=recurrent_rounding(BF16) if operand is rounded else None)
     for name, value in got.items():
         if value is None:
             continue
         assert value.dtype == np.float32, name
         check(name, value, oracle[name], same[name])
-    assert rel_err(got["y"], highest["y"]) > 1e-4  # not the float32 products
+    assert rel_err(got["y"], highest["y"]) > 1e-5  # not the float32 products
     with pytest.raises(ValueError, match="precision must be one of"):
         rnnfast.set_float32_matmul_precision("low")
+
+
+def test_tf32_rounding_matches_the_tests():
+    """rnnfast._dtypes' TF32 rounding (bits, in NumPy or CuPy) against tf32 above, with ties,
+    carries into the exponent, the largest finite values, inf and NaN."""
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.standard_normal(10000).astype(np.float32),
+                        np.array([1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 2 - 2.0 ** -12, -1e-30,
+                                  0.0, np.finfo(np.float32).max, np.inf, -np.inf], np.float32)])
+    got = _dtypes.round_operand(a, _dtypes.TF32)
+    assert got.dtype == np.float32
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(got, tf32(a))
+    assert np.isnan(_dtypes.round_operand(np.array([np.nan], np.float32), _dtypes.TF32)).all()
+
+
+def test_cuda_gemm_leaves_tf32_to_cublas_on_the_gpu():
+    """The CUDA backend's GEMM over an array library other than NumPy (CuPy on a GPU; here
+    NumPy under another name, as no GPU is needed) rounds 16-bit operands itself but leaves
+    TF32 to cuBLAS (CuPy's process-wide switch): exact float32 products; the emulator (NumPy)
+    rounds to TF32."""
+    import types
+
+    gpu_like = types.SimpleNamespace(ndarray=np.ndarray)
+    backend = backends.CudaBackend("gpu-like", gpu_like, None, "numpy.ndarray", lambda: 0)
+    emulated = backends.CudaBackend(EMULATED, np, None, "numpy.ndarray", lambda: 0)
+    rng = np.random.default_rng(6)
+    a, b = (rng.standard_normal((9, 20)).astype(np.float32) for _ in range(2))
+    for be, rounding, operand in ((backend, _dtypes.TF32, lambda v: v),
+                                  (emulated, _dtypes.TF32, tf32),
+                                  (backend, _dtypes.FLOAT16, functools.partial(rounded,
+                                                                               dtype=F16))):
+        out = np.empty((9, 9), np.float32)
+        be.gemm(a, b, out, trans_b=True, rounding=rounding)
+        np.testing.assert_allclose(out, operand(a) @ operand(b).T, rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------ scripts
@@ -405,6 +520,7 @@ def test_bfloat16_scripts_run(script, args):
 
 # ------------------------------------------------------------------ training
 
+@functools.cache  # the float32 run once for both 16-bit types
 def train(dtype, steps=300):
     """SGD on an LSTM (2 layers) regressing a fixed random target; returns the losses. The
     parameters are kept and updated in float32 (master weights, as mixed-precision training
@@ -425,8 +541,10 @@ def train(dtype, steps=300):
     return losses
 
 
-def test_training_loss_falls_as_in_float32():
-    bf16, f32 = train(BF16), train(np.float32)
-    assert bf16[-1] < 0.5 * bf16[0] and f32[-1] < 0.5 * f32[0]
-    # The same descent up to bfloat16's rounding of the parameters at every update.
-    assert bf16[-1] <= 1.1 * f32[-1] + 0.01 * f32[0], (bf16[-1], f32[-1])
+def test_training_loss_falls_as_in_float32(dtype16):
+    """On the CPU (the emulated CUDA backend takes minutes for the 600 steps; the layer tests
+    above check its gradients)."""
+    low, f32 = train(dtype16), train(np.dtype(np.float32))
+    assert low[-1] < 0.5 * low[0] and f32[-1] < 0.5 * f32[0]
+    # The same descent up to the 16-bit rounding of the parameters at every update.
+    assert low[-1] <= 1.1 * f32[-1] + 0.01 * f32[0], (low[-1], f32[-1])
