@@ -44,3 +44,12 @@ def backend(request):
         return
     with backends.emulate_cuda():
         yield request.param
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """A stand-in for CuPy over the emulated CUDA kernels, for this test only (tests/_fake_cupy.py
+    says what it shows and what it does not). Yields the module, installed as ``cupy``."""
+    import _fake_cupy
+
+    yield _fake_cupy.install(monkeypatch)
