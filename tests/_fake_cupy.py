@@ -6,9 +6,10 @@ What it does:
 
 - ``sys.modules["cupy"]`` becomes a module whose ``ndarray`` (named ``cupy.ndarray``) is a
   NumPy ndarray subclass: the "device" array. Its functions are NumPy's, returning that
-  subclass; ``asarray`` copies host data to the "device", ``asnumpy`` and ``ndarray.get``
-  copy back; ``ndarray.device.id`` is 0; ``cuda.Device``, ``cuda.runtime.getDeviceCount``
-  (one GPU) and ``cuda.get_current_stream`` answer as CuPy's do on a one-GPU machine.
+  subclass; ``asarray`` and ``array`` copy host data to the "device", ``asnumpy`` and
+  ``ndarray.get`` copy back; ``ndarray.device.id`` is 0; ``cuda.Device``,
+  ``cuda.runtime.getDeviceCount`` (one GPU) and ``cuda.get_current_stream`` answer as CuPy's
+  do on a one-GPU machine.
 - Like CuPy, it refuses to compute on a host array with a device one: a NumPy function or
   operator (ufuncs, ``np.where``, ``np.concatenate``, ``@``, ...) given a plain NumPy array of
   one or more dimensions alongside a device array raises TypeError, and so do the module's
@@ -139,6 +140,11 @@ def asarray(a, dtype=None):
     return np.array(a, dtype=dtype).view(ndarray)
 
 
+def array(a, dtype=None):
+    """A new device array: a copy of ``a`` (host or device)."""
+    return np.array(_host_view(a), dtype=dtype).view(ndarray)
+
+
 def asnumpy(a):
     return a.get() if isinstance(a, ndarray) else np.asarray(a)
 
@@ -146,7 +152,8 @@ def asnumpy(a):
 def _module():
     module = types.ModuleType("cupy", "A stand-in for CuPy (tests/_fake_cupy.py).")
     module.__version__ = "0+fake"
-    module.ndarray, module.asarray, module.asnumpy = ndarray, asarray, asnumpy
+    module.ndarray, module.array, module.asarray, module.asnumpy = (ndarray, array, asarray,
+                                                                    asnumpy)
     stream = types.SimpleNamespace(ptr=0)
     module.cuda = types.SimpleNamespace(
         Device=_Device, runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),

@@ -66,7 +66,7 @@ def move(array, device: str):
         return array.get()
     cp = cupy()
     with cp.cuda.Device(int(device[5:])):
-        return cp.asarray(array)
+        return cp.array(array)  # a copy on this GPU (asarray keeps a CuPy array on another)
 
 
 def host(array):

@@ -62,6 +62,19 @@ def test_device_at_construction_and_to_round_trip(fake_cupy, make):
         np.testing.assert_array_equal(value, cpu_params[name])
 
 
+def test_to_moves_the_gradients_and_needs_a_new_forward(fake_cupy):
+    layer = new_layer("rnn_tanh", num_layers=2).train()
+    out, _ = layer(np.ones((2, 1, 3), np.float32))
+    layer.backward(np.ones_like(out))
+    grads = {name: value.copy() for name, value in layer.grads.items()}
+    layer.to("cuda")
+    for name, value in layer.grads.items():
+        assert type(value) is fake_cupy.ndarray
+        np.testing.assert_array_equal(host(value), grads[name])
+    with pytest.raises(RuntimeError, match="backward needs a forward"):
+        layer.backward(fake_cupy.asarray(np.ones_like(out)))
+
+
 def test_bad_devices(fake_cupy, monkeypatch):
     with pytest.raises(ValueError, match="device must be 'cpu', 'cuda' or 'cuda:N', not 'gpu'"):
         rnnfast.GRU(3, 4, device="gpu")
