@@ -313,3 +313,34 @@ def test_the_stand_in_refuses_host_arrays_as_cupy_does(fake_cupy):
             compute()
     assert type(a * 2 + a) is fake_cupy.ndarray and type(a.get()) is np.ndarray
     assert rnnfast.backends.for_array(a).name == "cuda"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_layer_bad_input_is_refused_alike_on_both_devices(fake_cupy, device, monkeypatch):
+    """The same exceptions and messages on each device, before any kernel runs."""
+    xp = np if device == "cpu" else fake_cupy
+    layer = rnnfast.LSTM(3, 4, num_layers=2, device=device)
+    backend = rnnfast.backends.CPU if device == "cpu" else rnnfast.backends._loaded["cuda"]
+    def refuse(*args, **kwargs):
+        raise AssertionError("a kernel ran: the checks came too late")
+
+    for name in ("gemm", "recurrent_forward", "recurrent_backward"):
+        monkeypatch.setattr(backend, name, refuse)
+    x, h = xp.zeros((5, 2, 3), np.float32), xp.zeros((2, 2, 4), np.float32)
+    cases = [
+        ((xp.zeros((5, 2, 4), np.float32),), {}, ValueError,
+         r"input has shape \(5, 2, 4\): its last dimension must be input_size = 3"),
+        ((xp.zeros((5, 3), np.float32)[None, None],), {}, ValueError, "input must be 2-D"),
+        ((x.astype(np.float64),), {}, TypeError,
+         "input has dtype float64, but the parameters are float32"),
+        ((x, (h, h[:, :1])), {}, ValueError, r"hx\[1\] \(c\) has shape \(2, 1, 4\), expected "
+         r"\(2, 2, 4\)"),
+        ((x, h), {}, TypeError, r"hx must be None or a tuple \(h, c\)"),
+        ((x,), {"lengths": np.array([6, 1])}, ValueError, r"lengths must be in \[0, 5\]"),
+        ((x,), {"resets": xp.zeros((5, 3), bool)}, ValueError,
+         r"resets has shape \(5, 3\), expected \(5, 2\)"),
+        ((x,), {"resets": xp.zeros((5, 2))}, ValueError, "resets must be a bool array"),
+    ]
+    for args, kwargs, error, match in cases:
+        with pytest.raises(error, match=match):
+            layer(*args, **kwargs)
