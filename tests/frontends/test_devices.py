@@ -2,9 +2,10 @@
 and backward there against the float64 reference (the tolerance rule of _util.py), and the
 errors for arrays on the wrong device, raised before any kernel runs.
 
-Without a GPU these run over the stand-in for CuPy of tests/_fake_cupy.py (the ``fake_cupy``
-fixture: CUDA kernels emulated on the host); its docstring says what that shows and what it does
-not. The sizes are small: the emulator is slow.
+They run over the stand-in for CuPy of tests/_fake_cupy.py (CUDA kernels emulated on the host;
+its docstring says what that shows and what it does not) and, where CuPy, rnnfast's CUDA module
+and a GPU are present, over CuPy itself (the ``cupy_module`` fixture; marker gpu). The sizes are
+small: the emulator is slow.
 """
 
 import sys
@@ -41,19 +42,19 @@ def host(a):
 
 
 @pytest.mark.parametrize("make", [new_layer, new_cell], ids=["layer", "cell"])
-def test_device_at_construction_and_to_round_trip(fake_cupy, make):
+def test_device_at_construction_and_to_round_trip(cupy_module, make):
     on_cpu = make("lstm", seed=3)
     on_gpu = make("lstm", seed=3, device="cuda")
     assert on_cpu.device == "cpu" and on_gpu.device == "cuda:0"
     assert "device='cuda:0'" in repr(on_gpu) and "device" not in repr(on_cpu)
     cpu_params = on_cpu.state_dict()
     for name, value in on_gpu.state_dict().items():
-        assert type(value) is fake_cupy.ndarray, name
+        assert type(value) is cupy_module.ndarray, name
         np.testing.assert_array_equal(host(value), cpu_params[name])  # the same seed, bitwise
 
     assert on_cpu.to("cuda:0") is on_cpu and on_cpu.device == "cuda:0"
     moved = on_cpu.state_dict()
-    assert all(type(v) is fake_cupy.ndarray for v in moved.values())
+    assert all(type(v) is cupy_module.ndarray for v in moved.values())
     same = dict(on_cpu._params)
     assert on_cpu.to("cuda") is on_cpu and all(on_cpu._params[n] is v for n, v in same.items())
     assert on_cpu.to("cpu").device == "cpu"
@@ -62,17 +63,17 @@ def test_device_at_construction_and_to_round_trip(fake_cupy, make):
         np.testing.assert_array_equal(value, cpu_params[name])
 
 
-def test_to_moves_the_gradients_and_needs_a_new_forward(fake_cupy):
+def test_to_moves_the_gradients_and_needs_a_new_forward(cupy_module):
     layer = new_layer("rnn_tanh", num_layers=2).train()
     out, _ = layer(np.ones((2, 1, 3), np.float32))
     layer.backward(np.ones_like(out))
     grads = {name: value.copy() for name, value in layer.grads.items()}
     layer.to("cuda")
     for name, value in layer.grads.items():
-        assert type(value) is fake_cupy.ndarray
+        assert type(value) is cupy_module.ndarray
         np.testing.assert_array_equal(host(value), grads[name])
     with pytest.raises(RuntimeError, match="backward needs a forward"):
-        layer.backward(fake_cupy.asarray(np.ones_like(out)))
+        layer.backward(cupy_module.asarray(np.ones_like(out)))
 
 
 def test_bad_devices(fake_cupy, monkeypatch):
@@ -94,7 +95,7 @@ def test_bad_devices(fake_cupy, monkeypatch):
         rnnfast.LSTMCell(3, 4).to("cuda")
 
 
-def test_state_dict_and_parameters_across_devices(fake_cupy):
+def test_state_dict_and_parameters_across_devices(cupy_module):
     on_gpu = new_layer("gru", num_layers=2, seed=1, device="cuda")
     on_cpu = new_layer("gru", num_layers=2, seed=2)
     on_cpu.load_state_dict(on_gpu.state_dict())  # device arrays into a CPU layer
@@ -104,11 +105,11 @@ def test_state_dict_and_parameters_across_devices(fake_cupy):
     other = new_layer("gru", num_layers=2, seed=5, device="cuda")
     other.load_state_dict({k: v.astype(np.float64) for k, v in on_cpu.state_dict().items()})
     for name, value in other.named_parameters():
-        assert type(value) is fake_cupy.ndarray and value.dtype == np.float32, name
+        assert type(value) is cupy_module.ndarray and value.dtype == np.float32, name
         np.testing.assert_array_equal(host(value), on_cpu.state_dict()[name])
     cell = new_cell("rnn_tanh", device="cuda")
     cell.weight_hh = np.ones((4, 4))  # assigned from the host, placed on the device
-    assert type(cell.weight_hh) is fake_cupy.ndarray
+    assert type(cell.weight_hh) is cupy_module.ndarray
     np.testing.assert_array_equal(host(cell.weight_hh), np.ones((4, 4), np.float32))
 
 
@@ -126,7 +127,7 @@ def _problem(layer, T, B, rng):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_layer_forward_backward_on_the_device(fake_cupy, cell, dtype, monkeypatch):
+def test_layer_forward_backward_on_the_device(cupy_module, cell, dtype, monkeypatch):
     """A stacked, bidirectional layer with lengths, in training mode, on the device: every
     output and gradient against the float64 reference by the tolerance rule, through the CUDA
     backend's kernels (counted)."""
@@ -148,7 +149,7 @@ def test_layer_forward_backward_on_the_device(fake_cupy, cell, dtype, monkeypatc
     lstm = cell == "lstm"
 
     def dev(a):
-        return fake_cupy.asarray(a.astype(dtype))
+        return cupy_module.asarray(a.astype(dtype))
 
     out, state = layer(dev(x), (dev(h0), dev(c0)) if lstm else dev(h0), lengths=lengths)
     dx, dstate = layer.backward(dev(dy), (dev(dh), dev(dc)) if lstm else dev(dh))
@@ -156,7 +157,7 @@ def test_layer_forward_backward_on_the_device(fake_cupy, cell, dtype, monkeypatc
            "dh0": dstate[0] if lstm else dstate, **layer.grads}
     if lstm:
         got.update({"c_n": state[1], "dc0": dstate[1]})
-    assert all(type(v) is fake_cupy.ndarray for v in got.values())
+    assert all(type(v) is cupy_module.ndarray for v in got.values())
     assert calls == ["recurrent_forward"] * 4 + ["recurrent_backward"] * 4  # 2 layers x 2 dirs
 
     def reference(ref_dtype):
@@ -184,7 +185,7 @@ def test_layer_forward_backward_on_the_device(fake_cupy, cell, dtype, monkeypatc
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_cell_step_on_the_device_equals_the_cpu_step(fake_cupy, cell):
+def test_cell_step_on_the_device_equals_the_cpu_step(cupy_module, cell):
     rng = np.random.default_rng(5)
     lstm = cell == "lstm"
     for dtype in (np.float32, np.float64):
@@ -194,12 +195,12 @@ def test_cell_step_on_the_device_equals_the_cpu_step(fake_cupy, cell):
         h, c = (0.5 * rng.standard_normal((2, 2, 4))).astype(dtype)
         hx = (h, c) if lstm else h
         expected = on_cpu(x, hx)
-        dev = fake_cupy.asarray
+        dev = cupy_module.asarray
         out = (dev(np.empty_like(h)), dev(np.empty_like(c))) if lstm else dev(np.empty_like(h))
         got = on_gpu(dev(x), (dev(h), dev(c)) if lstm else dev(h), out=out)
         assert all(g is o for g, o in zip(got, out)) if lstm else got is out
         for e, g in zip(expected if lstm else (expected,), got if lstm else (got,)):
-            assert type(g) is fake_cupy.ndarray
+            assert type(g) is cupy_module.ndarray
             assert rel_err(host(g), e) <= STEP_TOL[dtype]
         # Unbatched, zero state, and a non-contiguous input.
         unbatched = on_gpu(dev(x[0]))
@@ -225,8 +226,8 @@ def _refuse_kernels(monkeypatch):
         monkeypatch.setattr(functional, name, refuse)
 
 
-def test_mixed_devices_are_refused_naming_the_argument(fake_cupy, monkeypatch):
-    dev = fake_cupy.asarray
+def test_mixed_devices_are_refused_naming_the_argument(cupy_module, monkeypatch):
+    dev = cupy_module.asarray
     x, h = np.zeros((2, 1, 3), np.float32), np.zeros((1, 1, 4), np.float32)
     on_gpu = rnnfast.LSTM(3, 4, device="cuda").train()
     on_cpu = rnnfast.LSTM(3, 4).train()
@@ -267,14 +268,14 @@ def test_mixed_devices_are_refused_naming_the_argument(fake_cupy, monkeypatch):
             (rnnfast.LSTMCell(3, 4), (x, (h, dev(h))), {}, r"hx\[1\] is a cupy\.ndarray")]:
         with pytest.raises(TypeError, match=match):
             cell(*args, **kwargs)
-    assert type(out) is fake_cupy.ndarray
+    assert type(out) is cupy_module.ndarray
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_cell_errors_are_the_same_on_both_devices(fake_cupy, device):
+def test_cell_errors_are_the_same_on_both_devices(cupy_module, device):
     """The cells' bad-argument cases of test_cells.py, on each device: the same exceptions and
     messages (on the GPU from the front end's checks, on the CPU from the kernel's)."""
-    xp = np if device == "cpu" else fake_cupy
+    xp = np if device == "cpu" else cupy_module
     c = rnnfast.LSTMCell(3, 4, device=device)
     x = xp.zeros((2, 3), np.float32)
     h = xp.zeros((2, 4), np.float32)
@@ -316,9 +317,9 @@ def test_the_stand_in_refuses_host_arrays_as_cupy_does(fake_cupy):
 
 
 @pytest.mark.parametrize("device", ["cpu", "cuda"])
-def test_layer_bad_input_is_refused_alike_on_both_devices(fake_cupy, device, monkeypatch):
+def test_layer_bad_input_is_refused_alike_on_both_devices(cupy_module, device, monkeypatch):
     """The same exceptions and messages on each device, before any kernel runs."""
-    xp = np if device == "cpu" else fake_cupy
+    xp = np if device == "cpu" else cupy_module
     layer = rnnfast.LSTM(3, 4, num_layers=2, device=device)
     backend = rnnfast.backends.CPU if device == "cpu" else rnnfast.backends._loaded["cuda"]
     def refuse(*args, **kwargs):
