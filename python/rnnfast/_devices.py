@@ -95,14 +95,14 @@ def check_on(device: str, value, name: str, owner: str):
                      f"{device[5:]}):` or call {owner}.to('{where}')")
 
 
-def check_all(device: str, owner: str, named):
-    """check_on for each (name, value) of ``named``: None skipped, a tuple or list (an LSTM's
-    (h, c)) member by member as name[i]."""
-    for name, value in named:
-        if isinstance(value, (tuple, list)):
-            check_all(device, owner, [(f"{name}[{i}]", v) for i, v in enumerate(value)])
-        elif value is not None:
-            check_on(device, value, name, owner)
+def check_states(device: str, owner: str, name: str, states):
+    """check_on for states in hx's structure: None, an array, or a tuple or list (an LSTM's
+    (h, c)) checked member by member as name[i], None members skipped (one level only: a member
+    that is a list is host data)."""
+    members = enumerate(states) if isinstance(states, (tuple, list)) else [(None, states)]
+    for i, value in members:
+        if value is not None:
+            check_on(device, value, name if i is None else f"{name}[{i}]", owner)
 
 
 def xp(device: str):

@@ -191,7 +191,8 @@ class _CellBase:
                         raise
         # On the cell's device, before anything runs.
         _devices.check_on(self.device, input, "input", "cell")
-        _devices.check_all(self.device, "cell", [("hx", hx), ("out", out)])
+        _devices.check_states(self.device, "cell", "hx", hx)
+        _devices.check_states(self.device, "cell", "out", out)
         x = input if isinstance(input, np.ndarray) or self.device != "cpu" else np.asarray(input)
         if x.ndim not in (1, 2):
             raise ValueError(f"input must be 1-D (unbatched) or 2-D (batch, input_size), "

@@ -163,7 +163,7 @@ class _RNNBase:
         for name, value in (("input", input), ("resets", resets)):
             if value is not None:
                 _devices.check_on(self.device, value, name, "layer")
-        _devices.check_all(self.device, "layer", [("hx", hx)])
+        _devices.check_states(self.device, "layer", "hx", hx)
         rng = np.random.default_rng(seed) if seed is not None else self._rng
         # Backward reads nothing the caller can modify: the input, hx and output it keeps are
         # private (the torch adapter calls functional directly and has autograd check them).
@@ -217,8 +217,8 @@ class _RNNBase:
         if self._ctx is None:
             raise RuntimeError("backward needs a forward in training mode first "
                                "(layer.train(), then call the layer)")
-        _devices.check_all(self.device, "layer", [("grad_output", grad_output),
-                                                  ("grad_hx", grad_hx)])
+        _devices.check_on(self.device, grad_output, "grad_output", "layer")
+        _devices.check_states(self.device, "layer", "grad_hx", grad_hx)
         grad_input, grad_hx0, self.grads = self._backward(self._ctx, grad_output, grad_hx)
         return grad_input, grad_hx0
 
