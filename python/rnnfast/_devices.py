@@ -80,6 +80,8 @@ def check_on(device: str, value, name: str, owner: str):
     when ``value`` is not on ``device``, the device of the parameters of ``owner`` ("layer",
     "cell"), and saying how to move either: before any kernel runs (functional would refuse the
     mix too, but could not name the layer's device)."""
+    if type(value) is np.ndarray and device == "cpu":  # the usual call, at its cost alone
+        return
     where = of(value)
     if where == device:
         return
@@ -99,10 +101,13 @@ def check_states(device: str, owner: str, name: str, states):
     """check_on for states in hx's structure: None, an array, or a tuple or list (an LSTM's
     (h, c)) checked member by member as name[i], None members skipped (one level only: a member
     that is a list is host data)."""
-    members = enumerate(states) if isinstance(states, (tuple, list)) else [(None, states)]
-    for i, value in members:
-        if value is not None:
-            check_on(device, value, name if i is None else f"{name}[{i}]", owner)
+    if not isinstance(states, (tuple, list)):
+        if states is not None:
+            check_on(device, states, name, owner)
+        return
+    for i, value in enumerate(states):
+        if value is not None and not (type(value) is np.ndarray and device == "cpu"):
+            check_on(device, value, f"{name}[{i}]", owner)
 
 
 def xp(device: str):
