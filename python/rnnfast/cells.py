@@ -12,7 +12,8 @@ allocates nothing, so a streaming loop can run on two sets of state arrays in tu
         h, c = cell(x, state[t % 2], out=state[(t + 1) % 2])
 
 The parameters (``weight_ih`` [G*H, I], ``weight_hh`` [G*H, H], ``bias_ih``, ``bias_hh``
-[G*H], PyTorch's names, shapes, gate order and initialisation) are read-only arrays: assign
+[G*H], PyTorch's names, shapes, gate order and initialisation) are read-only arrays (CuPy
+arrays on a GPU cannot be made read-only: do not modify them in place there either): assign
 new ones (``cell.weight_hh = w``) or use ``load_state_dict``, and the cell packs them again.
 The cells compute inference only; for training use the sequence layers.
 
@@ -47,7 +48,8 @@ def _param_property(name):
             raise AttributeError(f"{name} cannot be set on a cell built with bias=False")
         self.load_state_dict({**self._params, name: value})
 
-    return property(get, set, doc=f"{name}: a read-only array; assign a new one to change it")
+    return property(get, set, doc=f"{name}: a read-only array (on a GPU a CuPy array, which "
+                    "cannot be made read-only); assign a new one to change it")
 
 
 def _kernel_input(a):
