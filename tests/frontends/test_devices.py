@@ -345,3 +345,10 @@ def test_layer_bad_input_is_refused_alike_on_both_devices(cupy_module, device, m
     for args, kwargs, error, match in cases:
         with pytest.raises(error, match=match):
             layer(*args, **kwargs)
+
+
+def test_cuda_info_reports_cupy(fake_cupy, monkeypatch):
+    assert rnnfast.cuda_info()["cupy"] == fake_cupy.__version__
+    monkeypatch.setitem(sys.modules, "cupy", None)  # not installed
+    info = rnnfast.cuda_info()
+    assert info["cupy"] is None and isinstance(info["built"], bool)
