@@ -40,9 +40,15 @@ def resolve(device) -> str:
     if match is None:
         raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', not {device!r}")
     cp = cupy()
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except RuntimeError as error:  # CuPy's CUDARuntimeError: no driver, no device
+        raise RuntimeError(f"device {device!r}: CuPy finds no usable GPU ({error})") from error
+    if count < 1:
+        raise RuntimeError(f"device {device!r}: CuPy finds no GPU")
     if match.group(1) is None:
         return f"cuda:{cp.cuda.Device().id}"  # CuPy's current device, as torch's "cuda"
-    index, count = int(match.group(1)), cp.cuda.runtime.getDeviceCount()
+    index = int(match.group(1))
     if index >= count:
         raise RuntimeError(f"device {device!r}: CuPy sees {count} GPU(s), 0 to {count - 1}")
     return f"cuda:{index}"

@@ -83,6 +83,16 @@ def test_bad_devices(fake_cupy, monkeypatch):
         rnnfast.GRUCell(3, 4, device="cuda:1")
     with pytest.raises(ValueError, match="device must be"):
         rnnfast.GRU(3, 4).to(0)
+
+    def no_driver():
+        raise RuntimeError("cudaErrorInsufficientDriver")  # what CuPy raises, a subclass
+
+    monkeypatch.setattr(fake_cupy.cuda.runtime, "getDeviceCount", no_driver)
+    with pytest.raises(RuntimeError, match=r"device 'cuda': CuPy finds no usable GPU \(cuda"):
+        rnnfast.RNN(3, 4, device="cuda")
+    monkeypatch.setattr(fake_cupy.cuda.runtime, "getDeviceCount", lambda: 0)
+    with pytest.raises(RuntimeError, match="CuPy finds no GPU"):
+        rnnfast.RNN(3, 4).to("cuda")
     # Without rnnfast's CUDA module (a build without nvcc): the backend cannot load.
     monkeypatch.delitem(rnnfast.backends._loaded, "cuda")
     monkeypatch.setitem(sys.modules, "rnnfast._cuda", None)
