@@ -6,8 +6,11 @@
 # 1. builds and installs rnnfast (default RNNFAST_CUDA_ARCHITECTURES) into the current Python
 #    with `pip install --no-build-isolation` (the build tools must be installed: pybind11,
 #    scikit-build-core, cmake, ninja, CuPy, pytest; nothing is downloaded),
-# 2. runs tests/kernels/test_cuda.py and tests/kernels/test_cuda_kernels_emulated.py, then the whole test suite,
-# 3. runs compute-sanitizer (memcheck, racecheck, synccheck; initcheck for information) on a small forward
+# 2. runs tests/kernels/test_cuda.py and tests/kernels/test_cuda_kernels_emulated.py, the layers
+#    and cells on the GPU (tests/frontends/test_devices.py, over CuPy itself there) and the
+#    PyTorch adapter's CUDA tensors, then the whole test suite,
+# 3. runs compute-sanitizer (memcheck, racecheck, synccheck; initcheck for information) on a
+#    small forward
 #    and backward of each cell (benchmarks/gpu_sanitize_case.py), and on the kernels with
 #    lengths, resets and the projection (benchmarks/gpu_sanitize_options.py).
 # Eight logs go to $OUT (or ./gpu_check_logs; the device tool returns at most eight files); a
@@ -45,7 +48,9 @@ run_tests() {  # name, pytest arguments...
     result "$name" "FAILED ($(tail -1 "$OUT/$name.log"))"
   fi
 }
-run_tests pytest_cuda "$REPO/tests/kernels/test_cuda.py" "$REPO/tests/kernels/test_cuda_kernels_emulated.py"
+run_tests pytest_cuda "$REPO/tests/kernels/test_cuda.py" "$REPO/tests/kernels/test_cuda_kernels_emulated.py" \
+  "$REPO/tests/frontends/test_devices.py" \
+  "$REPO/tests/adapters/test_torch_adapter.py::test_cuda_tensors_match_torch_nn_on_the_gpu"
 run_tests pytest_all "$REPO/tests"
 
 rm -f "$OUT"/sanitizer_*.log

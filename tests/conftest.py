@@ -44,3 +44,34 @@ def backend(request):
         return
     with backends.emulate_cuda():
         yield request.param
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """A stand-in for CuPy over the emulated CUDA kernels, for this test only (tests/_fake_cupy.py
+    says what it shows and what it does not). Yields the module, installed as ``cupy``."""
+    import _fake_cupy
+
+    yield _fake_cupy.install(monkeypatch)
+
+
+@pytest.fixture(params=["stand-in", pytest.param("cupy", marks=pytest.mark.gpu)])
+def cupy_module(request, monkeypatch):
+    """CuPy for the tests of the layers and cells on a GPU device: the stand-in (``fake_cupy``)
+    everywhere, and CuPy itself where it, rnnfast's CUDA module and a GPU are all present
+    (skipped elsewhere), so that a machine with a GPU runs the same tests for real."""
+    if request.param == "stand-in":
+        import _fake_cupy
+
+        yield _fake_cupy.install(monkeypatch)
+        return
+    cupy = pytest.importorskip("cupy")
+    from rnnfast import backends
+
+    try:
+        backends.cuda_backend(cupy)
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("no GPU")
+    except Exception as error:  # no _cuda module, no driver, no device: whatever CuPy raises
+        pytest.skip(f"no usable GPU for CuPy and rnnfast here: {error}")
+    yield cupy

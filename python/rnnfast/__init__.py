@@ -1,10 +1,10 @@
 """rnnfast: fused RNN, LSTM and GRU kernels, forward and backpropagation through time.
 
-Layers shaped like PyTorch's (``rnnfast.RNN``, ``LSTM``, ``GRU``) over NumPy arrays, single-step
-cells for streaming inference (``rnnfast.RNNCell``, ``LSTMCell``, ``GRUCell``), a
-functional API (``rnnfast.functional``), training helpers (``rnnfast.training``: gradient
-clipping, SGD and Adam, truncated BPTT) and the NumPy reference that every kernel is tested
-against (``rnnfast.reference``).
+Layers shaped like PyTorch's (``rnnfast.RNN``, ``LSTM``, ``GRU``) over NumPy arrays (or CuPy
+arrays: ``device="cuda"``), single-step cells for streaming inference (``rnnfast.RNNCell``,
+``LSTMCell``, ``GRUCell``), a functional API (``rnnfast.functional``), training helpers
+(``rnnfast.training``: gradient clipping, SGD and Adam, truncated BPTT) and the NumPy reference
+that every kernel is tested against (``rnnfast.reference``).
 """
 
 import os as _os
@@ -84,12 +84,20 @@ def get_num_threads() -> int:
 
 
 def cuda_info() -> dict:
-    """Whether the CUDA module was built, and what it sees: a dict with "built" (bool) and,
-    when built, "compiled_architectures", "runtime_version", "driver_version", "devices" and
-    "error" (why no device is usable, or None)."""
+    """Whether the CUDA module was built, and what it sees: a dict with "built" (bool), "cupy"
+    (CuPy's version, None when it is not installed: the layers and cells need it for
+    ``device="cuda"``, ``pip install "rnnfast[cuda12]"`` or ``[cuda13]``) and, when built,
+    "compiled_architectures", "runtime_version", "driver_version", "devices" and "error" (why
+    no device is usable, or None)."""
+    try:
+        import cupy
+
+        cupy_version = cupy.__version__
+    except ImportError:
+        cupy_version = None
     try:
         from . import _cuda
     except ImportError:
-        return {"built": False}
-    return {"built": True, "compiled_architectures": _cuda.compiled_architectures,
-            **_cuda.device_info()}
+        return {"built": False, "cupy": cupy_version}
+    return {"built": True, "cupy": cupy_version,
+            "compiled_architectures": _cuda.compiled_architectures, **_cuda.device_info()}

@@ -224,7 +224,10 @@ def _emulated():
     return _loaded["cuda-emulated"]
 
 
-def _cuda(cupy):
+def cuda_backend(cupy):
+    """The CUDA backend over the module ``cupy`` (CuPy), loaded on first use: an ImportError
+    when this rnnfast was built without its CUDA module. (The tests register a stand-in for
+    CuPy here: ``_loaded["cuda"]``, see tests/_fake_cupy.py.)"""
     if "cuda" not in _loaded:
         try:
             from . import _cuda
@@ -237,16 +240,24 @@ def _cuda(cupy):
     return _loaded["cuda"]
 
 
+def is_cupy_array(x):
+    """Whether ``x`` is a CuPy array (without importing CuPy for other arrays)."""
+    if not type(x).__module__.startswith("cupy"):
+        return False
+    import cupy
+
+    return isinstance(x, cupy.ndarray)
+
+
 def for_array(x, name="x"):
     """The backend of an array: NumPy -> the CPU (or the emulator inside emulate_cuda()),
-    CuPy -> CUDA; anything else is a TypeError naming the argument."""
-    if isinstance(x, np.ndarray):
-        return _emulated() if _emulating.get() else CPU
-    module = type(x).__module__
-    if module.startswith("cupy"):
+    CuPy -> CUDA; anything else is a TypeError naming the argument. (CuPy's type is checked
+    before NumPy subclasses: the tests' stand-in for CuPy is one.)"""
+    if type(x) is not np.ndarray and is_cupy_array(x):
         import cupy
 
-        if isinstance(x, cupy.ndarray):
-            return _cuda(cupy)
+        return cuda_backend(cupy)
+    if isinstance(x, np.ndarray):
+        return _emulated() if _emulating.get() else CPU
     raise TypeError(f"{name} must be a numpy.ndarray (CPU) or a cupy.ndarray (CUDA), not "
                     f"{type(x).__name__}")

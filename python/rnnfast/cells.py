@@ -1,5 +1,5 @@
 """Single-step cells for streaming inference, shaped like PyTorch's torch.nn.LSTMCell, GRUCell
-and RNNCell, over NumPy arrays.
+and RNNCell, over NumPy arrays (CPU) or CuPy arrays (GPU).
 
 ``h, c = cell(x, (h, c))`` runs one step for a batch x [B, input_size] (or [input_size]
 unbatched). The weights are packed once for the compiled kernel and the step is a single
@@ -12,9 +12,16 @@ allocates nothing, so a streaming loop can run on two sets of state arrays in tu
         h, c = cell(x, state[t % 2], out=state[(t + 1) % 2])
 
 The parameters (``weight_ih`` [G*H, I], ``weight_hh`` [G*H, H], ``bias_ih``, ``bias_hh``
-[G*H], PyTorch's names, shapes, gate order and initialisation) are read-only arrays: assign
+[G*H], PyTorch's names, shapes, gate order and initialisation) are read-only arrays (CuPy
+arrays on a GPU cannot be made read-only: do not modify them in place there either): assign
 new ones (``cell.weight_hh = w``) or use ``load_state_dict``, and the cell packs them again.
 The cells compute inference only; for training use the sequence layers.
+
+On a GPU (``device="cuda"``, ``cell.to("cuda")``) a step is ``rnnfast.functional.forward`` over
+one time step, since the packed single-step kernel is the CPU's: an input-projection GEMM, a
+recurrence launch and copies into ``out``, several kernel launches per step (a GPU runs best
+on whole sequences: use the layers where the inputs are known ahead). Its arguments are checked
+as the CPU's kernel checks them, with the same errors.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _cpu, _dtypes
+from . import _cpu, _devices, _dtypes, functional
 from ._dtypes import DTYPES
 from ._params import init_params, load_params, positive_int
 from .cell_registry import spec
@@ -41,7 +48,8 @@ def _param_property(name):
             raise AttributeError(f"{name} cannot be set on a cell built with bias=False")
         self.load_state_dict({**self._params, name: value})
 
-    return property(get, set, doc=f"{name}: a read-only array; assign a new one to change it")
+    return property(get, set, doc=f"{name}: a read-only array (on a GPU a CuPy array, which "
+                    "cannot be made read-only); assign a new one to change it")
 
 
 def _kernel_input(a):
@@ -65,20 +73,20 @@ def _kernel_writable(a, dtype, shape):
 _LAYOUT_ERROR = re.compile("must be C-contiguous|must be aligned to its element size")
 
 
-def _check_no_overlap(outputs, inputs):
+def _check_no_overlap(outputs, inputs, xp=np):
     """Each output (name, array) must not share memory with an input or another output: the
     step reads the inputs while it writes (refused as the kernel refuses it, which sees copies
-    and buffers here)."""
+    and buffers here). xp: the arrays' library, NumPy or CuPy."""
     for name, target in outputs:
         for other_name, other in inputs + [pair for pair in outputs if pair[1] is not target]:
-            if (isinstance(target, np.ndarray) and isinstance(other, np.ndarray)
-                    and np.shares_memory(target, other)):
+            if (isinstance(target, xp.ndarray) and isinstance(other, xp.ndarray)
+                    and xp.shares_memory(target, other)):
                 raise ValueError(f"{name} overlaps the memory of {other_name}; pass separate "
                                  "arrays")
 
 
 class _CellBase:
-    def __init__(self, cell, input_size, hidden_size, bias, dtype, seed):
+    def __init__(self, cell, input_size, hidden_size, bias, dtype, seed, device):
         self._cell = cell
         self.input_size = positive_int(input_size, "input_size")
         self.hidden_size = positive_int(hidden_size, "hidden_size")
@@ -87,10 +95,14 @@ class _CellBase:
         if self.dtype not in DTYPES:
             raise TypeError(f"dtype must be {_dtypes.DTYPE_NAMES}, not {self.dtype}")
         self._computes_in_dtype = _dtypes.compute_dtype(self.dtype) == self.dtype
+        device = _devices.resolve(device)  # before the parameters: refuse a device up front
+        self.device = "cpu"
         self._params = {}
         self._packed = None
+        # Drawn on the host, then copied: the same seed gives the same parameters everywhere.
         self.load_state_dict(init_params(repr(self), self._param_shapes(), self.hidden_size,
                                          self.dtype, np.random.default_rng(seed)))
+        self.to(device)
 
     def _param_shapes(self):
         gh = spec(self._cell).gate_count * self.hidden_size
@@ -102,16 +114,37 @@ class _CellBase:
     # ------------------------------------------------------------------ parameters
 
     def state_dict(self):
-        """The parameters as a dict of NumPy arrays (copies), with PyTorch's names and shapes."""
+        """The parameters as a dict of arrays (copies, on the cell's device: NumPy or CuPy
+        arrays), with PyTorch's names and shapes."""
         return {name: value.copy() for name, value in self._params.items()}
 
     def load_state_dict(self, state_dict):
         """Loads parameters from a dict with PyTorch's names and shapes (every name present and
-        no other); values are copied, converted to the cell's dtype and packed."""
-        params = load_params(type(self).__name__, self._param_shapes(), state_dict, self.dtype)
-        for value in params.values():
-            value.flags.writeable = False  # packed copies must not go stale: assign instead
-        self._params = params
+        no other; values on any device); values are copied, converted to the cell's dtype,
+        placed on its device and packed."""
+        params = load_params(type(self).__name__, self._param_shapes(),
+                             {name: _devices.host(value) for name, value in state_dict.items()},
+                             self.dtype)
+        self._set_params(params, self.device)
+
+    def to(self, device):
+        """Moves the parameters to ``device``: "cpu", "cuda" (CuPy's current GPU) or "cuda:N";
+        returns the cell, as torch's ``Module.to``."""
+        device = _devices.resolve(device)
+        if device != self.device:
+            self._set_params({name: value.get() if self.device != "cpu" else value
+                              for name, value in self._params.items()}, device)
+        return self
+
+    def _set_params(self, params, device):
+        """Host arrays ``params`` (new ones, the cell's alone) as the parameters on
+        ``device``."""
+        if device == "cpu":
+            for value in params.values():
+                value.flags.writeable = False  # packed copies must not go stale: assign instead
+        else:  # CuPy arrays cannot be made read-only; nothing is packed from them
+            params = {name: _devices.move(value, device) for name, value in params.items()}
+        self._params, self.device = params, device
         self._packed = self._packed_isa = None
 
     weight_ih, weight_hh, bias_ih, bias_hh = (_param_property(n) for n in _NAMES)
@@ -136,7 +169,7 @@ class _CellBase:
         zeros; out: arrays of the state's shapes to write the new state into (None: new
         arrays), which must not overlap input or hx. Returns the new state (out when given)."""
         if (self._computes_in_dtype and type(input) is np.ndarray and input.ndim == 2
-                and input.dtype == self.dtype):
+                and input.dtype == self.dtype and self.device == "cpu"):
             # The streaming loop's call (a batch, the state and out given as arrays or, for the
             # LSTM, tuples of two): straight to the kernel, which checks every array and names
             # it as _step would. Any other call, or a layout the kernel refuses, takes the
@@ -153,10 +186,16 @@ class _CellBase:
                 try:
                     _cpu.cell_step(self._packed_weights(), input, *args)
                     return out
-                except ValueError as error:
-                    if not _LAYOUT_ERROR.search(str(error)):
+                except (TypeError, ValueError) as error:
+                    # A TypeError may be a CuPy array, which the general path refuses naming
+                    # the device; the general path raises any other error again.
+                    if isinstance(error, ValueError) and not _LAYOUT_ERROR.search(str(error)):
                         raise
-        x = input if isinstance(input, np.ndarray) else np.asarray(input)
+        # On the cell's device, before anything runs.
+        _devices.check_on(self.device, input, "input", "cell")
+        _devices.check_states(self.device, "cell", "hx", hx)
+        _devices.check_states(self.device, "cell", "out", out)
+        x = input if isinstance(input, np.ndarray) or self.device != "cpu" else np.asarray(input)
         if x.ndim not in (1, 2):
             raise ValueError(f"input must be 1-D (unbatched) or 2-D (batch, input_size), "
                              f"not of shape {x.shape}")
@@ -166,6 +205,9 @@ class _CellBase:
         parts = 2 if lstm else 1
         hx = self._state(hx, "hx", parts, state_shape, zeros=True)
         out = self._state(out, "out", parts, state_shape, zeros=False)
+        if self.device != "cpu":
+            self._device_step(x, hx, out, unbatched)
+            return tuple(out) if lstm else out[0]
         try:
             self._step(x, hx, out, unbatched)
         except ValueError as error:
@@ -199,6 +241,33 @@ class _CellBase:
             for view, result in zip(out, results):
                 view[...] = result
 
+    def _device_step(self, x, hx, out, unbatched):
+        """The step on the GPU: the CPU kernel's checks (in its order, with its errors; CuPy
+        arrays have no read-only flag to check), then functional's forward over one time step
+        (x [1, B, I]), whose h_n and c_n are copied into out (any strides)."""
+        if unbatched:
+            x, hx, out = x[None], [s[None] for s in hx], [s[None] for s in out]
+        lstm = self._cell == "lstm"
+        names = ("hx[0]", "out[0]", "hx[1]", "out[1]") if lstm else ("hx", "out")
+        arrays = (hx[0], out[0], hx[1], out[1]) if lstm else (hx[0], out[0])
+        batch = x.shape[0]
+        for name, value, shape in [("input", x, (batch, self.input_size))] + [
+                (n, a, (batch, self.hidden_size)) for n, a in zip(names, arrays)]:
+            if value.dtype != self.dtype:
+                raise TypeError(f"{name} has dtype {value.dtype}, expected {self.dtype} (the "
+                                "dtype of the cell's weights)")
+            if value.shape != shape:
+                raise ValueError(f"{name} has shape {value.shape}, expected {shape}")
+        _check_no_overlap([(n, a) for n, a in zip(names, arrays) if n.startswith("out")],
+                          [(n, a) for n, a in zip(names, arrays) if n.startswith("hx")]
+                          + [("input", x)], _devices.xp(self.device))
+        p = self._params
+        _, h_n, c_n, _ = functional.forward(
+            self._cell, x[None], hx[0], p["weight_ih"], p["weight_hh"], b_ih=p.get("bias_ih"),
+            b_hh=p.get("bias_hh"), c0=hx[1] if lstm else None)
+        for target, result in zip(out, (h_n, c_n)):
+            target[...] = result
+
     def _step_any_layout(self, x, hx, out, unbatched, state_shape):
         """The step on inputs and outputs of any strides and alignment: inputs copied where the
         kernel cannot read them in place, outputs written through buffers."""
@@ -215,7 +284,8 @@ class _CellBase:
     def _state(self, value, name, parts, shape, zeros):
         """hx or out as a list of `parts` arrays: new ones (zeros for hx) for None."""
         if value is None:
-            make = np.zeros if zeros else np.empty
+            xp = _devices.xp(self.device)
+            make = xp.zeros if zeros else xp.empty
             return [make(shape, self.dtype) for _ in range(parts)]
         if parts == 1:
             return [value]
@@ -232,28 +302,32 @@ class _CellBase:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        for value in self._params.values():  # read-only, as load_state_dict leaves them
-            value.flags.writeable = False
+        if self.device == "cpu":
+            for value in self._params.values():  # read-only, as load_state_dict leaves them
+                value.flags.writeable = False
 
     def __repr__(self):
         bias = "" if self.bias else ", bias=False"
+        device = "" if getattr(self, "device", "cpu") == "cpu" else f", device={self.device!r}"
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{bias}, "
-                f"dtype={self.dtype.name})")
+                f"dtype={self.dtype.name}{device})")
 
 
 class LSTMCell(_CellBase):
     """One LSTM step (gates i, f, g, o): ``h, c = cell(x, (h, c))``."""
 
-    def __init__(self, input_size, hidden_size, bias=True, dtype="float32", seed=None):
-        super().__init__("lstm", input_size, hidden_size, bias, dtype, seed)
+    def __init__(self, input_size, hidden_size, bias=True, dtype="float32", seed=None,
+                 device="cpu"):
+        super().__init__("lstm", input_size, hidden_size, bias, dtype, seed, device)
 
 
 class GRUCell(_CellBase):
     """One GRU step (gates r, z, n; reset applied after the recurrent matmul):
     ``h = cell(x, h)``."""
 
-    def __init__(self, input_size, hidden_size, bias=True, dtype="float32", seed=None):
-        super().__init__("gru", input_size, hidden_size, bias, dtype, seed)
+    def __init__(self, input_size, hidden_size, bias=True, dtype="float32", seed=None,
+                 device="cpu"):
+        super().__init__("gru", input_size, hidden_size, bias, dtype, seed, device)
 
 
 class RNNCell(_CellBase):
@@ -261,8 +335,9 @@ class RNNCell(_CellBase):
     ``h = cell(x, h)``."""
 
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
-                 dtype="float32", seed=None):
+                 dtype="float32", seed=None, device="cpu"):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', not {nonlinearity!r}")
         self.nonlinearity = nonlinearity
-        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, bias, dtype, seed)
+        super().__init__("rnn_" + nonlinearity, input_size, hidden_size, bias, dtype, seed,
+                         device)

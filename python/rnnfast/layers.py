@@ -1,8 +1,11 @@
-"""Recurrent layers shaped like PyTorch's torch.nn.RNN, LSTM and GRU, over NumPy arrays.
+"""Recurrent layers shaped like PyTorch's torch.nn.RNN, LSTM and GRU, over NumPy arrays (CPU)
+or CuPy arrays (GPU).
 
 Same constructor arguments, parameter names, shapes, initialisation and call signature as
 PyTorch, so that code and weights move between the two unchanged; training is explicit:
-``layer.backward(grad_output, grad_hx)`` after a training-mode forward.
+``layer.backward(grad_output, grad_hx)`` after a training-mode forward. The parameters live on
+the layer's ``device`` (``device=`` at construction, ``layer.to(device)``), and so must the
+arrays of a call (rnnfast._devices).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from . import _dtypes, functional
+from . import _devices, _dtypes, functional
 from ._params import init_params, load_params, positive_int
 from .cell_registry import spec
 
@@ -22,7 +25,7 @@ class _RNNBase:
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
-                 dtype="float32", seed=None):
+                 dtype="float32", seed=None, device="cpu"):
         self._cell = cell
         self.input_size = positive_int(input_size, "input_size")
         self.hidden_size = positive_int(hidden_size, "hidden_size")
@@ -41,6 +44,7 @@ class _RNNBase:
         if self.dtype not in functional.DTYPES:
             raise TypeError(f"dtype must be {_dtypes.DTYPE_NAMES}, not {self.dtype}")
         self.seed = seed
+        device = _devices.resolve(device)  # before the parameters: refuse a device up front
         if self.dropout > 0 and self.num_layers == 1:
             # As PyTorch: dropout acts between layers, so a single layer has none.
             warnings.warn("dropout > 0 has no effect with num_layers=1: dropout is applied "
@@ -50,8 +54,12 @@ class _RNNBase:
         self._ctx = None
         # One generator, seeded by `seed`, for the initial parameters and then the dropout masks.
         self._rng = np.random.default_rng(seed)
+        # Drawn on the host, then copied: the same seed gives the same parameters on every
+        # device.
+        self.device = "cpu"
         self._params = init_params(repr(self), self._param_shapes(), self.hidden_size,
                                    self.dtype, self._rng)
+        self.to(device)
 
     # ------------------------------------------------------------------ parameters
 
@@ -76,11 +84,12 @@ class _RNNBase:
             shapes.update({theirs: full.get(ours, (gh, inputs)) for ours, theirs in n.items()})
         return shapes
 
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """The parameters as a dict of NumPy arrays (copies), with PyTorch's names and shapes."""
+    def state_dict(self) -> dict[str, Any]:
+        """The parameters as a dict of arrays (copies, on the layer's device: NumPy or CuPy
+        arrays), with PyTorch's names and shapes."""
         return {name: value.copy() for name, value in self._params.items()}
 
-    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
+    def named_parameters(self) -> Iterator[tuple[str, Any]]:
         """(name, array) pairs of the parameters themselves, not copies (state_dict's names and
         order), as torch's ``named_parameters``: for optimizers that update them in place
         (``rnnfast.training``). Changing them between a training forward and its backward
@@ -88,11 +97,30 @@ class _RNNBase:
         return iter(self._params.items())
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Loads parameters from a dict with PyTorch's names and shapes (values: anything
-        np.asarray accepts, e.g. NumPy arrays or CPU tensors). Every name must be present and
-        no other; values are copied and converted to the layer's dtype."""
-        self._params = load_params(type(self).__name__, self._param_shapes(), state_dict,
-                                   self.dtype)
+        """Loads parameters from a dict with PyTorch's names and shapes (values: CuPy arrays
+        or anything np.asarray accepts, e.g. NumPy arrays or CPU tensors, on any device). Every
+        name must be present and no other; values are copied, converted to the layer's dtype
+        and placed on its device (checked on the host: a GPU value is copied there and back)."""
+        params = load_params(type(self).__name__, self._param_shapes(),
+                             {name: _devices.host(value) for name, value in state_dict.items()},
+                             self.dtype)
+        self._params = {name: _devices.move(value, self.device)
+                        for name, value in params.items()}
+
+    def to(self, device) -> _RNNBase:
+        """Moves the parameters (and ``grads``) to ``device``: "cpu", "cuda" (CuPy's current
+        GPU) or "cuda:N"; returns the layer, as torch's ``Module.to``. Arrays already there are
+        not copied. A training forward made before must be run again before ``backward``."""
+        device = _devices.resolve(device)
+        if device != self.device:
+            self._params = {name: _devices.move(value, device)
+                            for name, value in self._params.items()}
+            if self.grads is not None:
+                self.grads = {name: _devices.move(value, device)
+                              for name, value in self.grads.items()}
+            self._ctx = None
+            self.device = device
+        return self
 
     # ------------------------------------------------------------------ modes
 
@@ -114,9 +142,12 @@ class _RNNBase:
         directions concatenated (forward first); states (num_layers * num_directions, B, R),
         the LSTM's c (.., B, hidden_size), indexed by layer * num_directions + direction, or
         without B when unbatched; hx None means zeros. Input of any strides is accepted
-        (copied when not contiguous); NaN in the input propagates to the outputs.
+        (copied when not contiguous); NaN in the input propagates to the outputs. input, hx
+        and resets must be on the layer's device (else a TypeError or ValueError naming
+        them, before anything runs); the outputs are there too.
 
-        lengths: integers [B] (a single integer when unbatched), in any order: sequence b has
+        lengths: integers [B] (a single integer when unbatched; on any device: read on the
+        host, which for a CuPy array waits for the GPU), in any order: sequence b has
         lengths[b] steps and the rest is padding. Its outputs there are 0, its final states
         are those after its own last step (h0, c0 for a length of 0), and the reverse
         direction starts at its own last step: what PyTorch's packed sequences give. None: T.
@@ -128,6 +159,11 @@ class _RNNBase:
 
         seed: seeds this call's dropout masks (training mode, num_layers > 1, dropout > 0);
         None draws them from the layer's generator (seeded by the layer's ``seed``)."""
+        # On the layer's device, before anything runs (lengths: anywhere, read on the host).
+        for name, value in (("input", input), ("resets", resets)):
+            if value is not None:
+                _devices.check_on(self.device, value, name, "layer")
+        _devices.check_states(self.device, "layer", "hx", hx)
         rng = np.random.default_rng(seed) if seed is not None else self._rng
         # Backward reads nothing the caller can modify: the input, hx and output it keeps are
         # private (the torch adapter calls functional directly and has autograd check them).
@@ -181,6 +217,8 @@ class _RNNBase:
         if self._ctx is None:
             raise RuntimeError("backward needs a forward in training mode first "
                                "(layer.train(), then call the layer)")
+        _devices.check_on(self.device, grad_output, "grad_output", "layer")
+        _devices.check_states(self.device, "layer", "grad_hx", grad_hx)
         grad_input, grad_hx0, self.grads = self._backward(self._ctx, grad_output, grad_hx)
         return grad_input, grad_hx0
 
@@ -231,7 +269,8 @@ class _RNNBase:
                               ("proj_size", 0), ("dropout", 0.0), ("bias", True)):
             if getattr(self, name) != default:
                 args += f", {name}={getattr(self, name)}"
-        return f"{type(self).__name__}({args}, dtype={self.dtype.name})"
+        device = "" if self.device == "cpu" else f", device={self.device!r}"
+        return f"{type(self).__name__}({args}, dtype={self.dtype.name}{device})"
 
 
 class RNN(_RNNBase):
@@ -239,21 +278,22 @@ class RNN(_RNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, dtype="float32",
-                 seed=None):
+                 seed=None, device="cpu"):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', not {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__("rnn_" + nonlinearity, input_size, hidden_size, num_layers, bias,
-                         batch_first, dropout, bidirectional, 0, dtype, seed)
+                         batch_first, dropout, bidirectional, 0, dtype, seed, device)
 
 
 class LSTM(_RNNBase):
     """LSTM with PyTorch's gate order (i, f, g, o)."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, proj_size=0, dtype="float32", seed=None):
+                 dropout=0.0, bidirectional=False, proj_size=0, dtype="float32", seed=None,
+                 device="cpu"):
         super().__init__("lstm", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, proj_size, dtype, seed)
+                         dropout, bidirectional, proj_size, dtype, seed, device)
 
 
 class GRU(_RNNBase):
@@ -261,6 +301,7 @@ class GRU(_RNNBase):
     matmul."""
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype="float32", seed=None):
+                 dropout=0.0, bidirectional=False, dtype="float32", seed=None,
+                 device="cpu"):
         super().__init__("gru", input_size, hidden_size, num_layers, bias, batch_first,
-                         dropout, bidirectional, 0, dtype, seed)
+                         dropout, bidirectional, 0, dtype, seed, device)

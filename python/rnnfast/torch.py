@@ -16,9 +16,12 @@ switches the ``torch.nn`` ones inside a model over in place::
   torch.export record them as single nodes.
 - CPU tensors of float32, float64 or bfloat16 (``module.bfloat16()``; needs ml_dtypes:
   ``rnnfast[bf16]``): bfloat16 products with float32 sums and float32 gate math, as
-  ``rnnfast.LSTM(dtype="bfloat16")``. CUDA tensors raise ``NotImplementedError``: the CUDA
-  backend is not merged yet. Empty inputs and states (a batch of 0, hidden_size=0) go to
-  torch's own op.
+  ``rnnfast.LSTM(dtype="bfloat16")``. Empty inputs and states (a batch of 0, hidden_size=0) go
+  to torch's own op.
+- CUDA tensors (float32, float64; needs CuPy, ``rnnfast[cuda12]``, and rnnfast's CUDA module)
+  reach the CUDA backend as CuPy arrays through DLPack, without a copy, and run on torch's
+  current stream (CuPy's current stream within the call); the arrays rnnfast allocates come
+  from CuPy's memory pool, not torch's caching allocator. Not yet run on a GPU.
 - Dropout (training mode, between stacked layers, as ``torch.nn``) draws its masks with
   rnnfast's generator, seeded from PyTorch's (so ``torch.manual_seed`` makes it reproducible),
   but not the same masks as ``torch.nn`` draws: results with dropout match torch.nn in
@@ -37,6 +40,7 @@ This module imports torch; ``import rnnfast`` does not import it.
 """
 
 
+import contextlib
 import functools
 import importlib.abc
 import importlib.machinery
@@ -51,7 +55,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
-from . import _cpu, _dtypes, functional
+from . import _cpu, _devices, _dtypes, backends, functional
 
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert",
            "share_torch_threads"]
@@ -61,20 +65,24 @@ if _dtypes.BFLOAT16 is not None:  # ml_dtypes (rnnfast[bf16]) installed
     _NUMPY_DTYPES[torch.bfloat16] = _dtypes.BFLOAT16
 
 
-def _numpy(tensor):
-    """A NumPy view of a CPU tensor's memory (no copy; bfloat16 as ml_dtypes.bfloat16); None
-    stays None."""
+def _array(tensor):
+    """A NumPy view of a CPU tensor's memory (no copy; bfloat16 as ml_dtypes.bfloat16), or a
+    CuPy view of a CUDA tensor's (DLPack, no copy); None stays None."""
     if tensor is None:
         return None
+    if tensor.device.type == "cuda":
+        return _devices.cupy().from_dlpack(tensor.detach())
     if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16 of its own: same bits
         return tensor.detach().view(torch.int16).numpy().view(_dtypes.BFLOAT16)
     return tensor.detach().numpy()
 
 
 def _tensor(array, dtype):
-    """A tensor of ``dtype`` from a NumPy array: its memory where the dtypes agree, else
+    """A tensor of ``dtype`` from a NumPy or CuPy array: its memory where the dtypes agree, else
     converted (the float32 weight gradients of bfloat16 weights)."""
-    if _dtypes.is_bfloat16(array.dtype):
+    if backends.is_cupy_array(array):
+        tensor = torch.from_dlpack(array)
+    elif _dtypes.is_bfloat16(array.dtype):
         tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     else:
         tensor = torch.from_numpy(array)
@@ -153,9 +161,28 @@ def _from_padded(call, a):
     return a.transpose(0, 1).contiguous() if call.batch_first else a
 
 
+def _on_torch_stream(tensor):
+    """For a CUDA tensor, a context in which CuPy (and so rnnfast's CUDA backend) runs on the
+    tensor's GPU and on torch's current stream there: the DLPack exchanges and the kernels are
+    then ordered with torch's own work, without synchronising. For a CPU tensor, nothing."""
+    if tensor.device.type != "cuda":
+        return contextlib.nullcontext()
+    cupy, stack = _devices.cupy(), contextlib.ExitStack()
+    stack.enter_context(cupy.cuda.Device(tensor.device.index))
+    stack.enter_context(cupy.cuda.ExternalStream(
+        torch.cuda.current_stream(tensor.device).cuda_stream, tensor.device.index))
+    return stack
+
+
 def _forward_kernels(call, tensors, save):
-    """torch._VF's recurrent op on rnnfast.functional.forward_layers (NumPy views of the
-    tensors' memory): ([output, h_n(, c_n)], the training context, or None unless ``save``)."""
+    """torch._VF's recurrent op on rnnfast.functional.forward_layers (NumPy or CuPy views of
+    the tensors' memory): ([output, h_n(, c_n)], the training context, or None unless
+    ``save``)."""
+    with _on_torch_stream(tensors[0]):
+        return _forward_on_stream(call, tensors, save)
+
+
+def _forward_on_stream(call, tensors, save):
     x, states = tensors[0], tensors[1:1 + call.state_count]
     weights = tensors[1 + call.state_count:]
     lengths = None if call.batch_sizes is None else (call.batch_sizes[None] > torch.arange(
@@ -164,10 +191,10 @@ def _forward_kernels(call, tensors, save):
     # Dropout masks come from a numpy generator seeded by PyTorch's default generator.
     generator = (np.random.default_rng(int(torch.randint(2**62, (), dtype=torch.int64)))
                  if dropout > 0 else None)
-    hx = tuple(map(_numpy, states))
+    hx = tuple(map(_array, states))
     out, h_n, c_n, saved = functional.forward_layers(
-        call.op, _numpy(_to_padded(call, x)),
-        dict(zip(call.param_names(len(weights)), map(_numpy, weights))),
+        call.op, _array(_to_padded(call, x)),
+        dict(zip(call.param_names(len(weights)), map(_array, weights))),
         hx=hx if call.state_count == 2 else hx[0], lengths=lengths,
         num_layers=call.num_layers, bidirectional=call.bidirectional, dropout=dropout,
         generator=generator, training=save)
@@ -179,14 +206,16 @@ def _forward_kernels(call, tensors, save):
 def _backward_kernels(call, saved, grads, weight_count):
     """rnnfast.functional.backward_layers on the training context ``saved``: the gradients of
     the forward's tensors (x, *states, *weights) from those of its outputs."""
-    grad_hx = tuple(map(_numpy, grads[1:]))
-    grad_x, grad_h0, grad_c0, weight_grads = functional.backward_layers(
-        saved, _numpy(_to_padded(call, grads[0])),
-        grad_hx if call.state_count == 2 else grad_hx[0])
-    dtype = grads[0].dtype  # every tensor's (_check_device_and_dtype)
-    return [_from_padded(call, _tensor(grad_x, dtype)),
-            *(_tensor(g, dtype) for g in (grad_h0, grad_c0)[:call.state_count]),
-            *(_tensor(weight_grads[name], dtype) for name in call.param_names(weight_count))]
+    with _on_torch_stream(grads[0]):
+        grad_hx = tuple(map(_array, grads[1:]))
+        grad_x, grad_h0, grad_c0, weight_grads = functional.backward_layers(
+            saved, _array(_to_padded(call, grads[0])),
+            grad_hx if call.state_count == 2 else grad_hx[0])
+        dtype = grads[0].dtype  # every tensor's (_check_device_and_dtype)
+        return [_from_padded(call, _tensor(grad_x, dtype)),
+                *(_tensor(g, dtype) for g in (grad_h0, grad_c0)[:call.state_count]),
+                *(_tensor(weight_grads[name], dtype)
+                  for name in call.param_names(weight_count))]
 
 
 def _needs_torch_backward(grads):
@@ -236,7 +265,7 @@ def _recurrent_op(tensors: list[torch.Tensor], op: str, state_count: int,
     if save:
         key = next(_workspace_keys)
         _WORKSPACES[key] = saved
-        outputs.append(torch.tensor(key))
+        outputs.append(torch.tensor(key, device=tensors[0].device))  # as the fake's
         weakref.finalize(outputs[-1], _WORKSPACES.pop, key, None)
     return outputs
 
@@ -313,12 +342,19 @@ class _EagerRecurrence(torch.autograd.Function):
 
 def _check_device_and_dtype(tensors):
     """What rnnfast's kernels need beyond torch's own checks: CPU tensors of float32, float64
-    or bfloat16 (with ml_dtypes), all of one dtype."""
+    or bfloat16 (with ml_dtypes), or CUDA tensors (with CuPy and rnnfast's CUDA module), all
+    of one device and dtype."""
+    device = tensors[-1].device  # a weight's
     for tensor in tensors:
-        if tensor.device.type != "cpu":
+        if tensor.device.type not in ("cpu", "cuda"):
             raise NotImplementedError(
-                f"a tensor is on {tensor.device}: rnnfast.torch runs on CPU tensors only for "
-                "now (the CUDA backend is not merged yet); use torch.nn's module on the GPU")
+                f"a tensor is on {tensor.device}: rnnfast.torch runs on CPU and CUDA tensors")
+    for tensor in tensors:
+        if tensor.device != device:  # torch's message for a mix
+            raise RuntimeError(f"Expected all tensors to be on the same device, but found at "
+                               f"least two devices, {device} and {tensor.device}!")
+    if device.type == "cuda":
+        _devices.cupy()  # an ImportError saying what to install or rebuild
     dtype = tensors[-1].dtype  # a weight's
     if dtype not in _NUMPY_DTYPES:
         names = ", ".join(str(d).removeprefix("torch.") for d in _NUMPY_DTYPES)
@@ -327,6 +363,9 @@ def _check_device_and_dtype(tensors):
         raise TypeError(f"rnnfast.torch computes in {names}, not in {dtype} (float16 runs in "
                         f"rnnfast's own layers only, for now{hint}): convert the module with "
                         ".float() or .double()")
+    if device.type == "cuda" and dtype == torch.bfloat16:
+        raise TypeError("rnnfast computes CUDA tensors in float32 or float64, not in "
+                        f"{dtype}: convert the module with .float() or .double()")
     for tensor in tensors:
         if tensor.dtype != dtype:  # torch raises a RuntimeError from its matrix products
             raise RuntimeError(f"expected every input and state to have the parameters' dtype "

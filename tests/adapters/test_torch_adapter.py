@@ -300,7 +300,7 @@ def test_double_backward_through_dropout_raises():
 
 def test_other_devices_and_dtypes_raise():
     module = rt.LSTM(2, 3)
-    with pytest.raises(NotImplementedError, match="CUDA backend is not merged"):
+    with pytest.raises(NotImplementedError, match="meta: rnnfast.torch runs on CPU and CUDA"):
         module(torch.zeros(3, 2, 2, device="meta"))
     with pytest.raises(NotImplementedError, match="a tensor is on meta"):
         module(torch.zeros(3, 2, 2), (torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, device="meta")))
@@ -308,11 +308,34 @@ def test_other_devices_and_dtypes_raise():
         module.half()(torch.zeros(3, 2, 2, dtype=torch.float16))
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda is not available")
-def test_cuda_raises_not_implemented():
-    module = rt.LSTM(2, 3).cuda()
-    with pytest.raises(NotImplementedError, match="CUDA backend is not merged"):
-        module(torch.zeros(3, 2, 2, device="cuda"))
+@pytest.mark.parametrize("cell", CELLS)
+def test_cuda_tensors_match_torch_nn_on_the_gpu(cell):
+    """CUDA tensors through DLPack into CuPy, on torch's stream (needs CuPy and rnnfast's CUDA
+    module): a packed, stacked, bidirectional layer in float64 against torch.nn on the same
+    GPU, outputs and every gradient. (Not run where the suite was written: no GPU.)"""
+    pytest.importorskip("cupy")
+    pytest.importorskip("rnnfast._cuda")
+    options = {"input_size": 3, "hidden_size": 6, "num_layers": 2, "bidirectional": True}
+    reference = build(torch.nn, cell, torch.float64, **options).cuda()
+    ours = build(rt, cell, torch.float64, **options).cuda()
+    ours.load_state_dict(reference.state_dict())
+    x, hx, lengths, _ = layer_problem(cell, options, lengths=[2, 5, 1, 4])
+    results = []
+    for module in (ours, reference):
+        xt = torch.tensor(x, device="cuda", requires_grad=True)
+        hxt = tuple(torch.tensor(h, device="cuda", requires_grad=True) for h in hx)
+        packed = pack_padded_sequence(xt, torch.tensor(lengths), enforce_sorted=False)
+        out, states = module(packed, hxt if cell == "lstm" else hxt[0])
+        outputs = [out.data, *(states if cell == "lstm" else (states,))]
+        loss = sum((o * torch.linspace(-1, 1, o.numel(), device="cuda", dtype=o.dtype)
+                    .reshape(o.shape)).sum() for o in outputs)
+        grads = torch.autograd.grad(loss, [xt, *hxt, *module.parameters()])
+        assert all(g.device.type == "cuda" for g in grads)
+        results.append([t.detach().cpu().numpy() for t in [*outputs, *grads]])
+    for got, expected in zip(*results):
+        assert rel_err(got, expected) <= FLOAT64_TOL
 
 
 def test_modified_weights_before_backward_raise():

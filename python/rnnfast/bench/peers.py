@@ -88,6 +88,12 @@ def _constructor(cell, module, suffix=""):
                              **dict(cell_spec.torch_options))
 
 
+def _device_option(device):
+    """The layers' and cells' device argument: none on the CPU, so that a baseline package from
+    before ``device=`` can be timed there."""
+    return {} if device == "cpu" else {"device": device}
+
+
 def _host_copier(xp):
     """A function copying an array of the array library xp (NumPy or CuPy) to a NumPy array."""
     return xp.asnumpy if xp is not np else np.array
@@ -141,7 +147,7 @@ class RnnfastPeer(Peer):
         make = _constructor(r.cell, self.package)
         try:
             layer = make(r.I, r.H, num_layers=r.layers, bidirectional=r.directions == 2,
-                         dtype=p.dtype.name)
+                         dtype=p.dtype.name, **_device_option(p.device))
         except NotImplementedError as error:
             raise Unsupported(str(error)) from None
         layer.load_state_dict(p.weights)
@@ -167,7 +173,7 @@ class RnnfastPeer(Peer):
         if not hasattr(self.package, "LSTMCell"):
             raise Unsupported("rnnfast cells not available in this version")
         make = _constructor(r.cell, self.package, "Cell")
-        cell = make(r.I, r.H, dtype=p.dtype.name)
+        cell = make(r.I, r.H, dtype=p.dtype.name, **_device_option(p.device))
         cell.load_state_dict({k: p.weights[f"{k}_l0"]
                               for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
         x, host = xp.asarray(p.x), _host_copier(xp)
