@@ -10,12 +10,12 @@
 #    and cells on the GPU (tests/frontends/test_devices.py, over CuPy itself there) and the
 #    PyTorch adapter's CUDA tensors, then the whole test suite,
 # 3. runs compute-sanitizer (memcheck, racecheck, synccheck; initcheck for information) on a
-#    small forward
-#    and backward of each cell (benchmarks/gpu_sanitize_case.py), and on the kernels with
-#    lengths, resets and the projection (benchmarks/gpu_sanitize_options.py).
+#    small forward and backward of each cell on both recurrence paths
+#    (benchmarks/gpu_sanitize_case.py), and on the kernels with lengths, resets and the
+#    projection (benchmarks/gpu_sanitize_options.py).
 # Eight logs go to $OUT (or ./gpu_check_logs; the device tool returns at most eight files); a
-# summary is printed last. Exit status 0 only if the
-# build, the tests and the memcheck, racecheck and synccheck runs all passed.
+# summary is printed last. Exit status 0 only if the build, the tests and the memcheck,
+# racecheck and synccheck runs all passed.
 set -u -o pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$REPO/gpu_check_logs}
