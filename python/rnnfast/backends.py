@@ -29,6 +29,7 @@ from . import _cpu, _dtypes
 
 _emulating = contextvars.ContextVar("rnnfast_emulate_cuda", default=False)
 _cuda_path = contextvars.ContextVar("rnnfast_cuda_path", default="auto")
+_cpu_gemm = contextvars.ContextVar("rnnfast_cpu_gemm", default=None)
 CUDA_PATHS = ("auto", "standard", "persistent")
 
 
@@ -59,6 +60,21 @@ def cuda_recurrence(path: str):
         yield
     finally:
         _cuda_path.reset(token)
+
+
+@contextlib.contextmanager
+def cpu_gemm(gemm):
+    """Within this block (in this thread or task), the CPU backend's large GEMMs (the input
+    projection, the input and weight gradients) of float32, float64 and float16 arrays run on
+    ``gemm(a, b, out, trans_a, trans_b, bias, accumulate)`` (the semantics of
+    ``CpuBackend.gemm``) instead of rnnfast's own; bfloat16 ones stay on rnnfast's
+    (``_cpu.gemm_bf16``). ``None``: rnnfast's own. rnnfast.torch runs them on torch's (MKL, on
+    the OpenMP threads that rnnfast's kernels share there)."""
+    token = _cpu_gemm.set(gemm)
+    try:
+        yield
+    finally:
+        _cpu_gemm.reset(token)
 
 
 class CpuBackend:
@@ -128,8 +144,7 @@ class CpuBackend:
             return
         if rounding is not None:
             a, b = _dtypes.round_operand(a, rounding), _dtypes.round_operand(b, rounding)
-        _cpu.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b, bias=bias,
-                  accumulate=accumulate)
+        (_cpu_gemm.get() or _own_gemm)(a, b, out, trans_a, trans_b, bias, accumulate)
 
     @staticmethod
     def recurrent_forward(*args, rounding=None):
@@ -138,6 +153,10 @@ class CpuBackend:
     @staticmethod
     def recurrent_backward(*args, rounding=None):
         _cpu.recurrent_backward(*args, bf16_matmul=_dtypes.is_bfloat16(rounding))
+
+
+def _own_gemm(a, b, out, trans_a, trans_b, bias, accumulate):
+    _cpu.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b, bias=bias, accumulate=accumulate)
 
 
 class CudaBackend:

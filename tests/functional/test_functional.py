@@ -517,3 +517,28 @@ def test_workspace_alignment_does_not_change_results(cell, dtype):
     for first, second in zip(*results):
         if first is not None:
             assert np.array_equal(first, second)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_cpu_gemm_runs_the_large_gemms(cell, dtype):
+    # backends.cpu_gemm: a layer's forward and backward with NumPy's matmul as the GEMM (in
+    # float64 and rounded, so its sums differ from rnnfast's own) match the reference, and the
+    # GEMM saw every mode the orchestration asks for.
+    modes = set()
+
+    def numpy_gemm(a, b, out, trans_a, trans_b, bias, accumulate):
+        modes.add((trans_a, trans_b, bias is not None, accumulate))
+        product = (a.T if trans_a else a).astype(np.float64) @ (b.T if trans_b else b)
+        if bias is not None:
+            product += bias
+        out[...] = (out + product) if accumulate else product
+
+    inputs, douts = make_problem(cell, 5, 3, 7, 33, dtype, seed=seed_of("gemm", cell))
+    with backends.cpu_gemm(numpy_gemm):
+        got = run_functional(cell, inputs, douts)
+    assert_matches_oracle(cell, inputs, douts, got, dtype)
+    # the input projection (with b_ih), dx, dW_ih, and dW_hh in two parts (the first step's
+    # h0, then the other steps accumulated)
+    assert modes == {(False, True, True, False), (False, False, False, False),
+                     (True, False, False, False), (True, False, False, True)}, modes

@@ -50,20 +50,24 @@ void gemm_impl(const GemmArgs<T>& g) {
 
   AlignedBuffer<T> packed(panels * g.k * W), bias(g.bias != nullptr ? panels * W : 0);
   if (g.bias != nullptr) pack_panels(1, g.n, 1, W, bias_rows(g.bias, g.n), bias.data());
-  // Threads split the panels or the row blocks, whichever divides more evenly among them;
-  // the row blocks whenever A has to be copied and each thread gets a tile of rows, so that no
-  // two threads copy the same rows.
-  const int threads = choose_threads(std::max(panels, row_blocks), g.m * g.n * g.k);
+  // Threads split the panels or the rows, whichever divides more evenly among them; the rows
+  // whenever A has to be copied and each thread gets a tile of rows, so that no two threads
+  // copy the same rows. Split by rows, the blocks are as many as a multiple of the threads, of
+  // equal height in whole tiles: every thread gets the same work, also where all of A would
+  // fit one block (a skinny product: a weight gradient of few columns, N = I). Which rows go
+  // together does not change any sum.
+  const int threads = choose_threads(std::max(panels, ceil_div(g.m, kTileRows)), g.m * g.n * g.k);
   auto idle_share = [&](int64_t items) {  // fraction of the threads' time left idle
     const int64_t slots = ceil_div(items, threads) * threads;
     return double(slots - items) / double(slots);
   };
+  auto rows_per_block = [&](int64_t blocks) {
+    return ceil_div(ceil_div(g.m, blocks), kTileRows) * kTileRows;
+  };
+  const int64_t split_block_rows = rows_per_block(ceil_div(row_blocks, threads) * threads);
   const bool split_rows = (!a_direct && g.m >= threads * int64_t{kTileRows}) ||
-                          idle_share(row_blocks) < idle_share(panels);
-  // Split by rows, the blocks are as many as a multiple of the threads, of equal height in whole
-  // tiles: every thread gets the same work. (Which rows go together does not change any sum.)
-  if (split_rows) row_blocks = ceil_div(row_blocks, threads) * threads;
-  const int64_t block_rows = ceil_div(ceil_div(g.m, row_blocks), kTileRows) * kTileRows;
+                          idle_share(ceil_div(g.m, split_block_rows)) < idle_share(panels);
+  const int64_t block_rows = split_rows ? split_block_rows : rows_per_block(row_blocks);
   row_blocks = ceil_div(g.m, block_rows);
   AlignedBuffer<T> a_blocks(a_direct ? 0 : threads * block_rows * depth);
   record_split("gemm", threads, split_rows ? "rows" : "panels");

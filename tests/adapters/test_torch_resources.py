@@ -1,9 +1,10 @@
-"""rnnfast.torch runs rnnfast's kernels on torch's OpenMP threads (share_torch_threads): the
-same results as on rnnfast's own threads, no thread of rnnfast's started while sharing, back to
-rnnfast's threads where an OpenMP team comes out smaller than asked and in a forked child.
+"""rnnfast.torch runs on torch's resources on the CPU: rnnfast's kernels on torch's OpenMP
+threads (share_torch_threads), the large GEMMs on torch's.
 
-Each case runs in a fresh interpreter: which threads exist is a property of the process, and
-rnnfast's own workers, once started, stay."""
+Threads: the same results as on rnnfast's own threads, no thread of rnnfast's started while
+sharing, back to rnnfast's threads where an OpenMP team comes out smaller than asked and in a
+forked child. Each of these cases runs in a fresh interpreter: which threads exist is a property
+of the process, and rnnfast's own workers, once started, stay."""
 
 import os
 import subprocess
@@ -12,6 +13,7 @@ import sys
 import pytest
 
 torch = pytest.importorskip("torch")
+rnnfast_torch = pytest.importorskip("rnnfast.torch")
 
 pytestmark = [pytest.mark.torch]
 
@@ -19,8 +21,9 @@ pytestmark = [pytest.mark.torch]
 # parallel op and after rnnfast's forward and backward, each relative to the count before, and
 # the forward kernel's thread count; whether the outputs and gradients equal those of rnnfast's
 # own threads (bitwise); with an argument, whether a forked child's forward, on rnnfast's own
-# threads, equals them too. (The child runs no torch op: torch's own OpenMP ops hang in a child
-# forked after they ran, with or without rnnfast.)
+# threads, matches them too. (The child sets torch's threads to 1 first, as torch's DataLoader
+# does in its workers: torch's own parallel ops hang in a child forked after they ran on
+# several threads, with or without rnnfast.)
 SCRIPT = r"""
 import os, sys
 import torch
@@ -60,8 +63,9 @@ print(all(torch.equal(a, b) for a, b in zip(shared, own)))
 if len(sys.argv) > 1:
     rnnfast.torch.share_torch_threads(True)
     pid = os.fork()
-    if pid == 0:
-        same = (forward().numpy() == own[0].numpy()).all()
+    if pid == 0:  # one torch thread, as in torch's DataLoader workers
+        torch.set_num_threads(1)
+        same = torch.allclose(forward(), own[0], rtol=1e-6, atol=1e-6)
         os._exit(0 if _cpu.openmp_library() == "" and same else 1)
     print(os.waitpid(pid, 0)[1] == 0)
 """
@@ -96,3 +100,22 @@ def test_a_smaller_openmp_team_falls_back_to_rnnfasts_threads():
     assert split == 2
     assert rnnfast_new == 1
     assert lines[2] == "True"
+
+
+@pytest.mark.parametrize("batch_first", [False, True])
+def test_large_gemms_run_on_torchs(batch_first):
+    # torch's profiler sees the input projection, the input gradient and the weight gradients
+    # as torch's matrix products, inside the forward and the backward of rnnfast's operators.
+    torch.manual_seed(0)
+    m = rnnfast_torch.GRU(6, 10, num_layers=2, batch_first=batch_first)
+    x = torch.randn(4, 3, 6, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        y, _ = m(x)
+        y.sum().backward()
+    counts = {}
+    for event in prof.events():
+        if event.name in ("aten::mm", "aten::addmm", "aten::addmm_"):
+            counts[event.name] = counts.get(event.name, 0) + 1
+    # per layer: the input projection (addmm, with b_ih); dx, dW_ih and dW_hh's part from h0
+    # (mm each); dW_hh's part from the other steps, accumulated (addmm_)
+    assert counts == {"aten::addmm": 2, "aten::mm": 6, "aten::addmm_": 2}, counts
