@@ -6,6 +6,7 @@ from rnnfast._cuda import (
     device_info as device_info,
     emulated as emulated,
     gate_count as gate_count,
+    persistent_refusal as persistent_refusal,
     recurrent_backward as recurrent_backward,
     recurrent_forward as recurrent_forward,
     saved_per_unit as saved_per_unit,
