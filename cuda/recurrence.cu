@@ -532,6 +532,17 @@ std::string persistent_refusal(Cell cell, int64_t hidden, int64_t proj) {
   return persistent_plan<T>(cell, hidden, proj).refusal;
 }
 
+// The persistent path's launch of `kernel` (forward_ or backward_persistent<T, C>) for the
+// call's sizes, with `extra` after its (args, units): cudaErrorInvalidValue where
+// persistent_refusal refuses the call.
+template <auto kernel, typename T, class Args, class... Extra>
+cudaError_t launch_persistent(const Args& a, cudaStream_t stream, Extra... extra) {
+  const PersistentPlan plan = persistent_plan<T>(a.cell, a.hidden, a.proj);
+  if (!plan.refusal.empty()) return cudaErrorInvalidValue;
+  return launch_cooperative<kernel>(dim3(plan.blocks), dim3(kPersistentThreads), plan.shared_bytes,
+                                    stream, a, plan.units, extra...);
+}
+
 // TODO(launch overhead): on the standard path, T (forward) and T + 1 (backward) launches per
 // call, twice that with the projection; capture them in a CUDA graph and measure the difference
 // (the persistent path makes one launch).
@@ -541,12 +552,7 @@ cudaError_t recurrent_forward(const ForwardArgs<T>& a, T* workspace, cudaStream_
   if (a.batch == 0) return cudaSuccess;
   return cells::visit_cell(a.cell, [&](auto cell) {
     using C = decltype(cell);
-    if (path == Path::Persistent) {
-      const PersistentPlan plan = persistent_plan<T>(a.cell, a.hidden, a.proj);
-      if (!plan.refusal.empty()) return cudaErrorInvalidValue;
-      return launch_cooperative<forward_persistent<T, C>>(
-          dim3(plan.blocks), dim3(kPersistentThreads), plan.shared_bytes, stream, a, plan.units);
-    }
+    if (path == Path::Persistent) return launch_persistent<forward_persistent<T, C>, T>(a, stream);
     return launch_steps(
         0, a.steps, 1, a.proj > 0,
         [&](int64_t t) {
@@ -570,13 +576,8 @@ cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStrea
   T* dc_run = projected ? workspace : workspace + a.batch * a.hidden;
   return cells::visit_cell(a.cell, [&](auto cell) {
     using C = decltype(cell);
-    if (path == Path::Persistent) {
-      const PersistentPlan plan = persistent_plan<T>(a.cell, a.hidden, a.proj);
-      if (!plan.refusal.empty()) return cudaErrorInvalidValue;
-      return launch_cooperative<backward_persistent<T, C>>(
-          dim3(plan.blocks), dim3(kPersistentThreads), plan.shared_bytes, stream, a, plan.units,
-          dh_run, dc_run);
-    }
+    if (path == Path::Persistent)
+      return launch_persistent<backward_persistent<T, C>, T>(a, stream, dh_run, dc_run);
     return launch_steps(
         a.steps, a.steps + 1, -1, projected,
         [&](int64_t t) {
