@@ -9,6 +9,7 @@ The front ends hold parameters, so they must say where: PyTorch's ``device=`` an
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import numpy as np
@@ -63,6 +64,15 @@ def of(array) -> str:
     return "cpu"
 
 
+def on(device: str):
+    """A context in which CuPy works on ``device`` (a resolved one): for "cuda:N", GPU N as
+    CuPy's current device, so that the arrays a call makes and its kernels are on the
+    parameters' GPU whichever is current outside; for "cpu", nothing."""
+    if device == "cpu":
+        return contextlib.nullcontext()
+    return cupy().cuda.Device(int(device[5:]))
+
+
 def move(array, device: str):
     """``array`` (a NumPy or CuPy array, or None) on ``device`` (a resolved one): itself when it
     is there, else a copy."""
@@ -72,7 +82,7 @@ def move(array, device: str):
         return array.get()
     cp = cupy()
     with cp.cuda.Device(int(device[5:])):
-        return cp.array(array)  # a copy on this GPU (asarray keeps a CuPy array on another)
+        return cp.array(array)  # always a copy, on this GPU
 
 
 def host(array):

@@ -22,8 +22,13 @@
   CuPy's float16 is numpy.float16.
 - float32 under ``set_float32_matmul_precision``: "highest" (the default): float32 products.
   "medium" on the CPU: the matmuls' operands rounded to bfloat16 as above, the recurrence's
-  included (inputs and results stay float32). "high" and "medium" on CUDA: TF32 (PyTorch's
-  allow_tf32) for the large GEMMs, the recurrence in float32 (see ``matmul_rounding``).
+  included (inputs and results stay float32). "high" and "medium" on CUDA: TF32 for the large
+  GEMMs, the recurrence in float32 (see ``matmul_rounding``): the emulated backend rounds the
+  GEMMs' operands to TF32; on CuPy, whose only TF32 switch is process-wide, rnnfast does not
+  set it: there TF32 follows ``CUPY_TF32=1`` in the environment, whatever this setting says.
+- float16's range ends at 65504: a gradient beyond it, rounded to float16 as the weight
+  gradients' GEMMs round their operands, becomes inf, and the weight gradient inf or NaN
+  (as with cuDNN's float16), where float32 would stay finite.
 """
 
 import numpy as np
@@ -62,9 +67,10 @@ _matmul_precision = "highest"
 
 def set_float32_matmul_precision(precision):
     """How the layers' large GEMMs multiply float32 arrays (PyTorch's names): "highest" (the
-    default) in float32; "high" in TF32 on CUDA (tensor cores; the emulated CUDA backend rounds
-    the operands to TF32), float32 on the CPU, which has no TF32-like middle ground; "medium"
-    in bfloat16 with float32 sums on the CPU (the recurrence's matmul too), TF32 on CUDA. Inputs
+    default) in float32; "high" in TF32 on CUDA (the emulated CUDA backend rounds the operands
+    to TF32; on CuPy TF32 follows CuPy's process-wide CUPY_TF32 instead, see the module's
+    docstring), float32 on the CPU, which has no TF32-like middle ground; "medium" in bfloat16
+    with float32 sums on the CPU (the recurrence's matmul too), TF32 on CUDA as "high". Inputs
     and results stay float32; h, c and the gates stay float32."""
     global _matmul_precision
     if precision not in _PRECISIONS:

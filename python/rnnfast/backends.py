@@ -65,11 +65,11 @@ def cuda_recurrence(path: str):
 @contextlib.contextmanager
 def cpu_gemm(gemm):
     """Within this block (in this thread or task), the CPU backend's large GEMMs (the input
-    projection, the input and weight gradients) of float32, float64 and float16 arrays run on
-    ``gemm(a, b, out, trans_a, trans_b, bias, accumulate)`` (the semantics of
-    ``CpuBackend.gemm``) instead of rnnfast's own; bfloat16 ones stay on rnnfast's
-    (``_cpu.gemm_bf16``). ``None``: rnnfast's own. rnnfast.torch runs them on torch's (MKL, on
-    the OpenMP threads that rnnfast's kernels share there)."""
+    projection, the input and weight gradients) run on ``gemm(a, b, out, trans_a, trans_b,
+    bias, accumulate)`` (the semantics of ``CpuBackend.gemm``) instead of rnnfast's own,
+    except those that multiply in bfloat16 (``_cpu.gemm_bf16``'s: bfloat16 layers, float32
+    under "medium"). ``None``: rnnfast's own. rnnfast.torch runs them on torch's (MKL, on the
+    OpenMP threads that rnnfast's kernels share there)."""
     token = _cpu_gemm.set(gemm)
     try:
         yield

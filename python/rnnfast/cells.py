@@ -86,6 +86,8 @@ def _check_no_overlap(outputs, inputs, xp=np):
 
 
 class _CellBase:
+    device = "cpu"  # the default for cells pickled before they had a device
+
     def __init__(self, cell, input_size, hidden_size, bias, dtype, seed, device):
         self._cell = cell
         self.input_size = positive_int(input_size, "input_size")
@@ -116,7 +118,8 @@ class _CellBase:
     def state_dict(self):
         """The parameters as a dict of arrays (copies, on the cell's device: NumPy or CuPy
         arrays), with PyTorch's names and shapes."""
-        return {name: value.copy() for name, value in self._params.items()}
+        with _devices.on(self.device):  # CuPy copies to its current GPU
+            return {name: value.copy() for name, value in self._params.items()}
 
     def load_state_dict(self, state_dict):
         """Loads parameters from a dict with PyTorch's names and shapes (every name present and
@@ -203,11 +206,14 @@ class _CellBase:
         state_shape = x.shape[:-1] + (self.hidden_size,)
         lstm = self._cell == "lstm"
         parts = 2 if lstm else 1
+        if self.device != "cpu":
+            with _devices.on(self.device):  # the states it makes and its kernels, there
+                hx = self._state(hx, "hx", parts, state_shape, zeros=True)
+                out = self._state(out, "out", parts, state_shape, zeros=False)
+                self._device_step(x, hx, out, unbatched)
+            return tuple(out) if lstm else out[0]
         hx = self._state(hx, "hx", parts, state_shape, zeros=True)
         out = self._state(out, "out", parts, state_shape, zeros=False)
-        if self.device != "cpu":
-            self._device_step(x, hx, out, unbatched)
-            return tuple(out) if lstm else out[0]
         try:
             self._step(x, hx, out, unbatched)
         except ValueError as error:
@@ -308,7 +314,7 @@ class _CellBase:
 
     def __repr__(self):
         bias = "" if self.bias else ", bias=False"
-        device = "" if getattr(self, "device", "cpu") == "cpu" else f", device={self.device!r}"
+        device = "" if self.device == "cpu" else f", device={self.device!r}"
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}{bias}, "
                 f"dtype={self.dtype.name}{device})")
 

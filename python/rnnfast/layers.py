@@ -23,6 +23,8 @@ from .cell_registry import spec
 class _RNNBase:
     """Shared by RNN, LSTM and GRU; ``_cell`` names the cell (see rnnfast.cell_registry)."""
 
+    device = "cpu"  # the default for layers pickled before they had a device
+
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, proj_size=0,
                  dtype="float32", seed=None, device="cpu"):
@@ -87,7 +89,8 @@ class _RNNBase:
     def state_dict(self) -> dict[str, Any]:
         """The parameters as a dict of arrays (copies, on the layer's device: NumPy or CuPy
         arrays), with PyTorch's names and shapes."""
-        return {name: value.copy() for name, value in self._params.items()}
+        with _devices.on(self.device):  # CuPy copies to its current GPU
+            return {name: value.copy() for name, value in self._params.items()}
 
     def named_parameters(self) -> Iterator[tuple[str, Any]]:
         """(name, array) pairs of the parameters themselves, not copies (state_dict's names and
@@ -167,11 +170,12 @@ class _RNNBase:
         rng = np.random.default_rng(seed) if seed is not None else self._rng
         # Backward reads nothing the caller can modify: the input, hx and output it keeps are
         # private (the torch adapter calls functional directly and has autograd check them).
-        input, hx = functional.private_inputs(self.training, input, hx)
-        output, states, self._ctx = self._forward(self._params, self.training, rng, input, hx,
-                                                  lengths, resets)
-        if self._ctx is not None:
-            output = functional.private_output(output, self._ctx[0])
+        with _devices.on(self.device):  # what the call makes, on the parameters' GPU
+            input, hx = functional.private_inputs(self.training, input, hx)
+            output, states, self._ctx = self._forward(self._params, self.training, rng, input,
+                                                      hx, lengths, resets)
+            if self._ctx is not None:
+                output = functional.private_output(output, self._ctx[0])
         return output, states
 
     __call__ = forward
@@ -219,7 +223,8 @@ class _RNNBase:
                                "(layer.train(), then call the layer)")
         _devices.check_on(self.device, grad_output, "grad_output", "layer")
         _devices.check_states(self.device, "layer", "grad_hx", grad_hx)
-        grad_input, grad_hx0, self.grads = self._backward(self._ctx, grad_output, grad_hx)
+        with _devices.on(self.device):
+            grad_input, grad_hx0, self.grads = self._backward(self._ctx, grad_output, grad_hx)
         return grad_input, grad_hx0
 
     def _backward(self, ctx, grad_output, grad_hx):

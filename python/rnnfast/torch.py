@@ -166,15 +166,26 @@ def _on_torch_resources(tensor):
     device. CUDA: CuPy (and so rnnfast's CUDA backend) runs on the tensor's GPU and on torch's
     current stream there, so that the DLPack exchanges and the kernels are ordered with torch's
     own work, without synchronising. CPU: the large GEMMs run on torch's (MKL, on the OpenMP
-    threads that rnnfast's kernels share: share_torch_threads), 1.2-1.3x faster than rnnfast's
-    own at T*B = 6400 and 2-3.5x at T*B = 800 on the development machine."""
+    threads that rnnfast's kernels share: share_torch_threads), 1.2-1.5x faster than rnnfast's
+    own at T*B = 6400 and 1.4-2.4x at T*B = 800 on the development machine; but on rnnfast's
+    own where torch's would round float32 operands (_torch_multiplies_float32_exactly)."""
     if tensor.device.type != "cuda":
-        return backends.cpu_gemm(_torch_gemm)
+        return backends.cpu_gemm(_torch_gemm if _torch_multiplies_float32_exactly() else None)
     cupy, stack = _devices.cupy(), contextlib.ExitStack()
     stack.enter_context(cupy.cuda.Device(tensor.device.index))
     stack.enter_context(cupy.cuda.ExternalStream(
         torch.cuda.current_stream(tensor.device).cuda_stream, tensor.device.index))
     return stack
+
+
+def _torch_multiplies_float32_exactly():
+    """Whether torch's CPU matrix products multiply float32 in float32: not under
+    torch.set_float32_matmul_precision("high" or "medium") nor oneDNN's fp32_precision "bf16"
+    or "tf32", which round the operands on CPUs with AMX or AVX512-BF16. torch.nn's recurrent
+    ops ignore those settings, and so must rnnfast.torch's results."""
+    onednn = getattr(torch.backends.mkldnn, "matmul", None)
+    return (torch.get_float32_matmul_precision() == "highest"
+            and getattr(onednn, "fp32_precision", "none") in ("none", "ieee"))
 
 
 def _torch_gemm(a, b, out, trans_a, trans_b, bias, accumulate):
@@ -375,7 +386,8 @@ def _check_device_and_dtype(tensors):
         _devices.cupy()  # an ImportError saying what to install or rebuild
     dtype = tensors[-1].dtype  # a weight's
     if dtype not in _NUMPY_DTYPES:
-        names = ", ".join(str(d).removeprefix("torch.") for d in _NUMPY_DTYPES)
+        names = ", ".join(str(d).removeprefix("torch.") for d in _NUMPY_DTYPES
+                          if device.type == "cpu" or d != torch.bfloat16)
         hint = "" if _dtypes.BFLOAT16 is not None else (
             "; bfloat16 needs ml_dtypes: pip install rnnfast[bf16]")
         raise TypeError(f"rnnfast.torch computes in {names}, not in {dtype} (float16 runs in "

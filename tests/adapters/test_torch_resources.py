@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -119,3 +120,52 @@ def test_large_gemms_run_on_torchs(batch_first):
     # per layer: the input projection (addmm, with b_ih); dx, dW_ih and dW_hh's part from h0
     # (mm each); dW_hh's part from the other steps, accumulated (addmm_)
     assert counts == {"aten::addmm": 2, "aten::mm": 6, "aten::addmm_": 2}, counts
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_torch_gemm_has_the_semantics_of_rnnfasts(trans_a, trans_b, bias, accumulate):
+    # out = op(a) op(b) (+ bias), or out += ..., as rnnfast._cpu.gemm (float64: both exact to
+    # rounding, whatever the order of their sums)
+    from rnnfast import _cpu
+
+    rng = np.random.default_rng(1)
+    m, k, n = 7, 5, 3
+    a = rng.standard_normal((k, m) if trans_a else (m, k))
+    b = rng.standard_normal((n, k) if trans_b else (k, n))
+    bias_ = rng.standard_normal(n) if bias else None
+    start = rng.standard_normal((m, n))
+    ours, theirs = start.copy(), start.copy()
+    _cpu.gemm(a, b, ours, trans_a=trans_a, trans_b=trans_b, bias=bias_, accumulate=accumulate)
+    rnnfast_torch._torch_gemm(a, b, theirs, trans_a, trans_b, bias_, accumulate)
+    np.testing.assert_allclose(theirs, ours, rtol=1e-12, atol=1e-12)
+
+
+def test_results_do_not_depend_on_torchs_float32_matmul_precision():
+    # torch.set_float32_matmul_precision("medium") makes torch's CPU matrix products round
+    # float32 operands to bfloat16 (on AMX or AVX512-BF16: differences of about 1e-3 here);
+    # torch.nn's LSTM ignores it, and so must rnnfast.torch, whose GEMMs are torch's otherwise
+    # (there on rnnfast's own: the same values up to float32's rounding, in another order).
+    # (Passes trivially on a CPU where "medium" changes nothing.)
+    torch.manual_seed(0)
+    m = rnnfast_torch.LSTM(64, 96)
+    x = torch.randn(6, 5, 64, requires_grad=True)
+
+    def run():
+        x.grad = None
+        m.zero_grad()
+        y, _ = m(x)
+        y.square().sum().backward()
+        return [y.detach().clone(), x.grad.clone(), m.weight_ih_l0.grad.clone()]
+
+    exact = run()
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        medium = run()
+    finally:
+        torch.set_float32_matmul_precision(before)
+    for a, b in zip(exact, medium):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)

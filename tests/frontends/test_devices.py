@@ -362,3 +362,17 @@ def test_cuda_info_reports_cupy(fake_cupy, monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # not installed
     info = rnnfast.cuda_info()
     assert info["cupy"] is None and isinstance(info["built"], bool)
+
+
+def test_layers_and_cells_pickled_before_devices_run_on_the_cpu():
+    # An object pickled before layers and cells had a device has no "device" in its state: it
+    # is on the CPU (a class attribute), and unpickles and runs there.
+    import pickle
+
+    x = np.ones((2, 3), np.float32)  # unbatched for the layer, a batch of 2 for the cell
+    for obj, output in ((rnnfast.GRU(3, 4, seed=0), lambda o: o(x)[0]),
+                        (rnnfast.GRUCell(3, 4, seed=0), lambda o: o(x))):
+        del obj.__dict__["device"]
+        again = pickle.loads(pickle.dumps(obj))
+        assert again.device == "cpu" and "device" not in repr(again)
+        np.testing.assert_array_equal(output(again), output(obj))

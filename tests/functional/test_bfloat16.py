@@ -436,7 +436,7 @@ FLOAT32_ROUNDING = {("cpu", "medium"): rounded, ("cpu", "high"): None,
 def test_float32_matmul_precision_rounds_matmul_operands(target, precision):
     """float32 in and out, the matmuls' operands rounded: on the CPU under "medium" to bfloat16
     (every matmul, the recurrence's included), on CUDA under "medium" and "high" to TF32 (the
-    large GEMMs only; the emulator rounds their operands, a GPU's tensor cores do). By the rule
+    large GEMMs only; the emulator rounds their operands; on CuPy TF32 is CUPY_TF32's). By the rule
     of this file against the reference on the rounded operands (results float32, not rounded).
     "high" on the CPU is "highest"."""
     cell = "gru"

@@ -17,6 +17,7 @@ import functools
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import pathlib
 import sys
 from dataclasses import dataclass
@@ -88,10 +89,16 @@ def _constructor(cell, module, suffix=""):
                              **dict(cell_spec.torch_options))
 
 
-def _device_option(device):
-    """The layers' and cells' device argument: none on the CPU, so that a baseline package from
-    before ``device=`` can be timed there."""
-    return {} if device == "cpu" else {"device": device}
+def _device_option(device, make):
+    """The device argument of ``make`` (a layer's or cell's class): none on the CPU, so that a
+    baseline package from before ``device=`` can be timed there; on the GPU, Unsupported where
+    ``make`` has no ``device=``."""
+    if device == "cpu":
+        return {}
+    if "device" not in inspect.signature(make).parameters:
+        raise Unsupported("this rnnfast's layers take no device= (they came before the GPU "
+                          "front ends)")
+    return {"device": device}
 
 
 def _host_copier(xp):
@@ -147,7 +154,7 @@ class RnnfastPeer(Peer):
         make = _constructor(r.cell, self.package)
         try:
             layer = make(r.I, r.H, num_layers=r.layers, bidirectional=r.directions == 2,
-                         dtype=p.dtype.name, **_device_option(p.device))
+                         dtype=p.dtype.name, **_device_option(p.device, make))
         except NotImplementedError as error:
             raise Unsupported(str(error)) from None
         layer.load_state_dict(p.weights)
@@ -173,7 +180,7 @@ class RnnfastPeer(Peer):
         if not hasattr(self.package, "LSTMCell"):
             raise Unsupported("rnnfast cells not available in this version")
         make = _constructor(r.cell, self.package, "Cell")
-        cell = make(r.I, r.H, dtype=p.dtype.name, **_device_option(p.device))
+        cell = make(r.I, r.H, dtype=p.dtype.name, **_device_option(p.device, make))
         cell.load_state_dict({k: p.weights[f"{k}_l0"]
                               for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
         x, host = xp.asarray(p.x), _host_copier(xp)
