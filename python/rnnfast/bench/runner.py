@@ -25,9 +25,15 @@ from .peers import Unsupported, make_problem
 # bfloat16 every step; rnnfast keeps the recurrence in float32): 5e-2 of the largest output,
 # a fixed bound.
 FLOOR = {"float32": 2e-6, "float64": 1e-10, "bfloat16": 5e-2}
-RULE = {"float32": f"max rel err <= 2 x the float32 reference's + {FLOOR['float32']:.0e}",
-        "float64": f"max rel err <= {FLOOR['float64']:.0e}",
-        "bfloat16": f"max rel err <= {FLOOR['bfloat16']:.0e}"}
+# Peers (other libraries) get PEER_SLACK times that: they sum in orders of their own (PyTorch's
+# float32 bias gradients at T*B = 6400 came out 2.9e-6 off, against the rule's 2.6e-6), and
+# their check is there to show that each computes the same problem, which a setup mistake (an
+# error of order one) would not. rnnfast is held to the rule itself.
+PEER_SLACK = 10
+RULE = {dtype: f"{rule}; peers {PEER_SLACK} x that" for dtype, rule in (
+    ("float32", f"max rel err <= 2 x the float32 reference's + {FLOOR['float32']:.0e}"),
+    ("float64", f"max rel err <= {FLOOR['float64']:.0e}"),
+    ("bfloat16", f"max rel err <= {FLOOR['bfloat16']:.0e}"))}
 # Each implementation gets as many repeats as fit in the time budget (settings["budget_s"]),
 # judged by its last warm-up call, between MIN_REPEATS and settings["repeats"].
 MIN_REPEATS = 2
@@ -224,7 +230,9 @@ def run_row(row, peers, settings, timer, peak):
     oracle = reference_outputs(problem, np.float64)
     tolerance = tolerances(problem, dtype, oracle)
     for name in runs:
-        ok, check, err = check_outputs(outputs[name], oracle, tolerance)
+        slack = 1 if name == "rnnfast" else PEER_SLACK
+        ok, check, err = check_outputs(outputs[name], oracle,
+                                       {k: slack * v for k, v in tolerance.items()})
         records[name] = {**base, "peer": name, "status": "ok" if ok else "mismatch",
                          "check": check, "max_rel_err": err}
 
