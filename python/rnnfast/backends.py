@@ -34,17 +34,21 @@ CUDA_PATHS = ("auto", "standard", "persistent")
 
 
 @contextlib.contextmanager
-def emulate_cuda(enabled: bool = True):
-    """Within this block (in this thread or task), NumPy arrays given to ``rnnfast.functional``
-    (and so to the layers) run on the emulated CUDA backend instead of the CPU kernels."""
-    token = _emulating.set(enabled)
+def _setting(variable, value):
+    """A context in which the context variable ``variable`` is ``value``."""
+    token = variable.set(value)
     try:
         yield
     finally:
-        _emulating.reset(token)
+        variable.reset(token)
 
 
-@contextlib.contextmanager
+def emulate_cuda(enabled: bool = True):
+    """Within this block (in this thread or task), NumPy arrays given to ``rnnfast.functional``
+    (and so to the layers) run on the emulated CUDA backend instead of the CPU kernels."""
+    return _setting(_emulating, enabled)
+
+
 def cuda_recurrence(path: str):
     """Within this block (in this thread or task), the CUDA backends run the recurrence on
     ``path``: "standard" (one fused kernel launch per step; every size and option),
@@ -55,14 +59,9 @@ def cuda_recurrence(path: str):
     values. No effect on the CPU backend."""
     if path not in CUDA_PATHS:
         raise ValueError(f"path must be one of {CUDA_PATHS}, not {path!r}")
-    token = _cuda_path.set(path)
-    try:
-        yield
-    finally:
-        _cuda_path.reset(token)
+    return _setting(_cuda_path, path)
 
 
-@contextlib.contextmanager
 def cpu_gemm(gemm):
     """Within this block (in this thread or task), the CPU backend's large GEMMs (the input
     projection, the input and weight gradients) run on ``gemm(a, b, out, trans_a, trans_b,
@@ -70,11 +69,7 @@ def cpu_gemm(gemm):
     except those that multiply in bfloat16 (``_cpu.gemm_bf16``'s: bfloat16 layers, float32
     under "medium"). ``None``: rnnfast's own. rnnfast.torch runs them on torch's (MKL, on the
     OpenMP threads that rnnfast's kernels share there)."""
-    token = _cpu_gemm.set(gemm)
-    try:
-        yield
-    finally:
-        _cpu_gemm.reset(token)
+    return _setting(_cpu_gemm, gemm)
 
 
 class CpuBackend:
