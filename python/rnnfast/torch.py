@@ -171,9 +171,9 @@ def _on_torch_resources(tensor):
     own where torch's would round float32 operands (_torch_multiplies_float32_exactly)."""
     if tensor.device.type != "cuda":
         return backends.cpu_gemm(_torch_gemm if _torch_multiplies_float32_exactly() else None)
-    cupy, stack = _devices.cupy(), contextlib.ExitStack()
-    stack.enter_context(cupy.cuda.Device(tensor.device.index))
-    stack.enter_context(cupy.cuda.ExternalStream(
+    stack = contextlib.ExitStack()
+    stack.enter_context(_devices.on(f"cuda:{tensor.device.index}"))
+    stack.enter_context(_devices.cupy().cuda.ExternalStream(
         torch.cuda.current_stream(tensor.device).cuda_stream, tensor.device.index))
     return stack
 
@@ -208,10 +208,10 @@ def _forward_kernels(call, tensors, save):
     the tensors' memory): ([output, h_n(, c_n)], the training context, or None unless
     ``save``)."""
     with _on_torch_resources(tensors[0]):
-        return _forward_on_stream(call, tensors, save)
+        return _forward_on_resources(call, tensors, save)
 
 
-def _forward_on_stream(call, tensors, save):
+def _forward_on_resources(call, tensors, save):
     x, states = tensors[0], tensors[1:1 + call.state_count]
     weights = tensors[1 + call.state_count:]
     lengths = None if call.batch_sizes is None else (call.batch_sizes[None] > torch.arange(
