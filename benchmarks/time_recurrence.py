@@ -3,6 +3,7 @@ after a training forward), without the layer's GEMMs: median of repeats after wa
 GFLOP/s (2*T*B*G*H*H FLOPs per pass).
 
 Run: python benchmarks/time_recurrence.py lstm 100 64 512 [--threads 2] [--training | --backward]
+     [--bf16]   (the recurrent matmul in bfloat16, as for bfloat16 layers: AMX or vdpbf16ps)
 """
 
 import argparse
@@ -25,6 +26,8 @@ def main():
     parser.add_argument("--training", action="store_true",
                         help="time the training forward, which also writes the workspace")
     parser.add_argument("--backward", action="store_true")
+    parser.add_argument("--bf16", action="store_true",
+                        help="bfloat16 products with float32 sums (bf16_matmul)")
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args()
     rnnfast.set_num_threads(args.threads)
@@ -45,7 +48,8 @@ def main():
     saved = CPU.empty((T, B, per_unit * H), f32, aligned=True) if keeps_workspace else None
 
     def forward():
-        _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved)
+        _cpu.recurrent_forward(cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved,
+                               bf16_matmul=args.bf16)
 
     run = forward
     if args.backward:
@@ -57,9 +61,10 @@ def main():
 
         def run():
             _cpu.recurrent_backward(cell, w_hh, h0, c0, y, saved, dy, None, None, dzx, dzh,
-                                    dh0, dc0)
+                                    dh0, dc0, bf16_matmul=args.bf16)
     ms = median_time(run, args.repeats) * 1e3
     what = "backward" if args.backward else "training forward" if args.training else "forward"
+    what += " (bf16 products)" if args.bf16 else ""
     print(f"{cell} {what} T={T} B={B} H={H}, "
           f"{args.threads} threads: {ms:.2f} ms, {2 * T * B * G * H * H / ms / 1e6:.1f} GFLOP/s")
 

@@ -131,6 +131,38 @@ def test_gemm_bf16_matches_rounded_product(bf16_isa, shape, trans_a, trans_b, ty
     check("c (accumulate)", c, oracle + start, same_precision + start)
 
 
+def _rounding_cases(rng, shape):
+    """float32 values that test rounding to bfloat16: ties between two bfloat16 values (which
+    go to the even one), subnormals, NaN and infinities, among random values."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    flat = x.reshape(-1)
+    ties = (rng.standard_normal(flat.size // 4).astype(BF16).astype(np.float32).view(np.uint32)
+            | np.uint32(0x8000)).view(np.float32)  # halfway above a bfloat16 value
+    flat[: ties.size] = ties
+    flat[ties.size: ties.size + 5] = [1e-39, -3e-40, np.float32(2.0**-133), np.inf, -np.inf]
+    flat[ties.size + 5] = np.nan
+    rng.shuffle(flat)
+    return x
+
+
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True),
+                                             (True, True)])
+def test_gemm_bf16_rounds_float32_operands_as_ml_dtypes(bf16_isa, trans_a, trans_b):
+    """A float32 operand is rounded as it is packed exactly as ml_dtypes rounds it (to nearest,
+    ties to even, subnormals kept, NaN and infinities kept): the product is bit for bit the one
+    of the operands rounded beforehand, for each layout the packing reads (an operand's rows or
+    its depth contiguous), with tails of every block."""
+    m, n, k = 37, 45, 70
+    rng = np.random.default_rng(11)
+    a = _rounding_cases(rng, (k, m) if trans_a else (m, k))
+    b = _rounding_cases(rng, (n, k) if trans_b else (k, n))
+    from_float32, from_bf16 = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
+    _cpu.gemm_bf16(a, b, from_float32, trans_a=trans_a, trans_b=trans_b)
+    _cpu.gemm_bf16(a.astype(BF16), b.astype(BF16), from_bf16, trans_a=trans_a, trans_b=trans_b)
+    assert np.isnan(from_float32).any() and np.isfinite(from_float32).any()  # the cases reached C
+    np.testing.assert_array_equal(from_float32, from_bf16)
+
+
 def test_gemm_bf16_paths_agree_with_each_other_closely():
     """Every instruction set sums the same bfloat16 products in float32: they differ only by
     the order of the sums (a few float32 ulps of the largest partial sum)."""

@@ -36,10 +36,12 @@ void gemm(const GemmArgs<T>& args);
 
 // The same product with bfloat16 multiplications and float32 sums: C [m, n] float32 =
 // A B + bias (or C += with accumulate), where A and B are each float32 (rounded to the
-// nearest bfloat16 as they are packed) or bfloat16, strided as in GemmArgs. On AMX the tiles
-// multiply (tdpbf16ps), on AVX512-BF16 the vectors (vdpbf16ps); below those, the operands are
-// converted and the float32 gemm runs. The sums' order depends on k and the instruction set
-// alone, so the result does not depend on the thread count.
+// nearest bfloat16 as they are packed, ties to even, as to_bf16) or bfloat16, strided as in
+// GemmArgs with one stride of each operand 1 (a row-major matrix or its transpose; else
+// std::invalid_argument). On AMX the tiles multiply (tdpbf16ps), on AVX512-BF16 the vectors
+// (vdpbf16ps); below those, the operands are converted and the float32 gemm runs. The sums'
+// order depends on k and the instruction set alone, so the result does not depend on the
+// thread count.
 enum class Operand : int { Float32, Bfloat16 };
 
 struct Bf16GemmArgs {

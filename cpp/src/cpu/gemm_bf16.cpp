@@ -14,6 +14,7 @@
 // values held in float32 and the float32 gemm multiplies them.
 #include <algorithm>
 #include <cstring>
+#include <stdexcept>
 
 #include "microkernel.h"
 #include "rnnfast/aligned_buffer.h"
@@ -74,25 +75,103 @@ constexpr int64_t kMaxDepth = 2048;         // per pass: B's slice of a block co
 constexpr int64_t kChunkBytes = 512 << 10;  // B's slice of a pass that a row group sweeps
 constexpr int64_t kGroupBlocks = 8;         // A's row blocks packed together (256 rows)
 
+// ---- Packing, 16 values a vector, in GCC's vector types (GCC 12's intrinsics for shifts and
+// conversions warn of their own undefined inputs). Lanes: 16 lanes of 32 bits, each holding one
+// bfloat16 in its low half or a pair of consecutive ones, the first in the low half.
+using Lanes = Simd<uint32_t>::Vec;
+typedef uint16_t Halves __attribute__((vector_size(32)));  // 16 bfloat16
+
+// to_bf16's rounding on 16 float32 lanes, bit for bit (subnormals kept, unlike the hardware's
+// conversions, which flush them; a NaN stays a quiet NaN).
+inline Lanes bf16_lanes(__m512 f) {
+  const Lanes u = reinterpret_cast<Lanes>(f);
+  const Lanes rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  return (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded;
+}
+
+inline __mmask16 first16(int64_t count) {
+  return count >= 16 ? __mmask16(0xffff) : __mmask16((1u << std::max<int64_t>(count, 0)) - 1);
+}
+
+// The first `count` (clamped to 0 .. 16) of 16 consecutive values at p as bfloat16, one per
+// lane, zeros past count.
+inline Lanes load_lanes(const float* p, int64_t count) {
+  return bf16_lanes(_mm512_maskz_loadu_ps(first16(count), p));
+}
+inline Lanes load_lanes(const Bf16* p, int64_t count) {
+  return __builtin_convertvector(
+      reinterpret_cast<Halves>(_mm256_maskz_loadu_epi16(first16(count), p)), Lanes);
+}
+
+// The first `count` (clamped to 0 .. 32) of 32 consecutive values at p as bfloat16, in order:
+// 16 pairs, one per lane.
+inline Lanes load_pairs(const float* p, int64_t count) {
+  const Halves halves[2] = {__builtin_convertvector(load_lanes(p, count), Halves),
+                            __builtin_convertvector(load_lanes(p + 16, count - 16), Halves)};
+  Lanes pairs;
+  std::memcpy(&pairs, halves, sizeof pairs);
+  return pairs;
+}
+inline Lanes load_pairs(const Bf16* p, int64_t count) {
+  const __mmask32 mask =
+      count >= 32 ? ~__mmask32(0) : __mmask32((uint64_t{1} << std::max<int64_t>(count, 0)) - 1);
+  return reinterpret_cast<Lanes>(_mm512_maskz_loadu_epi16(mask, p));
+}
+
+inline void store_lanes(Bf16* p, const Lanes& v) { std::memcpy(p, &v, sizeof v); }
+
 // Column tile `tile` of B [k, n] (columns tile * 16 ..), all of k, into out [kp / 2][16][2].
+// Rows of B contiguous (b.col == 1): per depth pair, the two rows' 16 values. Depth contiguous
+// (b.row == 1, a transposed operand: PyTorch's weights): per 16 depth pairs, the 16 columns'
+// pairs, transposed.
 template <typename S>
 void pack_b_tile(const View<S>& b, int64_t k, int64_t n, int64_t kp, int64_t tile, Bf16* out) {
   const int64_t j0 = tile * kTileCols, cols = std::clamp<int64_t>(n - j0, 0, kTileCols);
-  std::fill(out, out + kp * kTileCols, Bf16{0});
-  for_each_element(k, cols, b.col == 1, [&](int64_t p, int64_t c) {
-    out[(p / 2) * 2 * kTileCols + c * 2 + p % 2] = b.at(p, j0 + c);
-  });
+  if (b.col == 1) {
+    for (int64_t q = 0; q < kp / 2; ++q) {
+      auto lanes = [&](int64_t p) {
+        return p < k ? load_lanes(b.data + p * b.row + j0, cols) : Lanes{};
+      };
+      store_lanes(out + q * 2 * kTileCols, lanes(2 * q) | lanes(2 * q + 1) << 16);
+    }
+    return;
+  }
+  for (int64_t q0 = 0; q0 < kp / 2; q0 += 16) {  // depth contiguous: b.row == 1
+    Lanes v[16];
+    for (int64_t c = 0; c < 16; ++c)
+      v[c] = c < cols ? load_pairs(b.data + (j0 + c) * b.col + 2 * q0, k - 2 * q0) : Lanes{};
+    transpose_square<uint32_t>(v);
+    for (int64_t q = 0; q < 16; ++q) store_lanes(out + (q0 + q) * 2 * kTileCols, v[q]);
+  }
 }
 
 // Rows i0 .. i0 + rows - 1 and depth k0 .. k0 + k_len - 1 of A [m, k] into out [32][dp], zeros
-// past them.
+// past them. Depth contiguous (a.col == 1): each row 32 values a vector. Rows contiguous
+// (a.row == 1, a transposed operand: the weight gradients' dz^T): per 16 rows and 32 of depth,
+// 16 vectors of depth pairs over the rows, transposed.
 template <typename S>
 void pack_a_block(const View<S>& a, int64_t i0, int64_t rows, int64_t k0, int64_t k_len, int64_t dp,
                   Bf16* out) {
-  for (int64_t r = 0; r < kBlockRows; ++r)
-    std::fill(out + r * dp + (r < rows ? k_len : 0), out + (r + 1) * dp, Bf16{0});
-  for_each_element(rows, k_len, a.col == 1,
-                   [&](int64_t r, int64_t p) { out[r * dp + p] = a.at(i0 + r, k0 + p); });
+  if (a.col == 1) {
+    for (int64_t r = 0; r < kBlockRows; ++r)
+      for (int64_t p0 = 0; p0 < dp; p0 += 32)
+        store_lanes(
+            out + r * dp + p0,
+            r < rows ? load_pairs(a.data + (i0 + r) * a.row + k0 + p0, k_len - p0) : Lanes{});
+    return;
+  }
+  for (int64_t r0 = 0; r0 < kBlockRows; r0 += 16)  // rows contiguous: a.row == 1
+    for (int64_t p0 = 0; p0 < dp; p0 += 32) {
+      Lanes v[16];
+      for (int64_t q = 0; q < 16; ++q) {
+        auto lanes = [&](int64_t p) {
+          return p < k_len ? load_lanes(a.data + (k0 + p) * a.col + i0 + r0, rows - r0) : Lanes{};
+        };
+        v[q] = lanes(p0 + 2 * q) | lanes(p0 + 2 * q + 1) << 16;
+      }
+      transpose_square<uint32_t>(v);
+      for (int64_t r = 0; r < 16; ++r) store_lanes(out + (r0 + r) * dp + p0, v[r]);
+    }
 }
 
 #if defined(__AMX_BF16__)
@@ -248,6 +327,8 @@ void gemm_bf16_impl(const Bf16GemmArgs& g) {
 }  // namespace
 
 void gemm_bf16(const Bf16GemmArgs& args) {
+  if ((args.a_row != 1 && args.a_col != 1) || (args.b_row != 1 && args.b_col != 1))
+    throw std::invalid_argument("gemm_bf16: each operand needs a stride of 1 (rows or columns)");
   if (args.m == 0 || args.n == 0) return;
   gemm_bf16_impl(args);
 }
