@@ -331,6 +331,7 @@ PYBIND11_MODULE(_cpu, m) {
         d["l2_bytes"] = c.l2;
         d["l3_bytes"] = c.l3;
         d["row_split_panel_bytes"] = cpu_tuning().row_split_panel_bytes;
+        d["gemm_block_bytes"] = cpu_tuning().gemm_block_bytes;
         return d;
       },
       "The caches read at run time (bytes, 0: unknown) and the parameters derived from them.");

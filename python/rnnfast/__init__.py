@@ -48,7 +48,7 @@ def cpu_info() -> dict:
     """The CPU kernels' instruction sets, as a dict:
 
     - "isa": the one in use ("baseline", "avx2", "avx512", "avx512_bf16" or "amx"; the last two
-      differ from "avx512" in the bfloat16 GEMMs only): the best of "available", or the one
+      differ from "avx512" in the bfloat16 products only): the best of "available", or the one
       the environment variable RNNFAST_ISA names (read at import);
     - "available": compiled into this build and supported by this CPU, lowest first;
     - "compiled": compiled into this build;
@@ -58,14 +58,16 @@ def cpu_info() -> dict:
       "l3"; 0 where unknown; the environment variable RNNFAST_L2_CACHE_BYTES replaces "l2");
     - "tuning": the kernels' parameters derived from them, which change speed only, never a
       result: "row_split_panel_bytes", the largest packed W_hh for which the recurrence splits
-      a step's batch rows (of 7 to 12) between the threads instead of W_hh's columns.
+      a step's batch rows (of 7 to 12) between the threads instead of W_hh's columns;
+      "gemm_block_bytes", the largest block of A's rows that the GEMM multiplies at a time.
     """
     tuning = _cpu.cpu_tuning()
     return {"isa": _cpu.active_isa(), "available": _cpu.available_isas(),
             "compiled": _cpu.compiled_isas(), "cpu_features": _cpu.cpu_features(),
             "num_threads": _cpu.num_threads(),
             "caches": {level: tuning[f"{level}_bytes"] for level in ("l1d", "l2", "l3")},
-            "tuning": {"row_split_panel_bytes": tuning["row_split_panel_bytes"]}}
+            "tuning": {name: tuning[name]
+                       for name in ("row_split_panel_bytes", "gemm_block_bytes")}}
 
 
 def set_num_threads(threads: int) -> None:

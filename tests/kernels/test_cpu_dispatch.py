@@ -92,7 +92,7 @@ def test_cpu_info_reports_caches_and_tuning():
     assert set(info["caches"]) == {"l1d", "l2", "l3"}
     assert all(isinstance(v, int) and v >= 0 for v in info["caches"].values())
     l2 = info["caches"]["l2"] or 1 << 20  # unknown: counted as 1 MB
-    assert info["tuning"] == {"row_split_panel_bytes": l2 // 2}
+    assert info["tuning"] == {"row_split_panel_bytes": l2 // 2, "gemm_block_bytes": l2 // 2}
 
 
 # The recurrence forward (training) and backward on 1 and 2 threads at batches of 3 to 12 (two
@@ -157,3 +157,43 @@ def test_row_split_threshold_changes_speed_only(name):
         assert n[:3] == a[:3] and n[-1] == a[-1], (n, a)  # same case, same results
         assert n[3:5] == ["columns", "columns"], n
     assert sum(a[3:5] == ["rows", "rows"] for a in always) >= 12, always  # 2 batches or more
+
+
+# The GEMM in float32 and float64, A as given and transposed (copied block by block), on 1 and 2
+# threads: per case, the block budget in use and a digest of C.
+_GEMM_BLOCKS_SCRIPT = """
+import hashlib, numpy as np, rnnfast
+from rnnfast import _cpu
+m, n, k = 700, 90, 300  # one pass over the depth; A's rows one block of 1 MB, or 15 of 48
+for dtype in (np.float32, np.float64):
+    for trans_a in (False, True):
+        rng = np.random.default_rng(1)
+        a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        digests = set()
+        for threads in (1, 2):
+            rnnfast.set_num_threads(threads)
+            c = np.empty((m, n), dtype)
+            _cpu.gemm(a, b, c, trans_a=trans_a)
+            digests.add(hashlib.sha256(c.tobytes()).hexdigest())
+        assert len(digests) == 1, (dtype, trans_a, "thread counts disagree")
+        print(np.dtype(dtype).name, trans_a, _cpu.cpu_tuning()["gemm_block_bytes"], digests.pop())
+"""
+
+
+@pytest.mark.parametrize("name", _cpu.available_isas())
+def test_gemm_block_budget_changes_speed_only(name):
+    """The L2 size sets the GEMM's blocks of A's rows: an L2 of 1 byte (blocks of one chunk of
+    rows) and of 1 GB (all rows one block) give the same C, bit for bit, on 1 and 2 threads."""
+    runs = {}
+    for l2 in ("1", str(1 << 30)):
+        out = subprocess.run([sys.executable, "-c", _GEMM_BLOCKS_SCRIPT], capture_output=True,
+                             text=True, check=True,
+                             env={**os.environ, "RNNFAST_ISA": name,
+                                  "RNNFAST_L2_CACHE_BYTES": l2})
+        runs[l2] = [line.split() for line in out.stdout.splitlines()]
+    small, large = runs["1"], runs[str(1 << 30)]
+    assert len(small) == len(large) == 4
+    for s, g in zip(small, large):
+        assert s[2] == "0" and g[2] == str(1 << 29), (s, g)  # the budgets differ
+        assert s[:2] == g[:2] and s[3] == g[3], (s, g)  # same case, same C

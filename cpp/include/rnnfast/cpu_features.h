@@ -28,6 +28,10 @@ struct CpuTuning {
   // them), the other half for the rows and the step's other operands. An L2 of unknown size
   // counts as 1 MB.
   int64_t row_split_panel_bytes;
+  // The GEMM multiplies A a block of rows at a time, each block at most this (at least one
+  // chunk of rows): half of the L2, so that the block stays there while the panels of B stream
+  // past it. Which rows go together changes no sum.
+  int64_t gemm_block_bytes;
 };
 const CpuTuning& cpu_tuning();
 

@@ -65,7 +65,8 @@ CpuCaches read_caches() {
 // another thread ran a lazy initialisation would leave the child waiting on its guard (see
 // ThreadPool::global_). The tuning from the caches (defined after them: initialised after).
 const CpuCaches caches_at_load = read_caches();
-const CpuTuning tuning_at_load{(caches_at_load.l2 > 0 ? caches_at_load.l2 : int64_t{1} << 20) / 2};
+const int64_t l2_at_load = caches_at_load.l2 > 0 ? caches_at_load.l2 : int64_t{1} << 20;
+const CpuTuning tuning_at_load{l2_at_load / 2, l2_at_load / 2};
 
 }  // namespace
 

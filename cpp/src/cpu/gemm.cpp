@@ -12,6 +12,7 @@
 
 #include "microkernel.h"
 #include "rnnfast/aligned_buffer.h"
+#include "rnnfast/cpu_features.h"
 #include "rnnfast/gemm.h"
 #include "rnnfast/recurrence.h"
 
@@ -42,9 +43,10 @@ template <typename T>
 void gemm_impl(const GemmArgs<T>& g) {
   constexpr int W = kTileWidth<T>;
   const int64_t panels = ceil_div(g.n, W), depth = pass_depth<T, W>(g.k);
-  // Rows per block: A's block at most about 1 MB (half of a 2 MB L2), at least a chunk.
-  const int64_t max_block_rows = std::max<int64_t>(
-      kChunkRows, (int64_t{1} << 20) / (depth * int64_t(sizeof(T))) / kTileRows * kTileRows);
+  // Rows per block: A's block at most cpu_tuning().gemm_block_bytes, at least a chunk.
+  const int64_t max_block_rows =
+      std::max<int64_t>(kChunkRows, cpu_tuning().gemm_block_bytes / (depth * int64_t(sizeof(T))) /
+                                        kTileRows * kTileRows);
   int64_t row_blocks = ceil_div(g.m, max_block_rows);
   const bool a_direct = g.a_col == 1;  // rows of A usable in place, with row stride a_row
 
