@@ -31,8 +31,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
 #include "launch.cuh"
+#include "mma.cuh"
 #include "recurrence.cuh"
 #include "rnnfast/cells/cells.h"
 
@@ -371,19 +373,36 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 // backward). Block x owns `units` consecutive hidden units and keeps their slice of W_hh in
 // shared memory, as Acc, for the whole call; each step's h (forward) or dzh (backward) goes
 // through global memory (L2) to every block, with one grid-wide barrier per step. The epilogues
-// are the standard path's (forward_cell, backward_unit) and each sum runs over k in the same
-// order from the same start, so both paths compute the same values.
+// are the standard path's (forward_cell, backward_unit).
 //   forward slice:  w[(g * owned + u) * H + k] = W_hh[g*H + j0 + u, k]   [G * owned, H]
 //   backward slice: w[u * G*H + k] = W_hh[k, j0 + u]                    [owned, G * H]
-// (j0 = the block's first unit, owned = its units). A thread computes whole (row, unit) items:
-// all G gates of one unit of one row, the row of h or dzh read from global memory. SIMT in Acc; the
-// tensor-core version and the tuning of this layout need a GPU to be measured on.
+// (j0 = the block's first unit, owned = its units). The products of a step, p[b, g, u] =
+// sum_k a[b, k] w[(g * owned + u) * depth + k] (a: h_{t-1} [B, H] forward, dzh_t [B, G*H]
+// backward, G = 1), come from one of two kinds of block_products:
+//   Simt               a thread computes whole (row, unit) items, all G gates of one unit of one
+//                      row, in Acc, each sum over k in the standard path's order from the same
+//                      start: both paths compute the same values, bit for bit.
+//   TensorCores<Op>    (float32 with a rounding) the block's warps compute 16-row tiles of the
+//                      product on the tensor cores (mma.cuh; operands rounded to Op, float32
+//                      sums in the hardware's order) into shared memory, from where each thread
+//                      takes its items' G products to the same epilogue.
+// The tuning of this layout needs a GPU to be measured on.
 constexpr int kPersistentThreads = 128;
+constexpr int kPersistentWarps = kPersistentThreads / 32;
+
+struct Simt {};
+template <class Op>
+struct TensorCores {};
 
 // Units of hidden that block x owns: [j0, j0 + owned) (`units`, fewer in the last block).
 // owned <= kPersistentThreads always (persistent_plan's bound on the shared memory implies it).
 __device__ int owned_units(int64_t hidden, int units, int64_t j0) {
   return j0 + units <= hidden ? units : static_cast<int>(hidden - j0);
+}
+
+// Columns of a tensor-core product tile row in shared memory: n rounded up to whole tiles.
+__host__ __device__ constexpr int64_t stage_columns(int64_t n) {
+  return ceil_div(n, mma::kN) * mma::kN;
 }
 
 // This thread's items (b, u): u = threadIdx.x % owned for rows b = threadIdx.x / owned, then
@@ -395,7 +414,74 @@ __device__ void for_each_item(int64_t batch, int owned, Item&& item) {
   for (int64_t b = threadIdx.x / owned; b < batch; b += row_stride) item(b, u);
 }
 
-template <typename T, class C>
+// Calls item(b, u, p) for each row b < batch and unit u < owned of this block, where p[g] =
+// start(g, u) + sum_{k < depth} a[b, k] w[(g * owned + u) * depth + k] for g < G (only the
+// start where !multiply, which must be the same for the whole block). Every thread of the
+// block must call it. stage: the shared memory of the tensor-core kind (unused here).
+template <int G, typename Acc, typename T, class Start, class Item>
+__device__ void block_products(Simt, const Rows<T>& a, int64_t batch, bool multiply, const Acc* w,
+                               int owned, int64_t depth, Acc* /*stage*/, Start&& start,
+                               Item&& item) {
+  for_each_item(batch, owned, [&](int64_t b, int u) {
+    Acc p[G];
+    for (int g = 0; g < G; ++g) p[g] = start(g, u);
+    if (multiply) {
+      const T* row = a.row(b);
+#pragma unroll 4  // left to itself, ptxas spilled 4 bytes here (float RNN backward, sm_90)
+      for (int64_t k = 0; k < depth; ++k) {
+        const Acc x = static_cast<Acc>(row[k]);
+        for (int g = 0; g < G; ++g) p[g] += x * w[(g * owned + u) * depth + k];
+      }
+    }
+    item(b, u, p);
+  });
+}
+
+// The same on the tensor cores: for each 16-row tile of the batch, warp i computes the 8-column
+// tiles i, i + kPersistentWarps, ... of the product [16, G * owned] (column g * owned + u),
+// starting from start(g, u), into stage [16, stage_columns(G * owned)]; then the items of the
+// tile read theirs from there. Rows >= batch and k >= depth enter as zeros.
+template <int G, typename Acc, typename T, class Op, class Start, class Item>
+__device__ void block_products(TensorCores<Op>, const Rows<T>& a, int64_t batch, bool multiply,
+                               const Acc* w, int owned, int64_t depth, Acc* stage, Start&& start,
+                               Item&& item) {
+  static_assert(std::is_same_v<Acc, float>, "the tensor cores accumulate in float32");
+  const int n = G * owned, ld = static_cast<int>(stage_columns(n));
+  const int warp = threadIdx.x / 32;
+  for (int64_t b0 = 0; b0 < batch; b0 += mma::kM) {
+    for (int col0 = warp * mma::kN; col0 < n; col0 += kPersistentWarps * mma::kN) {
+      mma::Accumulator d;
+      mma::for_each(d, [&](int, int c, float& v) {
+        const int col = col0 + c;
+        v = col < n ? start(col / owned, col % owned) : 0.0f;
+      });
+      for (int64_t k0 = 0; multiply && k0 < depth; k0 += Op::kK) {
+        mma::FragmentA<Op> fa;
+        mma::FragmentB<Op> fb;
+        mma::load_a(fa, [&](int r, int k) {
+          const int64_t b = b0 + r, kk = k0 + k;
+          return b < batch && kk < depth ? static_cast<float>(a.row(b)[kk]) : 0.0f;
+        });
+        mma::load_b(fb, [&](int k, int c) {
+          const int64_t col = col0 + c, kk = k0 + k;
+          return col < n && kk < depth ? w[col * depth + kk] : 0.0f;
+        });
+        mma::mma(d, fa, fb);
+      }
+      mma::for_each(d, [&](int r, int c, float& v) { stage[r * ld + col0 + c] = v; });
+    }
+    __syncthreads();
+    const int64_t rows = batch - b0 < mma::kM ? batch - b0 : mma::kM;
+    for_each_item(rows, owned, [&](int64_t r, int u) {
+      Acc p[G];
+      for (int g = 0; g < G; ++g) p[g] = stage[r * ld + g * owned + u];
+      item(b0 + r, u, p);
+    });
+    __syncthreads();  // the stage is refilled next
+  }
+}
+
+template <typename T, class C, class Product>
 __global__ void __launch_bounds__(kPersistentThreads)
     forward_persistent(ForwardArgs<T> a, int units) {
   using Acc = typename AccumulatorOf<T>::type;
@@ -409,25 +495,19 @@ __global__ void __launch_bounds__(kPersistentThreads)
       w[gu * H + k] = static_cast<Acc>(row[k]);
   }
   __syncthreads();
+  const auto bias = [&](int g, int u) {
+    return a.b_hh != nullptr ? static_cast<Acc>(a.b_hh[g * H + j0 + u]) : Acc(0);
+  };
   for (int64_t t = 0; t < a.steps; ++t) {
-    const Rows<T> h_prev = previous_h(a, t);
-    for_each_item(a.batch, owned, [&](int64_t b, int u) {
-      const int64_t j = j0 + u;
-      Acc zh[G];
-      for (int g = 0; g < G; ++g)
-        zh[g] = a.b_hh != nullptr ? static_cast<Acc>(a.b_hh[g * H + j]) : Acc(0);
-      const T* h = h_prev.row(b);
-      for (int64_t k = 0; k < H; ++k) {
-        const Acc hk = static_cast<Acc>(h[k]);
-        for (int g = 0; g < G; ++g) zh[g] += hk * w[(g * owned + u) * H + k];
-      }
-      forward_cell<T, C>(a, t, static_cast<T*>(nullptr), b, j, zh);
-    });
+    block_products<G>(Product{}, previous_h(a, t), a.batch, true, w, owned, H, w + G * owned * H,
+                      bias, [&](int64_t b, int u, const Acc* zh) {
+                        forward_cell<T, C>(a, t, static_cast<T*>(nullptr), b, j0 + u, zh);
+                      });
     grid_sync();  // y[t] complete before any block reads it
   }
 }
 
-template <typename T, class C>
+template <typename T, class C, class Product>
 __global__ void __launch_bounds__(kPersistentThreads)
     backward_persistent(BackwardArgs<T> a, int units, T* dh_run, T* dc_run) {
   using Acc = typename AccumulatorOf<T>::type;
@@ -439,16 +519,14 @@ __global__ void __launch_bounds__(kPersistentThreads)
       w[u * GH + k] = static_cast<Acc>(a.w_hh[k * H + j0 + u]);
   __syncthreads();
   for (int64_t t = a.steps; t >= 0; --t) {
-    for_each_item(a.batch, owned, [&](int64_t b, int u) {
-      Acc dh_next = Acc(0);  // nothing flows from step T
-      if (t < a.steps) {
-        const T* dzh = a.dzh + (t * a.batch + b) * GH;
-        const Acc* w_u = w + u * GH;
-#pragma unroll 4  // left to itself, ptxas spilled 4 bytes here (float RNN, sm_90)
-        for (int64_t k = 0; k < GH; ++k) dh_next += static_cast<Acc>(dzh[k]) * w_u[k];
-      }
-      backward_unit<T, C>(a, t, b, j0 + u, dh_next, dh_run, dc_run);
-    });
+    // Nothing flows from step T.
+    const Rows<T> dzh{t < a.steps ? a.dzh + t * a.batch * GH : nullptr, GH};
+    block_products<1>(
+        Product{}, dzh, a.batch, t < a.steps, w, owned, GH, w + owned * GH,
+        [](int, int) { return Acc(0); },
+        [&](int64_t b, int u, const Acc* dh_next) {
+          backward_unit<T, C>(a, t, b, j0 + u, dh_next[0], dh_run, dc_run);
+        });
     grid_sync();  // dzh[t-1] complete before any block reads it
   }
 }
@@ -484,7 +562,8 @@ cudaError_t launch_steps(int64_t first, int64_t count, int64_t stride, bool proj
 
 // The persistent path's launch for `hidden` units on the current device: units per block so
 // that one block per SM covers them all (a block per SM is always resident: 128 threads, and
-// shared memory within the per-block limit), and the bytes of its W_hh slice.
+// shared memory within the per-block limit), and the bytes of its W_hh slice, with a rounding
+// also of the tensor cores' product tile (the forward's, the larger).
 struct PersistentPlan {
   int blocks = 0, units = 0;
   size_t shared_bytes = 0;
@@ -492,10 +571,14 @@ struct PersistentPlan {
 };
 
 template <typename T>
-PersistentPlan persistent_plan(Cell cell, int64_t hidden, int64_t proj) {
+PersistentPlan persistent_plan(Cell cell, int64_t hidden, int64_t proj, Rounding rounding) {
   PersistentPlan plan;
   if (proj > 0) {
     plan.refusal = "the persistent path has no LSTM projection (proj_size > 0)";
+    return plan;
+  }
+  if (rounding != Rounding::None && !std::is_same_v<T, float>) {
+    plan.refusal = "a rounding of the matmul's operands needs float32";
     return plan;
   }
   int device = 0, sms = 0, max_shared = 0;
@@ -512,11 +595,14 @@ PersistentPlan persistent_plan(Cell cell, int64_t hidden, int64_t proj) {
   }
   using Acc = typename AccumulatorOf<T>::type;
   const int64_t units = ceil_div(hidden, sms);
-  const int64_t bytes = gate_count(cell) * units * hidden * int64_t(sizeof(Acc));
+  const int64_t columns = gate_count(cell) * units;  // of the forward's product
+  const int64_t stage = rounding != Rounding::None ? mma::kM * stage_columns(columns) : 0;
+  const int64_t bytes = (columns * hidden + stage) * int64_t(sizeof(Acc));
   if (bytes > max_shared) {
     plan.refusal = "hidden_size " + std::to_string(hidden) + " does not fit on this device's " +
                    std::to_string(sms) + " SMs: each block's slice of W_hh (" +
-                   std::to_string(units) + " units) takes " + std::to_string(bytes) +
+                   std::to_string(units) + " units) " +
+                   (stage > 0 ? "and its product tile take " : "takes ") + std::to_string(bytes) +
                    " bytes of shared memory, more than the " + std::to_string(max_shared) +
                    " a block may have";
     return plan;
@@ -528,16 +614,36 @@ PersistentPlan persistent_plan(Cell cell, int64_t hidden, int64_t proj) {
 }
 
 template <typename T>
-std::string persistent_refusal(Cell cell, int64_t hidden, int64_t proj) {
-  return persistent_plan<T>(cell, hidden, proj).refusal;
+std::string persistent_refusal(Cell cell, int64_t hidden, int64_t proj, Rounding rounding) {
+  return persistent_plan<T>(cell, hidden, proj, rounding).refusal;
 }
 
-// The persistent path's launch of `kernel` (forward_ or backward_persistent<T, C>) for the
-// call's sizes, with `extra` after its (args, units): cudaErrorInvalidValue where
-// persistent_refusal refuses the call.
+// f(Simt{}), or for float32 with a rounding f(TensorCores<Op>{}) of its Op (a rounding with
+// another T: persistent_plan refuses it).
+template <typename T, class F>
+cudaError_t with_product(Rounding rounding, F&& f) {
+  if constexpr (std::is_same_v<T, float>) {
+    switch (rounding) {
+      case Rounding::Bfloat16:
+        return f(TensorCores<mma::Bf16>{});
+      case Rounding::Float16:
+        return f(TensorCores<mma::F16>{});
+      case Rounding::Tf32:
+        return f(TensorCores<mma::Tf32>{});
+      case Rounding::None:
+        break;
+    }
+  }
+  return f(Simt{});
+}
+
+// The persistent path's launch of `kernel` (forward_ or backward_persistent) for the call's
+// sizes, with `extra` after its (args, units): cudaErrorInvalidValue where persistent_refusal
+// refuses the call.
 template <auto kernel, typename T, class Args, class... Extra>
-cudaError_t launch_persistent(const Args& a, cudaStream_t stream, Extra... extra) {
-  const PersistentPlan plan = persistent_plan<T>(a.cell, a.hidden, a.proj);
+cudaError_t launch_persistent(const Args& a, Rounding rounding, cudaStream_t stream,
+                              Extra... extra) {
+  const PersistentPlan plan = persistent_plan<T>(a.cell, a.hidden, a.proj, rounding);
   if (!plan.refusal.empty()) return cudaErrorInvalidValue;
   return launch_cooperative<kernel>(dim3(plan.blocks), dim3(kPersistentThreads), plan.shared_bytes,
                                     stream, a, plan.units, extra...);
@@ -547,12 +653,16 @@ cudaError_t launch_persistent(const Args& a, cudaStream_t stream, Extra... extra
 // call, twice that with the projection; capture them in a CUDA graph and measure the difference
 // (the persistent path makes one launch).
 template <typename T>
-cudaError_t recurrent_forward(const ForwardArgs<T>& a, T* workspace, cudaStream_t stream,
-                              Path path) {
+cudaError_t recurrent_forward(const ForwardArgs<T>& a, T* workspace, cudaStream_t stream, Path path,
+                              Rounding rounding) {
   if (a.batch == 0) return cudaSuccess;
   return cells::visit_cell(a.cell, [&](auto cell) {
     using C = decltype(cell);
-    if (path == Path::Persistent) return launch_persistent<forward_persistent<T, C>, T>(a, stream);
+    if (path == Path::Persistent)
+      return with_product<T>(rounding, [&](auto product) {
+        return launch_persistent<forward_persistent<T, C, decltype(product)>, T>(a, rounding,
+                                                                                 stream);
+      });
     return launch_steps(
         0, a.steps, 1, a.proj > 0,
         [&](int64_t t) {
@@ -568,7 +678,7 @@ cudaError_t recurrent_forward(const ForwardArgs<T>& a, T* workspace, cudaStream_
 
 template <typename T>
 cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStream_t stream,
-                               Path path) {
+                               Path path, Rounding rounding) {
   if (a.batch == 0) return cudaSuccess;
   // The workspace (workspace_size): dh_run [B, H] without the projection, then dc_run [B, H].
   const bool projected = a.proj > 0;
@@ -576,8 +686,11 @@ cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStrea
   T* dc_run = projected ? workspace : workspace + a.batch * a.hidden;
   return cells::visit_cell(a.cell, [&](auto cell) {
     using C = decltype(cell);
+    // TODO(tensor cores backward): with_product as the forward does (block_products takes
+    // either kind), once its tests and the nvcc checks cover it; until then SIMT in float32.
     if (path == Path::Persistent)
-      return launch_persistent<backward_persistent<T, C>, T>(a, stream, dh_run, dc_run);
+      return launch_persistent<backward_persistent<T, C, Simt>, T>(a, rounding, stream, dh_run,
+                                                                   dc_run);
     return launch_steps(
         a.steps, a.steps + 1, -1, projected,
         [&](int64_t t) {
@@ -591,10 +704,12 @@ cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStrea
   });
 }
 
-#define RNNFAST_INSTANTIATE(T)                                                              \
-  template std::string persistent_refusal<T>(Cell, int64_t, int64_t);                       \
-  template cudaError_t recurrent_forward<T>(const ForwardArgs<T>&, T*, cudaStream_t, Path); \
-  template cudaError_t recurrent_backward<T>(const BackwardArgs<T>&, T*, cudaStream_t, Path);
+#define RNNFAST_INSTANTIATE(T)                                                               \
+  template std::string persistent_refusal<T>(Cell, int64_t, int64_t, Rounding);              \
+  template cudaError_t recurrent_forward<T>(const ForwardArgs<T>&, T*, cudaStream_t, Path,   \
+                                            Rounding);                                       \
+  template cudaError_t recurrent_backward<T>(const BackwardArgs<T>&, T*, cudaStream_t, Path, \
+                                             Rounding);
 RNNFAST_INSTANTIATE(float)
 RNNFAST_INSTANTIATE(double)
 #undef RNNFAST_INSTANTIATE

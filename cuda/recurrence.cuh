@@ -12,15 +12,22 @@
 // kernels do not check it (other values give unspecified results, but no access outside the
 // arrays).
 //
-// Two paths compute the same values (each sum over k in the same order):
+// Two paths compute the same values without a rounding (each sum over k in the same order):
 //   Path::Standard    one fused launch per step (two with the LSTM projection); any size.
 //   Path::Persistent  one cooperative launch for the whole call: each block keeps its units'
 //                     slice of W_hh in shared memory for all T steps, and the blocks meet at a
 //                     grid-wide barrier once per step. Not with the LSTM projection, and only
 //                     where the slices fit on the device's SMs: persistent_refusal says why
 //                     not (the launchers then return cudaErrorInvalidValue).
+// Rounding (float32 only): what the recurrent matmul rounds its operands to before multiplying
+// them with float32 sums (rnnfast._dtypes.matmul_rounding: bfloat16 and float16 for the 16-bit
+// layers, which reach the kernels widened to float32; TF32 for float32 under "high"). The
+// persistent path's forward then multiplies on the tensor cores (mma.sync, cuda/mma.cuh):
+// h_{t-1} and W_hh are rounded, and its sums run in the hardware's order, so its values are no
+// longer the standard path's bit for bit. Its backward multiplies in float32 for now. The standard
+// path multiplies in float32 whatever the rounding says (its tensor-core version is later work).
 // Not yet here (later steps of the CUDA backend): the standard path's launch overhead cut by a
-// CUDA graph, tensor cores, float16 and bfloat16 storage.
+// CUDA graph, tensor cores on the standard path, float16 and bfloat16 storage.
 #pragma once
 
 #include <cstdint>
@@ -47,17 +54,20 @@ inline int64_t workspace_size(Direction direction, Cell cell, int64_t batch, int
 
 enum class Path { Standard, Persistent };
 
+enum class Rounding { None, Bfloat16, Float16, Tf32 };
+
 // Why Path::Persistent cannot run a call with these sizes on the current device, with T
-// storage; "" where it can.
+// storage and this rounding; "" where it can.
 template <typename T>
-std::string persistent_refusal(Cell cell, int64_t hidden, int64_t proj);
+std::string persistent_refusal(Cell cell, int64_t hidden, int64_t proj,
+                               Rounding rounding = Rounding::None);
 
 template <typename T>
 cudaError_t recurrent_forward(const ForwardArgs<T>& args, T* workspace, cudaStream_t stream,
-                              Path path = Path::Standard);
+                              Path path = Path::Standard, Rounding rounding = Rounding::None);
 
 template <typename T>
 cudaError_t recurrent_backward(const BackwardArgs<T>& args, T* workspace, cudaStream_t stream,
-                               Path path = Path::Standard);
+                               Path path = Path::Standard, Rounding rounding = Rounding::None);
 
 }  // namespace rnnfast::cuda

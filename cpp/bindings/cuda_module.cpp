@@ -14,6 +14,7 @@
 // alignment, writability of outputs, no output overlapping another argument; TypeError or
 // ValueError naming it) through bindings::ArgChecker; the array reader is the only difference.
 // Launch errors raise RuntimeError (in the emulator: a barrier's timeout, naming the kernel).
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -226,19 +227,32 @@ Path parse_path(const std::string& name) {
   throw py::value_error("path must be 'standard' or 'persistent', not '" + name + "'");
 }
 
+// None, or the name of a rounding of the matmul's operands (rnnfast._dtypes.matmul_rounding's:
+// "bfloat16", "float16", "tf32").
+Rounding parse_rounding(const py::object& rounding) {
+  if (rounding.is_none()) return Rounding::None;
+  const std::string name = py::str(rounding);
+  if (name == "bfloat16") return Rounding::Bfloat16;
+  if (name == "float16") return Rounding::Float16;
+  if (name == "tf32") return Rounding::Tf32;
+  throw py::value_error("rounding must be None, 'bfloat16', 'float16' or 'tf32', not " +
+                        std::string(py::repr(rounding)));
+}
+
 // The CUDA backend of bindings::def_recurrent. run: once every argument is checked, takes the
 // workspace, refuses overlapping outputs and a persistent path that cannot run the call, does
 // nothing for B = 0, else checks where the arrays are and enqueues the kernels on the stream
-// without the GIL; its options: workspace, stream, path.
+// without the GIL; its options: workspace, stream, path, rounding.
 struct CudaRecurrence {
   using Reader = cuda::Reader;
 
   template <class Checker, class Args>
   static void run(Checker& check, const Args& args, py::object workspace, py::object stream,
-                  const std::string& path_name) {
+                  const std::string& path_name, py::object rounding_name) {
     using T = typename Checker::Element;
     const cudaStream_t cuda_stream = parse_stream(stream);
     const Path path = parse_path(path_name);
+    const Rounding rounding = parse_rounding(rounding_name);
     constexpr bool kForward = std::is_same_v<Args, ForwardArgs<T>>;
     const Direction direction = kForward ? Direction::Forward : Direction::Backward;
     auto* scratch =
@@ -246,7 +260,8 @@ struct CudaRecurrence {
                       workspace_size(direction, args.cell, args.batch, args.hidden, args.proj));
     check.check_no_overlap();
     if (path == Path::Persistent) {
-      const std::string refusal = persistent_refusal<T>(args.cell, args.hidden, args.proj);
+      const std::string refusal =
+          persistent_refusal<T>(args.cell, args.hidden, args.proj, rounding);
       if (!refusal.empty())
         throw py::value_error("path='persistent' cannot run this call: " + refusal);
     }
@@ -256,9 +271,9 @@ struct CudaRecurrence {
     {
       py::gil_scoped_release release;
       if constexpr (kForward)
-        status = recurrent_forward(args, scratch, cuda_stream, path);
+        status = recurrent_forward(args, scratch, cuda_stream, path, rounding);
       else
-        status = recurrent_backward(args, scratch, cuda_stream, path);
+        status = recurrent_backward(args, scratch, cuda_stream, path, rounding);
     }
     check_cuda(status, kForward ? "rnnfast recurrent_forward" : "rnnfast recurrent_backward");
   }
@@ -294,7 +309,7 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
                                                               : py::object(py::str(info.error)));
       },
       "CUDA runtime and driver versions, the visible devices, and why none is usable if so.");
-  rnnfast::bindings::def_recurrent<CudaRecurrence, py::object, py::object, std::string>(
+  rnnfast::bindings::def_recurrent<CudaRecurrence, py::object, py::object, std::string, py::object>(
       m,
       std::string("Recurrence of one layer and direction, enqueued on `stream`: the arguments "
                   "and results of rnnfast._cpu.recurrent_forward, as ") +
@@ -302,13 +317,17 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
           " (lengths int64 [B], resets bool or uint8 [T, B]). lengths must lie in [0, T]: the "
           "kernels do not check it (the caller must). workspace: a 1-D array of the data's "
           "dtype with at least workspace_size('forward', cell, B, H, P) elements (None where "
-          "that is 0); its contents are undefined afterwards.",
+          "that is 0); its contents are undefined afterwards. rounding (float32): None, or what "
+          "the recurrent matmul rounds its operands to ('bfloat16', 'float16', 'tf32'): with "
+          "path='persistent' it multiplies them on the tensor cores (float32 sums); the "
+          "standard path multiplies in float32 whatever it says.",
       std::string("Backward through time of recurrent_forward, enqueued on `stream`: the "
                   "arguments and results of rnnfast._cpu.recurrent_backward, as ") +
           arrays +
           ". lengths must lie in [0, T] (unchecked). workspace: at least "
           "workspace_size('backward', cell, B, H, P) elements (None where that is 0).",
-      py::arg("workspace") = py::none(), py::arg("stream") = 0, py::arg("path") = "standard");
+      py::arg("workspace") = py::none(), py::arg("stream") = 0, py::arg("path") = "standard",
+      py::arg("rounding") = py::none());
   m.def(
       "workspace_size",
       [](const std::string& direction, const std::string& cell, int64_t batch, int64_t hidden,
@@ -323,17 +342,21 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
       "recurrent_backward ('backward') needs; proj: the LSTM's projection size, 0 for none.");
   m.def(
       "persistent_refusal",
-      [](const std::string& cell, int64_t hidden, int64_t proj, const std::string& dtype) {
+      [](const std::string& cell, int64_t hidden, int64_t proj, const std::string& dtype,
+         const py::object& rounding) {
         if (hidden < 1 || proj < 0)
           throw py::value_error("persistent_refusal needs hidden >= 1, proj >= 0");
-        if (dtype == "float32") return persistent_refusal<float>(parse_cell(cell), hidden, proj);
-        if (dtype == "float64") return persistent_refusal<double>(parse_cell(cell), hidden, proj);
+        const Rounding r = parse_rounding(rounding);
+        if (dtype == "float32") return persistent_refusal<float>(parse_cell(cell), hidden, proj, r);
+        if (dtype == "float64")
+          return persistent_refusal<double>(parse_cell(cell), hidden, proj, r);
         throw py::value_error("dtype must be 'float32' or 'float64', not '" + dtype + "'");
       },
       py::arg("cell"), py::arg("hidden"), py::arg("proj") = 0, py::arg("dtype") = "float32",
+      py::arg("rounding") = py::none(),
       "Why path='persistent' cannot run a layer of this cell and sizes on the current device "
-      "('' where it can): the LSTM projection, or a W_hh too large for the device's shared "
-      "memory.");
+      "with this rounding ('' where it can): the LSTM projection, a rounding with float64, or "
+      "a W_hh too large for the device's shared memory.");
   m.def(
       "saved_per_unit",
       [](const std::string& cell) { return rnnfast::saved_per_unit(parse_cell(cell)); },
@@ -387,5 +410,43 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
       "b * threads + t, meets every other thread at grid_sync(), then reads what thread t of "
       "block (b + 1) % blocks wrote. Returns what each thread read, block by block (-1 where "
       "its block's shared memory was not its own).");
+  m.def(
+      "self_test_mma",
+      [](const std::string& rounding, py::array_t<float, py::array::c_style> a,
+         py::array_t<float, py::array::c_style> b, py::array_t<float, py::array::c_style> c) {
+        parse_rounding(py::str(rounding));  // refuses other names
+        const ssize_t K = rounding == "tf32" ? 8 : 16;
+        if (a.ndim() != 2 || a.shape(0) != 16 || a.shape(1) != K || b.ndim() != 2 ||
+            b.shape(0) != K || b.shape(1) != 8 || c.ndim() != 2 || c.shape(0) != 16 ||
+            c.shape(1) != 8)
+          throw py::value_error("needs a [16, K], b [K, 8], c [16, 8] (K = " + std::to_string(K) +
+                                ")");
+        py::array_t<float> d({16, 8});
+        cudaError_t status;
+        {
+          py::gil_scoped_release release;
+          status = emulator::self_test::mma_tile(rounding.c_str(), a.data(), b.data(), c.data(),
+                                                 d.mutable_data());
+        }
+        check_cuda(status, "self_test_mma");
+        return d;
+      },
+      py::arg("rounding"), py::arg("a"), py::arg("b"), py::arg("c"),
+      "cuda/mma.cuh on one emulated warp: c + a b (float32 arrays) with a and b rounded to "
+      "`rounding` ('bfloat16', 'float16': K = 16; 'tf32': K = 8), through load_a, load_b, mma "
+      "and the accumulator's layout.");
+  m.def(
+      "mma_positions",
+      [](const std::string& rounding) {
+        parse_rounding(py::str(rounding));
+        const ssize_t per = rounding == "tf32" ? 1 : 2;
+        py::array_t<int> a({ssize_t(32), 4 * per, ssize_t(2)}),
+            b({ssize_t(32), 2 * per, ssize_t(2)}), c({32, 4, 2});
+        emulator::self_test::mma_positions(rounding.c_str(), a.mutable_data(), b.mutable_data(),
+                                           c.mutable_data());
+        return py::make_tuple(a, b, c);
+      },
+      py::arg("rounding"),
+      "cuda/mma.cuh's fragment layout: (A, B, C), each [lane, element, (row, column)].");
 #endif
 }

@@ -81,7 +81,10 @@ class Barrier {
 
 struct Block {
   Block(dim3 index_, unsigned threads, size_t shared_bytes)
-      : index(index_), barrier(threads), dynamic(poisoned(shared_bytes, 16)) {}
+      : index(index_), barrier(threads), dynamic(poisoned(shared_bytes, 16)) {
+    for (unsigned first = 0; first < threads; first += kWarpSize)
+      warps.push_back(std::make_unique<Warp>(std::min(kWarpSize, threads - first)));
+  }
 
   struct Deleter {
     void operator()(void* p) const { std::free(p); }
@@ -96,8 +99,17 @@ struct Block {
     return memory;
   }
 
+  // A warp's lanes meet at its barrier in warp_exchange, their contributions in one of two
+  // buffers (alternately: see warp_exchange).
+  struct Warp {
+    explicit Warp(unsigned lanes) : barrier(lanes) {}
+    Barrier barrier;
+    unsigned char buffers[2][kWarpSize * kMaxLaneBytes];
+  };
+
   dim3 index;
   Barrier barrier;
+  std::vector<std::unique_ptr<Warp>> warps;
   Memory dynamic;
   std::mutex shared_mutex;  // guards `shared`, filled by the first thread that declares each
   std::vector<std::pair<const void*, Memory>> shared;
@@ -120,7 +132,10 @@ struct Launch {
     status = status_;
     message = message_;
     failed.store(true);
-    for (Block* b : blocks) b->barrier.wake();
+    for (Block* b : blocks) {
+      b->barrier.wake();
+      for (auto& warp : b->warps) warp->barrier.wake();
+    }
     grid_barrier.wake();
     done.notify_all();
   }
@@ -142,6 +157,7 @@ struct Launch {
 struct Context {
   Launch* launch = nullptr;
   Block* block = nullptr;
+  unsigned long long warp_exchanges = 0;  // this thread's calls of warp_exchange
 };
 thread_local Context context;
 
@@ -408,6 +424,28 @@ void* block_shared(const void* site, size_t bytes, size_t align) {
 }
 
 void* dynamic_shared() { return context.block->dynamic.get(); }
+
+unsigned thread_rank() {
+  return (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+}
+
+const void* warp_exchange(const void* mine, size_t bytes) {
+  Launch& launch = *context.launch;
+  if (bytes > kMaxLaneBytes) {
+    launch.fail(cudaErrorLaunchFailure, std::string("kernel ") + launch.kernel +
+                                            ": warp_exchange of more than " +
+                                            std::to_string(kMaxLaneBytes) + " bytes a lane");
+    throw Aborted{};
+  }
+  Block::Warp& warp = *context.block->warps[thread_rank() / kWarpSize];
+  // The lanes alternate between the two buffers: a lane that writes one has passed the barrier
+  // of the exchange before, so every lane has finished reading what that buffer held (two
+  // exchanges ago).
+  unsigned char* buffer = warp.buffers[context.warp_exchanges++ % 2];
+  std::memcpy(buffer + thread_rank() % kWarpSize * bytes, mine, bytes);
+  warp.barrier.wait(launch, "a warp-wide instruction (warp_exchange)");
+  return buffer;
+}
 
 }  // namespace rnnfast::cuda::emulator
 

@@ -23,10 +23,12 @@
 // dynamic_shared<T>(). Both start filled with 0xFF bytes (NaN for floats), so that a read before
 // any write shows.
 //
-// Not emulated: warps (no shuffles, votes or lock-step execution: a kernel that relies on them
-// needs them added here), atomics beyond std::atomic, the memory model's weaker orderings (host
-// threads see each other's writes after a barrier, as CUDA guarantees, and often earlier), the
-// compiler's code, speed.
+// Warps: the block's threads in the order of their rank (x fastest, then y, then z), 32 a warp.
+// They do not run in lock step; a warp-wide instruction is emulated over warp_exchange, a
+// barrier of the warp's lanes (the mma.sync of ../mma.cuh). Not emulated: shuffles, votes and
+// other warp-level operations (a kernel that uses them needs them added here), atomics beyond
+// std::atomic, the memory model's weaker orderings (host threads see each other's writes after a
+// barrier, as CUDA guarantees, and often earlier), the compiler's code, speed.
 #pragma once
 
 #include <cstddef>
@@ -100,6 +102,18 @@ void grid_sync();
 // declaration), `bytes` long; the launch's dynamic shared memory.
 void* block_shared(const void* site, size_t bytes, size_t align);
 void* dynamic_shared();
+
+// This thread's rank in its block: threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y *
+// threadIdx.z); its lane is thread_rank() % kWarpSize.
+constexpr unsigned kWarpSize = 32;
+unsigned thread_rank();
+
+// What a warp-wide instruction needs: every lane of this thread's warp calls it with `bytes`
+// (the same for all, at most kMaxLaneBytes) at `mine`; it returns once all have, the warp's
+// contributions lane by lane, `bytes` apart. They stay valid until this thread calls it again.
+// A lane that never calls it fails the launch at the timeout, as a divergent barrier does.
+constexpr size_t kMaxLaneBytes = 64;
+const void* warp_exchange(const void* mine, size_t bytes);
 
 // Most threads a cooperative launch may have (all run at once).
 constexpr unsigned kMaxCooperativeThreads = 8192;

@@ -18,4 +18,13 @@ cudaError_t divergent_barrier(int threads, int waiting);
 // wrote, or -1 where its block's shared memory no longer holds b (blocks sharing it).
 cudaError_t grid_sync_exchange(int blocks, int threads, int64_t* seen);
 
+// mma.cuh on one warp: d [16, 8] = c + a b with a [16, K] and b [K, 8] row-major (float32,
+// rounded by load_a and load_b; K = 16 for "bfloat16" and "float16", 8 for "tf32").
+cudaError_t mma_tile(const char* rounding, const float* a, const float* b, const float* c,
+                     float* d);
+
+// mma.cuh's layout table: for each lane and element of its A, B and C fragments, (row, column)
+// in [lane][element][2] (A: 8 elements for 16-bit operands, 4 for TF32; B: 4 or 2; C: 4).
+void mma_positions(const char* rounding, int* a, int* b, int* c);
+
 }  // namespace rnnfast::cuda::emulator::self_test

@@ -209,12 +209,20 @@ class CudaBackend:
         path = _cuda_path.get()
         return "standard" if path == "auto" else path
 
+    @staticmethod
+    def _rounding(rounding):
+        """The kernels' name of a rounding of _dtypes.matmul_rounding (None kept): on the
+        persistent path the recurrent matmul multiplies operands so rounded on the tensor
+        cores; the standard path multiplies in float32."""
+        return None if rounding is None else "tf32" if rounding is _dtypes.TF32 else \
+            np.dtype(rounding).name
+
     def recurrent_forward(self, cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths,
                           resets, w_hr, rounding=None):
         self._module.recurrent_forward(
             cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths, resets, w_hr,
             workspace=self._workspace("forward", cell, zx, w_hh, w_hr),
-            stream=self._stream(), path=self._path())
+            stream=self._stream(), path=self._path(), rounding=self._rounding(rounding))
 
     def recurrent_backward(self, cell, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh, dh0,
                            dc0, lengths, resets, w_hr, dh_proj, rounding=None):
@@ -222,7 +230,7 @@ class CudaBackend:
             cell, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh, dh0, dc0, lengths, resets,
             w_hr, dh_proj,
             workspace=self._workspace("backward", cell, dzx, w_hh, w_hr),
-            stream=self._stream(), path=self._path())
+            stream=self._stream(), path=self._path(), rounding=self._rounding(rounding))
 
 
 CPU = CpuBackend()

@@ -18,9 +18,9 @@ import time
 import numpy as np
 import pytest
 
-from rnnfast import _cpu, _cuda_emulated as emu
+from rnnfast import _cpu, _cuda_emulated as emu, _dtypes, reference as ref
 
-from _util import CELLS, DTYPES, GATES
+from _util import CELLS, DTYPES, FLOAT32_FLOOR, GATES, rel_err
 
 # (T, B, H): tails of every tile (32 units, 16 batch rows, depth 32), several row and unit
 # tiles (B = 37, H = 70), H = 1, and the 130 of the CPU tests.
@@ -357,3 +357,161 @@ def test_grid_sync_shows_every_block_the_others_writes(blocks, threads):
 def test_cooperative_launch_too_large():
     with pytest.raises(RuntimeError, match="cooperative launch of 8256 threads"):
         emu.self_test_grid_sync(129, 64)
+
+
+# ------------------------------------------------------------------ the tensor cores (mma.cuh)
+
+# The roundings of the recurrent matmul that the persistent path multiplies on the tensor cores:
+# (name for the binding, rnnfast._dtypes' value, K of one mma).
+ROUNDINGS = {"bf16": ("bfloat16", "bfloat16", 16), "f16": ("float16", "float16", 16),
+             "tf32": ("tf32", "tf32", 8)}
+
+
+def _rounding(name):
+    value = ROUNDINGS[name][1]
+    return _dtypes.TF32 if value == "tf32" else np.dtype(value)
+
+
+def _ptx_layout(name):
+    """The fragment layout of mma.m16n8k16 (16-bit) and mma.m16n8k8 (TF32), as the PTX ISA's
+    "Matrix Fragments" section states it: for lane = 4 * groupID + threadID_in_group, each
+    element's (row, column). Written from that text, not from mma.cuh."""
+    a, b, c = [], [], []
+    for lane in range(32):
+        group, thread = lane // 4, lane % 4
+        if name == "tf32":  # a0..a3; b0, b1
+            a.append([(group if i in (0, 2) else group + 8, thread if i < 2 else thread + 4)
+                      for i in range(4)])
+            b.append([(thread if i == 0 else thread + 4, group) for i in range(2)])
+        else:  # a0..a7; b0..b3
+            a.append([(group if i in (0, 1, 4, 5) else group + 8,
+                       thread * 2 + (i & 1) + (8 if i >= 4 else 0)) for i in range(8)])
+            b.append([(thread * 2 + (i & 1) + (8 if i >= 2 else 0), group) for i in range(4)])
+        c.append([(group if i < 2 else group + 8, thread * 2 + (i & 1)) for i in range(4)])
+    return a, b, c
+
+
+@pytest.mark.parametrize("name", ROUNDINGS)
+def test_mma_fragment_layout_is_ptx(name):
+    for got, expected in zip(emu.mma_positions(ROUNDINGS[name][0]), _ptx_layout(name)):
+        np.testing.assert_array_equal(got, np.array(expected))
+
+
+@pytest.mark.parametrize("name", ROUNDINGS)
+def test_host_mma_matches_numpy(name):
+    """One emulated warp's load_a, load_b, mma and accumulator layout against NumPy on random
+    tiles: c + a b with a and b rounded to the operand type, to nearest even (the tiles hold
+    values that round and, for the 16-bit types, exact ties), summed exactly and rounded once to
+    float32, as the host mma does."""
+    binding, _, K = ROUNDINGS[name]
+    rng = np.random.default_rng(sum(map(ord, name)))
+    for _ in range(5):
+        a = rng.standard_normal((16, K)).astype(np.float32)
+        b = rng.standard_normal((K, 8)).astype(np.float32)
+        c = rng.standard_normal((16, 8)).astype(np.float32)
+        a[0, :4] = [1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, 1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11]
+        ra, rb = (_dtypes.round_operand(m, _rounding(name)).astype(np.float64) for m in (a, b))
+        expected = (c + ra @ rb).astype(np.float32)
+        np.testing.assert_array_equal(emu.self_test_mma(binding, a, b, c), expected)
+
+
+def _round_to(name, a):
+    return _dtypes.round_operand(a.astype(np.float32), _rounding(name)).astype(a.dtype)
+
+
+def compare_mma_with_reference(module, cell, name, shape, optional, sequence,
+                               to_device=_identity, to_host=_identity):
+    """The persistent path with the rounding `name` (the tensor cores) on one random problem,
+    outputs poisoned first: the forward's y, h_n, c_n against the float64 reference on the same
+    inputs with h_{t-1} rounded where it enters the recurrent product (the kernel rounds it,
+    W_hh is already rounded as the layers give it), by the rule of tests/_util.py (twice the
+    error of that reference run in float32, plus the floor) plus one ulp of the operand type
+    (the kernel's h_{t-1}, a few float32 ulps off the reference's, may round to the neighbouring
+    16-bit value: a jump that the float32 reference, rounding as the float64 one does, need not
+    show on a small problem); and against the standard path,
+    which multiplies h_{t-1} unrounded, within that bound plus twice what the rounding changes
+    in the float32 reference. Not bit for bit: the tensor cores sum in their own order. Returns
+    the outputs."""
+    T_, B, H = shape
+    G, lstm = GATES[cell], cell == "lstm"
+    rng = np.random.default_rng(sum(map(ord, f"{cell}{name}{shape}{optional}{sequence}")))
+    draw = lambda *s: (0.5 * rng.standard_normal(s)).astype(np.float32)  # noqa: E731
+    x = {"zx": draw(T_, B, G * H), "w_hh": _round_to(name, draw(G * H, H)),
+         "b_hh": draw(G * H) if optional else None, "h0": draw(B, H),
+         "c0": draw(B, H) if lstm else None}
+    options = {"lengths": None, "resets": None, "w_hr": None}
+    if sequence:
+        n = rng.integers(0, T_ + 1, B)
+        n[0], n[-1] = T_, 0 if B > 1 else T_
+        options.update(lengths=n.astype(np.int64), resets=rng.random((T_, B)) < 0.3)
+    binding = ROUNDINGS[name][0]
+
+    def run(path, rounding):
+        out = {"y": _nan((T_, B, H), np.float32), "h_n": _nan((B, H), np.float32),
+               "c_n": _nan((B, H), np.float32, lstm)}
+        dev = lambda a: None if a is None else to_device(a)  # noqa: E731
+        got = {k: dev(v) for k, v in out.items()}
+        module.recurrent_forward(
+            cell, *(dev(x[k]) for k in ("zx", "w_hh", "b_hh", "h0", "c0")), got["y"],
+            got["h_n"], got["c_n"], None, lengths=dev(options["lengths"]),
+            resets=dev(options["resets"]), path=path, rounding=rounding)
+        return {k: None if v is None else to_host(v) for k, v in got.items()}
+
+    got = run("persistent", binding)
+    standard = run("standard", None)
+    # The reference with x = zx and W_ih = I: its input projection is zx itself.
+    def reference(dtype, operand):
+        c = lambda a: None if a is None else a.astype(dtype)  # noqa: E731
+        y, h_n, c_n, _ = ref.forward(
+            cell, c(x["zx"]), c(x["h0"]), np.eye(G * H, dtype=dtype), c(x["w_hh"]),
+            b_hh=c(x["b_hh"]), c0=c(x["c0"]), lengths=options["lengths"],
+            resets=options["resets"], operand=operand)
+        return {"y": y, "h_n": h_n, "c_n": c_n}
+
+    rounded = lambda h: _round_to(name, h)  # noqa: E731
+    oracle, at_precision = reference(np.float64, rounded), reference(np.float32, rounded)
+    unrounded = reference(np.float32, None)  # as the standard path computes
+    ulp = {"bf16": 2.0 ** -7, "f16": 2.0 ** -10, "tf32": 2.0 ** -10}[name]  # at 1
+    failures = []
+    for key, value in got.items():
+        if value is None:
+            continue
+        if np.isnan(value).any():
+            failures.append(f"{key}: {np.isnan(value).sum()} elements not written")
+            continue
+        bound = 2 * rel_err(at_precision[key], oracle[key]) + FLOAT32_FLOOR + ulp
+        if not rel_err(value, oracle[key]) <= bound:
+            failures.append(f"{key}: rel err {rel_err(value, oracle[key]):.2e} > {bound:.2e}")
+        # Off the standard path by what the rounding of h_{t-1} changes in the reference.
+        bound += 2 * rel_err(at_precision[key], unrounded[key])
+        if not rel_err(value, standard[key]) <= bound:
+            failures.append(f"{key}: {rel_err(value, standard[key]):.2e} off the standard path "
+                            f"> {bound:.2e}")
+    assert not failures, "; ".join(failures)
+    return got
+
+
+# Tails of the 16 x 8 x K tiles: units per block (H = 7: 1; 33: 5, the last block 3; 130: 17
+# and 11, so G * owned columns from 3 to 68), B = 1 and 3, and two row tiles (B = 17).
+MMA_SHAPES = [(4, 3, 7), (3, 1, 33), (5, 3, 33), (2, 3, 130), (3, 17, 33)]
+
+
+@pytest.mark.parametrize("options", ["none", "given", "lengths-resets"])
+@pytest.mark.parametrize("shape", MMA_SHAPES, ids=_ids(MMA_SHAPES))
+@pytest.mark.parametrize("name", ROUNDINGS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_persistent_tensor_cores_forward(cell, name, shape, options):
+    compare_mma_with_reference(emu, cell, name, shape, options != "none",
+                               options == "lengths-resets")
+
+
+def test_rounding_checked():
+    with pytest.raises(ValueError, match="rounding must be None, 'bfloat16', 'float16' or"):
+        emu.recurrent_forward(**_small_forward(), rounding="int8")
+    assert "float32" in emu.persistent_refusal("gru", 7, dtype="float64", rounding="tf32")
+    with pytest.raises(ValueError, match="persistent.*needs float32"):
+        emu.recurrent_forward(**_small_forward(dtype=np.float64), path="persistent",
+                              rounding="bfloat16")
+    # The standard path multiplies in float32 whatever the rounding says.
+    args = _small_forward()
+    emu.recurrent_forward(**args, rounding="bfloat16")
