@@ -142,12 +142,14 @@ void gemm_bf16_py(py::object a, py::object b, py::object c, bool trans_a, bool t
 }
 
 // Packs a cell's weights for cell_step (PyTorch's names: weight_ih [G*H, I], weight_hh [G*H, H],
-// bias_ih, bias_hh [G*H] or None).
+// bias_ih, bias_hh [G*H] or None). bfloat16: for a bfloat16 cell, the weights given in float32.
 py::object pack_cell_py(const std::string& cell_name, py::object w_ih, py::object w_hh,
-                        py::object b_ih, py::object b_hh) {
+                        py::object b_ih, py::object b_hh, bool bfloat16) {
   const Cell cell = parse_cell(cell_name);
   return bindings::dispatch_dtype<NumpyReader>(w_ih, "weight_ih", [&](auto type_tag) -> py::object {
     using T = decltype(type_tag);
+    if (bfloat16 && !std::is_same_v<T, float>)
+      throw py::type_error("a bfloat16 cell's weights must be given in float32");
     ArgChecker<T> check("weight_ih");
     const auto w = w_ih.cast<py::array>();
     const int64_t G = gate_count(cell);
@@ -162,28 +164,29 @@ py::object pack_cell_py(const std::string& cell_name, py::object w_ih, py::objec
     PackedCell<T> packed;
     {
       py::gil_scoped_release release;
-      packed = pack_cell(cell, I, H, wi, wh, bi, bh);
+      packed = pack_cell(cell, I, H, wi, wh, bi, bh, bfloat16);
     }
     return py::cast(std::move(packed));
   });
 }
 
 // One step: writes out (h) and, for the LSTM, out_c from input [B, I] and the state. The
-// argument names in errors are those of rnnfast.LSTMCell & co.: input, hx, out.
-template <typename T>
+// argument names in errors are those of rnnfast.LSTMCell & co.: input, hx, out. S: the arrays'
+// element type, T or, for weights packed for bfloat16, Bf16.
+template <typename S, typename T>
 void cell_step_typed(const PackedCell<T>& packed, const py::object& x, const py::object& h,
                      const py::object& c, const py::object& h_out, const py::object& c_out) {
   const bool lstm = packed.cell == Cell::Lstm;
   const int64_t I = packed.input, H = packed.hidden;
-  ArgChecker<T> check("the cell's weights");
+  ArgChecker<S> check("the cell's weights");
   if (!py::isinstance<py::array>(x) || x.cast<py::array>().ndim() != 2)
     throw py::value_error("input must be a 2-D numpy.ndarray (batch, input_size)");
   const int64_t B = x.cast<py::array>().shape(0);
-  const T* xp = check.input(x, "input", {B, I});
-  const T* hp = check.input(h, lstm ? "hx[0]" : "hx", {B, H});
-  T* h_outp = check.output(h_out, lstm ? "out[0]" : "out", {B, H});
-  const T* cp = nullptr;
-  T* c_outp = nullptr;
+  const S* xp = check.input(x, "input", {B, I});
+  const S* hp = check.input(h, lstm ? "hx[0]" : "hx", {B, H});
+  S* h_outp = check.output(h_out, lstm ? "out[0]" : "out", {B, H});
+  const S* cp = nullptr;
+  S* c_outp = nullptr;
   if (lstm) {
     cp = check.input(c, "hx[1]", {B, H});
     c_outp = check.output(c_out, "out[1]", {B, H});
@@ -193,15 +196,21 @@ void cell_step_typed(const PackedCell<T>& packed, const py::object& x, const py:
   }
   check.check_no_overlap();
   py::gil_scoped_release release;
-  cell_step(packed, B, xp, hp, cp, h_outp, c_outp);
+  if constexpr (std::is_same_v<S, Bf16>)
+    cell_step_bf16(packed, B, xp, hp, cp, h_outp, c_outp);
+  else
+    cell_step(packed, B, xp, hp, cp, h_outp, c_outp);
 }
 
 void cell_step_py(const py::object& packed, const py::object& x, const py::object& h,
                   const py::object& c, const py::object& h_out, const py::object& c_out) {
-  if (py::isinstance<PackedCell<float>>(packed))
-    return cell_step_typed(packed.cast<const PackedCell<float>&>(), x, h, c, h_out, c_out);
+  if (py::isinstance<PackedCell<float>>(packed)) {
+    const auto& p = packed.cast<const PackedCell<float>&>();
+    if (p.bfloat16) return cell_step_typed<Bf16>(p, x, h, c, h_out, c_out);
+    return cell_step_typed<float>(p, x, h, c, h_out, c_out);
+  }
   if (py::isinstance<PackedCell<double>>(packed))
-    return cell_step_typed(packed.cast<const PackedCell<double>&>(), x, h, c, h_out, c_out);
+    return cell_step_typed<double>(packed.cast<const PackedCell<double>&>(), x, h, c, h_out, c_out);
   throw py::type_error("packed must be the result of pack_cell");
 }
 
@@ -274,8 +283,10 @@ PYBIND11_MODULE(_cpu, m) {
         "bfloat16, c and bias float32; on AMX or AVX512-BF16 where the instruction set in use "
         "has them.");
   m.def("pack_cell", &pack_cell_py, py::arg("cell"), py::arg("w_ih"), py::arg("w_hh"),
-        py::arg("b_ih"), py::arg("b_hh"),
-        "Packs a cell's weights for cell_step, in the layout of the instruction set in use.");
+        py::arg("b_ih"), py::arg("b_hh"), py::kw_only(), py::arg("bfloat16") = false,
+        "Packs a cell's weights for cell_step, in the layout of the instruction set in use; "
+        "bfloat16: for a bfloat16 cell (the weights' values given in float32), whose cell_step "
+        "then takes bfloat16 arrays.");
   m.def("cell_step", &cell_step_py, py::arg("packed"), py::arg("x"), py::arg("h"), py::arg("c"),
         py::arg("h_out"), py::arg("c_out"),
         "One step of the cell: h_out (and c_out, LSTM) from x [B,I], h and c [B,H]. Outputs "

@@ -13,7 +13,11 @@
   path (``backends.cuda_recurrence``), whose forward multiplies on the tensor cores with h_{t-1}
   rounded to the 16-bit type (and, under TF32, W_hh and h_{t-1} rounded to TF32). y, h_n,
   c_n and the gradients of x, h0 and c0 are returned rounded to the 16-bit type, the weight
-  and bias gradients in float32 (as oneDNN returns them).
+  and bias gradients in float32 (as oneDNN returns them). The bfloat16 cells' step takes
+  bfloat16 arrays and weights and multiplies them with vdpbf16ps on "amx" and "avx512_bf16"
+  (below those, widened to float32), float32 sums and gate math, the new state rounded to
+  bfloat16 (``_cpu.cell_step`` on weights packed with ``bfloat16=True``); float16 cells widen
+  x and the state to float32 around the float32 step.
 
   Per backend: on the CPU, bfloat16's GEMMs are ``_cpu.gemm_bf16`` (AMX or AVX512-BF16 where
   the CPU has them) and float16's the float32 ``_cpu.gemm`` on operands rounded to float16 (a

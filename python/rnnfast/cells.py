@@ -96,7 +96,9 @@ class _CellBase:
         self.dtype = np.dtype(dtype)
         if self.dtype not in DTYPES:
             raise TypeError(f"dtype must be {_dtypes.DTYPE_NAMES}, not {self.dtype}")
-        self._computes_in_dtype = _dtypes.compute_dtype(self.dtype) == self.dtype
+        # The CPU step takes arrays of this dtype itself (float16 ones are converted to float32
+        # and back around it).
+        self._kernel_dtype = self.dtype != _dtypes.FLOAT16
         device = _devices.resolve(device)  # before the parameters: refuse a device up front
         self.device = "cpu"
         self._params = {}
@@ -160,7 +162,8 @@ class _CellBase:
         if self._packed is None or self._packed_isa != isa:
             p = self._params
             self._packed = _cpu.pack_cell(self._cell, *(_dtypes.to_compute(p.get(name))
-                                                        for name in _NAMES))
+                                                        for name in _NAMES),
+                                          bfloat16=_dtypes.is_bfloat16(self.dtype))
             self._packed_isa = isa
         return self._packed
 
@@ -171,7 +174,7 @@ class _CellBase:
         the state (LSTM: a tuple (h, c)), each [B, hidden_size] or [hidden_size], None for
         zeros; out: arrays of the state's shapes to write the new state into (None: new
         arrays), which must not overlap input or hx. Returns the new state (out when given)."""
-        if (self._computes_in_dtype and type(input) is np.ndarray and input.ndim == 2
+        if (self._kernel_dtype and type(input) is np.ndarray and input.ndim == 2
                 and input.dtype == self.dtype and self.device == "cpu"):
             # The streaming loop's call (a batch, the state and out given as arrays or, for the
             # LSTM, tuples of two): straight to the kernel, which checks every array and names
@@ -230,15 +233,16 @@ class _CellBase:
         if unbatched:
             x, hx, out = x[None], [s[None] for s in hx], [s[None] for s in out]
         lstm = self._cell == "lstm"
-        compute = _dtypes.compute_dtype(self.dtype)
         results = out
-        if compute != self.dtype:  # 16-bit types: the step in float32, the state rounded after
+        if _dtypes.is_16bit(self.dtype):
             names = ("input", "hx[0]", "hx[1]", "out[0]", "out[1]") if lstm else (
                 "input", "hx", "out")
             for name, value in zip(names, [x, *hx, *out]):
                 if not isinstance(value, np.ndarray) or value.dtype != self.dtype:
                     raise TypeError(f"{name} must be a numpy.ndarray of the cell's dtype "
                                     f"{self.dtype}, not {getattr(value, 'dtype', type(value))}")
+        if not self._kernel_dtype:  # float16: the step in float32, the state rounded after
+            compute = _dtypes.compute_dtype(self.dtype)
             x, hx = x.astype(compute), [h.astype(compute) for h in hx]
             results = [np.empty(o.shape, compute) for o in out]
         _cpu.cell_step(self._packed_weights(), x, hx[0], hx[1] if lstm else None,

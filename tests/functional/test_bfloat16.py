@@ -424,9 +424,11 @@ def test_layers_match_reference(target, dtype16, cell, options):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_relu"])
-def test_cell_step_matches_reference(dtype16, cell):
-    """The cells (CPU only): the step in float32 on the widened weights and state, the new
-    state rounded to the cell's 16-bit type."""
+def test_cell_step_matches_reference(bf16_isa, dtype16, cell):
+    """The cells (CPU only), on every instruction set: the step's products of bfloat16 values
+    (vdpbf16ps on avx512_bf16 and amx, else float32 on the widened values), float32 math, the
+    new state rounded to the cell's 16-bit type; float16 converted to float32 and back around
+    the float32 step."""
     kind = {"lstm": rnnfast.LSTMCell, "gru": rnnfast.GRUCell}.get(cell)
     c = kind(7, 9, dtype=dtype16.name, seed=1) if kind else rnnfast.RNNCell(
         7, 9, nonlinearity="relu", dtype=dtype16.name, seed=1)

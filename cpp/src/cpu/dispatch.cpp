@@ -18,21 +18,23 @@
 namespace rnnfast {
 
 // The per-instruction-set copies of the kernels (one namespace each).
-#define RNNFAST_DECLARE_ISA(ns)                                                        \
-  namespace ns {                                                                       \
-  template <typename T>                                                                \
-  void recurrent_forward(const ForwardArgs<T>&);                                       \
-  template <typename T>                                                                \
-  void recurrent_backward(const BackwardArgs<T>&);                                     \
-  template <typename T>                                                                \
-  void gemm(const GemmArgs<T>&);                                                       \
-  template <typename T>                                                                \
-  void apply_activation(Activation, const T*, T*, int64_t);                            \
-  template <typename T>                                                                \
-  void pack_cell(PackedCell<T>&, const T*, const T*, const T*, const T*);              \
-  template <typename T>                                                                \
-  void cell_step(const PackedCell<T>&, int64_t, const T*, const T*, const T*, T*, T*); \
-  void gemm_bf16(const Bf16GemmArgs&);                                                 \
+#define RNNFAST_DECLARE_ISA(ns)                                                                 \
+  namespace ns {                                                                                \
+  template <typename T>                                                                         \
+  void recurrent_forward(const ForwardArgs<T>&);                                                \
+  template <typename T>                                                                         \
+  void recurrent_backward(const BackwardArgs<T>&);                                              \
+  template <typename T>                                                                         \
+  void gemm(const GemmArgs<T>&);                                                                \
+  template <typename T>                                                                         \
+  void apply_activation(Activation, const T*, T*, int64_t);                                     \
+  template <typename T>                                                                         \
+  void pack_cell(PackedCell<T>&, const T*, const T*, const T*, const T*, bool);                 \
+  template <typename T>                                                                         \
+  void cell_step(const PackedCell<T>&, int64_t, const T*, const T*, const T*, T*, T*);          \
+  void cell_step_bf16(const PackedCell<float>&, int64_t, const Bf16*, const Bf16*, const Bf16*, \
+                      Bf16*, Bf16*);                                                            \
+  void gemm_bf16(const Bf16GemmArgs&);                                                          \
   }
 RNNFAST_DECLARE_ISA(isa_baseline)
 #if RNNFAST_X86_TARGETS
@@ -41,7 +43,8 @@ RNNFAST_DECLARE_ISA(isa_avx512)
 #endif
 #undef RNNFAST_DECLARE_ISA
 // The bfloat16 instruction sets have their own GEMM and recurrence (for bfloat16 matmuls);
-// their other kernels are AVX-512's.
+// their other kernels are AVX-512's, but for the bfloat16 cells' step, avx512_bf16's on both
+// (vdpbf16ps: a step's few rows would fill AMX's 16-row tiles with zeros).
 #if RNNFAST_BF16_TARGETS
 #define RNNFAST_DECLARE_BF16_ISA(ns)               \
   namespace ns {                                   \
@@ -54,6 +57,12 @@ RNNFAST_DECLARE_ISA(isa_avx512)
 RNNFAST_DECLARE_BF16_ISA(isa_avx512_bf16)
 RNNFAST_DECLARE_BF16_ISA(isa_amx)
 #undef RNNFAST_DECLARE_BF16_ISA
+namespace isa_avx512_bf16 {
+template <typename T>
+void pack_cell(PackedCell<T>&, const T*, const T*, const T*, const T*, bool);
+void cell_step_bf16(const PackedCell<float>&, int64_t, const Bf16*, const Bf16*, const Bf16*, Bf16*,
+                    Bf16*);
+}  // namespace isa_avx512_bf16
 #endif
 
 namespace {
@@ -241,16 +250,30 @@ void apply_activation(Activation f, const T* in, T* out, int64_t n) {
   RNNFAST_ON_ACTIVE_ISA(apply_activation(f, in, out, n));
 }
 
+#if RNNFAST_BF16_TARGETS
+namespace {
+// Whether the bfloat16 cells' step multiplies in bfloat16 (vdpbf16ps) on this instruction set.
+bool bf16_step(Isa isa) { return isa == Isa::Amx || isa == Isa::Avx512Bf16; }
+}  // namespace
+#endif
+
 template <typename T>
 PackedCell<T> pack_cell(Cell cell, int64_t input, int64_t hidden, const T* w_ih, const T* w_hh,
-                        const T* b_ih, const T* b_hh) {
+                        const T* b_ih, const T* b_hh, bool bfloat16) {
   PackedCell<T> packed;
   packed.cell = cell;
   packed.input = input;
   packed.hidden = hidden;
+  packed.bfloat16 = bfloat16;
   const Isa isa = active().load();
   packed.isa = isa_name(isa);
-  [&] { RNNFAST_ON_ISA(isa, pack_cell(packed, w_ih, w_hh, b_ih, b_hh)); }();
+#if RNNFAST_BF16_TARGETS
+  if (bfloat16 && bf16_step(isa)) {
+    isa_avx512_bf16::pack_cell(packed, w_ih, w_hh, b_ih, b_hh, true);
+    return packed;
+  }
+#endif
+  [&] { RNNFAST_ON_ISA(isa, pack_cell(packed, w_ih, w_hh, b_ih, b_hh, false)); }();
   return packed;
 }
 
@@ -258,6 +281,15 @@ template <typename T>
 void cell_step(const PackedCell<T>& packed, int64_t batch, const T* x, const T* h, const T* c,
                T* h_out, T* c_out) {
   RNNFAST_ON_ISA(compiled_isa(packed.isa), cell_step(packed, batch, x, h, c, h_out, c_out));
+}
+
+void cell_step_bf16(const PackedCell<float>& packed, int64_t batch, const Bf16* x, const Bf16* h,
+                    const Bf16* c, Bf16* h_out, Bf16* c_out) {
+#if RNNFAST_BF16_TARGETS
+  if (bf16_step(compiled_isa(packed.isa)))
+    return isa_avx512_bf16::cell_step_bf16(packed, batch, x, h, c, h_out, c_out);
+#endif
+  RNNFAST_ON_ISA(compiled_isa(packed.isa), cell_step_bf16(packed, batch, x, h, c, h_out, c_out));
 }
 
 template void recurrent_forward<float>(const ForwardArgs<float>&);
@@ -269,9 +301,9 @@ template void gemm<double>(const GemmArgs<double>&);
 template void apply_activation<float>(Activation, const float*, float*, int64_t);
 template void apply_activation<double>(Activation, const double*, double*, int64_t);
 template PackedCell<float> pack_cell(Cell, int64_t, int64_t, const float*, const float*,
-                                     const float*, const float*);
+                                     const float*, const float*, bool);
 template PackedCell<double> pack_cell(Cell, int64_t, int64_t, const double*, const double*,
-                                      const double*, const double*);
+                                      const double*, const double*, bool);
 template void cell_step(const PackedCell<float>&, int64_t, const float*, const float*, const float*,
                         float*, float*);
 template void cell_step(const PackedCell<double>&, int64_t, const double*, const double*,

@@ -374,30 +374,44 @@ inline void with_rows(int64_t n, F&& f) {
 #if defined(__AVX512BF16__)
 // tile_gemm with bfloat16 operands and float32 sums (vdpbf16ps): a [MR rows][depth] bfloat16
 // (row stride lda) and a panel of two depths side by side, [depth / 2][W][2] (see
-// interleave_pairs); depth even.
+// interleave_pairs); depth even. Short tiles split the depth pairs between sets of
+// accumulators as tile_gemm does, fixed by MR and W.
 template <int MR, int W>
 inline void tile_gemm(const Bf16* __restrict a, int64_t lda, int64_t depth,
                       const Bf16* __restrict panel, const float* __restrict init, bool resume,
                       float (&acc)[MR][W]) {
   constexpr int NV = W / 16;
-  __m512 sum[MR][NV];
+  constexpr int kSplit =
+      std::max(1, std::min({4, (16 + MR * NV - 1) / (MR * NV), kAccumulators / (MR * NV)}));
+  __m512 sum[kSplit][MR][NV];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v)
-      sum[r][v] = resume            ? _mm512_loadu_ps(&acc[r][v * 16])
-                  : init != nullptr ? _mm512_loadu_ps(init + v * 16)
-                                    : _mm512_setzero_ps();
-  for (int64_t k = 0; k < depth; k += 2) {
+    for (int v = 0; v < NV; ++v) {
+      sum[0][r][v] = resume            ? _mm512_loadu_ps(&acc[r][v * 16])
+                     : init != nullptr ? _mm512_loadu_ps(init + v * 16)
+                                       : _mm512_setzero_ps();
+      for (int s = 1; s < kSplit; ++s) sum[s][r][v] = _mm512_setzero_ps();
+    }
+  // Adds the products of depth pair k (k, k + 1) into accumulator set s.
+  auto pair_products = [&](int64_t k, int s) {
     __m512bh p[NV];
     for (int v = 0; v < NV; ++v) p[v] = (__m512bh)_mm512_loadu_si512(panel + k * W + v * 32);
     for (int r = 0; r < MR; ++r) {
       int32_t pair;
       std::memcpy(&pair, a + r * lda + k, sizeof pair);
       const __m512bh x = (__m512bh)_mm512_set1_epi32(pair);
-      for (int v = 0; v < NV; ++v) sum[r][v] = _mm512_dpbf16_ps(sum[r][v], x, p[v]);
+      for (int v = 0; v < NV; ++v) sum[s][r][v] = _mm512_dpbf16_ps(sum[s][r][v], x, p[v]);
     }
-  }
+  };
+  int64_t k = 0;
+  for (; k + 2 * kSplit <= depth; k += 2 * kSplit)
+    for (int s = 0; s < kSplit; ++s) pair_products(k + 2 * s, s);
+  for (; k < depth; k += 2) pair_products(k, 0);  // the pairs left over
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(&acc[r][v * 16], sum[r][v]);
+    for (int v = 0; v < NV; ++v) {
+      __m512 total = sum[0][r][v];
+      for (int s = 1; s < kSplit; ++s) total = _mm512_add_ps(total, sum[s][r][v]);
+      _mm512_storeu_ps(&acc[r][v * 16], total);
+    }
 }
 #endif
 
