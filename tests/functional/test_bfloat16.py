@@ -453,6 +453,24 @@ def test_cell_step_matches_reference(bf16_isa, dtype16, cell):
         c(x.astype(np.float32), hx if cell == "lstm" else hx[0])
 
 
+def test_bfloat16_cell_step_binding_refuses_other_arrays():
+    """Weights packed for bfloat16 take bfloat16 arrays only (the error names the argument);
+    bfloat16 packing takes the weights' values in float32 only."""
+    rng = np.random.default_rng(2)
+    w_ih, w_hh = (rng.standard_normal((36, n)).astype(BF16).astype(np.float32) for n in (5, 9))
+    packed = _cpu.pack_cell("lstm", w_ih, w_hh, None, None, bfloat16=True)
+    x, h, c = (np.zeros((2, n), BF16) for n in (5, 9, 9))
+    h_out, c_out = np.empty((2, 9), BF16), np.empty((2, 9), BF16)
+    _cpu.cell_step(packed, x, h, c, h_out, c_out)
+    with pytest.raises(TypeError, match="input has dtype float32, expected bfloat16"):
+        _cpu.cell_step(packed, x.astype(np.float32), h, c, h_out, c_out)
+    with pytest.raises(TypeError, match="out\\[1\\] has dtype float32, expected bfloat16"):
+        _cpu.cell_step(packed, x, h, c, h_out, c_out.astype(np.float32))
+    with pytest.raises(TypeError, match="bfloat16 cell's weights must be given in float32"):
+        _cpu.pack_cell("lstm", w_ih.astype(np.float64), w_hh.astype(np.float64), None, None,
+                       bfloat16=True)
+
+
 # ------------------------------------------------------------------ float32, "medium" and "high"
 
 def tf32(a):
