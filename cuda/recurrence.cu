@@ -686,11 +686,11 @@ cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStrea
   T* dc_run = projected ? workspace : workspace + a.batch * a.hidden;
   return cells::visit_cell(a.cell, [&](auto cell) {
     using C = decltype(cell);
-    // TODO(tensor cores backward): with_product as the forward does (block_products takes
-    // either kind), once its tests and the nvcc checks cover it; until then SIMT in float32.
     if (path == Path::Persistent)
-      return launch_persistent<backward_persistent<T, C, Simt>, T>(a, rounding, stream, dh_run,
-                                                                   dc_run);
+      return with_product<T>(rounding, [&](auto product) {
+        return launch_persistent<backward_persistent<T, C, decltype(product)>, T>(
+            a, rounding, stream, dh_run, dc_run);
+      });
     return launch_steps(
         a.steps, a.steps + 1, -1, projected,
         [&](int64_t t) {
