@@ -532,6 +532,20 @@ def test_persistent_tensor_cores(cell, name, shape, options):
                                options == "lengths-resets")
 
 
+@pytest.mark.parametrize("name", ["bf16", "f16"])
+def test_sixteen_bit_roundings_keep_w_hh_in_half_the_shared_memory(name):
+    """For bfloat16 and float16 the persistent path keeps W_hh's slice in the 16-bit type (two
+    values a 32-bit word), so an LSTM of H = 384 fits the emulated device's 8 SMs of 227 KiB:
+    48 units x 4 gates x 384 x 2 bytes = 144 KiB a block, plus the product tile (16 rows x 192
+    columns x 4 bytes), where TF32 or no rounding needs 288 KiB; and it computes as the smaller
+    layers do (compare_mma_with_reference, forward and backward)."""
+    binding = ROUNDINGS[name][0]
+    assert emu.persistent_refusal("lstm", 384, rounding=binding) == ""
+    for other in ("tf32", None):
+        assert "shared memory" in emu.persistent_refusal("lstm", 384, rounding=other)
+    compare_mma_with_reference(emu, "lstm", name, (2, 1, 384), True, False)
+
+
 STEP_SHAPES = [(1, 3, 7), (1, 17, 33), (1, 3, 130)]
 
 
