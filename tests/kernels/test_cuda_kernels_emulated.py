@@ -485,8 +485,8 @@ def compare_mma_with_reference(module, cell, name, shape, optional, sequence,
     does, need not show on a small problem); and against the standard path, which multiplies
     in float32 unrounded, within that bound plus twice what the rounding changes in the float32
     reference. Not bit for bit: the tensor cores sum in their own order. (That ulp is about
-    what the rounding itself changes: test_tensor_cores_round_the_left_operands shows which
-    operands are rounded.) Returns the outputs."""
+    what the rounding itself changes: check_rounded_operands shows which operands are
+    rounded.) Returns the outputs."""
     x, d, options = _mma_problem(cell, name, shape, optional, sequence)
 
     def run(path, rounding):
@@ -546,22 +546,17 @@ def test_sixteen_bit_roundings_keep_w_hh_in_half_the_shared_memory(name):
     compare_mma_with_reference(emu, "lstm", name, (2, 1, 384), True, False)
 
 
-STEP_SHAPES = [(1, 3, 7), (1, 17, 33), (1, 3, 130)]
-
-
-@pytest.mark.parametrize("shape", STEP_SHAPES, ids=_ids(STEP_SHAPES))
-@pytest.mark.parametrize("name", ROUNDINGS)
-@pytest.mark.parametrize("cell", CELLS)
-def test_tensor_cores_round_the_left_operands(cell, name, shape):
-    """Which operands the persistent path rounds, where no rounding can flip: one step, whose
-    h_{t-1} is h0 (an input, which kernel and reference round alike) and whose dzh the kernel
-    writes (dzx but the GRU's). y, and dh0 as each reference gives it with the kernel's dzh
-    rounded in its product (a correction where kernel and reference round dzh to neighbouring
-    16-bit values), are held to the rule of tests/_util.py without compare_mma_with_reference's
-    ulp; the reference without the rounding of h0 (y) or of dzh (dh0) fails that bound."""
+def check_rounded_operands(module, cell, name, shape, to_device=_identity, to_host=_identity):
+    """Which operands the persistent path rounds (the rounding `name`), where no rounding can
+    flip: one step (shape's T = 1), whose h_{t-1} is h0 (an input, which kernel and reference
+    round alike) and whose dzh the kernel writes (dzx but the GRU's). y, and dh0 as each
+    reference gives it with the kernel's dzh rounded in its product (a correction where kernel
+    and reference round dzh to neighbouring 16-bit values), are held to the rule of
+    tests/_util.py without compare_mma_with_reference's ulp; the reference without the rounding
+    of h0 (y) or of dzh (dh0) fails that bound."""
     x, d, options = _mma_problem(cell, name, shape, True, False)
-    got = _run(emu, cell, np.float32, x, d, options, path="persistent",
-               rounding=ROUNDINGS[name][0])
+    got = _run(module, cell, np.float32, x, d, options, to_device, to_host, "persistent",
+               ROUNDINGS[name][0])
     rounded = lambda a: _round_to(name, a)  # noqa: E731
     dzh = rounded(got["dzh"] if cell == "gru" else got["dzx"])[0].astype(np.float64)
     w = x["w_hh"].astype(np.float64)
@@ -578,6 +573,16 @@ def test_tensor_cores_round_the_left_operands(cell, name, shape):
         bound = 2 * rel_err(at_precision[key], expected) + FLOAT32_FLOOR
         assert rel_err(got[key], expected) <= bound, key
         assert rel_err(without[key], expected) > bound, key
+
+
+STEP_SHAPES = [(1, 3, 7), (1, 17, 33), (1, 3, 130)]
+
+
+@pytest.mark.parametrize("shape", STEP_SHAPES, ids=_ids(STEP_SHAPES))
+@pytest.mark.parametrize("name", ROUNDINGS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_tensor_cores_round_the_left_operands(cell, name, shape):
+    check_rounded_operands(emu, cell, name, shape)
 
 
 def test_rounding_checked():
