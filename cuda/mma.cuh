@@ -13,14 +13,16 @@
 //   B, 16-bit: element e (of 4) at row 2 * thread + e % 2 + 8 * (e / 2), column group
 //   B, TF32:   element e (of 2) at row thread + 4 * e, column group
 //   C and D:   element e (of 4 floats) at row group + 8 * (e / 2), column 2 * thread + e % 2
-// The kernels use only load_a, load_b, for_each (the accumulator's elements) and mma; on the
-// GPU mma is the instruction, in the emulator a host version over emulator::warp_exchange
-// that assembles A and B from the warp's fragments through the same table and computes each
-// lane's elements of D. So the kernel code is the same in both builds, and the emulator checks
-// it against the layout as written here (tests/kernels/test_cuda_kernels_emulated.py checks
-// the table against the PTX ISA's own statement of it, and the host mma against NumPy).
+// The kernels use only load_a, load_b_registers (B from registers packed ahead with pack; load_b,
+// B from floats, is the same over pack), for_each (the accumulator's elements) and mma; on the
+// GPU mma is the instruction, in the emulator a host version over emulator::warp_exchange that
+// assembles A and B from the warp's fragments through the same table and computes each lane's
+// elements of D. So the kernel code is the same in both builds, and the emulator checks it
+// against the layout as written here (tests/kernels/test_cuda_kernels_emulated.py checks the
+// table against the PTX ISA's own statement of it, and the host mma, through load_a and
+// load_b, against NumPy).
 //
-// Rounding: load_a and load_b round each float to the operand type, to nearest even (as
+// Rounding: load_a, load_b and pack round each float to the operand type, to nearest even (as
 // rnnfast._dtypes.round_operand does: bfloat16, float16, TF32 with inf and NaN kept). The
 // products of two such values are exact in float32; the accumulation is float32. Its order and
 // rounding inside the tensor core are the hardware's own (not IEEE sums in a documented
@@ -269,13 +271,25 @@ __device__ __forceinline__ void load_a(FragmentA<Op>& f, At&& at) {
   for (int r = 0; r < 4; ++r) f.reg[r] = load_register<Op>(r, position, at);
 }
 
+// This lane's fragment of B [K, 8] from registers packed ahead: registers(k, col) is the
+// register of elements (k, col) and (k + 1, col) of B, pack<Op>(B[k, col], B[k + 1, col])
+// (16-bit types, k even: a register holds two consecutive k), or of (k, col) alone (TF32).
+template <class Op, class Registers>
+__device__ __forceinline__ void load_b_registers(FragmentB<Op>& f, Registers&& registers) {
+  const int lane = lane_id();
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    const Position p = b_position<Op>(lane, r * kPerRegister<Op>);
+    f.reg[r] = registers(p.row, p.col);
+  }
+}
+
 // This lane's fragment of B [K, 8]: at(k, col) as in load_a.
 template <class Op, class At>
 __device__ __forceinline__ void load_b(FragmentB<Op>& f, At&& at) {
-  const int lane = lane_id();
-  const auto position = [lane](int e) { return b_position<Op>(lane, e); };
-#pragma unroll
-  for (int r = 0; r < 2; ++r) f.reg[r] = load_register<Op>(r, position, at);
+  load_b_registers(f, [&](int k, int col) {
+    return pack<Op>(at(k, col), kPerRegister<Op> == 2 ? at(k + 1, col) : 0.0f);
+  });
 }
 
 // f(row, col, value) for each of this lane's elements of an accumulator (to set or read them).

@@ -371,9 +371,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
 
 // The persistent path (recurrence.cuh): one cooperative launch for all T steps (T + 1
 // backward). Block x owns `units` consecutive hidden units and keeps their slice of W_hh in
-// shared memory, as Acc, for the whole call; each step's h (forward) or dzh (backward) goes
-// through global memory (L2) to every block, with one grid-wide barrier per step. The epilogues
-// are the standard path's (forward_cell, backward_unit).
+// shared memory for the whole call (load_slice: in Acc, or for the tensor cores in the operand
+// type, packed as mma's B registers: WeightOf), then the tensor cores' product tile; each
+// step's h (forward) or dzh (backward) goes through global memory (L2) to every block, with one
+// grid-wide barrier per step. The epilogues are the standard path's (forward_cell,
+// backward_unit). The slice, as rows of elements (in memory, of WeightOf's words):
 //   forward slice:  w[(g * owned + u) * H + k] = W_hh[g*H + j0 + u, k]   [G * owned, H]
 //   backward slice: w[u * G*H + k] = W_hh[k, j0 + u]                    [owned, G * H]
 // (j0 = the block's first unit, owned = its units). The products of a step, p[b, g, u] =
@@ -394,8 +396,66 @@ struct Simt {};
 template <class Op>
 struct TensorCores {};
 
+// W_hh's slice in shared memory, rows of `depth` elements as words(depth) words of `type`:
+// for Simt an element a word, in Acc; for the tensor cores B's operand registers (mma::pack),
+// rounded once as the slice is loaded: two consecutive elements of a row a word for bfloat16
+// and float16 (half the bytes of a float), one for TF32. word(at, k, depth): the word of
+// elements k (and k + 1) of a row whose element k is at(k).
+template <class Product, typename Acc>
+struct WeightOf {
+  using type = Acc;
+  static constexpr int kPer = 1;  // elements a word
+  template <class At>
+  __device__ static Acc word(At&& at, int64_t k, int64_t /*depth*/) {
+    return at(k);
+  }
+  __host__ __device__ static constexpr int64_t words(int64_t depth) { return depth; }
+};
+template <class Op, typename Acc>
+struct WeightOf<TensorCores<Op>, Acc> {
+  using type = uint32_t;
+  static constexpr int kPer = mma::kPerRegister<Op>;
+  template <class At>
+  __device__ static uint32_t word(At&& at, int64_t k, int64_t depth) {
+    return mma::pack<Op>(at(k), kPer == 2 && k + 1 < depth ? at(k + 1) : 0.0f);
+  }
+  __host__ __device__ static constexpr int64_t words(int64_t depth) {
+    return ceil_div(depth, kPer);
+  }
+};
+
+// Bytes of a W_hh slice of `rows` rows of `depth` elements, up to a multiple of 16: where the
+// product tile starts in the block's shared memory.
+template <class Weight>
+__host__ __device__ constexpr int64_t slice_bytes(int64_t rows, int64_t depth) {
+  return ceil_div(rows * Weight::words(depth) * int64_t(sizeof(typename Weight::type)), 16) * 16;
+}
+
+// The block's shared memory (persistent_plan sizes it): W_hh's slice w, rows of `depth`
+// elements, row r's element k = element(r, k), loaded here (every thread of the block calls
+// it); then the tensor cores' product tile, stage.
+template <class Weight>
+struct Shared {
+  typename Weight::type* w;
+  float* stage;
+};
+
+template <class Weight, class Element>
+__device__ Shared<Weight> load_slice(int rows, int64_t depth, Element&& element) {
+  auto* w = dynamic_shared<typename Weight::type>();
+  const int64_t words = Weight::words(depth);
+  for (int r = 0; r < rows; ++r) {
+    const auto at = [&](int64_t k) { return element(r, k); };
+    for (int64_t i = threadIdx.x; i < words; i += kPersistentThreads)
+      w[r * words + i] = Weight::word(at, i * Weight::kPer, depth);
+  }
+  __syncthreads();
+  auto* bytes = reinterpret_cast<unsigned char*>(w);
+  return {w, reinterpret_cast<float*>(bytes + slice_bytes<Weight>(rows, depth))};
+}
+
 // Units of hidden that block x owns: [j0, j0 + owned) (`units`, fewer in the last block).
-// owned <= kPersistentThreads always (persistent_plan's bound on the shared memory implies it).
+// owned <= kPersistentThreads always (persistent_plan refuses more).
 __device__ int owned_units(int64_t hidden, int units, int64_t j0) {
   return j0 + units <= hidden ? units : static_cast<int>(hidden - j0);
 }
@@ -417,10 +477,10 @@ __device__ void for_each_item(int64_t batch, int owned, Item&& item) {
 // Calls item(b, u, p) for each row b < batch and unit u < owned of this block, where p[g] =
 // start(g, u) + sum_{k < depth} a[b, k] w[(g * owned + u) * depth + k] for g < G (only the
 // start where !multiply, which must be the same for the whole block). Every thread of the
-// block must call it. stage: the shared memory of the tensor-core kind (unused here).
+// block must call it. w: the slice (load_slice); stage: the tensor-core kind's (unused here).
 template <int G, typename Acc, typename T, class Start, class Item>
 __device__ void block_products(Simt, const Rows<T>& a, int64_t batch, bool multiply, const Acc* w,
-                               int owned, int64_t depth, Acc* /*stage*/, Start&& start,
+                               int owned, int64_t depth, float* /*stage*/, Start&& start,
                                Item&& item) {
   for_each_item(batch, owned, [&](int64_t b, int u) {
     Acc p[G];
@@ -440,12 +500,15 @@ __device__ void block_products(Simt, const Rows<T>& a, int64_t batch, bool multi
 // The same on the tensor cores: for each 16-row tile of the batch, warp i computes the 8-column
 // tiles i, i + kPersistentWarps, ... of the product [16, G * owned] (column g * owned + u),
 // starting from start(g, u), into stage [16, stage_columns(G * owned)]; then the items of the
-// tile read theirs from there. Rows >= batch and k >= depth enter as zeros.
+// tile read theirs from there. Rows >= batch and k >= depth enter as zeros. w: the slice as B's
+// registers (WeightOf).
 template <int G, typename Acc, typename T, class Op, class Start, class Item>
 __device__ void block_products(TensorCores<Op>, const Rows<T>& a, int64_t batch, bool multiply,
-                               const Acc* w, int owned, int64_t depth, Acc* stage, Start&& start,
-                               Item&& item) {
+                               const uint32_t* w, int owned, int64_t depth, float* stage,
+                               Start&& start, Item&& item) {
   static_assert(std::is_same_v<Acc, float>, "the tensor cores accumulate in float32");
+  constexpr int P = mma::kPerRegister<Op>;
+  const int64_t words = WeightOf<TensorCores<Op>, Acc>::words(depth);  // of a row of w
   const int n = G * owned, ld = static_cast<int>(stage_columns(n));
   const int warp = threadIdx.x / 32;
   for (int64_t b0 = 0; b0 < batch; b0 += mma::kM) {
@@ -462,9 +525,9 @@ __device__ void block_products(TensorCores<Op>, const Rows<T>& a, int64_t batch,
           const int64_t b = b0 + r, kk = k0 + k;
           return b < batch && kk < depth ? static_cast<float>(a.row(b)[kk]) : 0.0f;
         });
-        mma::load_b(fb, [&](int k, int c) {
+        mma::load_b_registers(fb, [&](int k, int c) {
           const int64_t col = col0 + c, kk = k0 + k;
-          return col < n && kk < depth ? w[col * depth + kk] : 0.0f;
+          return col < n && kk < depth ? w[col * words + kk / P] : 0u;
         });
         mma::mma(d, fa, fb);
       }
@@ -485,24 +548,21 @@ template <typename T, class C, class Product>
 __global__ void __launch_bounds__(kPersistentThreads)
     forward_persistent(ForwardArgs<T> a, int units) {
   using Acc = typename AccumulatorOf<T>::type;
+  using Weight = WeightOf<Product, Acc>;
   constexpr int G = C::kGates;
   const int64_t H = a.hidden, j0 = blockIdx.x * int64_t(units);
   const int owned = owned_units(H, units, j0);
-  Acc* w = dynamic_shared<Acc>();
-  for (int gu = 0; gu < G * owned; ++gu) {
-    const T* row = a.w_hh + ((gu / owned) * H + j0 + gu % owned) * H;
-    for (int64_t k = threadIdx.x; k < H; k += kPersistentThreads)
-      w[gu * H + k] = static_cast<Acc>(row[k]);
-  }
-  __syncthreads();
+  const auto [w, stage] = load_slice<Weight>(G * owned, H, [&](int gu, int64_t k) {
+    return static_cast<Acc>(a.w_hh[((gu / owned) * H + j0 + gu % owned) * H + k]);
+  });
   const auto bias = [&](int g, int u) {
     return a.b_hh != nullptr ? static_cast<Acc>(a.b_hh[g * H + j0 + u]) : Acc(0);
   };
   for (int64_t t = 0; t < a.steps; ++t) {
-    block_products<G>(Product{}, previous_h(a, t), a.batch, true, w, owned, H, w + G * owned * H,
-                      bias, [&](int64_t b, int u, const Acc* zh) {
-                        forward_cell<T, C>(a, t, static_cast<T*>(nullptr), b, j0 + u, zh);
-                      });
+    block_products<G, Acc>(Product{}, previous_h(a, t), a.batch, true, w, owned, H, stage, bias,
+                           [&](int64_t b, int u, const Acc* zh) {
+                             forward_cell<T, C>(a, t, static_cast<T*>(nullptr), b, j0 + u, zh);
+                           });
     grid_sync();  // y[t] complete before any block reads it
   }
 }
@@ -511,19 +571,16 @@ template <typename T, class C, class Product>
 __global__ void __launch_bounds__(kPersistentThreads)
     backward_persistent(BackwardArgs<T> a, int units, T* dh_run, T* dc_run) {
   using Acc = typename AccumulatorOf<T>::type;
+  using Weight = WeightOf<Product, Acc>;
   const int64_t H = a.hidden, GH = C::kGates * H, j0 = blockIdx.x * int64_t(units);
   const int owned = owned_units(H, units, j0);
-  Acc* w = dynamic_shared<Acc>();
-  for (int u = 0; u < owned; ++u)
-    for (int64_t k = threadIdx.x; k < GH; k += kPersistentThreads)
-      w[u * GH + k] = static_cast<Acc>(a.w_hh[k * H + j0 + u]);
-  __syncthreads();
+  const auto [w, stage] = load_slice<Weight>(
+      owned, GH, [&](int u, int64_t k) { return static_cast<Acc>(a.w_hh[k * H + j0 + u]); });
   for (int64_t t = a.steps; t >= 0; --t) {
     // Nothing flows from step T.
     const Rows<T> dzh{t < a.steps ? a.dzh + t * a.batch * GH : nullptr, GH};
-    block_products<1>(
-        Product{}, dzh, a.batch, t < a.steps, w, owned, GH, w + owned * GH,
-        [](int, int) { return Acc(0); },
+    block_products<1, Acc>(
+        Product{}, dzh, a.batch, t < a.steps, w, owned, GH, stage, [](int, int) { return Acc(0); },
         [&](int64_t b, int u, const Acc* dh_next) {
           backward_unit<T, C>(a, t, b, j0 + u, dh_next[0], dh_run, dc_run);
         });
@@ -560,10 +617,30 @@ cudaError_t launch_steps(int64_t first, int64_t count, int64_t stride, bool proj
 
 }  // namespace
 
+// f(Simt{}), or for float32 with a rounding f(TensorCores<Op>{}) of its Op (a rounding with
+// another T: persistent_plan refuses it).
+template <typename T, class F>
+auto with_product(Rounding rounding, F&& f) {
+  if constexpr (std::is_same_v<T, float>) {
+    switch (rounding) {
+      case Rounding::Bfloat16:
+        return f(TensorCores<mma::Bf16>{});
+      case Rounding::Float16:
+        return f(TensorCores<mma::F16>{});
+      case Rounding::Tf32:
+        return f(TensorCores<mma::Tf32>{});
+      case Rounding::None:
+        break;
+    }
+  }
+  return f(Simt{});
+}
+
 // The persistent path's launch for `hidden` units on the current device: units per block so
 // that one block per SM covers them all (a block per SM is always resident: 128 threads, and
-// shared memory within the per-block limit), and the bytes of its W_hh slice, with a rounding
-// also of the tensor cores' product tile (the forward's, the larger).
+// shared memory within the per-block limit), and the bytes of its W_hh slice (WeightOf: 2 an
+// element for bfloat16 and float16), with a rounding also of the tensor cores' product tile
+// (the forward's, the larger), as load_slice lays them out.
 struct PersistentPlan {
   int blocks = 0, units = 0;
   size_t shared_bytes = 0;
@@ -596,15 +673,18 @@ PersistentPlan persistent_plan(Cell cell, int64_t hidden, int64_t proj, Rounding
   using Acc = typename AccumulatorOf<T>::type;
   const int64_t units = ceil_div(hidden, sms);
   const int64_t columns = gate_count(cell) * units;  // of the forward's product
+  const int64_t slice = with_product<T>(rounding, [&](auto product) {
+    return slice_bytes<WeightOf<decltype(product), Acc>>(columns, hidden);
+  });
   const int64_t stage = rounding != Rounding::None ? mma::kM * stage_columns(columns) : 0;
-  const int64_t bytes = (columns * hidden + stage) * int64_t(sizeof(Acc));
-  if (bytes > max_shared) {
+  const int64_t bytes = slice + stage * int64_t(sizeof(float));
+  if (bytes > max_shared || units > kPersistentThreads) {
     plan.refusal = "hidden_size " + std::to_string(hidden) + " does not fit on this device's " +
                    std::to_string(sms) + " SMs: each block's slice of W_hh (" +
-                   std::to_string(units) + " units) " +
-                   (stage > 0 ? "and its product tile take " : "takes ") + std::to_string(bytes) +
-                   " bytes of shared memory, more than the " + std::to_string(max_shared) +
-                   " a block may have";
+                   std::to_string(units) + " units, at most " + std::to_string(kPersistentThreads) +
+                   ") " + (stage > 0 ? "and its product tile take " : "takes ") +
+                   std::to_string(bytes) + " bytes of shared memory, at most " +
+                   std::to_string(max_shared);
     return plan;
   }
   plan.units = static_cast<int>(units);
@@ -616,25 +696,6 @@ PersistentPlan persistent_plan(Cell cell, int64_t hidden, int64_t proj, Rounding
 template <typename T>
 std::string persistent_refusal(Cell cell, int64_t hidden, int64_t proj, Rounding rounding) {
   return persistent_plan<T>(cell, hidden, proj, rounding).refusal;
-}
-
-// f(Simt{}), or for float32 with a rounding f(TensorCores<Op>{}) of its Op (a rounding with
-// another T: persistent_plan refuses it).
-template <typename T, class F>
-cudaError_t with_product(Rounding rounding, F&& f) {
-  if constexpr (std::is_same_v<T, float>) {
-    switch (rounding) {
-      case Rounding::Bfloat16:
-        return f(TensorCores<mma::Bf16>{});
-      case Rounding::Float16:
-        return f(TensorCores<mma::F16>{});
-      case Rounding::Tf32:
-        return f(TensorCores<mma::Tf32>{});
-      case Rounding::None:
-        break;
-    }
-  }
-  return f(Simt{});
 }
 
 // The persistent path's launch of `kernel` (forward_ or backward_persistent) for the call's
@@ -686,11 +747,11 @@ cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStrea
   T* dc_run = projected ? workspace : workspace + a.batch * a.hidden;
   return cells::visit_cell(a.cell, [&](auto cell) {
     using C = decltype(cell);
-    // TODO(tensor cores backward): with_product as the forward does (block_products takes
-    // either kind), once its tests and the nvcc checks cover it; until then SIMT in float32.
     if (path == Path::Persistent)
-      return launch_persistent<backward_persistent<T, C, Simt>, T>(a, rounding, stream, dh_run,
-                                                                   dc_run);
+      return with_product<T>(rounding, [&](auto product) {
+        return launch_persistent<backward_persistent<T, C, decltype(product)>, T>(
+            a, rounding, stream, dh_run, dc_run);
+      });
     return launch_steps(
         a.steps, a.steps + 1, -1, projected,
         [&](int64_t t) {

@@ -325,7 +325,9 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
                   "arguments and results of rnnfast._cpu.recurrent_backward, as ") +
           arrays +
           ". lengths must lie in [0, T] (unchecked). workspace: at least "
-          "workspace_size('backward', cell, B, H, P) elements (None where that is 0).",
+          "workspace_size('backward', cell, B, H, P) elements (None where that is 0). "
+          "rounding: as in recurrent_forward (with path='persistent', dzh W_hh is multiplied "
+          "on the tensor cores, dzh and W_hh rounded).",
       py::arg("workspace") = py::none(), py::arg("stream") = 0, py::arg("path") = "standard",
       py::arg("rounding") = py::none());
   m.def(

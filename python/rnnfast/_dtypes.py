@@ -10,14 +10,14 @@
   to step; its W_hh is the 16-bit one widened (``matmul_operand``), and h_{t-1} enters its
   matmul in float32, except for bfloat16 on the CPU instruction sets "amx" and "avx512_bf16",
   whose AMX tiles and vdpbf16ps round it to bfloat16, and on the CUDA backends' persistent
-  path (``backends.cuda_recurrence``), whose forward multiplies on the tensor cores with h_{t-1}
-  rounded to the 16-bit type (and, under TF32, W_hh and h_{t-1} rounded to TF32). y, h_n,
-  c_n and the gradients of x, h0 and c0 are returned rounded to the 16-bit type, the weight
-  and bias gradients in float32 (as oneDNN returns them). The bfloat16 cells' step takes
-  bfloat16 arrays and weights and multiplies them with vdpbf16ps on "amx" and "avx512_bf16"
-  (below those, widened to float32), float32 sums and gate math, the new state rounded to
-  bfloat16 (``_cpu.cell_step`` on weights packed with ``bfloat16=True``); float16 cells widen
-  x and the state to float32 around the float32 step.
+  path (``backends.cuda_recurrence``), which multiplies on the tensor cores with h_{t-1}
+  (forward) and dzh (backward) rounded to the 16-bit type (and, under TF32, W_hh rounded to
+  TF32 too). y, h_n, c_n and the gradients of x, h0 and c0 are returned rounded to the 16-bit
+  type, the weight and bias gradients in float32 (as oneDNN returns them). The bfloat16 cells'
+  step takes bfloat16 arrays and weights and multiplies them with vdpbf16ps on "amx" and
+  "avx512_bf16" (below those, widened to float32), float32 sums and gate math, the new state
+  rounded to bfloat16 (``_cpu.cell_step`` on weights packed with ``bfloat16=True``); float16
+  cells widen x and the state to float32 around the float32 step.
 
   Per backend: on the CPU, bfloat16's GEMMs are ``_cpu.gemm_bf16`` (AMX or AVX512-BF16 where
   the CPU has them) and float16's the float32 ``_cpu.gemm`` on operands rounded to float16 (a

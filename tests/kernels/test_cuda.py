@@ -621,13 +621,21 @@ def test_binding_refuses_host_and_overlapping_device_arrays():
 @needs_gpu
 @pytest.mark.parametrize("name", ["bf16", "f16", "tf32"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_persistent_tensor_cores_forward(cell, name):
-    """The persistent forward on the tensor cores (mma.sync) as the emulated tests hold it: to
-    the float64 reference with h_{t-1} rounded, and to the standard path; every tail shape,
-    lengths and resets. The emulator checks the kernel's logic through its host version of the
-    instruction; only this runs the instruction itself, in the register layout mma.cuh loads."""
-    from test_cuda_kernels_emulated import MMA_SHAPES, compare_mma_with_reference
+def test_persistent_tensor_cores(cell, name):
+    """The persistent forward and backward on the tensor cores (mma.sync) as the emulated tests
+    hold them: to the float64 reference with h_{t-1} and dzh rounded, and to the standard path;
+    every tail shape, lengths and resets; and which operands are rounded, on one step. The
+    emulator checks the kernels' logic through its host version of the instruction; only this
+    runs the instruction itself, in the register layout mma.cuh loads."""
+    from test_cuda_kernels_emulated import (
+        MMA_SHAPES,
+        STEP_SHAPES,
+        check_rounded_operands,
+        compare_mma_with_reference,
+    )
 
     for shape in MMA_SHAPES:
         compare_mma_with_reference(_cuda, cell, name, shape, True, True, cupy.asarray,
                                    cupy.asnumpy)
+    for shape in STEP_SHAPES:
+        check_rounded_operands(_cuda, cell, name, shape, cupy.asarray, cupy.asnumpy)

@@ -40,9 +40,10 @@ def _identity(a):
 
 
 def _run(module, cell, dtype, x, d, options, to_device=_identity, to_host=_identity,
-         path="standard"):
+         path="standard", rounding=None):
     """Forward then backward through the CPU kernels or CUDA ones (module: rnnfast._cpu,
-    _cuda_emulated or _cuda; path: the CUDA path), all outputs poisoned first. x: inputs of the
+    _cuda_emulated or _cuda; path and rounding: the CUDA module's options), all outputs
+    poisoned first. x: inputs of the
     forward; d: dy, dh_n, dc_n; options: lengths, resets, w_hr (or None each); all NumPy arrays.
     to_device makes the module's arrays of NumPy ones, to_host the reverse. Returns the outputs
     as NumPy arrays."""
@@ -67,7 +68,7 @@ def _run(module, cell, dtype, x, d, options, to_device=_identity, to_host=_ident
         if module is _cpu:
             return {}
         return {"workspace": dev(_nan(module.workspace_size(direction, cell, B, H, P), dtype)),
-                "path": path}
+                "path": path, "rounding": rounding}
 
     module.recurrent_forward(cell, x["zx"], x["w_hh"], x["b_hh"], x["h0"], x["c0"], out["y"],
                              out["h_n"], out["c_n"], out["saved"], **seq,
@@ -419,19 +420,41 @@ def _round_to(name, a):
     return _dtypes.round_operand(a.astype(np.float32), _rounding(name)).astype(a.dtype)
 
 
-def compare_mma_with_reference(module, cell, name, shape, optional, sequence,
-                               to_device=_identity, to_host=_identity):
-    """The persistent path with the rounding `name` (the tensor cores) on one random problem,
-    outputs poisoned first: the forward's y, h_n, c_n against the float64 reference on the same
-    inputs with h_{t-1} rounded where it enters the recurrent product (the kernel rounds it,
-    W_hh is already rounded as the layers give it), by the rule of tests/_util.py (twice the
-    error of that reference run in float32, plus the floor) plus one ulp of the operand type
-    (the kernel's h_{t-1}, a few float32 ulps off the reference's, may round to the neighbouring
-    16-bit value: a jump that the float32 reference, rounding as the float64 one does, need not
-    show on a small problem); and against the standard path,
-    which multiplies h_{t-1} unrounded, within that bound plus twice what the rounding changes
-    in the float32 reference. Not bit for bit: the tensor cores sum in their own order. Returns
-    the outputs."""
+def _reference_run(cell, dtype, x, d, options, operand, rounds_dzh=True):
+    """The float64 or float32 reference (dtype) on the inputs of _run, with x = zx and W_ih = I
+    (its input projection is zx itself), operand as in reference.forward (h_{t-1} and dzh
+    where they enter the recurrent products; with rounds_dzh False, h_{t-1} only): what _run
+    returns, but saved. dzx is the gradient of x; dzh [T, B, G*H], which reference.backward
+    sums into the weights' gradients, is recorded from the cell's step backward (the kernels
+    write it for the GRU only: the other cells' is dzx)."""
+    c = lambda a: None if a is None else a.astype(dtype)  # noqa: E731
+    y, h_n, c_n, cache = ref.forward(
+        cell, c(x["zx"]), c(x["h0"]), np.eye(x["w_hh"].shape[0], dtype=dtype), c(x["w_hh"]),
+        b_hh=c(x["b_hh"]), c0=c(x["c0"]), lengths=options["lengths"],
+        resets=options["resets"], operand=operand)
+    if not rounds_dzh:
+        cache = {**cache, "operand": None}
+    step, step_backward = ref.STEPS[cell]
+    dzh = []
+
+    def recording(*args):
+        out = step_backward(*args)  # (dzx, dzh, dh_direct, dc_prev), from t = T-1 down
+        dzh.insert(0, out[1])
+        return out
+
+    ref.STEPS[cell] = (step, recording)
+    try:
+        grads = ref.backward(cache, c(d["dy"]), c(d["dh_n"]), c(d["dc_n"]))
+    finally:
+        ref.STEPS[cell] = (step, step_backward)
+    return {"y": y, "h_n": h_n, "c_n": c_n, "dzx": grads["x"], "dzh": np.stack(dzh),
+            "dh0": grads["h0"], "dc0": grads["c0"]}
+
+
+def _mma_problem(cell, name, shape, optional, sequence):
+    """A random problem for _run, (x, d, options), with W_hh rounded to the operand type of the
+    rounding `name` (as the layers give it). optional: b_hh, dh_n and dc_n given; sequence:
+    lengths (the first row's T, the last's 0 where B > 1) and resets."""
     T_, B, H = shape
     G, lstm = GATES[cell], cell == "lstm"
     rng = np.random.default_rng(sum(map(ord, f"{cell}{name}{shape}{optional}{sequence}")))
@@ -439,50 +462,54 @@ def compare_mma_with_reference(module, cell, name, shape, optional, sequence,
     x = {"zx": draw(T_, B, G * H), "w_hh": _round_to(name, draw(G * H, H)),
          "b_hh": draw(G * H) if optional else None, "h0": draw(B, H),
          "c0": draw(B, H) if lstm else None}
+    d = {"dy": draw(T_, B, H), "dh_n": draw(B, H) if optional else None,
+         "dc_n": draw(B, H) if lstm and optional else None}
     options = {"lengths": None, "resets": None, "w_hr": None}
     if sequence:
         n = rng.integers(0, T_ + 1, B)
         n[0], n[-1] = T_, 0 if B > 1 else T_
         options.update(lengths=n.astype(np.int64), resets=rng.random((T_, B)) < 0.3)
-    binding = ROUNDINGS[name][0]
+    return x, d, options
+
+
+def compare_mma_with_reference(module, cell, name, shape, optional, sequence,
+                               to_device=_identity, to_host=_identity):
+    """The persistent path with the rounding `name` (the tensor cores, forward and backward) on
+    one random problem (_mma_problem), outputs poisoned first: the forward's y, h_n, c_n and the
+    backward's dzx, dzh, dh0, dc0 against the float64 reference on the same inputs with the
+    recurrent products' left operands rounded (h_{t-1} forward, dzh backward: the kernel rounds
+    them, W_hh is already rounded as the layers give it), by the rule of tests/_util.py (twice
+    the error of that reference run in float32, plus the floor) plus one ulp of the operand type
+    (the kernel's h_{t-1} or dzh, a few float32 ulps off the reference's, may round to the
+    neighbouring 16-bit value: a jump that the float32 reference, rounding as the float64 one
+    does, need not show on a small problem); and against the standard path, which multiplies
+    in float32 unrounded, within that bound plus twice what the rounding changes in the float32
+    reference. Not bit for bit: the tensor cores sum in their own order. (That ulp is about
+    what the rounding itself changes: check_rounded_operands shows which operands are
+    rounded.) Returns the outputs."""
+    x, d, options = _mma_problem(cell, name, shape, optional, sequence)
 
     def run(path, rounding):
-        out = {"y": _nan((T_, B, H), np.float32), "h_n": _nan((B, H), np.float32),
-               "c_n": _nan((B, H), np.float32, lstm)}
-        dev = lambda a: None if a is None else to_device(a)  # noqa: E731
-        got = {k: dev(v) for k, v in out.items()}
-        module.recurrent_forward(
-            cell, *(dev(x[k]) for k in ("zx", "w_hh", "b_hh", "h0", "c0")), got["y"],
-            got["h_n"], got["c_n"], None, lengths=dev(options["lengths"]),
-            resets=dev(options["resets"]), path=path, rounding=rounding)
-        return {k: None if v is None else to_host(v) for k, v in got.items()}
+        return _run(module, cell, np.float32, x, d, options, to_device, to_host, path, rounding)
 
-    got = run("persistent", binding)
-    standard = run("standard", None)
-    # The reference with x = zx and W_ih = I: its input projection is zx itself.
-    def reference(dtype, operand):
-        c = lambda a: None if a is None else a.astype(dtype)  # noqa: E731
-        y, h_n, c_n, _ = ref.forward(
-            cell, c(x["zx"]), c(x["h0"]), np.eye(G * H, dtype=dtype), c(x["w_hh"]),
-            b_hh=c(x["b_hh"]), c0=c(x["c0"]), lengths=options["lengths"],
-            resets=options["resets"], operand=operand)
-        return {"y": y, "h_n": h_n, "c_n": c_n}
-
-    rounded = lambda h: _round_to(name, h)  # noqa: E731
-    oracle, at_precision = reference(np.float64, rounded), reference(np.float32, rounded)
-    unrounded = reference(np.float32, None)  # as the standard path computes
+    got, standard = run("persistent", ROUNDINGS[name][0]), run("standard", None)
+    rounded = lambda a: _round_to(name, a)  # noqa: E731
+    oracle = _reference_run(cell, np.float64, x, d, options, rounded)
+    at_precision = _reference_run(cell, np.float32, x, d, options, rounded)
+    unrounded = _reference_run(cell, np.float32, x, d, options, None)  # the standard path's
     ulp = {"bf16": 2.0 ** -7, "f16": 2.0 ** -10, "tf32": 2.0 ** -10}[name]  # at 1
     failures = []
-    for key, value in got.items():
-        if value is None:
+    for key, expected in oracle.items():
+        value = got[key]
+        if value is None:  # c_n, dc0 but the LSTM's; dzh but the GRU's
             continue
         if np.isnan(value).any():
             failures.append(f"{key}: {np.isnan(value).sum()} elements not written")
             continue
-        bound = 2 * rel_err(at_precision[key], oracle[key]) + FLOAT32_FLOOR + ulp
-        if not rel_err(value, oracle[key]) <= bound:
-            failures.append(f"{key}: rel err {rel_err(value, oracle[key]):.2e} > {bound:.2e}")
-        # Off the standard path by what the rounding of h_{t-1} changes in the reference.
+        bound = 2 * rel_err(at_precision[key], expected) + FLOAT32_FLOOR + ulp
+        if not rel_err(value, expected) <= bound:
+            failures.append(f"{key}: rel err {rel_err(value, expected):.2e} > {bound:.2e}")
+        # Off the standard path by what the rounding of the operands changes in the reference.
         bound += 2 * rel_err(at_precision[key], unrounded[key])
         if not rel_err(value, standard[key]) <= bound:
             failures.append(f"{key}: {rel_err(value, standard[key]):.2e} off the standard path "
@@ -500,9 +527,62 @@ MMA_SHAPES = [(4, 3, 7), (3, 1, 33), (5, 3, 33), (2, 3, 130), (3, 17, 33)]
 @pytest.mark.parametrize("shape", MMA_SHAPES, ids=_ids(MMA_SHAPES))
 @pytest.mark.parametrize("name", ROUNDINGS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_persistent_tensor_cores_forward(cell, name, shape, options):
+def test_persistent_tensor_cores(cell, name, shape, options):
     compare_mma_with_reference(emu, cell, name, shape, options != "none",
                                options == "lengths-resets")
+
+
+@pytest.mark.parametrize("name", ["bf16", "f16"])
+def test_sixteen_bit_roundings_keep_w_hh_in_half_the_shared_memory(name):
+    """For bfloat16 and float16 the persistent path keeps W_hh's slice in the 16-bit type (two
+    values a 32-bit word), so an LSTM of H = 384 fits the emulated device's 8 SMs of 227 KiB:
+    48 units x 4 gates x 384 x 2 bytes = 144 KiB a block, plus the product tile (16 rows x 192
+    columns x 4 bytes), where TF32 or no rounding needs 288 KiB; and it computes as the smaller
+    layers do (compare_mma_with_reference, forward and backward)."""
+    binding = ROUNDINGS[name][0]
+    assert emu.persistent_refusal("lstm", 384, rounding=binding) == ""
+    for other in ("tf32", None):
+        assert "shared memory" in emu.persistent_refusal("lstm", 384, rounding=other)
+    compare_mma_with_reference(emu, "lstm", name, (2, 1, 384), True, False)
+
+
+def check_rounded_operands(module, cell, name, shape, to_device=_identity, to_host=_identity):
+    """Which operands the persistent path rounds (the rounding `name`), where no rounding can
+    flip: one step (shape's T = 1), whose h_{t-1} is h0 (an input, which kernel and reference
+    round alike) and whose dzh the kernel writes (dzx but the GRU's). y, and dh0 as each
+    reference gives it with the kernel's dzh rounded in its product (a correction where kernel
+    and reference round dzh to neighbouring 16-bit values), are held to the rule of
+    tests/_util.py without compare_mma_with_reference's ulp; the reference without the rounding
+    of h0 (y) or of dzh (dh0) fails that bound."""
+    x, d, options = _mma_problem(cell, name, shape, True, False)
+    got = _run(module, cell, np.float32, x, d, options, to_device, to_host, "persistent",
+               ROUNDINGS[name][0])
+    rounded = lambda a: _round_to(name, a)  # noqa: E731
+    dzh = rounded(got["dzh"] if cell == "gru" else got["dzx"])[0].astype(np.float64)
+    w = x["w_hh"].astype(np.float64)
+
+    def outputs(run):  # y, and dh0 with the kernel's rounded dzh in its product
+        return {"y": run["y"], "dh0": run["dh0"] + (dzh - rounded(run["dzh"][0])) @ w}
+
+    oracle = outputs(_reference_run(cell, np.float64, x, d, options, rounded))
+    at_precision = outputs(_reference_run(cell, np.float32, x, d, options, rounded))
+    without = {"y": _reference_run(cell, np.float64, x, d, options, None)["y"],
+               "dh0": _reference_run(cell, np.float64, x, d, options, rounded,
+                                     rounds_dzh=False)["dh0"]}
+    for key, expected in oracle.items():
+        bound = 2 * rel_err(at_precision[key], expected) + FLOAT32_FLOOR
+        assert rel_err(got[key], expected) <= bound, key
+        assert rel_err(without[key], expected) > bound, key
+
+
+STEP_SHAPES = [(1, 3, 7), (1, 17, 33), (1, 3, 130)]
+
+
+@pytest.mark.parametrize("shape", STEP_SHAPES, ids=_ids(STEP_SHAPES))
+@pytest.mark.parametrize("name", ROUNDINGS)
+@pytest.mark.parametrize("cell", CELLS)
+def test_tensor_cores_round_the_left_operands(cell, name, shape):
+    check_rounded_operands(emu, cell, name, shape)
 
 
 def test_rounding_checked():
