@@ -11,10 +11,10 @@ runs on, chosen from the arrays it is given (ARCHITECTURE.md, "One orchestration
 
 A backend is the seam the orchestration is written against: ``xp`` (the array namespace,
 NumPy or CuPy: the orchestration's array operations are the ones both have), ``empty``,
-``scratch`` (a buffer reused between calls), ``gemm``, ``recurrent_forward`` /
-``recurrent_backward`` (the arguments of ``rnnfast._cpu``'s functions of those names; these
-three take the ``rounding`` of ``rnnfast._dtypes.matmul_rounding``, which reads the backend's
-``cuda``), and ``index`` (lengths and resets as arrays the kernels read).
+``scratch`` (a buffer reused between calls), ``gemm``, ``column_sums`` (the bias gradients),
+``recurrent_forward`` / ``recurrent_backward`` (the arguments of ``rnnfast._cpu``'s functions of
+those names; these three take the ``rounding`` of ``rnnfast._dtypes.matmul_rounding``, which
+reads the backend's ``cuda``), and ``index`` (lengths and resets as arrays the kernels read).
 """
 
 from __future__ import annotations
@@ -126,6 +126,15 @@ class CpuBackend:
         return None if a is None else np.require(a, dtype, ("C", "A"))
 
     @staticmethod
+    def column_sums(a):
+        """The bias gradients: the sums of the columns of ``a`` [T*B, G*H], accumulated in
+        float64, rows in order, and rounded to a's dtype once: the values of CudaBackend's
+        (NumPy's) sum, computed 4-10x faster by ``_cpu.column_sums``."""
+        out = np.empty(a.shape[1], a.dtype)
+        _cpu.column_sums(a, out)
+        return out
+
+    @staticmethod
     def gemm(a, b, out, *, trans_a=False, trans_b=False, bias=None, accumulate=False,
              rounding=None):
         """out = op(a) op(b) (+ bias) (out += ... with accumulate), op(x) = x.T where trans_x:
@@ -196,6 +205,13 @@ class CudaBackend:
             out += product
         else:
             out[...] = product
+
+    def column_sums(self, a):
+        """The sums of the columns of ``a`` [T*B, G*H] (the bias gradients), accumulated in
+        float64: adding the rows one after the other in float32 has an error that grows with
+        T*B (at T = 1000 it passed twice the reference's, which sums each step's rows first).
+        Costs about 1.6x a float32 sum, a pass over dzx."""
+        return a.sum(axis=0, dtype=self.xp.float64).astype(a.dtype)
 
     def _workspace(self, direction, cell, zx_or_dzx, w_hh, w_hr):
         """The kernels' workspace for a call: its size from B (zx or dzx [T, B, G*H]) and H, P
