@@ -41,6 +41,8 @@ sequence's length (padding) reach no result, NaN and inf included.
 
 from __future__ import annotations
 
+import functools
+import types
 from typing import Any
 
 import numpy as np
@@ -402,9 +404,11 @@ def _gather(xp, a, order):
     return xp.take_along_axis(a, order if a.ndim == 2 else order[:, :, None], axis=0)
 
 
+@functools.cache
 def param_names(num_layers: int, bidirectional: bool, bias: bool = True, proj: bool = False):
     """PyTorch's parameter names of a stack, layer by layer and direction by direction (its
-    order): a list of dicts mapping w_ih, w_hh, b_ih, b_hh, w_hr to weight_ih_l0 & co."""
+    order): a tuple of read-only dicts mapping w_ih, w_hh, b_ih, b_hh, w_hr to weight_ih_l0 &
+    co. (Cached: every call of forward_layers asks.)"""
     names = []
     for k in range(num_layers):
         for sfx in ("", "_reverse")[:2 if bidirectional else 1]:
@@ -413,8 +417,14 @@ def param_names(num_layers: int, bidirectional: bool, bias: bool = True, proj: b
                 n.update({"b_ih": f"bias_ih_l{k}{sfx}", "b_hh": f"bias_hh_l{k}{sfx}"})
             if proj:
                 n["w_hr"] = f"weight_hr_l{k}{sfx}"
-            names.append(n)
-    return names
+            names.append(types.MappingProxyType(n))
+    return tuple(names)
+
+
+def _stack(xp, arrays):
+    """xp.stack(arrays) of a stack's new per-layer arrays (h_n & co.); a view of the only one
+    for a single layer and direction, which costs no copy."""
+    return arrays[0][None] if len(arrays) == 1 else xp.stack(arrays)
 
 
 class LayersContext:
@@ -532,7 +542,8 @@ def forward_layers(cell: str, input, params: dict, *, num_layers: int = 1,
             layer_in = layer_in * masks[-1]
     ctx = (LayersContext(cell_spec, contexts, names, masks, order, num_layers, dirs)
            if training else None)
-    return (layer_in, xp.stack(h_n), xp.stack(c_n) if cell_spec.has_cell_state else None, ctx)
+    return (layer_in, _stack(xp, h_n), _stack(xp, c_n) if cell_spec.has_cell_state else None,
+            ctx)
 
 
 def backward_layers(ctx: LayersContext, grad_output, grad_hx=None):
@@ -571,4 +582,4 @@ def backward_layers(ctx: LayersContext, grad_output, grad_hx=None):
         dy = _dtypes.to_storage(dx, first.dtype)  # 16-bit types: rounded once, after the sum
     ordered = [name for n in ctx.names for name in n.values()]
     grads = {name: grads[name] for name in ordered}
-    return dy, xp.stack(dh0), xp.stack(dc0) if ctx.spec.has_cell_state else None, grads
+    return dy, _stack(xp, dh0), _stack(xp, dc0) if ctx.spec.has_cell_state else None, grads

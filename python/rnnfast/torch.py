@@ -86,7 +86,7 @@ def _tensor(array, dtype):
         tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     else:
         tensor = torch.from_numpy(array)
-    return tensor.to(dtype)
+    return tensor if tensor.dtype == dtype else tensor.to(dtype)
 
 
 # The cell ops of torch._VF, with the recurrent op (of torch._VF and rnnfast's) of their cell.
@@ -138,12 +138,17 @@ class _Call(typing.NamedTuple):
 
     def param_names(self, weight_count):
         """PyTorch's names of the weights, in torch.nn's _flat_weights order."""
-        directions = ("", "_reverse") if self.bidirectional else ("",)
-        kinds = ["weight_ih", "weight_hh"] + (["bias_ih", "bias_hh"] if self.has_biases else [])
-        if weight_count > len(kinds) * self.num_layers * len(directions):
-            kinds.append("weight_hr")
-        return [f"{kind}_l{k}{d}" for k in range(self.num_layers) for d in directions
-                for kind in kinds]
+        per_layer = (4 if self.has_biases else 2) * (2 if self.bidirectional else 1)
+        return _flat_param_names(self.num_layers, self.bidirectional, self.has_biases,
+                                 weight_count > per_layer * self.num_layers)
+
+
+@functools.cache
+def _flat_param_names(num_layers, bidirectional, has_biases, projection):
+    """rnnfast.functional.param_names as one tuple, torch.nn's _flat_weights order."""
+    return tuple(name for names in functional.param_names(num_layers, bidirectional, has_biases,
+                                                          projection)
+                 for name in names.values())
 
 
 def _to_padded(call, a):
