@@ -283,10 +283,11 @@ def _forward(layer: _Layer, lengths, resets, training):
             _dtypes.to_storage(c_n, storage), ctx)
 
 
-def _backward(ctx: Context, dy, dh_n, dc_n, store_dx=True):
+def _backward(ctx: Context, dy, dh_n, dc_n, store_dx=True, input_grad=True):
     """The backward of checked arguments: the dict of ``backward``; with ``store_dx`` False its
     "x" in the compute dtype, not rounded to a 16-bit storage dtype (backward_layers adds the
-    two directions' before it rounds the sum once)."""
+    two directions' before it rounds the sum once); with ``input_grad`` False its "x" is None,
+    and the GEMM that computes it skipped."""
     layer, y, rounding = ctx.layer, ctx.y, ctx.rounding
     be, steps, batch, gh, out, hidden, storage = (layer.backend, layer.steps, layer.batch,
                                                   layer.gh, layer.out, layer.hidden, layer.dtype)
@@ -314,8 +315,10 @@ def _backward(ctx: Context, dy, dh_n, dc_n, store_dx=True):
                                                              y[:-1])
         be.gemm(dzh[batch:], be.contiguous(h_prev).reshape((steps - 1) * batch, out), dw_hh,
                 trans_a=True, accumulate=True, rounding=rounding)
-    dx = be.empty((steps, batch, layer.inputs), dtype)
-    be.gemm(dzx, layer.w_ih, dx.reshape(steps * batch, layer.inputs), rounding=rounding)
+    dx = None
+    if input_grad:
+        dx = be.empty((steps, batch, layer.inputs), dtype)
+        be.gemm(dzx, layer.w_ih, dx.reshape(steps * batch, layer.inputs), rounding=rounding)
     dw_ih = be.empty((gh, layer.inputs), dtype)
     be.gemm(dzx, layer.x.reshape(steps * batch, layer.inputs), dw_ih, trans_a=True,
             rounding=rounding)
@@ -546,14 +549,15 @@ def forward_layers(cell: str, input, params: dict, *, num_layers: int = 1,
             ctx)
 
 
-def backward_layers(ctx: LayersContext, grad_output, grad_hx=None):
+def backward_layers(ctx: LayersContext, grad_output, grad_hx=None, *, input_grad: bool = True):
     """Backpropagation through time for a training ``forward_layers``, through every layer and
     direction (with its lengths, resets and dropout masks).
 
     grad_output [T, B, D*R]; grad_hx: the gradient for the final states, in hx's structure
-    (None for zeros, or for the LSTM a tuple whose members may be None). Returns
-    ``(grad_input, grad_h0, grad_c0 or None, grads)``, grads keyed by PyTorch's parameter
-    names in their order.
+    (None for zeros, or for the LSTM a tuple whose members may be None); input_grad: False
+    where the input's gradient is not wanted (an input that needs none), to skip its GEMM.
+    Returns ``(grad_input or None, grad_h0, grad_c0 or None, grads)``, grads keyed by
+    PyTorch's parameter names in their order.
     """
     if not isinstance(ctx, LayersContext):
         raise TypeError("ctx must be the LayersContext of forward_layers(..., training=True)")
@@ -569,14 +573,16 @@ def backward_layers(ctx: LayersContext, grad_output, grad_hx=None):
     for k in reversed(range(ctx.num_layers)):
         if k < len(ctx.masks):
             dy = dy * ctx.masks[k]
-        dx = 0
+        dx = 0 if input_grad or k > 0 else None
         for d in range(dirs):
             i = k * dirs + d
             part = dy[:, :, d * out:(d + 1) * out]
             part = be.contiguous(part if d == 0 else _gather(xp, part, ctx.order))
             g = _backward(ctx.contexts[i], part, None if dh_n is None else dh_n[i],
-                          None if dc_n is None else dc_n[i], store_dx=False)
-            dx = dx + (g["x"] if d == 0 else _gather(xp, g["x"], ctx.order))
+                          None if dc_n is None else dc_n[i], store_dx=False,
+                          input_grad=dx is not None)
+            if dx is not None:
+                dx = dx + (g["x"] if d == 0 else _gather(xp, g["x"], ctx.order))
             dh0[i], dc0[i] = g["h0"], g["c0"]
             grads.update({theirs: g[ours] for ours, theirs in ctx.names[i].items()})
         dy = _dtypes.to_storage(dx, first.dtype)  # 16-bit types: rounded once, after the sum

@@ -237,19 +237,20 @@ def _forward_on_resources(call, tensors, save):
             *(_tensor(a, dtype) for a in (h_n, c_n) if a is not None)], saved
 
 
-def _backward_kernels(call, saved, grads, weight_count):
+def _backward_kernels(call, saved, grads, needed):
     """rnnfast.functional.backward_layers on the training context ``saved``: the gradients of
-    the forward's tensors (x, *states, *weights) from those of its outputs."""
+    the forward's tensors (x, *states, *weights) from those of its outputs, None for those not
+    ``needed`` (a bool for each tensor; x's gradient is then not computed)."""
     with _on_torch_resources(grads[0]):
         grad_hx = tuple(map(_array, grads[1:]))
         grad_x, grad_h0, grad_c0, weight_grads = functional.backward_layers(
             saved, _array(_to_padded(call, grads[0])),
-            grad_hx if call.state_count == 2 else grad_hx[0])
+            grad_hx if call.state_count == 2 else grad_hx[0], input_grad=needed[0])
         dtype = grads[0].dtype  # every tensor's (_check_device_and_dtype)
-        return [_from_padded(call, _tensor(grad_x, dtype)),
-                *(_tensor(g, dtype) for g in (grad_h0, grad_c0)[:call.state_count]),
-                *(_tensor(weight_grads[name], dtype)
-                  for name in call.param_names(weight_count))]
+        names = call.param_names(len(needed) - 1 - call.state_count)
+        others = [*(grad_h0, grad_c0)[:call.state_count], *map(weight_grads.get, names)]
+        return [grad_x if grad_x is None else _from_padded(call, _tensor(grad_x, dtype)),
+                *(_tensor(g, dtype) if need else None for g, need in zip(others, needed[1:]))]
 
 
 def _needs_torch_backward(grads):
@@ -323,8 +324,7 @@ def _recurrent_backward_op(handle: torch.Tensor, grads: list[torch.Tensor],
     ``tensors`` (the forward's) from those of its outputs, ``grads``."""
     call = _Call(op, state_count, batch_sizes, has_biases, num_layers, dropout, train,
                  bidirectional, batch_first)
-    return _backward_kernels(call, _WORKSPACES[int(handle)], grads,
-                             len(tensors) - 1 - state_count)
+    return _backward_kernels(call, _WORKSPACES[int(handle)], grads, [True] * len(tensors))
 
 
 @_recurrent_backward_op.register_fake
@@ -371,7 +371,7 @@ class _EagerRecurrence(torch.autograd.Function):
         if _needs_torch_backward(grads):
             return None, *_differentiable_backward(ctx.call, tensors, grads)
         return None, *_backward_kernels(ctx.call, ctx.workspace, grads,
-                                        len(tensors) - 1 - ctx.call.state_count)
+                                        ctx.needs_input_grad[1:])
 
 
 def _check_device_and_dtype(tensors):
