@@ -19,7 +19,6 @@ reads the backend's ``cuda``), and ``index`` (lengths and resets as arrays the k
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import math
 import threading
@@ -34,20 +33,26 @@ _cpu_gemm = contextvars.ContextVar("rnnfast_cpu_gemm", default=None)
 CUDA_PATHS = ("auto", "standard", "persistent")
 
 
-@contextlib.contextmanager
-def _setting(variable, value):
-    """A context in which the context variable ``variable`` is ``value``."""
-    token = variable.set(value)
-    try:
-        yield
-    finally:
-        variable.reset(token)
+class _Setting:
+    """A context in which the context variable ``variable`` is ``value``. (A class: twice as
+    fast as a contextlib.contextmanager, and rnnfast.torch enters one per call.)"""
+
+    __slots__ = ("_variable", "_value", "_token")
+
+    def __init__(self, variable, value):
+        self._variable, self._value = variable, value
+
+    def __enter__(self):
+        self._token = self._variable.set(self._value)
+
+    def __exit__(self, *exc_info):
+        self._variable.reset(self._token)
 
 
 def emulate_cuda(enabled: bool = True):
     """Within this block (in this thread or task), NumPy arrays given to ``rnnfast.functional``
     (and so to the layers) run on the emulated CUDA backend instead of the CPU kernels."""
-    return _setting(_emulating, enabled)
+    return _Setting(_emulating, enabled)
 
 
 def cuda_recurrence(path: str):
@@ -60,7 +65,7 @@ def cuda_recurrence(path: str):
     values. No effect on the CPU backend."""
     if path not in CUDA_PATHS:
         raise ValueError(f"path must be one of {CUDA_PATHS}, not {path!r}")
-    return _setting(_cuda_path, path)
+    return _Setting(_cuda_path, path)
 
 
 def cpu_gemm(gemm):
@@ -70,7 +75,7 @@ def cpu_gemm(gemm):
     except those that multiply in bfloat16 (``_cpu.gemm_bf16``'s: bfloat16 layers, float32
     under "medium"). ``None``: rnnfast's own. rnnfast.torch runs them on torch's (MKL, on the
     OpenMP threads that rnnfast's kernels share there)."""
-    return _setting(_cpu_gemm, gemm)
+    return _Setting(_cpu_gemm, gemm)
 
 
 class CpuBackend:
