@@ -108,6 +108,22 @@ void gemm_py(py::object a, py::object b, py::object c, bool trans_a, bool trans_
   });
 }
 
+void column_sums_py(py::object a, py::object out) {
+  bindings::dispatch_dtype<NumpyReader>(a, "a", [&](auto type_tag) {
+    using T = decltype(type_tag);
+    ArgChecker<T> check("a");
+    const auto arr = a.cast<py::array>();
+    if (arr.ndim() != 2)
+      throw py::value_error("a must be 2-D, not " + std::to_string(arr.ndim()) + "-D");
+    const int64_t rows = arr.shape(0), cols = arr.shape(1);
+    const T* in = check.input(a, "a", {rows, cols});
+    T* sums = check.output(out, "out", {cols});
+    check.check_no_overlap();
+    py::gil_scoped_release release;
+    column_sums(in, rows, cols, sums);
+  });
+}
+
 // f(float{}) or f(Bf16{}) for a gemm_bf16 operand of dtype float32 or bfloat16.
 template <class F>
 void with_operand_type(const py::object& obj, const char* name, Operand& type, F&& f) {
@@ -276,6 +292,10 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("trans_b") = false, py::arg("bias") = py::none(), py::arg("accumulate") = false,
         "c = op(a) op(b) + bias (c += ... with accumulate), op(x) = x.T where trans_x; on "
         "rnnfast's threads. a, b, c, bias: C-contiguous, one float dtype; c [m, n] is written.");
+  m.def("column_sums", &column_sums_py, py::arg("a"), py::arg("out"),
+        "out [n] = the sums of the columns of a [m, n] (C-contiguous, float32 or float64, as "
+        "out), added in float64 row after row: a.sum(axis=0, dtype=numpy.float64) rounded to "
+        "a's dtype, bit for bit.");
   m.def("gemm_bf16", &gemm_bf16_py, py::arg("a"), py::arg("b"), py::arg("c"),
         py::arg("trans_a") = false, py::arg("trans_b") = false, py::arg("bias") = py::none(),
         py::arg("accumulate") = false,

@@ -41,6 +41,8 @@ sequence's length (padding) reach no result, NaN and inf included.
 
 from __future__ import annotations
 
+import functools
+import types
 from typing import Any
 
 import numpy as np
@@ -121,14 +123,6 @@ def without_nonfinite_padding(xp, x, lengths):
     x = x.copy()
     x[padding] = 0
     return x
-
-
-def column_sums(xp, a):
-    """The sums of the columns of ``a`` [T*B, G*H] (the bias gradients), accumulated in float64:
-    NumPy adds the rows one after the other, whose float32 error grows with T*B (at T = 1000 it
-    passed twice the reference's, which sums each step's rows first). Costs about 1.6x a
-    float32 sum, a pass over dzx."""
-    return a.sum(axis=0, dtype=xp.float64).astype(a.dtype)
 
 
 def private_output(output, ctx):
@@ -289,10 +283,11 @@ def _forward(layer: _Layer, lengths, resets, training):
             _dtypes.to_storage(c_n, storage), ctx)
 
 
-def _backward(ctx: Context, dy, dh_n, dc_n, store_dx=True):
+def _backward(ctx: Context, dy, dh_n, dc_n, store_dx=True, input_grad=True):
     """The backward of checked arguments: the dict of ``backward``; with ``store_dx`` False its
     "x" in the compute dtype, not rounded to a 16-bit storage dtype (backward_layers adds the
-    two directions' before it rounds the sum once)."""
+    two directions' before it rounds the sum once); with ``input_grad`` False its "x" is None,
+    and the GEMM that computes it skipped."""
     layer, y, rounding = ctx.layer, ctx.y, ctx.rounding
     be, steps, batch, gh, out, hidden, storage = (layer.backend, layer.steps, layer.batch,
                                                   layer.gh, layer.out, layer.hidden, layer.dtype)
@@ -320,16 +315,18 @@ def _backward(ctx: Context, dy, dh_n, dc_n, store_dx=True):
                                                              y[:-1])
         be.gemm(dzh[batch:], be.contiguous(h_prev).reshape((steps - 1) * batch, out), dw_hh,
                 trans_a=True, accumulate=True, rounding=rounding)
-    dx = be.empty((steps, batch, layer.inputs), dtype)
-    be.gemm(dzx, layer.w_ih, dx.reshape(steps * batch, layer.inputs), rounding=rounding)
+    dx = None
+    if input_grad:
+        dx = be.empty((steps, batch, layer.inputs), dtype)
+        be.gemm(dzx, layer.w_ih, dx.reshape(steps * batch, layer.inputs), rounding=rounding)
     dw_ih = be.empty((gh, layer.inputs), dtype)
     be.gemm(dzx, layer.x.reshape(steps * batch, layer.inputs), dw_ih, trans_a=True,
             rounding=rounding)
-    db_ih = column_sums(xp, dzx)
+    db_ih = be.column_sums(dzx)
     grads = {"x": _dtypes.to_storage(dx, storage) if store_dx else dx,
              "h0": _dtypes.to_storage(dh0, storage), "c0": _dtypes.to_storage(dc0, storage),
              "w_ih": dw_ih, "w_hh": dw_hh, "b_ih": db_ih,
-             "b_hh": db_ih.copy() if dzh is dzx else column_sums(xp, dzh)}
+             "b_hh": db_ih.copy() if dzh is dzx else be.column_sums(dzh)}
     if layer.w_hr is not None:
         # dW_hr = sum_t dh_t^T m_t with m_t = o * tanh(c_t), from the saved o and c (zero on
         # padding, where dh_proj is zero too).
@@ -410,9 +407,11 @@ def _gather(xp, a, order):
     return xp.take_along_axis(a, order if a.ndim == 2 else order[:, :, None], axis=0)
 
 
+@functools.cache
 def param_names(num_layers: int, bidirectional: bool, bias: bool = True, proj: bool = False):
     """PyTorch's parameter names of a stack, layer by layer and direction by direction (its
-    order): a list of dicts mapping w_ih, w_hh, b_ih, b_hh, w_hr to weight_ih_l0 & co."""
+    order): a tuple of read-only dicts mapping w_ih, w_hh, b_ih, b_hh, w_hr to weight_ih_l0 &
+    co. (Cached: every call of forward_layers asks.)"""
     names = []
     for k in range(num_layers):
         for sfx in ("", "_reverse")[:2 if bidirectional else 1]:
@@ -421,8 +420,14 @@ def param_names(num_layers: int, bidirectional: bool, bias: bool = True, proj: b
                 n.update({"b_ih": f"bias_ih_l{k}{sfx}", "b_hh": f"bias_hh_l{k}{sfx}"})
             if proj:
                 n["w_hr"] = f"weight_hr_l{k}{sfx}"
-            names.append(n)
-    return names
+            names.append(types.MappingProxyType(n))
+    return tuple(names)
+
+
+def _stack(xp, arrays):
+    """xp.stack(arrays) of a stack's new per-layer arrays (h_n & co.); a view of the only one
+    for a single layer and direction, which costs no copy."""
+    return arrays[0][None] if len(arrays) == 1 else xp.stack(arrays)
 
 
 class LayersContext:
@@ -540,17 +545,19 @@ def forward_layers(cell: str, input, params: dict, *, num_layers: int = 1,
             layer_in = layer_in * masks[-1]
     ctx = (LayersContext(cell_spec, contexts, names, masks, order, num_layers, dirs)
            if training else None)
-    return (layer_in, xp.stack(h_n), xp.stack(c_n) if cell_spec.has_cell_state else None, ctx)
+    return (layer_in, _stack(xp, h_n), _stack(xp, c_n) if cell_spec.has_cell_state else None,
+            ctx)
 
 
-def backward_layers(ctx: LayersContext, grad_output, grad_hx=None):
+def backward_layers(ctx: LayersContext, grad_output, grad_hx=None, *, input_grad: bool = True):
     """Backpropagation through time for a training ``forward_layers``, through every layer and
     direction (with its lengths, resets and dropout masks).
 
     grad_output [T, B, D*R]; grad_hx: the gradient for the final states, in hx's structure
-    (None for zeros, or for the LSTM a tuple whose members may be None). Returns
-    ``(grad_input, grad_h0, grad_c0 or None, grads)``, grads keyed by PyTorch's parameter
-    names in their order.
+    (None for zeros, or for the LSTM a tuple whose members may be None); input_grad: False
+    where the input's gradient is not wanted (an input that needs none), to skip its GEMM.
+    Returns ``(grad_input or None, grad_h0, grad_c0 or None, grads)``, grads keyed by
+    PyTorch's parameter names in their order.
     """
     if not isinstance(ctx, LayersContext):
         raise TypeError("ctx must be the LayersContext of forward_layers(..., training=True)")
@@ -566,17 +573,19 @@ def backward_layers(ctx: LayersContext, grad_output, grad_hx=None):
     for k in reversed(range(ctx.num_layers)):
         if k < len(ctx.masks):
             dy = dy * ctx.masks[k]
-        dx = 0
+        dx = 0 if input_grad or k > 0 else None
         for d in range(dirs):
             i = k * dirs + d
             part = dy[:, :, d * out:(d + 1) * out]
             part = be.contiguous(part if d == 0 else _gather(xp, part, ctx.order))
             g = _backward(ctx.contexts[i], part, None if dh_n is None else dh_n[i],
-                          None if dc_n is None else dc_n[i], store_dx=False)
-            dx = dx + (g["x"] if d == 0 else _gather(xp, g["x"], ctx.order))
+                          None if dc_n is None else dc_n[i], store_dx=False,
+                          input_grad=dx is not None)
+            if dx is not None:
+                dx = dx + (g["x"] if d == 0 else _gather(xp, g["x"], ctx.order))
             dh0[i], dc0[i] = g["h0"], g["c0"]
             grads.update({theirs: g[ours] for ours, theirs in ctx.names[i].items()})
         dy = _dtypes.to_storage(dx, first.dtype)  # 16-bit types: rounded once, after the sum
     ordered = [name for n in ctx.names for name in n.values()]
     grads = {name: grads[name] for name in ordered}
-    return dy, xp.stack(dh0), xp.stack(dc0) if ctx.spec.has_cell_state else None, grads
+    return dy, _stack(xp, dh0), _stack(xp, dc0) if ctx.spec.has_cell_state else None, grads

@@ -288,6 +288,25 @@ def test_convert_keeps_weights_outputs_and_gradients():
         assert rel_err(p.grad, q.grad) <= FLOAT64_TOL, name
 
 
+def test_gradients_only_for_the_tensors_that_need_them():
+    """An input or state that needs no gradient gets None (its gradient is not computed), and
+    the weights' gradients are the same, bit for bit, as when they all need one."""
+    torch.manual_seed(0)
+    module = rt.LSTM(3, 5, num_layers=2, bidirectional=True)
+    x, h0, c0 = torch.randn(4, 2, 3), torch.randn(4, 2, 5), torch.randn(4, 2, 5)
+    grads = []
+    for needs in (True, False):
+        module.zero_grad()
+        for t in (x, h0, c0):
+            t.grad = None
+            t.requires_grad_(needs)
+        output, (h_n, c_n) = module(x, (h0, c0))
+        (output.sum() + h_n.square().sum()).backward()
+        assert all((t.grad is not None) == needs for t in (x, h0, c0))
+        grads.append([p.grad for p in module.parameters()])
+    assert all(torch.equal(a.view(torch.int32), b.view(torch.int32)) for a, b in zip(*grads))
+
+
 # ------------------------------------------------------------------ errors
 
 

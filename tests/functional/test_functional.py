@@ -542,3 +542,30 @@ def test_cpu_gemm_runs_the_large_gemms(cell, dtype):
     # h0, then the other steps accumulated)
     assert modes == {(False, True, True, False), (False, False, False, False),
                      (True, False, False, False), (True, False, False, True)}, modes
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("num_layers, bidirectional", [(1, False), (2, True)])
+def test_backward_layers_without_the_input_gradient(cell, num_layers, bidirectional):
+    """input_grad=False: grad_input is None (its GEMM skipped) and every other gradient is the
+    same, bit for bit."""
+    rng = np.random.default_rng(seed_of(cell, num_layers))
+    steps, batch, inputs, hidden, gates = 6, 3, 5, 7, GATES[cell]
+    dirs = 2 if bidirectional else 1
+    params = {}
+    for i, names in enumerate(F.param_names(num_layers, bidirectional)):
+        size = inputs if i < dirs else dirs * hidden  # layer 0's, or the layer below's output
+        for ours, shape in (("w_ih", (gates * hidden, size)), ("w_hh", (gates * hidden, hidden)),
+                            ("b_ih", (gates * hidden,)), ("b_hh", (gates * hidden,))):
+            params[names[ours]] = rng.standard_normal(shape).astype(np.float32)
+    x = rng.standard_normal((steps, batch, inputs)).astype(np.float32)
+    dy = rng.standard_normal((steps, batch, dirs * hidden)).astype(np.float32)
+    results = []
+    for input_grad in (True, False):
+        *_, ctx = F.forward_layers(cell, x, params, num_layers=num_layers,
+                                   bidirectional=bidirectional, training=True)
+        results.append(F.backward_layers(ctx, dy, input_grad=input_grad))
+    (dx, dh0, dc0, grads), (no_dx, *others) = results
+    assert dx is not None and no_dx is None
+    for a, b in zip((dh0, dc0, *grads.values()), (others[0], others[1], *others[2].values())):
+        assert (a is None and b is None) or a.tobytes() == b.tobytes()

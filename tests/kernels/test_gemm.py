@@ -1,6 +1,7 @@
 """rnnfast's own GEMM (_cpu.gemm), which rnnfast.functional uses for the input projection and
 the input and weight gradients: against float64 on every instruction set, bitwise the same for
-any thread count, and its argument errors.
+any thread count, and its argument errors. And _cpu.column_sums (the bias gradients): bit for
+bit NumPy's float64 sum of the columns.
 
 Tolerance, two checks. Elementwise: each element of C is a sum of k products (plus the bias,
 plus C itself when accumulating); whatever the order of the sums, its rounding error is at most
@@ -137,3 +138,32 @@ def test_read_only_and_overlapping_outputs_are_refused():
     square = f32(4, 4)
     with pytest.raises(ValueError, match="c overlaps the memory of a"):
         _cpu.gemm(square, f32(4, 4), square)
+
+
+@pytest.mark.parametrize("rows, cols", [(1, 1), (3, 5), (800, 256), (5000, 3), (7, 1100),
+                                        (0, 4), (4, 0)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_column_sums_are_numpys_float64_sums(rows, cols, dtype):
+    rng = np.random.default_rng(rows * cols)
+    # magnitudes over 60 decades (cancellations), and -0.0, inf and NaN columns
+    a = (rng.standard_normal((rows, cols)) * 10.0 ** rng.integers(-30, 30, (rows, cols)))
+    a = a.astype(dtype)
+    if rows > 2 and cols > 2:
+        a[:, 0], a[1, 1], a[2, 2] = -0.0, np.inf, np.nan
+    out = np.full(cols, 7, dtype)
+    _cpu.column_sums(a, out)
+    assert out.tobytes() == a.sum(axis=0, dtype=np.float64).astype(dtype).tobytes()
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: _cpu.column_sums(f32(3, 2).T, f32(3)), ValueError, "a must be C-contiguous"),
+    (lambda: _cpu.column_sums(f32(2, 3, 1), f32(3)), ValueError, "a must be 2-D"),
+    (lambda: _cpu.column_sums(f32(2, 3), f32(2)), ValueError, "out has shape (2,)"),
+    (lambda: _cpu.column_sums(f32(2, 3), np.ones(3)), TypeError, "out has dtype float64"),
+    (lambda: _cpu.column_sums(np.ones((2, 3), np.int32), f32(3)), TypeError,
+     "a has dtype int32"),
+])
+def test_column_sums_argument_errors(call, error, message):
+    with pytest.raises(error) as info:
+        call()
+    assert message in str(info.value)

@@ -27,6 +27,8 @@ namespace rnnfast {
   template <typename T>                                                                         \
   void gemm(const GemmArgs<T>&);                                                                \
   template <typename T>                                                                         \
+  void column_sums(const T*, int64_t, int64_t, T*);                                             \
+  template <typename T>                                                                         \
   void apply_activation(Activation, const T*, T*, int64_t);                                     \
   template <typename T>                                                                         \
   void pack_cell(PackedCell<T>&, const T*, const T*, const T*, const T*, bool);                 \
@@ -246,6 +248,11 @@ void gemm_bf16(const Bf16GemmArgs& args) {
 }
 
 template <typename T>
+void column_sums(const T* a, int64_t rows, int64_t cols, T* out) {
+  RNNFAST_ON_ACTIVE_ISA(column_sums(a, rows, cols, out));
+}
+
+template <typename T>
 void apply_activation(Activation f, const T* in, T* out, int64_t n) {
   RNNFAST_ON_ACTIVE_ISA(apply_activation(f, in, out, n));
 }
@@ -298,6 +305,8 @@ template void recurrent_backward<float>(const BackwardArgs<float>&);
 template void recurrent_backward<double>(const BackwardArgs<double>&);
 template void gemm<float>(const GemmArgs<float>&);
 template void gemm<double>(const GemmArgs<double>&);
+template void column_sums<float>(const float*, int64_t, int64_t, float*);
+template void column_sums<double>(const double*, int64_t, int64_t, double*);
 template void apply_activation<float>(Activation, const float*, float*, int64_t);
 template void apply_activation<double>(Activation, const double*, double*, int64_t);
 template PackedCell<float> pack_cell(Cell, int64_t, int64_t, const float*, const float*,

@@ -131,5 +131,24 @@ void gemm(const GemmArgs<T>& args) {
 template void gemm<float>(const GemmArgs<float>&);
 template void gemm<double>(const GemmArgs<double>&);
 
+template <typename T>
+void column_sums(const T* a, int64_t rows, int64_t cols, T* out) {
+  // A block of columns at a time, its sums kept in a stack buffer while the rows stream past.
+  constexpr int64_t kBlock = 512;
+  double sums[kBlock];
+  for (int64_t j0 = 0; j0 < cols; j0 += kBlock) {
+    const int64_t n = std::min(kBlock, cols - j0);
+    std::fill(sums, sums + n, 0.0);
+    for (int64_t i = 0; i < rows; ++i) {
+      const T* row = a + i * cols + j0;
+      for (int64_t j = 0; j < n; ++j) sums[j] += double(row[j]);
+    }
+    for (int64_t j = 0; j < n; ++j) out[j0 + j] = T(sums[j]);
+  }
+}
+
+template void column_sums<float>(const float*, int64_t, int64_t, float*);
+template void column_sums<double>(const double*, int64_t, int64_t, double*);
+
 }  // namespace RNNFAST_ISA_NS
 }  // namespace rnnfast
