@@ -96,31 +96,20 @@ __host__ __device__ inline Position c_position(int lane, int e) {
   return {lane / 4 + 8 * (e / 2), 2 * (lane % 4) + e % 2};
 }
 
-__host__ __device__ inline uint32_t bits_of(float x) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(x);
-#else
-  uint32_t bits;
-  std::memcpy(&bits, &x, sizeof bits);
-  return bits;
-#endif
-}
-
-__host__ __device__ inline float float_of(uint32_t bits) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(bits);
-#else
-  float x;
-  std::memcpy(&x, &bits, sizeof x);
-  return x;
-#endif
+// from's bits as a To of the same size (on the GPU, memcpy of a register is a move).
+template <typename To, typename From>
+__host__ __device__ inline To bit_cast(From from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast: sizes differ");
+  To to;
+  memcpy(&to, &from, sizeof to);
+  return to;
 }
 
 // x rounded to TF32 (10 of float32's 23 mantissa bits kept), to nearest even; inf and NaN
 // kept. The same code on the GPU (whose cvt.rna.tf32.f32 rounds ties away from zero) and the
 // host.
 __host__ __device__ inline uint32_t tf32_bits(float x) {
-  const uint32_t bits = bits_of(x);
+  const uint32_t bits = bit_cast<uint32_t>(x);
   if ((bits & 0x7F800000u) == 0x7F800000u) return bits;
   return (bits + 0xFFFu + ((bits >> 13) & 1u)) & 0xFFFFE000u;
 }
@@ -139,7 +128,7 @@ uint32_t half_bits(float x) {
     std::memcpy(&bits, &h, sizeof bits);
     return bits;
   } else {
-    const uint32_t bits = bits_of(x);
+    const uint32_t bits = bit_cast<uint32_t>(x);
     if ((bits & 0x7FFFFFFFu) > 0x7F800000u) return (bits >> 16) | 0x40u;  // NaN stays NaN
     return (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
   }
@@ -158,7 +147,7 @@ uint32_t pack(float lo, float hi) {
 template <class Op>
 float unpack(uint32_t reg, int half) {
   if constexpr (std::is_same_v<Op, Tf32>) {
-    return float_of(reg);
+    return bit_cast<float>(reg);
   } else {
     const uint16_t bits = static_cast<uint16_t>(reg >> (16 * half));
     if constexpr (std::is_same_v<Op, F16>) {
@@ -166,7 +155,7 @@ float unpack(uint32_t reg, int half) {
       std::memcpy(&h, &bits, sizeof h);
       return static_cast<float>(h);
     } else {
-      return float_of(uint32_t(bits) << 16);
+      return bit_cast<float>(uint32_t(bits) << 16);
     }
   }
 }
