@@ -1,5 +1,6 @@
 """A small forward + backward of every cell on the GPU, on both recurrence paths (standard and
-persistent: rnnfast.backends.cuda_recurrence), for compute-sanitizer (gpu_check.sh).
+persistent: rnnfast.backends.cuda_recurrence), for compute-sanitizer (gpu_check.sh): float32
+and float64 (the SIMT kernels) and float16 (on the persistent path, the tensor-core kernels).
 
 Run: compute-sanitizer --tool memcheck python benchmarks/gpu_sanitize_case.py [cell ...]
 Shapes cross every tile boundary of the standard kernels (32 units, 16 batch rows, depth 32)
@@ -40,7 +41,7 @@ def main():
     ok = True
     for path in ("standard", "persistent"):
         for cell in cells:
-            for dtype in (np.float32, np.float64):
+            for dtype in (np.float32, np.float64, np.float16):
                 with backends.cuda_recurrence(path):
                     finite = run(cell, dtype)
                 print(f"{path} {cell} {np.dtype(dtype).name}: "
