@@ -139,19 +139,24 @@ for dtype in (np.float32, np.float64):
 """
 
 
+def _lines_at_l2_sizes(script, isa):
+    """script's output lines, split, run in a fresh interpreter on instruction set isa with an
+    L2 of 1 byte and of 1 GB (RNNFAST_L2_CACHE_BYTES): (small, large)."""
+    runs = []
+    for l2 in ("1", str(1 << 30)):
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             check=True, env={**os.environ, "RNNFAST_ISA": isa,
+                                              "RNNFAST_L2_CACHE_BYTES": l2})
+        runs.append([line.split() for line in out.stdout.splitlines()])
+    return runs
+
+
 @pytest.mark.parametrize("name", _cpu.available_isas())
 def test_row_split_threshold_changes_speed_only(name):
     """The L2 size sets which recurrences split a step's rows between the threads: an L2 of 1
     byte (never) and of 1 GB (whenever the batch is two row tiles) give other splits and the
     same results, bit for bit, on 1 and 2 threads."""
-    runs = {}
-    for l2 in ("1", str(1 << 30)):
-        out = subprocess.run([sys.executable, "-c", _SPLIT_SCRIPT], capture_output=True,
-                             text=True, check=True,
-                             env={**os.environ, "RNNFAST_ISA": name,
-                                  "RNNFAST_L2_CACHE_BYTES": l2})
-        runs[l2] = [line.split() for line in out.stdout.splitlines()]
-    never, always = runs["1"], runs[str(1 << 30)]
+    never, always = _lines_at_l2_sizes(_SPLIT_SCRIPT, name)
     assert len(never) == len(always) == 60
     for n, a in zip(never, always):
         assert n[:3] == a[:3] and n[-1] == a[-1], (n, a)  # same case, same results
@@ -185,14 +190,7 @@ for dtype in (np.float32, np.float64):
 def test_gemm_block_budget_changes_speed_only(name):
     """The L2 size sets the GEMM's blocks of A's rows: an L2 of 1 byte (blocks of one chunk of
     rows) and of 1 GB (all rows one block) give the same C, bit for bit, on 1 and 2 threads."""
-    runs = {}
-    for l2 in ("1", str(1 << 30)):
-        out = subprocess.run([sys.executable, "-c", _GEMM_BLOCKS_SCRIPT], capture_output=True,
-                             text=True, check=True,
-                             env={**os.environ, "RNNFAST_ISA": name,
-                                  "RNNFAST_L2_CACHE_BYTES": l2})
-        runs[l2] = [line.split() for line in out.stdout.splitlines()]
-    small, large = runs["1"], runs[str(1 << 30)]
+    small, large = _lines_at_l2_sizes(_GEMM_BLOCKS_SCRIPT, name)
     assert len(small) == len(large) == 4
     for s, g in zip(small, large):
         assert s[2] == "0" and g[2] == str(1 << 29), (s, g)  # the budgets differ
