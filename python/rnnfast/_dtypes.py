@@ -37,29 +37,59 @@
   (as with cuDNN's float16), where float32 would stay finite.
 """
 
+import functools
+import importlib.util
+import sys
+
 import numpy as np
 
-try:
-    import ml_dtypes
-except ImportError:  # bfloat16 is optional
-    BFLOAT16 = None
-else:
-    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+@functools.cache
+def bfloat16():
+    """ml_dtypes' bfloat16 as a NumPy dtype (None without ml_dtypes), imported at first use:
+    importing ml_dtypes takes about a second (it registers its ufunc loops with NumPy), which
+    ``import rnnfast`` does not pay for float32 work. ``BFLOAT16`` (a module attribute) is the
+    same."""
+    try:
+        import ml_dtypes
+    except ImportError:  # bfloat16 is optional
+        return None
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def __getattr__(name):
+    if name == "BFLOAT16":
+        return bfloat16()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 FLOAT16, FLOAT32, FLOAT64 = np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
-DTYPES = (FLOAT32, FLOAT64, FLOAT16) + ((BFLOAT16,) if BFLOAT16 is not None else ())
-DTYPE_NAMES = "float32, float64, float16" + (" or bfloat16" if BFLOAT16 is not None else
-                                             " (bfloat16 needs ml_dtypes: pip install "
-                                             "rnnfast[bf16])")
+DTYPE_NAMES = "float32, float64, float16" + (
+    " or bfloat16" if importlib.util.find_spec("ml_dtypes") is not None else
+    " (bfloat16 needs ml_dtypes: pip install rnnfast[bf16])")
 # The rounding of float32 GEMM operands to TensorFloat-32 (8 exponent bits, 10 mantissa bits):
 # what CUDA's tensor cores multiply under "high". Not a NumPy dtype: see round_operand.
 TF32 = "tf32"
 
 
+def resolve(dtype):
+    """``np.dtype(dtype)``, the name "bfloat16" included (which NumPy knows once ml_dtypes is
+    imported)."""
+    if isinstance(dtype, str) and dtype == "bfloat16":
+        bfloat16()
+    return np.dtype(dtype)
+
+
 def is_bfloat16(dtype):
-    """Whether ``dtype`` is ml_dtypes' bfloat16. (Never ``dtype == BFLOAT16`` directly: without
+    """Whether ``dtype`` is ml_dtypes' bfloat16, without importing ml_dtypes (an array of that
+    dtype exists only once it is imported). (Never ``dtype == BFLOAT16`` directly: without
     ml_dtypes BFLOAT16 is None, and NumPy takes None for float64.)"""
-    return BFLOAT16 is not None and dtype == BFLOAT16
+    return "ml_dtypes" in sys.modules and bfloat16() is not None and dtype == bfloat16()
+
+
+def is_supported(dtype):
+    """Whether the layers compute in ``dtype`` (the DTYPE_NAMES)."""
+    return dtype in (FLOAT32, FLOAT64, FLOAT16) or is_bfloat16(dtype)
 
 
 def is_16bit(dtype):
@@ -107,7 +137,7 @@ def matmul_rounding(dtype, cuda):
         return None
     if cuda:
         return TF32
-    return BFLOAT16 if _matmul_precision == "medium" else None
+    return bfloat16() if _matmul_precision == "medium" else None
 
 
 def round_operand(array, rounding):

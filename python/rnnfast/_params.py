@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 
-from ._dtypes import DTYPES
+from ._dtypes import is_supported
 
 
 def positive_int(value, name):
@@ -53,7 +53,7 @@ def load_params(owner, expected, state_dict, dtype):
         value = np.asarray(state_dict[name])
         if value.shape != shape:
             raise ValueError(f"state_dict[{name!r}] has shape {value.shape}, expected {shape}")
-        if not (np.issubdtype(value.dtype, np.floating) or value.dtype in DTYPES):
+        if not (np.issubdtype(value.dtype, np.floating) or is_supported(value.dtype)):
             raise TypeError(f"state_dict[{name!r}] has dtype {value.dtype}, expected floats")
         loaded[name] = np.array(value, dtype=dtype)
     return loaded

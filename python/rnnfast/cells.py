@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from . import _cpu, _devices, _dtypes, functional
-from ._dtypes import DTYPES
 from ._params import init_params, load_params, positive_int
 from .cell_registry import spec
 
@@ -93,8 +92,8 @@ class _CellBase:
         self.input_size = positive_int(input_size, "input_size")
         self.hidden_size = positive_int(hidden_size, "hidden_size")
         self.bias = bool(bias)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in DTYPES:
+        self.dtype = _dtypes.resolve(dtype)
+        if not _dtypes.is_supported(self.dtype):
             raise TypeError(f"dtype must be {_dtypes.DTYPE_NAMES}, not {self.dtype}")
         # The CPU step takes arrays of this dtype itself (float16 ones are converted to float32
         # and back around it).

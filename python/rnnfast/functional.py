@@ -48,7 +48,6 @@ from typing import Any
 import numpy as np
 
 from . import _dtypes, backends
-from ._dtypes import DTYPES
 from .cell_registry import spec
 
 
@@ -86,7 +85,7 @@ def _check_sequence(x, name):
     """The backend of a [T, B, I] input with T >= 1 and a supported dtype, or an error naming
     it."""
     backend = backends.for_array(x, name)
-    if x.dtype not in DTYPES:
+    if not _dtypes.is_supported(x.dtype):
         raise TypeError(f"{name} has dtype {x.dtype}, expected {_dtypes.DTYPE_NAMES}")
     if x.ndim != 3 or x.shape[0] < 1:
         raise ValueError(f"{name} must have shape (T, B, input_size) with T >= 1, not "

@@ -42,8 +42,8 @@ class _RNNBase:
                 or not 0 <= proj_size < self.hidden_size:
             raise ValueError(f"proj_size must be an integer in [0, hidden_size), not {proj_size!r}")
         self.proj_size = int(proj_size)
-        self.dtype = np.dtype(dtype)
-        if self.dtype not in functional.DTYPES:
+        self.dtype = _dtypes.resolve(dtype)
+        if not _dtypes.is_supported(self.dtype):
             raise TypeError(f"dtype must be {_dtypes.DTYPE_NAMES}, not {self.dtype}")
         self.seed = seed
         device = _devices.resolve(device)  # before the parameters: refuse a device up front

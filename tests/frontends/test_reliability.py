@@ -736,3 +736,22 @@ def test_float64_stays_float64_without_ml_dtypes(tmp_path):
     for name in results["with"].files:
         g, w = results["without"][name], results["with"][name]
         assert g.dtype == w.dtype and np.array_equal(g, w), name
+
+
+def test_import_leaves_ml_dtypes_until_bfloat16_is_asked_for():
+    """``import rnnfast`` does not import ml_dtypes (about a second of ufunc registration with
+    NumPy); a bfloat16 layer made from the name "bfloat16" imports it and computes."""
+    script = textwrap.dedent("""
+        import sys
+        import numpy as np
+        import rnnfast
+        assert "ml_dtypes" not in sys.modules
+        rnnfast.LSTM(3, 5, seed=0)(np.ones((4, 2, 3), np.float32))
+        assert "ml_dtypes" not in sys.modules
+        layer = rnnfast.LSTM(3, 5, dtype="bfloat16", seed=0)
+        assert "ml_dtypes" in sys.modules and layer.dtype == rnnfast._dtypes.BFLOAT16
+        out, _ = layer(np.ones((4, 2, 3), layer.dtype))
+        assert out.dtype == layer.dtype
+    """)
+    pytest.importorskip("ml_dtypes", reason="bfloat16 needs ml_dtypes")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)

@@ -55,6 +55,7 @@ class Problem:
 def make_problem(row, dtype, device="cpu", threads=1, seed=0):
     """Weights initialised as PyTorch does (uniform in +-1/sqrt(H)), random input, states and
     output gradient."""
+    dtype = rnnfast._dtypes.resolve(dtype)
     rng = np.random.default_rng(seed)
     gh = SPECS[row.cell].gate_count * row.H
     bound = 1 / np.sqrt(row.H)
@@ -68,7 +69,7 @@ def make_problem(row, dtype, device="cpu", threads=1, seed=0):
                     rng.uniform(-bound, bound, shape).astype(dtype)
     states = (row.layers * row.directions, row.B, row.H)
     return Problem(
-        row=row, dtype=np.dtype(dtype), device=device, threads=threads, weights=weights,
+        row=row, dtype=dtype, device=device, threads=threads, weights=weights,
         x=rng.standard_normal((row.T, row.B, row.I)).astype(dtype),
         h0=rng.standard_normal(states).astype(dtype),
         c0=rng.standard_normal(states).astype(dtype) if row.cell == "lstm" else None,

@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+import rnnfast
+
 from .peers import Unsupported, make_problem
 
 # The check, the tolerance rule of the tests (tests/_util.py): every implementation's outputs
@@ -190,7 +192,7 @@ def measure_peak(device, timer, n=2048, dtype="float32"):
         else:
             from .. import _cpu
             c = np.empty((n, n), np.float32)
-            a, b = (m.astype(np.dtype("bfloat16")) for m in (a, b))
+            a, b = (m.astype(rnnfast._dtypes.bfloat16()) for m in (a, b))
             def product():
                 _cpu.gemm_bf16(a, b, c)
 
