@@ -15,9 +15,16 @@ import pytest
 import rnnfast
 from rnnfast.bench import cli, main
 from rnnfast.bench.grids import GRIDS_DIR, Row, grid_path, load_grid, packaged_grids
-from rnnfast.bench.peers import PEERS, NumpyReferencePeer, OnnxRuntimePeer, TorchPeer, make_problem
+from rnnfast.bench.peers import (
+    PEERS,
+    NumpyReferencePeer,
+    OnnxRuntimePeer,
+    RnnfastPeer,
+    TorchPeer,
+    make_problem,
+)
 from rnnfast.bench.report import FIELDS
-from rnnfast.bench.runner import PEER_SLACK, compare_outputs
+from rnnfast.bench.runner import PEER_SLACK, CpuTimer, compare_outputs, run_row
 
 TINY = ["--shapes", "3,2,5,4", "--cells", "lstm", "gru", "rnn_tanh", "rnn_relu",
         "--modes", "inference", "train", "step", "--repeats", "2", "--warmup", "0", "--quiet"]
@@ -206,17 +213,51 @@ def test_unsupported_rows_are_reported(tmp_path):
 
 @pytest.mark.parametrize("budget", [1e-9, 60.0])
 def test_time_budget_sets_repeats(tmp_path, budget):
-    """A budget shorter than any call: no warm-up, the minimum of 2 repeats; a long one: the
-    --repeats asked for, after warm-up calls filling 0.1 s (many, for calls this small)."""
+    """A budget shorter than any call: no warm-up, the minimum of 2 repeats, one per round; a
+    long one: the --repeats asked for, two per round, after warm-up calls filling 0.1 s in each
+    round (many, for calls this small)."""
     assert main(["--shapes", "3,2,5,4", "--cells", "lstm", "--modes", "inference",
-                 "--repeats", "4", "--warmup", "1", "--budget", str(budget), "--quiet",
-                 "--json", str(tmp_path / "r.json")]) == 0
+                 "--repeats", "4", "--rounds", "2", "--warmup", "1", "--budget", str(budget),
+                 "--quiet", "--json", str(tmp_path / "r.json")]) == 0
     records = json.loads((tmp_path / "r.json").read_text())["records"]
     for r in records:
+        assert r["rounds"] == 2
         if budget < 1:
             assert (r["repeats"], r["warmup"]) == (2, 0)
         else:
-            assert r["repeats"] == 4 and r["warmup"] > 1
+            assert r["repeats"] == 4 and r["warmup"] > 2
+
+
+def test_ratio_pairs_the_implementations_round_by_round():
+    """A peer's ratio is the median over the rounds of its time over rnnfast's in the same
+    round, not the ratio of the two medians: with rnnfast timed at 1, 10, 10 s and the peer at
+    2, 20, 5 s (a machine that slows down in rounds 2 and 3), the rounds say 2, 2, 0.5 (ratio 2),
+    the medians 5 / 10 (0.5)."""
+    scripted = {"rnnfast": [1.0, 10.0, 10.0], "numpy": [2.0, 20.0, 5.0]}
+    names = {}
+
+    class Scripted:  # the real peer, its calls named for the timer
+        def __init__(self, peer):
+            self.peer, self.name = peer, peer.name
+
+        def build(self, problem):
+            fn = self.peer.build(problem)
+            names[id(fn)] = self.name
+            return fn
+
+    def timer(fn, *args):
+        if args:  # the first, checked call: computed
+            return CpuTimer()(fn, *args)
+        return scripted[names[id(fn)]].pop(0), None
+
+    settings = {"dtype": "float32", "device": "cpu", "threads": 1, "seed": 0, "repeats": 3,
+                "rounds": 3, "warmup": 0, "budget_s": 1e-9, "settle_s": 0}
+    records = run_row(Row("gru", "inference", 3, 2, 5, 4), [Scripted(RnnfastPeer()),
+                      Scripted(NumpyReferencePeer())], settings, timer, peak=1.0)
+    ours, theirs = records
+    assert scripted == {"rnnfast": [], "numpy": []}  # one timed call per round, no warm-up
+    assert (ours["rounds"], ours["repeats"], ours["median_s"]) == (3, 3, 10.0)
+    assert (theirs["median_s"], theirs["ratio"]) == (5.0, 2.0)
 
 
 def test_baseline_build_is_timed_in_the_same_run(tmp_path):

@@ -84,6 +84,11 @@ def parser():
     m.add_argument("--settle", type=float, default=0.2, metavar="SECONDS",
                    help="pause before each implementation's warm-up and repeats, so that the "
                         "previous one's worker threads stop spinning (default %(default)s)")
+    m.add_argument("--rounds", type=_positive(int), default=3,
+                   help="rounds per row, each with a pause, warm-up and a share of the repeats "
+                        "of every implementation in turn; a peer's ratio is the median over the "
+                        "rounds of its time over rnnfast's in the same round (default "
+                        "%(default)s)")
     m.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -188,7 +193,7 @@ def main(argv=None):
         settings = {"grid": "command line" if args.shapes else args.grid,
                     "device": args.device, "dtype": args.dtype, "threads": threads,
                     "repeats": args.repeats, "warmup": args.warmup, "budget_s": args.budget,
-                    "settle_s": args.settle,
+                    "settle_s": args.settle, "rounds": args.rounds,
                     "seed": args.seed, "check": RULE[args.dtype]}
         peak, records = run_suite(rows, peers, settings, quiet=args.quiet)
         result = {**report.environment(settings, peers, peak), "records": records}

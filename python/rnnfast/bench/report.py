@@ -18,8 +18,8 @@ from .runner import peak_method
 SCHEMA = 1
 # The columns of the CSV file, in order: every field a record can have.
 FIELDS = ("cell", "mode", "T", "B", "I", "H", "layers", "directions", "dtype", "device",
-          "threads", "peer", "status", "check", "max_rel_err", "repeats", "warmup", "median_s",
-          "min_s", "max_s", "flops", "gflops", "percent_of_peak", "ratio")
+          "threads", "peer", "status", "check", "max_rel_err", "repeats", "rounds", "warmup",
+          "median_s", "min_s", "max_s", "flops", "gflops", "percent_of_peak", "ratio")
 # Packages whose versions a run records (null when not installed): peers and their helpers.
 OPTIONAL_PACKAGES = ("torch", "onnxruntime", "onnx", "cupy-cuda12x", "cupy-cuda13x",
                      "matplotlib")
@@ -134,7 +134,8 @@ def format_table(report):
     out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
     out += [fmt.format(*map(str, line)) for line in lines]
     out += [
-        f"rnnfast: median time (per step in mode step); vs <peer>: peer median / rnnfast median, "
+        f"rnnfast: median time (per step in mode step); vs <peer>: the median over "
+        f"{settings.get('rounds', 1)} rounds of peer median / rnnfast median in the round, "
         f">1 means rnnfast is faster; (Nr): only N repeats (time budget), else "
         f"{settings['repeats']}; check: every implementation's outputs against the float64 "
         f"reference ({settings['check']})",

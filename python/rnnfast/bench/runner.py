@@ -1,8 +1,12 @@
 """The method: per row, every implementation gets the same problem; rnnfast's outputs are
-checked against each peer's; then each implementation in turn gets a pause, warm-up and its
-timed repeats. Not interleaved call by call: the peers' thread pools (OpenMP's in PyTorch, ONNX
-Runtime's, OpenBLAS's under NumPy) keep spinning for a while after each call, and would take
-the cores from whichever implementation runs next; the pause lets them go to sleep first.
+checked against each peer's; then, in each of a few rounds, each implementation in turn gets a
+pause, warm-up and its share of the timed repeats. Each peer's ratio is the median over the
+rounds of its round's median time over rnnfast's in the same round: on a shared machine whose
+speed drifts from one second to the next, implementations timed in the same few seconds are
+compared, not one implementation's quiet moment with another's busy one. Not interleaved call
+by call: the peers' thread pools (OpenMP's in PyTorch, ONNX Runtime's, OpenBLAS's under NumPy)
+keep spinning for a while after each call, and would take the cores from whichever
+implementation runs next; the pause lets them go to sleep first.
 """
 
 import statistics
@@ -37,7 +41,8 @@ RULE = {dtype: f"{rule}; peers {PEER_SLACK} x that" for dtype, rule in (
     ("float64", f"max rel err <= {FLOOR['float64']:.0e}"),
     ("bfloat16", f"max rel err <= {FLOOR['bfloat16']:.0e}"))}
 # Each implementation gets as many repeats as fit in the time budget (settings["budget_s"]),
-# judged by its last warm-up call, between MIN_REPEATS and settings["repeats"].
+# judged by its last warm-up call, between MIN_REPEATS and settings["repeats"], spread over
+# the rounds (at most settings["rounds"], at least one repeat each).
 MIN_REPEATS = 2
 # Warm-up lasts at least settings["warmup"] calls and WARMUP_S seconds (within the budget):
 # after the pause, the first milliseconds of calls run up to twice slower (cores waking from
@@ -144,21 +149,29 @@ def time_calls(fn, count, timer):
     return [timer(fn)[0] for _ in range(count)]
 
 
-def time_implementation(fn, first_s, settings, timer):
-    """(repeats, warm-up calls, seconds of each timed call) of one implementation in one row,
-    after a pause of settings["settle_s"]. The first, checked call (first_s seconds) already
-    ran; warm-up as WARMUP_S says (none when the first call took longer than the budget: it is
-    warm-up enough); the repeats are as many as fit in the time budget, judged by the last
-    warm-up call, between MIN_REPEATS and settings["repeats"]."""
+def rounds_of(settings):
+    """How many rounds a row's timing takes: settings["rounds"], at most one per repeat."""
+    return max(1, min(settings["rounds"], settings["repeats"]))
+
+
+def time_round(fn, last_s, index, settings, timer):
+    """(warm-up calls, seconds of each timed call) of one implementation in round `index` of
+    a row, after a pause of settings["settle_s"]; last_s: the seconds of its latest call (the
+    first, checked call in round 0). Warm-up as WARMUP_S says (none when the latest call took
+    longer than the round's budget: it is warm-up enough); the round's repeats are its share
+    of as many as fit in the time budget, judged by the last warm-up call, between MIN_REPEATS
+    and settings["repeats"]."""
     time.sleep(settings["settle_s"])
-    budget = settings["budget_s"]
-    warmup, last, spent = 0, first_s, 0.0
-    while first_s < budget and (warmup < settings["warmup"] or
-                                spent < min(WARMUP_S, budget - last)):
+    rounds = rounds_of(settings)
+    budget = settings["budget_s"] / rounds
+    warmup, last, spent = 0, last_s, 0.0
+    while last_s < budget and (warmup < settings["warmup"] or
+                               spent < min(WARMUP_S, budget - last)):
         last = timer(fn)[0]
         warmup, spent = warmup + 1, spent + last
-    repeats = min(settings["repeats"], max(MIN_REPEATS, int(budget / last)))
-    return repeats, warmup, time_calls(fn, repeats, timer)
+    total = min(settings["repeats"], max(MIN_REPEATS, int(settings["budget_s"] / last)))
+    share = max(1, total * (index + 1) // rounds - total * index // rounds)
+    return warmup, time_calls(fn, share, timer)
 
 
 def peak_method(device, dtype, n=2048):
@@ -238,24 +251,31 @@ def run_row(row, peers, settings, timer, peak):
         records[name] = {**base, "peer": name, "status": "ok" if ok else "mismatch",
                          "check": check, "max_rel_err": err}
 
-    counts, warmups, times = {}, {}, {}
-    for name, fn in runs.items():
-        counts[name], warmups[name], times[name] = time_implementation(fn, first[name], settings,
-                                                                       timer)
+    warmups = dict.fromkeys(runs, 0)
+    times = {name: [] for name in runs}  # per implementation, per round: seconds of each call
+    for index in range(rounds_of(settings)):
+        for name, fn in runs.items():
+            last = times[name][-1][-1] if times[name] else first[name]
+            warmup, seconds = time_round(fn, last, index, settings, timer)
+            warmups[name] += warmup
+            times[name].append(seconds)
 
     per_call = row.T if row.mode == "step" else 1  # step mode reports per step
     flops = row.flops()
-    ours = statistics.median(times["rnnfast"]) / per_call
-    for name, seconds in times.items():
+    ours_by_round = [statistics.median(s) for s in times["rnnfast"]]
+    for name, by_round in times.items():
+        seconds = [s for r in by_round for s in r]
         median = statistics.median(seconds) / per_call
+        ratio = statistics.median(statistics.median(theirs) / ours
+                                  for theirs, ours in zip(by_round, ours_by_round))
         rec = records[name]
-        rec.update({"repeats": counts[name], "warmup": warmups[name], "median_s": median,
+        rec.update({"repeats": len(seconds), "rounds": len(by_round), "warmup": warmups[name],
+                    "median_s": median,
                     "min_s": min(seconds) / per_call, "max_s": max(seconds) / per_call,
                     "flops": flops, "gflops": flops / median / 1e9,
                     "percent_of_peak": 100 * flops / median / 1e9 / peak,
                     # > 1: rnnfast is faster. No ratio for a result that disagrees.
-                    "ratio": median / ours if name != "rnnfast" and rec["status"] == "ok"
-                    else None})
+                    "ratio": ratio if name != "rnnfast" and rec["status"] == "ok" else None})
     return [records["rnnfast"]] + [records[p.name] for p in peers
                                    if p.name != "rnnfast" and p.name in records]
 
