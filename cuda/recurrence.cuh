@@ -21,14 +21,14 @@
 //                     not (the launchers then return cudaErrorInvalidValue).
 // Rounding (float32 only): what the recurrent matmul rounds its operands to before multiplying
 // them with float32 sums (rnnfast._dtypes.matmul_rounding: bfloat16 and float16 for the 16-bit
-// layers, which reach the kernels widened to float32; TF32 for float32 under "high"). The
-// persistent path then multiplies on the tensor cores (mma.sync, cuda/mma.cuh), forward and
-// backward: both operands are rounded (h_{t-1} and W_hh forward, dzh_t and W_hh backward, as the
-// CPU's bfloat16 kernels round them), and its sums run in the hardware's order, so its values
-// are no longer the standard path's bit for bit. The standard path multiplies in float32
-// whatever the rounding says (its tensor-core version is later work).
+// layers, which reach the kernels widened to float32; TF32 for float32 under "high"). Both
+// paths then multiply on the tensor cores (mma.sync, cuda/mma.cuh), forward and backward: both
+// operands are rounded (h_{t-1} and W_hh forward, dzh_t and W_hh backward, as the CPU's
+// bfloat16 kernels round them), and the sums run in the hardware's order, so the two paths'
+// values are no longer equal bit for bit. The LSTM projection's products (standard path only)
+// stay float32.
 // Not yet here (later steps of the CUDA backend): the standard path's launch overhead cut by a
-// CUDA graph, tensor cores on the standard path, float16 and bfloat16 storage.
+// CUDA graph, float16 and bfloat16 storage.
 #pragma once
 
 #include <cstdint>

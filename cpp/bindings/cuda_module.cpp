@@ -253,6 +253,8 @@ struct CudaRecurrence {
     const cudaStream_t cuda_stream = parse_stream(stream);
     const Path path = parse_path(path_name);
     const Rounding rounding = parse_rounding(rounding_name);
+    if (rounding != Rounding::None && !std::is_same_v<T, float>)
+      throw py::value_error("a rounding of the matmul's operands needs float32");
     constexpr bool kForward = std::is_same_v<Args, ForwardArgs<T>>;
     const Direction direction = kForward ? Direction::Forward : Direction::Backward;
     auto* scratch =
@@ -317,17 +319,17 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
           " (lengths int64 [B], resets bool or uint8 [T, B]). lengths must lie in [0, T]: the "
           "kernels do not check it (the caller must). workspace: a 1-D array of the data's "
           "dtype with at least workspace_size('forward', cell, B, H, P) elements (None where "
-          "that is 0); its contents are undefined afterwards. rounding (float32): None, or what "
-          "the recurrent matmul rounds its operands to ('bfloat16', 'float16', 'tf32'): with "
-          "path='persistent' it multiplies them on the tensor cores (float32 sums); the "
-          "standard path multiplies in float32 whatever it says.",
+          "that is 0); its contents are undefined afterwards. rounding (float32 only): None, or "
+          "what the recurrent matmul rounds its operands to ('bfloat16', 'float16', 'tf32'): "
+          "both paths then multiply h_{t-1} and W_hh so rounded on the tensor cores (float32 "
+          "sums); the LSTM projection's product stays float32.",
       std::string("Backward through time of recurrent_forward, enqueued on `stream`: the "
                   "arguments and results of rnnfast._cpu.recurrent_backward, as ") +
           arrays +
           ". lengths must lie in [0, T] (unchecked). workspace: at least "
           "workspace_size('backward', cell, B, H, P) elements (None where that is 0). "
-          "rounding: as in recurrent_forward (with path='persistent', dzh W_hh is multiplied "
-          "on the tensor cores, dzh and W_hh rounded).",
+          "rounding: as in recurrent_forward (dzh W_hh is multiplied on the tensor cores, dzh "
+          "and W_hh rounded).",
       py::arg("workspace") = py::none(), py::arg("stream") = 0, py::arg("path") = "standard",
       py::arg("rounding") = py::none());
   m.def(

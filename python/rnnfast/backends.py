@@ -236,9 +236,8 @@ class CudaBackend:
 
     @staticmethod
     def _rounding(rounding):
-        """The kernels' name of a rounding of _dtypes.matmul_rounding (None kept): on the
-        persistent path the recurrent matmul multiplies operands so rounded on the tensor
-        cores; the standard path multiplies in float32."""
+        """The kernels' name of a rounding of _dtypes.matmul_rounding (None kept): on either
+        path the recurrent matmul multiplies operands so rounded on the tensor cores."""
         return None if rounding is None else "tf32" if rounding is _dtypes.TF32 else \
             np.dtype(rounding).name
 
