@@ -37,6 +37,7 @@
 // double; float for 16-bit storage once it is added).
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -229,7 +230,7 @@ __host__ __device__ constexpr int64_t stage_columns(int64_t n) {
 template <class Item>
 __device__ void for_each_item(int64_t batch, int owned, Item&& item) {
   const int u = threadIdx.x % owned, row_stride = kThreads / owned;
-  if (threadIdx.x < row_stride * owned)
+  if (threadIdx.x < unsigned(row_stride * owned))
     for (int64_t b = threadIdx.x / owned; b < batch; b += row_stride) item(b, u);
 }
 
@@ -620,48 +621,102 @@ __device__ Shared<Weight> load_slice(int rows, int64_t depth, Element&& element)
   return {w, words, reinterpret_cast<float*>(bytes + slice_bytes<Weight>(rows, depth))};
 }
 
-template <typename T, class C, class Product>
-__global__ void __launch_bounds__(kThreads) forward_persistent(ForwardArgs<T> a, int units) {
-  using Acc = typename AccumulatorOf<T>::type;
-  using Weight = WeightOf<Product, Acc>;
-  constexpr int G = C::kGates;
-  const int64_t H = a.hidden, j0 = blockIdx.x * int64_t(units);
-  const int owned = owned_units(H, units, j0);
-  const Shared<Weight> slice = load_slice<Weight>(G * owned, H, [&](int gu, int64_t k) {
-    return static_cast<Acc>(a.w_hh[((gu / owned) * H + j0 + gu % owned) * H + k]);
-  });
-  const auto bias = [&](int g, int u) {
-    return a.b_hh != nullptr ? static_cast<Acc>(a.b_hh[g * H + j0 + u]) : Acc(0);
-  };
-  for (int64_t t = 0; t < a.steps; ++t) {
-    block_products<G, Acc>(Product{}, previous_h(a, t), a.batch, true, slice, owned, H, slice.stage,
-                           bias, [&](int64_t b, int u, const Acc* zh) {
-                             forward_cell<T, C>(a, t, static_cast<T*>(nullptr), b, j0 + u, zh);
-                           });
-    grid_sync();  // y[t] complete before any block reads it
+// One direction of a persistent launch: its arguments and, backward, its running gradients
+// (the workspace, see running_gradients).
+template <class Args, typename T>
+struct OneDirection {
+  Args args;
+  T* dh_run = nullptr;
+  T* dc_run = nullptr;
+};
+
+// The directions of a persistent launch: of[d] on blocks [d * blocks, (d + 1) * blocks) for
+// d < kDirections (a kernel's template argument): one direction, or both directions of a
+// bidirectional layer in one launch, each block with the slice of its own direction's W_hh, all
+// meeting at one grid-wide barrier a step (both directions have the same steps).
+template <class Args, typename T>
+struct Directions {
+  OneDirection<Args, T> of[2];
+  int blocks;
+};
+
+// body(direction, block) for this block's direction and its block within the direction: for
+// one direction the kernel's parameter; for two a copy of the block's direction in shared
+// memory, read from there as the parameter would be (indexing the parameters with a run-time
+// direction, selecting between the two into registers, or a branch a direction, each made
+// ptxas spill, to local memory).
+template <int kDirections, class Args, typename T, class Body>
+__device__ void for_direction(const Directions<Args, T>& directions, Body&& body) {
+  if constexpr (kDirections == 1) {
+    body(directions.of[0], int64_t(blockIdx.x));
+  } else {
+    using One = OneDirection<Args, T>;
+    using Copy = uint64_t[(sizeof(One) + 7) / 8];  // a Direction's bytes, 8-byte aligned
+    RNNFAST_SHARED(Copy, copy);
+    const int d = blockIdx.x >= unsigned(directions.blocks) ? 1 : 0;
+    if (threadIdx.x == 0) {
+      const One one = d == 0 ? directions.of[0] : directions.of[1];
+      memcpy(copy, &one, sizeof(One));
+    }
+    __syncthreads();
+    body(*reinterpret_cast<const One*>(copy), int64_t(blockIdx.x) - d * directions.blocks);
   }
 }
 
-template <typename T, class C, class Product>
+template <typename T, class C, class Product, int kDirections>
 __global__ void __launch_bounds__(kThreads)
-    backward_persistent(BackwardArgs<T> a, int units, T* dh_run, T* dc_run) {
+    forward_persistent(Directions<ForwardArgs<T>, T> directions, int units) {
   using Acc = typename AccumulatorOf<T>::type;
   using Weight = WeightOf<Product, Acc>;
-  const int64_t H = a.hidden, GH = C::kGates * H, j0 = blockIdx.x * int64_t(units);
-  const int owned = owned_units(H, units, j0);
-  const Shared<Weight> slice = load_slice<Weight>(
-      owned, GH, [&](int u, int64_t k) { return static_cast<Acc>(a.w_hh[k * H + j0 + u]); });
-  for (int64_t t = a.steps; t >= 0; --t) {
-    // Nothing flows from step T.
-    const Rows<T> dzh{t < a.steps ? a.dzh + t * a.batch * GH : nullptr, GH};
-    block_products<1, Acc>(
-        Product{}, dzh, a.batch, t < a.steps, slice, owned, GH, slice.stage,
-        [](int, int) { return Acc(0); },
-        [&](int64_t b, int u, const Acc* dh_next) {
-          backward_unit<T, C>(a, t, b, j0 + u, dh_next[0], dh_run, dc_run);
-        });
-    grid_sync();  // dzh[t-1] complete before any block reads it
-  }
+  constexpr int G = C::kGates;
+  for_direction<kDirections>(directions, [&](const auto& direction, int64_t block) {
+    const ForwardArgs<T>& a = direction.args;
+    const int64_t H = a.hidden, j0 = block * units;
+    const int owned = owned_units(H, units, j0);
+    const Shared<Weight> slice = load_slice<Weight>(G * owned, H, [&](int gu, int64_t k) {
+      return static_cast<Acc>(a.w_hh[((gu / owned) * H + j0 + gu % owned) * H + k]);
+    });
+    const auto bias = [&](int g, int u) {
+      return a.b_hh != nullptr ? static_cast<Acc>(a.b_hh[g * H + j0 + u]) : Acc(0);
+    };
+    for (int64_t t = 0; t < a.steps; ++t) {
+      block_products<G, Acc>(Product{}, previous_h(a, t), a.batch, true, slice, owned, H,
+                             slice.stage, bias, [&](int64_t b, int u, const Acc* zh) {
+                               forward_cell<T, C>(a, t, static_cast<T*>(nullptr), b, j0 + u, zh);
+                             });
+      grid_sync();  // y[t] complete before any block reads it
+    }
+  });
+}
+
+// One direction only: with both directions (kDirections 2), ptxas spilled 4-48 bytes in about
+// a third of the backward kernels, in every form tried (see for_direction), so the backward
+// runs its directions one launch after the other.
+template <typename T, class C, class Product, int kDirections>
+__global__ void __launch_bounds__(kThreads)
+    backward_persistent(Directions<BackwardArgs<T>, T> directions, int units) {
+  static_assert(kDirections == 1, "the backward runs one direction a launch");
+  using Acc = typename AccumulatorOf<T>::type;
+  using Weight = WeightOf<Product, Acc>;
+  for_direction<kDirections>(directions, [&](const auto& direction, int64_t block) {
+    const BackwardArgs<T>& a = direction.args;
+    const int64_t H = a.hidden, GH = C::kGates * H, j0 = block * units;
+    const int owned = owned_units(H, units, j0);
+    const Shared<Weight> slice = load_slice<Weight>(
+        owned, GH, [&](int u, int64_t k) { return static_cast<Acc>(a.w_hh[k * H + j0 + u]); });
+    for (int64_t t = a.steps; t >= 0; --t) {
+      // Nothing flows from step T.
+      const Rows<T> dzh{t < a.steps ? a.dzh + t * a.batch * GH : nullptr, GH};
+      block_products<1, Acc>(
+          Product{}, dzh, a.batch, t < a.steps, slice, owned, GH, slice.stage,
+          [](int, int) { return Acc(0); },
+          [&](int64_t b, int u, const Acc* dh_next) {
+            // (the running gradients read here: kept in registers, ptxas spilled)
+            backward_unit<T, C>(a, t, b, j0 + u, dh_next[0], direction.dh_run, direction.dc_run);
+          });
+      grid_sync();  // dzh[t-1] complete before any block reads it
+    }
+  });
 }
 
 // The step kernels' blocks: for Simt kUnits units along x, kRowThreads threads over rows along
@@ -716,8 +771,9 @@ auto with_product(Rounding rounding, F&& f) {
   return f(Simt{});
 }
 
-// The persistent path's launch for `hidden` units on the current device: units per block so
-// that one block per SM covers them all (a block per SM is always resident: 128 threads, and
+// The persistent path's launch for `hidden` units of each of `directions` directions on the
+// current device: units per block so that one block per SM covers them all (with both
+// directions, half the SMs a direction; a block per SM is always resident: 128 threads, and
 // shared memory within the per-block limit), and the bytes of its W_hh slice (WeightOf: 2 an
 // element for bfloat16 and float16), with a rounding also of the tensor cores' product tile
 // (the forward's, the larger), as load_slice lays them out.
@@ -728,7 +784,8 @@ struct PersistentPlan {
 };
 
 template <typename T>
-PersistentPlan persistent_plan(Cell cell, int64_t hidden, int64_t proj, Rounding rounding) {
+PersistentPlan persistent_plan(Cell cell, int64_t hidden, int64_t proj, Rounding rounding,
+                               int directions) {
   PersistentPlan plan;
   if (proj > 0) {
     plan.refusal = "the persistent path has no LSTM projection (proj_size > 0)";
@@ -751,7 +808,12 @@ PersistentPlan persistent_plan(Cell cell, int64_t hidden, int64_t proj, Rounding
     return plan;
   }
   using Acc = typename AccumulatorOf<T>::type;
-  const int64_t units = ceil_div(hidden, sms);
+  const int sms_per_direction = sms / directions;
+  if (sms_per_direction < 1) {
+    plan.refusal = "the device has fewer SMs than directions";
+    return plan;
+  }
+  const int64_t units = ceil_div(hidden, sms_per_direction);
   const int64_t columns = gate_count(cell) * units;  // of the forward's product
   const int64_t slice = with_product<T>(rounding, [&](auto product) {
     return slice_bytes<WeightOf<decltype(product), Acc>>(columns, hidden);
@@ -759,11 +821,12 @@ PersistentPlan persistent_plan(Cell cell, int64_t hidden, int64_t proj, Rounding
   const int64_t stage = rounding != Rounding::None ? mma::kM * stage_columns(columns) : 0;
   const int64_t bytes = slice + stage * int64_t(sizeof(float));
   if (bytes > max_shared || units > kThreads) {
-    plan.refusal = "hidden_size " + std::to_string(hidden) + " does not fit on this device's " +
-                   std::to_string(sms) + " SMs: each block's slice of W_hh (" +
-                   std::to_string(units) + " units, at most " + std::to_string(kThreads) + ") " +
-                   (stage > 0 ? "and its product tile take " : "takes ") + std::to_string(bytes) +
-                   " bytes of shared memory, at most " + std::to_string(max_shared);
+    plan.refusal =
+        "hidden_size " + std::to_string(hidden) + " does not fit on this device's " +
+        std::to_string(sms) + " SMs" + (directions > 1 ? " with both directions at once" : "") +
+        ": each block's slice of W_hh (" + std::to_string(units) + " units, at most " +
+        std::to_string(kThreads) + ") " + (stage > 0 ? "and its product tile take " : "takes ") +
+        std::to_string(bytes) + " bytes of shared memory, at most " + std::to_string(max_shared);
     return plan;
   }
   plan.units = static_cast<int>(units);
@@ -773,20 +836,54 @@ PersistentPlan persistent_plan(Cell cell, int64_t hidden, int64_t proj, Rounding
 }
 
 template <typename T>
-std::string persistent_refusal(Cell cell, int64_t hidden, int64_t proj, Rounding rounding) {
-  return persistent_plan<T>(cell, hidden, proj, rounding).refusal;
+std::string persistent_refusal(Cell cell, int64_t hidden, int64_t proj, Rounding rounding,
+                               int directions) {
+  return persistent_plan<T>(cell, hidden, proj, rounding, directions).refusal;
 }
 
-// The persistent path's launch of `kernel` (forward_ or backward_persistent) for the call's
-// sizes, with `extra` after its (args, units): cudaErrorInvalidValue where persistent_refusal
-// refuses the call.
-template <auto kernel, typename T, class Args, class... Extra>
-cudaError_t launch_persistent(const Args& a, Rounding rounding, cudaStream_t stream,
-                              Extra... extra) {
-  const PersistentPlan plan = persistent_plan<T>(a.cell, a.hidden, a.proj, rounding);
+// The persistent kernel of Args (ForwardArgs: forward_persistent, BackwardArgs:
+// backward_persistent).
+template <class Args, typename T, class C, class Product, int kDirections>
+constexpr auto persistent_kernel() {
+  if constexpr (std::is_same_v<Args, ForwardArgs<T>>)
+    return &forward_persistent<T, C, Product, kDirections>;
+  else
+    return &backward_persistent<T, C, Product, kDirections>;
+}
+
+// The persistent path's launch of kDirections directions (directions.of[0], and of[1] where
+// 2; their blocks set here) for the call's sizes: cudaErrorInvalidValue where
+// persistent_refusal refuses it.
+template <int kDirections, class Args, typename T>
+cudaError_t launch_persistent(Directions<Args, T> directions, Rounding rounding,
+                              cudaStream_t stream) {
+  const Args& a = directions.of[0].args;
+  const PersistentPlan plan = persistent_plan<T>(a.cell, a.hidden, a.proj, rounding, kDirections);
   if (!plan.refusal.empty()) return cudaErrorInvalidValue;
-  return launch_cooperative<kernel>(dim3(plan.blocks), dim3(kThreads), plan.shared_bytes, stream, a,
-                                    plan.units, extra...);
+  directions.blocks = plan.blocks;
+  return cells::visit_cell(a.cell, [&](auto cell) {
+    return with_product<T>(rounding, [&](auto product) {
+      constexpr auto kernel =
+          persistent_kernel<Args, T, decltype(cell), decltype(product), kDirections>();
+      return launch_cooperative<kernel>(dim3(kDirections * plan.blocks), dim3(kThreads),
+                                        plan.shared_bytes, stream, directions, plan.units);
+    });
+  });
+}
+
+// The backward's direction with its running gradients in the workspace (workspace_size):
+// dh_run [B, H] (nullptr with the projection), then dc_run [B, H].
+template <typename T>
+OneDirection<BackwardArgs<T>, T> running_gradients(const BackwardArgs<T>& a, T* workspace) {
+  if (a.proj > 0) return {a, nullptr, workspace};
+  return {a, workspace, workspace + a.batch * a.hidden};
+}
+
+// Whether the two directions of a pair have the same cell and sizes.
+template <class Args>
+bool same_sizes(const Args& a, const Args& b) {
+  return a.cell == b.cell && a.steps == b.steps && a.batch == b.batch && a.hidden == b.hidden &&
+         a.proj == b.proj;
 }
 
 // TODO(launch overhead): on the standard path, T (forward) and T + 1 (backward) launches per
@@ -796,12 +893,12 @@ template <typename T>
 cudaError_t recurrent_forward(const ForwardArgs<T>& a, T* workspace, cudaStream_t stream, Path path,
                               Rounding rounding) {
   if (a.batch == 0) return cudaSuccess;
+  if (path == Path::Persistent)
+    return launch_persistent<1>(Directions<ForwardArgs<T>, T>{{{a}, {a}}, 0}, rounding, stream);
   return cells::visit_cell(a.cell, [&](auto cell) {
     using C = decltype(cell);
     return with_product<T>(rounding, [&](auto product) {
       using Product = decltype(product);
-      if (path == Path::Persistent)
-        return launch_persistent<forward_persistent<T, C, Product>, T>(a, rounding, stream);
       return launch_steps(
           0, a.steps, 1, a.proj > 0,
           [&](int64_t t) {
@@ -820,19 +917,18 @@ template <typename T>
 cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStream_t stream,
                                Path path, Rounding rounding) {
   if (a.batch == 0) return cudaSuccess;
-  // The workspace (workspace_size): dh_run [B, H] without the projection, then dc_run [B, H].
-  const bool projected = a.proj > 0;
-  T* dh_run = projected ? nullptr : workspace;
-  T* dc_run = projected ? workspace : workspace + a.batch * a.hidden;
+  const OneDirection<BackwardArgs<T>, T> direction = running_gradients(a, workspace);
+  if (path == Path::Persistent)
+    return launch_persistent<1>(Directions<BackwardArgs<T>, T>{{direction, direction}, 0}, rounding,
+                                stream);
+  T* const dh_run = direction.dh_run;
+  T* const dc_run = direction.dc_run;
   return cells::visit_cell(a.cell, [&](auto cell) {
     using C = decltype(cell);
     return with_product<T>(rounding, [&](auto product) {
       using Product = decltype(product);
-      if (path == Path::Persistent)
-        return launch_persistent<backward_persistent<T, C, Product>, T>(a, rounding, stream, dh_run,
-                                                                        dc_run);
       return launch_steps(
-          a.steps, a.steps + 1, -1, projected,
+          a.steps, a.steps + 1, -1, a.proj > 0,
           [&](int64_t t) {
             return launch<backward_step<T, C, Product>>(step_grid(a.batch, state_size(a)),
                                                         step_block<Product>(), 0, stream, a, t,
@@ -846,11 +942,22 @@ cudaError_t recurrent_backward(const BackwardArgs<T>& a, T* workspace, cudaStrea
   });
 }
 
-#define RNNFAST_INSTANTIATE(T)                                                               \
-  template std::string persistent_refusal<T>(Cell, int64_t, int64_t, Rounding);              \
-  template cudaError_t recurrent_forward<T>(const ForwardArgs<T>&, T*, cudaStream_t, Path,   \
-                                            Rounding);                                       \
-  template cudaError_t recurrent_backward<T>(const BackwardArgs<T>&, T*, cudaStream_t, Path, \
+template <typename T>
+cudaError_t recurrent_forward_pair(const ForwardArgs<T>& forward, const ForwardArgs<T>& reverse,
+                                   cudaStream_t stream, Rounding rounding) {
+  if (!same_sizes(forward, reverse)) return cudaErrorInvalidValue;
+  if (forward.batch == 0) return cudaSuccess;
+  return launch_persistent<2>(Directions<ForwardArgs<T>, T>{{{forward}, {reverse}}, 0}, rounding,
+                              stream);
+}
+
+#define RNNFAST_INSTANTIATE(T)                                                                 \
+  template std::string persistent_refusal<T>(Cell, int64_t, int64_t, Rounding, int);           \
+  template cudaError_t recurrent_forward_pair<T>(const ForwardArgs<T>&, const ForwardArgs<T>&, \
+                                                 cudaStream_t, Rounding);                      \
+  template cudaError_t recurrent_forward<T>(const ForwardArgs<T>&, T*, cudaStream_t, Path,     \
+                                            Rounding);                                         \
+  template cudaError_t recurrent_backward<T>(const BackwardArgs<T>&, T*, cudaStream_t, Path,   \
                                              Rounding);
 RNNFAST_INSTANTIATE(float)
 RNNFAST_INSTANTIATE(double)

@@ -8,6 +8,7 @@ needed. A few minutes (two architectures, every cell, type and rounding), compil
 all tests.
 """
 
+import collections
 import os
 import pathlib
 import re
@@ -72,19 +73,23 @@ MMA_INSTRUCTIONS = {"Bf16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
                     "Tf32": "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"}
 
 
-# The kernels that take a kind of product (Simt or TensorCores<Op>): the standard path's step
-# kernels and the persistent path's, forward and backward.
-PRODUCT_KERNELS = ("forward_step", "backward_step", "forward_persistent", "backward_persistent")
+# The kernels that take a kind of product (Simt or TensorCores<Op>), forward and backward, and
+# how many of each there are per cell and operand type: the standard path's step kernels, and
+# the persistent path's (the forward's for one direction and for both directions of a layer at
+# once).
+PRODUCT_KERNELS = {"forward_step": 1, "backward_step": 1, "forward_persistent": 2,
+                   "backward_persistent": 1}
 
 
 def _check_tensor_core_kernels(instructions, op_of):
     """instructions: {function: its tensor-core instructions, both architectures'}. Exactly the
-    TensorCores kernels hold any: 4 cells x 3 operand types of each of PRODUCT_KERNELS, at
-    least one per architecture, each of its kernel's operand type (op_of(name, instruction):
-    whether the instruction is that of the Op in the name)."""
+    TensorCores kernels hold any: 4 cells x 3 operand types of each of PRODUCT_KERNELS (times
+    its count), at least one per architecture, each of its kernel's operand type (op_of(name,
+    instruction): whether the instruction is that of the Op in the name)."""
     tensor_cores = {k: v for k, v in instructions.items() if "TensorCores" in k}
-    kinds = [re.search(r"\d(%s)I" % "|".join(PRODUCT_KERNELS), k).group(1) for k in tensor_cores]
-    assert sorted(kinds) == sorted(PRODUCT_KERNELS * 12), sorted(instructions)
+    kinds = collections.Counter(
+        re.search(r"\d(%s)I" % "|".join(PRODUCT_KERNELS), k).group(1) for k in tensor_cores)
+    assert kinds == {k: 12 * n for k, n in PRODUCT_KERNELS.items()}, sorted(instructions)
     assert all(len(v) >= 2 for v in tensor_cores.values()), tensor_cores
     assert not {k: v for k, v in instructions.items() if v and k not in tensor_cores}
     wrong = {k: v for k, v in tensor_cores.items() if not all(op_of(k, i) for i in v)}

@@ -47,49 +47,67 @@ def _run(module, cell, dtype, x, d, options, to_device=_identity, to_host=_ident
     forward; d: dy, dh_n, dc_n; options: lengths, resets, w_hr (or None each); all NumPy arrays.
     to_device makes the module's arrays of NumPy ones, to_host the reverse. Returns the outputs
     as NumPy arrays."""
-    T_, B, GH = x["zx"].shape
-    H = GH // GATES[cell]
-    w_hr = options["w_hr"]
-    P = 0 if w_hr is None else w_hr.shape[0]
-    R = P or H
-    lstm, per_unit = cell == "lstm", _cpu.saved_per_unit(cell)
+    return _run_directions(module, cell, dtype, [(x, d, options)], to_device, to_host, path,
+                           rounding)[0]
+
+
+def _run_directions(module, cell, dtype, problems, to_device=_identity, to_host=_identity,
+                    path="standard", rounding=None):
+    """_run of each problem (x, d, options) in `problems`: one, or two, both directions of a
+    layer, their forward in one persistent launch (the CUDA module's recurrent_forward_pair),
+    then each one's backward on the persistent path. Returns the outputs of each."""
     dev = lambda a: None if a is None else to_device(a)  # noqa: E731
-    out = {"y": _nan((T_, B, R), dtype), "h_n": _nan((B, R), dtype),
-           "c_n": _nan((B, H), dtype, lstm),
-           "saved": _nan((T_, B, per_unit * H), dtype, per_unit > 0),
-           "dzx": _nan((T_, B, GH), dtype), "dzh": _nan((T_, B, GH), dtype, cell == "gru"),
-           "dh0": _nan((B, R), dtype), "dc0": _nan((B, H), dtype, lstm),
-           "dh_proj": _nan((T_, B, R), dtype, P > 0)}
-    out = {k: dev(v) for k, v in out.items()}
-    x, d = {k: dev(v) for k, v in x.items()}, {k: dev(v) for k, v in d.items()}
-    seq = {k: dev(options[k]) for k in ("lengths", "resets", "w_hr")}
+    forward, backward, outputs, workspaces = [], [], [], {"forward": [], "backward": []}
+    for x, d, options in problems:
+        T_, B, GH = x["zx"].shape
+        H = GH // GATES[cell]
+        w_hr = options["w_hr"]
+        P = 0 if w_hr is None else w_hr.shape[0]
+        R = P or H
+        lstm, per_unit = cell == "lstm", _cpu.saved_per_unit(cell)
+        out = {"y": _nan((T_, B, R), dtype), "h_n": _nan((B, R), dtype),
+               "c_n": _nan((B, H), dtype, lstm),
+               "saved": _nan((T_, B, per_unit * H), dtype, per_unit > 0),
+               "dzx": _nan((T_, B, GH), dtype), "dzh": _nan((T_, B, GH), dtype, cell == "gru"),
+               "dh0": _nan((B, R), dtype), "dc0": _nan((B, H), dtype, lstm),
+               "dh_proj": _nan((T_, B, R), dtype, P > 0)}
+        out = {k: dev(v) for k, v in out.items()}
+        x, d = {k: dev(v) for k, v in x.items()}, {k: dev(v) for k, v in d.items()}
+        seq = [dev(options[k]) for k in ("lengths", "resets", "w_hr")]
+        forward.append((cell, x["zx"], x["w_hh"], x["b_hh"], x["h0"], x["c0"], out["y"],
+                        out["h_n"], out["c_n"], out["saved"], *seq))
+        backward.append((cell, x["w_hh"], x["h0"], x["c0"], out["y"], out["saved"], d["dy"],
+                         d["dh_n"], d["dc_n"], out["dzx"], out["dzh"], out["dh0"], out["dc0"],
+                         *seq, out["dh_proj"]))
+        outputs.append(out)
+        if module is not _cpu:  # the CUDA modules' scratch memory, poisoned too
+            for direction in workspaces:
+                size = module.workspace_size(direction, cell, B, H, P)
+                workspaces[direction].append(dev(_nan(size, dtype)))
+    if len(problems) == 2:
+        module.recurrent_forward_pair(*forward, workspaces=tuple(workspaces["forward"]),
+                                      rounding=rounding)
+        for args, workspace in zip(backward, workspaces["backward"]):
+            module.recurrent_backward(*args, workspace=workspace, path="persistent",
+                                      rounding=rounding)
+    else:
+        def options(direction):
+            if module is _cpu:
+                return {}
+            return {"path": path, "rounding": rounding, "workspace": workspaces[direction][0]}
+        module.recurrent_forward(*forward[0], **options("forward"))
+        module.recurrent_backward(*backward[0], **options("backward"))
+    return [{k: None if v is None else to_host(v) for k, v in out.items()} for out in outputs]
 
-    def workspace(direction):  # the CUDA modules' scratch memory, poisoned too, and the path
-        if module is _cpu:
-            return {}
-        return {"workspace": dev(_nan(module.workspace_size(direction, cell, B, H, P), dtype)),
-                "path": path, "rounding": rounding}
 
-    module.recurrent_forward(cell, x["zx"], x["w_hh"], x["b_hh"], x["h0"], x["c0"], out["y"],
-                             out["h_n"], out["c_n"], out["saved"], **seq,
-                             **workspace("forward"))
-    module.recurrent_backward(cell, x["w_hh"], x["h0"], x["c0"], out["y"], out["saved"],
-                              d["dy"], d["dh_n"], d["dc_n"], out["dzx"], out["dzh"], out["dh0"],
-                              out["dc0"], **seq, dh_proj=out["dh_proj"],
-                              **workspace("backward"))
-    return {k: None if v is None else to_host(v) for k, v in out.items()}
-
-
-def compare_with_cpu(module, cell, dtype, shape, optional, lengths=False, resets=False,
-                     proj=False, to_device=_identity, to_host=_identity, path="standard"):
-    """A CUDA module's kernels (on `path`) against the CPU's on one random problem (see _run).
-    optional: b_hh, dh_n and dc_n given (else None); lengths: every length from 0 to T, the
-    first row T and the last 0; resets: about 30% of the steps; proj: the LSTM projection,
-    P = 2H/3. Returns the CUDA module's outputs."""
+def _problem(cell, dtype, shape, optional, lengths=False, resets=False, proj=False, seed=""):
+    """A random problem for _run, (x, d, options). optional: b_hh, dh_n and dc_n given (else
+    None); lengths: every length from 0 to T, the first row T and the last 0; resets: about 30%
+    of the steps; proj: the LSTM projection, P = 2H/3; seed: what else the seed depends on."""
     T_, B, H = shape
     G, lstm = GATES[cell], cell == "lstm"
-    rng = np.random.default_rng(
-        sum(map(ord, f"{cell}{np.dtype(dtype)}{shape}{optional}{lengths}{resets}{proj}")))
+    rng = np.random.default_rng(sum(map(
+        ord, f"{cell}{np.dtype(dtype)}{shape}{optional}{lengths}{resets}{proj}{seed}")))
     draw = lambda *s: (0.5 * rng.standard_normal(s)).astype(dtype)  # noqa: E731
     P = max(1, 2 * H // 3) if proj else 0
     R = P or H
@@ -105,10 +123,13 @@ def compare_with_cpu(module, cell, dtype, shape, optional, lengths=False, resets
         options["lengths"] = n.astype(np.int64)
     if resets:
         options["resets"] = rng.random((T_, B)) < 0.3
-    cpu = _run(_cpu, cell, dtype, x, d, options)
-    got = _run(module, cell, dtype, x, d, options, to_device, to_host, path)
+    return x, d, options
+
+
+def _check_against(got, expected_outputs, dtype):
+    """got (outputs of _run) against the CPU kernels' (expected_outputs) within TOL."""
     failures = []
-    for name, expected in cpu.items():
+    for name, expected in expected_outputs.items():
         if expected is None:
             continue
         if np.isnan(got[name]).any():
@@ -118,6 +139,15 @@ def compare_with_cpu(module, cell, dtype, shape, optional, lengths=False, resets
         if not err <= TOL[dtype]:
             failures.append(f"{name}: rel err {err:.2e} > {TOL[dtype]:.0e}")
     assert not failures, "; ".join(failures)
+
+
+def compare_with_cpu(module, cell, dtype, shape, optional, lengths=False, resets=False,
+                     proj=False, to_device=_identity, to_host=_identity, path="standard"):
+    """A CUDA module's kernels (on `path`) against the CPU's on one random problem (_problem,
+    whose arguments these are). Returns the CUDA module's outputs."""
+    x, d, options = _problem(cell, dtype, shape, optional, lengths, resets, proj)
+    got = _run(module, cell, dtype, x, d, options, to_device, to_host, path)
+    _check_against(got, _run(_cpu, cell, dtype, x, d, options), dtype)
     return got
 
 
@@ -188,6 +218,65 @@ def test_persistent_path_refuses_what_it_cannot_run():
         compare_with_cpu(emu, "lstm", np.float32, (2, 3, 7), True, proj=True, path="persistent")
     with pytest.raises(ValueError, match="path must be"):
         compare_with_cpu(emu, "gru", np.float32, (2, 3, 7), True, path="fast")
+
+
+# Both directions of a bidirectional layer's forward in one persistent launch
+# (recurrent_forward_pair; 4 of the emulated device's 8 SMs a direction): each direction its own
+# problem (the reverse one, as rnnfast.functional gives it, with the same lengths and resets of
+# its own), equal bit for bit to its own persistent launch (each item's sums are the same
+# whatever a block's units), so to the standard path (test_persistent_path_matches_cpu_and_-
+# standard), and within TOL of the CPU kernels; forward, and the backward from its results, the
+# tails of
+# PERSISTENT_SHAPES (with 4 SMs a direction: H = 33, 9 units a block, the last 6; H = 130, 33
+# and 31, more than 128 / 33 = 3 rows for B = 9).
+def _both_directions(cell, dtype, shape, sequence, rounding=None):
+    """(the pair's outputs, each direction's own persistent launch's, the problems)."""
+    problems = [_problem(cell, dtype, shape, True, sequence, sequence, seed=direction)
+                for direction in ("forward", "reverse")]
+    problems[1][2]["lengths"] = problems[0][2]["lengths"]  # one layer's sequences
+    pair = _run_directions(emu, cell, dtype, problems, rounding=rounding)
+    single = [_run(emu, cell, dtype, *problem, path="persistent", rounding=rounding)
+              for problem in problems]
+    for got, expected in zip(pair, single):
+        for name, value in expected.items():
+            if value is not None:
+                np.testing.assert_array_equal(got[name], value, err_msg=name)
+    return pair, problems
+
+
+@pytest.mark.parametrize("options", ["given", "lengths-resets"])
+@pytest.mark.parametrize("shape", PERSISTENT_SHAPES, ids=_ids(PERSISTENT_SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_both_directions_in_one_launch(cell, dtype, shape, options):
+    pair, problems = _both_directions(cell, dtype, shape,
+                                      options == "lengths-resets" and shape[1] > 1)
+    for got, problem in zip(pair, problems):
+        _check_against(got, _run(_cpu, cell, dtype, *problem), dtype)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 7), (2, 17, 130)], ids=_ids([(4, 3, 7), (2, 17, 130)]))
+@pytest.mark.parametrize("name", ["bf16", "f16", "tf32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_both_directions_in_one_launch_on_tensor_cores(cell, name, shape):
+    _both_directions(cell, np.float32, shape, shape[1] > 1, rounding=ROUNDINGS[name][0])
+
+
+def test_both_directions_refused_where_they_do_not_fit():
+    """With 4 SMs a direction, an LSTM of H = 256 in float32 needs 64 units x 4 gates x 256 x 4
+    bytes = 256 KiB a block (one direction: 128 KiB): refused, and so are two directions of
+    different sizes."""
+    assert emu.persistent_refusal("lstm", 256) == ""
+    assert "both directions" in emu.persistent_refusal("lstm", 256, directions=2)
+    assert emu.persistent_refusal("lstm", 130, directions=2) == ""
+    problems = [_problem("lstm", np.float32, (2, 3, 256), False)] * 2
+    with pytest.raises(ValueError, match="both directions at once"):
+        _run_directions(emu, "lstm", np.float32, problems)
+    problems = [_problem("gru", np.float32, (2, 3, h), False) for h in (7, 8)]
+    with pytest.raises(ValueError, match="same cell and sizes"):
+        _run_directions(emu, "gru", np.float32, problems)
+    with pytest.raises(ValueError, match="directions 1 or 2"):
+        emu.persistent_refusal("gru", 7, directions=3)
 
 
 @pytest.mark.parametrize("cell", CELLS)
