@@ -19,16 +19,20 @@
 //                     grid-wide barrier once per step. Not with the LSTM projection, and only
 //                     where the slices fit on the device's SMs: persistent_refusal says why
 //                     not (the launchers then return cudaErrorInvalidValue).
+//                     recurrent_forward_pair runs both directions of a bidirectional layer's
+//                     forward in one such launch, half of the SMs a direction
+//                     (persistent_refusal with directions 2 says whether they fit); the
+//                     backward runs one direction a launch (see backward_persistent).
 // Rounding (float32 only): what the recurrent matmul rounds its operands to before multiplying
 // them with float32 sums (rnnfast._dtypes.matmul_rounding: bfloat16 and float16 for the 16-bit
-// layers, which reach the kernels widened to float32; TF32 for float32 under "high"). The
-// persistent path then multiplies on the tensor cores (mma.sync, cuda/mma.cuh), forward and
-// backward: both operands are rounded (h_{t-1} and W_hh forward, dzh_t and W_hh backward, as the
-// CPU's bfloat16 kernels round them), and its sums run in the hardware's order, so its values
-// are no longer the standard path's bit for bit. The standard path multiplies in float32
-// whatever the rounding says (its tensor-core version is later work).
+// layers, which reach the kernels widened to float32; TF32 for float32 under "high"). Both
+// paths then multiply on the tensor cores (mma.sync, cuda/mma.cuh), forward and backward: both
+// operands are rounded (h_{t-1} and W_hh forward, dzh_t and W_hh backward, as the CPU's
+// bfloat16 kernels round them), and the sums run in the hardware's order, so the two paths'
+// values are no longer equal bit for bit. The LSTM projection's products (standard path only)
+// stay float32.
 // Not yet here (later steps of the CUDA backend): the standard path's launch overhead cut by a
-// CUDA graph, tensor cores on the standard path, float16 and bfloat16 storage.
+// CUDA graph, float16 and bfloat16 storage.
 #pragma once
 
 #include <cstdint>
@@ -58,10 +62,11 @@ enum class Path { Standard, Persistent };
 enum class Rounding { None, Bfloat16, Float16, Tf32 };
 
 // Why Path::Persistent cannot run a call with these sizes on the current device, with T
-// storage and this rounding; "" where it can.
+// storage and this rounding, for one direction or both directions of a layer at once
+// (directions 2, recurrent_forward_pair); "" where it can.
 template <typename T>
 std::string persistent_refusal(Cell cell, int64_t hidden, int64_t proj,
-                               Rounding rounding = Rounding::None);
+                               Rounding rounding = Rounding::None, int directions = 1);
 
 template <typename T>
 cudaError_t recurrent_forward(const ForwardArgs<T>& args, T* workspace, cudaStream_t stream,
@@ -70,5 +75,15 @@ cudaError_t recurrent_forward(const ForwardArgs<T>& args, T* workspace, cudaStre
 template <typename T>
 cudaError_t recurrent_backward(const BackwardArgs<T>& args, T* workspace, cudaStream_t stream,
                                Path path = Path::Standard, Rounding rounding = Rounding::None);
+
+// Both directions of a bidirectional layer in one persistent launch: what recurrent_forward
+// with Path::Persistent computes for `forward` and for `reverse` (its own
+// arguments: rnnfast.functional gives the reverse direction each sequence reversed within its
+// length, and resets of its own), each direction on its own half of the blocks. The two must
+// have the same cell and sizes (else cudaErrorInvalidValue, as where persistent_refusal with
+// directions 2 refuses them).
+template <typename T>
+cudaError_t recurrent_forward_pair(const ForwardArgs<T>& forward, const ForwardArgs<T>& reverse,
+                                   cudaStream_t stream, Rounding rounding = Rounding::None);
 
 }  // namespace rnnfast::cuda

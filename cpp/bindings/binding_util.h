@@ -224,6 +224,74 @@ void check_sequence_options(Checker& check, Args& args, const pybind11::handle& 
   args.resets = check.template optional_input<uint8_t>(resets, "resets", {args.steps, args.batch});
 }
 
+// recurrent_forward's arrays checked into args, whose cell and sizes args_with_sizes set (d).
+template <class Checker, class Args>
+void check_forward_arrays(Checker& check, Args& args, const Dims& d, Handle zx, Handle w_hh,
+                          Handle b_hh, Handle h0, Handle c0, Handle y, Handle h_n, Handle c_n,
+                          Handle saved, Handle lengths, Handle resets, Handle w_hr) {
+  args.zx = check.input(zx, "zx", {d.T, d.B, d.G * d.H});
+  args.w_hh = check.input(w_hh, "w_hh", {d.G * d.H, d.R});
+  args.b_hh = check.optional_input(b_hh, "b_hh", {d.G * d.H});
+  args.h0 = check.input(h0, "h0", {d.B, d.R});
+  args.y = check.output(y, "y", {d.T, d.B, d.R});
+  args.h_n = check.output(h_n, "h_n", {d.B, d.R});
+  if (args.cell == Cell::Lstm) {
+    args.c0 = check.input(c0, "c0", {d.B, d.H});
+    args.c_n = check.output(c_n, "c_n", {d.B, d.H});
+  } else {
+    check.require_none(c0, "c0", "for this cell (only the LSTM has a cell state)");
+    check.require_none(c_n, "c_n", "for this cell (only the LSTM has a cell state)");
+  }
+  if (d.S > 0)
+    args.saved = check.optional_output(saved, "saved", {d.T, d.B, d.S * d.H});
+  else
+    check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
+  args.w_hr = check.optional_input(w_hr, "w_hr", {d.P, d.H});
+  check_sequence_options(check, args, lengths, resets);
+}
+
+// The same for recurrent_backward's, into BackwardArgs.
+template <class Checker, class Args>
+void check_backward_arrays(Checker& check, Args& args, const Dims& d, Handle w_hh, Handle h0,
+                           Handle c0, Handle y, Handle saved, Handle dy, Handle dh_n, Handle dc_n,
+                           Handle dzx, Handle dzh, Handle dh0, Handle dc0, Handle lengths,
+                           Handle resets, Handle w_hr, Handle dh_proj) {
+  args.w_hh = check.input(w_hh, "w_hh", {d.G * d.H, d.R});
+  args.h0 = check.input(h0, "h0", {d.B, d.R});
+  args.y = check.input(y, "y", {d.T, d.B, d.R});
+  if (d.S > 0)
+    args.saved = check.input(saved, "saved", {d.T, d.B, d.S * d.H});
+  else
+    check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
+  args.dy = check.input(dy, "dy", {d.T, d.B, d.R});
+  args.dh_n = check.optional_input(dh_n, "dh_n", {d.B, d.R});
+  args.dzx = check.output(dzx, "dzx", {d.T, d.B, d.G * d.H});
+  if (args.cell == Cell::Gru) {
+    args.dzh = check.output(dzh, "dzh", {d.T, d.B, d.G * d.H});
+  } else {
+    check.require_none(dzh, "dzh", "for this cell (its dzh equals dzx)");
+    args.dzh = args.dzx;
+  }
+  args.dh0 = check.output(dh0, "dh0", {d.B, d.R});
+  if (args.cell == Cell::Lstm) {
+    args.c0 = check.input(c0, "c0", {d.B, d.H});
+    args.dc_n = check.optional_input(dc_n, "dc_n", {d.B, d.H});
+    args.dc0 = check.output(dc0, "dc0", {d.B, d.H});
+  } else {
+    const char* why = "for this cell (only the LSTM has a cell state)";
+    check.require_none(c0, "c0", why);
+    check.require_none(dc_n, "dc_n", why);
+    check.require_none(dc0, "dc0", why);
+  }
+  if (d.P > 0) {
+    args.w_hr = check.input(w_hr, "w_hr", {d.P, d.H});
+    args.dh_proj = check.output(dh_proj, "dh_proj", {d.T, d.B, d.P});
+  } else {
+    check.require_none(dh_proj, "dh_proj", "without the projection (w_hr None)");
+  }
+  check_sequence_options(check, args, lengths, resets);
+}
+
 // The recurrent_forward of every backend's module: checks every argument (the arrays through
 // Backend::Reader) into ForwardArgs, then Backend::run(check, args, options...) checks what is
 // the backend's own (its keyword-only `options`) and runs the kernels.
@@ -233,25 +301,8 @@ void forward_binding(const std::string& cell, Handle zx, Handle w_hh, Handle b_h
                      Handle resets, Handle w_hr, Options... options) {
   with_sized_args<ForwardArgs, typename Backend::Reader>(
       cell, zx, "zx", w_hh, w_hr, [&](auto& check, auto& args, const Dims& d) {
-        args.zx = check.input(zx, "zx", {d.T, d.B, d.G * d.H});
-        args.w_hh = check.input(w_hh, "w_hh", {d.G * d.H, d.R});
-        args.b_hh = check.optional_input(b_hh, "b_hh", {d.G * d.H});
-        args.h0 = check.input(h0, "h0", {d.B, d.R});
-        args.y = check.output(y, "y", {d.T, d.B, d.R});
-        args.h_n = check.output(h_n, "h_n", {d.B, d.R});
-        if (args.cell == Cell::Lstm) {
-          args.c0 = check.input(c0, "c0", {d.B, d.H});
-          args.c_n = check.output(c_n, "c_n", {d.B, d.H});
-        } else {
-          check.require_none(c0, "c0", "for this cell (only the LSTM has a cell state)");
-          check.require_none(c_n, "c_n", "for this cell (only the LSTM has a cell state)");
-        }
-        if (d.S > 0)
-          args.saved = check.optional_output(saved, "saved", {d.T, d.B, d.S * d.H});
-        else
-          check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
-        args.w_hr = check.optional_input(w_hr, "w_hr", {d.P, d.H});
-        check_sequence_options(check, args, lengths, resets);
+        check_forward_arrays(check, args, d, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths,
+                             resets, w_hr);
         Backend::run(check, args, options...);
       });
 }
@@ -264,40 +315,8 @@ void backward_binding(const std::string& cell, Handle w_hh, Handle h0, Handle c0
                       Handle dh_proj, Options... options) {
   with_sized_args<BackwardArgs, typename Backend::Reader>(
       cell, dzx, "dzx", w_hh, w_hr, [&](auto& check, auto& args, const Dims& d) {
-        args.w_hh = check.input(w_hh, "w_hh", {d.G * d.H, d.R});
-        args.h0 = check.input(h0, "h0", {d.B, d.R});
-        args.y = check.input(y, "y", {d.T, d.B, d.R});
-        if (d.S > 0)
-          args.saved = check.input(saved, "saved", {d.T, d.B, d.S * d.H});
-        else
-          check.require_none(saved, "saved", "for this cell (it saves nothing besides y)");
-        args.dy = check.input(dy, "dy", {d.T, d.B, d.R});
-        args.dh_n = check.optional_input(dh_n, "dh_n", {d.B, d.R});
-        args.dzx = check.output(dzx, "dzx", {d.T, d.B, d.G * d.H});
-        if (args.cell == Cell::Gru) {
-          args.dzh = check.output(dzh, "dzh", {d.T, d.B, d.G * d.H});
-        } else {
-          check.require_none(dzh, "dzh", "for this cell (its dzh equals dzx)");
-          args.dzh = args.dzx;
-        }
-        args.dh0 = check.output(dh0, "dh0", {d.B, d.R});
-        if (args.cell == Cell::Lstm) {
-          args.c0 = check.input(c0, "c0", {d.B, d.H});
-          args.dc_n = check.optional_input(dc_n, "dc_n", {d.B, d.H});
-          args.dc0 = check.output(dc0, "dc0", {d.B, d.H});
-        } else {
-          const char* why = "for this cell (only the LSTM has a cell state)";
-          check.require_none(c0, "c0", why);
-          check.require_none(dc_n, "dc_n", why);
-          check.require_none(dc0, "dc0", why);
-        }
-        if (d.P > 0) {
-          args.w_hr = check.input(w_hr, "w_hr", {d.P, d.H});
-          args.dh_proj = check.output(dh_proj, "dh_proj", {d.T, d.B, d.P});
-        } else {
-          check.require_none(dh_proj, "dh_proj", "without the projection (w_hr None)");
-        }
-        check_sequence_options(check, args, lengths, resets);
+        check_backward_arrays(check, args, d, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh, dh0,
+                              dc0, lengths, resets, w_hr, dh_proj);
         Backend::run(check, args, options...);
       });
 }

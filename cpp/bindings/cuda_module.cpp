@@ -18,9 +18,11 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "binding_util.h"
@@ -239,45 +241,111 @@ Rounding parse_rounding(const py::object& rounding) {
                         std::string(py::repr(rounding)));
 }
 
-// The CUDA backend of bindings::def_recurrent. run: once every argument is checked, takes the
-// workspace, refuses overlapping outputs and a persistent path that cannot run the call, does
-// nothing for B = 0, else checks where the arrays are and enqueues the kernels on the stream
-// without the GIL; its options: workspace, stream, path, rounding.
+// The CUDA backend of bindings::def_recurrent (run), and of recurrent_forward_pair
+// (run_directions with two directions): once every argument is checked, takes the workspaces,
+// refuses overlapping outputs and a persistent path that cannot run the call, does nothing for B =
+// 0, else checks where the arrays are and enqueues the kernels on the stream without the GIL; its
+// options: workspace, stream, path, rounding.
 struct CudaRecurrence {
   using Reader = cuda::Reader;
 
   template <class Checker, class Args>
   static void run(Checker& check, const Args& args, py::object workspace, py::object stream,
                   const std::string& path_name, py::object rounding_name) {
+    run_directions<1>(check, std::array<Args, 1>{args}, {workspace}, stream, parse_path(path_name),
+                      rounding_name);
+  }
+
+  // N = 1: one direction on `path`; N = 2: both directions of a bidirectional layer's forward
+  // in one persistent launch (recurrent_forward_pair), args and workspaces[d] of direction d.
+  template <size_t N, class Checker, class Args>
+  static void run_directions(Checker& check, const std::array<Args, N>& args,
+                             const std::array<py::object, N>& workspaces, py::object stream,
+                             Path path, py::object rounding_name) {
     using T = typename Checker::Element;
     const cudaStream_t cuda_stream = parse_stream(stream);
-    const Path path = parse_path(path_name);
     const Rounding rounding = parse_rounding(rounding_name);
+    if (rounding != Rounding::None && !std::is_same_v<T, float>)
+      throw py::value_error("a rounding of the matmul's operands needs float32");
     constexpr bool kForward = std::is_same_v<Args, ForwardArgs<T>>;
     const Direction direction = kForward ? Direction::Forward : Direction::Backward;
-    auto* scratch =
-        check.scratch(workspace, "workspace",
-                      workspace_size(direction, args.cell, args.batch, args.hidden, args.proj));
+    const Args& a = args[0];
+    const int64_t size = workspace_size(direction, a.cell, a.batch, a.hidden, a.proj);
+    const char* names[] = {N == 1 ? "workspace" : "workspaces[0]", "workspaces[1]"};
+    std::array<T*, N> scratch;
+    for (size_t d = 0; d < N; ++d) scratch[d] = check.scratch(workspaces[d], names[d], size);
     check.check_no_overlap();
     if (path == Path::Persistent) {
       const std::string refusal =
-          persistent_refusal<T>(args.cell, args.hidden, args.proj, rounding);
+          persistent_refusal<T>(a.cell, a.hidden, a.proj, rounding, static_cast<int>(N));
       if (!refusal.empty())
         throw py::value_error("path='persistent' cannot run this call: " + refusal);
     }
-    if (args.batch == 0) return;
+    if (a.batch == 0) return;
     Reader::check_memory(check);
     cudaError_t status;
     {
       py::gil_scoped_release release;
-      if constexpr (kForward)
-        status = recurrent_forward(args, scratch, cuda_stream, path, rounding);
-      else
-        status = recurrent_backward(args, scratch, cuda_stream, path, rounding);
+      if constexpr (N == 2) {
+        static_assert(kForward, "both directions in one launch: the forward only");
+        status = recurrent_forward_pair(a, args[1], cuda_stream, rounding);
+      } else if constexpr (kForward) {
+        status = recurrent_forward(a, scratch[0], cuda_stream, path, rounding);
+      } else {
+        status = recurrent_backward(a, scratch[0], cuda_stream, path, rounding);
+      }
     }
     check_cuda(status, kForward ? "rnnfast recurrent_forward" : "rnnfast recurrent_backward");
   }
 };
+
+// The handles of `arguments`, a tuple of N positional arguments (named `what` in errors).
+template <size_t N>
+std::array<py::handle, N> positional(const py::tuple& arguments, const char* what) {
+  if (arguments.size() != N)
+    throw py::value_error(std::string(what) + " must be a tuple of " + std::to_string(N) +
+                          " arguments, not " + std::to_string(arguments.size()));
+  std::array<py::handle, N> handles;
+  for (size_t i = 0; i < N; ++i) handles[i] = arguments[i];
+  return handles;
+}
+
+// bindings::check_forward_arrays(check, args, dims, h[1], ..., h[12]): the arguments after
+// the cell.
+template <class Checker, class Args, size_t... I>
+void check_forward_handles(Checker& check, Args& args, const bindings::Dims& d,
+                           const std::array<py::handle, 13>& h, std::index_sequence<I...>) {
+  bindings::check_forward_arrays(check, args, d, h[I + 1]...);
+}
+
+// recurrent_forward_pair: `forward` and `reverse`, each a tuple of the 13 positional arguments
+// of recurrent_forward, checked by one checker, so that no output overlaps an argument of
+// either direction; the two must have the same cell and sizes.
+void forward_pair(const py::tuple& forward, const py::tuple& reverse, const py::tuple& workspaces,
+                  py::object stream, py::object rounding) {
+  const std::array<py::handle, 13> h[] = {positional<13>(forward, "forward"),
+                                          positional<13>(reverse, "reverse")};
+  const auto w = positional<2>(workspaces, "workspaces");
+  // zx, w_hh and w_hr at 1, 2 and 12
+  bindings::with_sized_args<ForwardArgs, Reader>(
+      py::str(h[0][0]), h[0][1], "zx", h[0][2], h[0][12],
+      [&](auto& check, auto& first, const bindings::Dims& d) {
+        using Args = std::decay_t<decltype(first)>;
+        const Args second = bindings::args_with_sizes<Args, Reader>(py::str(h[1][0]), h[1][1], "zx",
+                                                                    h[1][2], h[1][12]);
+        if (second.cell != first.cell || second.steps != first.steps ||
+            second.batch != first.batch || second.hidden != first.hidden ||
+            second.proj != first.proj)
+          throw py::value_error("the two directions must have the same cell and sizes");
+        std::array<Args, 2> args{first, second};
+        for (size_t i = 0; i < 2; ++i)
+          check_forward_handles(check, args[i], d, h[i], std::make_index_sequence<12>{});
+        CudaRecurrence::run_directions<2>(
+            check, args,
+            {py::reinterpret_borrow<py::object>(w[0]), py::reinterpret_borrow<py::object>(w[1])},
+            stream, Path::Persistent, rounding);
+      });
+}
 
 }  // namespace
 }  // namespace rnnfast::cuda
@@ -317,19 +385,30 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
           " (lengths int64 [B], resets bool or uint8 [T, B]). lengths must lie in [0, T]: the "
           "kernels do not check it (the caller must). workspace: a 1-D array of the data's "
           "dtype with at least workspace_size('forward', cell, B, H, P) elements (None where "
-          "that is 0); its contents are undefined afterwards. rounding (float32): None, or what "
-          "the recurrent matmul rounds its operands to ('bfloat16', 'float16', 'tf32'): with "
-          "path='persistent' it multiplies them on the tensor cores (float32 sums); the "
-          "standard path multiplies in float32 whatever it says.",
+          "that is 0); its contents are undefined afterwards. rounding (float32 only): None, or "
+          "what the recurrent matmul rounds its operands to ('bfloat16', 'float16', 'tf32'): "
+          "both paths then multiply h_{t-1} and W_hh so rounded on the tensor cores (float32 "
+          "sums); the LSTM projection's product stays float32.",
       std::string("Backward through time of recurrent_forward, enqueued on `stream`: the "
                   "arguments and results of rnnfast._cpu.recurrent_backward, as ") +
           arrays +
           ". lengths must lie in [0, T] (unchecked). workspace: at least "
           "workspace_size('backward', cell, B, H, P) elements (None where that is 0). "
-          "rounding: as in recurrent_forward (with path='persistent', dzh W_hh is multiplied "
-          "on the tensor cores, dzh and W_hh rounded).",
+          "rounding: as in recurrent_forward (dzh W_hh is multiplied on the tensor cores, dzh "
+          "and W_hh rounded).",
       py::arg("workspace") = py::none(), py::arg("stream") = 0, py::arg("path") = "standard",
       py::arg("rounding") = py::none());
+  m.def("recurrent_forward_pair", &forward_pair, py::arg("forward"), py::arg("reverse"),
+        py::kw_only(), py::arg("workspaces") = py::make_tuple(py::none(), py::none()),
+        py::arg("stream") = 0, py::arg("rounding") = py::none(),
+        "recurrent_forward of both directions of a bidirectional layer in one persistent launch "
+        "(each on half of the device's SMs, one grid-wide barrier a step for both): `forward` "
+        "and `reverse`, each a tuple of the positional arguments of recurrent_forward (the "
+        "reverse direction's own: its sequences reversed within their lengths, its own "
+        "resets), of the same cell and sizes; workspaces: each direction's, as its workspace. "
+        "Computes what two calls with path='persistent' compute; refused (ValueError) where "
+        "persistent_refusal(..., directions=2) says why. (The backward runs one direction a "
+        "call.)");
   m.def(
       "workspace_size",
       [](const std::string& direction, const std::string& cell, int64_t batch, int64_t hidden,
@@ -345,20 +424,23 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
   m.def(
       "persistent_refusal",
       [](const std::string& cell, int64_t hidden, int64_t proj, const std::string& dtype,
-         const py::object& rounding) {
-        if (hidden < 1 || proj < 0)
-          throw py::value_error("persistent_refusal needs hidden >= 1, proj >= 0");
+         const py::object& rounding, int directions) {
+        if (hidden < 1 || proj < 0 || directions < 1 || directions > 2)
+          throw py::value_error(
+              "persistent_refusal needs hidden >= 1, proj >= 0, directions 1 or 2");
         const Rounding r = parse_rounding(rounding);
-        if (dtype == "float32") return persistent_refusal<float>(parse_cell(cell), hidden, proj, r);
+        if (dtype == "float32")
+          return persistent_refusal<float>(parse_cell(cell), hidden, proj, r, directions);
         if (dtype == "float64")
-          return persistent_refusal<double>(parse_cell(cell), hidden, proj, r);
+          return persistent_refusal<double>(parse_cell(cell), hidden, proj, r, directions);
         throw py::value_error("dtype must be 'float32' or 'float64', not '" + dtype + "'");
       },
       py::arg("cell"), py::arg("hidden"), py::arg("proj") = 0, py::arg("dtype") = "float32",
-      py::arg("rounding") = py::none(),
+      py::arg("rounding") = py::none(), py::arg("directions") = 1,
       "Why path='persistent' cannot run a layer of this cell and sizes on the current device "
-      "with this rounding ('' where it can): the LSTM projection, a rounding with float64, or "
-      "a W_hh too large for the device's shared memory.");
+      "with this rounding ('' where it can), one direction or both at once (directions=2: "
+      "recurrent_forward_pair): the LSTM projection, a rounding with float64, or a W_hh too "
+      "large for the device's shared memory.");
   m.def(
       "saved_per_unit",
       [](const std::string& cell) { return rnnfast::saved_per_unit(parse_cell(cell)); },

@@ -9,11 +9,11 @@
   widened to float32, so that h, the LSTM's cell state c and the gates stay float32 from step
   to step; its W_hh is the 16-bit one widened (``matmul_operand``), and h_{t-1} enters its
   matmul in float32, except for bfloat16 on the CPU instruction sets "amx" and "avx512_bf16",
-  whose AMX tiles and vdpbf16ps round it to bfloat16, and on the CUDA backends' persistent
-  path (``backends.cuda_recurrence``), which multiplies on the tensor cores with h_{t-1}
-  (forward) and dzh (backward) rounded to the 16-bit type (and, under TF32, W_hh rounded to
-  TF32 too). y, h_n, c_n and the gradients of x, h0 and c0 are returned rounded to the 16-bit
-  type, the weight and bias gradients in float32 (as oneDNN returns them). The bfloat16 cells'
+  whose AMX tiles and vdpbf16ps round it to bfloat16, and on the CUDA backends (either path
+  of ``backends.cuda_recurrence``), which multiply on the tensor cores with h_{t-1} (forward)
+  and dzh (backward) rounded to the 16-bit type (and, under TF32, W_hh rounded to TF32 too).
+  y, h_n, c_n and the gradients of x, h0 and c0 are returned rounded to the 16-bit type, the
+  weight and bias gradients in float32 (as oneDNN returns them). The bfloat16 cells'
   step takes bfloat16 arrays and weights and multiplies them with vdpbf16ps on "amx" and
   "avx512_bf16" (below those, widened to float32), float32 sums and gate math, the new state
   rounded to bfloat16 (``_cpu.cell_step`` on weights packed with ``bfloat16=True``); float16
@@ -29,9 +29,10 @@
 - float32 under ``set_float32_matmul_precision``: "highest" (the default): float32 products.
   "medium" on the CPU: the matmuls' operands rounded to bfloat16 as above, the recurrence's
   included (inputs and results stay float32). "high" and "medium" on CUDA: TF32 for the large
-  GEMMs, the recurrence in float32 (see ``matmul_rounding``): the emulated backend rounds the
-  GEMMs' operands to TF32; on CuPy, whose only TF32 switch is process-wide, rnnfast does not
-  set it: there TF32 follows ``CUPY_TF32=1`` in the environment, whatever this setting says.
+  GEMMs and the recurrence (on the tensor cores; see ``matmul_rounding``): the emulated backend
+  rounds the GEMMs' operands to TF32; on CuPy, whose only TF32 switch is process-wide, rnnfast
+  does not set it: there the large GEMMs' TF32 follows ``CUPY_TF32=1`` in the environment,
+  whatever this setting says.
 - float16's range ends at 65504: a gradient beyond it, rounded to float16 as the weight
   gradients' GEMMs round their operands, becomes inf, and the weight gradient inf or NaN
   (as with cuDNN's float16), where float32 would stay finite.
@@ -128,7 +129,7 @@ def matmul_rounding(dtype, cuda):
     """What the matmuls of a call on arrays of ``dtype`` round their operands to before
     multiplying them with float32 sums: BFLOAT16 or FLOAT16 (the storage type; also bfloat16
     for float32 under "medium" on the CPU), TF32 (float32 under "high" or "medium" on a CUDA
-    backend, ``cuda``: for the large GEMMs only) or None (exact products in the compute
+    backend, ``cuda``) or None (exact products in the compute
     dtype). Without ml_dtypes, which the rounding to bfloat16 needs, "medium" on the CPU is
     "highest"."""
     if is_16bit(dtype):
@@ -165,8 +166,8 @@ def to_compute(array):
 def matmul_operand(array, rounding):
     """A weight of the recurrent matmul as the kernels multiply it: in float32, its values
     rounded to ``rounding`` where that is a 16-bit type (so that every instruction set
-    multiplies the same weights, the ones without vdpbf16ps in float32). Under TF32 the
-    recurrence multiplies in float32 (its matmul is not a cuBLAS GEMM)."""
+    multiplies the same weights, the ones without vdpbf16ps in float32). Under TF32 it stays
+    float32: the CUDA kernels round it to TF32 as they load it."""
     if rounding is None or rounding is TF32 or is_16bit(array.dtype):
         return to_compute(array)
     return round_operand(array, rounding)

@@ -12,9 +12,11 @@ runs on, chosen from the arrays it is given (ARCHITECTURE.md, "One orchestration
 A backend is the seam the orchestration is written against: ``xp`` (the array namespace,
 NumPy or CuPy: the orchestration's array operations are the ones both have), ``empty``,
 ``scratch`` (a buffer reused between calls), ``gemm``, ``column_sums`` (the bias gradients),
-``recurrent_forward`` / ``recurrent_backward`` (the arguments of ``rnnfast._cpu``'s functions of
-those names; these three take the ``rounding`` of ``rnnfast._dtypes.matmul_rounding``, which
-reads the backend's ``cuda``), and ``index`` (lengths and resets as arrays the kernels read).
+``recurrent_forward`` (a list of the arguments of ``rnnfast._cpu.recurrent_forward``: one
+direction's or, where ``together`` says so, both directions' of a bidirectional layer to run at
+once) / ``recurrent_backward`` (the arguments of ``rnnfast._cpu.recurrent_backward``; these
+three take the ``rounding`` of ``rnnfast._dtypes.matmul_rounding``, which reads the backend's
+``cuda``), and ``index`` (lengths and resets as arrays the kernels read).
 """
 
 from __future__ import annotations
@@ -160,8 +162,15 @@ class CpuBackend:
         (_cpu_gemm.get() or _own_gemm)(a, b, out, trans_a, trans_b, bias, accumulate)
 
     @staticmethod
-    def recurrent_forward(*args, rounding=None):
-        _cpu.recurrent_forward(*args, bf16_matmul=_dtypes.is_bfloat16(rounding))
+    def together(cell, hidden, proj, dtype, rounding):
+        """Whether both directions of a layer run their forward recurrences at once: never here
+        (the CPU kernels take all cores for each)."""
+        return False
+
+    @staticmethod
+    def recurrent_forward(calls, rounding=None):
+        for args in calls:
+            _cpu.recurrent_forward(*args, bf16_matmul=_dtypes.is_bfloat16(rounding))
 
     @staticmethod
     def recurrent_backward(*args, rounding=None):
@@ -236,18 +245,30 @@ class CudaBackend:
 
     @staticmethod
     def _rounding(rounding):
-        """The kernels' name of a rounding of _dtypes.matmul_rounding (None kept): on the
-        persistent path the recurrent matmul multiplies operands so rounded on the tensor
-        cores; the standard path multiplies in float32."""
+        """The kernels' name of a rounding of _dtypes.matmul_rounding (None kept): on either
+        path the recurrent matmul multiplies operands so rounded on the tensor cores."""
         return None if rounding is None else "tf32" if rounding is _dtypes.TF32 else \
             np.dtype(rounding).name
 
-    def recurrent_forward(self, cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths,
-                          resets, w_hr, rounding=None):
-        self._module.recurrent_forward(
-            cell, zx, w_hh, b_hh, h0, c0, y, h_n, c_n, saved, lengths, resets, w_hr,
-            workspace=self._workspace("forward", cell, zx, w_hh, w_hr),
-            stream=self._stream(), path=self._path(), rounding=self._rounding(rounding))
+    def together(self, cell, hidden, proj, dtype, rounding):
+        """Whether both directions of a layer run their forward recurrences in one launch: on
+        the persistent path, where both fit on the device at once (the module's
+        persistent_refusal with directions=2)."""
+        return self._path() == "persistent" and self._module.persistent_refusal(
+            cell, hidden, proj, np.dtype(dtype).name, self._rounding(rounding),
+            directions=2) == ""
+
+    def recurrent_forward(self, calls, rounding=None):
+        """One direction's recurrent_forward, or both directions' in one launch (the module's
+        recurrent_forward_pair, where ``together`` said so)."""
+        workspaces = tuple(self._workspace("forward", c.cell, c.zx, c.w_hh, c.w_hr)
+                           for c in calls)
+        options = {"stream": self._stream(), "rounding": self._rounding(rounding)}
+        if len(calls) == 2:
+            self._module.recurrent_forward_pair(*calls, workspaces=workspaces, **options)
+        else:
+            self._module.recurrent_forward(*calls[0], workspace=workspaces[0],
+                                           path=self._path(), **options)
 
     def recurrent_backward(self, cell, w_hh, h0, c0, y, saved, dy, dh_n, dc_n, dzx, dzh, dh0,
                            dc0, lengths, resets, w_hr, dh_proj, rounding=None):

@@ -41,6 +41,7 @@ sequence's length (padding) reach no result, NaN and inf included.
 
 from __future__ import annotations
 
+import collections
 import functools
 import types
 from typing import Any
@@ -257,13 +258,34 @@ def _precision(layer):
     return _dtypes.compute_dtype(storage), rounding
 
 
-def _forward(layer: _Layer, lengths, resets, training):
-    """The forward of checked arguments (h0 and, for the LSTM, c0 given): (y, h_n, c_n, ctx)."""
-    be, steps, batch, gh, out, hidden, storage = (layer.backend, layer.steps, layer.batch,
-                                                  layer.gh, layer.out, layer.hidden, layer.dtype)
+# The arguments of a backend's recurrent_forward for one direction (those of
+# rnnfast._cpu.recurrent_forward, in their order).
+ForwardCall = collections.namedtuple(
+    "ForwardCall", "cell zx w_hh b_hh h0 c0 y h_n c_n saved lengths resets w_hr")
+
+
+def _together(layers):
+    """The directions of a layer (layers: one or two, the same cell and sizes) grouped by the
+    calls of the backend's forward recurrence: both in one where the backend runs them at once
+    (``together``: the CUDA backends' persistent path, where both fit on the device), else one a
+    call (then each reuses the one scratch buffer of its inputs)."""
+    first = layers[0]
+    if len(layers) == 2 and first.backend.together(
+            first.spec.name, first.hidden, 0 if first.w_hr is None else first.out,
+            _dtypes.compute_dtype(first.dtype),
+            _dtypes.matmul_rounding(first.dtype, first.backend.cuda)):
+        return [[0, 1]]
+    return [[d] for d in range(len(layers))]
+
+
+def _forward_call(layer: _Layer, slot, lengths, resets, training):
+    """One direction's input projection and outputs: (its ForwardCall, the rounding). slot: its
+    place in the backend's call (its scratch buffer)."""
+    be, steps, batch, gh, out, hidden = (layer.backend, layer.steps, layer.batch, layer.gh,
+                                         layer.out, layer.hidden)
     dtype, rounding = _precision(layer)
     # The input projection of all steps, b_ih included: one GEMM, outside the time loop.
-    zx = be.scratch("zx", (steps, batch, gh), dtype)
+    zx = be.scratch(f"zx{slot}", (steps, batch, gh), dtype)
     be.gemm(layer.x.reshape(steps * batch, layer.inputs), layer.w_ih,
             zx.reshape(steps * batch, gh), trans_b=True, bias=layer.b_ih, rounding=rounding)
     y = be.empty((steps, batch, out), dtype)
@@ -272,14 +294,29 @@ def _forward(layer: _Layer, lengths, resets, training):
     per_unit = len(layer.spec.saved)
     saved = (be.empty((steps, batch, per_unit * hidden), dtype, aligned=True)
              if training and per_unit else None)
-    be.recurrent_forward(layer.spec.name, zx, layer.w_hh, layer.b_hh, layer.h0, layer.c0, y,
-                         h_n, c_n, saved, lengths, resets, layer.w_hr, rounding=rounding)
-    ctx = None
-    if training:
-        layer.x = without_nonfinite_padding(be.xp, layer.x, lengths)  # for dW_ih alone
-        ctx = Context(layer, y, saved, lengths, resets, rounding)
-    return (_dtypes.to_storage(y, storage), _dtypes.to_storage(h_n, storage),
-            _dtypes.to_storage(c_n, storage), ctx)
+    return ForwardCall(layer.spec.name, zx, layer.w_hh, layer.b_hh, layer.h0, layer.c0, y, h_n,
+                       c_n, saved, lengths, resets, layer.w_hr), rounding
+
+
+def _forward(layers, lengths, resets, training):
+    """The forward of checked arguments (h0 and, for the LSTM, c0 given) of a layer's directions
+    (layers and resets: one or two, the reverse direction's on its reversed sequences):
+    [(y, h_n, c_n, ctx)], a direction each."""
+    results = []
+    for group in _together(layers):
+        calls = [_forward_call(layers[d], slot, lengths, resets[d], training)
+                 for slot, d in enumerate(group)]
+        rounding = calls[0][1]
+        layers[0].backend.recurrent_forward([call for call, _ in calls], rounding=rounding)
+        for d, (call, _) in zip(group, calls):
+            layer, storage, ctx = layers[d], layers[d].dtype, None
+            if training:
+                layer.x = without_nonfinite_padding(layer.backend.xp, layer.x, lengths)  # dW_ih
+                ctx = Context(layer, call.y, call.saved, lengths, call.resets, rounding)
+            results.append((_dtypes.to_storage(call.y, storage),
+                            _dtypes.to_storage(call.h_n, storage),
+                            _dtypes.to_storage(call.c_n, storage), ctx))
+    return results
 
 
 def _backward(ctx: Context, dy, dh_n, dc_n, store_dx=True, input_grad=True):
@@ -357,7 +394,7 @@ def forward(cell: str, x, h0, w_ih, w_hh, *, b_ih=None, b_hh=None, c0=None, w_hr
                          _SINGLE_NAMES)
     lengths = backend.index(check_lengths(lengths, layer.steps, layer.batch), np.int64)
     resets = backend.index(check_resets(resets, layer.steps, layer.batch, backend.xp), bool)
-    return _forward(layer, lengths, resets, training)
+    return _forward([layer], lengths, [resets], training)[0]
 
 
 def _check_final_gradients(layer, dy, dh_n, dc_n, names):
@@ -516,7 +553,7 @@ def forward_layers(cell: str, input, params: dict, *, num_layers: int = 1,
 
     layer_in, h_n, c_n, contexts, masks = input, [], [], [], []
     for k in range(num_layers):
-        outputs = []
+        layers = []
         for d in range(dirs):
             i = k * dirs + d
             n = names[i]
@@ -528,10 +565,12 @@ def forward_layers(cell: str, input, params: dict, *, num_layers: int = 1,
                 if p[ours] is None:
                     raise KeyError(f"params has no {theirs}")
             seq = layer_in if d == 0 else _gather(xp, layer_in, order)
-            layer = _check_layer(backend, cell_spec, seq, h0[i], None if c0 is None else c0[i],
-                                 p["w_ih"], p["w_hh"], p.get("b_ih"), p.get("b_hh"),
-                                 p.get("w_hr"), layer_names)
-            y, h, c, ctx = _forward(layer, lengths, resets_by_direction[d], training)
+            layers.append(_check_layer(backend, cell_spec, seq, h0[i],
+                                       None if c0 is None else c0[i], p["w_ih"], p["w_hh"],
+                                       p.get("b_ih"), p.get("b_hh"), p.get("w_hr"), layer_names))
+        outputs = []
+        for d, (y, h, c, ctx) in enumerate(_forward(layers, lengths, resets_by_direction,
+                                                    training)):
             outputs.append(y if d == 0 else _gather(xp, y, order))
             h_n.append(h)
             c_n.append(c)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import rnnfast
-from rnnfast import reference as ref
+from rnnfast import _cuda_emulated, backends, reference as ref
 from rnnfast.cell_registry import SPECS
 
 from _util import FLOAT32_FLOOR, FLOAT64_TOL, rel_err
@@ -319,6 +319,34 @@ def test_resets_match_step_by_step_reference(backend, cell, proj, dtype, with_le
     ref32 = reference_run(layer, x, hx, dy, dhx, np.float32, lengths, resets) \
         if dtype == np.float32 else None
     check(got, oracle, dtype, ref32, what=f"resets {cell}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hidden", [7, 33, 130])
+@pytest.mark.parametrize("cell", CELLS)
+def test_bidirectional_layers_in_one_persistent_launch(monkeypatch, cell, hidden):
+    """The emulated CUDA backend's persistent path runs both directions of each layer's forward
+    in one launch (recurrent_forward_pair, one a layer), and a stacked bidirectional
+    layer with lengths (the reverse direction reversed within each length) and resets matches
+    the step-by-step reference, forward and backward; tails of the blocks' units (4 SMs a
+    direction: H = 7, 33, 130) and of the batch (B = 3)."""
+    pairs = []
+
+    def counted(*args, _run=_cuda_emulated.recurrent_forward_pair, **kwargs):
+        pairs.append(args)
+        return _run(*args, **kwargs)
+    monkeypatch.setattr(_cuda_emulated, "recurrent_forward_pair", counted)
+    T, B = 5, 3
+    layer = new_layer(cell, 6, hidden, np.float32, seed=9, num_layers=2, bidirectional=True)
+    x, hx, dy, dhx = problem(layer, T, B, seed=10)
+    resets = np.random.default_rng(12).random((T, B)) < 0.3
+    lengths = np.array([5, 0, 3])
+    with backends.emulate_cuda(), backends.cuda_recurrence("persistent"):
+        got = run_ours(layer, x, hx, dy, dhx, resets=resets, lengths=lengths)
+    assert len(pairs) == 2  # a layer each
+    oracle = reference_run(layer, x, hx, dy, dhx, np.float64, lengths, resets)
+    ref32 = reference_run(layer, x, hx, dy, dhx, np.float32, lengths, resets)
+    check(got, oracle, np.float32, ref32, what=f"persistent bidirectional {cell}")
 
 
 @pytest.mark.parametrize("given_states", [True, False], ids=["hx", "zeros"])

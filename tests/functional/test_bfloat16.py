@@ -84,10 +84,12 @@ def rounded(a, dtype=BF16):
 
 def recurrent_rounding(dtype):
     """What the recurrence rounds its matmul's operands with, for arrays of ``dtype`` on the
-    backend and instruction set in use: bfloat16 for bfloat16 on the CPU's avx512_bf16 and amx,
-    nothing elsewhere (float32 products: float16 everywhere, the emulated CUDA kernels)."""
-    on_cpu = backends.for_array(np.empty(0)) is backends.CPU
-    if dtype == BF16 and on_cpu and _cpu.active_isa() in BF16_RECURRENCE:
+    backend and instruction set in use: the 16-bit type on the CUDA backends (the tensor cores,
+    on either path), bfloat16 for bfloat16 on the CPU's avx512_bf16 and amx, nothing elsewhere
+    (float32 products: float16 and the other instruction sets on the CPU)."""
+    if backends.for_array(np.empty(0)) is not backends.CPU:
+        return functools.partial(rounded, dtype=dtype)
+    if dtype == BF16 and _cpu.active_isa() in BF16_RECURRENCE:
         return rounded
     return None
 
@@ -488,9 +490,9 @@ FLOAT32_ROUNDING = {("cpu", "medium"): rounded, ("cpu", "high"): None,
 def test_float32_matmul_precision_rounds_matmul_operands(target, precision):
     """float32 in and out, the matmuls' operands rounded: on the CPU under "medium" to bfloat16
     (every matmul, the recurrence's included), on CUDA under "medium" and "high" to TF32 (the
-    large GEMMs only; the emulator rounds their operands; on CuPy TF32 is CUPY_TF32's). By the rule
-    of this file against the reference on the rounded operands (results float32, not rounded).
-    "high" on the CPU is "highest"."""
+    large GEMMs: the emulator rounds their operands, on CuPy TF32 is CUPY_TF32's; and the
+    recurrence's, on the tensor cores). By the rule of this file against the reference on the
+    rounded operands (results float32, not rounded). "high" on the CPU is "highest"."""
     cell = "gru"
     inputs, douts = make_problem(cell, 4, 3, 40, 16, np.float32, seed=9)
     assert rnnfast.get_float32_matmul_precision() == "highest"
@@ -505,11 +507,10 @@ def test_float32_matmul_precision_rounds_matmul_operands(target, precision):
         for name, value in got.items():
             np.testing.assert_array_equal(value, highest[name], err_msg=name)
         return
-    rounded_in = ("x", "w_ih") if operand is tf32 else ("x", "w_ih", "w_hh")
-    matmul_in = {k: operand(v) if k in rounded_in else v for k, v in inputs.items()}
+    matmul_in = {k: operand(v) if k in ("x", "w_ih", "w_hh") else v for k, v in inputs.items()}
     oracle = reference(cell, matmul_in, douts, {}, np.float64)
     same = reference(cell, matmul_in, douts, {}, np.float32, operand=operand,
-                     recurrent=recurrent_rounding(BF16) if operand is rounded else None)
+                     recurrent=operand if operand is tf32 else recurrent_rounding(BF16))
     for name, value in got.items():
         if value is None:
             continue

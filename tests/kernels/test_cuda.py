@@ -619,14 +619,16 @@ def test_binding_refuses_host_and_overlapping_device_arrays():
 
 
 @needs_gpu
+@pytest.mark.parametrize("path", ["standard", "persistent"])
 @pytest.mark.parametrize("name", ["bf16", "f16", "tf32"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_persistent_tensor_cores(cell, name):
-    """The persistent forward and backward on the tensor cores (mma.sync) as the emulated tests
-    hold them: to the float64 reference with h_{t-1} and dzh rounded, and to the standard path;
-    every tail shape, lengths and resets; and which operands are rounded, on one step. The
-    emulator checks the kernels' logic through its host version of the instruction; only this
-    runs the instruction itself, in the register layout mma.cuh loads."""
+def test_tensor_cores(cell, name, path):
+    """Each path's forward and backward on the tensor cores (mma.sync) as the emulated tests
+    hold them: to the float64 reference with h_{t-1} and dzh rounded, and to the standard path
+    without the rounding; every tail shape, lengths and resets (and the standard path's LSTM
+    projection); and which operands are rounded, on one step. The emulator checks the kernels'
+    logic through its host version of the instruction; only this runs the instruction itself,
+    in the register layout mma.cuh loads."""
     from test_cuda_kernels_emulated import (
         MMA_SHAPES,
         STEP_SHAPES,
@@ -635,7 +637,8 @@ def test_persistent_tensor_cores(cell, name):
     )
 
     for shape in MMA_SHAPES:
-        compare_mma_with_reference(_cuda, cell, name, shape, True, True, cupy.asarray,
-                                   cupy.asnumpy)
+        for proj in [False, True] if path == "standard" and cell == "lstm" else [False]:
+            compare_mma_with_reference(_cuda, cell, name, shape, True, True, cupy.asarray,
+                                       cupy.asnumpy, path=path, proj=proj)
     for shape in STEP_SHAPES:
-        check_rounded_operands(_cuda, cell, name, shape, cupy.asarray, cupy.asnumpy)
+        check_rounded_operands(_cuda, cell, name, shape, cupy.asarray, cupy.asnumpy, path=path)

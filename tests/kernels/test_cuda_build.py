@@ -1,13 +1,14 @@
 """The CUDA kernels' nvcc build: they compile for the oldest and the newest architecture the
 package ships (sm_80, sm_90), ptxas reports no register spills (a spill puts registers in
-local memory, which costs every step of the recurrence), and the persistent path's tensor-core
-kernels, and only they, hold tensor-core instructions of their operand type: ``mma.sync`` in
+local memory, which costs every step of the recurrence), and the tensor-core kernels of both
+paths, and only they, hold tensor-core instructions of their operand type: ``mma.sync`` in
 the PTX that nvcc keeps from the same build (always, wherever nvcc is: CI has nvcc without
 cuobjdump), and HMMA in the SASS (``cuobjdump -sass``, where cuobjdump is installed). No GPU
 needed. A few minutes (two architectures, every cell, type and rounding), compiled once for
 all tests.
 """
 
+import collections
 import os
 import pathlib
 import re
@@ -72,13 +73,23 @@ MMA_INSTRUCTIONS = {"Bf16": "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
                     "Tf32": "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32"}
 
 
+# The kernels that take a kind of product (Simt or TensorCores<Op>), forward and backward, and
+# how many of each there are per cell and operand type: the standard path's step kernels, and
+# the persistent path's (the forward's for one direction and for both directions of a layer at
+# once).
+PRODUCT_KERNELS = {"forward_step": 1, "backward_step": 1, "forward_persistent": 2,
+                   "backward_persistent": 1}
+
+
 def _check_tensor_core_kernels(instructions, op_of):
     """instructions: {function: its tensor-core instructions, both architectures'}. Exactly the
-    persistent path's TensorCores kernels hold any (forward and backward: 4 cells x 3 operand
-    types x 2), at least one per architecture, each of its kernel's operand type (op_of(name,
+    TensorCores kernels hold any: 4 cells x 3 operand types of each of PRODUCT_KERNELS (times
+    its count), at least one per architecture, each of its kernel's operand type (op_of(name,
     instruction): whether the instruction is that of the Op in the name)."""
     tensor_cores = {k: v for k, v in instructions.items() if "TensorCores" in k}
-    assert len(tensor_cores) == 24, sorted(instructions)
+    kinds = collections.Counter(
+        re.search(r"\d(%s)I" % "|".join(PRODUCT_KERNELS), k).group(1) for k in tensor_cores)
+    assert kinds == {k: 12 * n for k, n in PRODUCT_KERNELS.items()}, sorted(instructions)
     assert all(len(v) >= 2 for v in tensor_cores.values()), tensor_cores
     assert not {k: v for k, v in instructions.items() if v and k not in tensor_cores}
     wrong = {k: v for k, v in tensor_cores.items() if not all(op_of(k, i) for i in v)}
@@ -136,7 +147,7 @@ def test_sass_parser():
 
 
 @needs_nvcc
-def test_persistent_tensor_core_kernels_have_mma_in_their_ptx(build):
+def test_tensor_core_kernels_have_mma_in_their_ptx(build):
     instructions = {}
     for ptx in build[2]:
         for function, found in _ptx_mma(ptx).items():
@@ -147,7 +158,7 @@ def test_persistent_tensor_core_kernels_have_mma_in_their_ptx(build):
 @needs_nvcc
 @pytest.mark.skipif(CUOBJDUMP is None, reason="cuobjdump not found ($CUOBJDUMP, beside nvcc "
                                               "or on PATH); the PTX test checks the mma there")
-def test_persistent_tensor_core_kernels_use_the_tensor_cores(build):
+def test_tensor_core_kernels_use_the_tensor_cores(build):
     done = subprocess.run([CUOBJDUMP, "-sass", str(build[0])], capture_output=True, text=True,
                           check=False)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -47,49 +47,67 @@ def _run(module, cell, dtype, x, d, options, to_device=_identity, to_host=_ident
     forward; d: dy, dh_n, dc_n; options: lengths, resets, w_hr (or None each); all NumPy arrays.
     to_device makes the module's arrays of NumPy ones, to_host the reverse. Returns the outputs
     as NumPy arrays."""
-    T_, B, GH = x["zx"].shape
-    H = GH // GATES[cell]
-    w_hr = options["w_hr"]
-    P = 0 if w_hr is None else w_hr.shape[0]
-    R = P or H
-    lstm, per_unit = cell == "lstm", _cpu.saved_per_unit(cell)
+    return _run_directions(module, cell, dtype, [(x, d, options)], to_device, to_host, path,
+                           rounding)[0]
+
+
+def _run_directions(module, cell, dtype, problems, to_device=_identity, to_host=_identity,
+                    path="standard", rounding=None):
+    """_run of each problem (x, d, options) in `problems`: one, or two, both directions of a
+    layer, their forward in one persistent launch (the CUDA module's recurrent_forward_pair),
+    then each one's backward on the persistent path. Returns the outputs of each."""
     dev = lambda a: None if a is None else to_device(a)  # noqa: E731
-    out = {"y": _nan((T_, B, R), dtype), "h_n": _nan((B, R), dtype),
-           "c_n": _nan((B, H), dtype, lstm),
-           "saved": _nan((T_, B, per_unit * H), dtype, per_unit > 0),
-           "dzx": _nan((T_, B, GH), dtype), "dzh": _nan((T_, B, GH), dtype, cell == "gru"),
-           "dh0": _nan((B, R), dtype), "dc0": _nan((B, H), dtype, lstm),
-           "dh_proj": _nan((T_, B, R), dtype, P > 0)}
-    out = {k: dev(v) for k, v in out.items()}
-    x, d = {k: dev(v) for k, v in x.items()}, {k: dev(v) for k, v in d.items()}
-    seq = {k: dev(options[k]) for k in ("lengths", "resets", "w_hr")}
+    forward, backward, outputs, workspaces = [], [], [], {"forward": [], "backward": []}
+    for x, d, options in problems:
+        T_, B, GH = x["zx"].shape
+        H = GH // GATES[cell]
+        w_hr = options["w_hr"]
+        P = 0 if w_hr is None else w_hr.shape[0]
+        R = P or H
+        lstm, per_unit = cell == "lstm", _cpu.saved_per_unit(cell)
+        out = {"y": _nan((T_, B, R), dtype), "h_n": _nan((B, R), dtype),
+               "c_n": _nan((B, H), dtype, lstm),
+               "saved": _nan((T_, B, per_unit * H), dtype, per_unit > 0),
+               "dzx": _nan((T_, B, GH), dtype), "dzh": _nan((T_, B, GH), dtype, cell == "gru"),
+               "dh0": _nan((B, R), dtype), "dc0": _nan((B, H), dtype, lstm),
+               "dh_proj": _nan((T_, B, R), dtype, P > 0)}
+        out = {k: dev(v) for k, v in out.items()}
+        x, d = {k: dev(v) for k, v in x.items()}, {k: dev(v) for k, v in d.items()}
+        seq = [dev(options[k]) for k in ("lengths", "resets", "w_hr")]
+        forward.append((cell, x["zx"], x["w_hh"], x["b_hh"], x["h0"], x["c0"], out["y"],
+                        out["h_n"], out["c_n"], out["saved"], *seq))
+        backward.append((cell, x["w_hh"], x["h0"], x["c0"], out["y"], out["saved"], d["dy"],
+                         d["dh_n"], d["dc_n"], out["dzx"], out["dzh"], out["dh0"], out["dc0"],
+                         *seq, out["dh_proj"]))
+        outputs.append(out)
+        if module is not _cpu:  # the CUDA modules' scratch memory, poisoned too
+            for direction in workspaces:
+                size = module.workspace_size(direction, cell, B, H, P)
+                workspaces[direction].append(dev(_nan(size, dtype)))
+    if len(problems) == 2:
+        module.recurrent_forward_pair(*forward, workspaces=tuple(workspaces["forward"]),
+                                      rounding=rounding)
+        for args, workspace in zip(backward, workspaces["backward"]):
+            module.recurrent_backward(*args, workspace=workspace, path="persistent",
+                                      rounding=rounding)
+    else:
+        def options(direction):
+            if module is _cpu:
+                return {}
+            return {"path": path, "rounding": rounding, "workspace": workspaces[direction][0]}
+        module.recurrent_forward(*forward[0], **options("forward"))
+        module.recurrent_backward(*backward[0], **options("backward"))
+    return [{k: None if v is None else to_host(v) for k, v in out.items()} for out in outputs]
 
-    def workspace(direction):  # the CUDA modules' scratch memory, poisoned too, and the path
-        if module is _cpu:
-            return {}
-        return {"workspace": dev(_nan(module.workspace_size(direction, cell, B, H, P), dtype)),
-                "path": path, "rounding": rounding}
 
-    module.recurrent_forward(cell, x["zx"], x["w_hh"], x["b_hh"], x["h0"], x["c0"], out["y"],
-                             out["h_n"], out["c_n"], out["saved"], **seq,
-                             **workspace("forward"))
-    module.recurrent_backward(cell, x["w_hh"], x["h0"], x["c0"], out["y"], out["saved"],
-                              d["dy"], d["dh_n"], d["dc_n"], out["dzx"], out["dzh"], out["dh0"],
-                              out["dc0"], **seq, dh_proj=out["dh_proj"],
-                              **workspace("backward"))
-    return {k: None if v is None else to_host(v) for k, v in out.items()}
-
-
-def compare_with_cpu(module, cell, dtype, shape, optional, lengths=False, resets=False,
-                     proj=False, to_device=_identity, to_host=_identity, path="standard"):
-    """A CUDA module's kernels (on `path`) against the CPU's on one random problem (see _run).
-    optional: b_hh, dh_n and dc_n given (else None); lengths: every length from 0 to T, the
-    first row T and the last 0; resets: about 30% of the steps; proj: the LSTM projection,
-    P = 2H/3. Returns the CUDA module's outputs."""
+def _problem(cell, dtype, shape, optional, lengths=False, resets=False, proj=False, seed=""):
+    """A random problem for _run, (x, d, options). optional: b_hh, dh_n and dc_n given (else
+    None); lengths: every length from 0 to T, the first row T and the last 0; resets: about 30%
+    of the steps; proj: the LSTM projection, P = 2H/3; seed: what else the seed depends on."""
     T_, B, H = shape
     G, lstm = GATES[cell], cell == "lstm"
-    rng = np.random.default_rng(
-        sum(map(ord, f"{cell}{np.dtype(dtype)}{shape}{optional}{lengths}{resets}{proj}")))
+    rng = np.random.default_rng(sum(map(
+        ord, f"{cell}{np.dtype(dtype)}{shape}{optional}{lengths}{resets}{proj}{seed}")))
     draw = lambda *s: (0.5 * rng.standard_normal(s)).astype(dtype)  # noqa: E731
     P = max(1, 2 * H // 3) if proj else 0
     R = P or H
@@ -105,10 +123,13 @@ def compare_with_cpu(module, cell, dtype, shape, optional, lengths=False, resets
         options["lengths"] = n.astype(np.int64)
     if resets:
         options["resets"] = rng.random((T_, B)) < 0.3
-    cpu = _run(_cpu, cell, dtype, x, d, options)
-    got = _run(module, cell, dtype, x, d, options, to_device, to_host, path)
+    return x, d, options
+
+
+def _check_against(got, expected_outputs, dtype):
+    """got (outputs of _run) against the CPU kernels' (expected_outputs) within TOL."""
     failures = []
-    for name, expected in cpu.items():
+    for name, expected in expected_outputs.items():
         if expected is None:
             continue
         if np.isnan(got[name]).any():
@@ -118,6 +139,15 @@ def compare_with_cpu(module, cell, dtype, shape, optional, lengths=False, resets
         if not err <= TOL[dtype]:
             failures.append(f"{name}: rel err {err:.2e} > {TOL[dtype]:.0e}")
     assert not failures, "; ".join(failures)
+
+
+def compare_with_cpu(module, cell, dtype, shape, optional, lengths=False, resets=False,
+                     proj=False, to_device=_identity, to_host=_identity, path="standard"):
+    """A CUDA module's kernels (on `path`) against the CPU's on one random problem (_problem,
+    whose arguments these are). Returns the CUDA module's outputs."""
+    x, d, options = _problem(cell, dtype, shape, optional, lengths, resets, proj)
+    got = _run(module, cell, dtype, x, d, options, to_device, to_host, path)
+    _check_against(got, _run(_cpu, cell, dtype, x, d, options), dtype)
     return got
 
 
@@ -155,9 +185,10 @@ def test_emulated_projection_matches_cpu(dtype, shape, options):
 
 # The persistent path (one cooperative launch, W_hh on chip; the emulated device has 8 SMs): tails
 # of its units per block (H = 33: 5 units, the last block 3; H = 130: 17 and 11), B = 1 and 3,
-# every sequence option; against the CPU kernels, and equal to the standard path, whose sums
-# run in the same order.
-PERSISTENT_SHAPES = [(1, 1, 1), (4, 3, 7), (3, 1, 33), (5, 3, 33), (2, 3, 130)]
+# and B = 9 with 17 units a block, more rows than 128 threads cover at once (7 rows of 17 items:
+# the last 9 threads idle); every sequence option; against the CPU kernels, and equal to the
+# standard path, whose sums run in the same order.
+PERSISTENT_SHAPES = [(1, 1, 1), (4, 3, 7), (3, 1, 33), (5, 3, 33), (2, 3, 130), (2, 9, 130)]
 
 
 @pytest.mark.parametrize("options", ["none", "given", "lengths", "resets", "both"])
@@ -187,6 +218,65 @@ def test_persistent_path_refuses_what_it_cannot_run():
         compare_with_cpu(emu, "lstm", np.float32, (2, 3, 7), True, proj=True, path="persistent")
     with pytest.raises(ValueError, match="path must be"):
         compare_with_cpu(emu, "gru", np.float32, (2, 3, 7), True, path="fast")
+
+
+# Both directions of a bidirectional layer's forward in one persistent launch
+# (recurrent_forward_pair; 4 of the emulated device's 8 SMs a direction): each direction its own
+# problem (the reverse one, as rnnfast.functional gives it, with the same lengths and resets of
+# its own), equal bit for bit to its own persistent launch (each item's sums are the same
+# whatever a block's units), so to the standard path (test_persistent_path_matches_cpu_and_-
+# standard), and within TOL of the CPU kernels; forward, and the backward from its results, the
+# tails of
+# PERSISTENT_SHAPES (with 4 SMs a direction: H = 33, 9 units a block, the last 6; H = 130, 33
+# and 31, more than 128 / 33 = 3 rows for B = 9).
+def _both_directions(cell, dtype, shape, sequence, rounding=None):
+    """(the pair's outputs, each direction's own persistent launch's, the problems)."""
+    problems = [_problem(cell, dtype, shape, True, sequence, sequence, seed=direction)
+                for direction in ("forward", "reverse")]
+    problems[1][2]["lengths"] = problems[0][2]["lengths"]  # one layer's sequences
+    pair = _run_directions(emu, cell, dtype, problems, rounding=rounding)
+    single = [_run(emu, cell, dtype, *problem, path="persistent", rounding=rounding)
+              for problem in problems]
+    for got, expected in zip(pair, single):
+        for name, value in expected.items():
+            if value is not None:
+                np.testing.assert_array_equal(got[name], value, err_msg=name)
+    return pair, problems
+
+
+@pytest.mark.parametrize("options", ["given", "lengths-resets"])
+@pytest.mark.parametrize("shape", PERSISTENT_SHAPES, ids=_ids(PERSISTENT_SHAPES))
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_both_directions_in_one_launch(cell, dtype, shape, options):
+    pair, problems = _both_directions(cell, dtype, shape,
+                                      options == "lengths-resets" and shape[1] > 1)
+    for got, problem in zip(pair, problems):
+        _check_against(got, _run(_cpu, cell, dtype, *problem), dtype)
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 7), (2, 17, 130)], ids=_ids([(4, 3, 7), (2, 17, 130)]))
+@pytest.mark.parametrize("name", ["bf16", "f16", "tf32"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_both_directions_in_one_launch_on_tensor_cores(cell, name, shape):
+    _both_directions(cell, np.float32, shape, shape[1] > 1, rounding=ROUNDINGS[name][0])
+
+
+def test_both_directions_refused_where_they_do_not_fit():
+    """With 4 SMs a direction, an LSTM of H = 256 in float32 needs 64 units x 4 gates x 256 x 4
+    bytes = 256 KiB a block (one direction: 128 KiB): refused, and so are two directions of
+    different sizes."""
+    assert emu.persistent_refusal("lstm", 256) == ""
+    assert "both directions" in emu.persistent_refusal("lstm", 256, directions=2)
+    assert emu.persistent_refusal("lstm", 130, directions=2) == ""
+    problems = [_problem("lstm", np.float32, (2, 3, 256), False)] * 2
+    with pytest.raises(ValueError, match="both directions at once"):
+        _run_directions(emu, "lstm", np.float32, problems)
+    problems = [_problem("gru", np.float32, (2, 3, h), False) for h in (7, 8)]
+    with pytest.raises(ValueError, match="same cell and sizes"):
+        _run_directions(emu, "gru", np.float32, problems)
+    with pytest.raises(ValueError, match="directions 1 or 2"):
+        emu.persistent_refusal("gru", 7, directions=3)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -362,8 +452,8 @@ def test_cooperative_launch_too_large():
 
 # ------------------------------------------------------------------ the tensor cores (mma.cuh)
 
-# The roundings of the recurrent matmul that the persistent path multiplies on the tensor cores:
-# (name for the binding, rnnfast._dtypes' value, K of one mma).
+# The roundings of the recurrent matmul that both paths multiply on the tensor cores: (name for
+# the binding, rnnfast._dtypes' value, K of one mma).
 ROUNDINGS = {"bf16": ("bfloat16", "bfloat16", 16), "f16": ("float16", "float16", 16),
              "tf32": ("tf32", "tf32", 8)}
 
@@ -423,14 +513,15 @@ def _round_to(name, a):
 def _reference_run(cell, dtype, x, d, options, operand, rounds_dzh=True):
     """The float64 or float32 reference (dtype) on the inputs of _run, with x = zx and W_ih = I
     (its input projection is zx itself), operand as in reference.forward (h_{t-1} and dzh
-    where they enter the recurrent products; with rounds_dzh False, h_{t-1} only): what _run
-    returns, but saved. dzx is the gradient of x; dzh [T, B, G*H], which reference.backward
-    sums into the weights' gradients, is recorded from the cell's step backward (the kernels
-    write it for the GRU only: the other cells' is dzx)."""
+    where they enter the recurrent products, not the projection's; with rounds_dzh False,
+    h_{t-1} only): what _run returns, but saved and dh_proj. dzx is the gradient of x; dzh
+    [T, B, G*H], which reference.backward sums into the weights' gradients, is recorded from
+    the cell's step backward (the kernels write it for the GRU only: the other cells' is
+    dzx)."""
     c = lambda a: None if a is None else a.astype(dtype)  # noqa: E731
     y, h_n, c_n, cache = ref.forward(
         cell, c(x["zx"]), c(x["h0"]), np.eye(x["w_hh"].shape[0], dtype=dtype), c(x["w_hh"]),
-        b_hh=c(x["b_hh"]), c0=c(x["c0"]), lengths=options["lengths"],
+        b_hh=c(x["b_hh"]), c0=c(x["c0"]), w_hr=c(options["w_hr"]), lengths=options["lengths"],
         resets=options["resets"], operand=operand)
     if not rounds_dzh:
         cache = {**cache, "operand": None}
@@ -451,20 +542,23 @@ def _reference_run(cell, dtype, x, d, options, operand, rounds_dzh=True):
             "dh0": grads["h0"], "dc0": grads["c0"]}
 
 
-def _mma_problem(cell, name, shape, optional, sequence):
+def _mma_problem(cell, name, shape, optional, sequence, proj=False):
     """A random problem for _run, (x, d, options), with W_hh rounded to the operand type of the
     rounding `name` (as the layers give it). optional: b_hh, dh_n and dc_n given; sequence:
-    lengths (the first row's T, the last's 0 where B > 1) and resets."""
+    lengths (the first row's T, the last's 0 where B > 1) and resets; proj: the LSTM
+    projection, P = 2H/3 (its W_hr not rounded: its product is float32)."""
     T_, B, H = shape
     G, lstm = GATES[cell], cell == "lstm"
-    rng = np.random.default_rng(sum(map(ord, f"{cell}{name}{shape}{optional}{sequence}")))
+    seed = f"{cell}{name}{shape}{optional}{sequence}" + ("proj" if proj else "")
+    rng = np.random.default_rng(sum(map(ord, seed)))
     draw = lambda *s: (0.5 * rng.standard_normal(s)).astype(np.float32)  # noqa: E731
-    x = {"zx": draw(T_, B, G * H), "w_hh": _round_to(name, draw(G * H, H)),
-         "b_hh": draw(G * H) if optional else None, "h0": draw(B, H),
+    R = max(1, 2 * H // 3) if proj else H
+    x = {"zx": draw(T_, B, G * H), "w_hh": _round_to(name, draw(G * H, R)),
+         "b_hh": draw(G * H) if optional else None, "h0": draw(B, R),
          "c0": draw(B, H) if lstm else None}
-    d = {"dy": draw(T_, B, H), "dh_n": draw(B, H) if optional else None,
+    d = {"dy": draw(T_, B, R), "dh_n": draw(B, R) if optional else None,
          "dc_n": draw(B, H) if lstm and optional else None}
-    options = {"lengths": None, "resets": None, "w_hr": None}
+    options = {"lengths": None, "resets": None, "w_hr": draw(R, H) if proj else None}
     if sequence:
         n = rng.integers(0, T_ + 1, B)
         n[0], n[-1] = T_, 0 if B > 1 else T_
@@ -473,26 +567,28 @@ def _mma_problem(cell, name, shape, optional, sequence):
 
 
 def compare_mma_with_reference(module, cell, name, shape, optional, sequence,
-                               to_device=_identity, to_host=_identity):
-    """The persistent path with the rounding `name` (the tensor cores, forward and backward) on
-    one random problem (_mma_problem), outputs poisoned first: the forward's y, h_n, c_n and the
+                               to_device=_identity, to_host=_identity, path="persistent",
+                               proj=False):
+    """The CUDA `path` with the rounding `name` (the tensor cores, forward and backward) on one
+    random problem (_mma_problem, proj: with the LSTM projection, standard path only), outputs
+    poisoned first: the forward's y, h_n, c_n and the
     backward's dzx, dzh, dh0, dc0 against the float64 reference on the same inputs with the
     recurrent products' left operands rounded (h_{t-1} forward, dzh backward: the kernel rounds
     them, W_hh is already rounded as the layers give it), by the rule of tests/_util.py (twice
     the error of that reference run in float32, plus the floor) plus one ulp of the operand type
     (the kernel's h_{t-1} or dzh, a few float32 ulps off the reference's, may round to the
     neighbouring 16-bit value: a jump that the float32 reference, rounding as the float64 one
-    does, need not show on a small problem); and against the standard path, which multiplies
-    in float32 unrounded, within that bound plus twice what the rounding changes in the float32
-    reference. Not bit for bit: the tensor cores sum in their own order. (That ulp is about
-    what the rounding itself changes: check_rounded_operands shows which operands are
-    rounded.) Returns the outputs."""
-    x, d, options = _mma_problem(cell, name, shape, optional, sequence)
+    does, need not show on a small problem); and against the standard path without the
+    rounding, which multiplies in float32 (SIMT), within that bound plus twice what the
+    rounding changes in the float32 reference. Not bit for bit: the tensor cores sum in their
+    own order. (That ulp is about what the rounding itself changes: check_rounded_operands
+    shows which operands are rounded.) Returns the outputs."""
+    x, d, options = _mma_problem(cell, name, shape, optional, sequence, proj)
 
     def run(path, rounding):
         return _run(module, cell, np.float32, x, d, options, to_device, to_host, path, rounding)
 
-    got, standard = run("persistent", ROUNDINGS[name][0]), run("standard", None)
+    got, standard = run(path, ROUNDINGS[name][0]), run("standard", None)
     rounded = lambda a: _round_to(name, a)  # noqa: E731
     oracle = _reference_run(cell, np.float64, x, d, options, rounded)
     at_precision = _reference_run(cell, np.float32, x, d, options, rounded)
@@ -518,18 +614,34 @@ def compare_mma_with_reference(module, cell, name, shape, optional, sequence,
     return got
 
 
-# Tails of the 16 x 8 x K tiles: units per block (H = 7: 1; 33: 5, the last block 3; 130: 17
-# and 11, so G * owned columns from 3 to 68), B = 1 and 3, and two row tiles (B = 17).
-MMA_SHAPES = [(4, 3, 7), (3, 1, 33), (5, 3, 33), (2, 3, 130), (3, 17, 33)]
+# Tails of the 16 x 8 x K tiles: units per block (persistent, 8 SMs: H = 7: 1; 33: 5, the last
+# block 3; 130: 17 and 11, so G * owned columns from 3 to 68; standard: 32 units a block, so
+# H = 7, 33 and 130 end in blocks of 7, 1 and 2 units), B = 1 and 3, and two row tiles (B = 17:
+# two blocks along y on the standard path; with H = 130, more rows of a tile than the persistent
+# path's 128 threads cover at once, see PERSISTENT_SHAPES).
+MMA_SHAPES = [(4, 3, 7), (3, 1, 33), (5, 3, 33), (2, 3, 130), (3, 17, 33), (2, 17, 130)]
+PATHS = ["standard", "persistent"]
 
 
 @pytest.mark.parametrize("options", ["none", "given", "lengths-resets"])
 @pytest.mark.parametrize("shape", MMA_SHAPES, ids=_ids(MMA_SHAPES))
 @pytest.mark.parametrize("name", ROUNDINGS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_persistent_tensor_cores(cell, name, shape, options):
+@pytest.mark.parametrize("path", PATHS)
+def test_tensor_cores(path, cell, name, shape, options):
     compare_mma_with_reference(emu, cell, name, shape, options != "none",
-                               options == "lengths-resets")
+                               options == "lengths-resets", path=path)
+
+
+@pytest.mark.parametrize("options", ["none", "lengths-resets"])
+@pytest.mark.parametrize("shape", MMA_SHAPES, ids=_ids(MMA_SHAPES))
+@pytest.mark.parametrize("name", ROUNDINGS)
+def test_standard_tensor_cores_with_projection(name, shape, options):
+    """The LSTM projection (standard path only): the recurrent products (depth P forward, P
+    columns backward) on the tensor cores, the projection's in float32."""
+    sequence = options == "lengths-resets"
+    compare_mma_with_reference(emu, "lstm", name, shape, sequence, sequence, path="standard",
+                               proj=True)
 
 
 @pytest.mark.parametrize("name", ["bf16", "f16"])
@@ -546,16 +658,18 @@ def test_sixteen_bit_roundings_keep_w_hh_in_half_the_shared_memory(name):
     compare_mma_with_reference(emu, "lstm", name, (2, 1, 384), True, False)
 
 
-def check_rounded_operands(module, cell, name, shape, to_device=_identity, to_host=_identity):
-    """Which operands the persistent path rounds (the rounding `name`), where no rounding can
+def check_rounded_operands(module, cell, name, shape, to_device=_identity, to_host=_identity,
+                           path="persistent"):
+    """Which operands `path` rounds (the rounding `name`), where no rounding can
     flip: one step (shape's T = 1), whose h_{t-1} is h0 (an input, which kernel and reference
     round alike) and whose dzh the kernel writes (dzx but the GRU's). y, and dh0 as each
     reference gives it with the kernel's dzh rounded in its product (a correction where kernel
     and reference round dzh to neighbouring 16-bit values), are held to the rule of
     tests/_util.py without compare_mma_with_reference's ulp; the reference without the rounding
-    of h0 (y) or of dzh (dh0) fails that bound."""
+    of h0 (y) or of dzh (dh0) fails that bound, and so would a kernel that multiplied in
+    float32 (SIMT) under the rounding."""
     x, d, options = _mma_problem(cell, name, shape, True, False)
-    got = _run(module, cell, np.float32, x, d, options, to_device, to_host, "persistent",
+    got = _run(module, cell, np.float32, x, d, options, to_device, to_host, path,
                ROUNDINGS[name][0])
     rounded = lambda a: _round_to(name, a)  # noqa: E731
     dzh = rounded(got["dzh"] if cell == "gru" else got["dzx"])[0].astype(np.float64)
@@ -581,17 +695,16 @@ STEP_SHAPES = [(1, 3, 7), (1, 17, 33), (1, 3, 130)]
 @pytest.mark.parametrize("shape", STEP_SHAPES, ids=_ids(STEP_SHAPES))
 @pytest.mark.parametrize("name", ROUNDINGS)
 @pytest.mark.parametrize("cell", CELLS)
-def test_tensor_cores_round_the_left_operands(cell, name, shape):
-    check_rounded_operands(emu, cell, name, shape)
+@pytest.mark.parametrize("path", PATHS)
+def test_tensor_cores_round_the_left_operands(path, cell, name, shape):
+    check_rounded_operands(emu, cell, name, shape, path=path)
 
 
 def test_rounding_checked():
     with pytest.raises(ValueError, match="rounding must be None, 'bfloat16', 'float16' or"):
         emu.recurrent_forward(**_small_forward(), rounding="int8")
     assert "float32" in emu.persistent_refusal("gru", 7, dtype="float64", rounding="tf32")
-    with pytest.raises(ValueError, match="persistent.*needs float32"):
-        emu.recurrent_forward(**_small_forward(dtype=np.float64), path="persistent",
-                              rounding="bfloat16")
-    # The standard path multiplies in float32 whatever the rounding says.
-    args = _small_forward()
-    emu.recurrent_forward(**args, rounding="bfloat16")
+    for path in PATHS:
+        with pytest.raises(ValueError, match="rounding of the matmul's operands needs float32"):
+            emu.recurrent_forward(**_small_forward(dtype=np.float64), path=path,
+                                  rounding="bfloat16")
