@@ -26,7 +26,9 @@ from rnnfast.bench.peers import (
 from rnnfast.bench.report import FIELDS
 from rnnfast.bench.runner import PEER_SLACK, CpuTimer, compare_outputs, run_row
 
-TINY = ["--shapes", "3,2,5,4", "--cells", "lstm", "gru", "rnn_tanh", "rnn_relu",
+# No pause before each implementation's timing: these runs test the suite, not the speed.
+NO_PAUSE = ["--settle", "0"]
+TINY = [*NO_PAUSE, "--shapes", "3,2,5,4", "--cells", "lstm", "gru", "rnn_tanh", "rnn_relu",
         "--modes", "inference", "train", "step", "--repeats", "2", "--warmup", "0", "--quiet"]
 INSTALLED = {p.name for p in PEERS[1:] if p.available("cpu")}
 HAS_CELLS = hasattr(rnnfast, "LSTMCell")
@@ -88,7 +90,7 @@ def test_json_and_csv_fields(tiny_run):
 
 def test_commit_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("RNNFAST_BENCH_COMMIT", "abc123")
-    assert main(["--shapes", "2,1,3,2", "--cells", "rnn_tanh", "--modes", "inference",
+    assert main([*NO_PAUSE, "--shapes", "2,1,3,2", "--cells", "rnn_tanh", "--modes", "inference",
                  "--peers", "numpy", "--repeats", "1", "--quiet",
                  "--json", str(tmp_path / "r.json")]) == 0
     result = json.loads((tmp_path / "r.json").read_text())
@@ -118,8 +120,8 @@ class WrongPeer(NumpyReferencePeer):
 @pytest.mark.parametrize("mode", ["inference", "train"])
 def test_wrong_peer_is_flagged_not_a_win(monkeypatch, tmp_path, capsys, mode):
     monkeypatch.setattr(cli, "PEERS", [PEERS[0], WrongPeer()])
-    status = main(["--shapes", "3,2,5,4", "--cells", "gru", "--modes", mode, "--repeats", "1",
-                   "--quiet", "--json", str(tmp_path / "r.json")])
+    status = main([*NO_PAUSE, "--shapes", "3,2,5,4", "--cells", "gru", "--modes", mode, "--repeats",
+                   "1", "--quiet", "--json", str(tmp_path / "r.json")])
     assert status == 1
     records = json.loads((tmp_path / "r.json").read_text())["records"]
     ours, wrong = records
@@ -134,8 +136,8 @@ def test_peer_within_its_slack_is_ok(monkeypatch, tmp_path):
     # A peer off by 1e-5 (past the rule's float32 bound here, about 2e-6, but within
     # PEER_SLACK times it: another summation order) is checked ok, and the run succeeds.
     monkeypatch.setattr(cli, "PEERS", [PEERS[0], WrongPeer(1e-5)])
-    status = main(["--shapes", "3,2,5,4", "--cells", "gru", "--modes", "train", "--repeats",
-                   "1", "--quiet", "--json", str(tmp_path / "r.json")])
+    status = main([*NO_PAUSE, "--shapes", "3,2,5,4", "--cells", "gru", "--modes", "train",
+                   "--repeats", "1", "--quiet", "--json", str(tmp_path / "r.json")])
     records = json.loads((tmp_path / "r.json").read_text())["records"]
     peer = records[1]
     assert status == 0 and peer["status"] == "ok"
@@ -202,8 +204,9 @@ def test_stacked_bidirectional_peers_agree(cell):
 
 
 def test_unsupported_rows_are_reported(tmp_path):
-    assert main(["--shapes", "3,2,5,4", "--cells", "lstm", "--layers", "2", "--directions", "2",
-                 "--repeats", "1", "--quiet", "--json", str(tmp_path / "r.json")]) == 0
+    assert main([*NO_PAUSE, "--shapes", "3,2,5,4", "--cells", "lstm", "--layers", "2",
+                 "--directions", "2", "--repeats", "1", "--quiet", "--json",
+                 str(tmp_path / "r.json")]) == 0
     for r in json.loads((tmp_path / "r.json").read_text())["records"]:
         if r["peer"] == "rnnfast" and r["status"] == "unsupported":
             assert "not implemented" in r["check"]
@@ -216,7 +219,7 @@ def test_time_budget_sets_repeats(tmp_path, budget):
     """A budget shorter than any call: no warm-up, the minimum of 2 repeats, one per round; a
     long one: the --repeats asked for, two per round, after warm-up calls filling 0.1 s in each
     round (many, for calls this small)."""
-    assert main(["--shapes", "3,2,5,4", "--cells", "lstm", "--modes", "inference",
+    assert main([*NO_PAUSE, "--shapes", "3,2,5,4", "--cells", "lstm", "--modes", "inference",
                  "--repeats", "4", "--rounds", "2", "--warmup", "1", "--budget", str(budget),
                  "--quiet", "--json", str(tmp_path / "r.json")]) == 0
     records = json.loads((tmp_path / "r.json").read_text())["records"]
@@ -266,7 +269,7 @@ def test_baseline_build_is_timed_in_the_same_run(tmp_path):
     its outputs checked like any peer's."""
     shutil.copytree(pathlib.Path(rnnfast.__file__).parent, tmp_path / "base" / "rnnfast",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    assert main(["--shapes", "3,2,5,4", "--cells", "lstm", "gru", "--modes", "inference",
+    assert main([*NO_PAUSE, "--shapes", "3,2,5,4", "--cells", "lstm", "gru", "--modes", "inference",
                  "train", "step", "--peers", "numpy", "--repeats", "2", "--warmup", "0",
                  "--quiet", "--baseline", str(tmp_path / "base"),
                  "--json", str(tmp_path / "r.json")]) == 0
@@ -280,7 +283,7 @@ def test_baseline_build_is_timed_in_the_same_run(tmp_path):
 
 def test_baseline_without_a_package_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        main(["--shapes", "3,2,5,4", "--baseline", str(tmp_path)])
+        main([*NO_PAUSE, "--shapes", "3,2,5,4", "--baseline", str(tmp_path)])
     assert "--baseline: no rnnfast package" in capsys.readouterr().err
 
 
