@@ -10,6 +10,7 @@ are poisoned with NaN first, so an element left unwritten (or read before it is 
 """
 
 import concurrent.futures
+import itertools
 import os
 import subprocess
 import sys
@@ -155,6 +156,20 @@ def _ids(shapes):
     return [f"T{t}-B{b}-H{h}" for t, b, h in shapes]
 
 
+def _rotated(names, cases, choices):
+    """pytest parameters: each of ``cases`` (tuples of values) with the next of ``choices`` in
+    turn, for the emulated tensor cores' tests (a second or more a case): every choice meets
+    every value of each parameter, in len(cases) cases instead of len(cases) * len(choices).
+    ``names``: the parameters' names, the choice's last."""
+    def show(value):  # a shape, a dtype or a name
+        return _ids([value])[0] if isinstance(value, tuple) else getattr(value, "__name__", value)
+
+    params = [pytest.param(*case, choices[i % len(choices)],
+                           id="-".join(map(show, (*case, choices[i % len(choices)]))))
+              for i, case in enumerate(cases)]
+    return pytest.mark.parametrize(names, params)
+
+
 @pytest.mark.parametrize("optional", [True, False], ids=["given", "none"])
 @pytest.mark.parametrize("shape", SHAPES, ids=_ids(SHAPES))
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -191,10 +206,10 @@ def test_emulated_projection_matches_cpu(dtype, shape, options):
 PERSISTENT_SHAPES = [(1, 1, 1), (4, 3, 7), (3, 1, 33), (5, 3, 33), (2, 3, 130), (2, 9, 130)]
 
 
-@pytest.mark.parametrize("options", ["none", "given", "lengths", "resets", "both"])
-@pytest.mark.parametrize("shape", PERSISTENT_SHAPES, ids=_ids(PERSISTENT_SHAPES))
-@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("cell", CELLS)
+# Each case one option in turn (_rotated): each cell meets every option with B > 1 (on one
+# dtype or the other), and each shape every option.
+@_rotated("cell, dtype, shape, options", list(itertools.product(CELLS, DTYPES, PERSISTENT_SHAPES)),
+          ["none", "given", "lengths", "resets", "both"])
 def test_persistent_path_matches_cpu_and_standard(cell, dtype, shape, options):
     sequence = dict(lengths=options in ("lengths", "both") and shape[1] > 1,
                     resets=options in ("resets", "both"))
@@ -255,9 +270,8 @@ def test_both_directions_in_one_launch(cell, dtype, shape, options):
         _check_against(got, _run(_cpu, cell, dtype, *problem), dtype)
 
 
-@pytest.mark.parametrize("shape", [(4, 3, 7), (2, 17, 130)], ids=_ids([(4, 3, 7), (2, 17, 130)]))
-@pytest.mark.parametrize("name", ["bf16", "f16", "tf32"])
-@pytest.mark.parametrize("cell", CELLS)
+@_rotated("cell, name, shape", list(itertools.product(CELLS, ["bf16", "f16", "tf32"])),
+          [(4, 3, 7), (2, 17, 130)])
 def test_both_directions_in_one_launch_on_tensor_cores(cell, name, shape):
     _both_directions(cell, np.float32, shape, shape[1] > 1, rounding=ROUNDINGS[name][0])
 
@@ -623,20 +637,20 @@ MMA_SHAPES = [(4, 3, 7), (3, 1, 33), (2, 3, 130), (3, 17, 33), (2, 17, 130)]
 PATHS = ["standard", "persistent"]
 
 
-# Options: zero initial states, or given ones with lengths and resets.
-@pytest.mark.parametrize("options", ["none", "lengths-resets"])
-@pytest.mark.parametrize("shape", MMA_SHAPES, ids=_ids(MMA_SHAPES))
-@pytest.mark.parametrize("name", ROUNDINGS)
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("path", PATHS)
+# Options: zero initial states, or given ones with lengths and resets; in turn (_rotated), so
+# that each shape meets both with each path and cell (five shapes: the turn shifts from one
+# rounding to the next).
+MMA_OPTIONS = ["none", "lengths-resets"]
+
+
+@_rotated("path, cell, name, shape, options",
+          list(itertools.product(PATHS, CELLS, ROUNDINGS, MMA_SHAPES)), MMA_OPTIONS)
 def test_tensor_cores(path, cell, name, shape, options):
     sequence = options == "lengths-resets"
     compare_mma_with_reference(emu, cell, name, shape, sequence, sequence, path=path)
 
 
-@pytest.mark.parametrize("options", ["none", "lengths-resets"])
-@pytest.mark.parametrize("shape", MMA_SHAPES, ids=_ids(MMA_SHAPES))
-@pytest.mark.parametrize("name", ROUNDINGS)
+@_rotated("name, shape, options", list(itertools.product(ROUNDINGS, MMA_SHAPES)), MMA_OPTIONS)
 def test_standard_tensor_cores_with_projection(name, shape, options):
     """The LSTM projection (standard path only): the recurrent products (depth P forward, P
     columns backward) on the tensor cores, the projection's in float32."""
