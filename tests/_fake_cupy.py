@@ -9,7 +9,11 @@ What it does:
   subclass; ``asarray`` and ``array`` copy host data to the "device", ``asnumpy`` and
   ``ndarray.get`` copy back; ``ndarray.device.id`` is 0; ``cuda.Device``,
   ``cuda.runtime.getDeviceCount`` (one GPU) and ``cuda.get_current_stream`` answer as CuPy's
-  do on a one-GPU machine.
+  do on a one-GPU machine. ``cuda.ExternalStream`` and ``cuda.using_allocator`` are contexts
+  that set what ``get_current_stream`` and ``cuda.get_allocator`` return (the allocator is not
+  used: the arrays are NumPy's); ``cuda.PythonFunctionAllocator(malloc, free)`` calls them as
+  CuPy's does: ``malloc(size, device_id)`` for a pointer, ``free(pointer, device_id)`` when the
+  memory object its ``malloc(size)`` returns goes.
 - Like CuPy, it refuses to compute on a host array with a device one: a NumPy function or
   operator (ufuncs, ``np.where``, ``np.concatenate``, ``@``, ...) given a plain NumPy array of
   one or more dimensions alongside a device array raises TypeError, and so do the module's
@@ -37,6 +41,7 @@ What it does not show:
 - more than one GPU (``cuda:1`` does not exist here).
 """
 
+import contextlib
 import sys
 import types
 
@@ -133,6 +138,54 @@ class _Device:
         pass
 
 
+class _Streams:
+    """CuPy's current stream (a stack: ExternalStream's context) and allocator
+    (using_allocator's)."""
+
+    def __init__(self):
+        self.streams, self.allocator = [types.SimpleNamespace(ptr=0)], None
+
+    def external_stream(self, ptr, device_id=-1):
+        streams = self.streams
+
+        class ExternalStream:
+            def __enter__(self):
+                streams.append(types.SimpleNamespace(ptr=ptr, device_id=device_id))
+                return streams[-1]
+
+            def __exit__(self, *exc):
+                streams.pop()
+                return False
+
+        return ExternalStream()
+
+    @contextlib.contextmanager
+    def using_allocator(self, allocator=None):
+        before, self.allocator = self.allocator, allocator
+        try:
+            yield
+        finally:
+            self.allocator = before
+
+
+class _PythonFunctionMemory:
+    """The memory of a PythonFunctionAllocator's malloc: freed when it goes, as CuPy's."""
+
+    def __init__(self, size, malloc, free):
+        self.ptr, self.size, self._free = malloc(size, 0), size, free
+
+    def __del__(self):
+        self._free(self.ptr, 0)
+
+
+class _PythonFunctionAllocator:
+    def __init__(self, malloc_func, free_func):
+        self._malloc, self._free = malloc_func, free_func
+
+    def malloc(self, size):
+        return _PythonFunctionMemory(size, self._malloc, self._free)
+
+
 def asarray(a, dtype=None):
     """A device array: ``a`` itself when it is one of ``dtype``, else a copy."""
     if isinstance(a, ndarray):
@@ -154,10 +207,12 @@ def _module():
     module.__version__ = "0+fake"
     module.ndarray, module.array, module.asarray, module.asnumpy = (ndarray, array, asarray,
                                                                     asnumpy)
-    stream = types.SimpleNamespace(ptr=0)
+    state = _Streams()
     module.cuda = types.SimpleNamespace(
         Device=_Device, runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
-        get_current_stream=lambda: stream)
+        get_current_stream=lambda: state.streams[-1], ExternalStream=state.external_stream,
+        using_allocator=state.using_allocator, get_allocator=lambda: state.allocator,
+        PythonFunctionAllocator=_PythonFunctionAllocator)
 
     def getattr_(name):  # the rest of the namespace: NumPy's, on device arrays
         value = getattr(np, name)

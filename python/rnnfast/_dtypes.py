@@ -23,9 +23,10 @@
   the CPU has them) and float16's the float32 ``_cpu.gemm`` on operands rounded to float16 (a
   product of two 16-bit values is exact in float32, so rounding the operands and multiplying
   in float32 gives the 16-bit products with float32 sums); on the CUDA backends both are
-  float32 GEMMs on rounded operands. CuPy has no bfloat16 dtype: bfloat16 reaches the CUDA
-  backend on NumPy arrays (the emulator) only, and will on the GPU through the PyTorch adapter;
-  CuPy's float16 is numpy.float16.
+  float32 GEMMs on rounded operands. CuPy has no bfloat16 dtype: bfloat16 values reach the
+  CUDA backend in float32 arrays inside ``bfloat16_in_float32()`` (rnnfast.torch's bfloat16
+  CUDA tensors), computed as bfloat16 arrays are, and rounded to bfloat16 (in float32) wherever
+  a bfloat16 array would be; CuPy's float16 is numpy.float16.
 - float32 under ``set_float32_matmul_precision``: "highest" (the default): float32 products.
   "medium" on the CPU: the matmuls' operands rounded to bfloat16 as above, the recurrence's
   included (inputs and results stay float32). "high" and "medium" on CUDA: TF32 for the large
@@ -38,6 +39,8 @@
   (as with cuDNN's float16), where float32 would stay finite.
 """
 
+import contextlib
+import contextvars
 import functools
 import importlib.util
 import sys
@@ -98,6 +101,30 @@ def is_16bit(dtype):
     return dtype == FLOAT16 or is_bfloat16(dtype)
 
 
+_float32_holds = contextvars.ContextVar("rnnfast_float32_holds", default=None)
+
+
+@contextlib.contextmanager
+def bfloat16_in_float32():
+    """Within this block (in this thread or task), float32 arrays hold bfloat16 values and are
+    computed as bfloat16 arrays: their matmuls round their operands to bfloat16 and what a
+    bfloat16 array would store (``to_storage``) is rounded to bfloat16, in float32 (requires
+    ml_dtypes). For array libraries without a bfloat16 dtype: CuPy (rnnfast.torch's bfloat16
+    CUDA tensors, handed over as float32 copies)."""
+    token = _float32_holds.set(bfloat16())
+    try:
+        yield
+    finally:
+        _float32_holds.reset(token)
+
+
+def storage(dtype):
+    """The type whose values arrays of ``dtype`` hold: ``dtype`` itself, but bfloat16 for
+    float32 inside ``bfloat16_in_float32()``."""
+    held = _float32_holds.get() if dtype == FLOAT32 else None
+    return dtype if held is None else held
+
+
 _PRECISIONS = ("highest", "high", "medium")
 _matmul_precision = "highest"
 
@@ -132,8 +159,9 @@ def matmul_rounding(dtype, cuda):
     backend, ``cuda``) or None (exact products in the compute
     dtype). Without ml_dtypes, which the rounding to bfloat16 needs, "medium" on the CPU is
     "highest"."""
-    if is_16bit(dtype):
-        return dtype
+    stored = storage(dtype)
+    if is_16bit(stored):
+        return stored
     if dtype != FLOAT32 or _matmul_precision == "highest":
         return None
     if cuda:
@@ -144,15 +172,27 @@ def matmul_rounding(dtype, cuda):
 def round_operand(array, rounding):
     """A GEMM operand (float32, or 16-bit storage) as float32 values rounded to ``rounding``
     (a value of matmul_rounding, not None), to nearest even; in the array's own library (NumPy
-    or CuPy). TF32 keeps 10 of float32's 23 mantissa bits: the bits are rounded in place, and
-    inf and NaN kept as they are (the carry would overflow their exponent)."""
-    if rounding is not TF32:
-        return array.astype(rounding).astype(FLOAT32)
+    or CuPy). TF32, and bfloat16 on arrays other than NumPy's own (CuPy has no bfloat16 dtype),
+    are rounded by their bits (_round_mantissa); the others by the library's cast (ml_dtypes'
+    for bfloat16, which rounds float64 values once too, not through float32: dropout's scale)."""
+    if rounding is TF32:
+        return _round_mantissa(array, 10)
+    if is_bfloat16(rounding) and type(array) is not np.ndarray:
+        return _round_mantissa(array, 7)
+    return array.astype(rounding).astype(FLOAT32)
+
+
+def _round_mantissa(array, kept):
+    """``array`` as float32 with ``kept`` of its 23 mantissa bits (10: TF32, 7: bfloat16),
+    rounded to nearest even in place of the others; inf and NaN kept as they are (the carry
+    would overflow their exponent)."""
+    dropped = 23 - kept
     bits = array.astype(FLOAT32).view(np.uint32)
-    kept = (bits + np.uint32(0xFFF) + ((bits >> np.uint32(13)) & np.uint32(1))) \
-        & np.uint32(0xFFFFE000)
+    half = np.uint32((1 << (dropped - 1)) - 1)
+    rounded = (bits + half + ((bits >> np.uint32(dropped)) & np.uint32(1))) \
+        & np.uint32(0xFFFFFFFF << dropped & 0xFFFFFFFF)
     finite = (bits & np.uint32(0x7F800000)) != np.uint32(0x7F800000)
-    return (kept * finite + bits * ~finite).view(FLOAT32)
+    return (rounded * finite + bits * ~finite).view(FLOAT32)
 
 
 def to_compute(array):
@@ -175,5 +215,9 @@ def matmul_operand(array, rounding):
 
 def to_storage(array, dtype):
     """``array`` (computed in compute_dtype(dtype)) as ``dtype``, rounded to nearest; None
-    kept."""
-    return array if array is None or array.dtype == dtype else array.astype(dtype)
+    kept. Inside ``bfloat16_in_float32()``, float32 rounded to bfloat16 values (float32 ones)."""
+    if array is None:
+        return None
+    if storage(dtype) is not dtype:
+        return round_operand(array, storage(dtype))
+    return array if array.dtype == dtype else array.astype(dtype)

@@ -3,7 +3,8 @@ runs on, chosen from the arrays it is given (ARCHITECTURE.md, "One orchestration
 
 - ``cpu``: NumPy arrays, ``rnnfast._cpu`` (SIMD kernels, rnnfast's own GEMMs and threads);
 - ``cuda``: CuPy arrays, ``rnnfast._cuda`` (CUDA kernels) and CuPy's cuBLAS for the large
-  GEMMs, on CuPy's current stream and memory pool;
+  GEMMs, on CuPy's current stream and allocator (its memory pool, or within rnnfast.torch's
+  calls torch's caching allocator);
 - ``cuda-emulated``: NumPy arrays, ``rnnfast._cuda_emulated`` (the same CUDA sources built for
   the host, CUDA threads as host threads) and NumPy's GEMMs: the whole GPU path on any machine.
   Opt-in: NumPy arrays go to it only inside ``with rnnfast.backends.emulate_cuda():`` (the
@@ -192,13 +193,14 @@ class CudaBackend:
         self._stream = stream  # () -> the stream handle the kernels are enqueued on
 
     def scratch(self, slot, shape, dtype):
-        return self.xp.empty(shape, dtype)  # CuPy's pool (or NumPy) reuses the memory
+        return self.xp.empty(shape, dtype)  # CuPy's allocator (or NumPy) reuses the memory
 
     def free_scratch(self):
         pass
 
     def empty(self, shape, dtype, aligned=False):
-        return self.xp.empty(shape, dtype)  # CuPy's allocations are 256-byte aligned
+        # CuPy's allocations are 256-byte aligned (torch's caching allocator's, 512-byte)
+        return self.xp.empty(shape, dtype)
 
     def contiguous(self, a):
         return self.xp.ascontiguousarray(a)

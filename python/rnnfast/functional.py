@@ -579,7 +579,10 @@ def forward_layers(cell: str, input, params: dict, *, num_layers: int = 1,
         if use_dropout and k < num_layers - 1:
             keep = generator.random(layer_in.shape) >= dropout
             scale = 0.0 if dropout == 1 else 1.0 / (1.0 - dropout)
-            masks.append(xp.asarray((keep * scale).astype(dtype)))
+            # (to_storage: a bfloat16 array's masks are bfloat16, rounded once, and so must be
+            # those of bfloat16 values in float32, _dtypes.bfloat16_in_float32; layer_in needs
+            # no rounding: it is the next layer's matmul operand, which rounds it)
+            masks.append(xp.asarray(_dtypes.to_storage(keep * scale, dtype)))
             layer_in = layer_in * masks[-1]
     ctx = (LayersContext(cell_spec, contexts, names, masks, order, num_layers, dirs)
            if training else None)
@@ -610,7 +613,7 @@ def backward_layers(ctx: LayersContext, grad_output, grad_hx=None, *, input_grad
     grads = {}
     for k in reversed(range(ctx.num_layers)):
         if k < len(ctx.masks):
-            dy = dy * ctx.masks[k]
+            dy = _dtypes.to_storage(dy * ctx.masks[k], first.dtype)
         dx = 0 if input_grad or k > 0 else None
         for d in range(dirs):
             i = k * dirs + d

@@ -14,14 +14,24 @@ switches the ``torch.nn`` ones inside a model over in place::
 - The kernels are the custom operators ``rnnfast::recurrent`` and ``rnnfast::recurrent_backward``
   (fake implementations, registered autograd), so that torch.compile (fullgraph) and
   torch.export record them as single nodes.
-- CPU tensors of float32, float64 or bfloat16 (``module.bfloat16()``; needs ml_dtypes:
-  ``rnnfast[bf16]``): bfloat16 products with float32 sums and float32 gate math, as
-  ``rnnfast.LSTM(dtype="bfloat16")``. Empty inputs and states (a batch of 0, hidden_size=0) go
-  to torch's own op.
-- CUDA tensors (float32, float64; needs CuPy, ``rnnfast[cuda12]``, and rnnfast's CUDA module)
-  reach the CUDA backend as CuPy arrays through DLPack, without a copy, and run on torch's
-  current stream (CuPy's current stream within the call); the arrays rnnfast allocates come
-  from CuPy's memory pool, not torch's caching allocator. Not yet run on a GPU.
+- CPU and CUDA tensors of float32, float64, float16 or bfloat16 (``module.half()``,
+  ``module.bfloat16()``; bfloat16 needs ml_dtypes: ``rnnfast[bf16]``). The 16-bit types
+  compute as ``rnnfast.LSTM(dtype="float16")`` and ``dtype="bfloat16"`` do
+  (``rnnfast._dtypes``): products of operands rounded to the 16-bit type, float32 sums and
+  float32 gate math; outputs, states and every gradient come back in the module's dtype, as
+  torch.nn returns them (the weight and bias gradients computed in float32, then rounded).
+  Empty inputs and states (a batch of 0, hidden_size=0) go to torch's own op.
+- CUDA tensors (needs CuPy, ``rnnfast[cuda12]``, and rnnfast's CUDA module) reach the CUDA
+  backend as CuPy arrays through DLPack, without a copy, and run on torch's current stream
+  (CuPy's current stream within the call); bfloat16 ones, a dtype CuPy lacks, as float32
+  copies made by torch, computed as bfloat16 (``_dtypes.bfloat16_in_float32``: the same
+  operands rounded, the same values stored as a bfloat16 array's), the results rounded back by
+  torch. The arrays rnnfast allocates within the call come from torch's caching allocator
+  (on torch's current stream; they count in ``torch.cuda.memory_allocated``), not CuPy's pool,
+  and go back to it when freed, a result with its tensor; like any tensor's memory, a result's
+  is returned to the pool of the stream it was made on (use it on another stream only after
+  synchronising with that one: ``record_stream`` does not reach memory that came through
+  DLPack). Not yet run on a GPU.
 - Dropout (training mode, between stacked layers, as ``torch.nn``) draws its masks with
   rnnfast's generator, seeded from PyTorch's (so ``torch.manual_seed`` makes it reproducible),
   but not the same masks as ``torch.nn`` draws: results with dropout match torch.nn in
@@ -60,18 +70,23 @@ from . import _cpu, _devices, _dtypes, backends, functional
 __all__ = ["RNN", "LSTM", "GRU", "RNNCell", "LSTMCell", "GRUCell", "convert",
            "share_torch_threads"]
 
-_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64,
+                 torch.float16: np.float16}
 if _dtypes.BFLOAT16 is not None:  # ml_dtypes (rnnfast[bf16]) installed
     _NUMPY_DTYPES[torch.bfloat16] = _dtypes.BFLOAT16
 
 
 def _array(tensor):
     """A NumPy view of a CPU tensor's memory (no copy; bfloat16 as ml_dtypes.bfloat16), or a
-    CuPy view of a CUDA tensor's (DLPack, no copy); None stays None."""
+    CuPy view of a CUDA tensor's (DLPack, no copy; bfloat16, which CuPy lacks, as a float32 copy
+    made by torch, computed inside _dtypes.bfloat16_in_float32: _on_torch_resources); None stays
+    None."""
     if tensor is None:
         return None
     if tensor.is_cuda:  # (3x as fast as asking tensor.device.type)
-        return _devices.cupy().from_dlpack(tensor.detach())
+        tensor = tensor.detach()
+        return _devices.cupy().from_dlpack(
+            tensor.float() if tensor.dtype == torch.bfloat16 else tensor)
     if tensor.dtype == torch.bfloat16:  # NumPy has no bfloat16 of its own: same bits
         return tensor.detach().view(torch.int16).numpy().view(_dtypes.BFLOAT16)
     return tensor.detach().numpy()
@@ -79,7 +94,8 @@ def _array(tensor):
 
 def _tensor(array, dtype):
     """A tensor of ``dtype`` from a NumPy or CuPy array: its memory where the dtypes agree, else
-    converted (the float32 weight gradients of bfloat16 weights)."""
+    converted (the float32 weight gradients of 16-bit weights; on CUDA, every float32 result of a
+    bfloat16 call, whose values but the weight gradients' are bfloat16 ones already)."""
     if backends.is_cupy_array(array):
         tensor = torch.from_dlpack(array)
     elif _dtypes.is_bfloat16(array.dtype):
@@ -170,17 +186,36 @@ def _on_torch_resources(tensor):
     """A context in which rnnfast.functional uses torch's resources for a call on ``tensor``'s
     device. CUDA: CuPy (and so rnnfast's CUDA backend) runs on the tensor's GPU and on torch's
     current stream there, so that the DLPack exchanges and the kernels are ordered with torch's
-    own work, without synchronising. CPU: the large GEMMs run on torch's (MKL, on the OpenMP
-    threads that rnnfast's kernels share: share_torch_threads), 1.2-1.5x faster than rnnfast's
-    own at T*B = 6400 and 1.4-2.4x at T*B = 800 on the development machine; but on rnnfast's
-    own where torch's would round float32 operands (_torch_multiplies_float32_exactly)."""
+    own work, without synchronising, and allocates from torch's caching allocator
+    (_torch_allocator); a bfloat16 call computes its float32 copies (_array) as bfloat16. CPU:
+    the large GEMMs run on torch's (MKL, on the OpenMP threads that rnnfast's kernels share:
+    share_torch_threads), 1.2-1.5x faster than rnnfast's own at T*B = 6400 and 1.4-2.4x at
+    T*B = 800 on the development machine; but on rnnfast's own where torch's would round float32
+    operands (_torch_multiplies_float32_exactly)."""
     if not tensor.is_cuda:
         return backends.cpu_gemm(_torch_gemm if _torch_multiplies_float32_exactly() else None)
+    cupy, device = _devices.cupy(), tensor.device.index
+    stream = torch.cuda.current_stream(tensor.device).cuda_stream
     stack = contextlib.ExitStack()
-    stack.enter_context(_devices.on(f"cuda:{tensor.device.index}"))
-    stack.enter_context(_devices.cupy().cuda.ExternalStream(
-        torch.cuda.current_stream(tensor.device).cuda_stream, tensor.device.index))
+    stack.enter_context(_devices.on(f"cuda:{device}"))
+    stack.enter_context(cupy.cuda.ExternalStream(stream, device))
+    stack.enter_context(cupy.cuda.using_allocator(_torch_allocator(cupy, stream)))
+    if tensor.dtype == torch.bfloat16:
+        stack.enter_context(_dtypes.bfloat16_in_float32())
     return stack
+
+
+def _torch_allocator(cupy, stream):
+    """A CuPy allocator (for cupy.cuda.using_allocator) on torch's caching allocator, for work on
+    torch's stream ``stream`` (a handle): the memory of an allocation is a block of torch's pool
+    for that stream, and goes back to it when CuPy frees it, when its last array goes (for an
+    array returned as a tensor through DLPack, with the tensor), as a tensor's block goes back
+    when the tensor goes. So rnnfast's workspaces and results count in torch.cuda's memory
+    statistics and limits, and memory freed by either library is reused by the other, which two
+    pools on one GPU would each keep to themselves."""
+    return cupy.cuda.PythonFunctionAllocator(
+        lambda size, device: torch.cuda.caching_allocator_alloc(size, device, stream),
+        lambda pointer, device: torch.cuda.caching_allocator_delete(pointer)).malloc
 
 
 def _torch_multiplies_float32_exactly():
@@ -375,9 +410,9 @@ class _EagerRecurrence(torch.autograd.Function):
 
 
 def _check_device_and_dtype(tensors):
-    """What rnnfast's kernels need beyond torch's own checks: CPU tensors of float32, float64
-    or bfloat16 (with ml_dtypes), or CUDA tensors (with CuPy and rnnfast's CUDA module), all
-    of one device and dtype."""
+    """What rnnfast's kernels need beyond torch's own checks: CPU or CUDA tensors (CUDA: with
+    CuPy and rnnfast's CUDA module) of float32, float64, float16 or bfloat16 (with ml_dtypes),
+    all of one device and dtype."""
     device = tensors[-1].device  # a weight's
     if device.type not in ("cpu", "cuda") or any(t.device != device for t in tensors):
         for tensor in tensors:
@@ -391,16 +426,11 @@ def _check_device_and_dtype(tensors):
         _devices.cupy()  # an ImportError saying what to install or rebuild
     dtype = tensors[-1].dtype  # a weight's
     if dtype not in _NUMPY_DTYPES:
-        names = ", ".join(str(d).removeprefix("torch.") for d in _NUMPY_DTYPES
-                          if device.type == "cpu" or d != torch.bfloat16)
+        names = ", ".join(str(d).removeprefix("torch.") for d in _NUMPY_DTYPES)
         hint = "" if _dtypes.BFLOAT16 is not None else (
             "; bfloat16 needs ml_dtypes: pip install rnnfast[bf16]")
-        raise TypeError(f"rnnfast.torch computes in {names}, not in {dtype} (float16 runs in "
-                        f"rnnfast's own layers only, for now{hint}): convert the module with "
-                        ".float() or .double()")
-    if device.type == "cuda" and dtype == torch.bfloat16:
-        raise TypeError("rnnfast computes CUDA tensors in float32 or float64, not in "
-                        f"{dtype}: convert the module with .float() or .double()")
+        raise TypeError(f"rnnfast.torch computes in {names}, not in {dtype}{hint}: convert the "
+                        "module with .float() or .double()")
     other = next((t.dtype for t in tensors if t.dtype != dtype), None)
     if other is not None:  # torch raises a RuntimeError from its matrix products
         raise RuntimeError(f"expected every input and state to have the parameters' dtype "

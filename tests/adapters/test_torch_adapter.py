@@ -11,6 +11,7 @@ import copy
 import pathlib
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -323,38 +324,108 @@ def test_other_devices_and_dtypes_raise():
         module(torch.zeros(3, 2, 2, device="meta"))
     with pytest.raises(NotImplementedError, match="a tensor is on meta"):
         module(torch.zeros(3, 2, 2), (torch.zeros(1, 2, 3), torch.zeros(1, 2, 3, device="meta")))
-    with pytest.raises(TypeError, match="computes in float32, float64.* not in torch.float16"):
-        module.half()(torch.zeros(3, 2, 2, dtype=torch.float16))
+    with pytest.raises(TypeError, match="computes in float32, float64, float16.* not in "
+                                        "torch.float8_e4m3fn"):
+        module.to(torch.float8_e4m3fn)(torch.zeros(3, 2, 2, dtype=torch.float8_e4m3fn))
+
+
+# The dtypes of the GPU test, and the floor of the 16-bit rule (the type's unit roundoff, as in
+# test_torch_bfloat16.py).
+GPU_DTYPES = {"f64": torch.float64, "bf16": torch.bfloat16, "f16": torch.float16}
+FLOORS16 = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+
+
+def run_on_the_gpu(module, x, hx, lengths, dtype):
+    """Forward and backward of ``module`` on CUDA tensors of x and hx rounded to ``dtype``,
+    then in the module's dtype: outputs and every gradient (in the module's dtype, on the GPU)
+    as float64 host arrays."""
+    own = next(module.parameters()).dtype
+    xt = torch.tensor(x, device="cuda").to(dtype).to(own).requires_grad_()
+    hxt = tuple(torch.tensor(h, device="cuda").to(dtype).to(own).requires_grad_() for h in hx)
+    packed = pack_padded_sequence(xt, torch.tensor(lengths), enforce_sorted=False)
+    out, states = module(packed, hxt if len(hxt) == 2 else hxt[0])
+    outputs = [out.data, *(states if len(hxt) == 2 else (states,))]
+    loss = sum((o.double() * torch.linspace(-1, 1, o.numel(), device="cuda",
+                                            dtype=torch.float64).reshape(o.shape)).sum()
+               for o in outputs)
+    grads = torch.autograd.grad(loss, [xt, *hxt, *module.parameters()])
+    assert all(g.device.type == "cuda" and g.dtype == own for g in grads)
+    assert all(o.dtype == own for o in outputs)
+    return [t.detach().double().cpu().numpy() for t in [*outputs, *grads]]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.cuda is not available")
+@pytest.mark.parametrize("dtype", GPU_DTYPES.values(), ids=GPU_DTYPES.keys())
 @pytest.mark.parametrize("cell", CELLS)
-def test_cuda_tensors_match_torch_nn_on_the_gpu(cell):
-    """CUDA tensors through DLPack into CuPy, on torch's stream (needs CuPy and rnnfast's CUDA
-    module): a packed, stacked, bidirectional layer in float64 against torch.nn on the same
-    GPU, outputs and every gradient. (Not run where the suite was written: no GPU.)"""
-    pytest.importorskip("cupy")
+def test_cuda_tensors_match_torch_nn_on_the_gpu(cell, dtype):
+    """CUDA tensors through DLPack into CuPy, on torch's stream and torch's caching allocator
+    (needs CuPy and rnnfast's CUDA module): a packed, stacked, bidirectional layer against
+    torch.nn on the same GPU, outputs and every gradient. float64: within FLOAT64_TOL of
+    torch.nn's. bfloat16 (float32 copies computed as bfloat16) and float16: results in the
+    module's dtype, within twice the error of torch.nn's run in that type against torch.nn in
+    float64 on the same 16-bit inputs and weights, plus the type's unit roundoff. Memory:
+    rnnfast's arrays come from torch's allocator (CuPy's pool stays as it was), and all of it
+    is back there once the results are gone. (Not run where the suite was written: no GPU.)"""
+    cupy = pytest.importorskip("cupy")
     pytest.importorskip("rnnfast._cuda")
+    if dtype == torch.bfloat16:
+        pytest.importorskip("ml_dtypes")
     options = {"input_size": 3, "hidden_size": 6, "num_layers": 2, "bidirectional": True}
-    reference = build(torch.nn, cell, torch.float64, **options).cuda()
-    ours = build(rt, cell, torch.float64, **options).cuda()
+    reference = build(torch.nn, cell, dtype, **options).cuda()
+    oracle = build(torch.nn, cell, torch.float64, **options).cuda()
+    oracle.load_state_dict(reference.state_dict())  # the same (16-bit) values
+    ours = build(rt, cell, dtype, **options).cuda()
     ours.load_state_dict(reference.state_dict())
-    x, hx, lengths, _ = layer_problem(cell, options, lengths=[2, 5, 1, 4])
-    results = []
-    for module in (ours, reference):
-        xt = torch.tensor(x, device="cuda", requires_grad=True)
-        hxt = tuple(torch.tensor(h, device="cuda", requires_grad=True) for h in hx)
-        packed = pack_padded_sequence(xt, torch.tensor(lengths), enforce_sorted=False)
-        out, states = module(packed, hxt if cell == "lstm" else hxt[0])
-        outputs = [out.data, *(states if cell == "lstm" else (states,))]
-        loss = sum((o * torch.linspace(-1, 1, o.numel(), device="cuda", dtype=o.dtype)
-                    .reshape(o.shape)).sum() for o in outputs)
-        grads = torch.autograd.grad(loss, [xt, *hxt, *module.parameters()])
-        assert all(g.device.type == "cuda" for g in grads)
-        results.append([t.detach().cpu().numpy() for t in [*outputs, *grads]])
-    for got, expected in zip(*results):
-        assert rel_err(got, expected) <= FLOAT64_TOL
+    problem = layer_problem(cell, options, lengths=[2, 5, 1, 4])[:3]
+
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()  # so that an allocation from it would have to grow it
+    pool_before = pool.total_bytes()
+    run_on_the_gpu(ours, *problem, dtype)  # what either library allocates once and keeps
+    torch.cuda.synchronize()
+    allocated_before = torch.cuda.memory_allocated()
+    got = run_on_the_gpu(ours, *problem, dtype)
+    torch.cuda.synchronize()
+    assert pool.total_bytes() == pool_before, "rnnfast allocated from CuPy's pool"
+    assert torch.cuda.memory_allocated() == allocated_before, "memory not given back to torch"
+
+    want = run_on_the_gpu(oracle, *problem, dtype)
+    theirs = run_on_the_gpu(reference, *problem, dtype) if dtype != torch.float64 else None
+    for i, (value, expected) in enumerate(zip(got, want)):
+        bound = FLOAT64_TOL if theirs is None else \
+            2 * rel_err(theirs[i], expected) + FLOORS16[dtype]
+        assert rel_err(value, expected) <= bound, i
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_cuda_calls_run_on_torchs_stream_and_allocator(fake_cupy, monkeypatch, dtype):
+    """The context of a call on a CUDA tensor (a stand-in: no GPU here; the GPU test checks the
+    memory itself): CuPy on torch's current stream of the tensor's device, and CuPy's allocator
+    one on torch's caching allocator, allocating for that device and stream and freeing to it
+    when CuPy's memory goes; a bfloat16 call computes float32 as bfloat16. Outside it, CuPy's
+    own again."""
+    from rnnfast import _dtypes
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "current_stream",
+                        lambda device: types.SimpleNamespace(cuda_stream=1234))
+    monkeypatch.setattr(torch.cuda, "caching_allocator_alloc",
+                        lambda *args: calls.append(("alloc", *args)) or 4096)
+    monkeypatch.setattr(torch.cuda, "caching_allocator_delete",
+                        lambda *args: calls.append(("delete", *args)))
+    tensor = types.SimpleNamespace(is_cuda=True, device=torch.device("cuda", 0), dtype=dtype)
+    with rt._on_torch_resources(tensor):
+        assert fake_cupy.cuda.get_current_stream().ptr == 1234
+        memory = fake_cupy.cuda.get_allocator()(512)
+        assert calls == [("alloc", 512, 0, 1234)] and memory.ptr == 4096
+        del memory
+        assert calls[1:] == [("delete", 4096)]
+        held = _dtypes.storage(_dtypes.FLOAT32)
+        assert held == (_dtypes.BFLOAT16 if dtype == torch.bfloat16 else _dtypes.FLOAT32)
+    assert fake_cupy.cuda.get_allocator() is None
+    assert fake_cupy.cuda.get_current_stream().ptr == 0
+    assert _dtypes.storage(_dtypes.FLOAT32) == _dtypes.FLOAT32
 
 
 def test_modified_weights_before_backward_raise():

@@ -1,16 +1,19 @@
-"""rnnfast.torch in bfloat16 (``module.bfloat16()``), against torch.nn.
+"""rnnfast.torch in bfloat16 and float16 (``module.bfloat16()``, ``module.half()``) on CPU
+tensors, against torch.nn.
 
-The oracle is torch.nn in float64 on the same bfloat16-rounded inputs and weights. rnnfast's
-bfloat16 results (outputs, final states, the gradients of the input, hx and every parameter)
-must lie within twice the error of torch.nn's own bfloat16 run (the reference at that
-precision) plus a floor of 2**-8 (bfloat16's unit roundoff, for values where torch.nn happens
-to be exact). Results and gradients come back in bfloat16, as torch.nn's.
+The oracle is torch.nn in float64 on the same 16-bit-rounded inputs and weights. rnnfast's
+16-bit results (outputs, final states, the gradients of the input, hx and every parameter)
+must lie within twice the error of torch.nn's own run in that type (the reference at that
+precision) plus a floor of the type's unit roundoff (2**-8 for bfloat16, 2**-11 for float16:
+for values where torch.nn happens to be exact). Results and gradients come back in the 16-bit
+type, as torch.nn's. (CUDA tensors: test_torch_adapter.py's GPU test, by the same rule.)
 """
+
+import importlib.util
 
 import pytest
 
 torch = pytest.importorskip("torch")
-pytest.importorskip("ml_dtypes")  # rnnfast's bfloat16 arrays
 
 from torch.nn.utils.rnn import pack_padded_sequence  # noqa: E402
 
@@ -21,7 +24,12 @@ from _util import rel_err  # noqa: E402
 pytestmark = [pytest.mark.torch,
               pytest.mark.filterwarnings("ignore:LSTM with projections:UserWarning")]
 
-FLOOR = 2.0**-8
+# dtype -> the floor of the rule (its unit roundoff)
+FLOORS = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
+TYPES16 = [pytest.param(torch.bfloat16, id="bf16", marks=pytest.mark.skipif(
+               importlib.util.find_spec("ml_dtypes") is None,
+               reason="rnnfast's bfloat16 arrays need ml_dtypes")),
+           pytest.param(torch.float16, id="f16")]
 MODULES = {"lstm": ("LSTM", {}), "gru": ("GRU", {}), "rnn_tanh": ("RNN", {}),
            "rnn_relu": ("RNN", {"nonlinearity": "relu"})}
 OPTIONS = {
@@ -51,51 +59,53 @@ def results(module, x, hx, packed_lengths):
     return {name: t.detach() for name, t in found.items()}
 
 
+@pytest.mark.parametrize("dtype", TYPES16)
 @pytest.mark.parametrize("option", list(OPTIONS))
 @pytest.mark.parametrize("cell", list(MODULES))
-def test_bfloat16_modules_within_twice_torch_nn_bfloat16_error(cell, option):
+def test_16bit_modules_within_twice_torch_nn_16bit_error(cell, option, dtype):
     class_name, cell_options = MODULES[cell]
     options = dict(OPTIONS[option])
     packed = options.pop("packed", False)
     torch.manual_seed(0)
     make = getattr(torch.nn, class_name)
-    oracle = make(12, 16, **cell_options, **options).bfloat16().double()
-    torch_bf16 = make(12, 16, **cell_options, **options).bfloat16()
-    ours = rt.convert(make(12, 16, **cell_options, **options)).bfloat16()
-    for module in (torch_bf16, ours):
+    oracle = make(12, 16, **cell_options, **options).to(dtype).double()
+    torch16 = make(12, 16, **cell_options, **options).to(dtype)
+    ours = rt.convert(make(12, 16, **cell_options, **options)).to(dtype)
+    for module in (torch16, ours):
         module.load_state_dict(oracle.state_dict())
     directions = 2 if options.get("bidirectional") else 1
     layers = options.get("num_layers", 1)
     shape = (3, 20, 12) if options.get("batch_first") else (20, 3, 12)
-    x = torch.randn(shape).bfloat16()
-    hx = tuple(torch.randn(layers * directions, 3, 16).bfloat16()
+    x = torch.randn(shape).to(dtype)
+    hx = tuple(torch.randn(layers * directions, 3, 16).to(dtype)
                for _ in range(2 if cell == "lstm" else 1))
     lengths = torch.tensor([20, 7, 13]) if packed else None
 
     want = results(oracle, x.double(), tuple(h.double() for h in hx), lengths)
-    theirs = results(torch_bf16, x, hx, lengths)
+    theirs = results(torch16, x, hx, lengths)
     got = results(ours, x, hx, lengths)
     assert set(got) == set(want)
     for name, value in got.items():
-        assert value.dtype == torch.bfloat16, name
-        bound = 2 * rel_err(theirs[name].double().numpy(), want[name].numpy()) + FLOOR
+        assert value.dtype == dtype, name
+        bound = 2 * rel_err(theirs[name].double().numpy(), want[name].numpy()) + FLOORS[dtype]
         err = rel_err(value.double().numpy(), want[name].numpy())
         assert err <= bound, f"{name}: {err:.3g} > {bound:.3g}"
 
 
+@pytest.mark.parametrize("dtype", TYPES16)
 @pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "RNNCell"])
-def test_bfloat16_cells_within_twice_torch_nn_bfloat16_error(cell):
+def test_16bit_cells_within_twice_torch_nn_16bit_error(cell, dtype):
     torch.manual_seed(1)
     make = getattr(torch.nn, cell)
-    oracle = make(12, 16).bfloat16().double()
-    torch_bf16, ours = make(12, 16).bfloat16(), rt.convert(make(12, 16)).bfloat16()
-    for module in (torch_bf16, ours):
+    oracle = make(12, 16).to(dtype).double()
+    torch16, ours = make(12, 16).to(dtype), rt.convert(make(12, 16)).to(dtype)
+    for module in (torch16, ours):
         module.load_state_dict(oracle.state_dict())
-    x = torch.randn(5, 12).bfloat16()
-    hx = tuple(torch.randn(5, 16).bfloat16() for _ in range(2 if cell == "LSTMCell" else 1))
+    x = torch.randn(5, 12).to(dtype)
+    hx = tuple(torch.randn(5, 16).to(dtype) for _ in range(2 if cell == "LSTMCell" else 1))
 
     def run(module, dtype):
-        # Fresh leaves every run (x.to(bfloat16) is x itself: its .grad would accumulate
+        # Fresh leaves every run (x.to(its own dtype) is x itself: its .grad would accumulate
         # across the runs).
         xs = x.to(dtype).detach().clone().requires_grad_()
         states = tuple(h.to(dtype).detach().clone().requires_grad_() for h in hx)
@@ -104,9 +114,8 @@ def test_bfloat16_cells_within_twice_torch_nn_bfloat16_error(cell):
         sum(o.double().sum() * (i + 1) for i, o in enumerate(out)).backward()
         return [*out, xs.grad, *(s.grad for s in states), *(p.grad for p in module.parameters())]
 
-    want, theirs, got = (run(oracle, torch.float64), run(torch_bf16, torch.bfloat16),
-                         run(ours, torch.bfloat16))
+    want, theirs, got = (run(oracle, torch.float64), run(torch16, dtype), run(ours, dtype))
     for i, (w, t, g) in enumerate(zip(want, theirs, got)):
-        assert g.dtype == torch.bfloat16
-        bound = 2 * rel_err(t.detach().double().numpy(), w.detach().numpy()) + FLOOR
+        assert g.dtype == dtype
+        bound = 2 * rel_err(t.detach().double().numpy(), w.detach().numpy()) + FLOORS[dtype]
         assert rel_err(g.detach().double().numpy(), w.detach().numpy()) <= bound, i

@@ -535,6 +535,97 @@ def test_tf32_rounding_matches_the_tests():
     assert np.isnan(_dtypes.round_operand(np.array([np.nan], np.float32), _dtypes.TF32)).all()
 
 
+class _OtherLibrary(np.ndarray):
+    """An array of a library other than NumPy (as CuPy's arrays are), over NumPy's memory."""
+
+
+def test_bfloat16_rounding_by_bits_matches_ml_dtypes():
+    """bfloat16 on arrays of a library without that dtype (CuPy) is rounded by its bits: the
+    same values as ml_dtypes' cast, with ties, carries into the exponent, the largest finite
+    value (to inf), subnormals, inf and NaN."""
+    rng = np.random.default_rng(0)
+    tie, odd_tie = 1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8  # halfway to 1 and to 1 + 2**-6
+    a = np.concatenate([
+        (rng.standard_normal(20000) * 2.0 ** rng.integers(-140, 120, 20000)).astype(np.float32),
+        np.array([tie, odd_tie, -tie, 2 - 2.0 ** -9, 1e-40, -3e-45, 0.0, -0.0,
+                  np.finfo(np.float32).max, np.inf, -np.inf], np.float32)])
+    got = _dtypes.round_operand(a.view(_OtherLibrary), BF16)
+    assert type(got) is _OtherLibrary and got.dtype == np.float32
+    np.testing.assert_array_equal(got.view(np.ndarray), rounded(a))
+    assert np.isnan(_dtypes.round_operand(np.array([np.nan], np.float32).view(_OtherLibrary),
+                                          BF16)).all()
+
+
+# Dropout whose scale 1 / (1 - p), 1 + 2**-8 + 2**-30, float32 would round onto a tie of
+# bfloat16 (1 + 2**-8, then to 1 by the tie's rule): a bfloat16 layer's masks hold 1 + 2**-7.
+TIE_DROPOUT = 1 - 1 / (1 + 2.0 ** -8 + 2.0 ** -30)
+
+
+@pytest.mark.parametrize("library", ["numpy", "stand-in cupy"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3, TIE_DROPOUT], ids=["no-dropout", "dropout",
+                                                                  "dropout-tie"])
+@pytest.mark.parametrize("cell, proj", [("lstm", 5), ("gru", 0)])
+def test_bfloat16_values_in_float32_compute_as_bfloat16_arrays(library, dropout, cell, proj,
+                                                               monkeypatch):
+    """What rnnfast.torch hands the CUDA backend for bfloat16 CUDA tensors (CuPy has no
+    bfloat16): float32 copies, inside _dtypes.bfloat16_in_float32. On the CUDA kernels (NumPy on
+    the emulator, or the stand-in for CuPy), a stack of two bidirectional layers with lengths
+    (and dropout) returns the bfloat16 arrays' results bit for bit, as float32: the outputs and
+    final states, the gradients of the input, the states and every weight; and by the rule of
+    this file against the reference (without dropout, which the reference lacks)."""
+    kind = {"lstm": rnnfast.LSTM, "gru": rnnfast.GRU}[cell]
+    layer = kind(6, 12, dtype="bfloat16", seed=4, num_layers=2, bidirectional=True,
+                 **({"proj_size": proj} if proj else {}))
+    params = layer.state_dict()
+    rng = np.random.default_rng(3)
+    T, B, out = 5, 3, proj or 12
+    x = rng.standard_normal((T, B, 6)).astype(BF16)
+    dy = rng.standard_normal((T, B, 2 * out)).astype(BF16)
+    lengths = np.array([5, 2, 4])
+
+    def run(convert):
+        output, h_n, c_n, ctx = F.forward_layers(
+            cell, convert(x), {k: convert(v) for k, v in params.items()}, num_layers=2,
+            bidirectional=True, lengths=lengths, dropout=dropout,
+            generator=np.random.default_rng(0), training=True)
+        dx, dh0, dc0, grads = F.backward_layers(ctx, convert(dy))
+        found = {"output": output, "h_n": h_n, "c_n": c_n, "dx": dx, "dh0": dh0, "dc0": dc0,
+                 **grads}
+        return {k: None if v is None else np.asarray(_fake_host(v)) for k, v in found.items()}
+
+    with backends.emulate_cuda():
+        native = run(lambda a: a)
+        if library == "numpy":
+            to_device = np.float32
+        else:
+            import _fake_cupy
+
+            to_device = _fake_cupy.install(monkeypatch).asarray
+        with _dtypes.bfloat16_in_float32():
+            held = run(lambda a: to_device(a.astype(np.float32)))
+        recurrent = recurrent_rounding(BF16)
+    for name, value in held.items():
+        if value is None:
+            assert native[name] is None, name
+            continue
+        assert value.dtype == np.float32, name
+        np.testing.assert_array_equal(value, native[name].astype(np.float32), err_msg=name)
+    if dropout == 0:
+        args = (cell, params, 2, True, x, dy, lengths)
+        results = {}
+        for name, dtype, store, operand in (("oracle", np.float64, lambda a: a, None),
+                                            ("same", np.float32, rounded, recurrent)):
+            y, grad, grads = reference_stack(*args, dtype, store, operand)
+            results[name] = {"output": y, "dx": grad, **grads}
+        for key in results["oracle"]:
+            check(key, held[key], results["oracle"][key], results["same"][key])
+
+
+def _fake_host(a):
+    """A stand-in CuPy array's values as a NumPy array (others as they are)."""
+    return a.get() if hasattr(a, "get") else a
+
+
 def test_cuda_gemm_leaves_tf32_to_cublas_on_the_gpu():
     """The CUDA backend's GEMM over an array library other than NumPy (CuPy on a GPU; here
     NumPy under another name, as no GPU is needed) rounds 16-bit operands itself but leaves
