@@ -243,6 +243,19 @@ void bind_packed_cell(py::module_& m, const char* name) {
       .def_property_readonly("hidden_size", [](const PackedCell<T>& p) { return p.hidden; });
 }
 
+// out = x rounded to bfloat16 (to_bf16; x float32, out bfloat16 of x's shape).
+void round_to_bfloat16_py(const py::object& x, const py::object& out) {
+  if (!py::isinstance<py::array>(x)) throw py::type_error("x must be a numpy.ndarray");
+  const auto arr = x.cast<py::array>();
+  const std::vector<int64_t> shape(arr.shape(), arr.shape() + arr.ndim());
+  ArgChecker<Bf16> check("out");
+  const float* in = check.input<float>(x, "x", shape);
+  Bf16* result = check.output(out, "out", shape);
+  check.check_no_overlap();
+  py::gil_scoped_release release;
+  round_to_bf16(in, arr.size(), result);
+}
+
 void activation_py(const std::string& name, py::object x, py::object out) {
   Activation f;
   if (name == "exp")
@@ -326,6 +339,9 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("name"), "Use this instruction set (one of available_isas()).");
   m.def("activation", &activation_py, py::arg("name"), py::arg("x"), py::arg("out"),
         "out = the cells' exp, tanh or sigmoid of the 1-D array x, as the kernels compute it.");
+  m.def("round_to_bfloat16", &round_to_bfloat16_py, py::arg("x"), py::arg("out"),
+        "out = x (float32, C-contiguous) rounded to bfloat16 (out: ml_dtypes.bfloat16, x's "
+        "shape): x.astype(bfloat16)'s values bit for bit, NaNs included, on rnnfast's threads.");
   m.def("num_threads", &num_threads);
   m.def(
       "last_split",

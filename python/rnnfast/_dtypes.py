@@ -47,6 +47,8 @@ import sys
 
 import numpy as np
 
+from . import _cpu
+
 
 @functools.cache
 def bfloat16():
@@ -220,4 +222,11 @@ def to_storage(array, dtype):
         return None
     if storage(dtype) is not dtype:
         return round_operand(array, storage(dtype))
-    return array if array.dtype == dtype else array.astype(dtype)
+    if array.dtype == dtype:
+        return array
+    if type(array) is np.ndarray and array.dtype == FLOAT32 and is_bfloat16(dtype):
+        # astype's values bit for bit, 4-8x as fast (ml_dtypes' cast runs on one core)
+        out = np.empty(array.shape, dtype)
+        _cpu.round_to_bfloat16(np.ascontiguousarray(array), out)
+        return out
+    return array.astype(dtype)

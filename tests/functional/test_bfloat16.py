@@ -556,6 +556,58 @@ def test_bfloat16_rounding_by_bits_matches_ml_dtypes():
                                           BF16)).all()
 
 
+@pytest.mark.parametrize("size", [0, 1, 31, 300_000, 1_200_000])  # past 2**18: 2 threads
+def test_round_to_bfloat16_is_astype_bit_for_bit(bf16_isa, size):
+    """_cpu.round_to_bfloat16 (the layers' bfloat16 outputs, to_storage) gives astype's bits on
+    every instruction set and for any split between the threads: ties, carries into the
+    exponent, the largest finite value (to inf), subnormals, zeros of both signs, infinities,
+    and NaNs with payloads of both signs (ml_dtypes makes each the quiet NaN of its sign)."""
+    rng = np.random.default_rng(size)
+    special = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8), 2 - 2.0 ** -9, 1e-40,
+                        -3e-45, 0.0, -0.0, np.finfo(np.float32).max, np.inf, -np.inf],
+                       np.float32)
+    nans = np.array([0x7F800001, 0xFF812345, 0x7FC00000, 0xFFFFFFFF], np.uint32).view(np.float32)
+    a = (rng.standard_normal(size) * 2.0 ** rng.integers(-140, 120, size)).astype(np.float32)
+    a[:len(special) + len(nans)] = np.concatenate([special, nans])[:size]
+    out = np.full(a.shape, 7, BF16)
+    _cpu.round_to_bfloat16(a, out)
+    with np.errstate(invalid="ignore"):  # NumPy warns of NaNs cast
+        expected = a.astype(BF16)
+    assert out.view(np.uint16).tobytes() == expected.view(np.uint16).tobytes()
+    if size >= 30:  # any shape, through the layers' route (to_storage)
+        stored = _dtypes.to_storage(a[:30].reshape(2, 3, 5), BF16)
+        assert stored.shape == (2, 3, 5) and stored.dtype == BF16
+        assert stored.view(np.uint16).tobytes() == expected[:30].view(np.uint16).tobytes()
+
+
+def f32(*shape):
+    return np.zeros(shape, np.float32)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: _cpu.round_to_bfloat16(np.zeros(3), np.zeros(3, BF16)), TypeError,
+     "x has dtype float64, expected float32"),
+    (lambda: _cpu.round_to_bfloat16(f32(3), f32(3)), TypeError, "out has dtype float32"),
+    (lambda: _cpu.round_to_bfloat16(f32(3, 2), np.zeros((2, 3), BF16)), ValueError,
+     "out has shape (2, 3), expected (3, 2)"),
+    (lambda: _cpu.round_to_bfloat16(f32(3, 2).T, np.zeros((2, 3), BF16)), ValueError,
+     "x must be C-contiguous"),
+    (lambda: _cpu.round_to_bfloat16([1.0], np.zeros(1, BF16)), TypeError,
+     "x must be a numpy.ndarray"),
+])
+def test_round_to_bfloat16_argument_errors(call, error, message):
+    with pytest.raises(error) as info:
+        call()
+    assert message in str(info.value)
+
+
+def test_round_to_bfloat16_refuses_an_out_over_x():
+    a = np.zeros(8, np.float32)
+    with pytest.raises(ValueError, match="out overlaps the memory of x"):
+        _cpu.round_to_bfloat16(a, a.view(BF16)[:8])
+    assert not a.any()  # the caller's array untouched
+
+
 # Dropout whose scale 1 / (1 - p), 1 + 2**-8 + 2**-30, float32 would round onto a tie of
 # bfloat16 (1 + 2**-8, then to 1 by the tie's rule): a bfloat16 layer's masks hold 1 + 2**-7.
 TIE_DROPOUT = 1 - 1 / (1 + 2.0 ** -8 + 2.0 ** -30)

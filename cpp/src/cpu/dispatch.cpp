@@ -28,6 +28,7 @@ namespace rnnfast {
   void gemm(const GemmArgs<T>&);                                                                \
   template <typename T>                                                                         \
   void column_sums(const T*, int64_t, int64_t, T*);                                             \
+  void round_to_bf16(const float*, int64_t, Bf16*);                                             \
   template <typename T>                                                                         \
   void apply_activation(Activation, const T*, T*, int64_t);                                     \
   template <typename T>                                                                         \
@@ -255,6 +256,10 @@ void column_sums(const T* a, int64_t rows, int64_t cols, T* out) {
 template <typename T>
 void apply_activation(Activation f, const T* in, T* out, int64_t n) {
   RNNFAST_ON_ACTIVE_ISA(apply_activation(f, in, out, n));
+}
+
+void round_to_bf16(const float* in, int64_t n, Bf16* out) {
+  RNNFAST_ON_ACTIVE_ISA(round_to_bf16(in, n, out));
 }
 
 #if RNNFAST_BF16_TARGETS

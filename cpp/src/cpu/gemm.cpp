@@ -150,5 +150,15 @@ void column_sums(const T* a, int64_t rows, int64_t cols, T* out) {
 template void column_sums<float>(const float*, int64_t, int64_t, float*);
 template void column_sums<double>(const double*, int64_t, int64_t, double*);
 
+void round_to_bf16(const float* in, int64_t n, Bf16* out) {
+  // A pass over memory: a thread for each 256 K values (1 MB read), as many as there are.
+  const int threads =
+      static_cast<int>(std::clamp<int64_t>(n >> 18, 1, ThreadPool::global().num_threads()));
+  ThreadPool::global().run(threads, [&](int index) {
+    const BlockRange share(n, index, threads);
+    for (int64_t i = share.first; i < share.last; ++i) out[i] = to_bf16(in[i]);
+  });
+}
+
 }  // namespace RNNFAST_ISA_NS
 }  // namespace rnnfast

@@ -82,11 +82,11 @@ using Lanes = Simd<uint32_t>::Vec;
 typedef uint16_t Halves __attribute__((vector_size(32)));  // 16 bfloat16
 
 // to_bf16's rounding on 16 float32 lanes, bit for bit (subnormals kept, unlike the hardware's
-// conversions, which flush them; a NaN stays a quiet NaN).
+// conversions, which flush them; a NaN becomes the quiet NaN of its sign).
 inline Lanes bf16_lanes(__m512 f) {
   const Lanes u = reinterpret_cast<Lanes>(f);
   const Lanes rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  return (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : rounded;
+  return (u & 0x7fffffffu) > 0x7f800000u ? ((u >> 16) & 0x8000u) | 0x7fc0u : rounded;
 }
 
 inline __mmask16 first16(int64_t count) {
