@@ -226,6 +226,27 @@ def test_cuda_paths_each_a_row(stand_in_gpu, tmp_path, capsys):
     assert table[-1].endswith(f"device cuda ({STAND_IN_GPU})")
 
 
+class HostPeerOnGpuRuns(NumpyReferencePeer):
+    """The NumPy reference, taken as a peer of --device cuda runs (it computes on the host)."""
+
+    devices = ("cpu", "cuda")
+
+
+def test_a_peer_is_timed_once_and_compared_with_each_path(stand_in_gpu, monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "PEERS", [PEERS[0], HostPeerOnGpuRuns()])
+    assert main([*TINY[:4], "--cells", "gru", "--modes", "inference", "--repeats", "1",
+                 "--budget", "1e-9", "--quiet", "--device", "cuda",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    records = json.loads((tmp_path / "r.json").read_text())["records"]
+    assert [(r["peer"], r["path"]) for r in records] == [
+        ("rnnfast", "standard"), ("numpy", "standard"), ("rnnfast", "persistent"),
+        ("numpy", "persistent")]
+    ours, theirs = records[::2], records[1::2]
+    assert theirs[0]["median_s"] == theirs[1]["median_s"]  # one timing
+    for our, their in zip(ours, theirs):  # one round, one call each
+        assert their["ratio"] == pytest.approx(their["median_s"] / our["median_s"])
+
+
 def test_a_call_the_persistent_path_cannot_run_is_reported(stand_in_gpu, tmp_path, capsys):
     """A float64 LSTM of H = 256: its W_hh does not fit in the (emulated) device's shared
     memory, so the persistent path refuses it, with the reason, and the row goes on."""
