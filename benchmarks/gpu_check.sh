@@ -14,7 +14,8 @@
 #    (benchmarks/gpu_sanitize_case.py), and on the kernels with lengths, resets and the
 #    projection (benchmarks/gpu_sanitize_options.py).
 # Eight logs go to $OUT (or ./gpu_check_logs; the device tool returns at most eight files); a
-# summary is printed last. Exit status 0 only if the build, the tests and the memcheck,
+# summary is printed last. It times nothing: the benchmark table is `rnnfast-bench --device cuda`
+# (benchmarks/README.md, On a GPU), run after this script has installed rnnfast. Exit status 0 only if the build, the tests and the memcheck,
 # racecheck and synccheck runs all passed.
 set -u -o pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)

@@ -1,5 +1,9 @@
 """rnnfast's CUDA paths timed against PyTorch's cuDNN, one layer, float32.
 
+The benchmark suite now times the same and more: ``rnnfast-bench --device cuda --cuda-paths
+standard persistent`` (both paths per row, checked against the float64 reference; float32 and
+bfloat16; benchmarks/README.md, On a GPU). This script is kept beside the results it made.
+
 What it measures: for each cell (lstm, gru), shape (T, B, H) with input size I = H, rnnfast's
 recurrence path (--paths: standard, persistent; ``rnnfast.backends.cuda_recurrence``; the
 row's "path" field) and mode

@@ -13,7 +13,8 @@ What it does:
   that set what ``get_current_stream`` and ``cuda.get_allocator`` return (the allocator is not
   used: the arrays are NumPy's); ``cuda.PythonFunctionAllocator(malloc, free)`` calls them as
   CuPy's does: ``malloc(size, device_id)`` for a pointer, ``free(pointer, device_id)`` when the
-  memory object its ``malloc(size)`` returns goes.
+  memory object its ``malloc(size)`` returns goes. ``cuda.Event`` and ``cuda.get_elapsed_time``
+  time on the host's clock (the emulated kernels run synchronously).
 - Like CuPy, it refuses to compute on a host array with a device one: a NumPy function or
   operator (ufuncs, ``np.where``, ``np.concatenate``, ``@``, ...) given a plain NumPy array of
   one or more dimensions alongside a device array raises TypeError, and so do the module's
@@ -43,6 +44,7 @@ What it does not show:
 
 import contextlib
 import sys
+import time
 import types
 
 import numpy as np
@@ -186,6 +188,17 @@ class _PythonFunctionAllocator:
         return _PythonFunctionMemory(size, self._malloc, self._free)
 
 
+class _Event:
+    """cupy.cuda.Event: the host's clock when recorded."""
+
+    def record(self):
+        self.time = time.perf_counter()
+
+
+def _elapsed_ms(start, end):
+    return (end.time - start.time) * 1e3
+
+
 def asarray(a, dtype=None):
     """A device array: ``a`` itself when it is one of ``dtype``, else a copy."""
     if isinstance(a, ndarray):
@@ -212,7 +225,8 @@ def _module():
         Device=_Device, runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
         get_current_stream=lambda: state.streams[-1], ExternalStream=state.external_stream,
         using_allocator=state.using_allocator, get_allocator=lambda: state.allocator,
-        PythonFunctionAllocator=_PythonFunctionAllocator)
+        PythonFunctionAllocator=_PythonFunctionAllocator, Event=_Event,
+        get_elapsed_time=_elapsed_ms)
 
     def getattr_(name):  # the rest of the namespace: NumPy's, on device arrays
         value = getattr(np, name)

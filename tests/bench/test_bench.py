@@ -1,8 +1,10 @@
 """The benchmark suite (rnnfast.bench) on a tiny grid: every installed peer, every mode; the
 output files and their fields; a wrong peer is flagged; --compare, --plot; --device cuda
-without a usable GPU; the ONNX model of stacked and bidirectional networks."""
+without a usable GPU, and on the stand-in for CuPy (its CUDA paths, bfloat16); the ONNX model
+of stacked and bidirectional networks."""
 
 import csv
+import functools
 import json
 import pathlib
 import shutil
@@ -13,7 +15,8 @@ import numpy as np
 import pytest
 
 import rnnfast
-from rnnfast.bench import cli, main
+from rnnfast import backends
+from rnnfast.bench import cli, main, runner
 from rnnfast.bench.grids import GRIDS_DIR, Row, grid_path, load_grid, packaged_grids
 from rnnfast.bench.peers import (
     PEERS,
@@ -81,7 +84,7 @@ def test_json_and_csv_fields(tiny_run):
     assert result["peak_gflops"] > 0
     lstm_train = next(r for r in result["records"]
                       if (r["cell"], r["mode"], r["peer"]) == ("lstm", "train", "rnnfast"))
-    assert set(lstm_train) == set(FIELDS)
+    assert set(lstm_train) == set(FIELDS) and lstm_train["path"] is None
     assert lstm_train["flops"] == 3 * 3 * 2 * 4 * (2 * 5 * 4 + 2 * 4 * 4)
     with open(out / "run.csv") as f:
         rows = list(csv.DictReader(f))
@@ -168,6 +171,123 @@ def test_cuda_without_backend_exits_with_a_message():
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+def test_cuda_paths_are_refused_on_the_cpu(capsys):
+    with pytest.raises(SystemExit):
+        main([*TINY, "--cuda-paths", "standard"])
+    assert "--cuda-paths needs --device cuda" in capsys.readouterr().err
+
+
+STAND_IN_GPU = "Stand-in GPU (sm_90)"
+
+
+def _without_bfloat16(copy):
+    """The stand-in's asarray or array (``copy``), refusing bfloat16 as CuPy does."""
+    def refusing(a, dtype=None):
+        assert not rnnfast._dtypes.is_bfloat16(np.asarray(a).dtype), "CuPy has no bfloat16"
+        return copy(a, dtype)
+    return refusing
+
+
+@pytest.fixture
+def stand_in_gpu(fake_cupy, monkeypatch):
+    """--device cuda on the stand-in for CuPy (tests/_fake_cupy.py: the CUDA kernels emulated),
+    named STAND_IN_GPU, refusing bfloat16 as CuPy does, its peak measured on small matrices.
+    Yields the record of the CUDA paths of the backend's recurrence calls."""
+    for name in ("asarray", "array"):
+        monkeypatch.setattr(fake_cupy, name, _without_bfloat16(getattr(fake_cupy, name)))
+    monkeypatch.setattr(cli, "check_cuda", lambda: None)
+    monkeypatch.setattr(rnnfast, "cuda_info", lambda: {
+        "built": True, "cupy": fake_cupy.__version__, "devices": [STAND_IN_GPU], "error": None})
+    monkeypatch.setattr(runner, "measure_peak", functools.partial(runner.measure_peak, n=64))
+    paths, path = [], backends.CudaBackend._path
+
+    def recorded():
+        paths.append(path())
+        return paths[-1]
+    monkeypatch.setattr(backends.CudaBackend, "_path", staticmethod(recorded))
+    yield paths
+
+
+def test_cuda_paths_each_a_row(stand_in_gpu, tmp_path, capsys):
+    """--device cuda times rnnfast on both recurrence paths by default, each its own record
+    (field path) and table line; the header names the GPU."""
+    assert main([*TINY[:4], "--cells", "gru", "--modes", "inference", "train", "step",
+                 "--repeats", "1", "--budget", "1e-9", "--quiet", "--device", "cuda",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["gpu"] == STAND_IN_GPU and result["settings"]["cuda_paths"] == [
+        "standard", "persistent"]
+    assert [(r["mode"], r["path"], r["status"]) for r in result["records"]] == [
+        (m, p, "ok") for m in ("inference", "train", "step") for p in ("standard", "persistent")]
+    assert set(stand_in_gpu) == {"standard", "persistent"}
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[6] == "path" and [line.split()[6] for line in table[2:8]] == [
+        "standard", "persistent"] * 3
+    assert table[-1].endswith(f"device cuda ({STAND_IN_GPU})")
+
+
+class HostPeerOnGpuRuns(NumpyReferencePeer):
+    """The NumPy reference, taken as a peer of --device cuda runs (it computes on the host)."""
+
+    devices = ("cpu", "cuda")
+
+
+def test_a_peer_is_timed_once_and_compared_with_each_path(stand_in_gpu, monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "PEERS", [PEERS[0], HostPeerOnGpuRuns()])
+    assert main([*TINY[:4], "--cells", "gru", "--modes", "inference", "--repeats", "1",
+                 "--budget", "1e-9", "--quiet", "--device", "cuda",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    records = json.loads((tmp_path / "r.json").read_text())["records"]
+    assert [(r["peer"], r["path"]) for r in records] == [
+        ("rnnfast", "standard"), ("numpy", "standard"), ("rnnfast", "persistent"),
+        ("numpy", "persistent")]
+    ours, theirs = records[::2], records[1::2]
+    assert theirs[0]["median_s"] == theirs[1]["median_s"]  # one timing
+    for our, their in zip(ours, theirs):  # one round, one call each
+        assert their["ratio"] == pytest.approx(their["median_s"] / our["median_s"])
+
+
+def test_a_call_the_persistent_path_cannot_run_is_reported(stand_in_gpu, tmp_path, capsys):
+    """A float64 LSTM of H = 256: its W_hh does not fit in the (emulated) device's shared
+    memory, so the persistent path refuses it, with the reason, and the row goes on."""
+    assert main([*NO_PAUSE, "--shapes", "1,1,1,256", "--cells", "lstm", "--modes", "inference",
+                 "--dtype", "float64", "--repeats", "1", "--budget", "1e-9", "--quiet",
+                 "--device", "cuda", "--json", str(tmp_path / "r.json")]) == 0
+    standard, persistent = json.loads((tmp_path / "r.json").read_text())["records"]
+    assert (standard["path"], standard["status"]) == ("standard", "ok")
+    assert (persistent["path"], persistent["status"]) == ("persistent", "unsupported")
+    assert persistent["check"].startswith("path='persistent' cannot run this call: ")
+    assert "shared memory" in persistent["check"]
+    assert capsys.readouterr().out.splitlines()[3].endswith(persistent["check"])
+
+
+def test_bfloat16_on_cuda_computes_as_bfloat16_arrays(stand_in_gpu):
+    """On the GPU rnnfast gets a bfloat16 problem as float32 CuPy arrays (CuPy has no bfloat16,
+    and here neither has the stand-in), computed as bfloat16: its outputs are, bit for bit,
+    those of the bfloat16 arrays themselves on the emulated CUDA backend."""
+    row = Row("lstm", "train", 3, 2, 5, 4)
+    on_gpu = RnnfastPeer(path="standard").build(make_problem(row, "bfloat16", "cuda"))(True)
+    with backends.emulate_cuda():
+        native = RnnfastPeer().build(make_problem(row, "bfloat16"))(True)
+    assert on_gpu.keys() == native.keys()
+    for name, value in on_gpu.items():
+        assert value.dtype == np.float32, name
+        np.testing.assert_array_equal(value, native[name].astype(np.float32), err_msg=name)
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_16bit_dtypes_run(request, tmp_path, device):
+    """--dtype bfloat16 and float16 on every mode, every installed peer on the CPU: checked ok."""
+    if device == "cuda":
+        request.getfixturevalue("stand_in_gpu")
+    for dtype in ("bfloat16", "float16"):
+        assert main([*TINY[:4], "--cells", "lstm", "--modes", "inference", "train", "step",
+                     "--repeats", "1", "--budget", "1e-9", "--quiet", "--dtype", dtype,
+                     "--device", device, "--json", str(tmp_path / "r.json")]) == 0
+        records = json.loads((tmp_path / "r.json").read_text())["records"]
+        assert all(r["status"] == "ok" or r["peer"] != "rnnfast" for r in records), records
+
+
 def test_help_through_python_m():
     proc = subprocess.run([sys.executable, "-m", "rnnfast.bench", "--help"],
                           capture_output=True, text=True, timeout=60)
@@ -241,7 +361,7 @@ def test_ratio_pairs_the_implementations_round_by_round():
 
     class Scripted:  # the real peer, its calls named for the timer
         def __init__(self, peer):
-            self.peer, self.name = peer, peer.name
+            self.peer, self.name, self.path = peer, peer.name, peer.path
 
         def build(self, problem):
             fn = self.peer.build(problem)

@@ -14,6 +14,9 @@ from .grids import MODES, grid_path, load_grid, packaged_grids, product_rows
 from .peers import PEER_NAMES, PEERS, RnnfastPeer, baseline_peer
 from .runner import RULE, run_suite
 
+# The CUDA recurrence paths timed on the GPU ("auto" is one of them, the standard one for now).
+CUDA_PATHS = tuple(path for path in rnnfast.backends.CUDA_PATHS if path != "auto")
+
 
 def _shape(text):
     try:
@@ -57,10 +60,18 @@ def parser():
     g.add_argument("--layers", nargs="+", type=_positive(int), help="stacked layers (default 1)")
     g.add_argument("--directions", nargs="+", type=int, choices=(1, 2),
                    help="1: unidirectional, 2: bidirectional (default 1)")
-    g.add_argument("--dtype", default="float32", choices=("float32", "float64", "bfloat16"),
-                   help="bfloat16 needs ml_dtypes (rnnfast[bf16]); its peak is PyTorch's "
-                        "bfloat16 matmul")
+    g.add_argument("--dtype", default="float32",
+                   choices=("float32", "float64", "bfloat16", "float16"),
+                   help="bfloat16 needs ml_dtypes (rnnfast[bf16]); its peak on the CPU is "
+                        "PyTorch's bfloat16 matmul; on the GPU rnnfast gets it as float32 "
+                        "arrays computed as bfloat16 (CuPy has no bfloat16)")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    g.add_argument("--cuda-paths", nargs="+", choices=CUDA_PATHS, metavar="PATH",
+                   help="--device cuda only: time rnnfast on each of these recurrence paths "
+                        "(rnnfast.backends.cuda_recurrence: " + ", ".join(CUDA_PATHS) +
+                        "), each its own line, the records' field path; a call the "
+                        "persistent path cannot run is reported with the reason (default: "
+                        "both)")
     g.add_argument("--peers", nargs="+", choices=PEER_NAMES,
                    help="only these peers (default: every installed one)")
     g.add_argument("--skip-peers", nargs="+", choices=PEER_NAMES, default=[],
@@ -118,9 +129,13 @@ def select_rows(args):
     return rows
 
 
-def select_peers(args):
+def select_peers(args, baseline=None):
+    """rnnfast (on each of args.cuda_paths on the GPU), the baseline (likewise) and the peers
+    asked for that are installed."""
     wanted = set(args.peers or PEER_NAMES) - set(args.skip_peers)
-    chosen = [PEERS[0]]
+    ours = [PEERS[0]] + ([baseline] if baseline else [])
+    chosen = [peer.on_path(path) for peer in ours for path in args.cuda_paths] \
+        if args.cuda_paths else ours
     for peer in PEERS[1:]:
         if peer.name not in wanted:
             continue
@@ -167,9 +182,13 @@ def main(argv=None):
             parser().error("--settle must be >= 0")
         if args.dtype == "bfloat16" and rnnfast._dtypes.BFLOAT16 is None:
             parser().error("--dtype bfloat16 needs ml_dtypes: pip install 'rnnfast[bf16]'")
+        if args.device == "cpu" and args.cuda_paths:
+            parser().error("--cuda-paths needs --device cuda (the CPU has one recurrence path)")
         if args.device == "cuda" and (why := check_cuda()):
             print(f"rnnfast-bench: --device cuda: {why}", file=sys.stderr)
             return 2
+        if args.device == "cuda":
+            args.cuda_paths = list(dict.fromkeys(args.cuda_paths or CUDA_PATHS))
         try:
             rows = select_rows(args)
         except FileNotFoundError as error:
@@ -177,12 +196,11 @@ def main(argv=None):
         if not rows:
             parser().error("no rows selected")
         threads = args.threads or rnnfast.get_num_threads()
-        peers = select_peers(args)
-        if args.baseline:
-            try:
-                peers.insert(1, baseline_peer(args.baseline))
-            except FileNotFoundError as error:
-                parser().error(f"--baseline: no rnnfast package at {error}")
+        try:
+            baseline = baseline_peer(args.baseline) if args.baseline else None
+        except FileNotFoundError as error:
+            parser().error(f"--baseline: no rnnfast package at {error}")
+        peers = select_peers(args, baseline)
         for peer in peers:
             if isinstance(peer, RnnfastPeer):
                 peer.package.set_num_threads(threads)
@@ -190,8 +208,14 @@ def main(argv=None):
             import torch
 
             torch.set_num_threads(threads)
+            if args.device == "cuda":
+                # float32 in float32, as rnnfast's (unless CUPY_TF32=1): cuDNN's RNNs use TF32
+                # by default, which the float32 check would flag as a mismatch.
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
         settings = {"grid": "command line" if args.shapes else args.grid,
-                    "device": args.device, "dtype": args.dtype, "threads": threads,
+                    "device": args.device, "cuda_paths": args.cuda_paths,
+                    "dtype": args.dtype, "threads": threads,
                     "repeats": args.repeats, "warmup": args.warmup, "budget_s": args.budget,
                     "settle_s": args.settle, "rounds": args.rounds,
                     "seed": args.seed, "check": RULE[args.dtype]}

@@ -6,13 +6,17 @@ converted, sessions created) and returns ``run(collect=False)``: one call comput
 (inference, training forward + backward, or T single steps); with ``collect=True`` it returns
 the outputs as a dict of NumPy arrays, named alike for every implementation, so that the
 runner can check them against rnnfast's. A peer that cannot compute a row raises Unsupported
-with the reason.
+with the reason, at build time or from a call (the first, checked one).
+
+On the GPU rnnfast is timed once per CUDA recurrence path (``RnnfastPeer.path``, see
+``rnnfast.backends.cuda_recurrence``); the other peers have no path (None).
 
 Outputs, in the layers' shapes: "y" [T, B, D*H], "h_n" (and "c_n") [L*D, B, H]; in training
 also "grad_input" and "grad_<parameter>" for every parameter (PyTorch's names); in mode "step"
 "h_T" (and "c_T") [B, H], the state after T steps.
 """
 
+import contextlib
 import functools
 import importlib
 import importlib.metadata
@@ -114,6 +118,7 @@ class Peer:
     name = ""
     module = None
     devices = ("cpu",)
+    path = None
 
     def version(self):
         """The installed version, or None when the peer is not installed."""
@@ -134,34 +139,70 @@ class Peer:
 class RnnfastPeer(Peer):
     """rnnfast itself, through its public layers (and cells in mode "step"): the baseline every
     peer is compared with. ``package``: the rnnfast package to time (another build of it, for
-    baseline_peer)."""
+    baseline_peer); ``path``: on the GPU, the CUDA recurrence path its calls run on ("standard"
+    or "persistent"; a call the persistent path cannot run is Unsupported, with its reason)."""
 
     module = "rnnfast"
     devices = ("cpu", "cuda")
 
-    def __init__(self, package=rnnfast, name="rnnfast"):
-        self.package, self.name = package, name
+    def __init__(self, package=rnnfast, name="rnnfast", path=None):
+        self.package, self.name, self.path = package, name, path
+
+    def on_path(self, path):
+        """This implementation on the CUDA recurrence path ``path``."""
+        return RnnfastPeer(self.package, self.name, path)
 
     def version(self):
         return self.package.__version__
 
     def build(self, p):
-        r = p.row
         # On the GPU the layers take and return CuPy arrays (ARCHITECTURE.md, One orchestration).
         xp = importlib.import_module("cupy") if p.device == "cuda" else np
-        if r.mode == "step":
-            return self._build_step(p, xp)
+        contexts = []
+        if self.path is not None:
+            if not hasattr(self.package.backends, "cuda_recurrence"):
+                raise Unsupported("this rnnfast has no CUDA recurrence paths")
+            contexts.append(functools.partial(self.package.backends.cuda_recurrence, self.path))
+        dtype = p.dtype
+        if p.device == "cuda" and dtype.name == "bfloat16":
+            # CuPy has no bfloat16: the values go as float32 copies, computed as bfloat16
+            # arrays are (as rnnfast.torch hands over bfloat16 CUDA tensors).
+            dtype = np.dtype(np.float32)
+            contexts.append(self.package._dtypes.bfloat16_in_float32)
+
+        def to_device(a):
+            return xp.asarray(a.astype(dtype))
+
+        run = (self._build_step if p.row.mode == "step" else self._build_layers)(
+            p, xp, dtype, to_device)
+        if not contexts:
+            return run
+
+        def run_in_contexts(collect=False):
+            with contextlib.ExitStack() as stack:
+                for context in contexts:
+                    stack.enter_context(context())
+                try:
+                    return run(collect)
+                except ValueError as error:  # the persistent path's refusal, saying why
+                    if not str(error).startswith("path='persistent' cannot run this call"):
+                        raise
+                    raise Unsupported(str(error)) from None
+        return run_in_contexts
+
+    def _build_layers(self, p, xp, dtype, to_device):
+        r = p.row
         host = _host_copier(xp)
         make = _constructor(r.cell, self.package)
         try:
             layer = make(r.I, r.H, num_layers=r.layers, bidirectional=r.directions == 2,
-                         dtype=p.dtype.name, **_device_option(p.device, make))
+                         dtype=dtype.name, **_device_option(p.device, make))
         except NotImplementedError as error:
             raise Unsupported(str(error)) from None
         layer.load_state_dict(p.weights)
         layer.train(r.mode == "train")
-        x, dy = xp.asarray(p.x), xp.asarray(p.dy)
-        hx = (xp.asarray(p.h0), xp.asarray(p.c0)) if p.lstm else xp.asarray(p.h0)
+        x, dy = to_device(p.x), to_device(p.dy)
+        hx = (to_device(p.h0), to_device(p.c0)) if p.lstm else to_device(p.h0)
         state_names = ("h_n", "c_n")
 
         def run(collect=False):
@@ -176,16 +217,16 @@ class RnnfastPeer(Peer):
                 return {k: host(v) for k, v in out.items()}
         return run
 
-    def _build_step(self, p, xp):
+    def _build_step(self, p, xp, dtype, to_device):
         r = p.row
         if not hasattr(self.package, "LSTMCell"):
             raise Unsupported("rnnfast cells not available in this version")
         make = _constructor(r.cell, self.package, "Cell")
-        cell = make(r.I, r.H, dtype=p.dtype.name, **_device_option(p.device, make))
+        cell = make(r.I, r.H, dtype=dtype.name, **_device_option(p.device, make))
         cell.load_state_dict({k: p.weights[f"{k}_l0"]
                               for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
-        x, host = xp.asarray(p.x), _host_copier(xp)
-        first = (xp.asarray(p.h0[0]), xp.asarray(p.c0[0])) if p.lstm else xp.asarray(p.h0[0])
+        x, host = to_device(p.x), _host_copier(xp)
+        first = (to_device(p.h0[0]), to_device(p.c0[0])) if p.lstm else to_device(p.h0[0])
 
         def buffer():
             return (xp.empty_like(first[0]), xp.empty_like(first[1])) if p.lstm \
@@ -280,8 +321,7 @@ class TorchPeer(Peer):
         import torch
 
         r = p.row
-        dtype = {"float32": torch.float32, "float64": torch.float64,
-                 "bfloat16": torch.bfloat16}[p.dtype.name]
+        dtype = getattr(torch, p.dtype.name)  # float32, float64, float16, bfloat16
 
         def tensor(a):  # bfloat16: the same bits, NumPy's ml_dtypes.bfloat16 as torch's
             if a.dtype.name == "bfloat16":

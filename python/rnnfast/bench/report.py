@@ -18,13 +18,19 @@ from .runner import peak_method
 SCHEMA = 1
 # The columns of the CSV file, in order: every field a record can have.
 FIELDS = ("cell", "mode", "T", "B", "I", "H", "layers", "directions", "dtype", "device",
-          "threads", "peer", "status", "check", "max_rel_err", "repeats", "rounds", "warmup",
-          "median_s", "min_s", "max_s", "flops", "gflops", "percent_of_peak", "ratio")
+          "threads", "path", "peer", "status", "check", "max_rel_err", "repeats", "rounds",
+          "warmup", "median_s", "min_s", "max_s", "flops", "gflops", "percent_of_peak", "ratio")
 # Packages whose versions a run records (null when not installed): peers and their helpers.
 OPTIONAL_PACKAGES = ("torch", "onnxruntime", "onnx", "cupy-cuda12x", "cupy-cuda13x",
                      "matplotlib")
-# What identifies a row across runs (--compare).
-KEY = ("cell", "mode", "T", "B", "I", "H", "layers", "directions", "dtype", "device", "peer")
+# What identifies a row across runs (--compare). (Records from before "path" have none.)
+KEY = ("cell", "mode", "T", "B", "I", "H", "layers", "directions", "dtype", "device", "path",
+       "peer")
+
+
+def _key(record, fields=KEY):
+    """The record's values of ``fields``, None for one it lacks."""
+    return tuple(record.get(k) for k in fields)
 
 
 def _installed(package):
@@ -67,8 +73,18 @@ def source_commit():
     return commit + ("-dirty" if dirty else ""), "git checkout holding the package"
 
 
+def gpu_name(device):
+    """The GPU a run on ``device`` uses (CuPy's current device, named as rnnfast's CUDA module
+    names it: "NVIDIA H100 80GB HBM3 (sm_90)"); None on the CPU."""
+    if device != "cuda":
+        return None
+    import cupy
+
+    return rnnfast.cuda_info()["devices"][cupy.cuda.Device().id]
+
+
 def environment(settings, peers, peak):
-    """The run's header: machine, CPU features, versions, commit and settings."""
+    """The run's header: machine (and GPU), CPU features, versions, commit and settings."""
     cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     commit, commit_source = source_commit()
     return {
@@ -77,6 +93,7 @@ def environment(settings, peers, peak):
         "machine": {"hostname": platform.node(), "platform": platform.platform(),
                     "cpu_model": cpu_model(), "cores": os.cpu_count(),
                     "cores_available": len(cores) if cores else os.cpu_count()},
+        "gpu": gpu_name(settings["device"]),
         "cpu_features": rnnfast.cpu_info(),
         "cuda": rnnfast.cuda_info(),
         "versions": {"python": platform.python_version(), "numpy": np.__version__,
@@ -84,7 +101,7 @@ def environment(settings, peers, peak):
                      **{name: _installed(name) for name in OPTIONAL_PACKAGES}},
         "commit": commit,
         "commit_source": commit_source,
-        "peers": [p.name for p in peers if p.name != "rnnfast"],
+        "peers": list(dict.fromkeys(p.name for p in peers if p.name != "rnnfast")),
         "peak_gflops": peak,
         "peak_method": peak_method(settings["device"], settings["dtype"]),
         "settings": settings,
@@ -96,22 +113,26 @@ def _time(seconds):
 
 
 def format_table(report):
-    """One line per row: rnnfast's time, GFLOP/s and % of the peak, then each peer's ratio
-    (peer time / rnnfast time)."""
+    """One line per row (and CUDA path): rnnfast's time, GFLOP/s and % of the peak, then each
+    peer's ratio (peer time / rnnfast time)."""
     settings, records = report["settings"], report["records"]
     peers = report["peers"]
     rows = {}
     for r in records:
-        rows.setdefault(tuple(r[k] for k in KEY[:-1]), {})[r["peer"]] = r
+        rows.setdefault(_key(r, KEY[:-1]), {})[r["peer"]] = r
     stacked = any(r["layers"] != 1 or r["directions"] != 1 for r in records)
-    head = ["cell", "mode", "T", "B", "I", "H"] + (["LxD"] if stacked else []) + [
-        "rnnfast", "GFLOP/s", "% peak"] + [f"vs {p}" for p in peers] + ["check"]
+    paths = any(r.get("path") for r in records)
+    head = ["cell", "mode", "T", "B", "I", "H"] + (["LxD"] if stacked else []) + (
+        ["path"] if paths else []) + ["rnnfast", "GFLOP/s", "% peak"] + [
+        f"vs {p}" for p in peers] + ["check"]
     lines = []
     for impls in rows.values():
         ours = impls["rnnfast"]
         line = [ours[k] for k in ("cell", "mode", "T", "B", "I", "H")]
         if stacked:
             line.append(f"{ours['layers']}x{ours['directions']}")
+        if paths:
+            line.append(ours["path"])
         if ours["status"] == "unsupported":
             lines.append(line + ["-"] * (3 + len(peers)) + [ours["check"]])
             continue
@@ -140,7 +161,8 @@ def format_table(report):
         f"{settings['repeats']}; check: every implementation's outputs against the float64 "
         f"reference ({settings['check']})",
         f"peak: {report['peak_gflops']:.1f} GFLOP/s ({report['peak_method']}, this run); "
-        f"{settings['threads']} threads; dtype {settings['dtype']}; device {settings['device']}"]
+        f"{settings['threads']} threads; dtype {settings['dtype']}; device {settings['device']}"
+        + (f" ({report['gpu']})" if report.get("gpu") else "")]
     return "\n".join(out)
 
 
@@ -155,14 +177,16 @@ def format_compare(old, new):
     """Per row present in both runs (with a time in both): the old and new median times and
     their ratio new/old (< 1: faster now)."""
     def index(report):
-        return {tuple(r[k] for k in KEY): r for r in report["records"] if r.get("median_s")}
+        return {_key(r): r for r in report["records"] if r.get("median_s")}
     before, after = index(old), index(new)
     common = [k for k in after if k in before]
-    head = ("cell", "mode", "T", "B", "I", "H", "LxD", "dtype", "peer", "old", "new", "new/old")
+    head = ("cell", "mode", "T", "B", "I", "H", "LxD", "dtype", "path", "peer", "old", "new",
+            "new/old")
     lines = []
     for k in common:
         o, n = before[k]["median_s"], after[k]["median_s"]
-        lines.append(k[:6] + (f"{k[6]}x{k[7]}", k[8], k[10], _time(o), _time(n), f"{n / o:.2f}"))
+        lines.append(k[:6] + (f"{k[6]}x{k[7]}", k[8], k[10] or "-", k[11], _time(o), _time(n),
+                              f"{n / o:.2f}"))
     widths = [max(len(str(v)) for v in col) for col in zip(head, *lines)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
     out = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
@@ -193,12 +217,12 @@ def plot(report, path, against="torch"):
     for ax, mode in zip(axes[:, 0], modes):
         mine = [r for r in recs if r["mode"] == mode]
         cells = list(dict.fromkeys(r["cell"] for r in mine))
-        shapes = list(dict.fromkeys(
-            (r["T"], r["B"], r["I"], r["H"], r["layers"], r["directions"]) for r in mine))
+        def shape(r):  # a group of bars: a shape (and CUDA path)
+            return r["T"], r["B"], r["I"], r["H"], r["layers"], r["directions"], r.get("path")
+        shapes = list(dict.fromkeys(map(shape, mine)))
         width = 0.8 / len(cells)
         for i, cell in enumerate(cells):
-            ratio = {(r["T"], r["B"], r["I"], r["H"], r["layers"], r["directions"]): r["ratio"]
-                     for r in mine if r["cell"] == cell}
+            ratio = {shape(r): r["ratio"] for r in mine if r["cell"] == cell}
             xs = [j + (i - (len(cells) - 1) / 2) * width for j, s in enumerate(shapes)
                   if s in ratio]
             bars = ax.bar(xs, [ratio[s] for s in shapes if s in ratio], width, label=cell)
@@ -208,13 +232,14 @@ def plot(report, path, against="torch"):
         ax.set_xlim(-0.6, max(len(shapes), 4) - 0.4)  # a lone group keeps its bars narrow
         ax.set_xticks(range(len(shapes)))
         ax.set_xticklabels([f"{t},{b},{i},{h}" + (f" {l}x{d}" if (l, d) != (1, 1) else "")
-                            for t, b, i, h, l, d in shapes], fontsize=8)
+                            + (f" {path}" if path else "")
+                            for t, b, i, h, l, d, path in shapes], fontsize=8)
         ax.set_ylabel(f"speedup vs {against}")
         ax.set_title(f"{mode} (T,B,I,H); > 1: rnnfast faster", fontsize=10)
         ax.legend(fontsize=8)
     m = report["machine"]
     fig.suptitle(f"rnnfast {report['versions']['rnnfast']} vs {against} "
-                 f"{report['versions'].get(against)}: {m['cpu_model']}, "
+                 f"{report['versions'].get(against)}: {report.get('gpu') or m['cpu_model']}, "
                  f"{report['settings']['threads']} threads", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

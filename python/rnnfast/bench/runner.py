@@ -29,8 +29,8 @@ from .peers import Unsupported, make_problem
 # In bfloat16 (8 significant bits) each rounding of a stored value costs up to 2^-9 (2e-3) of
 # it, and an implementation rounds many values on the way (PyTorch's oneDNN stores h in
 # bfloat16 every step; rnnfast keeps the recurrence in float32): 5e-2 of the largest output,
-# a fixed bound.
-FLOOR = {"float32": 2e-6, "float64": 1e-10, "bfloat16": 5e-2}
+# a fixed bound. In float16 (11 significant bits, each rounding 2^-12 = 2.4e-4) 1e-2 likewise.
+FLOOR = {"float32": 2e-6, "float64": 1e-10, "bfloat16": 5e-2, "float16": 1e-2}
 # Peers (other libraries) get PEER_SLACK times that: they sum in orders of their own (PyTorch's
 # float32 bias gradients at T*B = 6400 came out 2.9e-6 off, against the rule's 2.6e-6), and
 # their check is there to show that each computes the same problem, which a setup mistake (an
@@ -39,7 +39,7 @@ PEER_SLACK = 10
 RULE = {dtype: f"{rule}; peers {PEER_SLACK} x that" for dtype, rule in (
     ("float32", f"max rel err <= 2 x the float32 reference's + {FLOOR['float32']:.0e}"),
     ("float64", f"max rel err <= {FLOOR['float64']:.0e}"),
-    ("bfloat16", f"max rel err <= {FLOOR['bfloat16']:.0e}"))}
+    *((name, f"max rel err <= {FLOOR[name]:.0e}") for name in ("bfloat16", "float16")))}
 # Each implementation gets as many repeats as fit in the time budget (settings["budget_s"]),
 # judged by its last warm-up call, between MIN_REPEATS and settings["repeats"], spread over
 # the rounds (at most settings["rounds"], at least one repeat each).
@@ -217,67 +217,80 @@ def measure_peak(device, timer, n=2048, dtype="float32"):
 
 
 def run_row(row, peers, settings, timer, peak):
-    """The records (dicts, see benchmarks/README.md) of one row: rnnfast's first, then one per
-    peer."""
+    """The records (dicts, see benchmarks/README.md) of one row: for each of rnnfast's
+    implementations (one per CUDA path on the GPU, its "path"; one on the CPU, path None) its
+    record, then one per peer, whose ratio is against it (a peer with a path, the baseline on
+    the GPU: against rnnfast on the same path)."""
     dtype = settings["dtype"]
     base = {"cell": row.cell, "mode": row.mode, "T": row.T, "B": row.B, "I": row.I, "H": row.H,
             "layers": row.layers, "directions": row.directions, "dtype": dtype,
             "device": settings["device"], "threads": settings["threads"]}
-    problem = make_problem(row, np.dtype(dtype), settings["device"], settings["threads"],
+    problem = make_problem(row, dtype, settings["device"], settings["threads"],
                            settings["seed"])
-    runs, records = {}, {}
-    for peer in peers:
+    keys = [(peer.name, peer.path) for peer in peers]  # rnnfast's first
+    ours = [key for key in keys if key[0] == "rnnfast"]
+    runs, first, outputs, unsupported = {}, {}, {}, {}
+    for peer, key in zip(peers, keys):
+        if key not in ours and not runs:  # no rnnfast implementation ran: nothing to compare
+            break
         try:
             if row.mode == "step" and (row.layers, row.directions) != (1, 1):
                 raise Unsupported("mode step times one cell: layers 1, directions 1")
-            runs[peer.name] = peer.build(problem)
+            fn = peer.build(problem)
+            # The first call computes the outputs that are checked. It can be slow for one-off
+            # reasons (allocation, a library's initialisation), so it is not timed.
+            first[key], outputs[key] = timer(fn, True)
+            runs[key] = fn
         except Unsupported as why:
-            records[peer.name] = {**base, "peer": peer.name, "status": "unsupported",
-                                  "check": str(why)}
-        if peer.name == "rnnfast" and "rnnfast" not in runs:  # nothing to compare with
-            return [records["rnnfast"]]
+            unsupported[key] = str(why)
 
-    # The first call of each computes the outputs that are checked. It can be slow for one-off
-    # reasons (allocation, a library's initialisation), so it is not timed.
-    first, outputs = {}, {}
-    for name, fn in runs.items():
-        first[name], outputs[name] = timer(fn, True)
-    oracle = reference_outputs(problem, np.float64)
-    tolerance = tolerances(problem, dtype, oracle)
-    for name in runs:
-        slack = 1 if name == "rnnfast" else PEER_SLACK
-        ok, check, err = check_outputs(outputs[name], oracle,
+    checks = {}
+    if runs:
+        oracle = reference_outputs(problem, np.float64)
+        tolerance = tolerances(problem, dtype, oracle)
+    for key in runs:
+        slack = 1 if key in ours else PEER_SLACK
+        ok, check, err = check_outputs(outputs[key], oracle,
                                        {k: slack * v for k, v in tolerance.items()})
-        records[name] = {**base, "peer": name, "status": "ok" if ok else "mismatch",
-                         "check": check, "max_rel_err": err}
+        checks[key] = {"status": "ok" if ok else "mismatch", "check": check,
+                       "max_rel_err": err}
 
     warmups = dict.fromkeys(runs, 0)
-    times = {name: [] for name in runs}  # per implementation, per round: seconds of each call
+    times = {key: [] for key in runs}  # per implementation, per round: seconds of each call
     for index in range(rounds_of(settings)):
-        for name, fn in runs.items():
-            last = times[name][-1][-1] if times[name] else first[name]
+        for key, fn in runs.items():
+            last = times[key][-1][-1] if times[key] else first[key]
             warmup, seconds = time_round(fn, last, index, settings, timer)
-            warmups[name] += warmup
-            times[name].append(seconds)
+            warmups[key] += warmup
+            times[key].append(seconds)
 
     per_call = row.T if row.mode == "step" else 1  # step mode reports per step
     flops = row.flops()
-    ours_by_round = [statistics.median(s) for s in times["rnnfast"]]
-    for name, by_round in times.items():
-        seconds = [s for r in by_round for s in r]
+
+    def record(key, against):
+        """key's record, its ratio against rnnfast's implementation ``against``."""
+        rec = {**base, "path": against[1], "peer": key[0]}
+        if key not in runs:
+            return {**rec, "status": "unsupported", "check": unsupported[key]}
+        seconds = [s for r in times[key] for s in r]
         median = statistics.median(seconds) / per_call
-        ratio = statistics.median(statistics.median(theirs) / ours
-                                  for theirs, ours in zip(by_round, ours_by_round))
-        rec = records[name]
-        rec.update({"repeats": len(seconds), "rounds": len(by_round), "warmup": warmups[name],
-                    "median_s": median,
-                    "min_s": min(seconds) / per_call, "max_s": max(seconds) / per_call,
-                    "flops": flops, "gflops": flops / median / 1e9,
-                    "percent_of_peak": 100 * flops / median / 1e9 / peak,
-                    # > 1: rnnfast is faster. No ratio for a result that disagrees.
-                    "ratio": ratio if name != "rnnfast" and rec["status"] == "ok" else None})
-    return [records["rnnfast"]] + [records[p.name] for p in peers
-                                   if p.name != "rnnfast" and p.name in records]
+        ratio = statistics.median(statistics.median(theirs) / statistics.median(our)
+                                  for theirs, our in zip(times[key], times[against]))
+        return {**rec, **checks[key], "repeats": len(seconds), "rounds": len(times[key]),
+                "warmup": warmups[key], "median_s": median,
+                "min_s": min(seconds) / per_call, "max_s": max(seconds) / per_call,
+                "flops": flops, "gflops": flops / median / 1e9,
+                "percent_of_peak": 100 * flops / median / 1e9 / peak,
+                # > 1: rnnfast is faster. No ratio for a result that disagrees.
+                "ratio": ratio if key != against and checks[key]["status"] == "ok" else None}
+
+    records = []
+    for our in ours:
+        records.append(record(our, our))
+        if our in runs:
+            records += [record(key, our) for key in keys
+                        if key not in ours and key[1] in (None, our[1])]
+    return records
 
 
 class Progress:
