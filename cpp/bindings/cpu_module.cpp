@@ -243,17 +243,21 @@ void bind_packed_cell(py::module_& m, const char* name) {
       .def_property_readonly("hidden_size", [](const PackedCell<T>& p) { return p.hidden; });
 }
 
-// out = x rounded to bfloat16 (to_bf16; x float32, out bfloat16 of x's shape).
-void round_to_bfloat16_py(const py::object& x, const py::object& out) {
+// out = x rounded to S, bfloat16 (to_bf16) or float16 (to_f16): x float32, out of x's shape.
+template <typename S>
+void round_to_py(const py::object& x, const py::object& out) {
   if (!py::isinstance<py::array>(x)) throw py::type_error("x must be a numpy.ndarray");
   const auto arr = x.cast<py::array>();
   const std::vector<int64_t> shape(arr.shape(), arr.shape() + arr.ndim());
-  ArgChecker<Bf16> check("out");
-  const float* in = check.input<float>(x, "x", shape);
-  Bf16* result = check.output(out, "out", shape);
+  ArgChecker<S> check("out");
+  const float* in = check.template input<float>(x, "x", shape);
+  S* result = check.output(out, "out", shape);
   check.check_no_overlap();
   py::gil_scoped_release release;
-  round_to_bf16(in, arr.size(), result);
+  if constexpr (std::is_same_v<S, Bf16>)
+    round_to_bf16(in, arr.size(), result);
+  else
+    round_to_f16(in, arr.size(), result);
 }
 
 void activation_py(const std::string& name, py::object x, py::object out) {
@@ -339,9 +343,12 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("name"), "Use this instruction set (one of available_isas()).");
   m.def("activation", &activation_py, py::arg("name"), py::arg("x"), py::arg("out"),
         "out = the cells' exp, tanh or sigmoid of the 1-D array x, as the kernels compute it.");
-  m.def("round_to_bfloat16", &round_to_bfloat16_py, py::arg("x"), py::arg("out"),
+  m.def("round_to_bfloat16", &round_to_py<Bf16>, py::arg("x"), py::arg("out"),
         "out = x (float32, C-contiguous) rounded to bfloat16 (out: ml_dtypes.bfloat16, x's "
         "shape): x.astype(bfloat16)'s values bit for bit, NaNs included, on rnnfast's threads.");
+  m.def("round_to_float16", &round_to_py<F16>, py::arg("x"), py::arg("out"),
+        "out = x (float32, C-contiguous) rounded to float16 (out: numpy.float16, x's shape): "
+        "x.astype(numpy.float16)'s values bit for bit, NaNs included, on rnnfast's threads.");
   m.def("num_threads", &num_threads);
   m.def(
       "last_split",

@@ -11,6 +11,7 @@
 
 #include "binding_util.h"
 #include "rnnfast/bfloat16.h"
+#include "rnnfast/float16.h"
 
 namespace rnnfast::bindings {
 
@@ -25,6 +26,11 @@ inline pybind11::dtype numpy_dtype<Bf16>() {
   static const pybind11::handle dtype =
       pybind11::dtype::from_args(pybind11::module_::import("ml_dtypes").attr("bfloat16")).release();
   return pybind11::reinterpret_borrow<pybind11::dtype>(dtype);
+}
+
+template <>
+inline pybind11::dtype numpy_dtype<F16>() {
+  return pybind11::dtype("float16");
 }
 
 struct NumpyReader {

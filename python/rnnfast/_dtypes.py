@@ -224,9 +224,11 @@ def to_storage(array, dtype):
         return round_operand(array, storage(dtype))
     if array.dtype == dtype:
         return array
-    if type(array) is np.ndarray and array.dtype == FLOAT32 and is_bfloat16(dtype):
-        # astype's values bit for bit, 4-8x as fast (ml_dtypes' cast runs on one core)
+    if type(array) is np.ndarray and array.dtype == FLOAT32 and is_16bit(dtype):
+        # astype's values bit for bit, several times as fast (NumPy's and ml_dtypes' casts run
+        # on one core)
         out = np.empty(array.shape, dtype)
-        _cpu.round_to_bfloat16(np.ascontiguousarray(array), out)
+        rounding = _cpu.round_to_float16 if dtype == FLOAT16 else _cpu.round_to_bfloat16
+        rounding(np.ascontiguousarray(array), out)
         return out
     return array.astype(dtype)

@@ -556,27 +556,39 @@ def test_bfloat16_rounding_by_bits_matches_ml_dtypes():
                                           BF16)).all()
 
 
-@pytest.mark.parametrize("size", [0, 1, 31, 300_000, 1_200_000])  # past 2**18: 2 threads
-def test_round_to_bfloat16_is_astype_bit_for_bit(bf16_isa, size):
-    """_cpu.round_to_bfloat16 (the layers' bfloat16 outputs, to_storage) gives astype's bits on
-    every instruction set and for any split between the threads: ties, carries into the
-    exponent, the largest finite value (to inf), subnormals, zeros of both signs, infinities,
-    and NaNs with payloads of both signs (ml_dtypes makes each the quiet NaN of its sign)."""
+# The float32 -> 16-bit roundings of the layers' results (_dtypes.to_storage), by type.
+ROUND_TO = {BF16: _cpu.round_to_bfloat16, F16: _cpu.round_to_float16}
+ROUNDING_CASES = [  # float32 values where the roundings are delicate, by type
+    [1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8), 2 - 2.0 ** -9, 1e-40, -3e-45,
+     np.finfo(np.float32).max],  # bfloat16: ties, a carry, subnormals, overflow
+    [1 + 2.0 ** -11, 1 + 3 * 2.0 ** -11, 2 - 2.0 ** -12, 65504, 65519.996, 65520, 65536, 1e6,
+     2.0 ** -14, 2.0 ** -24, 2.0 ** -25, 3 * 2.0 ** -25, 2.0 ** -26, 5.96e-8, 6.1e-5,
+     -(2.0 ** -24 + 2.0 ** -25), 1e-40]]  # float16: ties, overflow, subnormal ties, underflow
+
+
+@pytest.mark.parametrize("size", [0, 1, 40, 300_000, 1_200_000])  # past 2**18: 2 threads
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
+def test_rounding_to_16_bits_is_astype_bit_for_bit(bf16_isa, dtype, size):
+    """_cpu.round_to_bfloat16 and round_to_float16 (the layers' 16-bit results, to_storage) give
+    astype's bits on every instruction set and for any split between the threads: ties, carries
+    into the exponent, overflow to inf, subnormal results and their ties, underflow to zero,
+    zeros of both signs, infinities, and NaNs with payloads of both signs (ml_dtypes makes each
+    the quiet NaN of its sign, NumPy's float16 keeps the payload's top bits)."""
     rng = np.random.default_rng(size)
-    special = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8), 2 - 2.0 ** -9, 1e-40,
-                        -3e-45, 0.0, -0.0, np.finfo(np.float32).max, np.inf, -np.inf],
-                       np.float32)
-    nans = np.array([0x7F800001, 0xFF812345, 0x7FC00000, 0xFFFFFFFF], np.uint32).view(np.float32)
-    a = (rng.standard_normal(size) * 2.0 ** rng.integers(-140, 120, size)).astype(np.float32)
+    special = np.array([*ROUNDING_CASES[dtype == F16], 0.0, -0.0, np.inf, -np.inf], np.float32)
+    nans = np.array([0x7F800001, 0xFF812345, 0x7FC00000, 0xFFFFFFFF, 0x7FBFE000],
+                    np.uint32).view(np.float32)
+    magnitudes = 2.0 ** rng.integers(-140, 120 if dtype == BF16 else 18, size)
+    a = (rng.standard_normal(size) * magnitudes).astype(np.float32)
     a[:len(special) + len(nans)] = np.concatenate([special, nans])[:size]
-    out = np.full(a.shape, 7, BF16)
-    _cpu.round_to_bfloat16(a, out)
-    with np.errstate(invalid="ignore"):  # NumPy warns of NaNs cast
-        expected = a.astype(BF16)
+    out = np.full(a.shape, 7, dtype)
+    ROUND_TO[dtype](a, out)
+    with np.errstate(invalid="ignore", over="ignore"):  # NumPy warns of NaNs and overflow cast
+        expected = a.astype(dtype)
     assert out.view(np.uint16).tobytes() == expected.view(np.uint16).tobytes()
     if size >= 30:  # any shape, through the layers' route (to_storage)
-        stored = _dtypes.to_storage(a[:30].reshape(2, 3, 5), BF16)
-        assert stored.shape == (2, 3, 5) and stored.dtype == BF16
+        stored = _dtypes.to_storage(a[:30].reshape(2, 3, 5), dtype)
+        assert stored.shape == (2, 3, 5) and stored.dtype == dtype
         assert stored.view(np.uint16).tobytes() == expected[:30].view(np.uint16).tobytes()
 
 
@@ -584,27 +596,27 @@ def f32(*shape):
     return np.zeros(shape, np.float32)
 
 
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
 @pytest.mark.parametrize("call, error, message", [
-    (lambda: _cpu.round_to_bfloat16(np.zeros(3), np.zeros(3, BF16)), TypeError,
+    (lambda r, t: r(np.zeros(3), np.zeros(3, t)), TypeError,
      "x has dtype float64, expected float32"),
-    (lambda: _cpu.round_to_bfloat16(f32(3), f32(3)), TypeError, "out has dtype float32"),
-    (lambda: _cpu.round_to_bfloat16(f32(3, 2), np.zeros((2, 3), BF16)), ValueError,
+    (lambda r, t: r(f32(3), f32(3)), TypeError, "out has dtype float32"),
+    (lambda r, t: r(f32(3, 2), np.zeros((2, 3), t)), ValueError,
      "out has shape (2, 3), expected (3, 2)"),
-    (lambda: _cpu.round_to_bfloat16(f32(3, 2).T, np.zeros((2, 3), BF16)), ValueError,
-     "x must be C-contiguous"),
-    (lambda: _cpu.round_to_bfloat16([1.0], np.zeros(1, BF16)), TypeError,
-     "x must be a numpy.ndarray"),
+    (lambda r, t: r(f32(3, 2).T, np.zeros((2, 3), t)), ValueError, "x must be C-contiguous"),
+    (lambda r, t: r([1.0], np.zeros(1, t)), TypeError, "x must be a numpy.ndarray"),
 ])
-def test_round_to_bfloat16_argument_errors(call, error, message):
+def test_rounding_to_16_bits_argument_errors(dtype, call, error, message):
     with pytest.raises(error) as info:
-        call()
+        call(ROUND_TO[dtype], dtype)
     assert message in str(info.value)
 
 
-def test_round_to_bfloat16_refuses_an_out_over_x():
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
+def test_rounding_to_16_bits_refuses_an_out_over_x(dtype):
     a = np.zeros(8, np.float32)
     with pytest.raises(ValueError, match="out overlaps the memory of x"):
-        _cpu.round_to_bfloat16(a, a.view(BF16)[:8])
+        ROUND_TO[dtype](a, a.view(dtype)[:8])
     assert not a.any()  # the caller's array untouched
 
 

@@ -11,6 +11,7 @@
 #include "rnnfast/activations_cpu.h"
 #include "rnnfast/cell_step.h"
 #include "rnnfast/cpu_features.h"
+#include "rnnfast/float16.h"
 #include "rnnfast/gemm.h"
 #include "rnnfast/recurrence.h"
 #include "thread_pool.h"
@@ -29,6 +30,7 @@ namespace rnnfast {
   template <typename T>                                                                         \
   void column_sums(const T*, int64_t, int64_t, T*);                                             \
   void round_to_bf16(const float*, int64_t, Bf16*);                                             \
+  void round_to_f16(const float*, int64_t, F16*);                                               \
   template <typename T>                                                                         \
   void apply_activation(Activation, const T*, T*, int64_t);                                     \
   template <typename T>                                                                         \
@@ -260,6 +262,10 @@ void apply_activation(Activation f, const T* in, T* out, int64_t n) {
 
 void round_to_bf16(const float* in, int64_t n, Bf16* out) {
   RNNFAST_ON_ACTIVE_ISA(round_to_bf16(in, n, out));
+}
+
+void round_to_f16(const float* in, int64_t n, F16* out) {
+  RNNFAST_ON_ACTIVE_ISA(round_to_f16(in, n, out));
 }
 
 #if RNNFAST_BF16_TARGETS

@@ -13,6 +13,7 @@
 #include "microkernel.h"
 #include "rnnfast/aligned_buffer.h"
 #include "rnnfast/cpu_features.h"
+#include "rnnfast/float16.h"
 #include "rnnfast/gemm.h"
 #include "rnnfast/recurrence.h"
 
@@ -150,15 +151,22 @@ void column_sums(const T* a, int64_t rows, int64_t cols, T* out) {
 template void column_sums<float>(const float*, int64_t, int64_t, float*);
 template void column_sums<double>(const double*, int64_t, int64_t, double*);
 
-void round_to_bf16(const float* in, int64_t n, Bf16* out) {
-  // A pass over memory: a thread for each 256 K values (1 MB read), as many as there are.
+namespace {
+// out [n] = round(in [n]): a pass over memory, a thread for each 256 K values (1 MB read), as
+// many as there are.
+template <typename S, S (*round)(float)>
+void round_all(const float* in, int64_t n, S* out) {
   const int threads =
       static_cast<int>(std::clamp<int64_t>(n >> 18, 1, ThreadPool::global().num_threads()));
   ThreadPool::global().run(threads, [&](int index) {
     const BlockRange share(n, index, threads);
-    for (int64_t i = share.first; i < share.last; ++i) out[i] = to_bf16(in[i]);
+    for (int64_t i = share.first; i < share.last; ++i) out[i] = round(in[i]);
   });
 }
+}  // namespace
+
+void round_to_bf16(const float* in, int64_t n, Bf16* out) { round_all<Bf16, to_bf16>(in, n, out); }
+void round_to_f16(const float* in, int64_t n, F16* out) { round_all<F16, to_f16>(in, n, out); }
 
 }  // namespace RNNFAST_ISA_NS
 }  // namespace rnnfast
