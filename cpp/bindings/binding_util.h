@@ -3,7 +3,9 @@
 
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -30,6 +32,22 @@ inline std::string shape_str(const std::vector<int64_t>& shape) {
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + (shape.size() == 1 ? ",)" : ")");
 }
+
+// The shape a binding expects of an argument: a braced list ({B, H}) or a vector, not copied
+// (a call checks several arrays; copying each shape would cost an allocation).
+class ShapeRef {
+ public:
+  ShapeRef(std::initializer_list<int64_t> dims) : data_(dims.begin()), size_(dims.size()) {}
+  ShapeRef(const std::vector<int64_t>& dims) : data_(dims.data()), size_(dims.size()) {}
+  bool operator==(const std::vector<int64_t>& other) const {
+    return other.size() == size_ && std::equal(other.begin(), other.end(), data_);
+  }
+  std::vector<int64_t> vector() const { return std::vector<int64_t>(data_, data_ + size_); }
+
+ private:
+  const int64_t* data_;
+  size_t size_;
+};
 
 // What a binding reads of one array argument (a NumPy array, a __cuda_array_interface__ ...)
 // for a kernel whose element type is T.
@@ -59,24 +77,22 @@ class ArgChecker {
   using ArrayReader = Reader;
 
   // lead: the argument whose dtype chose T, named in dtype errors.
-  explicit ArgChecker(const char* lead) : lead_(lead) {}
+  explicit ArgChecker(const char* lead) : lead_(lead) { spans_.reserve(kTypicalArrays); }
 
   // Required input: a C-contiguous array of dtype U with exactly this shape.
   template <typename U = T>
-  const U* input(const pybind11::handle& obj, const char* name, const std::vector<int64_t>& shape) {
+  const U* input(const pybind11::handle& obj, const char* name, ShapeRef shape) {
     return checked<U>(obj, name, shape, false);
   }
   // Optional input: None gives nullptr.
   template <typename U = T>
-  const U* optional_input(const pybind11::handle& obj, const char* name,
-                          const std::vector<int64_t>& shape) {
+  const U* optional_input(const pybind11::handle& obj, const char* name, ShapeRef shape) {
     return obj.is_none() ? nullptr : checked<U>(obj, name, shape, false);
   }
-  T* output(const pybind11::handle& obj, const char* name, const std::vector<int64_t>& shape) {
+  T* output(const pybind11::handle& obj, const char* name, ShapeRef shape) {
     return checked<T>(obj, name, shape, true);
   }
-  T* optional_output(const pybind11::handle& obj, const char* name,
-                     const std::vector<int64_t>& shape) {
+  T* optional_output(const pybind11::handle& obj, const char* name, ShapeRef shape) {
     return obj.is_none() ? nullptr : checked<T>(obj, name, shape, true);
   }
   // Scratch memory: a 1-D array of at least `size` elements, or None where size is 0
@@ -114,16 +130,15 @@ class ArgChecker {
 
  private:
   template <typename U = T>
-  U* checked(const pybind11::handle& obj, const char* name, const std::vector<int64_t>& shape,
-             bool is_output) {
+  U* checked(const pybind11::handle& obj, const char* name, ShapeRef shape, bool is_output) {
     const ArrayView a = Reader::template view<U>(obj, name);
     if (!a.dtype_ok)
       throw pybind11::type_error(
           std::string(name) + " has dtype " + a.dtype + ", expected " + a.expected_dtype +
           (std::is_same_v<U, T> ? std::string(" (the dtype of ") + lead_ + ")" : std::string()));
-    if (a.shape != shape)
+    if (!(shape == a.shape))
       throw pybind11::value_error(std::string(name) + " has shape " + shape_str(a.shape) +
-                                  ", expected " + shape_str(shape));
+                                  ", expected " + shape_str(shape.vector()));
     if (!a.c_contiguous) throw pybind11::value_error(std::string(name) + " must be C-contiguous");
     if (!a.aligned)
       throw pybind11::value_error(std::string(name) + " must be aligned to its element size");
@@ -133,6 +148,7 @@ class ArgChecker {
     return reinterpret_cast<U*>(a.begin);
   }
 
+  static constexpr size_t kTypicalArrays = 16;  // a call's arrays: one allocation for spans_
   const char* lead_;
   std::vector<Span> spans_;
 };

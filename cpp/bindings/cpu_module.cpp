@@ -218,15 +218,27 @@ void cell_step_typed(const PackedCell<T>& packed, const py::object& x, const py:
     cell_step(packed, B, xp, hp, cp, h_outp, c_outp);
 }
 
-void cell_step_py(const py::object& packed, const py::object& x, const py::object& h,
+// False, doing nothing, where packed is in the layout of another instruction set than the one
+// in use (set_isa changed it since): the caller packs again, so that the step runs on the
+// instruction set in use.
+bool cell_step_py(const py::object& packed, const py::object& x, const py::object& h,
                   const py::object& c, const py::object& h_out, const py::object& c_out) {
+  const auto current = [](const auto& p) { return p.isa == active_isa(); };
   if (py::isinstance<PackedCell<float>>(packed)) {
     const auto& p = packed.cast<const PackedCell<float>&>();
-    if (p.bfloat16) return cell_step_typed<Bf16>(p, x, h, c, h_out, c_out);
-    return cell_step_typed<float>(p, x, h, c, h_out, c_out);
+    if (!current(p)) return false;
+    if (p.bfloat16)
+      cell_step_typed<Bf16>(p, x, h, c, h_out, c_out);
+    else
+      cell_step_typed<float>(p, x, h, c, h_out, c_out);
+    return true;
   }
-  if (py::isinstance<PackedCell<double>>(packed))
-    return cell_step_typed<double>(packed.cast<const PackedCell<double>&>(), x, h, c, h_out, c_out);
+  if (py::isinstance<PackedCell<double>>(packed)) {
+    const auto& p = packed.cast<const PackedCell<double>&>();
+    if (!current(p)) return false;
+    cell_step_typed<double>(p, x, h, c, h_out, c_out);
+    return true;
+  }
   throw py::type_error("packed must be the result of pack_cell");
 }
 
@@ -245,7 +257,7 @@ void bind_packed_cell(py::module_& m, const char* name) {
 
 // out = x rounded to S, bfloat16 (to_bf16) or float16 (to_f16): x float32, out of x's shape.
 template <typename S>
-void round_to_py(const py::object& x, const py::object& out) {
+void round_to_typed(const py::object& x, const py::object& out) {
   if (!py::isinstance<py::array>(x)) throw py::type_error("x must be a numpy.ndarray");
   const auto arr = x.cast<py::array>();
   const std::vector<int64_t> shape(arr.shape(), arr.shape() + arr.ndim());
@@ -254,10 +266,15 @@ void round_to_py(const py::object& x, const py::object& out) {
   S* result = check.output(out, "out", shape);
   check.check_no_overlap();
   py::gil_scoped_release release;
-  if constexpr (std::is_same_v<S, Bf16>)
-    round_to_bf16(in, arr.size(), result);
-  else
-    round_to_f16(in, arr.size(), result);
+  round_to(in, arr.size(), result);
+}
+
+void round_to_py(const py::object& x, const py::object& out) {
+  if (NumpyReader::is_dtype<F16>(out, "out")) return round_to_typed<F16>(x, out);
+  // by name: ml_dtypes (bfloat16's NumPy type) need not be installed for the other types
+  if (is_bfloat16(out.cast<py::array>())) return round_to_typed<Bf16>(x, out);
+  throw py::type_error("out has dtype " + NumpyReader::dtype_name(out, "out") +
+                       ", expected bfloat16 or float16");
 }
 
 void activation_py(const std::string& name, py::object x, py::object out) {
@@ -327,7 +344,8 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("cell_step", &cell_step_py, py::arg("packed"), py::arg("x"), py::arg("h"), py::arg("c"),
         py::arg("h_out"), py::arg("c_out"),
         "One step of the cell: h_out (and c_out, LSTM) from x [B,I], h and c [B,H]. Outputs "
-        "must not overlap the inputs.");
+        "must not overlap the inputs. Returns False, doing nothing, where packed's layout is "
+        "not that of the instruction set in use (pack it again).");
   m.def("compiled_isas", &compiled_isas, "Instruction sets the CPU kernels were compiled for.");
   m.def("available_isas", &available_isas, "Compiled instruction sets this CPU supports.");
   m.def("active_isa", &active_isa, "The instruction set the CPU kernels use now.");
@@ -343,12 +361,10 @@ PYBIND11_MODULE(_cpu, m) {
       py::arg("name"), "Use this instruction set (one of available_isas()).");
   m.def("activation", &activation_py, py::arg("name"), py::arg("x"), py::arg("out"),
         "out = the cells' exp, tanh or sigmoid of the 1-D array x, as the kernels compute it.");
-  m.def("round_to_bfloat16", &round_to_py<Bf16>, py::arg("x"), py::arg("out"),
-        "out = x (float32, C-contiguous) rounded to bfloat16 (out: ml_dtypes.bfloat16, x's "
-        "shape): x.astype(bfloat16)'s values bit for bit, NaNs included, on rnnfast's threads.");
-  m.def("round_to_float16", &round_to_py<F16>, py::arg("x"), py::arg("out"),
-        "out = x (float32, C-contiguous) rounded to float16 (out: numpy.float16, x's shape): "
-        "x.astype(numpy.float16)'s values bit for bit, NaNs included, on rnnfast's threads.");
+  m.def("round_to", &round_to_py, py::arg("x"), py::arg("out"),
+        "out = x (float32, C-contiguous) rounded to out's dtype, ml_dtypes.bfloat16 or "
+        "numpy.float16 (out of x's shape): x.astype(out.dtype)'s values bit for bit, NaNs "
+        "included, on rnnfast's threads.");
   m.def("num_threads", &num_threads);
   m.def(
       "last_split",

@@ -20,6 +20,7 @@
 
 #include <array>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -241,6 +242,12 @@ Rounding parse_rounding(const py::object& rounding) {
                         std::string(py::repr(rounding)));
 }
 
+// A call that path='persistent' cannot run: raised to Python as the module's
+// PersistentPathRefused, a ValueError whose message says why.
+struct PersistentPathRefused : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 // The CUDA backend of bindings::def_recurrent (run), and of recurrent_forward_pair
 // (run_directions with two directions): once every argument is checked, takes the workspaces,
 // refuses overlapping outputs and a persistent path that cannot run the call, does nothing for B =
@@ -279,7 +286,7 @@ struct CudaRecurrence {
       const std::string refusal =
           persistent_refusal<T>(a.cell, a.hidden, a.proj, rounding, static_cast<int>(N));
       if (!refusal.empty())
-        throw py::value_error("path='persistent' cannot run this call: " + refusal);
+        throw PersistentPathRefused("path='persistent' cannot run this call: " + refusal);
     }
     if (a.batch == 0) return;
     Reader::check_memory(check);
@@ -366,6 +373,7 @@ PYBIND11_MODULE(RNNFAST_CUDA_MODULE, m) {
   m.attr("compiled_architectures") = RNNFAST_CUDA_ARCHITECTURES;
   const char* arrays = "CUDA arrays (__cuda_array_interface__)";
 #endif
+  py::register_exception<PersistentPathRefused>(m, "PersistentPathRefused", PyExc_ValueError);
   m.def(
       "device_info",
       [] {

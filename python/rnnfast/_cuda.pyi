@@ -11,6 +11,10 @@ Array = Any
 
 emulated: bool
 compiled_architectures: str
+Rounding = Optional[Literal["bfloat16", "float16", "tf32"]]
+
+class PersistentPathRefused(ValueError):
+    """A call that path='persistent' cannot run (the message says why)."""
 
 def device_info() -> dict[str, Any]: ...
 def recurrent_forward(cell: Cell, zx: Array, w_hh: Array, b_hh: Optional[Array], h0: Array,
@@ -18,7 +22,11 @@ def recurrent_forward(cell: Cell, zx: Array, w_hh: Array, b_hh: Optional[Array],
                       saved: Optional[Array], lengths: Optional[Array] = None,
                       resets: Optional[Array] = None, w_hr: Optional[Array] = None, *,
                       workspace: Optional[Array] = None, stream: int = 0,
-                      path: Literal["standard", "persistent"] = "standard") -> None: ...
+                      path: Literal["standard", "persistent"] = "standard",
+                      rounding: Rounding = None) -> None: ...
+def recurrent_forward_pair(forward: tuple[Any, ...], reverse: tuple[Any, ...], *,
+                           workspaces: tuple[Optional[Array], Optional[Array]] = (None, None),
+                           stream: int = 0, rounding: Rounding = None) -> None: ...
 def recurrent_backward(cell: Cell, w_hh: Array, h0: Array, c0: Optional[Array], y: Array,
                        saved: Optional[Array], dy: Array, dh_n: Optional[Array],
                        dc_n: Optional[Array], dzx: Array, dzh: Optional[Array], dh0: Array,
@@ -26,11 +34,13 @@ def recurrent_backward(cell: Cell, w_hh: Array, h0: Array, c0: Optional[Array], 
                        resets: Optional[Array] = None, w_hr: Optional[Array] = None,
                        dh_proj: Optional[Array] = None, *, workspace: Optional[Array] = None,
                        stream: int = 0,
-                       path: Literal["standard", "persistent"] = "standard") -> None: ...
+                       path: Literal["standard", "persistent"] = "standard",
+                       rounding: Rounding = None) -> None: ...
 def workspace_size(
     direction: Literal["forward", "backward"], cell: Cell, batch: int, hidden: int, proj: int = 0
 ) -> int: ...
 def persistent_refusal(cell: Cell, hidden: int, proj: int = 0,
-                       dtype: Literal["float32", "float64"] = "float32") -> str: ...
+                       dtype: Literal["float32", "float64"] = "float32",
+                       rounding: Rounding = None, directions: int = 1) -> str: ...
 def saved_per_unit(cell: Cell) -> int: ...
 def gate_count(cell: Cell) -> int: ...

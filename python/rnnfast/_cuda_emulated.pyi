@@ -2,6 +2,7 @@
 emulator, over NumPy arrays; the interface of rnnfast._cuda plus the emulator's controls."""
 
 from rnnfast._cuda import (
+    PersistentPathRefused as PersistentPathRefused,
     compiled_architectures as compiled_architectures,
     device_info as device_info,
     emulated as emulated,
@@ -9,6 +10,7 @@ from rnnfast._cuda import (
     persistent_refusal as persistent_refusal,
     recurrent_backward as recurrent_backward,
     recurrent_forward as recurrent_forward,
+    recurrent_forward_pair as recurrent_forward_pair,
     saved_per_unit as saved_per_unit,
     workspace_size as workspace_size,
 )

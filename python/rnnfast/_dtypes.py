@@ -220,15 +220,15 @@ def to_storage(array, dtype):
     kept. Inside ``bfloat16_in_float32()``, float32 rounded to bfloat16 values (float32 ones)."""
     if array is None:
         return None
-    if storage(dtype) is not dtype:
-        return round_operand(array, storage(dtype))
+    stored = storage(dtype)
+    if stored is not dtype:
+        return round_operand(array, stored)
     if array.dtype == dtype:
         return array
     if type(array) is np.ndarray and array.dtype == FLOAT32 and is_16bit(dtype):
         # astype's values bit for bit, several times as fast (NumPy's and ml_dtypes' casts run
         # on one core)
         out = np.empty(array.shape, dtype)
-        rounding = _cpu.round_to_float16 if dtype == FLOAT16 else _cpu.round_to_bfloat16
-        rounding(np.ascontiguousarray(array), out)
+        _cpu.round_to(np.ascontiguousarray(array), out)
         return out
     return array.astype(dtype)

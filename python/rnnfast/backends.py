@@ -63,7 +63,8 @@ def cuda_recurrence(path: str):
     ``path``: "standard" (one fused kernel launch per step; every size and option),
     "persistent" (one cooperative launch for all steps, each block keeping its slice of W_hh
     in shared memory; no LSTM projection, and only where W_hh fits on the device's SMs: a
-    call it cannot run raises ValueError saying why) or "auto" (the default: the standard path,
+    call it cannot run raises ValueError saying why, of the CUDA module's type
+    PersistentPathRefused) or "auto" (the default: the standard path,
     until the persistent one has been checked and timed on a GPU). Both compute the same
     values. No effect on the CPU backend."""
     if path not in CUDA_PATHS:
@@ -191,6 +192,12 @@ class CudaBackend:
         self.array_type = xp.ndarray
         self.cuda = True  # for rnnfast._dtypes.matmul_rounding
         self._stream = stream  # () -> the stream handle the kernels are enqueued on
+
+    @property
+    def path_refused(self):
+        """The type of the ValueError, saying why, that a call path="persistent" cannot run
+        raises."""
+        return self._module.PersistentPathRefused
 
     def scratch(self, slot, shape, dtype):
         return self.xp.empty(shape, dtype)  # CuPy's allocator (or NumPy) reuses the memory

@@ -86,6 +86,7 @@ def _check_no_overlap(outputs, inputs, xp=np):
 
 class _CellBase:
     device = "cpu"  # the default for cells pickled before they had a device
+    _streaming = None  # and before they had a streaming call (see _set_params)
 
     def __init__(self, cell, input_size, hidden_size, bias, dtype, seed, device):
         self._cell = cell
@@ -150,6 +151,11 @@ class _CellBase:
             params = {name: _devices.move(value, device) for name, value in params.items()}
         self._params, self.device = params, device
         self._packed = self._packed_isa = None
+        # Which streaming call (__call__) goes straight to the kernel: "lstm" (states in
+        # tuples), "single" (one state array) or None (a GPU, or float16 converted around it).
+        self._streaming = None
+        if device == "cpu" and self._kernel_dtype:
+            self._streaming = "lstm" if self._cell == "lstm" else "single"
 
     weight_ih, weight_hh, bias_ih, bias_hh = (_param_property(n) for n in _NAMES)
 
@@ -173,23 +179,27 @@ class _CellBase:
         the state (LSTM: a tuple (h, c)), each [B, hidden_size] or [hidden_size], None for
         zeros; out: arrays of the state's shapes to write the new state into (None: new
         arrays), which must not overlap input or hx. Returns the new state (out when given)."""
-        if (self._kernel_dtype and type(input) is np.ndarray and input.ndim == 2
-                and input.dtype == self.dtype and self.device == "cpu"):
+        streaming = self._streaming
+        if streaming is not None and type(input) is np.ndarray and input.ndim == 2:
             # The streaming loop's call (a batch, the state and out given as arrays or, for the
             # LSTM, tuples of two): straight to the kernel, which checks every array and names
             # it as _step would. Any other call, or a layout the kernel refuses, takes the
             # general path below. (A step at B = 1, H = 256 costs a few microseconds; this
-            # path saves about a microsecond of Python.)
-            lstm = self._cell == "lstm"
-            if lstm and type(hx) is tuple and type(out) is tuple and len(hx) == len(out) == 2:
+            # path saves about a microsecond and a half of Python.)
+            if (streaming == "lstm" and type(hx) is tuple and type(out) is tuple
+                    and len(hx) == len(out) == 2):
                 args = (hx[0], hx[1], out[0], out[1])
-            elif not lstm and type(hx) is np.ndarray and type(out) is np.ndarray:
+            elif streaming == "single" and type(hx) is np.ndarray and type(out) is np.ndarray:
                 args = (hx, None, out, None)
             else:
                 args = None
             if args is not None:
                 try:
-                    _cpu.cell_step(self._packed_weights(), input, *args)
+                    packed = self._packed
+                    # not packed yet, or (False) packed for another instruction set than the
+                    # one in use (set_isa since)
+                    if packed is None or not _cpu.cell_step(packed, input, *args):
+                        _cpu.cell_step(self._packed_weights(), input, *args)
                     return out
                 except (TypeError, ValueError) as error:
                     # A TypeError may be a CuPy array, which the general path refuses naming

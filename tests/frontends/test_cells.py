@@ -147,15 +147,25 @@ def test_weights_are_read_only_and_assignment_repacks():
 
 
 def test_repacks_when_the_instruction_set_changes():
+    """The first step after set_isa packs the weights again for the instruction set in use,
+    through the general call and through the streaming one (out= given), whose kernel call
+    refuses (returns False for) weights packed for another."""
     c = rnnfast.LSTMCell(3, 20, seed=0)
     x = np.ones((1, 3), np.float32)
-    c(x)
+    state = tuple(np.full((1, 20), 0.5, np.float32) for _ in "hc")
+    out = tuple(np.empty((1, 20), np.float32) for _ in "hc")
+    expected = c(x, state)
     before = _cpu.active_isa()
     try:
-        for isa in _cpu.available_isas():
-            _cpu.set_isa(isa)
-            c(x)
-            assert c._packed.isa == isa
+        for step in (lambda: c(x, state), lambda: c(x, state, out=out)):
+            for isa in _cpu.available_isas():
+                stale = c._packed
+                _cpu.set_isa(isa)
+                if stale.isa != isa:
+                    assert _cpu.cell_step(stale, x, *state, *out) is False
+                for got, want in zip(step(), expected):
+                    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+                assert c._packed.isa == isa
     finally:
         _cpu.set_isa(before)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import rnnfast
-from rnnfast import backends
+from rnnfast import _cuda_emulated, backends
 from rnnfast.cell_registry import SPECS
 
 from _util import (
@@ -752,5 +752,7 @@ def test_cuda_path_errors():
             pass
     layer = rnnfast.LSTM(3, 6, proj_size=2, seed=0)
     with backends.emulate_cuda(), backends.cuda_recurrence("persistent"):
-        with pytest.raises(ValueError, match="persistent.*projection"):
+        # a ValueError of its own type, which callers (the benchmark) catch by type
+        with pytest.raises(_cuda_emulated.PersistentPathRefused, match="persistent.*projection"):
             layer(np.zeros((2, 1, 3), np.float32))
+    assert issubclass(_cuda_emulated.PersistentPathRefused, ValueError)

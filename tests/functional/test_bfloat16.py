@@ -463,7 +463,7 @@ def test_bfloat16_cell_step_binding_refuses_other_arrays():
     packed = _cpu.pack_cell("lstm", w_ih, w_hh, None, None, bfloat16=True)
     x, h, c = (np.zeros((2, n), BF16) for n in (5, 9, 9))
     h_out, c_out = np.empty((2, 9), BF16), np.empty((2, 9), BF16)
-    _cpu.cell_step(packed, x, h, c, h_out, c_out)
+    assert _cpu.cell_step(packed, x, h, c, h_out, c_out)
     with pytest.raises(TypeError, match="input has dtype float32, expected bfloat16"):
         _cpu.cell_step(packed, x.astype(np.float32), h, c, h_out, c_out)
     with pytest.raises(TypeError, match="out\\[1\\] has dtype float32, expected bfloat16"):
@@ -556,8 +556,8 @@ def test_bfloat16_rounding_by_bits_matches_ml_dtypes():
                                           BF16)).all()
 
 
-# The float32 -> 16-bit roundings of the layers' results (_dtypes.to_storage), by type.
-ROUND_TO = {BF16: _cpu.round_to_bfloat16, F16: _cpu.round_to_float16}
+# The float32 -> 16-bit roundings of the layers' results (_dtypes.to_storage): _cpu.round_to,
+# to out's dtype.
 ROUNDING_CASES = [  # float32 values where the roundings are delicate, by type
     [1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8), 2 - 2.0 ** -9, 1e-40, -3e-45,
      np.finfo(np.float32).max],  # bfloat16: ties, a carry, subnormals, overflow
@@ -569,7 +569,7 @@ ROUNDING_CASES = [  # float32 values where the roundings are delicate, by type
 @pytest.mark.parametrize("size", [0, 1, 40, 300_000, 1_200_000])  # past 2**18: 2 threads
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bf16", "f16"])
 def test_rounding_to_16_bits_is_astype_bit_for_bit(bf16_isa, dtype, size):
-    """_cpu.round_to_bfloat16 and round_to_float16 (the layers' 16-bit results, to_storage) give
+    """_cpu.round_to to bfloat16 and float16 (the layers' 16-bit results, to_storage) gives
     astype's bits on every instruction set and for any split between the threads: ties, carries
     into the exponent, overflow to inf, subnormal results and their ties, underflow to zero,
     zeros of both signs, infinities, and NaNs with payloads of both signs (ml_dtypes makes each
@@ -582,7 +582,7 @@ def test_rounding_to_16_bits_is_astype_bit_for_bit(bf16_isa, dtype, size):
     a = (rng.standard_normal(size) * magnitudes).astype(np.float32)
     a[:len(special) + len(nans)] = np.concatenate([special, nans])[:size]
     out = np.full(a.shape, 7, dtype)
-    ROUND_TO[dtype](a, out)
+    _cpu.round_to(a, out)
     with np.errstate(invalid="ignore", over="ignore"):  # NumPy warns of NaNs and overflow cast
         expected = a.astype(dtype)
     assert out.view(np.uint16).tobytes() == expected.view(np.uint16).tobytes()
@@ -600,7 +600,9 @@ def f32(*shape):
 @pytest.mark.parametrize("call, error, message", [
     (lambda r, t: r(np.zeros(3), np.zeros(3, t)), TypeError,
      "x has dtype float64, expected float32"),
-    (lambda r, t: r(f32(3), f32(3)), TypeError, "out has dtype float32"),
+    (lambda r, t: r(f32(3), f32(3)), TypeError,
+     "out has dtype float32, expected bfloat16 or float16"),
+    (lambda r, t: r(f32(3), [0.0] * 3), TypeError, "out must be a numpy.ndarray"),
     (lambda r, t: r(f32(3, 2), np.zeros((2, 3), t)), ValueError,
      "out has shape (2, 3), expected (3, 2)"),
     (lambda r, t: r(f32(3, 2).T, np.zeros((2, 3), t)), ValueError, "x must be C-contiguous"),
@@ -608,7 +610,7 @@ def f32(*shape):
 ])
 def test_rounding_to_16_bits_argument_errors(dtype, call, error, message):
     with pytest.raises(error) as info:
-        call(ROUND_TO[dtype], dtype)
+        call(_cpu.round_to, dtype)
     assert message in str(info.value)
 
 
@@ -616,7 +618,7 @@ def test_rounding_to_16_bits_argument_errors(dtype, call, error, message):
 def test_rounding_to_16_bits_refuses_an_out_over_x(dtype):
     a = np.zeros(8, np.float32)
     with pytest.raises(ValueError, match="out overlaps the memory of x"):
-        ROUND_TO[dtype](a, a.view(dtype)[:8])
+        _cpu.round_to(a, a.view(dtype)[:8])
     assert not a.any()  # the caller's array untouched
 
 

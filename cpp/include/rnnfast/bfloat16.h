@@ -18,19 +18,21 @@ inline float to_float(Bf16 v) {
   return f;
 }
 
-// Rounds to the nearest bfloat16, ties to even, subnormals kept, as ml_dtypes does, bit for bit:
-// a NaN becomes the quiet NaN of its sign (0x7fc0 or 0xffc0), as ml_dtypes makes it. (One
-// expression, no branch: the compiler vectorises loops over it.)
+// The bits of the nearest bfloat16 (in the low half) to the float32 of bits u, ties to even,
+// subnormals kept, as ml_dtypes rounds, bit for bit: a NaN becomes the quiet NaN of its sign
+// (0x7fc0 or 0xffc0), as ml_dtypes makes it. U: uint32_t, or a GCC vector of them (lane by
+// lane). One expression, no branch: the compiler vectorises loops over it.
+template <typename U>
+inline U bf16_bits(U u) {
+  const U rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const U nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+  return (u & 0x7fffffffu) > 0x7f800000u ? nan : rounded;
+}
+
 inline Bf16 to_bf16(float f) {
   uint32_t u;
   std::memcpy(&u, &f, sizeof u);
-  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  const uint32_t nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
-  return Bf16{static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded)};
+  return Bf16{static_cast<uint16_t>(bf16_bits(u))};
 }
-
-// out [n] = in [n] rounded by to_bf16, on rnnfast's threads where n is large (the layers'
-// bfloat16 outputs: ml_dtypes' astype runs about 1 G values a second, on one core).
-void round_to_bf16(const float* in, int64_t n, Bf16* out);
 
 }  // namespace rnnfast

@@ -37,8 +37,4 @@ inline F16 to_f16(float f) {
   return F16{static_cast<uint16_t>(sign | bits)};
 }
 
-// out [n] = in [n] rounded by to_f16, on rnnfast's threads where n is large (NumPy's cast runs
-// about 0.4 G values a second, on one core).
-void round_to_f16(const float* in, int64_t n, F16* out);
-
 }  // namespace rnnfast

@@ -29,8 +29,8 @@ namespace rnnfast {
   void gemm(const GemmArgs<T>&);                                                                \
   template <typename T>                                                                         \
   void column_sums(const T*, int64_t, int64_t, T*);                                             \
-  void round_to_bf16(const float*, int64_t, Bf16*);                                             \
-  void round_to_f16(const float*, int64_t, F16*);                                               \
+  template <typename S>                                                                         \
+  void round_to(const float*, int64_t, S*);                                                     \
   template <typename T>                                                                         \
   void apply_activation(Activation, const T*, T*, int64_t);                                     \
   template <typename T>                                                                         \
@@ -260,13 +260,12 @@ void apply_activation(Activation f, const T* in, T* out, int64_t n) {
   RNNFAST_ON_ACTIVE_ISA(apply_activation(f, in, out, n));
 }
 
-void round_to_bf16(const float* in, int64_t n, Bf16* out) {
-  RNNFAST_ON_ACTIVE_ISA(round_to_bf16(in, n, out));
+template <typename S>
+void round_to(const float* in, int64_t n, S* out) {
+  RNNFAST_ON_ACTIVE_ISA(round_to(in, n, out));
 }
-
-void round_to_f16(const float* in, int64_t n, F16* out) {
-  RNNFAST_ON_ACTIVE_ISA(round_to_f16(in, n, out));
-}
+template void round_to<Bf16>(const float*, int64_t, Bf16*);
+template void round_to<F16>(const float*, int64_t, F16*);
 
 #if RNNFAST_BF16_TARGETS
 namespace {

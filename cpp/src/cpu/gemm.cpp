@@ -151,22 +151,24 @@ void column_sums(const T* a, int64_t rows, int64_t cols, T* out) {
 template void column_sums<float>(const float*, int64_t, int64_t, float*);
 template void column_sums<double>(const double*, int64_t, int64_t, double*);
 
-namespace {
-// out [n] = round(in [n]): a pass over memory, a thread for each 256 K values (1 MB read), as
-// many as there are.
-template <typename S, S (*round)(float)>
-void round_all(const float* in, int64_t n, S* out) {
+// A pass over memory, a thread for each 256 K values (1 MB read), as many as there are.
+template <typename S>
+void round_to(const float* in, int64_t n, S* out) {
   const int threads =
       static_cast<int>(std::clamp<int64_t>(n >> 18, 1, ThreadPool::global().num_threads()));
   ThreadPool::global().run(threads, [&](int index) {
     const BlockRange share(n, index, threads);
-    for (int64_t i = share.first; i < share.last; ++i) out[i] = round(in[i]);
+    for (int64_t i = share.first; i < share.last; ++i) {
+      if constexpr (std::is_same_v<S, Bf16>)
+        out[i] = to_bf16(in[i]);
+      else
+        out[i] = to_f16(in[i]);
+    }
   });
 }
-}  // namespace
 
-void round_to_bf16(const float* in, int64_t n, Bf16* out) { round_all<Bf16, to_bf16>(in, n, out); }
-void round_to_f16(const float* in, int64_t n, F16* out) { round_all<F16, to_f16>(in, n, out); }
+template void round_to<Bf16>(const float*, int64_t, Bf16*);
+template void round_to<F16>(const float*, int64_t, F16*);
 
 }  // namespace RNNFAST_ISA_NS
 }  // namespace rnnfast

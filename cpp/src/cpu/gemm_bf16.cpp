@@ -81,14 +81,6 @@ constexpr int64_t kGroupBlocks = 8;         // A's row blocks packed together (2
 using Lanes = Simd<uint32_t>::Vec;
 typedef uint16_t Halves __attribute__((vector_size(32)));  // 16 bfloat16
 
-// to_bf16's rounding on 16 float32 lanes, bit for bit (subnormals kept, unlike the hardware's
-// conversions, which flush them; a NaN becomes the quiet NaN of its sign).
-inline Lanes bf16_lanes(__m512 f) {
-  const Lanes u = reinterpret_cast<Lanes>(f);
-  const Lanes rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  return (u & 0x7fffffffu) > 0x7f800000u ? ((u >> 16) & 0x8000u) | 0x7fc0u : rounded;
-}
-
 inline __mmask16 first16(int64_t count) {
   return count >= 16 ? __mmask16(0xffff) : __mmask16((1u << std::max<int64_t>(count, 0)) - 1);
 }
@@ -96,7 +88,8 @@ inline __mmask16 first16(int64_t count) {
 // The first `count` (clamped to 0 .. 16) of 16 consecutive values at p as bfloat16, one per
 // lane, zeros past count.
 inline Lanes load_lanes(const float* p, int64_t count) {
-  return bf16_lanes(_mm512_maskz_loadu_ps(first16(count), p));
+  // to_bf16's rounding, bit for bit (the hardware's conversions flush subnormals)
+  return bf16_bits(reinterpret_cast<Lanes>(_mm512_maskz_loadu_ps(first16(count), p)));
 }
 inline Lanes load_lanes(const Bf16* p, int64_t count) {
   return __builtin_convertvector(

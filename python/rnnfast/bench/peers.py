@@ -158,11 +158,13 @@ class RnnfastPeer(Peer):
     def build(self, p):
         # On the GPU the layers take and return CuPy arrays (ARCHITECTURE.md, One orchestration).
         xp = importlib.import_module("cupy") if p.device == "cuda" else np
-        contexts = []
+        contexts, refused = [], ()
         if self.path is not None:
             if not hasattr(self.package.backends, "cuda_recurrence"):
                 raise Unsupported("this rnnfast has no CUDA recurrence paths")
             contexts.append(functools.partial(self.package.backends.cuda_recurrence, self.path))
+            # The persistent path's refusal (an older baseline build has no type for it)
+            refused = getattr(self.package.backends.cuda_backend(xp), "path_refused", ())
         dtype = p.dtype
         if p.device == "cuda" and dtype.name == "bfloat16":
             # CuPy has no bfloat16: the values go as float32 copies, computed as bfloat16
@@ -184,9 +186,7 @@ class RnnfastPeer(Peer):
                     stack.enter_context(context())
                 try:
                     return run(collect)
-                except ValueError as error:  # the persistent path's refusal, saying why
-                    if not str(error).startswith("path='persistent' cannot run this call"):
-                        raise
+                except refused as error:  # saying why
                     raise Unsupported(str(error)) from None
         return run_in_contexts
 
