@@ -4,8 +4,10 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -33,19 +35,24 @@ inline std::string shape_str(const std::vector<int64_t>& shape) {
   return s + (shape.size() == 1 ? ",)" : ")");
 }
 
-// The shape a binding expects of an argument: a braced list ({B, H}) or a vector, not copied
-// (a call checks several arrays; copying each shape would cost an allocation).
+// The shape a binding expects of an argument: a braced list ({B, H}, held here) or a vector
+// (referred to), without a heap allocation (a call checks several arrays).
 class ShapeRef {
  public:
-  ShapeRef(std::initializer_list<int64_t> dims) : data_(dims.begin()), size_(dims.size()) {}
-  ShapeRef(const std::vector<int64_t>& dims) : data_(dims.data()), size_(dims.size()) {}
-  bool operator==(const std::vector<int64_t>& other) const {
-    return other.size() == size_ && std::equal(other.begin(), other.end(), data_);
+  ShapeRef(std::initializer_list<int64_t> dims) : size_(dims.size()) {
+    if (size_ > held_.size()) throw std::logic_error("ShapeRef: more than 4 braced dimensions");
+    std::copy(dims.begin(), dims.end(), held_.begin());
   }
-  std::vector<int64_t> vector() const { return std::vector<int64_t>(data_, data_ + size_); }
+  ShapeRef(const std::vector<int64_t>& dims) : vector_(&dims), size_(dims.size()) {}
+  bool operator==(const std::vector<int64_t>& other) const {
+    return other.size() == size_ && std::equal(other.begin(), other.end(), data());
+  }
+  std::vector<int64_t> vector() const { return std::vector<int64_t>(data(), data() + size_); }
 
  private:
-  const int64_t* data_;
+  const int64_t* data() const { return vector_ != nullptr ? vector_->data() : held_.data(); }
+  std::array<int64_t, 4> held_{};
+  const std::vector<int64_t>* vector_ = nullptr;
   size_t size_;
 };
 
