@@ -64,9 +64,9 @@ def cuda_recurrence(path: str):
     "persistent" (one cooperative launch for all steps, each block keeping its slice of W_hh
     in shared memory; no LSTM projection, and only where W_hh fits on the device's SMs: a
     call it cannot run raises ValueError saying why, of the CUDA module's type
-    PersistentPathRefused) or "auto" (the default: the standard path,
-    until the persistent one has been checked and timed on a GPU). Both compute the same
-    values. No effect on the CPU backend."""
+    PersistentPathRefused) or "auto" (the default: the standard path, until the persistent one
+    has been checked and timed on a GPU). Both compute the same values. No effect on the CPU
+    backend."""
     if path not in CUDA_PATHS:
         raise ValueError(f"path must be one of {CUDA_PATHS}, not {path!r}")
     return _Setting(_cuda_path, path)
