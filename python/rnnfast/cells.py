@@ -150,7 +150,7 @@ class _CellBase:
         else:  # CuPy arrays cannot be made read-only; nothing is packed from them
             params = {name: _devices.move(value, device) for name, value in params.items()}
         self._params, self.device = params, device
-        self._packed = self._packed_isa = None
+        self._packed = None
         # Which streaming call (__call__) goes straight to the kernel: "lstm" (states in
         # tuples), "single" (one state array) or None (a GPU, or float16 converted around it).
         self._streaming = None
@@ -159,18 +159,16 @@ class _CellBase:
 
     weight_ih, weight_hh, bias_ih, bias_hh = (_param_property(n) for n in _NAMES)
 
-    def _packed_weights(self):
-        # Packed in the layout of the instruction set in use; again if that changed. (The
-        # packed cell's isa is kept as a Python string: reading the compiled object's property
-        # costs more than the rest of this check.)
-        isa = _cpu.active_isa()
-        if self._packed is None or self._packed_isa != isa:
+    def _kernel_step(self, x, h, c, h_out, c_out):
+        """The kernel's step (it checks every array), on the weights packed in the layout of
+        the instruction set in use: packed first where they are not packed yet, or again where
+        the kernel refuses them (returns False) as packed for another (set_isa since)."""
+        if self._packed is None or not _cpu.cell_step(self._packed, x, h, c, h_out, c_out):
             p = self._params
             self._packed = _cpu.pack_cell(self._cell, *(_dtypes.to_compute(p.get(name))
                                                         for name in _NAMES),
                                           bfloat16=_dtypes.is_bfloat16(self.dtype))
-            self._packed_isa = isa
-        return self._packed
+            _cpu.cell_step(self._packed, x, h, c, h_out, c_out)
 
     # ------------------------------------------------------------------ the step
 
@@ -195,11 +193,7 @@ class _CellBase:
                 args = None
             if args is not None:
                 try:
-                    packed = self._packed
-                    # not packed yet, or (False) packed for another instruction set than the
-                    # one in use (set_isa since)
-                    if packed is None or not _cpu.cell_step(packed, input, *args):
-                        _cpu.cell_step(self._packed_weights(), input, *args)
+                    self._kernel_step(input, *args)
                     return out
                 except (TypeError, ValueError) as error:
                     # A TypeError may be a CuPy array, which the general path refuses naming
@@ -254,8 +248,8 @@ class _CellBase:
             compute = _dtypes.compute_dtype(self.dtype)
             x, hx = x.astype(compute), [h.astype(compute) for h in hx]
             results = [np.empty(o.shape, compute) for o in out]
-        _cpu.cell_step(self._packed_weights(), x, hx[0], hx[1] if lstm else None,
-                       results[0], results[1] if lstm else None)
+        self._kernel_step(x, hx[0], hx[1] if lstm else None, results[0],
+                          results[1] if lstm else None)
         if results is not out:
             for view, result in zip(out, results):
                 view[...] = result
