@@ -6,11 +6,14 @@ The oracle is torch.nn in float64 on the same 16-bit-rounded inputs and weights.
 must lie within twice the error of torch.nn's own run in that type (the reference at that
 precision) plus a floor of the type's unit roundoff (2**-8 for bfloat16, 2**-11 for float16:
 for values where torch.nn happens to be exact). Results and gradients come back in the 16-bit
-type, as torch.nn's. (CUDA tensors: test_torch_adapter.py's GPU test, by the same rule.)
+type, as torch.nn's. (CUDA tensors: test_torch_adapter.py's GPU test, by the same rule.) For the
+ReLU RNN, whose gradients jump at its kink, the rule holds for each result's median error over
+several draws (DRAWS).
 """
 
 import importlib.util
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -59,14 +62,14 @@ def results(module, x, hx, packed_lengths):
     return {name: t.detach() for name, t in found.items()}
 
 
-@pytest.mark.parametrize("dtype", TYPES16)
-@pytest.mark.parametrize("option", list(OPTIONS))
-@pytest.mark.parametrize("cell", list(MODULES))
-def test_16bit_modules_within_twice_torch_nn_16bit_error(cell, option, dtype):
+def module_errors(cell, option, dtype, seed):
+    """Errors against float64 (rel_err) of torch.nn's and of rnnfast's 16-bit module on one draw
+    of weights and inputs: ({name: torch.nn's}, {name: rnnfast's}); asserts that rnnfast's
+    results come back in the 16-bit type, and all of them."""
     class_name, cell_options = MODULES[cell]
     options = dict(OPTIONS[option])
     packed = options.pop("packed", False)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     make = getattr(torch.nn, class_name)
     oracle = make(12, 16, **cell_options, **options).to(dtype).double()
     torch16 = make(12, 16, **cell_options, **options).to(dtype)
@@ -87,8 +90,29 @@ def test_16bit_modules_within_twice_torch_nn_16bit_error(cell, option, dtype):
     assert set(got) == set(want)
     for name, value in got.items():
         assert value.dtype == dtype, name
-        bound = 2 * rel_err(theirs[name].double().numpy(), want[name].numpy()) + FLOORS[dtype]
-        err = rel_err(value.double().numpy(), want[name].numpy())
+    return ({name: rel_err(t.double().numpy(), want[name].numpy()) for name, t in theirs.items()},
+            {name: rel_err(g.double().numpy(), want[name].numpy()) for name, g in got.items()})
+
+
+# Draws of weights and inputs per case. One for the smooth cells. The ReLU RNN's results are
+# not smooth in its pre-activations: where one lies within rounding of zero, a 16-bit run may
+# land on the other side of the kink than float64 does, and every gradient through that unit
+# changes by O(1), not by a rounding. Which run that happens to is chance, torch.nn's as much
+# as rnnfast's (measured over 16 draws of the stacked bidirectional case on an AVX2 machine:
+# rnnfast's error beyond twice torch.nn's in 7, torch.nn's beyond twice rnnfast's in 13), so
+# that case compares typical errors: each result's median over 5 draws.
+DRAWS = {"rnn_relu": 5}
+
+
+@pytest.mark.parametrize("dtype", TYPES16)
+@pytest.mark.parametrize("option", list(OPTIONS))
+@pytest.mark.parametrize("cell", list(MODULES))
+def test_16bit_modules_within_twice_torch_nn_16bit_error(cell, option, dtype):
+    draws = [module_errors(cell, option, dtype, seed) for seed in range(DRAWS.get(cell, 1))]
+    for name in draws[0][1]:
+        theirs = np.median([t[name] for t, _ in draws])
+        err = np.median([g[name] for _, g in draws])
+        bound = 2 * theirs + FLOORS[dtype]
         assert err <= bound, f"{name}: {err:.3g} > {bound:.3g}"
 
 

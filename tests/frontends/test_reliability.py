@@ -350,13 +350,27 @@ def threads_restored():
     rnnfast.set_num_threads(saved)
 
 
+def _split_hidden(gates, dtype):
+    """H for the split test: 100, or the largest multiple of 4 below it whose W_hh, packed, fits
+    under the row split's limit (cpu_info()'s row_split_panel_bytes, half the L2: 256 KB on a
+    512 KB L2, where float64 LSTM panels at H = 100 take 320 KB). Panels pad each gate's units
+    to a tile's width, at most 256 bytes (four AVX-512 vectors); the bound counts that."""
+    limit = rnnfast.cpu_info()["tuning"]["row_split_panel_bytes"]
+    size = np.dtype(dtype).itemsize
+    pad = 256 // size
+    for H in range(100, 0, -4):
+        if gates * -(-H // pad) * pad * H * size <= limit:
+            return H
+    pytest.skip(f"row_split_panel_bytes = {limit}: no W_hh fits under the row split")
+
+
 def _recurrence(cell, dtype, B, seed):
-    """Arguments of _cpu.recurrent_forward/backward for T = 4, H = 100 (W_hh small enough for
-    the row split in float64 too), with lengths and resets."""
+    """Arguments of _cpu.recurrent_forward/backward for T = 4, H = _split_hidden (W_hh small
+    enough for the row split in float64 too), with lengths and resets."""
     from rnnfast.cell_registry import SPECS
 
-    T, H = 4, 100
     G, S = SPECS[cell].gate_count, _cpu.saved_per_unit(cell)
+    T, H = 4, _split_hidden(G, dtype)
     rng = np.random.default_rng(seed)
     arrays = {"zx": rng.standard_normal((T, B, G * H)), "w_hh": rng.uniform(-0.1, 0.1, (G * H, H)),
               "b_hh": rng.standard_normal(G * H), "h0": rng.standard_normal((B, H)),
