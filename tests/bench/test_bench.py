@@ -288,6 +288,24 @@ def test_16bit_dtypes_run(request, tmp_path, device):
         assert all(r["status"] == "ok" or r["peer"] != "rnnfast" for r in records), records
 
 
+def test_bfloat16_peak_measures_only_the_faster_gemm(monkeypatch):
+    """The CPU's bfloat16 peak: both GEMMs timed on the probe's size, the faster one alone at n
+    (the slower may be PyTorch's loop, minutes at n = 2048), and the method names both rates."""
+    import time
+
+    calls = []
+
+    def products(n):
+        def make(lib, seconds):
+            return lambda: (calls.append((lib, n)), time.sleep(seconds))
+        return {"slow": make("slow", 2e-3), "fast": make("fast", 0.0)}
+    monkeypatch.setattr(runner, "_bf16_products", products)
+    rate, method = runner.measure_peak("cpu", CpuTimer(), n=512, dtype="bfloat16")
+    assert {n for lib, n in calls if lib == "slow"} == {runner.PROBE_N}
+    assert {n for lib, n in calls if lib == "fast"} == {runner.PROBE_N, 512}
+    assert method.startswith("fast of 512x512") and "slow " in method and rate > 0
+
+
 def test_help_through_python_m():
     proc = subprocess.run([sys.executable, "-m", "rnnfast.bench", "--help"],
                           capture_output=True, text=True, timeout=60)

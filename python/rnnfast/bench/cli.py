@@ -63,8 +63,8 @@ def parser():
     g.add_argument("--dtype", default="float32",
                    choices=("float32", "float64", "bfloat16", "float16"),
                    help="bfloat16 needs ml_dtypes (rnnfast[bf16]); its peak on the CPU is "
-                        "PyTorch's bfloat16 matmul; on the GPU rnnfast gets it as float32 "
-                        "arrays computed as bfloat16 (CuPy has no bfloat16)")
+                        "the faster bfloat16 matmul, PyTorch's or rnnfast's; on the GPU rnnfast "
+                        "gets it as float32 arrays computed as bfloat16 (CuPy has no bfloat16)")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     g.add_argument("--cuda-paths", nargs="+", choices=CUDA_PATHS, metavar="PATH",
                    help="--device cuda only: time rnnfast on each of these recurrence paths "
@@ -219,8 +219,8 @@ def main(argv=None):
                     "repeats": args.repeats, "warmup": args.warmup, "budget_s": args.budget,
                     "settle_s": args.settle, "rounds": args.rounds,
                     "seed": args.seed, "check": RULE[args.dtype]}
-        peak, records = run_suite(rows, peers, settings, quiet=args.quiet)
-        result = {**report.environment(settings, peers, peak), "records": records}
+        peak, method, records = run_suite(rows, peers, settings, quiet=args.quiet)
+        result = {**report.environment(settings, peers, peak, method), "records": records}
     print(report.format_table(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -13,8 +13,6 @@ import numpy as np
 
 import rnnfast
 
-from .runner import peak_method
-
 SCHEMA = 1
 # The columns of the CSV file, in order: every field a record can have.
 FIELDS = ("cell", "mode", "T", "B", "I", "H", "layers", "directions", "dtype", "device",
@@ -83,7 +81,7 @@ def gpu_name(device):
     return rnnfast.cuda_info()["devices"][cupy.cuda.Device().id]
 
 
-def environment(settings, peers, peak):
+def environment(settings, peers, peak, peak_method):
     """The run's header: machine (and GPU), CPU features, versions, commit and settings."""
     cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     commit, commit_source = source_commit()
@@ -103,7 +101,7 @@ def environment(settings, peers, peak):
         "commit_source": commit_source,
         "peers": list(dict.fromkeys(p.name for p in peers if p.name != "rnnfast")),
         "peak_gflops": peak,
-        "peak_method": peak_method(settings["device"], settings["dtype"]),
+        "peak_method": peak_method,
         "settings": settings,
     }
 

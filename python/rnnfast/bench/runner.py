@@ -174,13 +174,26 @@ def time_round(fn, last_s, index, settings, timer):
     return warmup, time_calls(fn, share, timer)
 
 
-def peak_method(device, dtype, n=2048):
-    """How measure_peak measures: the library, and the matrices."""
-    if dtype == "bfloat16" and device == "cpu":
-        lib = "PyTorch matmul" if _has_torch() else "rnnfast _cpu.gemm_bf16 (no PyTorch here)"
-        return f"{lib} of {n}x{n} bfloat16 matrices, median of 5"
-    return (f"{'NumPy' if device == 'cpu' else 'CuPy'} matmul of {n}x{n} float32 matrices, "
-            "median of 5")
+# The size on which measure_peak compares the CPU's bfloat16 GEMMs.
+PROBE_N = 256
+
+
+def _bf16_products(n):
+    """{library: product()} of the CPU's bfloat16 GEMMs on n x n matrices (float32 results):
+    rnnfast's _cpu.gemm_bf16 (AMX or AVX512-BF16 where the CPU has them, else operands widened
+    to float32), and PyTorch's matmul where installed (oneDNN's bfloat16 kernels where the CPU
+    has them; without AVX512-BF16 or AMX PyTorch's own loop, about 1 GFLOP/s on an AVX2 CPU)."""
+    from .. import _cpu
+
+    m = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    a, b = (x.astype(rnnfast._dtypes.bfloat16()) for x in (m, m.T.copy()))
+    c = np.empty((n, n), np.float32)
+    products = {"rnnfast _cpu.gemm_bf16": lambda: _cpu.gemm_bf16(a, b, c)}
+    if _has_torch():
+        import torch
+        ta, tb = (torch.from_numpy(x.astype(np.float32)).to(torch.bfloat16) for x in (a, b))
+        products["PyTorch matmul"] = lambda: ta @ tb
+    return products
 
 
 def _has_torch():
@@ -191,29 +204,31 @@ def _has_torch():
     return True
 
 
+def _rate(product, n, timer, calls, warmup):
+    """GFLOP/s of product() on n x n matrices: median of `calls` after `warmup` calls."""
+    time_calls(product, warmup, timer)
+    return 2 * n**3 / statistics.median(time_calls(product, calls, timer)) / 1e9
+
+
 def measure_peak(device, timer, n=2048, dtype="float32"):
-    """The GEMM rate this machine reaches in GFLOP/s (see peak_method): NumPy's matmul (CPU) or
-    CuPy's (GPU) of n x n float32 matrices; for bfloat16 on the CPU, PyTorch's bfloat16 matmul
-    (oneDNN: AMX where the CPU has it). Median of 5 after 2 warm-up calls."""
+    """(GFLOP/s, how) of the GEMM rate this machine reaches: NumPy's matmul (CPU) or CuPy's
+    (GPU) of n x n float32 matrices, median of 5 after 2 warm-up calls. For bfloat16 on the CPU,
+    the faster of its bfloat16 GEMMs (_bf16_products): each is timed first on PROBE_N x PROBE_N
+    matrices, and the faster one alone measured at n (PyTorch's loop, where it is the slower,
+    would take about a minute a call at n = 2048)."""
+    if dtype == "bfloat16" and device == "cpu":
+        probes = {lib: _rate(f, PROBE_N, timer, 3, 1) for lib, f in _bf16_products(PROBE_N).items()}
+        lib = max(probes, key=probes.get)
+        compared = ", ".join(f"{name} {rate:.0f}" for name, rate in probes.items())
+        return (_rate(_bf16_products(n)[lib], n, timer, 5, 2),
+                f"{lib} of {n}x{n} bfloat16 matrices, median of 5; the faster at "
+                f"{PROBE_N}x{PROBE_N}: {compared} GFLOP/s")
     xp = np if device == "cpu" else __import__("cupy")
     a = xp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
     b = a.T.copy()
-    if dtype == "bfloat16" and device == "cpu":
-        if _has_torch():
-            import torch
-            a, b = (torch.from_numpy(m).to(torch.bfloat16) for m in (a, b))
-        else:
-            from .. import _cpu
-            c = np.empty((n, n), np.float32)
-            a, b = (m.astype(rnnfast._dtypes.bfloat16()) for m in (a, b))
-            def product():
-                _cpu.gemm_bf16(a, b, c)
-
-            time_calls(product, 2, timer)
-            return 2 * n**3 / statistics.median(time_calls(product, 5, timer)) / 1e9
-    time_calls(lambda: a @ b, 2, timer)
-    seconds = time_calls(lambda: a @ b, 5, timer)
-    return 2 * n**3 / statistics.median(seconds) / 1e9
+    return (_rate(lambda: a @ b, n, timer, 5, 2),
+            f"{'NumPy' if device == 'cpu' else 'CuPy'} matmul of {n}x{n} float32 matrices, "
+            "median of 5")
 
 
 def run_row(row, peers, settings, timer, peak):
@@ -319,14 +334,14 @@ class Progress:
 
 
 def run_suite(rows, peers, settings, quiet=False):
-    """Runs the rows with the given implementations (rnnfast first). Returns the peak GEMM rate
-    and the records."""
+    """Runs the rows with the given implementations (rnnfast first). Returns the peak GEMM rate,
+    how it was measured, and the records."""
     timer = CudaTimer() if settings["device"] == "cuda" else CpuTimer()
-    peak = measure_peak(settings["device"], timer, dtype=settings["dtype"])
+    peak, method = measure_peak(settings["device"], timer, dtype=settings["dtype"])
     progress = Progress(len(rows), quiet)
     records = []
     for row in rows:
         progress.update(f"{row.cell} {row.mode} T,B,I,H={row.T},{row.B},{row.I},{row.H}")
         records += run_row(row, peers, settings, timer, peak)
     progress.close()
-    return peak, records
+    return peak, method, records
