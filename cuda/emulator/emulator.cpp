@@ -1,9 +1,11 @@
-// The CUDA emulator (see emulator.h): host threads from a pool, barriers with a deadline.
+// The CUDA emulator (see emulator.h): a launch's CUDA threads as fibers on the launching host
+// thread, barriers as switches between them.
 #include "emulator.h"
 
-#include <pthread.h>
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -12,8 +14,10 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
@@ -42,41 +46,27 @@ std::atomic<double>& timeout_seconds() {
   return seconds;
 }
 
-std::string timeout_text() {
-  char text[32];
-  std::snprintf(text, sizeof(text), "%g s", timeout_seconds().load());
-  return text;
-}
-
 Clock::duration timeout_duration() {
   return std::chrono::duration_cast<Clock::duration>(
       std::chrono::duration<double>(timeout_seconds().load()));
 }
 
-// Thrown in a waiting thread to unwind its kernel when the launch failed. Not a
+// Thrown in a waiting fiber to unwind its kernel when the launch failed. Not a
 // std::exception, so that nothing but the emulator catches it.
 struct Aborted {};
 
 struct Launch;
+struct Fiber;
 
-// A barrier for `count` threads whose waits end at a deadline (see Barrier::wait).
-class Barrier {
- public:
-  explicit Barrier(unsigned count) : count_(count) {}
-  // what: "__syncthreads" or "grid_sync", for the message.
-  void wait(Launch& launch, const char* what);
-  // Wakes the waiting threads, so that they see that the launch failed.
-  void wake() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    changed_.notify_all();
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  const unsigned count_;
-  unsigned arrived_ = 0;
-  unsigned long long generation_ = 0;
+// A barrier for `count` threads. Its generation counts the times it opened: a fiber waits until
+// that changes (see Barrier::wait).
+struct Barrier {
+  explicit Barrier(unsigned count_) : count(count_) {}
+  // what: "__syncthreads", "grid_sync" or the warp's, for the message of a deadlock.
+  void wait(const char* what);
+  const unsigned count;
+  unsigned arrived = 0;
+  unsigned long long generation = 0;
 };
 
 struct Block {
@@ -111,228 +101,245 @@ struct Block {
   Barrier barrier;
   std::vector<std::unique_ptr<Warp>> warps;
   Memory dynamic;
-  std::mutex shared_mutex;  // guards `shared`, filled by the first thread that declares each
-  std::vector<std::pair<const void*, Memory>> shared;
+  std::vector<std::pair<const void*, Memory>> shared;  // filled by the first thread to declare
 };
 
-// One launch: its threads' shared state and how it ends.
+// A fiber's stack: kStackBytes, mapped with an inaccessible guard page below it, so that an
+// overflow faults instead of writing over another stack. Kept by the host thread between
+// launches (Stacks).
+class Stack {
+ public:
+  static constexpr size_t kStackBytes = size_t{1} << 20;  // kernels keep little on their stack
+  Stack() {
+    page_ = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    void* p = mmap(nullptr, page_ + kStackBytes, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) throw std::bad_alloc();
+    mprotect(p, page_, PROT_NONE);
+    base_ = static_cast<char*>(p);
+  }
+  ~Stack() { munmap(base_, page_ + kStackBytes); }
+  Stack(const Stack&) = delete;
+  Stack& operator=(const Stack&) = delete;
+  void* bottom() const { return base_ + page_; }
+
+ private:
+  char* base_;
+  size_t page_;
+};
+
+// One CUDA thread: its coordinates, context and where it waits.
+struct Fiber {
+  Fiber(Block* block_, dim3 thread_) : block(block_), thread(thread_) {}
+  Block* block;
+  dim3 thread;
+  ucontext_t context;
+  const Barrier* waiting = nullptr;   // the barrier it waits at, else nullptr
+  unsigned long long generation = 0;  // the waited barrier's generation when it arrived
+  const char* what = nullptr;         // that barrier's name
+  bool finished = false;
+  unsigned long long warp_exchanges = 0;  // its calls of warp_exchange
+};
+
+// One launch: its blocks and fibers, how it ends, and the host context that runs them.
 struct Launch {
-  Launch(const char* kernel_, dim3 grid_, dim3 block_, bool cooperative_)
+  Launch(const char* kernel_, dim3 grid_, dim3 block_, bool cooperative_,
+         const std::function<void()>& body_)
       : kernel(kernel_),
         grid(grid_),
         block(block_),
         cooperative(cooperative_),
+        body(body_),
         grid_barrier(cooperative_ ? grid_.x * grid_.y * grid_.z * block_.x * block_.y * block_.z
                                   : 0) {}
 
-  // The first failure wins; every waiting thread is woken to see it.
+  // The first failure wins; every waiting fiber, resumed, sees it and unwinds.
   void fail(cudaError_t status_, const std::string& message_) {
-    std::lock_guard<std::mutex> lock(mutex);
     if (status != cudaSuccess) return;
     status = status_;
     message = message_;
-    failed.store(true);
-    for (Block* b : blocks) {
-      b->barrier.wake();
-      for (auto& warp : b->warps) warp->barrier.wake();
-    }
-    grid_barrier.wake();
-    done.notify_all();
   }
+  bool failed() const { return status != cudaSuccess; }
 
   const char* kernel;
   dim3 grid, block;
   bool cooperative;
-  std::vector<Block*> blocks;  // those running now
+  const std::function<void()>& body;
   Barrier grid_barrier;
-  std::atomic<bool> failed{false};
-  std::atomic<unsigned long long> progress{0};  // barriers passed and threads finished
-  std::mutex mutex;                             // guards the rest
-  std::condition_variable done;
-  unsigned running = 0;  // threads started and not finished
+  std::vector<std::unique_ptr<Block>> blocks;   // those running now
+  std::vector<Fiber> fibers;                    // their threads
+  Fiber* current = nullptr;                     // the fiber running now
+  ucontext_t host;                              // the scheduler's context
+  std::atomic<unsigned long long> progress{0};  // fibers resumed (for the watchdog)
   cudaError_t status = cudaSuccess;
   std::string message;
 };
 
-struct Context {
-  Launch* launch = nullptr;
-  Block* block = nullptr;
-  unsigned long long warp_exchanges = 0;  // this thread's calls of warp_exchange
-};
-thread_local Context context;
+// The launch this host thread is running (fibers run on their launch's host thread).
+thread_local Launch* running_launch = nullptr;
 
 std::string coordinates(dim3 d) {
   return "(" + std::to_string(d.x) + ", " + std::to_string(d.y) + ", " + std::to_string(d.z) + ")";
 }
 
-void Barrier::wait(Launch& launch, const char* what) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  if (launch.failed.load()) throw Aborted{};
-  const unsigned long long generation = generation_;
-  if (++arrived_ == count_) {
-    arrived_ = 0;
-    ++generation_;
-    ++launch.progress;
-    lock.unlock();  // so that the threads it wakes do not wait for the lock
-    changed_.notify_all();
-    return;
-  }
-  const auto deadline = Clock::now() + timeout_duration();
-  while (generation_ == generation) {
-    if (launch.failed.load()) throw Aborted{};
-    if (changed_.wait_until(lock, deadline) == std::cv_status::timeout &&
-        generation_ == generation && !launch.failed.load()) {
-      const unsigned arrived = arrived_;
-      lock.unlock();
-      launch.fail(cudaErrorLaunchTimeout,
-                  std::string("kernel ") + launch.kernel + ": " + what + " timed out after " +
-                      timeout_text() + " with " + std::to_string(arrived) + " of " +
-                      std::to_string(count_) + " threads arrived (block " + coordinates(blockIdx) +
-                      ", thread " + coordinates(threadIdx) +
-                      " waiting): a barrier that not every thread "
-                      "reaches");
-      throw Aborted{};
-    }
-  }
+// Back to the scheduler, until it resumes this fiber.
+void yield(Launch& launch) {
+  if (swapcontext(&launch.current->context, &launch.host) != 0) std::abort();
 }
 
-// Host threads that run one task at a time and are kept between launches.
-class Pool {
- public:
-  static Pool& global() {
-    static Pool* pool = new Pool;  // never destroyed: its threads wait until the process ends
-    return *pool;
+void Barrier::wait(const char* what) {
+  Launch& launch = *running_launch;
+  if (launch.failed()) throw Aborted{};
+  if (++arrived == count) {  // the last to arrive opens it; the others run again
+    arrived = 0;
+    ++generation;
+    return;
   }
+  Fiber& self = *launch.current;
+  self.waiting = this;
+  self.generation = generation;
+  self.what = what;
+  yield(launch);  // resumed once it opened, or the launch failed
+  self.waiting = nullptr;
+  if (launch.failed()) throw Aborted{};
+}
 
-  // Runs task() on an idle thread (a new one if none is), then, once the thread is idle
-  // again, done().
-  void start(std::function<void()> task, std::function<void()> done) {
-    Worker* worker;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (idle_.empty()) {
-        worker = new Worker;
-        worker->pool = this;
-        pthread_attr_t attributes;
-        pthread_attr_init(&attributes);
-        pthread_attr_setstacksize(&attributes, kStackBytes);
-        pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
-        pthread_t thread;
-        const int error = pthread_create(&thread, &attributes, &Worker::main, worker);
-        pthread_attr_destroy(&attributes);
-        if (error != 0) {
-          delete worker;
-          throw std::runtime_error("rnnfast emulator: cannot create a host thread: " +
-                                   std::string(std::strerror(error)));
-        }
-      } else {
-        worker = idle_.back();
-        idle_.pop_back();
-      }
+// Where a fiber starts: its kernel, with the failures caught (exceptions cannot leave a
+// fiber), then back to the scheduler for good.
+void fiber_main() {
+  Launch& launch = *running_launch;
+  try {
+    launch.body();
+  } catch (const Aborted&) {
+  } catch (const std::exception& e) {
+    launch.fail(cudaErrorLaunchFailure,
+                std::string("kernel ") + launch.kernel + " threw: " + e.what());
+  } catch (...) {
+    launch.fail(cudaErrorLaunchFailure,
+                std::string("kernel ") + launch.kernel + " threw an exception");
+  }
+  launch.current->finished = true;
+  yield(launch);
+}
+
+// The stacks of this host thread's fibers, kept for its next launch.
+thread_local std::vector<std::unique_ptr<Stack>> stacks;
+
+// Ends the process where a launch made no progress for the timeout: a fiber that loops without
+// reaching a barrier holds its host thread, and nothing can unwind it. One watchdog thread per
+// process (started again in a child after fork, where the parent's does not exist).
+class Watchdog {
+ public:
+  static Watchdog& global() {
+    static Watchdog* watchdog = new Watchdog;  // never destroyed: it may watch to the end
+    return *watchdog;
+  }
+  void add(Launch* launch) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (pid_ != getpid()) {  // not started yet in this process
+      pid_ = getpid();
+      std::thread([this] { watch(); }).detach();
     }
-    std::lock_guard<std::mutex> lock(worker->mutex);
-    worker->task = std::move(task);
-    worker->done = std::move(done);
-    worker->wake.notify_one();
+    launches_.push_back({launch, launch->progress.load(), Clock::now()});
+  }
+  void remove(Launch* launch) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (size_t i = 0; i < launches_.size(); ++i)
+      if (launches_[i].launch == launch) {
+        launches_[i] = launches_.back();
+        launches_.pop_back();
+        return;
+      }
   }
 
  private:
-  static constexpr size_t kStackBytes = 1 << 20;  // kernels keep little on their stack
-
-  struct Worker {
-    static void* main(void* self) {
-      auto* worker = static_cast<Worker*>(self);
-      for (;;) {
-        std::function<void()> task, done;
-        {
-          std::unique_lock<std::mutex> lock(worker->mutex);
-          worker->wake.wait(lock, [&] { return static_cast<bool>(worker->task); });
-          task = std::move(worker->task);
-          done = std::move(worker->done);
-          worker->task = nullptr;
+  struct Watched {
+    Launch* launch;
+    unsigned long long progress;
+    Clock::time_point since;  // when progress last changed
+  };
+  void watch() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+      wake_.wait_for(lock, std::chrono::milliseconds(100));
+      const auto now = Clock::now();
+      for (Watched& w : launches_) {
+        const unsigned long long progress = w.launch->progress.load();
+        if (progress != w.progress) {
+          w.progress = progress;
+          w.since = now;
+        } else if (now - w.since > timeout_duration()) {
+          std::fprintf(stderr,
+                       "rnnfast emulator: kernel %s: a thread neither finished nor reached a "
+                       "barrier for %g s (a loop that never ends?); ending the process\n",
+                       w.launch->kernel, timeout_seconds().load());
+          std::abort();
         }
-        task();
-        {
-          std::lock_guard<std::mutex> lock(worker->pool->mutex_);
-          worker->pool->idle_.push_back(worker);
-        }
-        done();  // after the line above: the launcher it wakes finds this thread idle
       }
     }
-    Pool* pool;
-    std::mutex mutex;
-    std::condition_variable wake;
-    std::function<void()> task, done;
-  };
-
+  }
   std::mutex mutex_;
-  std::vector<Worker*> idle_;
+  std::condition_variable wake_;
+  pid_t pid_ = 0;
+  std::vector<Watched> launches_;
 };
 
-// Starts one thread of the launch in block `b` at `thread`; fails the launch where no host
-// thread can be had.
-void start_thread(Launch& launch, Block& b, dim3 thread, const std::function<void()>& body) {
-  {
-    std::lock_guard<std::mutex> lock(launch.mutex);
-    ++launch.running;
+// Runs the given blocks' threads as fibers to the end: round after round, each fiber that can
+// run (not finished, and not waiting at a barrier that has not opened since it arrived) runs
+// until it waits or finishes. A round in which none could run is a deadlock: every unfinished
+// thread waits at a barrier that not all of its threads reach (they finished, or wait at
+// another). The launch fails naming one such barrier, and its fibers, resumed, unwind.
+void run_blocks(Launch& launch, const std::vector<dim3>& indices, unsigned threads,
+                size_t shared_bytes) {
+  launch.blocks.clear();
+  launch.fibers.clear();
+  for (dim3 index : indices)
+    launch.blocks.push_back(std::make_unique<Block>(index, threads, shared_bytes));
+  launch.fibers.reserve(launch.blocks.size() * threads);
+  for (auto& b : launch.blocks)
+    for (unsigned z = 0; z < launch.block.z; ++z)
+      for (unsigned y = 0; y < launch.block.y; ++y)
+        for (unsigned x = 0; x < launch.block.x; ++x)
+          launch.fibers.emplace_back(b.get(), dim3(x, y, z));
+  while (stacks.size() < launch.fibers.size()) stacks.push_back(std::make_unique<Stack>());
+  for (size_t i = 0; i < launch.fibers.size(); ++i) {
+    Fiber& f = launch.fibers[i];
+    if (getcontext(&f.context) != 0) std::abort();
+    f.context.uc_stack.ss_sp = stacks[i]->bottom();
+    f.context.uc_stack.ss_size = Stack::kStackBytes;
+    f.context.uc_link = nullptr;
+    makecontext(&f.context, fiber_main, 0);
   }
-  auto run = [&launch, &b, thread, &body] {
-    threadIdx = thread;
-    blockIdx = b.index;
-    blockDim = launch.block;
-    gridDim = launch.grid;
-    context = {&launch, &b};
-    try {
-      body();
-    } catch (const Aborted&) {
-    } catch (const std::exception& e) {
-      launch.fail(cudaErrorLaunchFailure,
-                  std::string("kernel ") + launch.kernel + " threw: " + e.what());
-    } catch (...) {
-      launch.fail(cudaErrorLaunchFailure,
-                  std::string("kernel ") + launch.kernel + " threw an exception");
-    }
-    context = {};
-  };
-  auto finished = [&launch] {
-    ++launch.progress;
-    std::lock_guard<std::mutex> lock(launch.mutex);
-    if (--launch.running == 0) launch.done.notify_all();
-  };
-  try {
-    Pool::global().start(run, finished);
-  } catch (const std::exception& e) {
-    launch.fail(cudaErrorLaunchFailure, std::string("kernel ") + launch.kernel + ": " + e.what());
-    finished();
-  }
-}
-
-// Waits until every started thread has finished. Where for a whole timeout no thread finished
-// and no barrier opened (threads that loop without reaching one), the launch fails. Once it
-// failed, threads that are not waiting at a barrier get twice the timeout to reach one or
-// finish; then the process ends.
-void wait_for_threads(Launch& launch) {
-  std::unique_lock<std::mutex> lock(launch.mutex);
   for (;;) {
-    const unsigned long long progress = launch.progress.load();
-    if (launch.done.wait_for(lock, timeout_duration(),
-                             [&] { return launch.running == 0 || launch.status != cudaSuccess; }))
-      break;
-    if (launch.progress.load() != progress) continue;
-    lock.unlock();
-    launch.fail(cudaErrorLaunchTimeout, std::string("kernel ") + launch.kernel +
-                                            ": no thread finished or passed a "
-                                            "barrier for " +
-                                            timeout_text());
-    lock.lock();
-  }
-  if (launch.running == 0) return;
-  if (!launch.done.wait_for(lock, 2 * timeout_duration(), [&] { return launch.running == 0; })) {
-    std::fprintf(stderr,
-                 "rnnfast emulator: %s\nrnnfast emulator: %u threads of kernel %s "
-                 "neither finished nor reached a barrier after that; ending the process\n",
-                 launch.message.c_str(), launch.running, launch.kernel);
-    std::abort();
+    bool ran = false, unfinished = false;
+    for (Fiber& f : launch.fibers) {
+      if (f.finished) continue;
+      unfinished = true;
+      if (f.waiting != nullptr && f.waiting->generation == f.generation && !launch.failed())
+        continue;
+      threadIdx = f.thread;
+      blockIdx = f.block->index;
+      launch.current = &f;
+      ++launch.progress;
+      if (swapcontext(&launch.host, &f.context) != 0) std::abort();
+      ran = true;
+    }
+    if (!unfinished) break;
+    if (!ran) {
+      const Fiber* f = nullptr;
+      for (const Fiber& g : launch.fibers)
+        if (!g.finished) {
+          f = &g;
+          break;
+        }
+      launch.fail(cudaErrorLaunchTimeout,
+                  std::string("kernel ") + launch.kernel + ": " + f->what + " with " +
+                      std::to_string(f->waiting->arrived) + " of " +
+                      std::to_string(f->waiting->count) + " threads arrived (block " +
+                      coordinates(f->block->index) + ", thread " + coordinates(f->thread) +
+                      " waiting), the others finished or waiting at another: a barrier that "
+                      "not every thread reaches");
+    }
   }
 }
 
@@ -371,79 +378,67 @@ cudaError_t run(const char* kernel, dim3 grid, dim3 block, size_t shared_bytes, 
                   std::string("kernel ") + kernel + ": a cooperative launch of " +
                       std::to_string(blocks * threads) + " threads; the emulator runs at most " +
                       std::to_string(kMaxCooperativeThreads) + " at once");
-  Launch launch(kernel, grid, block, cooperative);
-  std::vector<std::unique_ptr<Block>> running;
-  // Starts the given blocks' threads and waits for them.
-  auto run_blocks = [&](const std::vector<dim3>& indices) {
-    running.clear();
-    for (dim3 index : indices)
-      running.push_back(
-          std::make_unique<Block>(index, static_cast<unsigned>(threads), shared_bytes));
-    {
-      std::lock_guard<std::mutex> lock(launch.mutex);
-      launch.blocks.clear();
-      for (auto& b : running) launch.blocks.push_back(b.get());
-    }
-    for (auto& b : running)
-      for (unsigned z = 0; z < block.z; ++z)
-        for (unsigned y = 0; y < block.y; ++y)
-          for (unsigned x = 0; x < block.x; ++x) start_thread(launch, *b, dim3(x, y, z), body);
-    wait_for_threads(launch);
-  };
+  Launch launch(kernel, grid, block, cooperative, body);
+  running_launch = &launch;
+  blockDim = block;
+  gridDim = grid;
+  Watchdog::global().add(&launch);
   std::vector<dim3> indices;
-  for (unsigned z = 0; z < grid.z && !launch.failed.load(); ++z)
-    for (unsigned y = 0; y < grid.y && !launch.failed.load(); ++y)
-      for (unsigned x = 0; x < grid.x && !launch.failed.load(); ++x) {
+  for (unsigned z = 0; z < grid.z && !launch.failed(); ++z)
+    for (unsigned y = 0; y < grid.y && !launch.failed(); ++y)
+      for (unsigned x = 0; x < grid.x && !launch.failed(); ++x) {
         indices.push_back(dim3(x, y, z));
         if (!cooperative) {
-          run_blocks(indices);
+          run_blocks(launch, indices, static_cast<unsigned>(threads), shared_bytes);
           indices.clear();
         }
       }
-  if (cooperative) run_blocks(indices);
+  if (cooperative) run_blocks(launch, indices, static_cast<unsigned>(threads), shared_bytes);
+  Watchdog::global().remove(&launch);
+  running_launch = nullptr;
   return finish(launch.status, launch.message);
 }
 
 void grid_sync() {
-  Launch& launch = *context.launch;
+  Launch& launch = *running_launch;
   if (!launch.cooperative) {
     launch.fail(cudaErrorLaunchFailure, std::string("kernel ") + launch.kernel +
                                             ": grid_sync in a launch that is not cooperative");
     throw Aborted{};
   }
-  launch.grid_barrier.wait(launch, "grid_sync");
+  launch.grid_barrier.wait("grid_sync");
 }
 
 void* block_shared(const void* site, size_t bytes, size_t align) {
-  Block& b = *context.block;
-  std::lock_guard<std::mutex> lock(b.shared_mutex);
+  Block& b = *running_launch->current->block;
   for (auto& [key, memory] : b.shared)
     if (key == site) return memory.get();
   b.shared.emplace_back(site, Block::poisoned(bytes, align));
   return b.shared.back().second.get();
 }
 
-void* dynamic_shared() { return context.block->dynamic.get(); }
+void* dynamic_shared() { return running_launch->current->block->dynamic.get(); }
 
 unsigned thread_rank() {
   return (threadIdx.z * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
 }
 
 const void* warp_exchange(const void* mine, size_t bytes) {
-  Launch& launch = *context.launch;
+  Launch& launch = *running_launch;
   if (bytes > kMaxLaneBytes) {
     launch.fail(cudaErrorLaunchFailure, std::string("kernel ") + launch.kernel +
                                             ": warp_exchange of more than " +
                                             std::to_string(kMaxLaneBytes) + " bytes a lane");
     throw Aborted{};
   }
-  Block::Warp& warp = *context.block->warps[thread_rank() / kWarpSize];
+  Fiber& self = *launch.current;
+  Block::Warp& warp = *self.block->warps[thread_rank() / kWarpSize];
   // The lanes alternate between the two buffers: a lane that writes one has passed the barrier
   // of the exchange before, so every lane has finished reading what that buffer held (two
   // exchanges ago).
-  unsigned char* buffer = warp.buffers[context.warp_exchanges++ % 2];
+  unsigned char* buffer = warp.buffers[self.warp_exchanges++ % 2];
   std::memcpy(buffer + thread_rank() % kWarpSize * bytes, mine, bytes);
-  warp.barrier.wait(launch, "a warp-wide instruction (warp_exchange)");
+  warp.barrier.wait("a warp-wide instruction (warp_exchange)");
   return buffer;
 }
 
@@ -451,7 +446,7 @@ const void* warp_exchange(const void* mine, size_t bytes) {
 
 using namespace rnnfast::cuda::emulator;
 
-void __syncthreads() { context.block->barrier.wait(*context.launch, "__syncthreads"); }
+void __syncthreads() { running_launch->current->block->barrier.wait("__syncthreads"); }
 
 cudaError_t cudaGetLastError() {
   const cudaError_t status = last_error;
