@@ -3,12 +3,15 @@
 #include "emulator.h"
 
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
 
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -128,12 +131,87 @@ class Stack {
   size_t page_;
 };
 
+// A fiber's saved registers, and the switch from one context to another. On x86-64 a switch of
+// its own: the callee-saved registers and the floating-point control words pushed on the old
+// stack, the stack pointers exchanged, the new stack's popped (glibc's swapcontext also saves
+// and restores the signal mask, a system call at every switch). Elsewhere ucontext.
+#if defined(__x86_64__)
+extern "C" void rnnfast_emulator_switch(void** save_sp, void* load_sp);
+asm(R"(
+  .text
+  .p2align 4
+  .globl rnnfast_emulator_switch
+  .hidden rnnfast_emulator_switch
+  .type rnnfast_emulator_switch, @function
+rnnfast_emulator_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  subq $8, %rsp
+  stmxcsr (%rsp)
+  fnstcw 4(%rsp)
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  ldmxcsr (%rsp)
+  fldcw 4(%rsp)
+  addq $8, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size rnnfast_emulator_switch, .-rnnfast_emulator_switch
+)");
+
+struct Context {
+  void* sp = nullptr;
+};
+
+inline void switch_context(Context& from, Context& to) { rnnfast_emulator_switch(&from.sp, to.sp); }
+
+// Prepares `c` to start entry() on the stack [bottom, bottom + bytes) at its first switch: the
+// frame that rnnfast_emulator_switch pops (control words as now, registers zero), returning into
+// entry with the stack aligned as at a call. entry never returns.
+void start_context(Context& c, void* bottom, size_t bytes, void (*entry)()) {
+  auto top = reinterpret_cast<uintptr_t>(static_cast<char*>(bottom) + bytes) & ~uintptr_t{15};
+  auto* slot = reinterpret_cast<uint64_t*>(top);
+  *--slot = 0;                                   // entry's return address: none
+  *--slot = reinterpret_cast<uintptr_t>(entry);  // where the switch returns to
+  for (int r = 0; r < 6; ++r) *--slot = 0;       // rbp, rbx, r12 .. r15
+  uint32_t control[2];
+  asm volatile("stmxcsr %0\n\tfnstcw %1" : "=m"(control[0]), "=m"(control[1]));
+  std::memcpy(--slot, control, sizeof(control));
+  c.sp = slot;
+}
+#else
+struct Context {
+  ucontext_t uc;
+};
+
+inline void switch_context(Context& from, Context& to) {
+  if (swapcontext(&from.uc, &to.uc) != 0) std::abort();
+}
+
+void start_context(Context& c, void* bottom, size_t bytes, void (*entry)()) {
+  if (getcontext(&c.uc) != 0) std::abort();
+  c.uc.uc_stack.ss_sp = bottom;
+  c.uc.uc_stack.ss_size = bytes;
+  c.uc.uc_link = nullptr;
+  makecontext(&c.uc, entry, 0);
+}
+#endif
+
 // One CUDA thread: its coordinates, context and where it waits.
 struct Fiber {
   Fiber(Block* block_, dim3 thread_) : block(block_), thread(thread_) {}
   Block* block;
   dim3 thread;
-  ucontext_t context;
+  Context context;
   const Barrier* waiting = nullptr;   // the barrier it waits at, else nullptr
   unsigned long long generation = 0;  // the waited barrier's generation when it arrived
   const char* what = nullptr;         // that barrier's name
@@ -169,7 +247,7 @@ struct Launch {
   std::vector<std::unique_ptr<Block>> blocks;   // those running now
   std::vector<Fiber> fibers;                    // their threads
   Fiber* current = nullptr;                     // the fiber running now
-  ucontext_t host;                              // the scheduler's context
+  Context host;                                 // the scheduler's
   std::atomic<unsigned long long> progress{0};  // fibers resumed (for the watchdog)
   cudaError_t status = cudaSuccess;
   std::string message;
@@ -183,9 +261,7 @@ std::string coordinates(dim3 d) {
 }
 
 // Back to the scheduler, until it resumes this fiber.
-void yield(Launch& launch) {
-  if (swapcontext(&launch.current->context, &launch.host) != 0) std::abort();
-}
+void yield(Launch& launch) { switch_context(launch.current->context, launch.host); }
 
 void Barrier::wait(const char* what) {
   Launch& launch = *running_launch;
@@ -304,11 +380,7 @@ void run_blocks(Launch& launch, const std::vector<dim3>& indices, unsigned threa
   while (stacks.size() < launch.fibers.size()) stacks.push_back(std::make_unique<Stack>());
   for (size_t i = 0; i < launch.fibers.size(); ++i) {
     Fiber& f = launch.fibers[i];
-    if (getcontext(&f.context) != 0) std::abort();
-    f.context.uc_stack.ss_sp = stacks[i]->bottom();
-    f.context.uc_stack.ss_size = Stack::kStackBytes;
-    f.context.uc_link = nullptr;
-    makecontext(&f.context, fiber_main, 0);
+    start_context(f.context, stacks[i]->bottom(), Stack::kStackBytes, fiber_main);
   }
   for (;;) {
     bool ran = false, unfinished = false;
@@ -321,7 +393,7 @@ void run_blocks(Launch& launch, const std::vector<dim3>& indices, unsigned threa
       blockIdx = f.block->index;
       launch.current = &f;
       ++launch.progress;
-      if (swapcontext(&launch.host, &f.context) != 0) std::abort();
+      switch_context(launch.host, f.context);
       ran = true;
     }
     if (!unfinished) break;

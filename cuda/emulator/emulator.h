@@ -2,20 +2,26 @@
 // .cu sources (compiled by the host compiler with RNNFAST_CUDA_EMULATED defined) run and are
 // tested on machines without a GPU: the module rnnfast._cuda_emulated.
 //
-// Model. Every CUDA thread of a launch is a host thread (from a pool that grows to the largest
-// launch seen and is kept). An ordinary launch runs its blocks one after another, each block's
-// threads at once (cheap and deterministic); a cooperative launch runs all blocks at once, so
-// that grid_sync() (a barrier over the whole grid) works. Launches run to completion on the
-// calling thread before they return: streams are ignored, every launch is synchronous.
-// __syncthreads() and grid_sync() are barriers. The timeout (set_timeout, or the environment
-// variable RNNFAST_EMULATOR_TIMEOUT in seconds; default 60) bounds every wait: a thread that
-// waits at a barrier longer than that, or a launch in which no thread finishes or passes a
-// barrier for that long, fails the launch: every thread waiting in it is released (by an
-// exception that unwinds its kernel), and the launch returns cudaErrorLaunchTimeout with a
-// message naming the kernel and the barrier (cudaGetErrorString; the bindings raise it as
-// RuntimeError). A thread that then neither finishes nor reaches a barrier within twice the
-// timeout (a loop that never ends) cannot be stopped: the process is ended with a message,
-// rather than hang.
+// Model. Every CUDA thread of a launch is a fiber (a context of its own, with a 1 MiB stack) on
+// the host thread that launches: an ordinary launch runs its blocks one after another, each
+// block's threads together; a cooperative launch runs all blocks together, so that grid_sync()
+// (a barrier over the whole grid) works. The fibers take turns in rank order, each running
+// until it waits at a barrier or finishes; __syncthreads(), grid_sync() and warp_exchange are
+// barriers, at which a fiber waits until all of its group have arrived. Launches run to
+// completion on the calling thread before they return: streams are ignored, every launch is
+// synchronous, and launches from several host threads run side by side. (A host thread per CUDA
+// thread, meeting at condition variables, spent most of its time in the operating system's
+// scheduler: 2.4x slower on the layer tests of a 2-core machine.)
+//
+// Failures. A barrier that not every thread of its group reaches (they finished, or wait at
+// another) is found as soon as no fiber can run: the launch fails, every waiting fiber is
+// resumed with an exception that unwinds its kernel, and the launch returns
+// cudaErrorLaunchTimeout with a message naming the kernel, the barrier and how many threads
+// arrived (cudaGetErrorString; the bindings raise it as RuntimeError). A fiber that neither
+// finishes nor reaches a barrier (a loop that never ends) holds its host thread and cannot be
+// unwound: where a launch makes no progress for the timeout (set_timeout, or the environment
+// variable RNNFAST_EMULATOR_TIMEOUT in seconds; default 60), a watchdog thread ends the process
+// with a message, rather than let it hang.
 //
 // Shared memory: declare it with RNNFAST_SHARED (launch.cuh), never with a plain __shared__
 // (which this header leaves undefined, so that it does not compile): each block gets its own
@@ -85,7 +91,8 @@ void __syncthreads();
 
 namespace rnnfast::cuda::emulator {
 
-// The longest a thread waits at a barrier, in seconds (> 0).
+// How long a launch may run without progress (no fiber reaching a barrier or finishing) before
+// the watchdog ends the process, in seconds (> 0).
 void set_timeout(double seconds);
 double timeout();
 

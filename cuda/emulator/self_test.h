@@ -9,7 +9,7 @@
 namespace rnnfast::cuda::emulator::self_test {
 
 // One block of `threads` threads whose first `waiting` ones wait at a __syncthreads that the
-// others never reach: with waiting < threads, cudaErrorLaunchTimeout after the timeout.
+// others never reach: with waiting < threads, cudaErrorLaunchTimeout (the deadlock, found at once).
 cudaError_t divergent_barrier(int threads, int waiting);
 
 // A cooperative launch of `blocks` x `threads`: thread t of block b writes b * threads + t to
