@@ -7,6 +7,9 @@
 #if !defined(__x86_64__)
 #include <ucontext.h>
 #endif
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -380,6 +383,11 @@ void run_blocks(Launch& launch, const std::vector<dim3>& indices, unsigned threa
   while (stacks.size() < launch.fibers.size()) stacks.push_back(std::make_unique<Stack>());
   for (size_t i = 0; i < launch.fibers.size(); ++i) {
     Fiber& f = launch.fibers[i];
+#if defined(__SANITIZE_ADDRESS__)
+    // The last fiber on this stack left its frames' redzones marked in ASan's shadow (it never
+    // returned): the stack starts clean.
+    ASAN_UNPOISON_MEMORY_REGION(stacks[i]->bottom(), Stack::kStackBytes);
+#endif
     start_context(f.context, stacks[i]->bottom(), Stack::kStackBytes, fiber_main);
   }
   for (;;) {
