@@ -61,9 +61,6 @@ Clock::duration timeout_duration() {
 // std::exception, so that nothing but the emulator catches it.
 struct Aborted {};
 
-struct Launch;
-struct Fiber;
-
 // A barrier for `count` threads. Its generation counts the times it opened: a fiber waits until
 // that changes (see Barrier::wait).
 struct Barrier {
@@ -112,7 +109,7 @@ struct Block {
 
 // A fiber's stack: kStackBytes, mapped with an inaccessible guard page below it, so that an
 // overflow faults instead of writing over another stack. Kept by the host thread between
-// launches (Stacks).
+// launches (`stacks`).
 class Stack {
  public:
   static constexpr size_t kStackBytes = size_t{1} << 20;  // kernels keep little on their stack
@@ -340,7 +337,8 @@ class Watchdog {
   void watch() {
     std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
-      wake_.wait_for(lock, std::chrono::milliseconds(100));
+      // Never notified: a sleep that releases the lock.
+      tick_.wait_for(lock, std::chrono::milliseconds(100));
       const auto now = Clock::now();
       for (Watched& w : launches_) {
         const unsigned long long progress = w.launch->progress.load();
@@ -358,7 +356,7 @@ class Watchdog {
     }
   }
   std::mutex mutex_;
-  std::condition_variable wake_;
+  std::condition_variable tick_;
   pid_t pid_ = 0;
   std::vector<Watched> launches_;
 };
