@@ -256,17 +256,9 @@ Strided<T> bias_rows(const T* b, int64_t hidden) {
 // accumulators, as registers allow, so that enough independent multiply-adds are in flight to
 // hide the FMA latency (about 16 with two 4-cycle FMA pipes); the split is fixed by MR and W,
 // so results never depend on the thread count.
-//
-// Not inlined (nor is the bfloat16 tile_gemm below): compiled alone, a tile keeps all its
-// accumulators in registers through the depth loop, reading panel vectors as the multiply-adds'
-// memory operands where registers run out (AVX2's 3 x 4 tile needs 17). Inlined into
-// gemm_panel's tile loop, beside that loop's live values, GCC 12 kept 5 of those 12
-// accumulators on the stack, loaded and stored again at every k, and the AVX2 recurrence ran at
-// two thirds of the speed. A call per tile and depth block costs next to nothing.
 template <typename T, int MR, int W>
-__attribute__((noinline)) void tile_gemm(const T* __restrict a, int64_t lda, int64_t depth,
-                                         const T* __restrict panel, const T* __restrict init,
-                                         bool resume, T (&acc)[MR][W]) {
+inline void tile_gemm(const T* __restrict a, int64_t lda, int64_t depth, const T* __restrict panel,
+                      const T* __restrict init, bool resume, T (&acc)[MR][W]) {
   using S = Simd<T>;
   using V = typename S::Vec;
   constexpr int NV = W / S::kLanes;
@@ -408,9 +400,9 @@ inline void with_rows(int64_t n, F&& f) {
 // interleave_pairs); depth even. Short tiles split the depth pairs between sets of
 // accumulators as tile_gemm does, fixed by MR and W.
 template <int MR, int W>
-__attribute__((noinline)) void tile_gemm(const Bf16* __restrict a, int64_t lda, int64_t depth,
-                                         const Bf16* __restrict panel, const float* __restrict init,
-                                         bool resume, float (&acc)[MR][W]) {
+inline void tile_gemm(const Bf16* __restrict a, int64_t lda, int64_t depth,
+                      const Bf16* __restrict panel, const float* __restrict init, bool resume,
+                      float (&acc)[MR][W]) {
   constexpr int NV = W / 16;
   constexpr int kSplit =
       std::max(1, std::min({4, (16 + MR * NV - 1) / (MR * NV), kAccumulators / (MR * NV)}));
@@ -529,6 +521,39 @@ template <typename M, int W>
 constexpr int64_t kDepthBlock = 32768 / (W * static_cast<int64_t>(sizeof(M)));
 constexpr int64_t kChunkRows = 8 * kTileRows;
 
+// One depth block of every row tile of a chunk: chunk_acc[r] (+)= rows r of a [chunk_rows,
+// k_len] (row stride lda) times the panel's block [k_len, W]; resume: add to chunk_acc (a later
+// block), else start from init as tile_gemm does. Before a tile, requests its share of `next`
+// (next_len elements, the panel's next block) into L2, and, unless resume, calls
+// prefetch(r0, MR) for the operands of that tile's epilogue (see gemm_panel).
+//
+// Not inlined: compiled alone, each tile keeps all its accumulators in registers through the
+// depth loop, reading panel vectors as the multiply-adds' memory operands where registers run
+// out (AVX2's 3 x 4 tile needs 17). With the tile loop inlined into gemm_panel, beside the
+// values the callers' loops keep live, GCC 12 kept 5 of those 12 accumulators on the stack,
+// loaded and stored again at every k, and the AVX2 recurrence ran at two thirds of the speed.
+template <typename T, int W, typename M, class Prefetch>
+__attribute__((noinline)) void chunk_block(const M* a, int64_t lda, int64_t chunk_rows,
+                                           int64_t k_len, const M* panel, const T* init,
+                                           bool resume, const M* next, int64_t next_len,
+                                           Prefetch& prefetch, T (&chunk_acc)[kChunkRows][W]) {
+  const int64_t share = ceil_div(next_len, ceil_div(chunk_rows, kTileRows));
+  int64_t requested = 0;
+  for_each_row_tile(chunk_rows, [&](int64_t r0, auto mr) {
+    constexpr int MR = decltype(mr)::value;
+    if (!resume) prefetch(r0, MR);
+    if (requested < next_len) {
+      prefetch_span(next + requested, std::min(share, next_len - requested));
+      requested += share;
+    }
+    auto& acc = *reinterpret_cast<T(*)[MR][W]>(&chunk_acc[r0][0]);
+    if constexpr (std::is_same_v<M, T>)
+      tile_gemm<T, MR, W>(a + r0 * lda, lda, k_len, panel, init, resume, acc);
+    else
+      tile_gemm<MR, W>(a + r0 * lda, lda, k_len, panel, init, resume, acc);
+  });
+}
+
 // Multiplies all `rows` rows of a [rows, depth] (row stride lda) by one panel [depth, W] (M
 // = Bf16: the bfloat16 operands of that tile_gemm, depth even), tile by tile, and hands each tile
 // to epilogue(row0, acc) where acc is T[MR][W] for rows row0 .. row0 + MR - 1, once its whole depth
@@ -560,6 +585,7 @@ void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* p
   alignas(64) T chunk_acc[kChunkRows][W];
   for (int64_t chunk0 = 0; chunk0 < rows; chunk0 += kChunkRows) {
     const int64_t chunk_rows = std::min(kChunkRows, rows - chunk0);
+    auto chunk_prefetch = [&](int64_t r0, int64_t n) { prefetch(chunk0 + r0, n); };
     for (int64_t k0 = 0; k0 < depth || k0 == 0; k0 += block) {
       const int64_t k_len = std::min(block, depth - k0);
       // The panel's next depth block, requested into L2 a share per tile while this block's
@@ -567,26 +593,13 @@ void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* p
       // for a chunk of one tile: there a prefetch per cache line would cost as much as the
       // tile's multiply-adds on that line (measured: the recurrence at B = 1, H = 256 took
       // 1.3-3 us more per step with it, its W_hh in L2 anyway).
-      const M* next = panel + (k0 + k_len) * W;
       const int64_t next_len = chunk_rows > kTileRows ? std::min(block, depth - k0 - k_len) * W : 0;
-      const int64_t share = ceil_div(next_len, ceil_div(chunk_rows, kTileRows));
-      int64_t requested = 0;
-      for_each_row_tile(chunk_rows, [&](int64_t r0, auto mr) {
-        constexpr int MR = decltype(mr)::value;
-        if (k0 == 0) prefetch(chunk0 + r0, MR);
-        if (requested < next_len) {
-          prefetch_span(next + requested, std::min(share, next_len - requested));
-          requested += share;
-        }
-        auto& acc = *reinterpret_cast<T(*)[MR][W]>(&chunk_acc[r0][0]);
-        if constexpr (std::is_same_v<M, T>)
-          tile_gemm<T, MR, W>(a + (chunk0 + r0) * lda + k0, lda, k_len, panel + k0 * W, init,
-                              k0 > 0, acc);
-        else
-          tile_gemm<MR, W>(a + (chunk0 + r0) * lda + k0, lda, k_len, panel + k0 * W, init, k0 > 0,
-                           acc);
-        if (k0 + k_len >= depth) epilogue(chunk0 + r0, acc);
-      });
+      chunk_block<T, W, M>(a + chunk0 * lda + k0, lda, chunk_rows, k_len, panel + k0 * W, init,
+                           k0 > 0, panel + (k0 + k_len) * W, next_len, chunk_prefetch, chunk_acc);
+      if (k0 + k_len >= depth)
+        for_each_row_tile(chunk_rows, [&](int64_t r0, auto mr) {
+          epilogue(chunk0 + r0, *reinterpret_cast<T(*)[decltype(mr)::value][W]>(&chunk_acc[r0][0]));
+        });
     }
   }
 }
