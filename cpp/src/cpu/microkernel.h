@@ -557,11 +557,12 @@ __attribute__((noinline)) void chunk_block(const M* a, int64_t lda, int64_t chun
 // Multiplies all `rows` rows of a [rows, depth] (row stride lda) by one panel [depth, W] (M
 // = Bf16: the bfloat16 operands of that tile_gemm, depth even), tile by tile, and hands each tile
 // to epilogue(row0, acc) where acc is T[MR][W] for rows row0 .. row0 + MR - 1, once its whole depth
-// is summed. init: as in tile_gemm. The depth blocks depend only on depth and W, so results do not
-// depend on the thread count. prefetch(row0, rows) is called before a tile's first depth block, to
-// request the operands its epilogue will read and write (see prefetch_span): spread tile by tile,
-// the requests do not queue up, and with a deep panel they have the rest of the chunk's blocks to
-// arrive.
+// is summed (a chunk's epilogues run after its last depth block, so they must not write the rows
+// of a that the chunk's tiles read). init: as in tile_gemm. The depth blocks depend only on depth
+// and W, so results do not depend on the thread count. prefetch(row0, rows) is called before a
+// tile's first depth block, to request the operands its epilogue will read and write (see
+// prefetch_span): spread tile by tile, the requests do not queue up, and with a deep panel they
+// have the rest of the chunk's blocks to arrive.
 template <typename T, int W, typename M = T, class Epilogue, class Prefetch>
 void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* panel, const T* init,
                 Epilogue&& epilogue, Prefetch&& prefetch) {
