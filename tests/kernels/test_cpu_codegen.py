@@ -37,19 +37,18 @@ def tile_loops(disassembly):
         if m:
             instructions.append((int(m.group(1), 16), m.group(2)))
     index = {address: i for i, (address, _) in enumerate(instructions)}
-
-    def backward_target(i):
-        m = _BACKWARD_JUMP.match(instructions[i][1])
+    targets = []  # per instruction: the address its jump goes back to, or None
+    for address, text in instructions:
+        m = _BACKWARD_JUMP.match(text)
         target = int(m.group(1), 16) if m else None
-        return target if target is not None and target < instructions[i][0] else None
+        targets.append(target if target is not None and target < address else None)
 
     loops = []
-    for end in range(len(instructions)):
-        target = backward_target(end)
+    for end, target in enumerate(targets):
         if target is None or target not in index or end - index[target] >= 120:
             continue
         start = index[target]
-        if any(backward_target(i) is not None for i in range(start, end)):
+        if any(t is not None for t in targets[start:end]):
             continue  # an outer loop
         body = [text for _, text in instructions[start:end + 1]]
         if not any(_BROADCAST.match(text) for text in body) or any(

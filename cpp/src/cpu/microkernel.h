@@ -523,9 +523,9 @@ constexpr int64_t kChunkRows = 8 * kTileRows;
 
 // One depth block of every row tile of a chunk: chunk_acc[r] (+)= rows r of a [chunk_rows,
 // k_len] (row stride lda) times the panel's block [k_len, W]; resume: add to chunk_acc (a later
-// block), else start from init as tile_gemm does. Before a tile, requests its share of `next`
-// (next_len elements, the panel's next block) into L2, and, unless resume, calls
-// prefetch(r0, MR) for the operands of that tile's epilogue (see gemm_panel).
+// block), else start from init as tile_gemm does. Before a tile, requests its share of the
+// panel's next block (its first next_len elements, right after this block) into L2, and, unless
+// resume, calls prefetch(r0, MR) for the operands of that tile's epilogue (see gemm_panel).
 //
 // Not inlined: compiled alone, each tile keeps all its accumulators in registers through the
 // depth loop, reading panel vectors as the multiply-adds' memory operands where registers run
@@ -535,8 +535,9 @@ constexpr int64_t kChunkRows = 8 * kTileRows;
 template <typename T, int W, typename M, class Prefetch>
 __attribute__((noinline)) void chunk_block(const M* a, int64_t lda, int64_t chunk_rows,
                                            int64_t k_len, const M* panel, const T* init,
-                                           bool resume, const M* next, int64_t next_len,
-                                           Prefetch& prefetch, T (&chunk_acc)[kChunkRows][W]) {
+                                           bool resume, int64_t next_len, Prefetch& prefetch,
+                                           T (&chunk_acc)[kChunkRows][W]) {
+  const M* next = panel + k_len * W;
   const int64_t share = ceil_div(next_len, ceil_div(chunk_rows, kTileRows));
   int64_t requested = 0;
   for_each_row_tile(chunk_rows, [&](int64_t r0, auto mr) {
@@ -596,7 +597,7 @@ void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* p
       // 1.3-3 us more per step with it, its W_hh in L2 anyway).
       const int64_t next_len = chunk_rows > kTileRows ? std::min(block, depth - k0 - k_len) * W : 0;
       chunk_block<T, W, M>(a + chunk0 * lda + k0, lda, chunk_rows, k_len, panel + k0 * W, init,
-                           k0 > 0, panel + (k0 + k_len) * W, next_len, chunk_prefetch, chunk_acc);
+                           k0 > 0, next_len, chunk_prefetch, chunk_acc);
       if (k0 + k_len >= depth)
         for_each_row_tile(chunk_rows, [&](int64_t r0, auto mr) {
           epilogue(chunk0 + r0, *reinterpret_cast<T(*)[decltype(mr)::value][W]>(&chunk_acc[r0][0]));
