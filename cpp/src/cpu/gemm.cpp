@@ -5,8 +5,9 @@
 // (whichever divides more evenly; the rows whenever A must be copied, so that no two threads
 // copy the same rows) and runs, per pass over the depth and per block of rows,
 // every panel of its share over the block. A block of A's rows is sized to stay in L2 while
-// the panels' slices stream past it (gemm_panel keeps each slice's depth blocks in L1); a
-// transposed A is first copied into a row-major block, which is also what a tile reads best.
+// the panels' slices stream past it (gemm_panel keeps each slice's depth blocks in L1); an A
+// that is not row-major (a transposed A: the weight gradients' dz^T) is first copied into
+// strips of a tile's rows (pack_a_strips).
 #include <algorithm>
 #include <cstring>
 
@@ -21,13 +22,45 @@ namespace rnnfast {
 namespace RNNFAST_ISA_NS {
 namespace {
 
-// Rows i0 .. i0 + rows - 1 and columns k0 .. k0 + k_len - 1 of A, row-major into
-// out [rows, k_len]: a panel whose "units" are A's columns and whose depth is A's rows.
+// A packed block's depth in pack_a_strips: k_len padded by kStripPad, so that strips whose
+// depth is a power of two (1024, 2048) do not start in the same L1 sets, all written at once.
+constexpr int64_t kStripPad = 16;
+inline int64_t strip_depth(int64_t k_len) { return k_len + kStripPad; }
+
+// Rows i0 .. i0 + rows - 1 and columns k0 .. k0 + k_len - 1 of A (not row-major: a transposed
+// A, or other strides) as strips of kTileRows rows, each strip_depth(k_len) * kTileRows long:
+// out[strip][k][r] = A(i0 + strip * kTileRows + r, k0 + k), zeros past the last row. A tile
+// reads its rows' elements of one depth side by side (tile_gemm with KS = kTileRows). From a
+// transposed A, whose rows are contiguous, a strip's depth is then a copy of kTileRows
+// neighbours, and the copy waits only on reading A (a weight gradient's dz, read once, from
+// memory: requested kPackAhead depths ahead). Measured (dW = dz^T x of an LSTM, Zen 3, 2
+// threads, at five layer shapes; benchmarks/results/2026-12-02-cpu-2core-zen3-f32-bounds):
+// against a row-major block made by 8 x 8 transposes in registers, 0.99-1.12x (medians by
+// shape 1.02-1.10x); strips without the requests 0.95-1.04x, the transposes with them
+// 0.97-1.03x.
+constexpr int64_t kPackAhead = 16;
 template <typename T>
-void pack_a_rows(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t k_len,
-                 T* out) {
-  pack_panel(0, 1, k_len, rows, k_len,
-             Strided<T>{g.a + k0 * g.a_col + i0 * g.a_row, 0, g.a_col, g.a_row}, out);
+void pack_a_strips(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t k0, int64_t k_len,
+                   T* out) {
+  const int64_t strip = strip_depth(k_len) * kTileRows, full = rows / kTileRows;
+  // Contiguous rows: a strip's values of one depth go as kCopy (a power of two) with one
+  // vector load and store, the extra ones onto the next depth's place, which the next copy
+  // overwrites (the last depth's onto the padding), wherever the read stays inside A's row.
+  constexpr int kCopy = kTileRows <= 2 ? 2 : kTileRows <= 4 ? 4 : 8;
+  const int64_t room = g.m - i0 - kCopy;  // where the last such read may start
+  const int64_t fast = g.a_row == 1 && room >= 0 ? std::min(full, room / kTileRows + 1) : 0;
+  for (int64_t k = 0; k < k_len; ++k) {
+    const T* src = g.a + (k0 + k) * g.a_col + i0 * g.a_row;
+    T* dst = out + k * kTileRows;
+    if (g.a_row == 1 && k + kPackAhead < k_len) prefetch_span(src + kPackAhead * g.a_col, rows);
+    for (int64_t s = 0; s < fast; ++s)
+      std::memcpy(dst + s * strip, src + s * kTileRows, kCopy * sizeof(T));
+    for (int64_t s = fast; s * kTileRows < rows; ++s)
+      for (int r = 0; r < kTileRows; ++r) {
+        const int64_t i = s * kTileRows + r;
+        dst[s * strip + r] = i < rows ? src[i * g.a_row] : T(0);
+      }
+  }
 }
 
 // Depth per pass: a panel's slice of at most 256 KB (1024 floats or doubles deep, W of them
@@ -72,7 +105,7 @@ void gemm_impl(const GemmArgs<T>& g) {
                           idle_share(ceil_div(g.m, split_block_rows)) < idle_share(panels);
   const int64_t block_rows = split_rows ? split_block_rows : rows_per_block(row_blocks);
   row_blocks = ceil_div(g.m, block_rows);
-  AlignedBuffer<T> a_blocks(a_direct ? 0 : threads * block_rows * depth);
+  AlignedBuffer<T> a_blocks(a_direct ? 0 : threads * block_rows * strip_depth(depth));
   record_split("gemm", threads, split_rows ? "rows" : "panels");
   SpinBarrier barrier(threads);
   ThreadPool::global().run(threads, [&](int index) {
@@ -86,35 +119,44 @@ void gemm_impl(const GemmArgs<T>& g) {
         split_rows ? BlockRange(panels, 0, 1) : BlockRange(panels, index, threads);
     const BlockRange my_blocks =
         split_rows ? BlockRange(row_blocks, index, threads) : BlockRange(row_blocks, 0, 1);
-    T* a_block = a_direct ? nullptr : a_blocks.data() + index * block_rows * depth;
+    T* a_block = a_direct ? nullptr : a_blocks.data() + index * block_rows * strip_depth(depth);
+    // Rows i0 .. of A, depths k0 .., times this thread's panels, a's layout KS: row-major
+    // in place (1) or packed in strips (kTileRows).
+    auto multiply = [&](auto layout, const T* a, int64_t lda, int64_t i0, int64_t rows, int64_t k0,
+                        int64_t k_len) {
+      const bool add = g.accumulate || k0 > 0;  // add into C, or overwrite it
+      for (int64_t p = my_panels.first; p < my_panels.last; ++p) {
+        const int64_t j0 = p * W, units = std::min<int64_t>(W, g.n - j0);
+        T* c = g.c + i0 * g.ldc + j0;
+        gemm_panel<T, W, T, decltype(layout)::value>(
+            a, rows, k_len, lda, packed.data() + (p * g.k + k0) * W,
+            g.bias != nullptr && k0 == 0 ? bias.data() + p * W : nullptr,
+            [&](int64_t row0, auto& acc) {
+              constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
+              for (int r = 0; r < MR; ++r) {
+                T* c_row = c + (row0 + r) * g.ldc;
+                if (add)
+                  for (int64_t u = 0; u < units; ++u) c_row[u] += acc[r][u];
+                else
+                  copy_short(c_row, acc[r], units);
+              }
+            },
+            [&](int64_t row0, int64_t tile_rows) {  // the tile's rows of C
+              for (int64_t r = row0; r < row0 + tile_rows; ++r) prefetch_span(c + r * g.ldc, units);
+            });
+      }
+    };
     for (int64_t k0 = 0; k0 < g.k || k0 == 0; k0 += depth) {
       const int64_t k_len = std::min(depth, g.k - k0);
-      const bool add = g.accumulate || k0 > 0;  // add into C, or overwrite it
       for (int64_t rb = my_blocks.first; rb < my_blocks.last; ++rb) {
         const int64_t i0 = rb * block_rows, rows = std::min(block_rows, g.m - i0);
-        const T* a = a_direct ? g.a + i0 * g.a_row + k0 : a_block;
-        const int64_t lda = a_direct ? g.a_row : k_len;
-        if (!a_direct) pack_a_rows(g, i0, rows, k0, k_len, a_block);
-        for (int64_t p = my_panels.first; p < my_panels.last; ++p) {
-          const int64_t j0 = p * W, units = std::min<int64_t>(W, g.n - j0);
-          T* c = g.c + i0 * g.ldc + j0;
-          gemm_panel<T, W>(
-              a, rows, k_len, lda, packed.data() + (p * g.k + k0) * W,
-              g.bias != nullptr && k0 == 0 ? bias.data() + p * W : nullptr,
-              [&](int64_t row0, auto& acc) {
-                constexpr int MR = std::extent_v<std::remove_reference_t<decltype(acc)>>;
-                for (int r = 0; r < MR; ++r) {
-                  T* c_row = c + (row0 + r) * g.ldc;
-                  if (add)
-                    for (int64_t u = 0; u < units; ++u) c_row[u] += acc[r][u];
-                  else
-                    copy_short(c_row, acc[r], units);
-                }
-              },
-              [&](int64_t row0, int64_t tile_rows) {  // the tile's rows of C
-                for (int64_t r = row0; r < row0 + tile_rows; ++r)
-                  prefetch_span(c + r * g.ldc, units);
-              });
+        if (a_direct) {
+          multiply(std::integral_constant<int, 1>{}, g.a + i0 * g.a_row + k0, g.a_row, i0, rows, k0,
+                   k_len);
+        } else {
+          pack_a_strips(g, i0, rows, k0, k_len, a_block);
+          multiply(std::integral_constant<int, kTileRows>{}, a_block, strip_depth(k_len), i0, rows,
+                   k0, k_len);
         }
       }
     }

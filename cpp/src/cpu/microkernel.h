@@ -249,20 +249,24 @@ Strided<T> bias_rows(const T* b, int64_t hidden) {
 }
 
 // ------------------------------------------------------------------ the micro-kernel
-// acc[r][w] = start[r][w] + sum_k a[r*lda + k] * panel[k*W + w] for the MR rows of a (row
-// stride lda) and one panel ([depth, W], W a multiple of the vector width, 64-byte aligned),
-// where start is acc itself when resume (a later depth block), else init[w] (nullptr: zero).
+// acc[r][w] = start[r][w] + sum_k a(r, k) * panel[k*W + w] for the MR rows of a and one panel
+// ([depth, W], W a multiple of the vector width, 64-byte aligned), where start is acc itself
+// when resume (a later depth block), else init[w] (nullptr: zero). a(r, k) is a[r*lda + k]
+// for row-major rows (KS = 1), a[k*KS + r] for a strip of KS rows (see pack_a_strips in
+// gemm.cpp: a tile's elements of one depth side by side).
 // Short tiles (few rows, as at batch 1) split the depth between up to four sets of
 // accumulators, as registers allow, so that enough independent multiply-adds are in flight to
 // hide the FMA latency (about 16 with two 4-cycle FMA pipes); the split is fixed by MR and W,
 // so results never depend on the thread count.
-template <typename T, int MR, int W>
+template <typename T, int MR, int W, int KS = 1>
 inline void tile_gemm(const T* __restrict a, int64_t lda, int64_t depth, const T* __restrict panel,
                       const T* __restrict init, bool resume, T (&acc)[MR][W]) {
   using S = Simd<T>;
   using V = typename S::Vec;
   constexpr int NV = W / S::kLanes;
   static_assert(NV * S::kLanes == W, "tile width must be a whole number of vectors");
+  static_assert(KS == 1 || MR <= KS, "a strip holds at most KS rows");
+  auto a_at = [&](int r, int64_t k) { return KS == 1 ? a[r * lda + k] : a[k * KS + r]; };
   constexpr int kSplit =
       std::max(1, std::min({4, (16 + MR * NV - 1) / (MR * NV), kAccumulators / (MR * NV)}));
   V sum[kSplit][MR][NV];
@@ -279,14 +283,14 @@ inline void tile_gemm(const T* __restrict a, int64_t lda, int64_t depth, const T
       V p[NV];
       for (int v = 0; v < NV; ++v) p[v] = S::load(panel + (k + s) * W + v * S::kLanes);
       for (int r = 0; r < MR; ++r) {
-        const T a_rk = a[r * lda + k + s];
+        const T a_rk = a_at(r, k + s);
         for (int v = 0; v < NV; ++v) sum[s][r][v] += p[v] * a_rk;
       }
     }
   }
   for (; k < depth; ++k) {  // the odd last k of a split tile
     for (int r = 0; r < MR; ++r) {
-      const T a_rk = a[r * lda + k];
+      const T a_rk = a_at(r, k);
       for (int v = 0; v < NV; ++v) sum[0][r][v] += S::load(panel + k * W + v * S::kLanes) * a_rk;
     }
   }
@@ -522,17 +526,18 @@ constexpr int64_t kDepthBlock = 32768 / (W * static_cast<int64_t>(sizeof(M)));
 constexpr int64_t kChunkRows = 8 * kTileRows;
 
 // One depth block of every row tile of a chunk: chunk_acc[r] (+)= rows r of a [chunk_rows,
-// k_len] (row stride lda) times the panel's block [k_len, W]; resume: add to chunk_acc (a later
-// block), else start from init as tile_gemm does. Before a tile, requests its share of the
-// panel's next block (its first next_len elements, right after this block) into L2, and, unless
-// resume, calls prefetch(r0, MR) for the operands of that tile's epilogue (see gemm_panel).
+// k_len] (in tile_gemm's layout KS; row r's tile starts at a + r * lda) times the panel's
+// block [k_len, W]; resume: add to chunk_acc (a later block), else start from init as
+// tile_gemm does. Before a tile, requests its share of the panel's next block (its first
+// next_len elements, right after this block) into L2, and, unless resume, calls
+// prefetch(r0, MR) for the operands of that tile's epilogue (see gemm_panel).
 //
 // Not inlined: compiled alone, each tile keeps all its accumulators in registers through the
 // depth loop, reading panel vectors as the multiply-adds' memory operands where registers run
 // out (AVX2's 3 x 4 tile needs 17). With the tile loop inlined into gemm_panel, beside the
 // values the callers' loops keep live, GCC 12 kept 5 of those 12 accumulators on the stack,
 // loaded and stored again at every k, and the AVX2 recurrence ran at two thirds of the speed.
-template <typename T, int W, typename M, class Prefetch>
+template <typename T, int W, typename M, int KS, class Prefetch>
 __attribute__((noinline)) void chunk_block(const M* a, int64_t lda, int64_t chunk_rows,
                                            int64_t k_len, const M* panel, const T* init,
                                            bool resume, int64_t next_len, Prefetch& prefetch,
@@ -549,14 +554,15 @@ __attribute__((noinline)) void chunk_block(const M* a, int64_t lda, int64_t chun
     }
     auto& acc = *reinterpret_cast<T(*)[MR][W]>(&chunk_acc[r0][0]);
     if constexpr (std::is_same_v<M, T>)
-      tile_gemm<T, MR, W>(a + r0 * lda, lda, k_len, panel, init, resume, acc);
+      tile_gemm<T, MR, W, KS>(a + r0 * lda, lda, k_len, panel, init, resume, acc);
     else
-      tile_gemm<MR, W>(a + r0 * lda, lda, k_len, panel, init, resume, acc);
+      tile_gemm<MR, W>(a + r0 * lda, lda, k_len, panel, init, resume, acc);  // KS = 1
   });
 }
 
-// Multiplies all `rows` rows of a [rows, depth] (row stride lda) by one panel [depth, W] (M
-// = Bf16: the bfloat16 operands of that tile_gemm, depth even), tile by tile, and hands each tile
+// Multiplies all `rows` rows of a [rows, depth] (row stride lda; or, KS > 1, in strips of KS
+// rows, KS * lda elements each, as tile_gemm reads them) by one panel [depth, W] (M = Bf16:
+// the bfloat16 operands of that tile_gemm, depth even, KS = 1), tile by tile, and hands each tile
 // to epilogue(row0, acc) where acc is T[MR][W] for rows row0 .. row0 + MR - 1, once its whole depth
 // is summed (a chunk's epilogues run after its last depth block, so they must not write the rows
 // of a that the chunk's tiles read). init: as in tile_gemm. The depth blocks depend only on depth
@@ -564,9 +570,11 @@ __attribute__((noinline)) void chunk_block(const M* a, int64_t lda, int64_t chun
 // tile's first depth block, to request the operands its epilogue will read and write (see
 // prefetch_span): spread tile by tile, the requests do not queue up, and with a deep panel they
 // have the rest of the chunk's blocks to arrive.
-template <typename T, int W, typename M = T, class Epilogue, class Prefetch>
+template <typename T, int W, typename M = T, int KS = 1, class Epilogue, class Prefetch>
 void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* panel, const T* init,
                 Epilogue&& epilogue, Prefetch&& prefetch) {
+  static_assert(KS == 1 || (std::is_same_v<M, T> && kChunkRows % KS == 0 && kTileRows == KS),
+                "strips: of T operands, one a row tile");
 #if defined(__AMX_BF16__)
   if constexpr (!std::is_same_v<M, T>) {  // AMX: 16 rows a tile, the whole depth at once
     alignas(64) float acc[16][W];
@@ -596,8 +604,8 @@ void gemm_panel(const M* a, int64_t rows, int64_t depth, int64_t lda, const M* p
       // tile's multiply-adds on that line (measured: the recurrence at B = 1, H = 256 took
       // 1.3-3 us more per step with it, its W_hh in L2 anyway).
       const int64_t next_len = chunk_rows > kTileRows ? std::min(block, depth - k0 - k_len) * W : 0;
-      chunk_block<T, W, M>(a + chunk0 * lda + k0, lda, chunk_rows, k_len, panel + k0 * W, init,
-                           k0 > 0, next_len, chunk_prefetch, chunk_acc);
+      chunk_block<T, W, M, KS>(a + chunk0 * lda + k0 * KS, lda, chunk_rows, k_len, panel + k0 * W,
+                               init, k0 > 0, next_len, chunk_prefetch, chunk_acc);
       if (k0 + k_len >= depth)
         for_each_row_tile(chunk_rows, [&](int64_t r0, auto mr) {
           epilogue(chunk0 + r0, *reinterpret_cast<T(*)[decltype(mr)::value][W]>(&chunk_acc[r0][0]));
