@@ -36,7 +36,7 @@ inline int64_t strip_depth(int64_t k_len) { return k_len + kStripPad; }
 // memory: requested kPackAhead depths ahead). Measured (dW = dz^T x of an LSTM, Zen 3, 2
 // threads, at five layer shapes; benchmarks/results/2026-12-02-cpu-2core-zen3-f32-bounds):
 // against a row-major block made by 8 x 8 transposes in registers, 0.99-1.12x (medians by
-// shape 1.02-1.10x); strips without the requests 0.95-1.04x, the transposes with them
+// shape 1.02-1.10x); strips without the requests 0.95-1.05x, the transposes with them
 // 0.97-1.03x.
 constexpr int64_t kPackAhead = 16;
 template <typename T>
