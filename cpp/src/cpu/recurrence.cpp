@@ -173,10 +173,11 @@ void forward_impl(const ForwardArgs<T>& a) {
   const bool projected = a.proj > 0;
   const int64_t blocks = ceil_div(H, kUnits);
   const int64_t proj_blocks = projected ? ceil_div(R, kProjUnits) : 0;
-  // Whether the workspace's rows start vector-aligned, so that tile_forward streams them
-  // around the caches (stream_short); if not, its stores read the lines first, and the
+  // Whether tile_forward streams the workspace's rows around the caches (kStreamsWorkspace,
+  // and rows that start vector-aligned); if not, its stores read the lines first, and the
   // epilogue prefetches them like its other operands.
-  const bool saved_streams = reinterpret_cast<uintptr_t>(a.saved) % kVectorBytes == 0 &&
+  const bool saved_streams = kStreamsWorkspace<T, kUnits> &&
+                             reinterpret_cast<uintptr_t>(a.saved) % kVectorBytes == 0 &&
                              H * static_cast<int64_t>(sizeof(T)) % kVectorBytes == 0;
 
   // W_hh and b_hh in panels of kUnits units, each packed by the thread that owns the block.

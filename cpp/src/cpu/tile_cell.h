@@ -43,12 +43,22 @@ inline void load_units(T* local, const T* src, int64_t units) {
   std::fill(local + std::min<int64_t>(units, kUnits), local + kUnits, T(0));
 }
 
+// Whether tile_forward streams the training workspace around the caches (stream_short): only
+// where a row's kUnits values fill whole cache lines (AVX-512's 16 floats). A non-temporal
+// store of part of a line (AVX2's 8 floats, 32 bytes; the line's other half comes a block
+// later) leaves the line to go to memory in parts. Measured with plain stores instead, the
+// LSTM's training forward under AVX2 (benchmarks/time_recurrence.py lstm T B H --training,
+// Zen 3, 2 threads, two runs each): (100,16,256) 7.8-7.9 -> 7.1-7.2 ms, (100,64,256)
+// 32.0-32.2 -> 27.3-28.0, (100,64,512) 106-108 -> 97-98, a workspace larger than the L3 too.
+template <typename T, int kUnits>
+constexpr bool kStreamsWorkspace = kUnits * sizeof(T) % 64 == 0;
+
 // The cell's forward for `units` (<= kUnits) consecutive hidden units of one batch row, from
 // the tile's pre-activations zx and zh, laid out [G][kUnits]. h_prev, c_prev, h, c point at the
 // row's first unit (h_prev: nullptr for a cell that does not read it, taken as 0; c_prev, c:
 // LSTM only, else nullptr; c may equal c_prev). saved, when not nullptr, gets the training
-// workspace of these units: value s of unit u at saved[s * saved_stride + u], written with
-// stream_short (the caller ends with store_fence). Values are staged in local arrays so that
+// workspace of these units: value s of unit u at saved[s * saved_stride + u], streamed where
+// kStreamsWorkspace (the caller ends with store_fence). Values are staged in local arrays so that
 // the loop doing the math touches no pointer the compiler must assume aliased, and vectorizes
 // over units.
 //
@@ -74,8 +84,12 @@ __attribute__((noinline)) void tile_forward(const T* zx, const T* zh, const T* h
   }
   copy_units<kUnits>(h, h_l, units);
   if constexpr (C::kHasCellState) copy_units<kUnits>(c, c_l, units);
-  if (saved != nullptr)
-    for (int s = 0; s < C::kSaved; ++s) stream_short(saved + s * saved_stride, saved_l[s], units);
+  for (int s = 0; saved != nullptr && s < C::kSaved; ++s) {
+    if constexpr (kStreamsWorkspace<T, kUnits>)
+      stream_short(saved + s * saved_stride, saved_l[s], units);
+    else
+      copy_units<kUnits>(saved + s * saved_stride, saved_l[s], units);
+  }
 }
 
 }  // namespace
