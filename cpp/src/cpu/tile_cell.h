@@ -48,8 +48,9 @@ inline void load_units(T* local, const T* src, int64_t units) {
 // store of part of a line (AVX2's 8 floats, 32 bytes; the line's other half comes a block
 // later) leaves the line to go to memory in parts. Measured with plain stores instead, the
 // LSTM's training forward under AVX2 (benchmarks/time_recurrence.py lstm T B H --training,
-// Zen 3, 2 threads, two runs each): (100,16,256) 7.8-7.9 -> 7.1-7.2 ms, (100,64,256)
-// 32.0-32.2 -> 27.3-28.0, (100,64,512) 106-108 -> 97-98, a workspace larger than the L3 too.
+// Zen 3, 2 threads, two runs each): (100,16,256) 8.1-8.2 -> 7.2-7.4 ms, (1000,8,128)
+// 12.9-14.0 -> 11.6-11.9, (100,64,256) 32.0-33.0 -> 27.6-28.5, (100,64,512) 107-110 -> 95,
+// whose 65 MB workspace is larger than a Zen 3 L3 (32 MB).
 template <typename T, int kUnits>
 constexpr bool kStreamsWorkspace = kUnits * sizeof(T) % 64 == 0;
 
