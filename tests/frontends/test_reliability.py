@@ -541,6 +541,63 @@ def test_two_python_threads_on_one_layer_and_one_cell(threads_restored):
     assert not failures
 
 
+def _allowed_cpus_of_every_thread():
+    """{thread id: the CPUs it may run on} for every thread of this process."""
+    allowed = {}
+    for task in pathlib.Path("/proc/self/task").iterdir():
+        try:
+            allowed[int(task.name)] = os.sched_getaffinity(int(task.name))
+        except (FileNotFoundError, ProcessLookupError):  # a thread that has just ended
+            pass
+    return allowed
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux thread affinities and at least 2 CPUs")
+@pytest.mark.parametrize("caller_cpus", ["all", "one"])
+def test_runs_that_wake_sleeping_workers_give_every_thread_its_cpus_back(caller_cpus,
+                                                                         threads_restored):
+    """A run that wakes workers asleep since their last run holds the caller on its CPU and
+    moves a worker that finds itself there (thread_pool.cpp): after each such run (a GEMM and a
+    layer on 2 threads, each after 30 ms idle), the caller and every worker may again run on
+    exactly the CPUs they had, also where the caller had only one, and the results are bitwise
+    those of one thread."""
+    rng = np.random.default_rng(seed_of("affinity"))
+    # Both long enough to move workers (thread_pool.h's kMovesWorkers, 32 M multiply-adds):
+    # 57 M in the GEMM, 84 M in the layer's recurrence.
+    a, b = (rng.standard_normal((384, 384)).astype(np.float32) for _ in range(2))
+    layer = rnnfast.LSTM(64, 256, seed=0)
+    x = rng.standard_normal((20, 16, 64)).astype(np.float32)
+    rnnfast.set_num_threads(1)
+    expected_product, expected_y = np.empty_like(a), layer(x)[0]
+    _cpu.gemm(a, b, expected_product)
+    original = os.sched_getaffinity(0)
+    if caller_cpus == "one":
+        os.sched_setaffinity(0, {min(original)})
+    try:
+        caller = os.sched_getaffinity(0)
+        rnnfast.set_num_threads(2)
+        product = np.empty_like(a)
+        _cpu.gemm(a, b, product)  # starts the workers
+        before = _allowed_cpus_of_every_thread()
+        for _ in range(5):
+            time.sleep(0.03)  # longer than the workers' idle spin and kLongSleep (10 ms)
+            _cpu.gemm(a, b, product)
+            assert _cpu.last_split()["threads"] == 2
+            assert np.array_equal(product, expected_product)
+            assert os.sched_getaffinity(0) == caller
+            time.sleep(0.03)
+            assert np.array_equal(layer(x)[0], expected_y)
+            assert os.sched_getaffinity(0) == caller
+        # A worker gives its CPUs back right after it reports its part done: wait for that.
+        deadline = time.monotonic() + 2
+        while _allowed_cpus_of_every_thread() != before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert _allowed_cpus_of_every_thread() == before
+    finally:
+        os.sched_setaffinity(0, original)
+
+
 PYTEST_THREAD_EXCEPTION = textwrap.dedent("""
     import threading
 

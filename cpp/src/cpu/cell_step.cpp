@@ -37,9 +37,10 @@ void step_impl(const PackedCell<T>& p, int64_t B, const M* x, int64_t x_depth, c
                S* h_out, S* c_out) {
   constexpr int G = C::kGates, kUnits = kForwardUnits<T, C>, kWidth = G * kUnits;
   const int64_t I = p.input, H = p.hidden, blocks = ceil_div(H, kUnits);
-  const int threads = choose_threads(blocks, B * G * H * (I + H));
+  const int64_t macs = B * G * H * (I + H);
+  const int threads = choose_threads(blocks, macs);
   record_split("cell_step", threads, "units");
-  ThreadPool::global().run(threads, [&](int index) {
+  ThreadPool::global().run(threads, macs, [&](int index) {
     const BlockRange mine(blocks, index, threads);
     for (int64_t block = mine.first; block < mine.last; ++block) {
       const int64_t j0 = block * kUnits;

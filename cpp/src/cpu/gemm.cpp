@@ -108,7 +108,7 @@ void gemm_impl(const GemmArgs<T>& g) {
   AlignedBuffer<T> a_blocks(a_direct ? 0 : threads * block_rows * strip_depth(depth));
   record_split("gemm", threads, split_rows ? "rows" : "panels");
   SpinBarrier barrier(threads);
-  ThreadPool::global().run(threads, [&](int index) {
+  ThreadPool::global().run(threads, g.m * g.n * g.k, [&](int index) {
     const BlockRange pack_share(panels, index, threads);
     for (int64_t p = pack_share.first; p < pack_share.last; ++p)
       pack_panel(p, 1, g.n, g.k, W, Strided<T>{g.b, 0, g.b_col, g.b_row},
@@ -198,7 +198,7 @@ template <typename S>
 void round_to(const float* in, int64_t n, S* out) {
   const int threads =
       static_cast<int>(std::clamp<int64_t>(n >> 18, 1, ThreadPool::global().num_threads()));
-  ThreadPool::global().run(threads, [&](int index) {
+  ThreadPool::global().run(threads, n, [&](int index) {
     const BlockRange share(n, index, threads);
     for (int64_t i = share.first; i < share.last; ++i) {
       if constexpr (std::is_same_v<S, Bf16>)

@@ -237,7 +237,7 @@ void gemm_bf16_impl(const Bf16GemmArgs& g) {
   const int64_t group_size = kGroupBlocks * kBlockRows * depth;
   AlignedBuffer<Bf16> a_groups(threads * group_size);
   SpinBarrier barrier(threads);
-  ThreadPool::global().run(threads, [&](int index) {
+  ThreadPool::global().run(threads, g.m * g.n * g.k, [&](int index) {
     const BlockRange packs(col_tiles, index, threads);
     with_operand(g.b, g.b_type, g.b_row, g.b_col, [&](const auto& b) {
       for (int64_t tile = packs.first; tile < packs.last; ++tile)
@@ -297,7 +297,7 @@ template <typename S>
 void widen(const View<S>& v, int64_t rows, int64_t cols, float* out) {
   if (rows == 0 || cols == 0) return;
   const int threads = choose_threads(rows, rows * cols);
-  ThreadPool::global().run(threads, [&](int index) {
+  ThreadPool::global().run(threads, rows * cols, [&](int index) {
     const BlockRange mine(rows, index, threads);
     for_each_element(mine.last - mine.first, cols, v.col == 1, [&](int64_t i, int64_t j) {
       out[(mine.first + i) * cols + j] = to_float(v.at(mine.first + i, j));

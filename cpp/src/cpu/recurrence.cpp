@@ -82,18 +82,19 @@ struct StepSplit {
   static constexpr int64_t kRowSplitMaxTiles = 2;
   bool by_rows;
   int64_t batch, groups;
+  int64_t macs;  // per step
   int threads;
 
   // panel_bytes: W_hh packed; column_blocks: the column split's blocks; macs: multiply-adds
   // per step; row_split_allowed: false where a step needs all rows of another pass (the
   // projection).
   StepSplit(int64_t batch_, int64_t panel_bytes, bool row_split_allowed, int64_t column_blocks,
-            int64_t macs)
-      : batch(batch_) {
+            int64_t macs_)
+      : batch(batch_), macs(macs_) {
     const int64_t row_tiles = ceil_div(batch, kTileRows);
     groups = row_tiles > 1 && row_tiles <= kRowSplitMaxTiles ? row_tiles : 1;
     by_rows = row_split_allowed && groups > 1 && panel_bytes <= cpu_tuning().row_split_panel_bytes;
-    threads = choose_threads(by_rows ? groups : column_blocks, macs);
+    threads = choose_threads(by_rows ? groups : column_blocks, macs_);
   }
   // Thread `index`'s blocks of `blocks` column blocks and its groups of rows.
   BlockRange blocks_of(int64_t blocks, int index) const {
@@ -132,17 +133,19 @@ void pack_operand_panel(int64_t block, int64_t gates, int64_t hidden, int64_t de
     pack_panel_pairs(block, gates, hidden, depth, units, src, out);
 }
 
-// Runs job(index, operand_buf) on split's threads (recorded under `kernel`), each with the tile
-// registers set up for M and a buffer of its own for its rounded step operands: whole tiles of
-// rows of `depth` elements, zeroed (past the batch they stay zero); empty unless M is Bf16.
+// Runs job(index, operand_buf), `steps` steps, on split's threads (recorded under `kernel`),
+// each with the tile registers set up for M and a buffer of its own for its rounded step
+// operands: whole tiles of rows of `depth` elements, zeroed (past the batch they stay zero);
+// empty unless M is Bf16.
 template <typename M, typename T, class Job>
-void run_steps(const char* kernel, const StepSplit& split, int64_t depth, Job&& job) {
+void run_steps(const char* kernel, const StepSplit& split, int64_t depth, int64_t steps,
+               Job&& job) {
   split.record(kernel);
   // (A second group's whole tiles start at its first row, and may read a tile past B.)
   const int64_t size = operand_rows<M, T>(split.batch + (split.groups - 1) * kBf16RowAlign) * depth;
   AlignedBuffer<M> operands(split.threads * size);
   std::fill(operands.data(), operands.data() + split.threads * size, M{});
-  ThreadPool::global().run(split.threads, [&](int index) {
+  ThreadPool::global().run(split.threads, split.macs * steps, [&](int index) {
     [[maybe_unused]] const TilesFor<M, T> tiles;
     job(index, operands.data() + index * size);
   });
@@ -202,7 +205,7 @@ void forward_impl(const ForwardArgs<T>& a) {
   const StepSplit split(B, blocks * depth * kWidth * static_cast<int64_t>(sizeof(M)), !projected,
                         std::max(blocks, proj_blocks), B * GH * R + (projected ? B * R * H : 0));
   SpinBarrier barrier(split.threads);
-  run_steps<M, T>("recurrent_forward", split, depth, [&](int index, M* operand_buf) {
+  run_steps<M, T>("recurrent_forward", split, depth, a.steps, [&](int index, M* operand_buf) {
     const int threads = split.threads;
     const BlockRange packs(blocks, index, threads), mine_proj(proj_blocks, index, threads);
     for (int64_t block = packs.first; block < packs.last; ++block) {
@@ -447,7 +450,7 @@ void backward_impl(const BackwardArgs<T>& a) {
   const StepSplit split(B, depth * R * static_cast<int64_t>(sizeof(M)), !projected,
                         std::max(blocks, cell_blocks), B * GH * R + (projected ? B * R * H : 0));
   SpinBarrier barrier(split.threads);
-  run_steps<M, T>("recurrent_backward", split, depth, [&](int index, M* operand_buf) {
+  run_steps<M, T>("recurrent_backward", split, depth, T_ + 1, [&](int index, M* operand_buf) {
     const int threads = split.threads;
     const BlockRange packs(blocks, index, threads), mine_cell(cell_blocks, index, threads);
     for (int64_t block = packs.first; block < packs.last; ++block)

@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <new>
+#include <optional>
 #include <string>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -49,6 +50,43 @@ bool spin_until(std::chrono::microseconds time, Done done) {
     if (std::chrono::steady_clock::now() > deadline) return false;
     sched_yield();
   }
+}
+
+// Restricts the calling thread to `cpus` until destroyed, then gives it back the CPUs it had;
+// does nothing where `cpus` is empty or the system refuses.
+class CpuRestriction {
+ public:
+  explicit CpuRestriction(const cpu_set_t& cpus) {
+    active_ = CPU_COUNT(&cpus) > 0 && sched_getaffinity(0, sizeof(saved_), &saved_) == 0 &&
+              sched_setaffinity(0, sizeof(cpus), &cpus) == 0;
+  }
+  CpuRestriction(const CpuRestriction&) = delete;
+  CpuRestriction& operator=(const CpuRestriction&) = delete;
+  ~CpuRestriction() {
+    if (active_) sched_setaffinity(0, sizeof(saved_), &saved_);
+  }
+
+ private:
+  cpu_set_t saved_;
+  bool active_ = false;
+};
+
+cpu_set_t only_cpu(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (cpu >= 0 && cpu < CPU_SETSIZE) CPU_SET(cpu, &set);
+  return set;
+}
+
+// The calling thread's CPUs but `cpu`; empty where it has no other.
+cpu_set_t cpus_but(int cpu) {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) != 0 || cpu < 0 || cpu >= CPU_SETSIZE) {
+    CPU_ZERO(&set);
+    return set;
+  }
+  CPU_CLR(cpu, &set);
+  return set;
 }
 
 }  // namespace
@@ -120,6 +158,8 @@ void ThreadPool::after_fork_in_child() {
   pool.workers_ = new std::vector<std::thread>();
   pool.job_ = nullptr;
   pool.pending_ = 0;
+  pool.asleep_ = 0;
+  pool.caller_cpu_ = -1;
   pool.stopping_ = false;
   // An OpenMP runtime's threads do not survive a fork either, and libgomp's do not come back
   // in the child: its runs go to rnnfast's own workers.
@@ -158,16 +198,23 @@ void ThreadPool::worker_loop(int index, unsigned seen) {
     const std::function<void(int)>* job;
     // Back-to-back runs (a layer's GEMM then its recurrence; a streaming loop of cell steps)
     // find the worker still spinning: no futex wake-up, which costs tens of microseconds.
-    spin_until(kIdleSpinTime,
-               [&] { return job_generation_.load(std::memory_order_acquire) != seen; });
+    const bool spun = spin_until(
+        kIdleSpinTime, [&] { return job_generation_.load(std::memory_order_acquire) != seen; });
+    int caller_cpu;
     {
       std::unique_lock<std::mutex> lock(mutex_);
+      if (!spun && asleep_++ == 0) asleep_since_ = std::chrono::steady_clock::now();
       wake_.wait(lock, [&] { return stopping_ || job_generation_.load() != seen; });
+      if (!spun) --asleep_;
       if (stopping_) return;
       seen = job_generation_.load();
       if (index >= job_threads_) continue;  // this run needs fewer threads
       job = job_;
+      caller_cpu = caller_cpu_;
     }
+    // On the caller's CPU in a long run (caller_cpu_ is set only then): run elsewhere.
+    const bool shares_cpu = caller_cpu >= 0 && sched_getcpu() == caller_cpu;
+    const CpuRestriction elsewhere(shares_cpu ? cpus_but(caller_cpu) : cpu_set_t{});
     (*job)(index);
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mutex_);  // the caller tests pending_ under the lock
@@ -233,7 +280,7 @@ bool ThreadPool::run_on_openmp(const OpenMp& runtime, int threads,
   return !region.short_team.load(std::memory_order_relaxed);
 }
 
-void ThreadPool::run(int threads, const std::function<void(int)>& job) {
+void ThreadPool::run(int threads, int64_t work, const std::function<void(int)>& job) {
   if (threads <= 1) {
     job(0);
     return;
@@ -242,8 +289,23 @@ void ThreadPool::run(int threads, const std::function<void(int)>& job) {
   const OpenMp* runtime = openmp_.load();
   if (runtime != nullptr && run_on_openmp(*runtime, threads, job)) return;
   start_workers(threads - 1);
+  // Workers asleep for a while may be woken onto the caller's CPU, and Linux can take many
+  // milliseconds to spread them out again. Measured on a 2-vCPU KVM guest: a 2-thread call
+  // after 0.1 s idle ran at the speed of one thread (an LSTM layer at T=100, B=16, H=256: 24 ms
+  // against 11.5 back to back; after 0.05 s, 13.5). So in a long run (kMovesWorkers) a worker
+  // that finds itself on the caller's CPU moves to another, and where the run wakes workers
+  // asleep for kLongSleep the caller is held on its CPU meanwhile, so as not to follow it; each
+  // restores its CPUs afterwards. Not in short runs: a worker moved to an idle CPU waits for it
+  // to wake (an LSTMCell(256, 256) step at B = 1 after 20 ms idle took 149 us moved against 103
+  // us sharing the caller's CPU); and a short run that leaves a worker on the caller's CPU is
+  // mended by the next long one. Runs whose threads are apart pay a sched_getcpu() each.
+  std::optional<CpuRestriction> hold;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    const bool long_asleep =
+        asleep_ > 0 && std::chrono::steady_clock::now() - asleep_since_ >= kLongSleep;
+    caller_cpu_ = work >= kMovesWorkers ? sched_getcpu() : -1;
+    if (caller_cpu_ >= 0 && long_asleep) hold.emplace(only_cpu(caller_cpu_));
     job_ = &job;
     job_threads_ = threads;
     pending_.store(threads - 1, std::memory_order_relaxed);

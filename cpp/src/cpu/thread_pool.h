@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -54,8 +55,9 @@ class ThreadPool {
 
   // Runs job(thread_index) on exactly `threads` threads (the caller is thread 0; callers keep
   // `threads` <= num_threads()) and returns when all have finished. Runs from several callers
-  // take turns.
-  void run(int threads, const std::function<void(int)>& job);
+  // take turns. work: the run's multiply-adds, or values passed over memory; a run of at least
+  // kMovesWorkers of them may move woken workers off the caller's CPU (see run()).
+  void run(int threads, int64_t work, const std::function<void(int)>& job);
 
   // From now on, runs go to the threads of an OpenMP runtime that the process has already
   // loaded (the shared library at `path`, e.g. PyTorch's libgomp), instead of rnnfast's own
@@ -93,6 +95,13 @@ class ThreadPool {
   int job_threads_ = 0;
   std::atomic<unsigned> job_generation_{0};  // bumped (release) once a run's fields are set
   std::atomic<int> pending_{0};              // workers still running the current job
+  // Workers waiting on wake_ after their idle spin, since asleep_since_ (the first of them);
+  // the caller's CPU in a run of kMovesWorkers or more, else -1 (see run()).
+  static constexpr std::chrono::milliseconds kLongSleep{10};
+  static constexpr int64_t kMovesWorkers = int64_t{32} << 20;  // about 0.3 ms on 2 cores
+  int asleep_ = 0;
+  std::chrono::steady_clock::time_point asleep_since_;
+  int caller_cpu_ = -1;
   bool stopping_ = false;
   std::atomic<OpenMp*> openmp_{nullptr};  // replaced, never freed (a few pointers)
 };
