@@ -557,11 +557,12 @@ def _allowed_cpus_of_every_thread():
 @pytest.mark.parametrize("caller_cpus", ["all", "one"])
 def test_runs_that_wake_sleeping_workers_give_every_thread_its_cpus_back(caller_cpus,
                                                                          threads_restored):
-    """A run that wakes workers asleep since their last run holds the caller on its CPU and
-    moves a worker that finds itself there (thread_pool.cpp): after each such run (a GEMM and a
-    layer on 2 threads, each after 30 ms idle), the caller and every worker may again run on
-    exactly the CPUs they had, also where the caller had only one, and the results are bitwise
-    those of one thread."""
+    """A long run that wakes workers asleep for a while holds the caller on its CPU, and a
+    worker that Linux woke on that CPU moves off it (thread_pool.cpp; the move happens only
+    where Linux put it there, so not in every run). After each such run (a GEMM and a layer on
+    2 threads, each after 30 ms idle) the caller and every worker may again run on exactly the
+    CPUs they had, also where the caller had only one, and the results are bitwise those of
+    one thread."""
     rng = np.random.default_rng(seed_of("affinity"))
     # Both long enough to move workers (thread_pool.h's kMovesWorkers, 32 M multiply-adds):
     # 57 M in the GEMM, 84 M in the layer's recurrence.

@@ -302,10 +302,10 @@ void ThreadPool::run(int threads, int64_t work, const std::function<void(int)>& 
   std::optional<CpuRestriction> hold;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    const bool long_asleep =
-        asleep_ > 0 && std::chrono::steady_clock::now() - asleep_since_ >= kLongSleep;
     caller_cpu_ = work >= kMovesWorkers ? sched_getcpu() : -1;
-    if (caller_cpu_ >= 0 && long_asleep) hold.emplace(only_cpu(caller_cpu_));
+    if (caller_cpu_ >= 0 && asleep_ > 0 &&
+        std::chrono::steady_clock::now() - asleep_since_ >= kLongSleep)
+      hold.emplace(only_cpu(caller_cpu_));
     job_ = &job;
     job_threads_ = threads;
     pending_.store(threads - 1, std::memory_order_relaxed);
