@@ -212,7 +212,8 @@ void ThreadPool::worker_loop(int index, unsigned seen) {
       job = job_;
       caller_cpu = caller_cpu_;
     }
-    // On the caller's CPU in a long run (caller_cpu_ is set only then): run elsewhere.
+    // On the caller's CPU in a run that moves workers (caller_cpu_ is set only then): run
+    // elsewhere.
     const bool shares_cpu = caller_cpu >= 0 && sched_getcpu() == caller_cpu;
     const CpuRestriction elsewhere(shares_cpu ? cpus_but(caller_cpu) : cpu_set_t{});
     (*job)(index);
@@ -292,20 +293,31 @@ void ThreadPool::run(int threads, int64_t work, const std::function<void(int)>& 
   // Workers asleep for a while may be woken onto the caller's CPU, and Linux can take many
   // milliseconds to spread them out again. Measured on a 2-vCPU KVM guest: a 2-thread call
   // after 0.1 s idle ran at the speed of one thread (an LSTM layer at T=100, B=16, H=256: 24 ms
-  // against 11.5 back to back; after 0.05 s, 13.5). So in a long run (kMovesWorkers) a worker
-  // that finds itself on the caller's CPU moves to another, and where the run wakes workers
-  // asleep for kLongSleep the caller is held on its CPU meanwhile, so as not to follow it; each
-  // restores its CPUs afterwards. Not in short runs: a worker moved to an idle CPU waits for it
-  // to wake (an LSTMCell(256, 256) step at B = 1 after 20 ms idle took 149 us moved against 103
-  // us sharing the caller's CPU); and a short run that leaves a worker on the caller's CPU is
-  // mended by the next long one. Runs whose threads are apart pay a sched_getcpu() each.
+  // against 11.5 back to back; after 0.05 s, 13.5). So a long run (kMovesWorkers) that wakes
+  // workers asleep for kLongSleep, and a long run that starts within kFollowingRun of the end
+  // of such a run (the rest of the same layer call: its recurrence after its projection),
+  // moves a worker that finds itself on the caller's CPU to another; the first also holds the
+  // caller on its CPU meanwhile, so as not to follow it; each restores its CPUs afterwards.
+  // Not in other runs. Where another library's threads keep the other CPUs busy (NumPy's
+  // OpenBLAS spins for about 0.1 s after each matmul), a worker held off the caller's CPU
+  // shares one with them and Linux can no longer balance the threads: an inference loop of that
+  // layer with a NumPy matmul after each call took 34-52 ms a call when every long run moved
+  // workers, 24.5 ms with workers left where Linux put them. Nor in short runs: a worker moved
+  // to an idle CPU waits for it to wake (an LSTMCell(256, 256) step at B = 1 after 20 ms idle
+  // took 149 us moved against 103 us sharing the caller's CPU). Runs that move workers pay a
+  // sched_getcpu() in each thread.
   std::optional<CpuRestriction> hold;
+  bool moves_workers = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    caller_cpu_ = work >= kMovesWorkers ? sched_getcpu() : -1;
-    if (caller_cpu_ >= 0 && asleep_ > 0 &&
-        std::chrono::steady_clock::now() - asleep_since_ >= kLongSleep)
-      hold.emplace(only_cpu(caller_cpu_));
+    caller_cpu_ = -1;
+    if (work >= kMovesWorkers) {
+      const auto now = std::chrono::steady_clock::now();
+      const bool wakes_sleepers = asleep_ > 0 && now - asleep_since_ >= kLongSleep;
+      moves_workers = wakes_sleepers || now - moving_run_end_ < kFollowingRun;
+      if (moves_workers) caller_cpu_ = sched_getcpu();
+      if (wakes_sleepers) hold.emplace(only_cpu(caller_cpu_));
+    }
     job_ = &job;
     job_threads_ = threads;
     pending_.store(threads - 1, std::memory_order_relaxed);
@@ -320,6 +332,7 @@ void ThreadPool::run(int threads, int64_t work, const std::function<void(int)>& 
   }
   std::lock_guard<std::mutex> lock(mutex_);
   job_ = nullptr;
+  if (moves_workers) moving_run_end_ = std::chrono::steady_clock::now();
 }
 
 }  // namespace rnnfast

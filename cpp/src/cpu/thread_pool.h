@@ -96,12 +96,15 @@ class ThreadPool {
   std::atomic<unsigned> job_generation_{0};  // bumped (release) once a run's fields are set
   std::atomic<int> pending_{0};              // workers still running the current job
   // Workers waiting on wake_ after their idle spin, since asleep_since_ (the first of them);
-  // the caller's CPU in a run of kMovesWorkers or more, else -1 (see run()).
+  // the caller's CPU in a run that moves workers, else -1; when the last such run ended (see
+  // run()).
   static constexpr std::chrono::milliseconds kLongSleep{10};
+  static constexpr std::chrono::microseconds kFollowingRun{500};
   static constexpr int64_t kMovesWorkers = int64_t{32} << 20;  // about 0.3 ms on 2 cores
   int asleep_ = 0;
   std::chrono::steady_clock::time_point asleep_since_;
   int caller_cpu_ = -1;
+  std::chrono::steady_clock::time_point moving_run_end_;
   bool stopping_ = false;
   std::atomic<OpenMp*> openmp_{nullptr};  // replaced, never freed (a few pointers)
 };
