@@ -4,8 +4,9 @@ torch.nn.LSTM (T=100, B=16, I=H=256, float32, 2 threads each), the layer's time 
 30 calls after 3. NumPy's OpenBLAS keeps its worker thread spinning for about 0.1 s after each
 matmul, so every layer call in the loop starts with one of the two cores busy.
 
-Run: python numpy_between_calls.py [--head N] [--no-torch] (PYTHONPATH=<package dir of the
-build to time>)
+Run: python numpy_between_calls.py [--head N] [--no-torch] [--blas-threads N] (PYTHONPATH=
+<package dir of the build to time>); --blas-threads: NumPy's BLAS limited to N threads around
+the head by threadpoolctl.
 """
 import argparse
 import time
@@ -35,16 +36,25 @@ def main():
     parser.add_argument("--head", type=int, default=0,
                         help="an N x N x N matmul after each call instead of the linear head")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--blas-threads", type=int, default=0)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     x = rng.standard_normal((T, B, H)).astype(np.float32)
     w_out = rng.standard_normal((H, H)).astype(np.float32)
     big = rng.standard_normal((args.head, args.head)).astype(np.float32) if args.head else None
 
-    def head(y):  # y: the layer's output sequence [T, B, H] as a NumPy array
+    def product(y):  # y: the layer's output sequence [T, B, H] as a NumPy array
         return big @ big if big is not None else y.reshape(-1, H) @ w_out
 
+    def head(y):
+        if not args.blas_threads:
+            return product(y)
+        from threadpoolctl import threadpool_limits
+        with threadpool_limits(args.blas_threads, user_api="blas"):
+            return product(y)
+
     what = f"{args.head}^3 matmul" if args.head else "linear head"
+    what += f" ({args.blas_threads} BLAS thread)" if args.blas_threads else ""
     lstm = rnnfast.LSTM(H, H)
     layers = {"rnnfast": (lambda v: lstm(v)[0], x)}
     if not args.no_torch:
