@@ -307,16 +307,14 @@ void ThreadPool::run(int threads, int64_t work, const std::function<void(int)>& 
   // took 149 us moved against 103 us sharing the caller's CPU). Runs that move workers pay a
   // sched_getcpu() in each thread.
   std::optional<CpuRestriction> hold;
-  bool moves_workers = false;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     caller_cpu_ = -1;
     if (work >= kMovesWorkers) {
       const auto now = std::chrono::steady_clock::now();
       const bool wakes_sleepers = asleep_ > 0 && now - asleep_since_ >= kLongSleep;
-      moves_workers = wakes_sleepers || now - moving_run_end_ < kFollowingRun;
-      if (moves_workers) caller_cpu_ = sched_getcpu();
-      if (wakes_sleepers) hold.emplace(only_cpu(caller_cpu_));
+      if (wakes_sleepers || now - moving_run_end_ < kFollowingRun) caller_cpu_ = sched_getcpu();
+      if (wakes_sleepers && caller_cpu_ >= 0) hold.emplace(only_cpu(caller_cpu_));
     }
     job_ = &job;
     job_threads_ = threads;
@@ -332,7 +330,7 @@ void ThreadPool::run(int threads, int64_t work, const std::function<void(int)>& 
   }
   std::lock_guard<std::mutex> lock(mutex_);
   job_ = nullptr;
-  if (moves_workers) moving_run_end_ = std::chrono::steady_clock::now();
+  if (caller_cpu_ >= 0) moving_run_end_ = std::chrono::steady_clock::now();
 }
 
 }  // namespace rnnfast
