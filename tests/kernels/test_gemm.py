@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("isa")
 
 # (m, n, k): single elements; below one vector; one past the 64-wide panel; more rows than a
 # chunk of row tiles (48 under AVX-512) and deeper than a depth block (128); deeper than one
-# pass (1024: two passes); empty products.
+# pass (512: three passes); empty products.
 SHAPES = [(1, 1, 1), (3, 5, 7), (7, 65, 130), (53, 200, 300), (100, 70, 1500), (5, 3, 0),
           (0, 4, 3), (4, 0, 3)]
 

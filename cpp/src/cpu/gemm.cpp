@@ -63,20 +63,25 @@ void pack_a_strips(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t k0, i
   }
 }
 
-// Depth per pass: a panel's slice of at most 256 KB (1024 floats or doubles deep, W of them
-// wide), cut evenly. Deeper products (the weight gradients sum over T*B) go in several passes
-// that add into C, so that no panel has to stream from L3 once per block of rows.
-template <typename T, int W>
-int64_t pass_depth(int64_t k) {
-  constexpr int64_t kMaxDepth = (int64_t{256} << 10) / (W * int64_t(sizeof(T)));
-  const int64_t passes = std::max<int64_t>(1, ceil_div(k, kMaxDepth));
+// Depth per pass: at most kMaxPassDepth, cut evenly. Deeper products (the weight gradients sum
+// over T*B, the input gradient over G*H) go in several passes that add into C. The pass depth
+// sets how many rows A's L2 block holds (gemm_block_bytes / depth), and so how often each panel
+// of B streams past from L3 (once per block of rows); each further pass reads and writes C once
+// more. A fixed depth, not one from the cache sizes: it decides the order of the sums. Measured
+// on Zen 3, 2 threads (benchmarks/results/2026-12-03-cpu-2core-zen3-gemm-pass-depth), against
+// the earlier cap of 2048 (AVX2; AVX-512: 1024): the weight gradients dz^T x 1.00-1.04x, the
+// input gradients 1.00-1.03x, layers in training 1.00-1.05x; a cap of 256 lost up to 15% on the
+// input gradient at 6400x256x1024, one of 1024 was 2% slower than 512 on the weight gradients.
+constexpr int64_t kMaxPassDepth = 512;
+inline int64_t pass_depth(int64_t k) {
+  const int64_t passes = std::max<int64_t>(1, ceil_div(k, kMaxPassDepth));
   return std::max<int64_t>(1, ceil_div(k, passes));
 }
 
 template <typename T>
 void gemm_impl(const GemmArgs<T>& g) {
   constexpr int W = kTileWidth<T>;
-  const int64_t panels = ceil_div(g.n, W), depth = pass_depth<T, W>(g.k);
+  const int64_t panels = ceil_div(g.n, W), depth = pass_depth(g.k);
   // Rows per block: A's block at most cpu_tuning().gemm_block_bytes, at least a chunk.
   const int64_t max_block_rows =
       std::max<int64_t>(kChunkRows, cpu_tuning().gemm_block_bytes / (depth * int64_t(sizeof(T))) /
