@@ -3,6 +3,7 @@ output files and their fields; a wrong peer is flagged; --compare, --plot; --dev
 without a usable GPU, and on the stand-in for CuPy (its CUDA paths, bfloat16); the ONNX model
 of stacked and bidirectional networks."""
 
+import copy
 import csv
 import functools
 import json
@@ -16,7 +17,7 @@ import pytest
 
 import rnnfast
 from rnnfast import backends
-from rnnfast.bench import cli, main, runner
+from rnnfast.bench import cli, main, report, runner
 from rnnfast.bench.grids import GRIDS_DIR, Row, grid_path, load_grid, packaged_grids
 from rnnfast.bench.peers import (
     PEERS,
@@ -89,6 +90,50 @@ def test_json_and_csv_fields(tiny_run):
     with open(out / "run.csv") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == FIELDS and len(rows) == len(result["records"])
+
+
+def test_load_probe_brackets_every_row(tiny_run):
+    """The load probe runs before every row and after the last; each measured record carries
+    the lower of the two probes around its row."""
+    _, result, _ = tiny_run
+    rates = result["load_probe"]["gflops"]
+    assert result["load_probe"]["n"] == runner.LOAD_PROBE_N and all(r > 0 for r in rates)
+    rows = list(dict.fromkeys((r["cell"], r["mode"]) for r in result["records"]))
+    assert len(rates) == len(rows) + 1
+    for r in result["records"]:
+        around = rates[rows.index((r["cell"], r["mode"])):][:2]
+        if r["status"] == "unsupported":
+            assert "load_gflops" not in r
+        else:
+            assert r["load_gflops"] == min(around)
+
+
+def test_rows_timed_under_load_are_marked(tiny_run):
+    """A row whose probe read under report.LOADED of the run's best gets * on its % peak and the
+    table says why; a steady run, and a file from before the probe, have no mark."""
+    _, result, _ = tiny_run
+    steady = copy.deepcopy(result)
+    steady["load_probe"]["gflops"] = [100.0] * len(steady["load_probe"]["gflops"])
+    for r in steady["records"]:
+        if "load_gflops" in r:
+            r["load_gflops"] = 100.0
+    table = report.format_table(steady)
+    assert "*" not in table
+    assert "read 100.0-100.0 GFLOP/s" in table.splitlines()[-2]
+
+    loaded = copy.deepcopy(steady)
+    first = next(r for r in loaded["records"] if r["peer"] == "rnnfast" and r["status"] == "ok")
+    first["load_gflops"] = 100.0 * report.LOADED - 1
+    loaded["load_probe"]["gflops"][0] = first["load_gflops"]
+    table = report.format_table(loaded)
+    assert table.count("%*") == 1 and "* marks rows it read under 80%" in table
+
+    before = copy.deepcopy(result)
+    del before["load_probe"]
+    for r in before["records"]:
+        r.pop("load_gflops", None)
+    table = report.format_table(before)
+    assert "*" not in table and "load:" not in table
 
 
 def test_commit_from_environment(monkeypatch, tmp_path):

@@ -12,7 +12,7 @@ from ..cell_registry import CELLS
 from . import report
 from .grids import MODES, grid_path, load_grid, packaged_grids, product_rows
 from .peers import PEER_NAMES, PEERS, RnnfastPeer, baseline_peer
-from .runner import RULE, run_suite
+from .runner import LOAD_PROBE_N, RULE, run_suite
 
 # The CUDA recurrence paths timed on the GPU ("auto" is one of them, the standard one for now).
 CUDA_PATHS = tuple(path for path in rnnfast.backends.CUDA_PATHS if path != "auto")
@@ -219,8 +219,10 @@ def main(argv=None):
                     "repeats": args.repeats, "warmup": args.warmup, "budget_s": args.budget,
                     "settle_s": args.settle, "rounds": args.rounds,
                     "seed": args.seed, "check": RULE[args.dtype]}
-        peak, method, records = run_suite(rows, peers, settings, quiet=args.quiet)
-        result = {**report.environment(settings, peers, peak, method), "records": records}
+        peak, method, records, probes = run_suite(rows, peers, settings, quiet=args.quiet)
+        result = {**report.environment(settings, peers, peak, method),
+                  "load_probe": {"n": LOAD_PROBE_N, "gflops": probes},
+                  "records": records}
     print(report.format_table(result))
     if args.json:
         with open(args.json, "w") as f:

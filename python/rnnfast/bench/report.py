@@ -17,10 +17,14 @@ SCHEMA = 1
 # The columns of the CSV file, in order: every field a record can have.
 FIELDS = ("cell", "mode", "T", "B", "I", "H", "layers", "directions", "dtype", "device",
           "threads", "path", "peer", "status", "check", "max_rel_err", "repeats", "rounds",
-          "warmup", "median_s", "min_s", "max_s", "flops", "gflops", "percent_of_peak", "ratio")
+          "warmup", "median_s", "min_s", "max_s", "flops", "gflops", "percent_of_peak", "ratio",
+          "load_gflops")
 # Packages whose versions a run records (null when not installed): peers and their helpers.
 OPTIONAL_PACKAGES = ("torch", "onnxruntime", "onnx", "cupy-cuda12x", "cupy-cuda13x",
                      "matplotlib")
+# A row is marked as timed under load where the load probe around it read below this share of
+# the run's best probe.
+LOADED = 0.8
 # What identifies a row across runs (--compare). (Records from before "path" have none.)
 KEY = ("cell", "mode", "T", "B", "I", "H", "layers", "directions", "dtype", "device", "path",
        "peer")
@@ -110,11 +114,29 @@ def _time(seconds):
     return f"{seconds * 1e3:.2f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.1f} us"
 
 
+def _load_lines(report):
+    """(best probe rate or None, the lines that say what the load probe read): none for a run
+    from before the probe."""
+    probe = report.get("load_probe")
+    if not probe:
+        return None, []
+    rates, n = probe["gflops"], probe["n"]
+    best = max(rates)
+    line = (f"load: a {n}x{n} float32 matmul before each row and after the last read "
+            f"{min(rates):.1f}-{best:.1f} GFLOP/s")
+    if min(rates) >= LOADED * best:
+        return best, [line]
+    return best, [line + f"; * marks rows it read under {LOADED:.0%} of its best around: other "
+                  "work on the machine slowed them, so their times and % peak read low (their "
+                  "ratios pair each round's calls, and hold better)"]
+
+
 def format_table(report):
-    """One line per row (and CUDA path): rnnfast's time, GFLOP/s and % of the peak, then each
-    peer's ratio (peer time / rnnfast time)."""
+    """One line per row (and CUDA path): rnnfast's time, GFLOP/s and % of the peak (* where the
+    load probe read low around the row), then each peer's ratio (peer time / rnnfast time)."""
     settings, records = report["settings"], report["records"]
     peers = report["peers"]
+    best_probe, load_lines = _load_lines(report)
     rows = {}
     for r in records:
         rows.setdefault(_key(r, KEY[:-1]), {})[r["peer"]] = r
@@ -137,8 +159,10 @@ def format_table(report):
 
         def reps(r):
             return f" ({r['repeats']}r)" if r["repeats"] < settings["repeats"] else ""
+        loaded = best_probe is not None and ours.get("load_gflops", best_probe) < (
+            LOADED * best_probe)
         line += [_time(ours["median_s"]) + reps(ours), f"{ours['gflops']:.1f}",
-                 f"{ours['percent_of_peak']:.0f}%"]
+                 f"{ours['percent_of_peak']:.0f}%" + ("*" if loaded else "")]
         for p in peers:
             r = impls.get(p)
             line.append("-" if r is None or r["status"] == "unsupported" else
@@ -157,7 +181,7 @@ def format_table(report):
         f"{settings.get('rounds', 1)} rounds of peer median / rnnfast median in the round, "
         f">1 means rnnfast is faster; (Nr): only N repeats (time budget), else "
         f"{settings['repeats']}; check: every implementation's outputs against the float64 "
-        f"reference ({settings['check']})",
+        f"reference ({settings['check']})", *load_lines,
         f"peak: {report['peak_gflops']:.1f} GFLOP/s ({report['peak_method']}, this run); "
         f"{settings['threads']} threads; dtype {settings['dtype']}; device {settings['device']}"
         + (f" ({report['gpu']})" if report.get("gpu") else "")]

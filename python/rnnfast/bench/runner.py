@@ -210,6 +210,26 @@ def _rate(product, n, timer, calls, warmup):
     return 2 * n**3 / statistics.median(time_calls(product, calls, timer)) / 1e9
 
 
+def _float32_matmul(device, n):
+    """product() of two n x n float32 matrices: NumPy's matmul (CPU) or CuPy's (GPU)."""
+    xp = np if device == "cpu" else __import__("cupy")
+    a = xp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    b = a.T.copy()
+    return lambda: a @ b
+
+
+# The load probe: a float32 matmul of this size, timed before every row and after the last
+# (median of 5 calls after one). Its rate falls while other work takes the machine's cores or
+# memory bandwidth (another guest of a virtual machine's host, say): the rows timed then read
+# slow. About 0.04 s a probe on a 2-core CPU.
+LOAD_PROBE_N = 768
+
+
+def load_probe(device, timer):
+    """GFLOP/s of the load probe (LOAD_PROBE_N) now."""
+    return _rate(_float32_matmul(device, LOAD_PROBE_N), LOAD_PROBE_N, timer, 5, 1)
+
+
 def measure_peak(device, timer, n=2048, dtype="float32"):
     """(GFLOP/s, how) of the GEMM rate this machine reaches: NumPy's matmul (CPU) or CuPy's
     (GPU) of n x n float32 matrices, median of 5 after 2 warm-up calls. For bfloat16 on the CPU,
@@ -223,10 +243,7 @@ def measure_peak(device, timer, n=2048, dtype="float32"):
         return (_rate(_bf16_products(n)[lib], n, timer, 5, 2),
                 f"{lib} of {n}x{n} bfloat16 matrices, median of 5; the faster at "
                 f"{PROBE_N}x{PROBE_N}: {compared} GFLOP/s")
-    xp = np if device == "cpu" else __import__("cupy")
-    a = xp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
-    b = a.T.copy()
-    return (_rate(lambda: a @ b, n, timer, 5, 2),
+    return (_rate(_float32_matmul(device, n), n, timer, 5, 2),
             f"{'NumPy' if device == 'cpu' else 'CuPy'} matmul of {n}x{n} float32 matrices, "
             "median of 5")
 
@@ -335,13 +352,20 @@ class Progress:
 
 def run_suite(rows, peers, settings, quiet=False):
     """Runs the rows with the given implementations (rnnfast first). Returns the peak GEMM rate,
-    how it was measured, and the records."""
-    timer = CudaTimer() if settings["device"] == "cuda" else CpuTimer()
-    peak, method = measure_peak(settings["device"], timer, dtype=settings["dtype"])
+    how it was measured, the records, and the load probe's rates (before each row, and after
+    the last). Each measured record gets the lower of the probes around its row (load_gflops)."""
+    device = settings["device"]
+    timer = CudaTimer() if device == "cuda" else CpuTimer()
+    peak, method = measure_peak(device, timer, dtype=settings["dtype"])
     progress = Progress(len(rows), quiet)
-    records = []
+    records, probes = [], [load_probe(device, timer)]
     for row in rows:
         progress.update(f"{row.cell} {row.mode} T,B,I,H={row.T},{row.B},{row.I},{row.H}")
-        records += run_row(row, peers, settings, timer, peak)
+        row_records = run_row(row, peers, settings, timer, peak)
+        probes.append(load_probe(device, timer))
+        for record in row_records:
+            if record["status"] != "unsupported":
+                record["load_gflops"] = min(probes[-2:])
+        records += row_records
     progress.close()
-    return peak, method, records
+    return peak, method, records, probes
