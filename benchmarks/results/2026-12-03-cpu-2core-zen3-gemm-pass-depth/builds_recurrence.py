@@ -8,22 +8,14 @@ round each build runs one untimed call, then 3 timed ones.
 """
 
 import argparse
-import glob
-import importlib.util
 import time
 
 import numpy as np
+from load_build import load  # this folder's
 
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
-def load(folder, threads):
-    path = glob.glob(f"{folder}/rnnfast/_cpu*.so")[0]
-    spec = importlib.util.spec_from_file_location("_cpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.set_num_threads(threads)
-    return module
 
 
 def aligned(shape, dtype=np.float32):

@@ -6,11 +6,10 @@ where each PKG is a folder holding an rnnfast package built from the commit to c
 """
 
 import argparse
-import glob
-import importlib.util
 import time
 
 import numpy as np
+from load_build import load  # this folder's
 
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
@@ -30,11 +29,7 @@ def main():
     bias = np.zeros(G * H, f32)
     builds = {}
     for folder in args.builds:
-        path = glob.glob(f"{folder}/rnnfast/_cpu*.so")[0]
-        spec = importlib.util.spec_from_file_location("_cpu", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        module.set_num_threads(args.threads)
+        module = load(folder, args.threads)
         builds[folder] = (module, module.pack_cell(args.cell, w_ih, w_hh, bias, bias,
                                                    bfloat16=False))
     x = rng.standard_normal((1, H)).astype(f32)

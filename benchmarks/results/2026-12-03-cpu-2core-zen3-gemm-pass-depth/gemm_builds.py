@@ -12,11 +12,10 @@ ratios (> 1: faster than the first build). NumPy's calls run in a block of their
 
 import argparse
 import functools
-import glob
-import importlib.util
 import time
 
 import numpy as np
+from load_build import load  # this folder's
 
 # Per layer (T, B, I = H, gates): the input projection x W_ih^T (proj), the input gradient
 # dz W_ih (dx) and the weight gradient dz^T x (dW).
@@ -34,13 +33,6 @@ def products(only):
                 yield f"G={G} ({T},{B},{H}) {kind}", m, n, k, trans_a, trans_b
 
 
-def load(folder, threads):
-    path = glob.glob(f"{folder}/rnnfast/_cpu*.so")[0]
-    spec = importlib.util.spec_from_file_location("_cpu", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    module.set_num_threads(threads)
-    return module
 
 
 def main():
