@@ -136,6 +136,22 @@ def test_rows_timed_under_load_are_marked(tiny_run):
     assert "*" not in table and "load:" not in table
 
 
+def test_peak_is_the_higher_of_the_start_and_the_end(monkeypatch, tmp_path):
+    """The GEMM rate is measured before the rows and after them; % peak is against the higher,
+    so that a start slowed by other work does not inflate every row's share."""
+    rates = iter([100.0, 200.0])
+    monkeypatch.setattr(runner, "measure_peak", lambda *a, **k: (next(rates), "stand-in GEMM"))
+    assert main([*NO_PAUSE, "--shapes", "2,1,3,2", "--cells", "rnn_tanh", "--modes", "inference",
+                 "--peers", "numpy", "--repeats", "1", "--quiet",
+                 "--json", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["peak_gflops"] == 200.0
+    assert result["peak_method"] == ("stand-in GEMM; the higher of 100.0 at the start and 200.0 "
+                                     "at the end")
+    for r in result["records"]:
+        assert r["percent_of_peak"] == pytest.approx(r["gflops"] / 2)
+
+
 def test_commit_from_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("RNNFAST_BENCH_COMMIT", "abc123")
     assert main([*NO_PAUSE, "--shapes", "2,1,3,2", "--cells", "rnn_tanh", "--modes", "inference",

@@ -351,21 +351,29 @@ class Progress:
 
 
 def run_suite(rows, peers, settings, quiet=False):
-    """Runs the rows with the given implementations (rnnfast first). Returns the peak GEMM rate,
-    how it was measured, the records, and the load probe's rates (before each row, and after
-    the last). Each measured record gets the lower of the probes around its row (load_gflops)."""
+    """Runs the rows with the given implementations (rnnfast first). Returns the peak GEMM rate
+    (measured at the start and at the end: the higher, so that a start slowed by other work does
+    not inflate every % of peak), how it was measured, the records, and the load probe's rates
+    (before each row, and after the last). Each measured record gets the lower of the probes
+    around its row (load_gflops)."""
     device = settings["device"]
     timer = CudaTimer() if device == "cuda" else CpuTimer()
-    peak, method = measure_peak(device, timer, dtype=settings["dtype"])
+    start, method = measure_peak(device, timer, dtype=settings["dtype"])
     progress = Progress(len(rows), quiet)
     records, probes = [], [load_probe(device, timer)]
     for row in rows:
         progress.update(f"{row.cell} {row.mode} T,B,I,H={row.T},{row.B},{row.I},{row.H}")
-        row_records = run_row(row, peers, settings, timer, peak)
+        row_records = run_row(row, peers, settings, timer, start)
         probes.append(load_probe(device, timer))
         for record in row_records:
             if record["status"] != "unsupported":
                 record["load_gflops"] = min(probes[-2:])
         records += row_records
     progress.close()
-    return peak, method, records, probes
+    end = measure_peak(device, timer, dtype=settings["dtype"])[0]
+    peak = max(start, end)
+    for record in records:
+        if "gflops" in record:
+            record["percent_of_peak"] = 100 * record["gflops"] / peak
+    return peak, f"{method}; the higher of {start:.1f} at the start and {end:.1f} at the end", \
+        records, probes
