@@ -70,8 +70,9 @@ void pack_a_strips(const GemmArgs<T>& g, int64_t i0, int64_t rows, int64_t k0, i
 // more. A fixed depth, not one from the cache sizes: it decides the order of the sums. Measured
 // on Zen 3, 2 threads (benchmarks/results/2026-12-03-cpu-2core-zen3-gemm-pass-depth), against
 // the earlier cap of 2048 (AVX2; AVX-512: 1024): the weight gradients dz^T x 1.00-1.04x, the
-// input gradients 1.00-1.03x, layers in training 1.00-1.05x; a cap of 256 lost up to 15% on the
-// input gradient at 6400x256x1024, one of 1024 was 2% slower than 512 on the weight gradients.
+// input gradients 1.00-1.03x; LSTM layers on a quiet hour 0.96-1.06x, training at (1000,8,128)
+// and (100,64,512) 1.04-1.06x. A cap of 256 lost up to 15% on the input gradient at
+// 6400x256x1024, one of 1024 was 2% slower than 512 on the weight gradients.
 constexpr int64_t kMaxPassDepth = 512;
 inline int64_t pass_depth(int64_t k) {
   const int64_t passes = std::max<int64_t>(1, ceil_div(k, kMaxPassDepth));
