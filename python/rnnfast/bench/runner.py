@@ -225,11 +225,6 @@ def _float32_matmul(device, n):
 LOAD_PROBE_N = 768
 
 
-def load_probe(device, timer):
-    """GFLOP/s of the load probe (LOAD_PROBE_N) now."""
-    return _rate(_float32_matmul(device, LOAD_PROBE_N), LOAD_PROBE_N, timer, 5, 1)
-
-
 def measure_peak(device, timer, n=2048, dtype="float32"):
     """(GFLOP/s, how) of the GEMM rate this machine reaches: NumPy's matmul (CPU) or CuPy's
     (GPU) of n x n float32 matrices, median of 5 after 2 warm-up calls. For bfloat16 on the CPU,
@@ -248,11 +243,12 @@ def measure_peak(device, timer, n=2048, dtype="float32"):
             "median of 5")
 
 
-def run_row(row, peers, settings, timer, peak):
+def run_row(row, peers, settings, timer):
     """The records (dicts, see benchmarks/README.md) of one row: for each of rnnfast's
     implementations (one per CUDA path on the GPU, its "path"; one on the CPU, path None) its
     record, then one per peer, whose ratio is against it (a peer with a path, the baseline on
-    the GPU: against rnnfast on the same path)."""
+    the GPU: against rnnfast on the same path). Their percent_of_peak is run_suite's, once the
+    run's peak is known."""
     dtype = settings["dtype"]
     base = {"cell": row.cell, "mode": row.mode, "T": row.T, "B": row.B, "I": row.I, "H": row.H,
             "layers": row.layers, "directions": row.directions, "dtype": dtype,
@@ -311,8 +307,7 @@ def run_row(row, peers, settings, timer, peak):
         return {**rec, **checks[key], "repeats": len(seconds), "rounds": len(times[key]),
                 "warmup": warmups[key], "median_s": median,
                 "min_s": min(seconds) / per_call, "max_s": max(seconds) / per_call,
-                "flops": flops, "gflops": flops / median / 1e9,
-                "percent_of_peak": 100 * flops / median / 1e9 / peak,
+                "flops": flops, "gflops": flops / median / 1e9, "percent_of_peak": None,
                 # > 1: rnnfast is faster. No ratio for a result that disagrees.
                 "ratio": ratio if key != against and checks[key]["status"] == "ok" else None}
 
@@ -360,11 +355,16 @@ def run_suite(rows, peers, settings, quiet=False):
     timer = CudaTimer() if device == "cuda" else CpuTimer()
     start, method = measure_peak(device, timer, dtype=settings["dtype"])
     progress = Progress(len(rows), quiet)
-    records, probes = [], [load_probe(device, timer)]
+    probe = _float32_matmul(device, LOAD_PROBE_N)
+
+    def load_probe():
+        return _rate(probe, LOAD_PROBE_N, timer, 5, 1)
+
+    records, probes = [], [load_probe()]
     for row in rows:
         progress.update(f"{row.cell} {row.mode} T,B,I,H={row.T},{row.B},{row.I},{row.H}")
-        row_records = run_row(row, peers, settings, timer, start)
-        probes.append(load_probe(device, timer))
+        row_records = run_row(row, peers, settings, timer)
+        probes.append(load_probe())
         for record in row_records:
             if record["status"] != "unsupported":
                 record["load_gflops"] = min(probes[-2:])
@@ -373,7 +373,7 @@ def run_suite(rows, peers, settings, quiet=False):
     end = measure_peak(device, timer, dtype=settings["dtype"])[0]
     peak = max(start, end)
     for record in records:
-        if "gflops" in record:
+        if "gflops" in record:  # measured
             record["percent_of_peak"] = 100 * record["gflops"] / peak
     return peak, f"{method}; the higher of {start:.1f} at the start and {end:.1f} at the end", \
         records, probes
