@@ -31,8 +31,10 @@ from rnnfast.bench.report import FIELDS
 from rnnfast.bench.runner import PEER_SLACK, CpuTimer, compare_outputs, run_row
 
 # No pause before each implementation's timing: these runs test the suite, not the speed.
-NO_PAUSE = ["--settle", "0"]
-TINY = [*NO_PAUSE, "--shapes", "3,2,5,4", "--cells", "lstm", "gru", "rnn_tanh", "rnn_relu",
+# No re-runs of rows timed under load either: the probes' count is then known.
+NO_PAUSE = ["--settle", "0", "--retry-loaded", "0"]
+TINY_SHAPE = [*NO_PAUSE, "--shapes", "3,2,5,4"]
+TINY = [*TINY_SHAPE, "--cells", "lstm", "gru", "rnn_tanh", "rnn_relu",
         "--modes", "inference", "train", "step", "--repeats", "2", "--warmup", "0", "--quiet"]
 INSTALLED = {p.name for p in PEERS[1:] if p.available("cpu")}
 HAS_CELLS = hasattr(rnnfast, "LSTMCell")
@@ -134,6 +136,44 @@ def test_rows_timed_under_load_are_marked(tiny_run):
         r.pop("load_gflops", None)
     table = report.format_table(before)
     assert "*" not in table and "load:" not in table
+
+
+@pytest.mark.parametrize("retries, second, kept, attempts", [
+    (0, None, 1, 1),         # no re-runs asked for: the loaded attempt stays
+    (1, (40.0, 40.0), 1, 2),  # the re-run read lower still: the first attempt stays
+    (2, (40.0, 40.0), 3, 3),  # the second re-run read the machine idle: it replaces the first
+])
+def test_rows_timed_under_load_are_timed_again(monkeypatch, retries, second, kept, attempts):
+    """A row whose load probe read under report.LOADED of the best is timed again at the end,
+    up to retry_loaded times, with a probe of its own before and after each attempt, and keeps
+    the attempt the probe read highest around; a row timed on an idle machine runs once."""
+    # Probes: before row 0, after it, after row 1 (loaded: 50); then per re-run, before and
+    # after: `second`, then the machine idle.
+    rates = iter([100.0, 100.0, 50.0, *(second or ()), 100.0, 95.0])
+    monkeypatch.setattr(runner, "measure_peak", lambda *a, **k: (100.0, "stand-in GEMM"))
+    monkeypatch.setattr(runner, "_rate", lambda *a, **k: next(rates))
+    calls = []
+
+    def one_record(row, peers, settings, timer):
+        calls.append(row.cell)
+        return [{"cell": row.cell, "status": "ok", "gflops": 1.0, "call": len(calls)}]
+
+    monkeypatch.setattr(runner, "run_row", one_record)
+    rows = [Row("lstm", "inference", 2, 1, 3, 2), Row("gru", "inference", 2, 1, 3, 2)]
+    settings = {"device": "cpu", "dtype": "float32", "retry_loaded": retries}
+    _, _, records, probes = runner.run_suite(rows, [], settings, quiet=True)
+    assert calls == ["lstm", "gru"] + ["gru"] * (attempts - 1)
+    assert len(probes) == 3 + 2 * (attempts - 1)
+    idle, loaded = records
+    assert (idle["call"], idle["attempts"], idle["load_gflops"]) == (1, 1, 100.0)
+    # The kept attempt's call number: 2 (the first of the loaded row) or 2 + its re-runs.
+    assert loaded["call"] == 1 + kept and loaded["attempts"] == attempts
+    assert loaded["load_gflops"] == {1: 50.0, 3: 95.0}[kept]
+    if attempts == 1:
+        return
+    result = {"load_probe": {"n": runner.LOAD_PROBE_N, "gflops": probes}, "records": records}
+    assert "1 rows it read under 80% of its best around were timed again" in report._load_lines(
+        result)[1][0]
 
 
 def test_peak_is_the_higher_of_the_start_and_the_end(monkeypatch, tmp_path):
@@ -272,7 +312,7 @@ def stand_in_gpu(fake_cupy, monkeypatch):
 def test_cuda_paths_each_a_row(stand_in_gpu, tmp_path, capsys):
     """--device cuda times rnnfast on both recurrence paths by default, each its own record
     (field path) and table line; the header names the GPU."""
-    assert main([*TINY[:4], "--cells", "gru", "--modes", "inference", "train", "step",
+    assert main([*TINY_SHAPE, "--cells", "gru", "--modes", "inference", "train", "step",
                  "--repeats", "1", "--budget", "1e-9", "--quiet", "--device", "cuda",
                  "--json", str(tmp_path / "r.json")]) == 0
     result = json.loads((tmp_path / "r.json").read_text())
@@ -295,7 +335,7 @@ class HostPeerOnGpuRuns(NumpyReferencePeer):
 
 def test_a_peer_is_timed_once_and_compared_with_each_path(stand_in_gpu, monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "PEERS", [PEERS[0], HostPeerOnGpuRuns()])
-    assert main([*TINY[:4], "--cells", "gru", "--modes", "inference", "--repeats", "1",
+    assert main([*TINY_SHAPE, "--cells", "gru", "--modes", "inference", "--repeats", "1",
                  "--budget", "1e-9", "--quiet", "--device", "cuda",
                  "--json", str(tmp_path / "r.json")]) == 0
     records = json.loads((tmp_path / "r.json").read_text())["records"]
@@ -342,7 +382,7 @@ def test_16bit_dtypes_run(request, tmp_path, device):
     if device == "cuda":
         request.getfixturevalue("stand_in_gpu")
     for dtype in ("bfloat16", "float16"):
-        assert main([*TINY[:4], "--cells", "lstm", "--modes", "inference", "train", "step",
+        assert main([*TINY_SHAPE, "--cells", "lstm", "--modes", "inference", "train", "step",
                      "--repeats", "1", "--budget", "1e-9", "--quiet", "--dtype", dtype,
                      "--device", device, "--json", str(tmp_path / "r.json")]) == 0
         records = json.loads((tmp_path / "r.json").read_text())["records"]

@@ -100,6 +100,11 @@ def parser():
                         "of every implementation in turn; a peer's ratio is the median over the "
                         "rounds of its time over rnnfast's in the same round (default "
                         "%(default)s)")
+    m.add_argument("--retry-loaded", type=int, default=1, metavar="N",
+                   help="time a row again at the end, up to N times, where the load probe "
+                        f"read under {report.LOADED * 100:.0f}%% of its best around it (other "
+                        "work on the machine), keeping the least loaded attempt (default "
+                        "%(default)s)")
     m.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
     o = p.add_argument_group("output")
     o.add_argument("--json", metavar="FILE", help="write the results as JSON")
@@ -180,6 +185,8 @@ def main(argv=None):
             parser().error("--warmup must be >= 0")
         if args.settle < 0:
             parser().error("--settle must be >= 0")
+        if args.retry_loaded < 0:
+            parser().error("--retry-loaded must be >= 0")
         if args.dtype == "bfloat16" and rnnfast._dtypes.BFLOAT16 is None:
             parser().error("--dtype bfloat16 needs ml_dtypes: pip install 'rnnfast[bf16]'")
         if args.device == "cpu" and args.cuda_paths:
@@ -218,6 +225,7 @@ def main(argv=None):
                     "dtype": args.dtype, "threads": threads,
                     "repeats": args.repeats, "warmup": args.warmup, "budget_s": args.budget,
                     "settle_s": args.settle, "rounds": args.rounds,
+                    "retry_loaded": args.retry_loaded,
                     "seed": args.seed, "check": RULE[args.dtype]}
         peak, method, records, probes = run_suite(rows, peers, settings, quiet=args.quiet)
         result = {**report.environment(settings, peers, peak, method),
