@@ -25,6 +25,12 @@ OPTIONAL_PACKAGES = ("torch", "onnxruntime", "onnx", "cupy-cuda12x", "cupy-cuda1
 # A row is marked as timed under load where the load probe around it read below this share of
 # the run's best probe.
 LOADED = 0.8
+
+
+def under_load(load_gflops, best_gflops):
+    """Whether a row whose load probe read load_gflops was timed under load (LOADED), against
+    the best probe: the table's * mark and the bench's re-timing of rows both ask this."""
+    return load_gflops < LOADED * best_gflops
 # What identifies a row across runs (--compare). (Records from before "path" have none.)
 KEY = ("cell", "mode", "T", "B", "I", "H", "layers", "directions", "dtype", "device", "path",
        "peer")
@@ -128,7 +134,7 @@ def _load_lines(report):
     if retried:
         line += (f"; {len(retried)} rows it read under {LOADED:.0%} of its best around were "
                  "timed again at the end (--retry-loaded), each keeping its least loaded attempt")
-    if min(rates) >= LOADED * best:
+    if not under_load(min(rates), best):
         return best, [line]
     return best, [line + f"; * marks rows it read under {LOADED:.0%} of its best around: other "
                   "work on the machine slowed them, so their times and % peak read low (their "
@@ -163,8 +169,8 @@ def format_table(report):
 
         def reps(r):
             return f" ({r['repeats']}r)" if r["repeats"] < settings["repeats"] else ""
-        loaded = best_probe is not None and ours.get("load_gflops", best_probe) < (
-            LOADED * best_probe)
+        loaded = best_probe is not None and under_load(ours.get("load_gflops", best_probe),
+                                                       best_probe)
         line += [_time(ours["median_s"]) + reps(ours), f"{ours['gflops']:.1f}",
                  f"{ours['percent_of_peak']:.0f}%" + ("*" if loaded else "")]
         for p in peers:

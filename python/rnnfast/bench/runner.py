@@ -18,7 +18,7 @@ import numpy as np
 import rnnfast
 
 from .peers import Unsupported, make_problem
-from .report import LOADED
+from .report import under_load
 
 # The check, the tolerance rule of the tests (tests/_util.py): every implementation's outputs
 # against the oracle, the NumPy reference run in float64 on the same (already rounded) inputs.
@@ -385,7 +385,7 @@ def run_suite(rows, peers, settings, quiet=False):
     attempts = [1] * len(rows)
     for _ in range(settings["retry_loaded"]):
         again = [i for i, row_records in enumerate(measured)
-                 if (load := _load_of(row_records)) is not None and load < LOADED * max(probes)]
+                 if (load := _load_of(row_records)) is not None and under_load(load, max(probes))]
         progress.total += len(again)
         for i in again:
             attempts[i] += 1
