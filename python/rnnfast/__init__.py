@@ -54,8 +54,10 @@ def cpu_info() -> dict:
     - "compiled": compiled into this build;
     - "cpu_features": the CPU's instruction-set extensions that matter here;
     - "num_threads": the threads the CPU kernels use;
-    - "caches": the data caches read from the CPU at run time, in bytes ("l1d", "l2" per core,
-      "l3"; 0 where unknown; the environment variable RNNFAST_L2_CACHE_BYTES replaces "l2");
+    - "caches": the data caches read at run time, in bytes ("l1d", "l2" per core, "l3" the
+      instance a core shares with its neighbours), as Linux describes them (sysfs), else as the
+      C library reads them from the CPU; 0 where unknown; the environment variable
+      RNNFAST_L2_CACHE_BYTES replaces "l2";
     - "tuning": the kernels' parameters derived from them, which change speed only, never a
       result: "row_split_panel_bytes", the largest packed W_hh for which the recurrence splits
       a step's batch rows (of 7 to 12) between the threads instead of W_hh's columns;

@@ -95,6 +95,37 @@ def test_cpu_info_reports_caches_and_tuning():
     assert info["tuning"] == {"row_split_panel_bytes": l2 // 2, "gemm_block_bytes": l2 // 2}
 
 
+def _sysfs_cache_bytes(level):
+    """CPU 0's data or unified cache at `level` as Linux's sysfs gives it, or None."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    for index in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+        path = os.path.join(root, index)
+        try:
+            with open(os.path.join(path, "level")) as f_level, \
+                    open(os.path.join(path, "type")) as f_type, \
+                    open(os.path.join(path, "size")) as f_size:
+                found, kind, size = int(f_level.read()), f_type.read().strip(), f_size.read()
+        except (OSError, ValueError):
+            continue
+        if found == level and kind != "Instruction":
+            size = size.strip()
+            return int(size[:-1]) * {"K": 1 << 10, "M": 1 << 20}[size[-1]]
+    return None
+
+
+@pytest.mark.parametrize("level", [1, 2, 3])
+def test_cache_sizes_are_those_linux_describes(level):
+    # sysfs names the cache instance a core reaches (on a Zen 3 EPYC guest: an L3 of 32 MB
+    # where glibc's sysconf answers the whole package's 256 MB).
+    expected = _sysfs_cache_bytes(level)
+    if expected is None:
+        pytest.skip(f"no level-{level} data cache in this machine's sysfs")
+    name = {1: "l1d", 2: "l2", 3: "l3"}[level]
+    if name == "l2" and os.environ.get("RNNFAST_L2_CACHE_BYTES"):
+        pytest.skip("RNNFAST_L2_CACHE_BYTES replaces the L2 size in this environment")
+    assert rnnfast.cpu_info()["caches"][name] == expected
+
+
 # The recurrence forward (training) and backward on 1 and 2 threads at batches of 3 to 12 (two
 # row tiles, where the split may go by rows, are 3-4, 4-6 and 7-12 rows on the instruction sets
 # with tiles of 2, 3 and 6 rows), for every cell and dtype: per case, the split of each kernel

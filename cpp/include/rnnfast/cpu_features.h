@@ -11,8 +11,9 @@ namespace rnnfast {
 // ("sse2", "avx", "avx2", "fma", "avx512f", ...); empty on non-x86 machines.
 std::vector<std::string> cpu_features();
 
-// The data caches of one core (L3: of the whole CPU), in bytes, as the C library reads them from
-// the CPU (cpuid on x86); 0 where it cannot tell. RNNFAST_L2_CACHE_BYTES (a positive integer)
+// The data caches of one core (L3: the instance that core shares with its neighbours), in
+// bytes: on Linux as the kernel describes them (sysfs), else as the C library reads them from
+// the CPU (cpuid on x86); 0 where neither can tell. RNNFAST_L2_CACHE_BYTES (a positive integer)
 // replaces the L2 size read: for tests of the choices made from it, and for machines (virtual
 // ones) that report it wrong.
 struct CpuCaches {

@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <fstream>
 
 #if defined(__linux__)
 #include <unistd.h>
@@ -31,14 +32,51 @@ std::vector<std::string> cpu_features() {
 
 namespace {
 
-#if defined(__linux__) && defined(_SC_LEVEL1_DCACHE_SIZE)
-// sysconf's cache size `name` (glibc: from cpuid, leaf 4 on Intel, 0x8000001D on AMD); 0 where
-// unknown (sysconf answers 0 or -1 then).
-int64_t cache_bytes(int name) {
-  const long bytes = sysconf(name);
-  return bytes > 0 ? bytes : 0;
+#if defined(__linux__)
+// The size of CPU 0's data or unified cache at `level` as the kernel describes it
+// (/sys/devices/system/cpu/cpu0/cache/index*/: one instance of the cache, the one that CPU
+// shares with those in its shared_cpu_list); 0 where the kernel does not say. Preferred to
+// glibc's sysconf, which on AMD EPYC answers the L3 of the whole package (256 MB on a Zen 3
+// EPYC, whose cores each reach the 32 MB of their own complex).
+int64_t sysfs_cache_bytes(int level) {
+  for (int index = 0; index < 16; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index);
+    std::ifstream level_file(dir + "/level"), type_file(dir + "/type"), size_file(dir + "/size");
+    int found_level = 0;
+    std::string type, size;
+    if (!(level_file >> found_level)) break;  // no such index: the last one was read
+    if (found_level != level || !(type_file >> type) || type == "Instruction") continue;
+    if (!(size_file >> size)) return 0;
+    char* end = nullptr;
+    errno = 0;
+    const long long value = std::strtoll(size.c_str(), &end, 10);
+    if (errno != 0 || end == size.c_str() || value <= 0) return 0;
+    const int64_t unit = *end == 'K' ? 1 << 10 : *end == 'M' ? 1 << 20 : *end == '\0' ? 1 : 0;
+    return value * unit;
+  }
+  return 0;
 }
 #endif
+
+// The size of this machine's data or unified cache at `level` (1 to 3), in bytes: sysfs's where
+// Linux gives it, else sysconf's (glibc: from cpuid); 0 where neither can tell.
+int64_t cache_bytes(int level) {
+  int64_t bytes = 0;
+#if defined(__linux__)
+  bytes = sysfs_cache_bytes(level);
+#if defined(_SC_LEVEL1_DCACHE_SIZE)
+  if (bytes == 0) {
+    const long conf = sysconf(level == 1   ? _SC_LEVEL1_DCACHE_SIZE
+                              : level == 2 ? _SC_LEVEL2_CACHE_SIZE
+                                           : _SC_LEVEL3_CACHE_SIZE);
+    bytes = conf > 0 ? conf : 0;  // sysconf answers 0 or -1 where unknown
+  }
+#endif
+#else
+  (void)level;
+#endif
+  return bytes;
+}
 
 // RNNFAST_L2_CACHE_BYTES as a positive integer, else 0.
 int64_t l2_override() {
@@ -51,12 +89,7 @@ int64_t l2_override() {
 }
 
 CpuCaches read_caches() {
-#if defined(__linux__) && defined(_SC_LEVEL1_DCACHE_SIZE)
-  CpuCaches c{cache_bytes(_SC_LEVEL1_DCACHE_SIZE), cache_bytes(_SC_LEVEL2_CACHE_SIZE),
-              cache_bytes(_SC_LEVEL3_CACHE_SIZE)};
-#else
-  CpuCaches c{0, 0, 0};
-#endif
+  CpuCaches c{cache_bytes(1), cache_bytes(2), cache_bytes(3)};
   if (const int64_t l2 = l2_override()) c.l2 = l2;
   return c;
 }
