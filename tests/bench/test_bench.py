@@ -172,7 +172,7 @@ def test_rows_timed_under_load_are_timed_again(monkeypatch, retries, second, kep
     if attempts == 1:
         return
     result = {"load_probe": {"n": runner.LOAD_PROBE_N, "gflops": probes}, "records": records}
-    assert "1 rows it read under 80% of its best around were timed again" in report._load_lines(
+    assert "1 row it read under 80% of its best around was timed again" in report._load_lines(
         result)[1][0]
 
 

@@ -132,8 +132,10 @@ def _load_lines(report):
             f"{min(rates):.1f}-{best:.1f} GFLOP/s")
     retried = {_key(r, KEY[:-1]) for r in report["records"] if r.get("attempts", 1) > 1}
     if retried:
-        line += (f"; {len(retried)} rows it read under {LOADED:.0%} of its best around were "
-                 "timed again at the end (--retry-loaded), each keeping its least loaded attempt")
+        rows, verb, each = (("1 row", "was", "") if len(retried) == 1
+                            else (f"{len(retried)} rows", "were", "each "))
+        line += (f"; {rows} it read under {LOADED:.0%} of its best around {verb} timed again at "
+                 f"the end (--retry-loaded), {each}keeping its least loaded attempt")
     if not under_load(min(rates), best):
         return best, [line]
     return best, [line + f"; * marks rows it read under {LOADED:.0%} of its best around: other "
