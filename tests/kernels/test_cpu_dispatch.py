@@ -109,7 +109,10 @@ def _sysfs_cache_bytes(level):
             continue
         if found == level and kind != "Instruction":
             size = size.strip()
-            return int(size[:-1]) * {"K": 1 << 10, "M": 1 << 20}[size[-1]]
+            if size.isdigit():
+                return int(size)
+            unit = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:])
+            return int(size[:-1]) * unit if unit and size[:-1].isdigit() else None
     return None
 
 
