@@ -32,6 +32,15 @@ std::vector<std::string> cpu_features() {
 
 namespace {
 
+// The positive integer that `text` starts with, else 0; *rest gets what follows it.
+int64_t leading_positive(const char* text, const char** rest) {
+  char* end = nullptr;
+  errno = 0;
+  const long long value = std::strtoll(text, &end, 10);
+  *rest = end;
+  return errno == 0 && end != text && value > 0 ? value : 0;
+}
+
 #if defined(__linux__)
 // The size of CPU 0's data or unified cache at `level` as the kernel describes it
 // (/sys/devices/system/cpu/cpu0/cache/index*/: one instance of the cache, the one that CPU
@@ -47,12 +56,9 @@ int64_t sysfs_cache_bytes(int level) {
     if (!(level_file >> found_level)) break;  // no such index: the last one was read
     if (found_level != level || !(type_file >> type) || type == "Instruction") continue;
     if (!(size_file >> size)) return 0;
-    char* end = nullptr;
-    errno = 0;
-    const long long value = std::strtoll(size.c_str(), &end, 10);
-    if (errno != 0 || end == size.c_str() || value <= 0) return 0;
-    const int64_t unit = *end == 'K' ? 1 << 10 : *end == 'M' ? 1 << 20 : *end == '\0' ? 1 : 0;
-    return value * unit;
+    const char* unit = nullptr;
+    const int64_t value = leading_positive(size.c_str(), &unit);
+    return value * (*unit == 'K' ? 1 << 10 : *unit == 'M' ? 1 << 20 : *unit == '\0' ? 1 : 0);
   }
   return 0;
 }
@@ -82,10 +88,9 @@ int64_t cache_bytes(int level) {
 int64_t l2_override() {
   const char* text = std::getenv("RNNFAST_L2_CACHE_BYTES");
   if (text == nullptr) return 0;
-  char* end = nullptr;
-  errno = 0;
-  const long long bytes = std::strtoll(text, &end, 10);
-  return errno == 0 && end != text && *end == '\0' && bytes > 0 ? bytes : 0;
+  const char* rest = nullptr;
+  const int64_t bytes = leading_positive(text, &rest);
+  return *rest == '\0' ? bytes : 0;
 }
 
 CpuCaches read_caches() {
