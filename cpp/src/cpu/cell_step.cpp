@@ -3,6 +3,7 @@
 #include "rnnfast/cell_step.h"
 
 #include <algorithm>
+#include <stdexcept>
 #include <type_traits>
 
 #include "microkernel.h"
@@ -171,20 +172,27 @@ void cell_step_bf16(const PackedCell<float>& p, int64_t batch, const Bf16* x, co
   cells::visit_cell(p.cell, [&](auto cell) {
     using C = decltype(cell);
 #if defined(__AVX512BF16__)
-    if (p.w_ih_pairs.data() != nullptr) return step_bf16<C, Bf16>(p, batch, x, h, c, h_out, c_out);
-#endif
+    if (p.w_ih_pairs.data() == nullptr)
+      throw std::logic_error("the bfloat16 step called on weights not packed in pairs");
+    step_bf16<C, Bf16>(p, batch, x, h, c, h_out, c_out);
+#else
     step_bf16<C, float>(p, batch, x, h, c, h_out, c_out);
+#endif
   });
 }
 
+// The copy for avx512_bf16 is called only to pack float32 weights in pairs and to step bfloat16
+// cells on them (dispatch.cpp); it compiles nothing else.
 template void pack_cell<float>(PackedCell<float>&, const float*, const float*, const float*,
                                const float*, bool);
+#if !defined(__AVX512BF16__)
 template void pack_cell<double>(PackedCell<double>&, const double*, const double*, const double*,
                                 const double*, bool);
 template void cell_step<float>(const PackedCell<float>&, int64_t, const float*, const float*,
                                const float*, float*, float*);
 template void cell_step<double>(const PackedCell<double>&, int64_t, const double*, const double*,
                                 const double*, double*, double*);
+#endif
 
 }  // namespace RNNFAST_ISA_NS
 }  // namespace rnnfast

@@ -2,6 +2,7 @@
 // count of the CPU kernels.
 #include <atomic>
 #include <stdexcept>
+#include <type_traits>
 
 #if defined(__linux__) && (defined(__x86_64__) || defined(__i386__))
 #include <sys/syscall.h>
@@ -211,10 +212,13 @@ void set_isa(const std::string& name) {
 // AVX512-BF16 alone, with vdpbf16ps (twice float32's FMA rate on AMD Zen 4; on an Emerald
 // Rapids Xeon, whose vdpbf16ps issues on one port, the LSTM forward recurrence at T=100, B=64,
 // H=512 ran at 30 GFLOP/s against float32 FMA's 55: there AMX does it). Below those, float32.
+// Their copies of the recurrence hold float32 with bf16_matmul alone (recurrence.cpp).
 #if RNNFAST_BF16_TARGETS
-#define RNNFAST_BF16_RECURRENCE(args, call)                                    \
-  if ((args).bf16_matmul && active().load() == Isa::Amx) return isa_amx::call; \
-  if ((args).bf16_matmul && active().load() == Isa::Avx512Bf16) return isa_avx512_bf16::call
+#define RNNFAST_BF16_RECURRENCE(args, call)                                                     \
+  if constexpr (std::is_same_v<T, float>) {                                                     \
+    if ((args).bf16_matmul && active().load() == Isa::Amx) return isa_amx::call;                \
+    if ((args).bf16_matmul && active().load() == Isa::Avx512Bf16) return isa_avx512_bf16::call; \
+  }
 #else
 #define RNNFAST_BF16_RECURRENCE(args, call) (void)0
 #endif
@@ -285,9 +289,11 @@ PackedCell<T> pack_cell(Cell cell, int64_t input, int64_t hidden, const T* w_ih,
   const Isa isa = active().load();
   packed.isa = isa_name(isa);
 #if RNNFAST_BF16_TARGETS
-  if (bfloat16 && bf16_step(isa)) {
-    isa_avx512_bf16::pack_cell(packed, w_ih, w_hh, b_ih, b_hh, true);
-    return packed;
+  if constexpr (std::is_same_v<T, float>) {
+    if (bfloat16 && bf16_step(isa)) {
+      isa_avx512_bf16::pack_cell(packed, w_ih, w_hh, b_ih, b_hh, true);
+      return packed;
+    }
   }
 #endif
   [&] { RNNFAST_ON_ISA(isa, pack_cell(packed, w_ih, w_hh, b_ih, b_hh, false)); }();
