@@ -1,6 +1,8 @@
 // All cells, and visit_cell: the one place where the run-time Cell becomes a compile-time type.
 #pragma once
 
+#include <initializer_list>  // cell_from_name's loop over the cells
+
 #include "rnnfast/cells/gru.h"
 #include "rnnfast/cells/lstm.h"
 #include "rnnfast/cells/rnn.h"
