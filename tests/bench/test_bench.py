@@ -18,7 +18,15 @@ import pytest
 import rnnfast
 from rnnfast import backends
 from rnnfast.bench import cli, main, report, runner
-from rnnfast.bench.grids import GRIDS_DIR, Row, grid_path, load_grid, packaged_grids
+from rnnfast.bench.grids import (
+    GRIDS_DIR,
+    Row,
+    Target,
+    grid_path,
+    load_grid,
+    load_targets,
+    packaged_grids,
+)
 from rnnfast.bench.peers import (
     PEERS,
     NumpyReferencePeer,
@@ -553,3 +561,121 @@ def test_torch_training_loop_script_runs():
     assert done.returncode == 0, done.stderr
     assert "rnnfast.torch, layer alone" in done.stdout
     assert "speedup of rnnfast.torch" in done.stdout
+
+
+def test_default_grid_holds_the_cpu_speed_targets():
+    """The packaged default grid carries the CPU-speed issue's float32 targets, each over rows
+    of the grid, with its thresholds."""
+    dtype, targets = load_targets(grid_path("default"))
+    assert dtype == "float32"
+    found = [(t.cells, t.modes, t.shapes, t.met_if) for t in targets]
+    both, big = ("inference", "train"), ((100, 64, 512, 512), (50, 128, 1024, 1024))
+    assert found == [
+        (("lstm",), both, (), ({"vs_torch": 1.0},)),
+        (("lstm",), both, ((100, 1, 256, 256),), ({"vs_torch": 3.0},)),
+        (("lstm",), ("train",), ((100, 64, 256, 256), (1000, 8, 128, 128)),
+         ({"vs_torch": 1.5},)),
+        (("gru", "rnn_tanh"), both, (), ({"vs_torch": 2.0}, {"percent_of_peak": 85})),
+        (("lstm", "gru", "rnn_tanh"), both, big, ({"percent_of_peak": 80},)),
+        (("lstm",), ("step",), (), ({"max_us": 10},)),
+    ]
+
+
+def _record(cell, mode, peer, **fields):
+    return {"cell": cell, "mode": mode, "T": 100, "B": 1, "I": 8, "H": 8, "layers": 1,
+            "directions": 1, "dtype": "float32", "device": "cpu", "path": None, "peer": peer,
+            "status": "ok", **fields}
+
+
+def test_targets_are_judged_on_the_runs_records():
+    """Met where an alternative's criteria all hold; not met, with how far from the target,
+    where none does; not measured where a value is missing and nothing failed; rows of other
+    cells and modes, stacked rows and failed rows are not judged; * where the row was timed
+    under load."""
+    records = [
+        _record("lstm", "inference", "rnnfast", percent_of_peak=90.0, median_s=2e-3,
+                load_gflops=100.0),
+        _record("lstm", "inference", "torch", ratio=1.2),
+        _record("lstm", "train", "rnnfast", percent_of_peak=50.0, median_s=3e-3,
+                load_gflops=10.0),
+        _record("lstm", "train", "torch", ratio=2.5),
+        _record("lstm", "step", "rnnfast", percent_of_peak=5.0, median_s=12e-6,
+                load_gflops=100.0),
+        _record("gru", "inference", "rnnfast", percent_of_peak=99.0, median_s=1e-3,
+                load_gflops=100.0),
+        {**_record("lstm", "inference", "rnnfast", percent_of_peak=1.0, median_s=1.0,
+                   load_gflops=100.0), "layers": 2},
+        {**_record("lstm", "train", "rnnfast"), "T": 7, "status": "unsupported"},
+    ]
+    run = {"records": records, "load_probe": {"n": 768, "gflops": [100.0, 100.0]},
+           "settings": {"grid": "g.json", "dtype": "float32", "threads": 2}}
+    targets = [
+        Target("ratio or peak", ("lstm",), ("inference", "train"), (),
+               ({"vs_torch": 2.0}, {"percent_of_peak": 80})),
+        Target("onnx", ("lstm",), ("inference",), (), ({"vs_onnxruntime": 1.0},)),
+        Target("step", ("lstm",), ("step",), ((100, 1, 8, 8),), ({"max_us": 10},)),
+        Target("other shapes", ("lstm",), ("step",), ((1, 1, 1, 1),), ({"max_us": 10},)),
+    ]
+    judged = report.judge_targets(run, targets)
+    assert [t["text"] for t in judged] == ["ratio or peak", "onnx", "step"]
+    either, onnx, step = (t["rows"] for t in judged)
+    assert [(r["mode"], r["met"], r["loaded"]) for r in either] == [
+        ("inference", True, False), ("train", True, True)]
+    assert either[0]["reached"] == [
+        "1.20x torch (target 2x: 1.67x faster needed)", "90% of peak"]
+    assert [(r["met"], r["reached"]) for r in onnx] == [(None, ["no onnxruntime ratio"])]
+    assert [(r["met"], r["reached"]) for r in step] == [
+        (False, ["12.0 us (target 10 us: 1.20x faster needed)"])]
+    text = report.format_targets({**run, "targets": judged})
+    assert text.splitlines() == [
+        "targets of the grid g.json (float32, 2 threads; * a row timed under load):",
+        "  2 of 2 met: ratio or peak",
+        "  0 of 1 met: onnx",
+        "    not measured: lstm inference 100,1,8,8: no onnxruntime ratio",
+        "  0 of 1 met: step",
+        "    not met: lstm step 100,1,8,8: 12.0 us (target 10 us: 1.20x faster needed)"]
+
+
+@pytest.mark.parametrize("target, error", [
+    ({"met_if": [{"vs_torch": 1.0, "fastest": 1}]}, "unknown criteria \\['fastest'\\]"),
+    ({"met_if": [{}]}, "an alternative without criteria"),
+    ({"shapes": [[1, 2, 3, 4]], "met_if": [{"max_us": 1}]}, "covers none of the grid's rows"),
+])
+def test_targets_that_cannot_be_judged_are_refused(tmp_path, target, error):
+    grid = {"description": "d", "device": "cpu",
+            "sets": [{"cells": ["lstm"], "modes": ["inference"], "shapes": [[3, 2, 5, 4]]}],
+            "targets": {"dtype": "float32", "list": [
+                {"text": "the target", "cells": ["lstm"], "modes": ["inference"], **target}]}}
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(grid))
+    with pytest.raises(ValueError, match=f"target 'the target': {error}"):
+        load_targets(path)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_run_of_a_grid_with_targets_is_judged_by_them(tmp_path, capsys, dtype):
+    """A run of a grid file in its targets' dtype prints the judged targets after the table
+    and keeps them in its JSON, which --load prints again; a run in another dtype has none."""
+    grid = {"description": "d", "device": "cpu",
+            "sets": [{"cells": ["lstm"], "modes": ["inference"], "shapes": [[3, 2, 5, 4]]}],
+            "targets": {"dtype": "float32", "list": [
+                {"text": "any speed", "cells": ["lstm"], "modes": ["inference"],
+                 "met_if": [{"percent_of_peak": 0, "vs_numpy": 1e-9}]},
+                {"text": "impossibly fast", "cells": ["lstm"], "modes": ["inference"],
+                 "met_if": [{"max_us": 1e-6}]}]}}
+    path = tmp_path / "g.json"
+    path.write_text(json.dumps(grid))
+    out = tmp_path / "r.json"
+    assert main([*NO_PAUSE, "--grid", str(path), "--peers", "numpy", "--dtype", dtype,
+                 "--repeats", "1", "--warmup", "0", "--quiet", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    if dtype != "float32":
+        assert saved["targets"] == [] and "targets of the grid" not in printed
+        return
+    assert [(t["text"], [r["met"] for r in t["rows"]]) for t in saved["targets"]] == [
+        ("any speed", [True]), ("impossibly fast", [False])]
+    assert "  1 of 1 met: any speed" in printed
+    assert "  0 of 1 met: impossibly fast\n    not met" in printed
+    assert main(["--load", str(out)]) == 0
+    assert "  0 of 1 met: impossibly fast" in capsys.readouterr().out

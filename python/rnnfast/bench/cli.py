@@ -10,7 +10,7 @@ import rnnfast
 
 from ..cell_registry import CELLS
 from . import report
-from .grids import MODES, grid_path, load_grid, packaged_grids, product_rows
+from .grids import MODES, grid_path, load_grid, load_targets, packaged_grids, product_rows
 from .peers import PEER_NAMES, PEERS, RnnfastPeer, baseline_peer
 from .runner import LOAD_PROBE_N, RULE, run_suite
 
@@ -152,6 +152,15 @@ def select_peers(args, baseline=None):
     return chosen
 
 
+def grid_targets(args, result):
+    """The grid's speed targets judged on this run (report.judge_targets): for a run of a grid
+    (not --shapes) in the dtype the targets hold for; [] otherwise."""
+    if args.shapes:
+        return []
+    dtype, targets = load_targets(grid_path(args.grid, args.device))
+    return report.judge_targets(result, targets) if dtype == args.dtype else []
+
+
 def check_cuda():
     """None when rnnfast can run on a GPU here, else why not."""
     info = rnnfast.cuda_info()
@@ -231,7 +240,10 @@ def main(argv=None):
         result = {**report.environment(settings, peers, peak, method),
                   "load_probe": {"n": LOAD_PROBE_N, "gflops": probes},
                   "records": records}
+        result["targets"] = grid_targets(args, result)
     print(report.format_table(result))
+    if result.get("targets"):
+        print(report.format_targets(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

@@ -5,6 +5,15 @@ tree links here, so there is one copy): ``{"description", "device", "sets": [...
 ``{"cells", "modes", "shapes": [[T, B, I, H], ...]}`` with optional ``"layers"`` and
 ``"directions"`` lists (default [1]). A grid expands to rows: one per cell, shape, layers,
 directions and mode, in the file's order.
+
+A grid may also hold speed targets, which the report judges each run by (report.judge_targets):
+``"targets": {"dtype": "float32", "list": [...]}``, each ``{"text", "cells", "modes",
+"met_if"}`` with an optional ``"shapes"`` (default: every shape of the grid's rows with those
+cells and modes). ``met_if`` is a list of alternatives, each a dict of criteria that must all
+hold: ``"vs_<peer>": x`` (the peer's ratio, peer time over rnnfast's, at least x),
+``"percent_of_peak": p`` (rnnfast at p% or more of the run's SGEMM rate), ``"max_us": t``
+(rnnfast's median time, per step in mode step, at most t microseconds). The targets hold for
+runs of their dtype only.
 """
 
 import json
@@ -76,6 +85,51 @@ def load_grid(path):
                                 raise ValueError(f"{path}: unknown mode {mode!r}")
                             rows.append(Row(cell, mode, *shape, layers, directions))
     return rows, grid.get("description", "")
+
+
+# The criteria a target's alternative may set (see the module's docstring); "vs_<peer>" too.
+CRITERIA = ("percent_of_peak", "max_us")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A speed target over some of a grid's rows (see the module's docstring)."""
+
+    text: str
+    cells: tuple
+    modes: tuple
+    shapes: tuple  # of (T, B, I, H); empty: every shape
+    met_if: tuple  # of dicts, one per alternative
+
+    def covers(self, cell, mode, shape):
+        return cell in self.cells and mode in self.modes and (
+            not self.shapes or tuple(shape) in self.shapes)
+
+
+def load_targets(path):
+    """The grid file's targets, as (dtype they hold for, list of Target): (None, []) for a grid
+    without. Raises ValueError, naming the target, for an unknown criterion or a target that
+    covers none of the grid's rows."""
+    with open(path) as f:
+        targets = json.load(f).get("targets")
+    if not targets:
+        return None, []
+    rows, _ = load_grid(path)
+    out = []
+    for t in targets["list"]:
+        target = Target(t["text"], tuple(t["cells"]), tuple(t["modes"]),
+                        tuple(tuple(s) for s in t.get("shapes", ())), tuple(t["met_if"]))
+        for alternative in target.met_if:
+            unknown = [k for k in alternative if k not in CRITERIA and not k.startswith("vs_")]
+            if unknown or not alternative:
+                raise ValueError(f"{path}: target {target.text!r}: "
+                                 + (f"unknown criteria {unknown}" if unknown else
+                                    "an alternative without criteria")
+                                 + f" (known: {', '.join(CRITERIA)}, vs_<peer>)")
+        if not any(target.covers(r.cell, r.mode, r.shape) for r in rows):
+            raise ValueError(f"{path}: target {target.text!r}: covers none of the grid's rows")
+        out.append(target)
+    return targets["dtype"], out
 
 
 def product_rows(cells, shapes, modes, layers=(1,), directions=(1,)):

@@ -200,6 +200,96 @@ def format_table(report):
     return "\n".join(out)
 
 
+def _criterion(key, threshold, value):
+    """(met, what rnnfast reached, how far it is from the threshold) for one criterion of a
+    target (grids.Target) and the row's measured value (met None: not measured)."""
+    name = key[3:] if key.startswith("vs_") else None
+    if value is None:
+        return None, f"no {name + ' ratio' if name else key.replace('_', ' ')}", None
+    if name:
+        return (value >= threshold, f"{value:.2f}x {name}",
+                f"target {threshold:g}x: {threshold / value:.2f}x faster needed")
+    if key == "percent_of_peak":
+        return (value >= threshold, f"{value:.0f}% of peak",
+                f"target {threshold:g}%: {threshold - value:.0f} points short")
+    return (value <= threshold, f"{value:.1f} us",
+            f"target {threshold:g} us: {value / threshold:.2f}x faster needed")
+
+
+def _measured(ours, key, records):
+    """What a target's criterion ``key`` reads of rnnfast's record ``ours`` (None: not
+    measured, as a peer not run or whose outputs disagreed). records: by _key."""
+    if key == "percent_of_peak":
+        return ours["percent_of_peak"]
+    if key == "max_us":
+        return ours["median_s"] * 1e6
+    peer = records.get(_key(ours)[:-1] + (key[3:],))
+    return peer["ratio"] if peer is not None and peer["status"] == "ok" else None
+
+
+def _verdict(criteria):
+    """All of an alternative's criteria (each _criterion's tuple) hold: True, False, or None
+    where none failed but some were not measured."""
+    if any(c[0] is False for c in criteria):
+        return False
+    return None if any(c[0] is None for c in criteria) else True
+
+
+def judge_targets(report, targets):
+    """Each target (grids.Target) judged on the report's rnnfast rows that it covers: a dict per
+    target, its text and per row the cell, mode, shape, whether it was met (an alternative of
+    its met_if held; None: none failed, but a value one needs was not measured, as a peer not
+    run), what rnnfast reached against each criterion (and how far from the target where it
+    falls short), and whether the row was timed under load. Rows of stacked or bidirectional
+    networks are not judged: the targets are set for single layers. Targets that cover no row
+    of the run are left out."""
+    best_probe, _ = _load_lines(report)
+    records = {_key(r): r for r in report["records"]}
+    judged = []
+    for target in targets:
+        rows = []
+        for ours in report["records"]:
+            shape = (ours["T"], ours["B"], ours["I"], ours["H"])
+            if (ours["peer"] != "rnnfast" or ours["status"] != "ok" or ours["layers"] != 1
+                    or ours["directions"] != 1
+                    or not target.covers(ours["cell"], ours["mode"], shape)):
+                continue
+            alternatives = [[_criterion(k, x, _measured(ours, k, records)) for k, x in alt.items()]
+                            for alt in target.met_if]
+            verdicts = [_verdict(alt) for alt in alternatives]
+            rows.append({
+                "cell": ours["cell"], "mode": ours["mode"], "shape": list(shape),
+                "met": True if True in verdicts else None if None in verdicts else False,
+                "reached": [c[1] + (f" ({c[2]})" if c[0] is False else "")
+                            for alt in alternatives for c in alt],
+                "loaded": best_probe is not None and under_load(
+                    ours.get("load_gflops", best_probe), best_probe)})
+        if rows:
+            judged.append({"text": target.text, "met_if": list(target.met_if), "rows": rows})
+    return judged
+
+
+def format_targets(report):
+    """The report's judged targets ("targets", from judge_targets): per target how many of its
+    rows met it, then each row that did not, with what rnnfast reached and how far from the
+    target it is. Empty for a report without targets."""
+    judged = report.get("targets")
+    if not judged:
+        return ""
+    settings = report["settings"]
+    out = [f"targets of the grid {settings['grid']} ({settings['dtype']}, {settings['threads']} "
+           "threads; * a row timed under load):"]
+    for t in judged:
+        met = sum(r["met"] is True for r in t["rows"])
+        out.append(f"  {met} of {len(t['rows'])} met: {t['text']}")
+        for r in t["rows"]:
+            if r["met"] is not True:
+                verdict = "not met" if r["met"] is False else "not measured"
+                out.append(f"    {verdict}{'*' if r['loaded'] else ''}: {r['cell']} {r['mode']} "
+                           f"{','.join(map(str, r['shape']))}: {', '.join(r['reached'])}")
+    return "\n".join(out)
+
+
 def write_csv(report, path):
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
