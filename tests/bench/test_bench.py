@@ -622,7 +622,7 @@ def test_targets_are_judged_on_the_runs_records():
     assert [(r["mode"], r["met"], r["loaded"]) for r in either] == [
         ("inference", True, False), ("train", True, True)]
     assert either[0]["reached"] == [
-        "1.20x torch (target 2x: 1.67x faster needed)", "90% of peak"]
+        "1.20x torch (target 2x: 1.67x faster needed)", "90.0% of peak"]
     assert [(r["met"], r["reached"]) for r in onnx] == [(None, ["no onnxruntime ratio"])]
     assert [(r["met"], r["reached"]) for r in step] == [
         (False, ["12.0 us (target 10 us: 1.20x faster needed)"])]

@@ -210,8 +210,8 @@ def _criterion(key, threshold, value):
         return (value >= threshold, f"{value:.2f}x {name}",
                 f"target {threshold:g}x: {threshold / value:.2f}x faster needed")
     if key == "percent_of_peak":
-        return (value >= threshold, f"{value:.0f}% of peak",
-                f"target {threshold:g}%: {threshold - value:.0f} points short")
+        return (value >= threshold, f"{value:.1f}% of peak",
+                f"target {threshold:g}%: {threshold - value:.1f} points short")
     return (value <= threshold, f"{value:.1f} us",
             f"target {threshold:g} us: {value / threshold:.2f}x faster needed")
 
