@@ -242,8 +242,8 @@ def main(argv=None):
                   "records": records}
         result["targets"] = grid_targets(args, result)
     print(report.format_table(result))
-    if result.get("targets"):
-        print(report.format_targets(result))
+    if targets := report.format_targets(result):
+        print(targets)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)

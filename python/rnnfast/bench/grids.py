@@ -101,9 +101,9 @@ class Target:
     shapes: tuple  # of (T, B, I, H); empty: every shape
     met_if: tuple  # of dicts, one per alternative
 
-    def covers(self, cell, mode, shape):
+    def covers(self, cell, mode, shape):  # shape: a (T, B, I, H) tuple
         return cell in self.cells and mode in self.modes and (
-            not self.shapes or tuple(shape) in self.shapes)
+            not self.shapes or shape in self.shapes)
 
 
 def load_targets(path):

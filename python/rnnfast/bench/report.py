@@ -143,6 +143,13 @@ def _load_lines(report):
                   "ratios pair each round's calls, and hold better)"]
 
 
+def _timed_under_load(record, best_probe):
+    """Whether the load probe around ``record``'s row read low (the table's * mark); never for a
+    run from before the probe (best_probe None) or a record without a reading."""
+    return best_probe is not None and under_load(record.get("load_gflops", best_probe),
+                                                 best_probe)
+
+
 def format_table(report):
     """One line per row (and CUDA path): rnnfast's time, GFLOP/s and % of the peak (* where the
     load probe read low around the row), then each peer's ratio (peer time / rnnfast time)."""
@@ -171,8 +178,7 @@ def format_table(report):
 
         def reps(r):
             return f" ({r['repeats']}r)" if r["repeats"] < settings["repeats"] else ""
-        loaded = best_probe is not None and under_load(ours.get("load_gflops", best_probe),
-                                                       best_probe)
+        loaded = _timed_under_load(ours, best_probe)
         line += [_time(ours["median_s"]) + reps(ours), f"{ours['gflops']:.1f}",
                  f"{ours['percent_of_peak']:.0f}%" + ("*" if loaded else "")]
         for p in peers:
@@ -262,8 +268,7 @@ def judge_targets(report, targets):
                 "met": True if True in verdicts else None if None in verdicts else False,
                 "reached": [c[1] + (f" ({c[2]})" if c[0] is False else "")
                             for alt in alternatives for c in alt],
-                "loaded": best_probe is not None and under_load(
-                    ours.get("load_gflops", best_probe), best_probe)})
+                "loaded": _timed_under_load(ours, best_probe)})
         if rows:
             judged.append({"text": target.text, "met_if": list(target.met_if), "rows": rows})
     return judged
